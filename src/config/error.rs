@@ -1,0 +1,184 @@
+//! Config errors: each names the file, the tenant(s), the field and the fix.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::routing::host::HostError;
+
+/// One problem found in a config, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The tenant the problem belongs to, if any (several for a conflict are
+    /// named in the problem itself).
+    pub tenant: Option<String>,
+    /// The field, as a TOML path: `tenants[3].domains[0]`, `pools.shared.upstreams`.
+    pub field: String,
+    /// What is wrong.
+    pub problem: Problem,
+}
+
+/// What can be wrong in a config, beyond syntax.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("{value:?} is not a valid host name: {reason}")]
+    BadName { value: String, reason: HostError },
+    #[error("{value:?} is not a valid listen address (want IP:port)")]
+    BadListen { value: String },
+    #[error("{value:?} is not a valid upstream address (want IP:port)")]
+    BadUpstream { value: String },
+    #[error("{value:?} is not a valid HTTP header name")]
+    BadHeader { value: String },
+    #[error("{value:?} is not a valid tenant id")]
+    BadTenantId { value: String },
+    #[error("{value:?} is not a single DNS label")]
+    BadSubdomain { value: String },
+    #[error("{value:?} is not a valid wildcard: only a leading \"*.\" is allowed")]
+    BadWildcard { value: String },
+    #[error("{value:?} must be greater than zero")]
+    Zero { value: String },
+    #[error("unknown log format {value:?}")]
+    BadLogFormat { value: String },
+    #[error("tenant id {id:?} is used {count} times")]
+    DuplicateTenantId { id: String, count: usize },
+    #[error("domain {name} is claimed by {}", claimants(.tenants))]
+    DuplicateDomain { name: String, tenants: Vec<String> },
+    #[error("wildcard *.{parent} is claimed by {}", claimants(.tenants))]
+    DuplicateWildcard {
+        parent: String,
+        tenants: Vec<String>,
+    },
+    #[error("subdomain {label:?} is claimed by {}", claimants(.tenants))]
+    DuplicateSubdomain { label: String, tenants: Vec<String> },
+    #[error("domain {name} is under the wildcard *.{parent} of {}: both tenants would match", claimants(.tenants))]
+    UnderWildcard {
+        name: String,
+        parent: String,
+        tenants: Vec<String>,
+    },
+    #[error(
+        "domain {name} is inside the platform domain {base}, which only serves tenant subdomains"
+    )]
+    InsideBaseDomain { name: String, base: String },
+    #[error(
+        "{name} is at or above a public suffix ({suffix}): it would cover domains nobody here owns"
+    )]
+    PublicSuffix { name: String, suffix: String },
+    #[error("subdomain {label:?} is reserved")]
+    ReservedSubdomain { label: String },
+    #[error("subdomain is set but [gateway] base_domains is empty")]
+    NoBaseDomain,
+    #[error("base domain {inner} is inside base domain {outer}")]
+    NestedBaseDomain { inner: String, outer: String },
+    #[error("base domain {name} is listed twice")]
+    DuplicateBaseDomain { name: String },
+    #[error("pool {pool:?} is not defined")]
+    UnknownPool { pool: String },
+    #[error("pool {pool:?} has no upstreams")]
+    EmptyPool { pool: String },
+}
+
+fn claimants(tenants: &[String]) -> String {
+    let quoted: Vec<String> = tenants.iter().map(|t| format!("{t:?}")).collect();
+    match quoted.len() {
+        1 => format!("tenant {}", quoted[0]),
+        _ => format!("tenants {}", quoted.join(", ")),
+    }
+}
+
+impl Problem {
+    /// How to fix it, in one sentence.
+    pub fn fix(&self) -> &'static str {
+        use Problem::*;
+        match self {
+            BadName { .. } => {
+                "write a plain DNS name such as app.example.com, without scheme, port or path"
+            }
+            BadListen { .. } => "write an address such as 127.0.0.1:8080",
+            BadUpstream { .. } => "write an upstream as IP:port, such as 127.0.0.1:9001",
+            BadHeader { .. } => "use a lowercase token such as x-tenant-id",
+            BadTenantId { .. } => {
+                "use 1 to 63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
+            }
+            BadSubdomain { .. } => "use one label of a-z, 0-9 and '-', such as acme",
+            BadWildcard { .. } => {
+                "write a wildcard as *.example.com; it covers exactly one extra label"
+            }
+            Zero { .. } => "set a positive value or remove the key to use the default",
+            BadLogFormat { .. } => "use \"text\" or \"json\"",
+            DuplicateTenantId { .. } => "give each tenant a unique id",
+            DuplicateDomain { .. } | DuplicateWildcard { .. } | DuplicateSubdomain { .. } => {
+                "keep the name on exactly one tenant"
+            }
+            UnderWildcard { .. } => "move the name to the wildcard's tenant, or drop the wildcard",
+            InsideBaseDomain { .. } => "use the tenant's subdomain field for platform names",
+            PublicSuffix { .. } => {
+                "claim a registrable domain (such as acme.com) or a name below it"
+            }
+            ReservedSubdomain { .. } => {
+                "pick another subdomain, or change [gateway] reserved_subdomains"
+            }
+            NoBaseDomain => {
+                "add the platform domain to [gateway] base_domains, or remove subdomain"
+            }
+            NestedBaseDomain { .. } => "keep only the outer base domain",
+            DuplicateBaseDomain { .. } => "list each base domain once",
+            UnknownPool { .. } => {
+                "define it under [pools.<name>] or point the tenant at an existing pool"
+            }
+            EmptyPool { .. } => {
+                "list at least one upstream, such as upstreams = [\"127.0.0.1:9001\"]"
+            }
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(t) = &self.tenant {
+            write!(f, "tenant {t:?}: ")?;
+        }
+        write!(
+            f,
+            "{}: {}; fix: {}",
+            self.field,
+            self.problem,
+            self.problem.fix()
+        )
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{}: cannot read: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", .path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{}", render(.path, .errors))]
+    Invalid {
+        path: PathBuf,
+        errors: Vec<ConfigError>,
+    },
+}
+
+fn render(path: &std::path::Path, errors: &[ConfigError]) -> String {
+    let mut out = format!("{}: {} problem(s)", path.display(), errors.len());
+    for e in errors {
+        out.push_str(&format!("\n{}: {e}", path.display()));
+    }
+    out
+}
+
+impl LoadError {
+    /// The individual problems (one for a read or parse failure).
+    pub fn count(&self) -> usize {
+        match self {
+            LoadError::Invalid { errors, .. } => errors.len(),
+            _ => 1,
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! The TOML file format, as serde sees it. Nothing outside `config` uses these
+//! types: they are turned into the validated model in `config::model`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    pub gateway: GatewaySection,
+    #[serde(default)]
+    pub telemetry: TelemetrySection,
+    #[serde(default)]
+    pub pools: BTreeMap<String, PoolSection>,
+    #[serde(default)]
+    pub tenants: Vec<TenantSection>,
+}
+
+/// `[gateway]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    pub http_listen: String,
+    pub metrics_listen: Option<String>,
+    #[serde(default)]
+    pub base_domains: Vec<String>,
+    pub reserved_subdomains: Option<Vec<String>>,
+    pub tenant_header: Option<String>,
+    pub strip_headers: Option<Vec<String>>,
+    pub connect_timeout_ms: Option<u64>,
+    pub read_timeout_ms: Option<u64>,
+    pub write_timeout_ms: Option<u64>,
+    pub upstream_idle_timeout_ms: Option<u64>,
+    pub upstream_down_ms: Option<u64>,
+    pub threads: Option<usize>,
+}
+
+/// `[telemetry]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySection {
+    pub access_log: Option<bool>,
+    pub log_format: Option<String>,
+    pub tenant_label_limit: Option<usize>,
+}
+
+/// `[pools.<name>]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSection {
+    #[serde(default)]
+    pub upstreams: Vec<String>,
+}
+
+/// One `[[tenants]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSection {
+    pub id: String,
+    pub subdomain: Option<String>,
+    #[serde(default)]
+    pub domains: Vec<String>,
+    pub pool: String,
+}

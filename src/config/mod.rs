@@ -1,0 +1,531 @@
+//! Turns the TOML file into a validated model.
+//!
+//! [`file`] is the serde view of the file; the rest of the crate only sees the
+//! types here, whose values have passed validation. Field-level rules live in
+//! this module; rules that compare tenants with each other (duplicates,
+//! wildcard overlaps, platform namespace) live in `routing::table`, which is
+//! built from this model.
+
+mod error;
+pub mod file;
+pub mod generate;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+
+pub use error::{ConfigError, LoadError, Problem};
+
+use crate::routing::host;
+
+/// Subdomains no tenant may take unless the operator changes the list.
+pub const DEFAULT_RESERVED_SUBDOMAINS: &[&str] = &[
+    "www", "api", "admin", "app", "auth", "login", "mail", "status", "static", "cdn", "docs",
+    "support",
+];
+/// Client headers removed before forwarding, besides the tenant header.
+pub const DEFAULT_STRIP_HEADERS: &[&str] = &["forwarded", "x-real-ip", "x-forwarded-port"];
+
+/// A validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway: Gateway,
+    pub telemetry: Telemetry,
+    /// Pools in name order; tenants refer to them by index.
+    pub pools: Vec<PoolSpec>,
+    pub tenants: Vec<TenantSpec>,
+}
+
+/// `[gateway]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gateway {
+    pub http_listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+    /// Normalised platform domains.
+    pub base_domains: Vec<String>,
+    pub reserved_subdomains: Vec<String>,
+    pub tenant_header: HeaderName,
+    /// Removed from client requests before forwarding (the tenant header is
+    /// always removed too).
+    pub strip_headers: Vec<HeaderName>,
+    pub timeouts: Timeouts,
+    /// How long an upstream that failed to connect is skipped.
+    pub upstream_down: Duration,
+    pub threads: usize,
+}
+
+/// Upstream timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub read: Duration,
+    pub write: Duration,
+    /// How long an idle upstream connection is kept for reuse.
+    pub idle: Duration,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[telemetry]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Telemetry {
+    pub access_log: bool,
+    pub log_format: LogFormat,
+    /// Tenants beyond this many (in config order) share the `_other` label in
+    /// per-tenant metrics, which keeps label cardinality bounded.
+    pub tenant_label_limit: usize,
+}
+
+/// A backend pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSpec {
+    pub name: String,
+    pub upstreams: Vec<SocketAddr>,
+}
+
+/// Index of a pool in [`Config::pools`].
+pub type PoolId = u32;
+
+/// A tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantSpec {
+    pub id: String,
+    /// The label under each base domain, if the tenant has one.
+    pub subdomain: Option<String>,
+    pub domains: Vec<DomainName>,
+    pub pool: PoolId,
+}
+
+/// A normalised custom domain.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DomainName {
+    /// Matches this name only.
+    Exact(String),
+    /// `*.parent`: matches exactly one label below `parent`.
+    Wildcard(String),
+}
+
+impl std::fmt::Display for DomainName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DomainName::Exact(n) => f.write_str(n),
+            DomainName::Wildcard(p) => write!(f, "*.{p}"),
+        }
+    }
+}
+
+/// Reads and parses a file; field validation only. Most callers want
+/// `registry::Snapshot::load`, which also checks cross-tenant rules.
+pub fn read(path: &Path) -> Result<String, LoadError> {
+    std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Parses TOML text. `path` is only used in messages.
+pub fn parse(path: &Path, text: &str) -> Result<file::File, LoadError> {
+    toml::from_str(text).map_err(|e| LoadError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string().trim_end().to_string(),
+    })
+}
+
+/// Validates every field. Returns the model built from the valid parts and
+/// every problem found, so that callers can report all problems at once.
+pub fn validate(file: file::File) -> (Config, Vec<ConfigError>) {
+    let mut errs = Vec::new();
+    let gateway = validate_gateway(file.gateway, &mut errs);
+    let telemetry = validate_telemetry(file.telemetry, &mut errs);
+
+    let mut pools = Vec::with_capacity(file.pools.len());
+    let mut pool_ids = HashMap::with_capacity(file.pools.len());
+    for (name, section) in file.pools {
+        let field = format!("pools.{name}.upstreams");
+        if section.upstreams.is_empty() {
+            errs.push(err(None, &field, Problem::EmptyPool { pool: name.clone() }));
+        }
+        let upstreams = section
+            .upstreams
+            .iter()
+            .filter_map(|u| match u.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    errs.push(err(None, &field, Problem::BadUpstream { value: u.clone() }));
+                    None
+                }
+            })
+            .collect();
+        pool_ids.insert(name.clone(), pools.len() as PoolId);
+        pools.push(PoolSpec { name, upstreams });
+    }
+
+    let reserved: HashSet<&str> = gateway
+        .reserved_subdomains
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let mut ids: HashMap<String, usize> = HashMap::with_capacity(file.tenants.len());
+    let mut tenants = Vec::with_capacity(file.tenants.len());
+    for (i, t) in file.tenants.into_iter().enumerate() {
+        let tenant = Some(t.id.as_str());
+        if !valid_tenant_id(&t.id) {
+            errs.push(err(
+                tenant,
+                &format!("tenants[{i}].id"),
+                Problem::BadTenantId {
+                    value: t.id.clone(),
+                },
+            ));
+        }
+        *ids.entry(t.id.clone()).or_default() += 1;
+
+        let subdomain = t.subdomain.as_deref().and_then(|s| {
+            let field = format!("tenants[{i}].subdomain");
+            match host::normalize(s) {
+                Ok(label) if !label.contains('.') => {
+                    if reserved.contains(label.as_ref()) {
+                        errs.push(err(
+                            tenant,
+                            &field,
+                            Problem::ReservedSubdomain {
+                                label: label.to_string(),
+                            },
+                        ));
+                    }
+                    if gateway.base_domains.is_empty() {
+                        errs.push(err(tenant, &field, Problem::NoBaseDomain));
+                    }
+                    Some(label.into_owned())
+                }
+                _ => {
+                    errs.push(err(
+                        tenant,
+                        &field,
+                        Problem::BadSubdomain {
+                            value: s.to_string(),
+                        },
+                    ));
+                    None
+                }
+            }
+        });
+
+        let mut domains = Vec::with_capacity(t.domains.len());
+        for (j, raw) in t.domains.iter().enumerate() {
+            let field = format!("tenants[{i}].domains[{j}]");
+            match parse_domain(raw) {
+                Ok(d) => {
+                    if let Some(p) = public_suffix_problem(&d) {
+                        errs.push(err(tenant, &field, p));
+                    } else {
+                        domains.push(d);
+                    }
+                }
+                Err(p) => errs.push(err(tenant, &field, p)),
+            }
+        }
+
+        let pool = match pool_ids.get(&t.pool) {
+            Some(&p) => p,
+            None => {
+                errs.push(err(
+                    tenant,
+                    &format!("tenants[{i}].pool"),
+                    Problem::UnknownPool {
+                        pool: t.pool.clone(),
+                    },
+                ));
+                continue;
+            }
+        };
+        tenants.push(TenantSpec {
+            id: t.id,
+            subdomain,
+            domains,
+            pool,
+        });
+    }
+    for (id, count) in ids {
+        if count > 1 {
+            errs.push(err(
+                Some(&id),
+                "tenants[].id",
+                Problem::DuplicateTenantId {
+                    id: id.clone(),
+                    count,
+                },
+            ));
+        }
+    }
+    (
+        Config {
+            gateway,
+            telemetry,
+            pools,
+            tenants,
+        },
+        errs,
+    )
+}
+
+fn err(tenant: Option<&str>, field: &str, problem: Problem) -> ConfigError {
+    ConfigError {
+        tenant: tenant.map(str::to_string),
+        field: field.to_string(),
+        problem,
+    }
+}
+
+fn validate_gateway(g: file::GatewaySection, errs: &mut Vec<ConfigError>) -> Gateway {
+    let listen = |field: &str, v: &str, errs: &mut Vec<ConfigError>| {
+        v.parse::<SocketAddr>().map_err(|_| {
+            errs.push(err(
+                None,
+                field,
+                Problem::BadListen {
+                    value: v.to_string(),
+                },
+            ));
+        })
+    };
+    let http_listen = listen("gateway.http_listen", &g.http_listen, errs)
+        .unwrap_or(([127, 0, 0, 1], 8080).into());
+    let metrics_listen = g
+        .metrics_listen
+        .as_deref()
+        .and_then(|v| listen("gateway.metrics_listen", v, errs).ok());
+
+    let mut base_domains: Vec<String> = Vec::new();
+    for (i, raw) in g.base_domains.iter().enumerate() {
+        let field = format!("gateway.base_domains[{i}]");
+        match host::normalize(raw) {
+            Ok(n) => {
+                let d = DomainName::Exact(n.into_owned());
+                if let Some(p) = public_suffix_problem(&d) {
+                    errs.push(err(None, &field, p));
+                } else if let DomainName::Exact(n) = d {
+                    if base_domains.contains(&n) {
+                        errs.push(err(None, &field, Problem::DuplicateBaseDomain { name: n }));
+                    } else {
+                        base_domains.push(n);
+                    }
+                }
+            }
+            Err(reason) => errs.push(err(
+                None,
+                &field,
+                Problem::BadName {
+                    value: raw.clone(),
+                    reason,
+                },
+            )),
+        }
+    }
+    for inner in &base_domains {
+        for outer in &base_domains {
+            if inner.len() > outer.len() && inner.ends_with(&format!(".{outer}")) {
+                errs.push(err(
+                    None,
+                    "gateway.base_domains",
+                    Problem::NestedBaseDomain {
+                        inner: inner.clone(),
+                        outer: outer.clone(),
+                    },
+                ));
+            }
+        }
+    }
+
+    let reserved_subdomains = match g.reserved_subdomains {
+        Some(list) => list.iter().map(|s| s.to_ascii_lowercase()).collect(),
+        None => DEFAULT_RESERVED_SUBDOMAINS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    let header = |field: &str, v: &str, errs: &mut Vec<ConfigError>| {
+        HeaderName::from_bytes(v.to_ascii_lowercase().as_bytes())
+            .map_err(|_| {
+                errs.push(err(
+                    None,
+                    field,
+                    Problem::BadHeader {
+                        value: v.to_string(),
+                    },
+                ))
+            })
+            .ok()
+    };
+    let tenant_header = g
+        .tenant_header
+        .as_deref()
+        .and_then(|h| header("gateway.tenant_header", h, errs))
+        .unwrap_or(HeaderName::from_static("x-tenant-id"));
+    let strip_headers = match &g.strip_headers {
+        Some(list) => list
+            .iter()
+            .filter_map(|h| header("gateway.strip_headers", h, errs))
+            .collect(),
+        None => DEFAULT_STRIP_HEADERS
+            .iter()
+            .map(|h| HeaderName::from_static(h))
+            .collect(),
+    };
+
+    let mut ms = |field: &str, v: Option<u64>, default: u64| -> Duration {
+        match v {
+            Some(0) => {
+                errs.push(err(None, field, Problem::Zero { value: "0".into() }));
+                Duration::from_millis(default)
+            }
+            Some(v) => Duration::from_millis(v),
+            None => Duration::from_millis(default),
+        }
+    };
+    let timeouts = Timeouts {
+        connect: ms("gateway.connect_timeout_ms", g.connect_timeout_ms, 1_000),
+        read: ms("gateway.read_timeout_ms", g.read_timeout_ms, 30_000),
+        write: ms("gateway.write_timeout_ms", g.write_timeout_ms, 30_000),
+        idle: ms(
+            "gateway.upstream_idle_timeout_ms",
+            g.upstream_idle_timeout_ms,
+            60_000,
+        ),
+    };
+    let upstream_down = ms("gateway.upstream_down_ms", g.upstream_down_ms, 10_000);
+    let threads = match g.threads {
+        Some(0) => {
+            errs.push(err(
+                None,
+                "gateway.threads",
+                Problem::Zero { value: "0".into() },
+            ));
+            1
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(1),
+    };
+    Gateway {
+        http_listen,
+        metrics_listen,
+        base_domains,
+        reserved_subdomains,
+        tenant_header,
+        strip_headers,
+        timeouts,
+        upstream_down,
+        threads,
+    }
+}
+
+fn validate_telemetry(t: file::TelemetrySection, errs: &mut Vec<ConfigError>) -> Telemetry {
+    let log_format = match t.log_format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            errs.push(err(
+                None,
+                "telemetry.log_format",
+                Problem::BadLogFormat {
+                    value: other.to_string(),
+                },
+            ));
+            LogFormat::Text
+        }
+    };
+    Telemetry {
+        access_log: t.access_log.unwrap_or(true),
+        log_format,
+        tenant_label_limit: t.tenant_label_limit.unwrap_or(1_000),
+    }
+}
+
+/// Parses one `domains` entry: an exact name or `*.parent`.
+pub fn parse_domain(raw: &str) -> Result<DomainName, Problem> {
+    let bad = |reason| Problem::BadName {
+        value: raw.to_string(),
+        reason,
+    };
+    match raw.strip_prefix("*.") {
+        Some(parent) if !parent.contains('*') => host::normalize(parent)
+            .map(|p| DomainName::Wildcard(p.into_owned()))
+            .map_err(bad),
+        Some(_) => Err(Problem::BadWildcard {
+            value: raw.to_string(),
+        }),
+        None if raw.contains('*') => Err(Problem::BadWildcard {
+            value: raw.to_string(),
+        }),
+        None => host::normalize(raw)
+            .map(|n| DomainName::Exact(n.into_owned()))
+            .map_err(bad),
+    }
+}
+
+/// A name (or a wildcard's parent) that is itself a public suffix, or above
+/// one, would cover names owned by others.
+fn public_suffix_problem(d: &DomainName) -> Option<Problem> {
+    let name = match d {
+        DomainName::Exact(n) | DomainName::Wildcard(n) => n,
+    };
+    if psl::domain(name.as_bytes()).is_some() {
+        return None;
+    }
+    let suffix = psl::suffix(name.as_bytes())
+        .map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned())
+        .unwrap_or_else(|| name.clone());
+    Some(Problem::PublicSuffix {
+        name: d.to_string(),
+        suffix,
+    })
+}
+
+fn valid_tenant_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_lowercase() | b[0].is_ascii_digit()
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
+}
+
+/// Where a config comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A file on disk, watched for changes.
+    File(PathBuf),
+    /// Text compiled into the binary (the demo); never reloaded.
+    Embedded {
+        name: &'static str,
+        text: &'static str,
+    },
+}
+
+impl Source {
+    /// The name used in messages.
+    pub fn path(&self) -> PathBuf {
+        match self {
+            Source::File(p) => p.clone(),
+            Source::Embedded { name, .. } => PathBuf::from(name),
+        }
+    }
+
+    /// The current text.
+    pub fn text(&self) -> Result<String, LoadError> {
+        match self {
+            Source::File(p) => read(p),
+            Source::Embedded { text, .. } => Ok(text.to_string()),
+        }
+    }
+}

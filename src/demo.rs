@@ -1,0 +1,137 @@
+//! The embedded default: a demo config and echo backends on loopback, so a
+//! fresh machine can see tenant routing with one command. The echo backend
+//! is also what the integration tests run behind the gateway.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// The demo config, compiled in.
+pub const CONFIG: &str = include_str!("../config/demo.toml");
+
+/// The demo's backends: name and address, matching `config/demo.toml`.
+pub const BACKENDS: &[(&str, &str)] = &[
+    ("shared-1", "127.0.0.1:9001"),
+    ("shared-2", "127.0.0.1:9002"),
+    ("acme-dedicated", "127.0.0.1:9101"),
+];
+
+/// Binds an echo backend on `addr` and serves it on the current runtime.
+/// Returns the bound address (useful with port 0).
+pub async fn spawn_echo_backend(name: &str, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let name: &'static str = Box::leak(name.to_string().into_boxed_str());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| echo(name, req));
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    Ok(local)
+}
+
+/// Answers with JSON describing the request: backend name, method, path,
+/// every header (in order, repeats kept) and the body length. A WebSocket
+/// upgrade gets 101 and then echoes raw bytes.
+async fn echo(
+    name: &'static str,
+    mut req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req
+        .headers()
+        .get(hyper::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+    {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = upgrade.await {
+                let (mut r, mut w) = tokio::io::split(TokioIo::new(up));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        resp.headers_mut().insert(
+            hyper::header::UPGRADE,
+            hyper::header::HeaderValue::from_static("websocket"),
+        );
+        resp.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("upgrade"),
+        );
+        return Ok(resp);
+    }
+    let method = req.method().to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body_len = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes().len(),
+        Err(_) => 0,
+    };
+    let body = serde_json::json!({
+        "backend": name,
+        "method": method,
+        "path": path,
+        "headers": headers,
+        "body_len": body_len,
+    });
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert("x-backend", hyper::header::HeaderValue::from_static(name));
+    Ok(resp)
+}
+
+/// The lines printed by `tenantgate demo`.
+pub fn instructions() -> String {
+    [
+        "tenantgate demo: gateway on http://127.0.0.1:8080, metrics on http://127.0.0.1:9090/metrics",
+        "backends: shared-1 127.0.0.1:9001, shared-2 127.0.0.1:9002, acme-dedicated 127.0.0.1:9101",
+        "",
+        "# tenant globex on the shared pool (round-robin over shared-1 and shared-2):",
+        "curl -s -H 'Host: globex.saas.example' http://127.0.0.1:8080/",
+        "# tenant acme on its dedicated pool, by platform subdomain, custom domain and wildcard:",
+        "curl -s -H 'Host: acme.saas.example' http://127.0.0.1:8080/",
+        "curl -s -H 'Host: app.acme.com' http://127.0.0.1:8080/",
+        "curl -s -H 'Host: eu.acme.io' http://127.0.0.1:8080/",
+        "# a spoofed tenant header is replaced by the real one:",
+        "curl -s -H 'Host: globex.saas.example' -H 'x-tenant-id: acme' http://127.0.0.1:8080/",
+        "# an unknown host is refused with 421 and never forwarded:",
+        "curl -si -H 'Host: unknown.example' http://127.0.0.1:8080/",
+        "curl -s http://127.0.0.1:9090/metrics | grep ^tenantgate_",
+    ]
+    .join("\n")
+}

@@ -1,0 +1,137 @@
+//! The `tenantgate` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tenantgate::config::{self, generate, Source};
+use tenantgate::registry::Snapshot;
+use tenantgate::{demo, server};
+
+#[derive(Parser)]
+#[command(
+    name = "tenantgate",
+    version,
+    about = "Edge gateway for multi-tenant SaaS platforms"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway on a config file (reloaded on change and on SIGHUP).
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file; prints every problem and exits 1 if any.
+    Check { path: PathBuf },
+    /// Run the gateway on the embedded demo config, with demo backends on loopback.
+    Demo,
+    /// Print a generated config with many tenants (for scale tests and benchmarks).
+    GenConfig {
+        #[arg(long, default_value_t = 100_000)]
+        tenants: usize,
+        #[arg(long, default_value_t = 2)]
+        domains_per_tenant: usize,
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "127.0.0.1:9001,127.0.0.1:9002"
+        )]
+        upstreams: Vec<String>,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http_listen: String,
+        #[arg(long)]
+        metrics_listen: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Serve { config } => run(Source::File(config)),
+        Command::Check { path } => check(&path),
+        Command::Demo => demo(),
+        Command::GenConfig {
+            tenants,
+            domains_per_tenant,
+            upstreams,
+            http_listen,
+            metrics_listen,
+        } => {
+            let spec = generate::Spec {
+                tenants,
+                domains_per_tenant,
+                upstreams,
+                http_listen,
+                metrics_listen,
+            };
+            print!("{}", generate::generate(&spec));
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn run(source: Source) -> ExitCode {
+    match server::serve(source) {
+        Ok(never) => match never {},
+        Err(e) => {
+            eprintln!("tenantgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let result = config::read(path).and_then(|text| Snapshot::compile(path, &text));
+    match result {
+        Ok((config, table)) => {
+            println!(
+                "{}: ok: {} tenants, {} pools, {} host names",
+                path.display(),
+                config.tenants.len(),
+                config.pools.len(),
+                table.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn demo() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tenantgate demo: cannot start backends: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for (name, addr) in demo::BACKENDS {
+        let started = addr.parse().map_err(|e| format!("{e}")).and_then(|a| {
+            runtime
+                .block_on(demo::spawn_echo_backend(name, a))
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = started {
+            eprintln!("tenantgate demo: backend {name} on {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    println!("{}\n", demo::instructions());
+    // The runtime keeps serving the backends on its worker thread.
+    let _keep = runtime;
+    run(Source::Embedded {
+        name: "<embedded demo config>",
+        text: demo::CONFIG,
+    })
+}

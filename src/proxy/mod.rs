@@ -1,0 +1,272 @@
+//! The pingora hooks. Reading [`Gateway`]'s `ProxyHttp` impl top to bottom
+//! tells the whole request story:
+//!
+//! 1. `request_filter`: find the authority, resolve the tenant, or answer
+//!    400/421 here. Nothing unresolved goes further.
+//! 2. `upstream_peer`: pick an upstream of the tenant's pool.
+//! 3. `fail_to_connect`: mark it down and retry the next one.
+//! 4. `upstream_request_filter`: strip spoofable headers, add the trusted ones.
+//! 5. `logging`: metrics and the access log line.
+
+mod authority;
+pub mod forward;
+pub mod pool;
+mod respond;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use http::HeaderValue;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::RequestHeader;
+use pingora_proxy::{ProxyHttp, Session};
+
+use crate::registry::{Registry, Snapshot};
+use crate::routing::{self, HostError, Match, Unresolved};
+use crate::telemetry::{Metrics, Rejection};
+use authority::BadAuthority;
+use pool::{Tried, Upstream};
+
+/// The tenant-routing proxy.
+pub struct Gateway {
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    /// Whether requests arrive over TLS (sets `x-forwarded-proto`).
+    https: bool,
+}
+
+impl Gateway {
+    pub fn new(registry: Arc<Registry>, metrics: Arc<Metrics>, https: bool) -> Self {
+        Gateway {
+            registry,
+            metrics,
+            https,
+        }
+    }
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    start: Instant,
+    /// The generation this request runs on, from start to end.
+    snapshot: Option<Arc<Snapshot>>,
+    route: Option<Match>,
+    rejection: Option<(Rejection, &'static str)>,
+    tried: Tried,
+    upstream: Option<Arc<Upstream>>,
+    request_id: Option<HeaderValue>,
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            start: Instant::now(),
+            snapshot: None,
+            route: None,
+            rejection: None,
+            tried: Tried::default(),
+            upstream: None,
+            request_id: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let snap = self.registry.snapshot();
+        let resolved = authority::authority(session.req_header(), session.is_http2())
+            .map_err(bad_authority_body)
+            .and_then(|a| {
+                routing::resolve(&snap.table, a).map_err(|e| match e {
+                    Unresolved::BadHost(e) => bad_host_body(e),
+                    Unresolved::UnknownHost => (Rejection::UnknownHost, UNKNOWN_HOST_BODY),
+                })
+            });
+        ctx.snapshot = Some(snap);
+        match resolved {
+            Ok(m) => {
+                ctx.route = Some(m);
+                Ok(false)
+            }
+            Err((rejection, body)) => {
+                self.metrics.reject(rejection);
+                ctx.rejection = Some((rejection, body));
+                let (status, close) = match rejection {
+                    Rejection::UnknownHost => (421, false),
+                    Rejection::BadHost => (400, true),
+                };
+                respond::plain(session, status, body, close).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let (snap, route) = match (&ctx.snapshot, ctx.route) {
+            (Some(s), Some(r)) => (s, r),
+            _ => {
+                return Err(Error::explain(
+                    ErrorType::InternalError,
+                    "upstream_peer without a route",
+                ))
+            }
+        };
+        let pool = snap
+            .tenant(route.tenant)
+            .and_then(|t| snap.pool_of(t))
+            .ok_or_else(|| {
+                Error::explain(
+                    ErrorType::InternalError,
+                    "tenant or pool missing from snapshot",
+                )
+            })?;
+        let upstream = pool.select(&mut ctx.tried).ok_or_else(|| {
+            Error::explain(
+                ErrorType::HTTPStatus(502),
+                "every upstream of the pool failed",
+            )
+        })?;
+        ctx.upstream = Some(upstream.clone());
+        let t = &snap.config.gateway.timeouts;
+        let mut peer = HttpPeer::new(upstream.addr, false, String::new());
+        peer.options.connection_timeout = Some(t.connect);
+        peer.options.read_timeout = Some(t.read);
+        peer.options.write_timeout = Some(t.write);
+        peer.options.idle_timeout = Some(t.idle);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let (Some(snap), Some(route), Some(up)) = (&ctx.snapshot, ctx.route, &ctx.upstream) {
+            up.mark_down(snap.config.gateway.upstream_down);
+            if let Some(pool) = snap.tenant(route.tenant).and_then(|t| snap.pool_of(t)) {
+                pool.metrics.connect_errors.inc();
+                let limit = pool.upstreams.len().min(64) as u32;
+                if ctx.tried.count() < limit {
+                    e.set_retry(true);
+                }
+            }
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let (Some(snap), Some(route)) = (&ctx.snapshot, ctx.route) else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "forwarding without a route",
+            ));
+        };
+        let tenant = snap.tenant(route.tenant).ok_or_else(|| {
+            Error::explain(ErrorType::InternalError, "tenant missing from snapshot")
+        })?;
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let authority =
+            authority::authority(session.req_header(), session.is_http2()).unwrap_or_default();
+        let origin = forward::Origin {
+            client_ip,
+            authority,
+            https: self.https,
+        };
+        ctx.request_id = Some(forward::rewrite(
+            upstream_request,
+            &snap.config.gateway,
+            &tenant.header_value,
+            &origin,
+        )?);
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.start.elapsed();
+        let Some(snap) = &ctx.snapshot else { return };
+        let method = session.req_header().method.as_str();
+        let path = session.req_header().uri.path();
+        let access_log = snap.config.telemetry.access_log;
+        let Some(route) = ctx.route else {
+            if access_log {
+                let reason = ctx.rejection.map_or("none", |(r, _)| r.as_str());
+                tracing::info!(target: "access", decision = "rejected", reason, status, method, path, duration_ms = elapsed.as_secs_f64() * 1e3);
+            }
+            return;
+        };
+        let Some(tenant) = snap.tenant(route.tenant) else {
+            return;
+        };
+        let pool = snap.pool_of(tenant);
+        if status > 0 {
+            tenant.counters.observe(status);
+        }
+        if let Some(p) = pool {
+            p.metrics.duration.observe(elapsed.as_secs_f64());
+            if e.is_some() && status >= 500 && ctx.upstream.is_some() {
+                p.metrics.proxy_errors.inc();
+            }
+        }
+        if access_log {
+            tracing::info!(
+                target: "access",
+                decision = "routed",
+                tenant = &*tenant.id,
+                match_kind = route.kind.as_str(),
+                pool = pool.map_or("", |p| &*p.name),
+                upstream = ctx.upstream.as_ref().map(|u| tracing::field::display(u.addr)),
+                status,
+                method,
+                path,
+                request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
+                generation = snap.generation,
+                duration_ms = elapsed.as_secs_f64() * 1e3,
+                error = e.map(tracing::field::display),
+            );
+        }
+    }
+}
+
+const UNKNOWN_HOST_BODY: &str = "421 Misdirected Request: this host is not served here\n";
+
+fn bad_authority_body(e: BadAuthority) -> (Rejection, &'static str) {
+    let body = match e {
+        BadAuthority::Missing => "400 Bad Request: missing Host header\n",
+        BadAuthority::Empty => "400 Bad Request: empty Host header\n",
+        BadAuthority::Several => "400 Bad Request: several Host headers\n",
+        BadAuthority::NotAscii => "400 Bad Request: Host header is not visible ASCII\n",
+        BadAuthority::Mismatch => "400 Bad Request: request target authority differs from Host\n",
+    };
+    (Rejection::BadHost, body)
+}
+
+fn bad_host_body(e: HostError) -> (Rejection, &'static str) {
+    let body = match e {
+        HostError::Empty => "400 Bad Request: empty host name\n",
+        HostError::Port => "400 Bad Request: malformed port in Host\n",
+        HostError::Path => "400 Bad Request: Host contains a path\n",
+        HostError::IpAddress => UNKNOWN_HOST_BODY,
+        HostError::TooLong => "400 Bad Request: host name too long\n",
+        HostError::BadLabel => "400 Bad Request: empty or over-long label in Host\n",
+        HostError::InvalidCharacters => "400 Bad Request: invalid characters in Host\n",
+    };
+    (Rejection::BadHost, body)
+}

@@ -1,0 +1,113 @@
+//! Backend pools: round-robin selection with passive health.
+//!
+//! An upstream that fails to connect is skipped for `upstream_down`. Its
+//! health lives in an [`Upstream`] shared across reloads (the registry hands
+//! the same `Arc` to the next snapshot when the address is unchanged), so a
+//! reload neither forgets a dead backend nor resets a live one.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use crate::telemetry::PoolMetrics;
+
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn now_ms() -> u64 {
+    EPOCH.elapsed().as_millis() as u64
+}
+
+/// One backend address and its passive health.
+#[derive(Debug)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    /// Milliseconds since [`EPOCH`] until which the upstream is skipped.
+    down_until: AtomicU64,
+}
+
+impl Upstream {
+    pub fn new(addr: SocketAddr) -> Self {
+        Upstream {
+            addr,
+            down_until: AtomicU64::new(0),
+        }
+    }
+
+    /// Skips this upstream for `period`.
+    pub fn mark_down(&self, period: Duration) {
+        self.down_until
+            .store(now_ms() + period.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether it is currently skipped.
+    pub fn is_down(&self) -> bool {
+        self.down_until.load(Ordering::Relaxed) > now_ms()
+    }
+}
+
+/// A named set of upstreams.
+#[derive(Debug)]
+pub struct Pool {
+    pub name: Arc<str>,
+    pub upstreams: Vec<Arc<Upstream>>,
+    next: AtomicUsize,
+    pub metrics: PoolMetrics,
+}
+
+/// Which upstreams of a pool a request already tried (bit i = upstream i;
+/// pools past 64 upstreams reuse bits, which only weakens the skip).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tried(u64);
+
+impl Tried {
+    fn has(self, i: usize) -> bool {
+        self.0 & (1 << (i % 64)) != 0
+    }
+    fn add(&mut self, i: usize) {
+        self.0 |= 1 << (i % 64);
+    }
+    /// How many upstreams were tried.
+    pub fn count(self) -> u32 {
+        self.0.count_ones()
+    }
+}
+
+impl Pool {
+    pub fn new(name: Arc<str>, upstreams: Vec<Arc<Upstream>>, metrics: PoolMetrics) -> Self {
+        Pool {
+            name,
+            upstreams,
+            next: AtomicUsize::new(0),
+            metrics,
+        }
+    }
+
+    /// Picks the next upstream in round-robin order that is neither down nor
+    /// already tried by this request. When every untried upstream is down,
+    /// the next untried one is returned anyway, so a pool whose backends all
+    /// failed recently still gets a chance to recover. `None` once every
+    /// upstream was tried.
+    pub fn select(&self, tried: &mut Tried) -> Option<&Arc<Upstream>> {
+        let n = self.upstreams.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut fallback = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            if tried.has(i) {
+                continue;
+            }
+            if !self.upstreams[i].is_down() {
+                tried.add(i);
+                return Some(&self.upstreams[i]);
+            }
+            fallback.get_or_insert(i);
+        }
+        let i = fallback?;
+        tried.add(i);
+        Some(&self.upstreams[i])
+    }
+}

@@ -1,0 +1,147 @@
+//! The one writer of live state.
+//!
+//! A change (file edit, SIGHUP) goes: read → parse → validate → build
+//! snapshot → swap. A change that fails any step leaves the live snapshot
+//! untouched; the problems are logged and counted. Requests load the live
+//! snapshot once and keep it for their whole life, so in-flight requests
+//! finish on the generation they started with.
+
+mod snapshot;
+mod watch;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+pub use snapshot::{problems, Changes, Snapshot, Tenant};
+pub use watch::ConfigWatcher;
+
+use crate::config::{LoadError, Source};
+use crate::telemetry::Metrics;
+
+/// What a reload did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The source text is the same as the live one; nothing was done.
+    Unchanged,
+    /// A new generation is live.
+    Applied { generation: u64, changes: Changes },
+}
+
+/// Holds the live snapshot and applies changes to it.
+pub struct Registry {
+    source: Source,
+    live: ArcSwap<Snapshot>,
+    metrics: Arc<Metrics>,
+    /// Serialises writers and remembers the live text.
+    writer: Mutex<String>,
+}
+
+impl Registry {
+    /// Loads the first snapshot. Fails if the config is invalid.
+    pub fn load(source: Source, metrics: Arc<Metrics>) -> Result<Registry, LoadError> {
+        let text = source.text()?;
+        let (config, table) = Snapshot::compile(&source.path(), &text)?;
+        let snap = Snapshot::assemble(1, config, table, None, &metrics);
+        metrics.reload_result(true);
+        publish_gauges(&metrics, &snap);
+        Ok(Registry {
+            source,
+            live: ArcSwap::from_pointee(snap),
+            metrics,
+            writer: Mutex::new(text),
+        })
+    }
+
+    /// The live snapshot. Cheap: one atomic increment.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.live.load_full()
+    }
+
+    /// Where the config comes from.
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// Re-reads the source and swaps in a new snapshot if it is valid.
+    /// Blocking (file I/O and CPU work): call it from a blocking thread.
+    pub fn reload(&self) -> Result<ReloadOutcome, LoadError> {
+        let mut live_text = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.reload_locked(&mut live_text);
+        match &result {
+            Ok(ReloadOutcome::Unchanged) => {}
+            Ok(ReloadOutcome::Applied {
+                generation,
+                changes,
+            }) => {
+                self.metrics.reload_result(true);
+                tracing::info!(
+                    generation,
+                    tenants_added = changes.added,
+                    tenants_removed = changes.removed,
+                    "config reloaded"
+                );
+            }
+            Err(e) => {
+                self.metrics.reload_result(false);
+                for p in problems(e) {
+                    tracing::error!(problem = %p, "config reload refused; the running config stays");
+                }
+            }
+        }
+        result
+    }
+
+    fn reload_locked(&self, live_text: &mut String) -> Result<ReloadOutcome, LoadError> {
+        let text = self.source.text()?;
+        if text == *live_text {
+            return Ok(ReloadOutcome::Unchanged);
+        }
+        let (config, table) = Snapshot::compile(&self.source.path(), &text)?;
+        let old = self.live.load_full();
+        if config.gateway.http_listen != old.config.gateway.http_listen
+            || config.gateway.metrics_listen != old.config.gateway.metrics_listen
+            || config.gateway.threads != old.config.gateway.threads
+        {
+            tracing::warn!("listen addresses and threads change only on restart; the rest of the change applies");
+        }
+        let generation = old.generation + 1;
+        let snap = Snapshot::assemble(generation, config, table, Some(&old), &self.metrics);
+        let changes = self.forget_removed(&old, &snap);
+        publish_gauges(&self.metrics, &snap);
+        self.live.store(Arc::new(snap));
+        *live_text = text;
+        Ok(ReloadOutcome::Applied {
+            generation,
+            changes,
+        })
+    }
+
+    /// Drops metric series of tenants and pools that are gone.
+    fn forget_removed(&self, old: &Snapshot, new: &Snapshot) -> Changes {
+        let new_ids: HashSet<&str> = new.tenants.iter().map(|t| &*t.id).collect();
+        let old_ids: HashSet<&str> = old.tenants.iter().map(|t| &*t.id).collect();
+        let labelled: HashSet<&str> = new.labelled_tenants().collect();
+        for id in old.labelled_tenants() {
+            if !labelled.contains(id) {
+                self.metrics.forget_tenant(id);
+            }
+        }
+        for p in &old.pools {
+            if !new.pools.iter().any(|n| n.name == p.name) {
+                self.metrics.forget_pool(&p.name);
+            }
+        }
+        Changes {
+            added: new_ids.difference(&old_ids).count(),
+            removed: old_ids.difference(&new_ids).count(),
+        }
+    }
+}
+
+fn publish_gauges(metrics: &Metrics, snap: &Snapshot) {
+    metrics.config_generation.set(snap.generation as i64);
+    metrics.tenants.set(snap.tenants.len() as i64);
+    metrics.domains.set(snap.table.len() as i64);
+}

@@ -1,0 +1,148 @@
+//! The immutable routing snapshot: everything a request needs, built off the
+//! request path and swapped in whole.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::HeaderValue;
+
+use crate::config::{self, Config, ConfigError, LoadError, PoolId};
+use crate::proxy::pool::{Pool, Upstream};
+use crate::routing::{DomainTable, TenantIdx};
+use crate::telemetry::{Metrics, TenantCounters, OTHER_TENANTS};
+
+/// A tenant as the request path sees it.
+#[derive(Debug)]
+pub struct Tenant {
+    pub id: Arc<str>,
+    /// The id, ready to send in the tenant header.
+    pub header_value: HeaderValue,
+    pub pool: PoolId,
+    pub counters: TenantCounters,
+}
+
+/// One generation of live state.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub config: Config,
+    pub table: DomainTable,
+    pub tenants: Vec<Tenant>,
+    pub pools: Vec<Pool>,
+}
+
+impl Snapshot {
+    /// Parses, validates and compiles config text. Every problem is reported,
+    /// not just the first. `path` is only used in messages.
+    pub fn compile(path: &std::path::Path, text: &str) -> Result<(Config, DomainTable), LoadError> {
+        let file = config::parse(path, text)?;
+        let (config, mut errors) = config::validate(file);
+        let (table, conflicts) = DomainTable::build(&config);
+        errors.extend(conflicts);
+        if errors.is_empty() {
+            Ok((config, table))
+        } else {
+            Err(LoadError::Invalid {
+                path: path.to_path_buf(),
+                errors,
+            })
+        }
+    }
+
+    /// Wraps a compiled config into a snapshot, reusing the upstream health
+    /// of `previous` for addresses that stay.
+    pub fn assemble(
+        generation: u64,
+        config: Config,
+        table: DomainTable,
+        previous: Option<&Snapshot>,
+        metrics: &Metrics,
+    ) -> Snapshot {
+        let mut known: HashMap<SocketAddr, Arc<Upstream>> = HashMap::new();
+        if let Some(prev) = previous {
+            for u in prev.pools.iter().flat_map(|p| &p.upstreams) {
+                known.entry(u.addr).or_insert_with(|| u.clone());
+            }
+        }
+        let pools = config
+            .pools
+            .iter()
+            .map(|spec| {
+                let upstreams = spec
+                    .upstreams
+                    .iter()
+                    .map(|a| {
+                        known
+                            .entry(*a)
+                            .or_insert_with(|| Arc::new(Upstream::new(*a)))
+                            .clone()
+                    })
+                    .collect();
+                Pool::new(
+                    spec.name.as_str().into(),
+                    upstreams,
+                    metrics.pool(&spec.name),
+                )
+            })
+            .collect();
+
+        let limit = config.telemetry.tenant_label_limit;
+        let other = metrics.tenant(OTHER_TENANTS);
+        let tenants = config
+            .tenants
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| Tenant {
+                id: spec.id.as_str().into(),
+                // Tenant ids are validated to [a-z0-9_-], always a valid header value.
+                header_value: HeaderValue::from_str(&spec.id)
+                    .unwrap_or(HeaderValue::from_static("invalid")),
+                pool: spec.pool,
+                counters: if i < limit {
+                    metrics.tenant(&spec.id)
+                } else {
+                    other.clone()
+                },
+            })
+            .collect();
+        Snapshot {
+            generation,
+            config,
+            table,
+            tenants,
+            pools,
+        }
+    }
+
+    /// The tenant at `idx`.
+    pub fn tenant(&self, idx: TenantIdx) -> Option<&Tenant> {
+        self.tenants.get(idx as usize)
+    }
+
+    /// The pool of a tenant.
+    pub fn pool_of(&self, tenant: &Tenant) -> Option<&Pool> {
+        self.pools.get(tenant.pool as usize)
+    }
+
+    /// Ids of tenants with their own metric series.
+    pub(crate) fn labelled_tenants(&self) -> impl Iterator<Item = &str> {
+        let limit = self.config.telemetry.tenant_label_limit;
+        self.tenants.iter().take(limit).map(|t| &*t.id)
+    }
+}
+
+/// Summary of what a reload changed, for the log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub added: usize,
+    pub removed: usize,
+}
+
+/// Returned when compile fails, so callers can log each problem.
+pub fn problems(e: &LoadError) -> Vec<String> {
+    match e {
+        LoadError::Invalid { errors, .. } => errors.iter().map(ConfigError::to_string).collect(),
+        other => vec![other.to_string()],
+    }
+}

@@ -1,0 +1,231 @@
+//! Metrics and logs. This module owns every metric name; the rest of the
+//! crate holds handles to them, resolved once per reload, so the request
+//! path never formats a label or looks one up.
+
+mod endpoint;
+
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry,
+};
+use tracing_subscriber::EnvFilter;
+
+pub use endpoint::MetricsEndpoint;
+
+use crate::config::LogFormat;
+
+/// Status classes, as metric label values.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Label value shared by tenants past `tenant_label_limit`.
+pub const OTHER_TENANTS: &str = "_other";
+
+/// Why a request was refused before it reached a backend. Bounded set: these
+/// are the only values of the `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Valid host, no tenant: 421.
+    UnknownHost,
+    /// Missing, empty, malformed or conflicting Host: 400.
+    BadHost,
+}
+
+impl Rejection {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::UnknownHost => "unknown_host",
+            Rejection::BadHost => "bad_host",
+        }
+    }
+}
+
+/// Every metric tenantgate exports, in its own registry.
+pub struct Metrics {
+    pub registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    rejections: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    pub config_generation: IntGauge,
+    reloads: IntCounterVec,
+    pub config_last_reload_success: IntGauge,
+    pub config_last_reload_timestamp: Gauge,
+    pub tenants: IntGauge,
+    pub domains: IntGauge,
+}
+
+/// Per-tenant request counters, one per status class.
+#[derive(Debug, Clone)]
+pub struct TenantCounters([IntCounter; 5]);
+
+impl TenantCounters {
+    /// Counts one response with `status`.
+    pub fn observe(&self, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.0[class].inc();
+    }
+}
+
+/// Per-pool handles.
+#[derive(Debug, Clone)]
+pub struct PoolMetrics {
+    pub duration: Histogram,
+    pub connect_errors: IntCounter,
+    pub proxy_errors: IntCounter,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "tenantgate_requests_total",
+                "Requests routed to a tenant, by tenant and status class.",
+            ),
+            &["tenant", "status_class"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "tenantgate_request_duration_seconds",
+                "Time from request start to the end of the response, by pool.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["pool"],
+        )?;
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                "tenantgate_rejections_total",
+                "Requests refused before routing, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "tenantgate_upstream_errors_total",
+                "Upstream failures, by pool and kind (connect, proxy).",
+            ),
+            &["pool", "kind"],
+        )?;
+        let config_generation = IntGauge::new(
+            "tenantgate_config_generation",
+            "Generation of the live config.",
+        )?;
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "tenantgate_config_reloads_total",
+                "Config reload attempts, by result.",
+            ),
+            &["result"],
+        )?;
+        let config_last_reload_success = IntGauge::new(
+            "tenantgate_config_last_reload_success",
+            "1 if the last reload attempt succeeded, 0 if it was refused.",
+        )?;
+        let config_last_reload_timestamp = Gauge::new(
+            "tenantgate_config_last_reload_timestamp_seconds",
+            "Unix time of the last reload attempt.",
+        )?;
+        let tenants = IntGauge::new("tenantgate_tenants", "Tenants in the live config.")?;
+        let domains = IntGauge::new(
+            "tenantgate_domains",
+            "Host names routed by the live config.",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(rejections.clone()))?;
+        registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(config_generation.clone()))?;
+        registry.register(Box::new(reloads.clone()))?;
+        registry.register(Box::new(config_last_reload_success.clone()))?;
+        registry.register(Box::new(config_last_reload_timestamp.clone()))?;
+        registry.register(Box::new(tenants.clone()))?;
+        registry.register(Box::new(domains.clone()))?;
+        for r in [Rejection::UnknownHost, Rejection::BadHost] {
+            rejections.with_label_values(&[r.as_str()]);
+        }
+        for r in ["success", "failure"] {
+            reloads.with_label_values(&[r]);
+        }
+        Ok(Metrics {
+            registry,
+            requests,
+            duration,
+            rejections,
+            upstream_errors,
+            config_generation,
+            reloads,
+            config_last_reload_success,
+            config_last_reload_timestamp,
+            tenants,
+            domains,
+        })
+    }
+
+    /// Counter handles for a tenant's label value.
+    pub fn tenant(&self, label: &str) -> TenantCounters {
+        TenantCounters(STATUS_CLASSES.map(|c| self.requests.with_label_values(&[label, c])))
+    }
+
+    /// Drops a removed tenant's series.
+    pub fn forget_tenant(&self, label: &str) {
+        for c in STATUS_CLASSES {
+            let _ = self.requests.remove_label_values(&[label, c]);
+        }
+    }
+
+    /// Handles for a pool.
+    pub fn pool(&self, name: &str) -> PoolMetrics {
+        PoolMetrics {
+            duration: self.duration.with_label_values(&[name]),
+            connect_errors: self.upstream_errors.with_label_values(&[name, "connect"]),
+            proxy_errors: self.upstream_errors.with_label_values(&[name, "proxy"]),
+        }
+    }
+
+    /// Drops a removed pool's series.
+    pub fn forget_pool(&self, name: &str) {
+        let _ = self.duration.remove_label_values(&[name]);
+        for k in ["connect", "proxy"] {
+            let _ = self.upstream_errors.remove_label_values(&[name, k]);
+        }
+    }
+
+    /// Counts a refused request.
+    pub fn reject(&self, r: Rejection) {
+        self.rejections.with_label_values(&[r.as_str()]).inc();
+    }
+
+    /// Records the outcome of a reload attempt.
+    pub fn reload_result(&self, ok: bool) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.config_last_reload_timestamp.set(now);
+        self.config_last_reload_success.set(i64::from(ok));
+        self.reloads
+            .with_label_values(&[if ok { "success" } else { "failure" }])
+            .inc();
+    }
+}
+
+/// Installs the global tracing subscriber. `RUST_LOG` overrides the level
+/// (default `info`). Logs go to stderr.
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    if let Err(e) = result {
+        eprintln!("tenantgate: logging already initialised: {e}");
+    }
+}
