@@ -31,7 +31,10 @@ static A: Counting = Counting;
 
 fn main() {
     let metrics = Metrics::new().expect("metrics");
-    println!("{:>8} {:>10} {:>12} {:>12} {:>10}", "tenants", "load_ms", "live_MiB", "peak_MiB", "B/tenant");
+    println!(
+        "{:>8} {:>10} {:>12} {:>12} {:>10}",
+        "tenants", "load_ms", "live_MiB", "peak_MiB", "B/tenant"
+    );
     for tenants in [1_000usize, 10_000, 100_000] {
         let text = generate(&Spec {
             tenants,

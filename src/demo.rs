@@ -4,6 +4,9 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -24,19 +27,41 @@ pub const BACKENDS: &[(&str, &str)] = &[
     ("acme-dedicated", "127.0.0.1:9101"),
 ];
 
-/// Binds an echo backend on `addr` and serves it on the current runtime.
-/// Returns the bound address (useful with port 0).
-pub async fn spawn_echo_backend(name: &str, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+/// A running echo backend.
+#[derive(Debug, Clone)]
+pub struct EchoBackend {
+    pub addr: SocketAddr,
+    /// Requests received so far.
+    pub requests: Arc<AtomicUsize>,
+}
+
+impl EchoBackend {
+    /// Requests received so far.
+    pub fn count(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+/// Binds an echo backend on `addr` (port 0 picks a free one) and serves it
+/// on the current runtime until the runtime stops.
+pub async fn spawn_echo_backend(name: &str, addr: SocketAddr) -> std::io::Result<EchoBackend> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let name: &'static str = Box::leak(name.to_string().into_boxed_str());
+    let name: Arc<str> = name.into();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counter = requests.clone();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            let name = name.clone();
+            let counter = counter.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req| echo(name, req));
+                let svc = service_fn(move |req| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    echo(name.clone(), req)
+                });
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
                     .with_upgrades()
@@ -44,16 +69,28 @@ pub async fn spawn_echo_backend(name: &str, addr: SocketAddr) -> std::io::Result
             });
         }
     });
-    Ok(local)
+    Ok(EchoBackend {
+        addr: local,
+        requests,
+    })
 }
 
 /// Answers with JSON describing the request: backend name, method, path,
 /// every header (in order, repeats kept) and the body length. A WebSocket
-/// upgrade gets 101 and then echoes raw bytes.
+/// upgrade gets 101 and then echoes raw bytes. `/sleep/<ms>` waits that
+/// long before answering.
 async fn echo(
-    name: &'static str,
+    name: Arc<str>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(ms) = req
+        .uri()
+        .path()
+        .strip_prefix("/sleep/")
+        .and_then(|m| m.parse().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     if req
         .headers()
         .get(hyper::header::UPGRADE)
@@ -99,7 +136,7 @@ async fn echo(
         Err(_) => 0,
     };
     let body = serde_json::json!({
-        "backend": name,
+        "backend": &*name,
         "method": method,
         "path": path,
         "headers": headers,
@@ -110,8 +147,9 @@ async fn echo(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),
     );
-    resp.headers_mut()
-        .insert("x-backend", hyper::header::HeaderValue::from_static(name));
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&name) {
+        resp.headers_mut().insert("x-backend", v);
+    }
     Ok(resp)
 }
 

@@ -35,6 +35,7 @@ pub struct GatewaySection {
     pub upstream_idle_timeout_ms: Option<u64>,
     pub upstream_down_ms: Option<u64>,
     pub threads: Option<usize>,
+    pub watch_config: Option<bool>,
 }
 
 /// `[telemetry]`

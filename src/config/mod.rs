@@ -55,6 +55,8 @@ pub struct Gateway {
     /// How long an upstream that failed to connect is skipped.
     pub upstream_down: Duration,
     pub threads: usize,
+    /// Reload when the config file changes (SIGHUP always reloads).
+    pub watch_config: bool,
 }
 
 /// Upstream timeouts.
@@ -426,6 +428,7 @@ fn validate_gateway(g: file::GatewaySection, errs: &mut Vec<ConfigError>) -> Gat
         timeouts,
         upstream_down,
         threads,
+        watch_config: g.watch_config.unwrap_or(true),
     }
 }
 

@@ -39,3 +39,62 @@ pub fn authority(req: &RequestHeader, http2: bool) -> Result<&str, BadAuthority>
         (None, _) => Err(BadAuthority::Missing),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(target: &str, hosts: &[&[u8]]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", target.as_bytes(), None).expect("request");
+        for h in hosts {
+            r.append_header(HOST, *h).expect("header");
+        }
+        r
+    }
+
+    #[test]
+    fn host_header_or_h2_authority_is_the_authority() {
+        assert_eq!(
+            authority(&req("/", &[b"a.example:80"]), false),
+            Ok("a.example:80")
+        );
+        assert_eq!(
+            authority(&req("https://a.example/", &[]), true),
+            Ok("a.example")
+        );
+        assert_eq!(
+            authority(&req("https://A.example/", &[b"a.example"]), true),
+            Ok("a.example")
+        );
+    }
+
+    #[test]
+    fn every_untrustworthy_shape_is_refused() {
+        assert_eq!(authority(&req("/", &[]), false), Err(BadAuthority::Missing));
+        assert_eq!(
+            authority(&req("http://a.example/", &[]), false),
+            Err(BadAuthority::Missing)
+        );
+        assert_eq!(authority(&req("/", &[]), true), Err(BadAuthority::Missing));
+        assert_eq!(
+            authority(&req("/", &[b""]), false),
+            Err(BadAuthority::Empty)
+        );
+        assert_eq!(
+            authority(&req("/", &[b"a.example", b"a.example"]), false),
+            Err(BadAuthority::Several)
+        );
+        assert_eq!(
+            authority(&req("/", &["ü.example".as_bytes()]), false),
+            Err(BadAuthority::NotAscii)
+        );
+        assert_eq!(
+            authority(&req("https://b.example/", &[b"a.example"]), true),
+            Err(BadAuthority::Mismatch)
+        );
+        assert_eq!(
+            authority(&req("http://b.example/", &[b"a.example"]), false),
+            Err(BadAuthority::Mismatch)
+        );
+    }
+}

@@ -28,8 +28,12 @@ impl BackgroundService for ConfigWatcher {
             return;
         };
         let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-        let _watcher = match watch_file(path.clone(), tx.clone()) {
-            Ok(w) => Some(w),
+        let watch = self.registry.snapshot().config.gateway.watch_config;
+        let _watcher = match watch
+            .then(|| watch_file(path.clone(), tx.clone()))
+            .transpose()
+        {
+            Ok(w) => w,
             Err(e) => {
                 tracing::warn!(error = %e, path = %path.display(), "cannot watch config file; reload with SIGHUP");
                 None

@@ -1,0 +1,255 @@
+//! One harness for every integration test: echo backends spawned in the
+//! test, the real `tenantgate` binary on loopback, and small clients.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tenantgate::demo::{spawn_echo_backend, EchoBackend};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tenantgate");
+
+/// Spawns an echo backend on a free loopback port.
+pub async fn backend(name: &str) -> EchoBackend {
+    spawn_echo_backend(name, "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("backend binds")
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running gateway process; killed on drop.
+pub struct Gateway {
+    child: Child,
+    pub http: SocketAddr,
+    pub metrics: SocketAddr,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    _dir: tempfile::TempDir,
+    client: reqwest::Client,
+}
+
+/// Fills `{http}` and `{metrics}` in a config template.
+pub fn fill(template: &str, http: SocketAddr, metrics: SocketAddr) -> String {
+    template
+        .replace("{http}", &http.to_string())
+        .replace("{metrics}", &metrics.to_string())
+}
+
+impl Gateway {
+    /// Writes the config (with `{http}`/`{metrics}` filled in) and starts
+    /// `tenantgate serve`, waiting until it accepts connections.
+    pub async fn start(template: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let config_path = dir.path().join("tenantgate.toml");
+        std::fs::write(&config_path, fill(template, http, metrics)).expect("write config");
+        let log_path = dir.path().join("gateway.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tenantgate");
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(8)
+            .build()
+            .expect("client");
+        let gw = Gateway {
+            child,
+            http,
+            metrics,
+            config_path,
+            log_path,
+            _dir: dir,
+            client,
+        };
+        gw.wait_listening(http).await;
+        gw.wait_listening(metrics).await;
+        gw
+    }
+
+    async fn wait_listening(&self, addr: SocketAddr) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if TcpStream::connect(addr).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("gateway never listened on {addr}; log:\n{}", self.log());
+    }
+
+    /// The gateway's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Replaces the config file atomically (write + rename), as editors and
+    /// deploy tools do.
+    pub fn write_config(&self, template: &str) {
+        let tmp = self.config_path.with_extension("tmp");
+        std::fs::write(&tmp, fill(template, self.http, self.metrics)).expect("write tmp config");
+        std::fs::rename(&tmp, &self.config_path).expect("rename config");
+    }
+
+    /// GET `path` with a Host header; returns status and body.
+    pub async fn get(&self, host: &str, path: &str) -> (u16, String) {
+        self.get_with(host, path, &[]).await
+    }
+
+    /// GET with extra headers (repeats allowed).
+    pub async fn get_with(
+        &self,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, String) {
+        let mut req = self
+            .client
+            .get(format!("http://{}{path}", self.http))
+            .header("host", host);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("body"))
+    }
+
+    /// Sends raw bytes on a new connection and returns everything read until
+    /// the server closes or goes quiet.
+    pub async fn raw(&self, request: &str) -> String {
+        let mut s = TcpStream::connect(self.http).await.expect("connect");
+        s.write_all(request.as_bytes()).await.expect("write");
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(Duration::from_millis(1500), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// The Prometheus text from `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        let resp = self
+            .client
+            .get(format!("http://{}/metrics", self.metrics))
+            .send()
+            .await
+            .expect("metrics");
+        resp.text().await.expect("metrics body")
+    }
+
+    /// The value of one metric series (exact line prefix, e.g.
+    /// `tenantgate_config_generation` or `name{label="x"}`), or 0.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics_text().await;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Polls until `metric(series)` reaches `at_least`, for up to 10 s.
+    pub async fn wait_metric(&self, series: &str, at_least: f64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.metric(series).await;
+            if v >= at_least {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{series} stayed at {v}, wanted >= {at_least}; log:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls until GET on `host` answers `status`, for up to 10 s.
+    pub async fn wait_status(&self, host: &str, status: u16) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (s, _) = self.get(host, "/").await;
+            if s == status {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("{host} answered {s}, wanted {status}; log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The echo backend's view of a request.
+pub struct Echo(pub Value);
+
+impl Echo {
+    pub fn parse(body: &str) -> Echo {
+        Echo(
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("not an echo body ({e}): {body}")),
+        )
+    }
+    pub fn backend(&self) -> &str {
+        self.0["backend"].as_str().unwrap_or("")
+    }
+    /// Every value of header `name`, in order.
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        self.0["headers"]
+            .as_array()
+            .map(|hs| {
+                hs.iter()
+                    .filter(|h| h[0].as_str() == Some(name))
+                    .filter_map(|h| h[1].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.header_all(name).into_iter().next()
+    }
+}
+
+/// The status code in a raw HTTP/1.1 response.
+pub fn raw_status(resp: &str) -> u16 {
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
