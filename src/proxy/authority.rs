@@ -45,7 +45,8 @@ mod tests {
     use super::*;
 
     fn req(target: &str, hosts: &[&[u8]]) -> RequestHeader {
-        let mut r = RequestHeader::build("GET", target.as_bytes(), None).expect("request");
+        let mut r = RequestHeader::build("GET", b"/", None).expect("request");
+        r.set_uri(target.parse().expect("uri"));
         for h in hosts {
             r.append_header(HOST, *h).expect("header");
         }

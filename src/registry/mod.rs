@@ -85,8 +85,9 @@ impl Registry {
             }
             Err(e) => {
                 self.metrics.reload_result(false);
+                let file = self.source.path();
                 for p in problems(e) {
-                    tracing::error!(problem = %p, "config reload refused; the running config stays");
+                    tracing::error!(file = %file.display(), problem = %p, "config reload refused; the running config stays");
                 }
             }
         }

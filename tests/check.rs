@@ -1,0 +1,288 @@
+//! `tenantgate check`: every class of bad config is refused with a message
+//! naming the file, the tenant(s), the field and every claimant.
+
+mod common;
+
+use std::process::Command;
+
+use common::BIN;
+
+const HEAD: &str = r#"
+[gateway]
+http_listen = "127.0.0.1:8080"
+base_domains = ["saas.example"]
+
+[pools.shared]
+upstreams = ["127.0.0.1:9001"]
+"#;
+
+fn tenant(id: &str, extra: &str) -> String {
+    format!("\n[[tenants]]\nid = \"{id}\"\npool = \"shared\"\n{extra}\n")
+}
+
+/// Runs `check` on `text`; returns (exit code, stdout + stderr, file path).
+fn check(text: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("routing.toml");
+    std::fs::write(&path, text).expect("write");
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg(&path)
+        .output()
+        .expect("run check");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        all,
+        path.display().to_string(),
+    )
+}
+
+/// Asserts the config is refused and every `needle` is in the output, on a
+/// line that names the file.
+fn refused(text: &str, needles: &[&str]) -> String {
+    let (code, out, path) = check(text);
+    assert_eq!(code, 1, "want exit 1:\n{out}");
+    for n in needles {
+        let line = out
+            .lines()
+            .find(|l| l.contains(n))
+            .unwrap_or_else(|| panic!("{n:?} not in:\n{out}"));
+        assert!(
+            line.starts_with(&path),
+            "line does not name the file: {line}"
+        );
+    }
+    out
+}
+
+#[test]
+fn shipped_configs_are_valid() {
+    for f in ["config/example.toml", "config/demo.toml"] {
+        let out = Command::new(BIN)
+            .arg("check")
+            .arg(f)
+            .output()
+            .expect("run check");
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("ok:"));
+    }
+}
+
+#[test]
+fn a_duplicate_in_any_spelling_names_every_claimant() {
+    let text = format!(
+        "{HEAD}{}{}{}",
+        tenant("a", r#"domains = ["bücher.example"]"#),
+        tenant("b", r#"domains = ["XN--BCHER-KVA.example."]"#),
+        tenant("c", r#"domains = ["Bücher.Example"]"#),
+    );
+    refused(
+        &text,
+        &[
+            r#"tenants[0].domains[0] and tenants[1].domains[0] and tenants[2].domains[0]: domain xn--bcher-kva.example is claimed by tenants "a", "b", "c""#,
+        ],
+    );
+}
+
+#[test]
+fn a_custom_domain_equal_to_another_tenants_platform_host_is_a_duplicate() {
+    let text = format!(
+        "{HEAD}{}{}",
+        tenant("acme", r#"subdomain = "acme""#),
+        tenant("evil", r#"domains = ["ACME.saas.example"]"#)
+    );
+    refused(
+        &text,
+        &[r#"domain acme.saas.example is claimed by tenants "acme", "evil""#],
+    );
+    // A tenant may list its own platform host.
+    let own = format!(
+        "{HEAD}{}",
+        tenant(
+            "acme",
+            "subdomain = \"acme\"\ndomains = [\"acme.saas.example\"]"
+        )
+    );
+    assert_eq!(check(&own).0, 0);
+}
+
+#[test]
+fn wildcard_conflicts_are_refused() {
+    let text = format!(
+        "{HEAD}{}{}{}",
+        tenant("a", r#"domains = ["*.shop.example"]"#),
+        tenant("b", r#"domains = ["*.Shop.example"]"#),
+        tenant("c", r#"domains = ["x.shop.example"]"#),
+    );
+    refused(
+        &text,
+        &[
+            r#"wildcard *.shop.example is claimed by tenants "a", "b""#,
+            r#"domain x.shop.example is under the wildcard *.shop.example of tenants "a", "c""#,
+        ],
+    );
+    // A name under one's own wildcard, or two labels down, is fine.
+    let ok = format!(
+        "{HEAD}{}",
+        tenant(
+            "a",
+            r#"domains = ["*.shop.example", "x.shop.example", "a.b.shop.example"]"#
+        )
+    );
+    assert_eq!(check(&ok).0, 0, "{}", check(&ok).1);
+}
+
+#[test]
+fn names_inside_the_platform_namespace_are_refused() {
+    let text = format!(
+        "{HEAD}{}",
+        tenant(
+            "a",
+            r#"domains = ["saas.example", "x.y.saas.example", "*.saas.example", "free.saas.example"]"#
+        )
+    );
+    refused(
+        &text,
+        &[
+            r#"tenant "a": tenants[0].domains[0]: domain saas.example is inside the platform domain saas.example"#,
+            "domain x.y.saas.example is inside the platform domain",
+            "domain *.saas.example is inside the platform domain",
+            "domain free.saas.example is inside the platform domain",
+        ],
+    );
+}
+
+#[test]
+fn names_at_or_above_a_public_suffix_are_refused() {
+    let text = format!(
+        "{HEAD}{}",
+        tenant("a", r#"domains = ["*.com", "co.uk", "*.github.io", "com"]"#)
+    );
+    refused(
+        &text,
+        &[
+            "*.com is at or above a public suffix (com)",
+            "co.uk is at or above a public suffix (co.uk)",
+            "*.github.io is at or above a public suffix (github.io)",
+            "tenants[0].domains[3]: com is at or above a public suffix",
+        ],
+    );
+    let ok = format!(
+        "{HEAD}{}",
+        tenant("a", r#"domains = ["*.acme.github.io", "shop.co.uk"]"#)
+    );
+    assert_eq!(check(&ok).0, 0);
+}
+
+#[test]
+fn malformed_names_are_refused_with_the_reason() {
+    let text = format!(
+        "{HEAD}{}",
+        tenant(
+            "a",
+            &format!(
+                r#"domains = ["a.com:443", "https://a.com/x", "10.0.0.1", "a..com", "bad_name.com", "*.*.a.com", "{}.com"]"#,
+                vec!["a".repeat(60); 5].join(".")
+            )
+        )
+    );
+    refused(
+        &text,
+        &[
+            r#"tenants[0].domains[0]: "a.com:443" is not a valid host name: a port is not allowed here"#,
+            "a path is not allowed",
+            "an IP address is not a host name",
+            "a label is empty or longer than 63 characters",
+            "invalid characters",
+            r#""*.*.a.com" is not a valid wildcard"#,
+            "longer than 253 characters",
+        ],
+    );
+}
+
+#[test]
+fn tenant_ids_subdomains_and_pools_are_checked() {
+    let text = format!(
+        "{HEAD}\n[pools.empty]\nupstreams = []\n\n[pools.bad]\nupstreams = [\"localhost:80\"]\n{}{}{}{}{}{}",
+        tenant("dup", r#"subdomain = "one""#),
+        tenant("dup", r#"subdomain = "two""#),
+        tenant("x", r#"subdomain = "ONE""#),
+        tenant("y", r#"subdomain = "www""#),
+        tenant("Bad Id", ""),
+        "\n[[tenants]]\nid = \"z\"\npool = \"missing\"\n",
+    );
+    refused(
+        &text,
+        &[
+            r#"tenant id "dup" is used 2 times"#,
+            r#"subdomain "one" is claimed by tenants "dup", "x""#,
+            r#"tenant "y": tenants[3].subdomain: subdomain "www" is reserved"#,
+            r#""Bad Id" is not a valid tenant id"#,
+            r#"tenant "z": tenants[5].pool: pool "missing" is not defined"#,
+            r#"pools.empty.upstreams: pool "empty" has no upstreams"#,
+            r#""localhost:80" is not a valid upstream address"#,
+        ],
+    );
+}
+
+#[test]
+fn reserved_subdomains_are_configurable() {
+    let text = HEAD.replace(
+        "base_domains",
+        "reserved_subdomains = [\"billing\"]\nbase_domains",
+    ) + &tenant("w", r#"subdomain = "www""#)
+        + &tenant("b", r#"subdomain = "billing""#);
+    let out = refused(&text, &[r#"subdomain "billing" is reserved"#]);
+    assert!(
+        !out.contains("\"www\" is reserved"),
+        "the list replaces the default:\n{out}"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_in_one_run() {
+    let text = format!(
+        "{HEAD}{}{}",
+        tenant("a", "subdomain = \"www\"\ndomains = [\"*.com\"]"),
+        "\n[[tenants]]\nid = \"b\"\npool = \"gone\"\n"
+    );
+    let out = refused(&text, &["is reserved", "public suffix", "is not defined"]);
+    assert!(out.contains("3 problem(s)"), "{out}");
+}
+
+#[test]
+fn syntax_and_unknown_fields_are_refused_with_a_position() {
+    let (code, out, path) = check("[gateway]\nhttp_listen = \"127.0.0.1:1\"\nbogus_knob = 1\n");
+    assert_eq!(code, 1);
+    assert!(
+        out.starts_with(&path) && out.contains("bogus_knob") && out.contains("line 3"),
+        "{out}"
+    );
+    let (code, out, _) = check("[gateway\n");
+    assert_eq!(code, 1);
+    assert!(out.contains("line 1"), "{out}");
+    let (code, out, _) = check_missing();
+    assert_eq!(code, 1);
+    assert!(out.contains("cannot read"), "{out}");
+}
+
+fn check_missing() -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(["check", "/nonexistent/tenantgate.toml"])
+        .output()
+        .expect("run");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        String::new(),
+    )
+}
