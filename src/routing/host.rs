@@ -51,14 +51,18 @@ pub fn normalize(name: &str) -> Result<Cow<'_, str>, HostError> {
     if name.is_empty() {
         return Err(HostError::Empty);
     }
-    if name.starts_with('[') || name.parse::<std::net::IpAddr>().is_ok() {
+    if name.starts_with('[') {
         return Err(HostError::IpAddress);
     }
     if name.bytes().any(|b| matches!(b, b'/' | b'?' | b'#')) {
         return Err(HostError::Path);
     }
     if name.contains(':') {
-        return Err(HostError::Port);
+        // IPv4 literals are refused by `check_shape` (numeric last label).
+        return Err(match name.parse::<std::net::Ipv6Addr>() {
+            Ok(_) => HostError::IpAddress,
+            Err(_) => HostError::Port,
+        });
     }
     let ascii = match plain_ldh(name.as_bytes()) {
         Plain::Lower => Cow::Borrowed(name),

@@ -1,0 +1,21 @@
+# Multi-stage build; the runtime image runs as a non-root user and reads its
+# config from /etc/tenantgate/tenantgate.toml (mount a directory there).
+FROM rust:1-bookworm AS build
+RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY config ./config
+COPY benches ./benches
+RUN cargo build --release --locked && strip target/release/tenantgate
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /var/lib/tenantgate --create-home tenantgate
+COPY --from=build /src/target/release/tenantgate /usr/local/bin/tenantgate
+COPY config/example.toml /etc/tenantgate/tenantgate.toml
+USER tenantgate
+WORKDIR /var/lib/tenantgate
+EXPOSE 8080 9090
+ENTRYPOINT ["/usr/local/bin/tenantgate"]
+CMD ["serve", "--config", "/etc/tenantgate/tenantgate.toml"]
