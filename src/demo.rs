@@ -69,26 +69,15 @@ pub async fn spawn_echo_backend(name: &str, addr: SocketAddr) -> std::io::Result
             });
         }
     });
-    Ok(EchoBackend {
-        addr: local,
-        requests,
-    })
+    Ok(EchoBackend { addr: local, requests })
 }
 
 /// Answers with JSON describing the request: backend name, method, path,
 /// every header (in order, repeats kept) and the body length. A WebSocket
 /// upgrade gets 101 and then echoes raw bytes. `/sleep/<ms>` waits that
 /// long before answering.
-async fn echo(
-    name: Arc<str>,
-    mut req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    if let Some(ms) = req
-        .uri()
-        .path()
-        .strip_prefix("/sleep/")
-        .and_then(|m| m.parse().ok())
-    {
+async fn echo(name: Arc<str>, mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(ms) = req.uri().path().strip_prefix("/sleep/").and_then(|m| m.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     if req
@@ -116,20 +105,11 @@ async fn echo(
         return Ok(resp);
     }
     let method = req.method().to_string();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.to_string())
-        .unwrap_or_default();
+    let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
     let headers: Vec<(String, String)> = req
         .headers()
         .iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
     let body_len = match req.into_body().collect().await {
         Ok(b) => b.to_bytes().len(),

@@ -5,6 +5,7 @@
 //! [`registry`] owns the live [`registry::Snapshot`]; [`proxy`] serves
 //! requests from it; [`telemetry`] counts and logs what happened.
 
+pub mod acme;
 pub mod config;
 pub mod demo;
 pub mod proxy;
@@ -12,3 +13,4 @@ pub mod registry;
 pub mod routing;
 pub mod server;
 pub mod telemetry;
+pub mod tls;

@@ -9,11 +9,7 @@ use tenantgate::registry::Snapshot;
 use tenantgate::{demo, server};
 
 #[derive(Parser)]
-#[command(
-    name = "tenantgate",
-    version,
-    about = "Edge gateway for multi-tenant SaaS platforms"
-)]
+#[command(name = "tenantgate", version, about = "Edge gateway for multi-tenant SaaS platforms")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,11 +32,7 @@ enum Command {
         tenants: usize,
         #[arg(long, default_value_t = 2)]
         domains_per_tenant: usize,
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "127.0.0.1:9001,127.0.0.1:9002"
-        )]
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:9001,127.0.0.1:9002")]
         upstreams: Vec<String>,
         #[arg(long, default_value = "127.0.0.1:8080")]
         http_listen: String,

@@ -1,5 +1,5 @@
-//! Assembles the pingora server: the proxy listener, the metrics endpoint and
-//! the config watcher.
+//! Assembles the pingora server: the plain and TLS listeners, the metrics
+//! endpoint, the config watcher and the certificate manager.
 
 use std::sync::Arc;
 
@@ -8,10 +8,14 @@ use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 
-use crate::config::{LoadError, Source};
+use crate::acme::{CertManager, Challenges};
+use crate::config::{Issuer, LoadError, Source};
 use crate::proxy::Gateway;
 use crate::registry::{ConfigWatcher, Registry};
 use crate::telemetry::{self, Metrics, MetricsEndpoint};
+use crate::tls::certs::CertError;
+use crate::tls::internal_ca::InternalCa;
+use crate::tls::{CertStore, SniBook, TlsApp};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +24,8 @@ pub enum StartError {
     Config(#[from] LoadError),
     #[error("metrics setup failed: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("internal CA: {0}")]
+    InternalCa(#[from] CertError),
 }
 
 /// Loads the config and runs the gateway until a shutdown signal.
@@ -27,7 +33,7 @@ pub enum StartError {
 pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
     let metrics = Arc::new(Metrics::new()?);
     let registry = Arc::new(Registry::load(source, metrics.clone())?);
-    // SAFETY: malloc_trim only releases free heap pages back to the OS.
+    // SAFETY: malloc_trim only returns free heap pages (left by parsing) to the OS.
     unsafe { libc::malloc_trim(0) };
     let snap = registry.snapshot();
     let gw = &snap.config.gateway;
@@ -41,14 +47,44 @@ pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
+    let challenges = Arc::new(Challenges::default());
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+    let mut plain = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(registry.clone(), metrics.clone(), false),
+        Gateway::plain(registry.clone(), metrics.clone(), challenges.clone()),
         "tenantgate http",
     );
-    proxy.add_tcp(&gw.http_listen.to_string());
-    server.add_service(proxy);
+    plain.add_tcp(&gw.http_listen.to_string());
+    server.add_service(plain);
+
+    if let (Some(tls), Some(addr)) = (&snap.config.tls, gw.https_listen) {
+        let internal = match tls.issuer {
+            Issuer::Internal => Some(InternalCa::load_or_create(&tls.state_dir)?),
+            _ => None,
+        };
+        if let Some(ca) = &internal {
+            tracing::info!(root = %ca.root_path().display(), "internal CA ready; trust this root to use HTTPS locally");
+        }
+        let store = Arc::new(CertStore::new(&tls.state_dir, internal, tls.cache_size));
+        let book = Arc::new(SniBook::default());
+        let inner = Arc::new(pingora_proxy::http_proxy(
+            &server.configuration,
+            Gateway::tls(registry.clone(), metrics.clone(), challenges.clone(), book.clone()),
+        ));
+        let app = TlsApp {
+            inner,
+            store: store.clone(),
+            registry: registry.clone(),
+            book,
+            metrics: metrics.clone(),
+        };
+        let mut https = Service::new("tenantgate https".to_string(), app);
+        https.add_tcp(&addr.to_string());
+        server.add_service(https);
+        let manager = CertManager::new(registry.clone(), store, challenges, metrics.clone());
+        manager.load_provided_now();
+        server.add_service(background_service("tenantgate certificates", manager));
+    }
 
     if let Some(addr) = gw.metrics_listen {
         let mut svc = Service::new(
@@ -69,6 +105,7 @@ pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
 
     tracing::info!(
         http = %gw.http_listen,
+        https = ?gw.https_listen,
         metrics = ?gw.metrics_listen,
         tenants = snap.tenants.len(),
         domains = snap.table.len(),

@@ -43,10 +43,7 @@ pub enum Problem {
     #[error("domain {name} is claimed by {}", claimants(.tenants))]
     DuplicateDomain { name: String, tenants: Vec<String> },
     #[error("wildcard *.{parent} is claimed by {}", claimants(.tenants))]
-    DuplicateWildcard {
-        parent: String,
-        tenants: Vec<String>,
-    },
+    DuplicateWildcard { parent: String, tenants: Vec<String> },
     #[error("subdomain {label:?} is claimed by {}", claimants(.tenants))]
     DuplicateSubdomain { label: String, tenants: Vec<String> },
     #[error("domain {name} is under the wildcard *.{parent} of {}: both tenants would match", claimants(.tenants))]
@@ -55,13 +52,9 @@ pub enum Problem {
         parent: String,
         tenants: Vec<String>,
     },
-    #[error(
-        "domain {name} is inside the platform domain {base}, which only serves tenant subdomains"
-    )]
+    #[error("domain {name} is inside the platform domain {base}, which only serves tenant subdomains")]
     InsideBaseDomain { name: String, base: String },
-    #[error(
-        "{name} is at or above a public suffix ({suffix}): it would cover domains nobody here owns"
-    )]
+    #[error("{name} is at or above a public suffix ({suffix}): it would cover domains nobody here owns")]
     PublicSuffix { name: String, suffix: String },
     #[error("subdomain {label:?} is reserved")]
     ReservedSubdomain { label: String },
@@ -71,6 +64,14 @@ pub enum Problem {
     NestedBaseDomain { inner: String, outer: String },
     #[error("base domain {name} is listed twice")]
     DuplicateBaseDomain { name: String },
+    #[error("unknown certificate issuer {value:?}")]
+    BadIssuer { value: String },
+    #[error("issuer \"acme\" needs a [tls.acme] section")]
+    AcmeMissing,
+    #[error("[tls] is set but [gateway] https_listen is not")]
+    TlsWithoutListener,
+    #[error("{value:?} is not a valid ACME directory URL (want https://...)")]
+    BadDirectoryUrl { value: String },
     #[error("pool {pool:?} is not defined")]
     UnknownPool { pool: String },
     #[error("pool {pool:?} has no upstreams")]
@@ -90,19 +91,13 @@ impl Problem {
     pub fn fix(&self) -> &'static str {
         use Problem::*;
         match self {
-            BadName { .. } => {
-                "write a plain DNS name such as app.example.com, without scheme, port or path"
-            }
+            BadName { .. } => "write a plain DNS name such as app.example.com, without scheme, port or path",
             BadListen { .. } => "write an address such as 127.0.0.1:8080",
             BadUpstream { .. } => "write an upstream as IP:port, such as 127.0.0.1:9001",
             BadHeader { .. } => "use a lowercase token such as x-tenant-id",
-            BadTenantId { .. } => {
-                "use 1 to 63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
-            }
+            BadTenantId { .. } => "use 1 to 63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit",
             BadSubdomain { .. } => "use one label of a-z, 0-9 and '-', such as acme",
-            BadWildcard { .. } => {
-                "write a wildcard as *.example.com; it covers exactly one extra label"
-            }
+            BadWildcard { .. } => "write a wildcard as *.example.com; it covers exactly one extra label",
             Zero { .. } => "set a positive value or remove the key to use the default",
             BadLogFormat { .. } => "use \"text\" or \"json\"",
             DuplicateTenantId { .. } => "give each tenant a unique id",
@@ -111,23 +106,19 @@ impl Problem {
             }
             UnderWildcard { .. } => "move the name to the wildcard's tenant, or drop the wildcard",
             InsideBaseDomain { .. } => "use the tenant's subdomain field for platform names",
-            PublicSuffix { .. } => {
-                "claim a registrable domain (such as acme.com) or a name below it"
-            }
-            ReservedSubdomain { .. } => {
-                "pick another subdomain, or change [gateway] reserved_subdomains"
-            }
-            NoBaseDomain => {
-                "add the platform domain to [gateway] base_domains, or remove subdomain"
-            }
+            PublicSuffix { .. } => "claim a registrable domain (such as acme.com) or a name below it",
+            ReservedSubdomain { .. } => "pick another subdomain, or change [gateway] reserved_subdomains",
+            NoBaseDomain => "add the platform domain to [gateway] base_domains, or remove subdomain",
             NestedBaseDomain { .. } => "keep only the outer base domain",
             DuplicateBaseDomain { .. } => "list each base domain once",
-            UnknownPool { .. } => {
-                "define it under [pools.<name>] or point the tenant at an existing pool"
+            BadIssuer { .. } => "use \"acme\", \"internal\" or \"none\"",
+            AcmeMissing => "add [tls.acme] with directory_url, or choose issuer = \"internal\" or \"none\"",
+            TlsWithoutListener => "set [gateway] https_listen, such as \"0.0.0.0:443\"",
+            BadDirectoryUrl { .. } => {
+                "use the CA's directory URL, such as https://acme-v02.api.letsencrypt.org/directory"
             }
-            EmptyPool { .. } => {
-                "list at least one upstream, such as upstreams = [\"127.0.0.1:9001\"]"
-            }
+            UnknownPool { .. } => "define it under [pools.<name>] or point the tenant at an existing pool",
+            EmptyPool { .. } => "list at least one upstream, such as upstreams = [\"127.0.0.1:9001\"]",
         }
     }
 }
@@ -137,13 +128,7 @@ impl fmt::Display for ConfigError {
         if let Some(t) = &self.tenant {
             write!(f, "tenant {t:?}: ")?;
         }
-        write!(
-            f,
-            "{}: {}; fix: {}",
-            self.field,
-            self.problem,
-            self.problem.fix()
-        )
+        write!(f, "{}: {}; fix: {}", self.field, self.problem, self.problem.fix())
     }
 }
 
@@ -159,10 +144,7 @@ pub enum LoadError {
     #[error("{}: {message}", .path.display())]
     Parse { path: PathBuf, message: String },
     #[error("{}", render(.path, .errors))]
-    Invalid {
-        path: PathBuf,
-        errors: Vec<ConfigError>,
-    },
+    Invalid { path: PathBuf, errors: Vec<ConfigError> },
 }
 
 fn render(path: &std::path::Path, errors: &[ConfigError]) -> String {

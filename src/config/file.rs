@@ -12,6 +12,7 @@ pub struct File {
     pub gateway: GatewaySection,
     #[serde(default)]
     pub telemetry: TelemetrySection,
+    pub tls: Option<TlsSection>,
     #[serde(default)]
     pub pools: BTreeMap<String, PoolSection>,
     #[serde(default)]
@@ -23,6 +24,7 @@ pub struct File {
 #[serde(deny_unknown_fields)]
 pub struct GatewaySection {
     pub http_listen: String,
+    pub https_listen: Option<String>,
     pub metrics_listen: Option<String>,
     #[serde(default)]
     pub base_domains: Vec<String>,
@@ -64,4 +66,32 @@ pub struct TenantSection {
     #[serde(default)]
     pub domains: Vec<String>,
     pub pool: String,
+    pub redirect_https: Option<bool>,
+}
+
+/// `[tls]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub issuer: Option<String>,
+    pub certs_dir: Option<String>,
+    pub state_dir: Option<String>,
+    pub default_sni: Option<String>,
+    pub strict_sni_host: Option<bool>,
+    pub redirect_http: Option<bool>,
+    pub cache_size: Option<usize>,
+    pub acme: Option<AcmeSection>,
+}
+
+/// `[tls.acme]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeSection {
+    pub directory_url: String,
+    pub contact: Option<String>,
+    pub ca_root: Option<String>,
+    pub max_concurrent_orders: Option<usize>,
+    pub check_interval_secs: Option<u64>,
+    pub retry_min_secs: Option<u64>,
+    pub retry_max_secs: Option<u64>,
 }

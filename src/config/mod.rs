@@ -23,8 +23,7 @@ use crate::routing::host;
 
 /// Subdomains no tenant may take unless the operator changes the list.
 pub const DEFAULT_RESERVED_SUBDOMAINS: &[&str] = &[
-    "www", "api", "admin", "app", "auth", "login", "mail", "status", "static", "cdn", "docs",
-    "support",
+    "www", "api", "admin", "app", "auth", "login", "mail", "status", "static", "cdn", "docs", "support",
 ];
 /// Client headers removed before forwarding, besides the tenant header.
 pub const DEFAULT_STRIP_HEADERS: &[&str] = &["forwarded", "x-real-ip", "x-forwarded-port"];
@@ -34,6 +33,8 @@ pub const DEFAULT_STRIP_HEADERS: &[&str] = &["forwarded", "x-real-ip", "x-forwar
 pub struct Config {
     pub gateway: Gateway,
     pub telemetry: Telemetry,
+    /// `None` when the gateway serves plain HTTP only.
+    pub tls: Option<Tls>,
     /// Pools in name order; tenants refer to them by index.
     pub pools: Vec<PoolSpec>,
     pub tenants: Vec<TenantSpec>,
@@ -43,6 +44,7 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Gateway {
     pub http_listen: SocketAddr,
+    pub https_listen: Option<SocketAddr>,
     pub metrics_listen: Option<SocketAddr>,
     /// Normalised platform domains.
     pub base_domains: Vec<String>,
@@ -104,6 +106,47 @@ pub struct TenantSpec {
     pub subdomain: Option<String>,
     pub domains: Vec<DomainName>,
     pub pool: PoolId,
+    /// Overrides `[tls] redirect_http` for this tenant.
+    pub redirect_https: Option<bool>,
+}
+
+/// Where certificates for names no operator file covers come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Issuer {
+    /// Operator files only.
+    None,
+    /// The local development CA.
+    Internal,
+    /// An ACME CA, over HTTP-01 answered by this gateway.
+    Acme(Acme),
+}
+
+/// `[tls]`, validated. Paths are resolved against the config file's folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    pub issuer: Issuer,
+    pub certs_dir: PathBuf,
+    pub state_dir: PathBuf,
+    /// Certificate served to clients that send no SNI.
+    pub default_sni: Option<String>,
+    /// Refuse with 421 a Host the handshake's SNI and certificate do not cover.
+    pub strict_sni_host: bool,
+    /// Answer plain HTTP with a 308 to HTTPS (tenants may override).
+    pub redirect_http: bool,
+    /// Managed certificates kept in memory.
+    pub cache_size: usize,
+}
+
+/// `[tls.acme]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acme {
+    pub directory_url: String,
+    pub contact: Option<String>,
+    pub ca_root: Option<PathBuf>,
+    pub max_concurrent_orders: usize,
+    pub check_interval: Duration,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
 }
 
 /// A normalised custom domain.
@@ -143,10 +186,11 @@ pub fn parse(path: &Path, text: &str) -> Result<file::File, LoadError> {
 
 /// Validates every field. Returns the model built from the valid parts and
 /// every problem found, so that callers can report all problems at once.
-pub fn validate(file: file::File) -> (Config, Vec<ConfigError>) {
+pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>) {
     let mut errs = Vec::new();
     let gateway = validate_gateway(file.gateway, &mut errs);
     let telemetry = validate_telemetry(file.telemetry, &mut errs);
+    let tls = file.tls.map(|t| validate_tls(t, base_dir, &gateway, &mut errs));
 
     let mut pools = Vec::with_capacity(file.pools.len());
     let mut pool_ids = HashMap::with_capacity(file.pools.len());
@@ -170,11 +214,7 @@ pub fn validate(file: file::File) -> (Config, Vec<ConfigError>) {
         pools.push(PoolSpec { name, upstreams });
     }
 
-    let reserved: HashSet<&str> = gateway
-        .reserved_subdomains
-        .iter()
-        .map(String::as_str)
-        .collect();
+    let reserved: HashSet<&str> = gateway.reserved_subdomains.iter().map(String::as_str).collect();
     let mut ids: HashMap<String, usize> = HashMap::with_capacity(file.tenants.len());
     let mut tenants = Vec::with_capacity(file.tenants.len());
     for (i, t) in file.tenants.into_iter().enumerate() {
@@ -183,9 +223,7 @@ pub fn validate(file: file::File) -> (Config, Vec<ConfigError>) {
             errs.push(err(
                 tenant,
                 &format!("tenants[{i}].id"),
-                Problem::BadTenantId {
-                    value: t.id.clone(),
-                },
+                Problem::BadTenantId { value: t.id.clone() },
             ));
         }
         *ids.entry(t.id.clone()).or_default() += 1;
@@ -209,13 +247,7 @@ pub fn validate(file: file::File) -> (Config, Vec<ConfigError>) {
                     Some(label.into_owned())
                 }
                 _ => {
-                    errs.push(err(
-                        tenant,
-                        &field,
-                        Problem::BadSubdomain {
-                            value: s.to_string(),
-                        },
-                    ));
+                    errs.push(err(tenant, &field, Problem::BadSubdomain { value: s.to_string() }));
                     None
                 }
             }
@@ -242,9 +274,7 @@ pub fn validate(file: file::File) -> (Config, Vec<ConfigError>) {
                 errs.push(err(
                     tenant,
                     &format!("tenants[{i}].pool"),
-                    Problem::UnknownPool {
-                        pool: t.pool.clone(),
-                    },
+                    Problem::UnknownPool { pool: t.pool.clone() },
                 ));
                 continue;
             }
@@ -254,6 +284,7 @@ pub fn validate(file: file::File) -> (Config, Vec<ConfigError>) {
             subdomain,
             domains,
             pool,
+            redirect_https: t.redirect_https,
         });
     }
     for (id, count) in ids {
@@ -261,10 +292,7 @@ pub fn validate(file: file::File) -> (Config, Vec<ConfigError>) {
             errs.push(err(
                 Some(&id),
                 "tenants[].id",
-                Problem::DuplicateTenantId {
-                    id: id.clone(),
-                    count,
-                },
+                Problem::DuplicateTenantId { id: id.clone(), count },
             ));
         }
     }
@@ -272,6 +300,7 @@ pub fn validate(file: file::File) -> (Config, Vec<ConfigError>) {
         Config {
             gateway,
             telemetry,
+            tls,
             pools,
             tenants,
         },
@@ -290,17 +319,14 @@ fn err(tenant: Option<&str>, field: &str, problem: Problem) -> ConfigError {
 fn validate_gateway(g: file::GatewaySection, errs: &mut Vec<ConfigError>) -> Gateway {
     let listen = |field: &str, v: &str, errs: &mut Vec<ConfigError>| {
         v.parse::<SocketAddr>().map_err(|_| {
-            errs.push(err(
-                None,
-                field,
-                Problem::BadListen {
-                    value: v.to_string(),
-                },
-            ));
+            errs.push(err(None, field, Problem::BadListen { value: v.to_string() }));
         })
     };
-    let http_listen = listen("gateway.http_listen", &g.http_listen, errs)
-        .unwrap_or(([127, 0, 0, 1], 8080).into());
+    let http_listen = listen("gateway.http_listen", &g.http_listen, errs).unwrap_or(([127, 0, 0, 1], 8080).into());
+    let https_listen = g
+        .https_listen
+        .as_deref()
+        .and_then(|v| listen("gateway.https_listen", v, errs).ok());
     let metrics_listen = g
         .metrics_listen
         .as_deref()
@@ -349,22 +375,11 @@ fn validate_gateway(g: file::GatewaySection, errs: &mut Vec<ConfigError>) -> Gat
 
     let reserved_subdomains = match g.reserved_subdomains {
         Some(list) => list.iter().map(|s| s.to_ascii_lowercase()).collect(),
-        None => DEFAULT_RESERVED_SUBDOMAINS
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        None => DEFAULT_RESERVED_SUBDOMAINS.iter().map(|s| s.to_string()).collect(),
     };
     let header = |field: &str, v: &str, errs: &mut Vec<ConfigError>| {
         HeaderName::from_bytes(v.to_ascii_lowercase().as_bytes())
-            .map_err(|_| {
-                errs.push(err(
-                    None,
-                    field,
-                    Problem::BadHeader {
-                        value: v.to_string(),
-                    },
-                ))
-            })
+            .map_err(|_| errs.push(err(None, field, Problem::BadHeader { value: v.to_string() })))
             .ok()
     };
     let tenant_header = g
@@ -397,29 +412,20 @@ fn validate_gateway(g: file::GatewaySection, errs: &mut Vec<ConfigError>) -> Gat
         connect: ms("gateway.connect_timeout_ms", g.connect_timeout_ms, 1_000),
         read: ms("gateway.read_timeout_ms", g.read_timeout_ms, 30_000),
         write: ms("gateway.write_timeout_ms", g.write_timeout_ms, 30_000),
-        idle: ms(
-            "gateway.upstream_idle_timeout_ms",
-            g.upstream_idle_timeout_ms,
-            60_000,
-        ),
+        idle: ms("gateway.upstream_idle_timeout_ms", g.upstream_idle_timeout_ms, 60_000),
     };
     let upstream_down = ms("gateway.upstream_down_ms", g.upstream_down_ms, 10_000);
     let threads = match g.threads {
         Some(0) => {
-            errs.push(err(
-                None,
-                "gateway.threads",
-                Problem::Zero { value: "0".into() },
-            ));
+            errs.push(err(None, "gateway.threads", Problem::Zero { value: "0".into() }));
             1
         }
         Some(n) => n,
-        None => std::thread::available_parallelism()
-            .map(usize::from)
-            .unwrap_or(1),
+        None => std::thread::available_parallelism().map(usize::from).unwrap_or(1),
     };
     Gateway {
         http_listen,
+        https_listen,
         metrics_listen,
         base_domains,
         reserved_subdomains,
@@ -429,6 +435,94 @@ fn validate_gateway(g: file::GatewaySection, errs: &mut Vec<ConfigError>) -> Gat
         upstream_down,
         threads,
         watch_config: g.watch_config.unwrap_or(true),
+    }
+}
+
+fn validate_tls(t: file::TlsSection, base: &Path, gw: &Gateway, errs: &mut Vec<ConfigError>) -> Tls {
+    if gw.https_listen.is_none() {
+        errs.push(err(None, "gateway.https_listen", Problem::TlsWithoutListener));
+    }
+    let path = |p: Option<String>, default: &str| {
+        let p = PathBuf::from(p.unwrap_or_else(|| default.to_string()));
+        if p.is_absolute() {
+            p
+        } else {
+            base.join(p)
+        }
+    };
+    let acme = t.acme.map(|a| {
+        if !a.directory_url.starts_with("https://") {
+            errs.push(err(
+                None,
+                "tls.acme.directory_url",
+                Problem::BadDirectoryUrl {
+                    value: a.directory_url.clone(),
+                },
+            ));
+        }
+        let mut positive = |field: &str, v: Option<u64>, default: u64| match v {
+            Some(0) => {
+                errs.push(err(None, field, Problem::Zero { value: "0".into() }));
+                default
+            }
+            Some(v) => v,
+            None => default,
+        };
+        Acme {
+            max_concurrent_orders: positive(
+                "tls.acme.max_concurrent_orders",
+                a.max_concurrent_orders.map(|v| v as u64),
+                4,
+            ) as usize,
+            check_interval: Duration::from_secs(positive("tls.acme.check_interval_secs", a.check_interval_secs, 60)),
+            retry_min: Duration::from_secs(positive("tls.acme.retry_min_secs", a.retry_min_secs, 60)),
+            retry_max: Duration::from_secs(positive("tls.acme.retry_max_secs", a.retry_max_secs, 86_400)),
+            directory_url: a.directory_url,
+            contact: a.contact,
+            ca_root: a.ca_root.map(|p| path(Some(p), "")),
+        }
+    });
+    let issuer = match (t.issuer.as_deref(), acme) {
+        (Some("acme") | None, Some(a)) => Issuer::Acme(a),
+        (Some("acme"), None) => {
+            errs.push(err(None, "tls.issuer", Problem::AcmeMissing));
+            Issuer::None
+        }
+        (Some("internal"), _) => Issuer::Internal,
+        (Some("none") | None, _) => Issuer::None,
+        (Some(other), _) => {
+            errs.push(err(
+                None,
+                "tls.issuer",
+                Problem::BadIssuer {
+                    value: other.to_string(),
+                },
+            ));
+            Issuer::None
+        }
+    };
+    let default_sni = t.default_sni.and_then(|n| match host::normalize(&n) {
+        Ok(h) => Some(h.into_owned()),
+        Err(reason) => {
+            errs.push(err(
+                None,
+                "tls.default_sni",
+                Problem::BadName {
+                    value: n.clone(),
+                    reason,
+                },
+            ));
+            None
+        }
+    });
+    Tls {
+        issuer,
+        certs_dir: path(t.certs_dir, "certs"),
+        state_dir: path(t.state_dir, "state"),
+        default_sni,
+        strict_sni_host: t.strict_sni_host.unwrap_or(true),
+        redirect_http: t.redirect_http.unwrap_or(true),
+        cache_size: t.cache_size.unwrap_or(10_000),
     }
 }
 
@@ -464,12 +558,8 @@ pub fn parse_domain(raw: &str) -> Result<DomainName, Problem> {
         Some(parent) if !parent.contains('*') => host::normalize(parent)
             .map(|p| DomainName::Wildcard(p.into_owned()))
             .map_err(bad),
-        Some(_) => Err(Problem::BadWildcard {
-            value: raw.to_string(),
-        }),
-        None if raw.contains('*') => Err(Problem::BadWildcard {
-            value: raw.to_string(),
-        }),
+        Some(_) => Err(Problem::BadWildcard { value: raw.to_string() }),
+        None if raw.contains('*') => Err(Problem::BadWildcard { value: raw.to_string() }),
         None => host::normalize(raw)
             .map(|n| DomainName::Exact(n.into_owned()))
             .map_err(bad),
@@ -509,10 +599,7 @@ pub enum Source {
     /// A file on disk, watched for changes.
     File(PathBuf),
     /// Text compiled into the binary (the demo); never reloaded.
-    Embedded {
-        name: &'static str,
-        text: &'static str,
-    },
+    Embedded { name: &'static str, text: &'static str },
 }
 
 impl Source {

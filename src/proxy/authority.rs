@@ -55,14 +55,8 @@ mod tests {
 
     #[test]
     fn host_header_or_h2_authority_is_the_authority() {
-        assert_eq!(
-            authority(&req("/", &[b"a.example:80"]), false),
-            Ok("a.example:80")
-        );
-        assert_eq!(
-            authority(&req("https://a.example/", &[]), true),
-            Ok("a.example")
-        );
+        assert_eq!(authority(&req("/", &[b"a.example:80"]), false), Ok("a.example:80"));
+        assert_eq!(authority(&req("https://a.example/", &[]), true), Ok("a.example"));
         assert_eq!(
             authority(&req("https://A.example/", &[b"a.example"]), true),
             Ok("a.example")
@@ -77,10 +71,7 @@ mod tests {
             Err(BadAuthority::Missing)
         );
         assert_eq!(authority(&req("/", &[]), true), Err(BadAuthority::Missing));
-        assert_eq!(
-            authority(&req("/", &[b""]), false),
-            Err(BadAuthority::Empty)
-        );
+        assert_eq!(authority(&req("/", &[b""]), false), Err(BadAuthority::Empty));
         assert_eq!(
             authority(&req("/", &[b"a.example", b"a.example"]), false),
             Err(BadAuthority::Several)

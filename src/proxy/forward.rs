@@ -42,10 +42,7 @@ pub fn rewrite(
             req.remove_header(&X_FORWARDED_FOR);
         }
     }
-    req.insert_header(
-        X_FORWARDED_PROTO.clone(),
-        if origin.https { "https" } else { "http" },
-    )?;
+    req.insert_header(X_FORWARDED_PROTO.clone(), if origin.https { "https" } else { "http" })?;
     req.insert_header(X_FORWARDED_HOST.clone(), origin.authority)?;
     if req.headers.get(HOST).is_none() {
         req.insert_header(HOST, origin.authority)?;

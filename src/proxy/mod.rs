@@ -23,9 +23,12 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
 use pingora_proxy::{ProxyHttp, Session};
 
+use crate::acme::Challenges;
 use crate::registry::{Registry, Snapshot};
 use crate::routing::{self, HostError, Match, Unresolved};
 use crate::telemetry::{Metrics, Rejection};
+use crate::tls::certs::name_covers;
+use crate::tls::SniBook;
 use authority::BadAuthority;
 use pool::{Tried, Upstream};
 
@@ -35,15 +38,89 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     /// Whether requests arrive over TLS (sets `x-forwarded-proto`).
     https: bool,
+    /// Handshake results of live TLS connections (TLS listener only).
+    sni: Option<Arc<SniBook>>,
+    challenges: Arc<Challenges>,
 }
 
 impl Gateway {
-    pub fn new(registry: Arc<Registry>, metrics: Arc<Metrics>, https: bool) -> Self {
+    /// The proxy for the plain-HTTP listener.
+    pub fn plain(registry: Arc<Registry>, metrics: Arc<Metrics>, challenges: Arc<Challenges>) -> Self {
         Gateway {
             registry,
             metrics,
-            https,
+            https: false,
+            sni: None,
+            challenges,
         }
+    }
+
+    /// The proxy behind the TLS acceptor.
+    pub fn tls(registry: Arc<Registry>, metrics: Arc<Metrics>, challenges: Arc<Challenges>, sni: Arc<SniBook>) -> Self {
+        Gateway {
+            registry,
+            metrics,
+            https: true,
+            sni: Some(sni),
+            challenges,
+        }
+    }
+}
+
+impl Gateway {
+    /// Answers 4xx itself; the request never reaches a backend.
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        rejection: Rejection,
+        body: &'static str,
+    ) -> Result<bool> {
+        self.metrics.reject(rejection);
+        ctx.rejection = Some((rejection, body));
+        let (status, close) = match rejection {
+            Rejection::UnknownHost | Rejection::SniMismatch => (421, false),
+            Rejection::BadHost => (400, true),
+            Rejection::UnknownChallenge => (404, false),
+        };
+        respond::plain(session, status, body, close).await?;
+        Ok(true)
+    }
+
+    /// Serves an HTTP-01 key authorization for a pending order, or 404.
+    async fn answer_challenge(&self, session: &mut Session, ctx: &mut RequestCtx, token: &str) -> Result<bool> {
+        let host = authority::authority(session.req_header(), session.is_http2())
+            .ok()
+            .and_then(|a| routing::request_host(a).ok().map(|h| h.into_owned()));
+        match host.and_then(|h| self.challenges.answer(token, &h)) {
+            Some(key_authorization) => {
+                respond::plain(session, 200, key_authorization, false).await?;
+                Ok(true)
+            }
+            None => {
+                self.refuse(session, ctx, Rejection::UnknownChallenge, UNKNOWN_CHALLENGE_BODY)
+                    .await
+            }
+        }
+    }
+
+    /// Whether the TLS handshake of this connection covers `host`: the same
+    /// name as the SNI, or a name the served certificate covers that routes
+    /// to the same tenant.
+    fn handshake_covers(&self, session: &Session, snap: &Snapshot, host: &str, m: Match) -> bool {
+        let Some(book) = &self.sni else { return false };
+        let Some(n) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .and_then(|a| book.get(a))
+        else {
+            return false;
+        };
+        if *n.sni == *host {
+            return true;
+        }
+        let same_tenant = snap.table.lookup(&n.sni).is_some_and(|s| s.tenant == m.tenant);
+        same_tenant && n.cert_names.iter().any(|c| name_covers(c, host))
     }
 }
 
@@ -77,38 +154,60 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let snap = self.registry.snapshot();
-        let resolved = authority::authority(session.req_header(), session.is_http2())
-            .map_err(bad_authority_body)
-            .and_then(|a| {
-                routing::resolve(&snap.table, a).map_err(|e| match e {
-                    Unresolved::BadHost(e) => bad_host_body(e),
-                    Unresolved::UnknownHost => (Rejection::UnknownHost, UNKNOWN_HOST_BODY),
-                })
-            });
-        ctx.snapshot = Some(snap);
-        match resolved {
-            Ok(m) => {
-                ctx.route = Some(m);
-                Ok(false)
-            }
-            Err((rejection, body)) => {
-                self.metrics.reject(rejection);
-                ctx.rejection = Some((rejection, body));
-                let (status, close) = match rejection {
-                    Rejection::UnknownHost => (421, false),
-                    Rejection::BadHost => (400, true),
-                };
-                respond::plain(session, status, body, close).await?;
-                Ok(true)
+        ctx.snapshot = Some(snap.clone());
+        if !self.https {
+            if let Some(token) = session.req_header().uri.path().strip_prefix(ACME_CHALLENGE_PREFIX) {
+                let token = token.to_string();
+                return self.answer_challenge(session, ctx, &token).await;
             }
         }
+        let host = match authority::authority(session.req_header(), session.is_http2()) {
+            Ok(a) => routing::request_host(a)
+                .map(|h| h.into_owned())
+                .map_err(unresolved_body),
+            Err(e) => Err(bad_authority_body(e)),
+        };
+        let resolved = host.and_then(|h| {
+            let m = snap
+                .table
+                .lookup(&h)
+                .ok_or((Rejection::UnknownHost, UNKNOWN_HOST_BODY))?;
+            Ok((h, m))
+        });
+        let (host, m) = match resolved {
+            Ok(r) => r,
+            Err((rejection, body)) => return self.refuse(session, ctx, rejection, body).await,
+        };
+        ctx.route = Some(m);
+        let Some(tls) = &snap.config.tls else {
+            return Ok(false);
+        };
+        if self.https {
+            if tls.strict_sni_host && !self.handshake_covers(session, &snap, &host, m) {
+                return self
+                    .refuse(session, ctx, Rejection::SniMismatch, SNI_MISMATCH_BODY)
+                    .await;
+            }
+        } else if let Some(port) = snap.config.gateway.https_listen.map(|a| a.port()) {
+            let redirect = snap
+                .config
+                .tenants
+                .get(m.tenant as usize)
+                .and_then(|t| t.redirect_https);
+            if redirect.unwrap_or(tls.redirect_http) {
+                let location = https_location(
+                    &host,
+                    port,
+                    session.req_header().uri.path_and_query().map_or("/", |p| p.as_str()),
+                );
+                respond::redirect(session, &location).await?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         let (snap, route) = match (&ctx.snapshot, ctx.route) {
             (Some(s), Some(r)) => (s, r),
             _ => {
@@ -121,18 +220,10 @@ impl ProxyHttp for Gateway {
         let pool = snap
             .tenant(route.tenant)
             .and_then(|t| snap.pool_of(t))
-            .ok_or_else(|| {
-                Error::explain(
-                    ErrorType::InternalError,
-                    "tenant or pool missing from snapshot",
-                )
-            })?;
-        let upstream = pool.select(&mut ctx.tried).ok_or_else(|| {
-            Error::explain(
-                ErrorType::HTTPStatus(502),
-                "every upstream of the pool failed",
-            )
-        })?;
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "tenant or pool missing from snapshot"))?;
+        let upstream = pool
+            .select(&mut ctx.tried)
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "every upstream of the pool failed"))?;
         ctx.upstream = Some(upstream.clone());
         let t = &snap.config.gateway.timeouts;
         let mut peer = HttpPeer::new(upstream.addr, false, String::new());
@@ -170,20 +261,13 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let (Some(snap), Some(route)) = (&ctx.snapshot, ctx.route) else {
-            return Err(Error::explain(
-                ErrorType::InternalError,
-                "forwarding without a route",
-            ));
+            return Err(Error::explain(ErrorType::InternalError, "forwarding without a route"));
         };
-        let tenant = snap.tenant(route.tenant).ok_or_else(|| {
-            Error::explain(ErrorType::InternalError, "tenant missing from snapshot")
-        })?;
-        let client_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let authority =
-            authority::authority(session.req_header(), session.is_http2()).unwrap_or_default();
+        let tenant = snap
+            .tenant(route.tenant)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "tenant missing from snapshot"))?;
+        let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let authority = authority::authority(session.req_header(), session.is_http2()).unwrap_or_default();
         let origin = forward::Origin {
             client_ip,
             authority,
@@ -246,6 +330,25 @@ impl ProxyHttp for Gateway {
 }
 
 const UNKNOWN_HOST_BODY: &str = "421 Misdirected Request: this host is not served here\n";
+const SNI_MISMATCH_BODY: &str = "421 Misdirected Request: Host is not covered by this connection's TLS name\n";
+const UNKNOWN_CHALLENGE_BODY: &str = "404 Not Found: no pending ACME challenge for this token\n";
+const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+fn unresolved_body(e: Unresolved) -> (Rejection, &'static str) {
+    match e {
+        Unresolved::BadHost(e) => bad_host_body(e),
+        Unresolved::UnknownHost => (Rejection::UnknownHost, UNKNOWN_HOST_BODY),
+    }
+}
+
+/// `https://host[:port]/path`, the port omitted when it is 443.
+fn https_location(host: &str, port: u16, path_and_query: &str) -> String {
+    if port == 443 {
+        format!("https://{host}{path_and_query}")
+    } else {
+        format!("https://{host}:{port}{path_and_query}")
+    }
+}
 
 fn bad_authority_body(e: BadAuthority) -> (Rejection, &'static str) {
     let body = match e {

@@ -1,29 +1,41 @@
-//! Short plain-text answers the gateway gives itself, without a backend.
+//! Answers the gateway gives itself, without a backend.
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
-/// Writes a complete response with `body`. With `close`, the connection is
-/// not kept alive (used after a malformed request).
-pub async fn plain(
-    session: &mut Session,
-    status: u16,
-    body: &'static str,
-    close: bool,
-) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(3))?;
+/// A complete plain-text response. With `close`, the connection is not
+/// kept alive (used after a malformed request).
+pub async fn plain(session: &mut Session, status: u16, body: impl Into<Bytes>, close: bool) -> Result<()> {
+    send(session, status, body.into(), None, close).await
+}
+
+/// A 308 to `location`.
+pub async fn redirect(session: &mut Session, location: &str) -> Result<()> {
+    send(
+        session,
+        308,
+        Bytes::from_static(b"308 Permanent Redirect: use HTTPS\n"),
+        Some(location),
+        false,
+    )
+    .await
+}
+
+async fn send(session: &mut Session, status: u16, body: Bytes, location: Option<&str>, close: bool) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header(CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(CONTENT_LENGTH, body.len())?;
+    if let Some(l) = location {
+        resp.insert_header(LOCATION, l)?;
+    }
     if close {
         resp.insert_header(CONNECTION, "close")?;
         session.set_keepalive(None);
     }
     session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
-        .await?;
+    session.write_response_body(Some(body), true).await?;
     Ok(())
 }

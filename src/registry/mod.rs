@@ -36,6 +36,8 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     /// Serialises writers and remembers the live text.
     writer: Mutex<String>,
+    /// The live generation, for services that follow reloads.
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl Registry {
@@ -46,17 +48,24 @@ impl Registry {
         let snap = Snapshot::assemble(1, config, table, None, &metrics);
         metrics.reload_result(true);
         publish_gauges(&metrics, &snap);
+        let (generation, _) = tokio::sync::watch::channel(snap.generation);
         Ok(Registry {
             source,
             live: ArcSwap::from_pointee(snap),
             metrics,
             writer: Mutex::new(text),
+            generation,
         })
     }
 
     /// The live snapshot. Cheap: one atomic increment.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.live.load_full()
+    }
+
+    /// Notified with the new generation after each applied reload.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// Where the config comes from.
@@ -71,10 +80,7 @@ impl Registry {
         let result = self.reload_locked(&mut live_text);
         match &result {
             Ok(ReloadOutcome::Unchanged) => {}
-            Ok(ReloadOutcome::Applied {
-                generation,
-                changes,
-            }) => {
+            Ok(ReloadOutcome::Applied { generation, changes }) => {
                 self.metrics.reload_result(true);
                 tracing::info!(
                     generation,
@@ -113,10 +119,8 @@ impl Registry {
         publish_gauges(&self.metrics, &snap);
         self.live.store(Arc::new(snap));
         *live_text = text;
-        Ok(ReloadOutcome::Applied {
-            generation,
-            changes,
-        })
+        self.generation.send_replace(generation);
+        Ok(ReloadOutcome::Applied { generation, changes })
     }
 
     /// Drops metric series of tenants and pools that are gone.

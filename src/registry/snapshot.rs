@@ -37,7 +37,8 @@ impl Snapshot {
     /// not just the first. `path` is only used in messages.
     pub fn compile(path: &std::path::Path, text: &str) -> Result<(Config, DomainTable), LoadError> {
         let file = config::parse(path, text)?;
-        let (config, mut errors) = config::validate(file);
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        let (config, mut errors) = config::validate(file, base);
         let (table, conflicts) = DomainTable::build(&config);
         errors.extend(conflicts);
         if errors.is_empty() {
@@ -72,18 +73,9 @@ impl Snapshot {
                 let upstreams = spec
                     .upstreams
                     .iter()
-                    .map(|a| {
-                        known
-                            .entry(*a)
-                            .or_insert_with(|| Arc::new(Upstream::new(*a)))
-                            .clone()
-                    })
+                    .map(|a| known.entry(*a).or_insert_with(|| Arc::new(Upstream::new(*a))).clone())
                     .collect();
-                Pool::new(
-                    spec.name.as_str().into(),
-                    upstreams,
-                    metrics.pool(&spec.name),
-                )
+                Pool::new(spec.name.as_str().into(), upstreams, metrics.pool(&spec.name))
             })
             .collect();
 
@@ -96,8 +88,7 @@ impl Snapshot {
             .map(|(i, spec)| Tenant {
                 id: spec.id.as_str().into(),
                 // Tenant ids are validated to [a-z0-9_-], always a valid header value.
-                header_value: HeaderValue::from_str(&spec.id)
-                    .unwrap_or(HeaderValue::from_static("invalid")),
+                header_value: HeaderValue::from_str(&spec.id).unwrap_or(HeaderValue::from_static("invalid")),
                 pool: spec.pool,
                 counters: if i < limit {
                     metrics.tenant(&spec.id)

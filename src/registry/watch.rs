@@ -29,10 +29,7 @@ impl BackgroundService for ConfigWatcher {
         };
         let (tx, mut rx) = mpsc::unbounded_channel::<()>();
         let watch = self.registry.snapshot().config.gateway.watch_config;
-        let _watcher = match watch
-            .then(|| watch_file(path.clone(), tx.clone()))
-            .transpose()
-        {
+        let _watcher = match watch.then(|| watch_file(path.clone(), tx.clone())).transpose() {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!(error = %e, path = %path.display(), "cannot watch config file; reload with SIGHUP");
@@ -67,10 +64,7 @@ impl BackgroundService for ConfigWatcher {
 
 /// Watches the file's directory (editors and `mv` replace the file, which
 /// a watch on the file itself would miss) and signals changes to `path`.
-fn watch_file(
-    path: PathBuf,
-    tx: mpsc::UnboundedSender<()>,
-) -> notify::Result<notify::RecommendedWatcher> {
+fn watch_file(path: PathBuf, tx: mpsc::UnboundedSender<()>) -> notify::Result<notify::RecommendedWatcher> {
     let dir = path
         .parent()
         .map(PathBuf::from)

@@ -168,19 +168,12 @@ mod tests {
     use super::*;
 
     fn ok(s: &str) -> String {
-        normalize(s)
-            .map(Cow::into_owned)
-            .unwrap_or_else(|e| panic!("{s}: {e}"))
+        normalize(s).map(Cow::into_owned).unwrap_or_else(|e| panic!("{s}: {e}"))
     }
 
     #[test]
     fn spellings_of_one_name_normalise_alike() {
-        for s in [
-            "app.acme.com",
-            "APP.Acme.COM",
-            "app.acme.com.",
-            "App.ACME.com.",
-        ] {
+        for s in ["app.acme.com", "APP.Acme.COM", "app.acme.com.", "App.ACME.com."] {
             assert_eq!(ok(s), "app.acme.com");
         }
         assert_eq!(ok("bücher.example"), "xn--bcher-kva.example");
@@ -233,10 +226,7 @@ mod tests {
             normalize_authority("App.Acme.com:8080").map(Cow::into_owned),
             Ok("app.acme.com".into())
         );
-        assert_eq!(
-            normalize_authority("app.acme.com"),
-            Ok(Cow::Borrowed("app.acme.com"))
-        );
+        assert_eq!(normalize_authority("app.acme.com"), Ok(Cow::Borrowed("app.acme.com")));
         assert_eq!(normalize_authority("app.acme.com:"), Err(HostError::Port));
         assert_eq!(normalize_authority("app.acme.com:8x"), Err(HostError::Port));
         assert_eq!(
@@ -244,10 +234,7 @@ mod tests {
             Err(HostError::InvalidCharacters)
         );
         assert_eq!(normalize_authority("[::1]:80"), Err(HostError::IpAddress));
-        assert_eq!(
-            normalize_authority("10.0.0.1:80"),
-            Err(HostError::IpAddress)
-        );
+        assert_eq!(normalize_authority("10.0.0.1:80"), Err(HostError::IpAddress));
     }
 
     #[test]

@@ -21,11 +21,16 @@ pub enum Unresolved {
     UnknownHost,
 }
 
-/// Resolves an HTTP authority (`host[:port]`) to a tenant.
-pub fn resolve(table: &DomainTable, authority: &str) -> Result<Match, Unresolved> {
-    let host = host::normalize_authority(authority).map_err(|e| match e {
+/// The normalised host of an HTTP authority (`host[:port]`).
+pub fn request_host(authority: &str) -> Result<std::borrow::Cow<'_, str>, Unresolved> {
+    host::normalize_authority(authority).map_err(|e| match e {
         HostError::IpAddress => Unresolved::UnknownHost,
         e => Unresolved::BadHost(e),
-    })?;
+    })
+}
+
+/// Resolves an HTTP authority (`host[:port]`) to a tenant.
+pub fn resolve(table: &DomainTable, authority: &str) -> Result<Match, Unresolved> {
+    let host = request_host(authority)?;
     table.lookup(&host).ok_or(Unresolved::UnknownHost)
 }

@@ -125,12 +125,7 @@ impl<'a> Builder<'a> {
             exact: Map::with_capacity_and_hasher(names, hasher.clone()),
             wildcard: Map::with_hasher(hasher.clone()),
             subdomain: Map::with_capacity_and_hasher(config.tenants.len(), hasher.clone()),
-            bases: config
-                .gateway
-                .base_domains
-                .iter()
-                .map(|b| b.as_str().into())
-                .collect(),
+            bases: config.gateway.base_domains.iter().map(|b| b.as_str().into()).collect(),
         };
         Builder {
             config,
@@ -147,16 +142,12 @@ impl<'a> Builder<'a> {
     }
 
     fn domains(&self) -> impl Iterator<Item = (TenantIdx, usize, &'a DomainName)> + 'a {
-        self.config
-            .tenants
-            .iter()
-            .enumerate()
-            .flat_map(|(t, spec)| {
-                spec.domains
-                    .iter()
-                    .enumerate()
-                    .map(move |(j, d)| (t as TenantIdx, j, d))
-            })
+        self.config.tenants.iter().enumerate().flat_map(|(t, spec)| {
+            spec.domains
+                .iter()
+                .enumerate()
+                .map(move |(j, d)| (t as TenantIdx, j, d))
+        })
     }
 
     fn field_of(&self, t: TenantIdx, d: &DomainName) -> String {
@@ -173,12 +164,7 @@ impl<'a> Builder<'a> {
             .gateway
             .base_domains
             .iter()
-            .find(|b| {
-                name == b.as_str()
-                    || name
-                        .strip_suffix(b.as_str())
-                        .is_some_and(|p| p.ends_with('.'))
-            })
+            .find(|b| name == b.as_str() || name.strip_suffix(b.as_str()).is_some_and(|p| p.ends_with('.')))
             .map(String::as_str)
     }
 
@@ -288,15 +274,8 @@ impl<'a> Builder<'a> {
         for (name, parent, w, t) in found {
             let field = self.field_of(t, &DomainName::Exact(name.clone()));
             let tenants = vec![self.tenant_id(w).to_string(), self.tenant_id(t).to_string()];
-            self.errors.push(self.err(
-                None,
-                field,
-                Problem::UnderWildcard {
-                    name,
-                    parent,
-                    tenants,
-                },
-            ));
+            self.errors
+                .push(self.err(None, field, Problem::UnderWildcard { name, parent, tenants }));
         }
     }
 
@@ -308,23 +287,12 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn conflicts(
-        &self,
-        dups: &HashMap<String, Claims>,
-        make: fn(String, Vec<String>) -> Problem,
-    ) -> Vec<ConfigError> {
+    fn conflicts(&self, dups: &HashMap<String, Claims>, make: fn(String, Vec<String>) -> Problem) -> Vec<ConfigError> {
         let mut out: Vec<ConfigError> = dups
             .iter()
             .map(|(name, claims)| {
-                let tenants = claims
-                    .iter()
-                    .map(|(t, _)| self.tenant_id(*t).to_string())
-                    .collect();
-                let field = claims
-                    .iter()
-                    .map(|(_, f)| f.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" and ");
+                let tenants = claims.iter().map(|(t, _)| self.tenant_id(*t).to_string()).collect();
+                let field = claims.iter().map(|(_, f)| f.as_str()).collect::<Vec<_>>().join(" and ");
                 ConfigError {
                     tenant: None,
                     field,
@@ -337,12 +305,16 @@ impl<'a> Builder<'a> {
     }
 
     fn finish(mut self) -> (DomainTable, Vec<ConfigError>) {
-        let mut errors = self.conflicts(&self.dup_sub, |label, tenants| {
-            Problem::DuplicateSubdomain { label, tenants }
+        let mut errors = self.conflicts(&self.dup_sub, |label, tenants| Problem::DuplicateSubdomain {
+            label,
+            tenants,
         });
-        errors.extend(self.conflicts(&self.dup_wild, |parent, tenants| {
-            Problem::DuplicateWildcard { parent, tenants }
-        }));
+        errors.extend(
+            self.conflicts(&self.dup_wild, |parent, tenants| Problem::DuplicateWildcard {
+                parent,
+                tenants,
+            }),
+        );
         errors.extend(
             self.conflicts(&self.dup_exact, |name, tenants| Problem::DuplicateDomain {
                 name,

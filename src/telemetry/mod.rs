@@ -4,10 +4,7 @@
 
 mod endpoint;
 
-use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry,
-};
+use prometheus::{Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tracing_subscriber::EnvFilter;
 
 pub use endpoint::MetricsEndpoint;
@@ -28,6 +25,10 @@ pub enum Rejection {
     UnknownHost,
     /// Missing, empty, malformed or conflicting Host: 400.
     BadHost,
+    /// Host not covered by the TLS handshake's SNI and certificate: 421.
+    SniMismatch,
+    /// An ACME challenge path with no pending token: 404.
+    UnknownChallenge,
 }
 
 impl Rejection {
@@ -36,6 +37,8 @@ impl Rejection {
         match self {
             Rejection::UnknownHost => "unknown_host",
             Rejection::BadHost => "bad_host",
+            Rejection::SniMismatch => "sni_mismatch",
+            Rejection::UnknownChallenge => "unknown_challenge",
         }
     }
 }
@@ -53,6 +56,10 @@ pub struct Metrics {
     pub config_last_reload_timestamp: Gauge,
     pub tenants: IntGauge,
     pub domains: IntGauge,
+    handshakes: IntCounterVec,
+    /// Certificates by state: valid, expiring (within 14 days), failed.
+    pub certificates: prometheus::IntGaugeVec,
+    acme_orders: IntCounterVec,
 }
 
 /// Per-tenant request counters, one per status class.
@@ -92,8 +99,7 @@ impl Metrics {
                 "Time from request start to the end of the response, by pool.",
             )
             .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
             &["pool"],
         )?;
@@ -111,15 +117,9 @@ impl Metrics {
             ),
             &["pool", "kind"],
         )?;
-        let config_generation = IntGauge::new(
-            "tenantgate_config_generation",
-            "Generation of the live config.",
-        )?;
+        let config_generation = IntGauge::new("tenantgate_config_generation", "Generation of the live config.")?;
         let reloads = IntCounterVec::new(
-            Opts::new(
-                "tenantgate_config_reloads_total",
-                "Config reload attempts, by result.",
-            ),
+            Opts::new("tenantgate_config_reloads_total", "Config reload attempts, by result."),
             &["result"],
         )?;
         let config_last_reload_success = IntGauge::new(
@@ -131,10 +131,7 @@ impl Metrics {
             "Unix time of the last reload attempt.",
         )?;
         let tenants = IntGauge::new("tenantgate_tenants", "Tenants in the live config.")?;
-        let domains = IntGauge::new(
-            "tenantgate_domains",
-            "Host names routed by the live config.",
-        )?;
+        let domains = IntGauge::new("tenantgate_domains", "Host names routed by the live config.")?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
@@ -143,9 +140,41 @@ impl Metrics {
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(config_last_reload_success.clone()))?;
         registry.register(Box::new(config_last_reload_timestamp.clone()))?;
+        let handshakes = IntCounterVec::new(
+            Opts::new(
+                "tenantgate_tls_handshakes_total",
+                "TLS handshakes, by result (ok or the failure reason).",
+            ),
+            &["result"],
+        )?;
+        let certificates = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "tenantgate_certificates",
+                "Managed certificates by state: valid, expiring (within 14 days), failed.",
+            ),
+            &["state"],
+        )?;
+        let acme_orders = IntCounterVec::new(
+            Opts::new(
+                "tenantgate_acme_orders_total",
+                "ACME orders, by kind (issue, renew) and result (success, failure).",
+            ),
+            &["kind", "result"],
+        )?;
+        registry.register(Box::new(handshakes.clone()))?;
+        registry.register(Box::new(certificates.clone()))?;
+        registry.register(Box::new(acme_orders.clone()))?;
+        for s in ["valid", "expiring", "failed"] {
+            certificates.with_label_values(&[s]);
+        }
         registry.register(Box::new(tenants.clone()))?;
         registry.register(Box::new(domains.clone()))?;
-        for r in [Rejection::UnknownHost, Rejection::BadHost] {
+        for r in [
+            Rejection::UnknownHost,
+            Rejection::BadHost,
+            Rejection::SniMismatch,
+            Rejection::UnknownChallenge,
+        ] {
             rejections.with_label_values(&[r.as_str()]);
         }
         for r in ["success", "failure"] {
@@ -163,7 +192,25 @@ impl Metrics {
             config_last_reload_timestamp,
             tenants,
             domains,
+            handshakes,
+            certificates,
+            acme_orders,
         })
+    }
+
+    /// Counts a TLS handshake: `None` for success, else the failure reason
+    /// (a fixed set: no_sni, unknown_sni, no_certificate, bad_client_hello,
+    /// handshake, timeout).
+    pub fn tls_handshake(&self, failure: Option<&'static str>) {
+        self.handshakes.with_label_values(&[failure.unwrap_or("ok")]).inc();
+    }
+
+    /// Counts an ACME order outcome.
+    pub fn acme_order(&self, renewal: bool, ok: bool) {
+        let kind = if renewal { "renew" } else { "issue" };
+        self.acme_orders
+            .with_label_values(&[kind, if ok { "success" } else { "failure" }])
+            .inc();
     }
 
     /// Counter handles for a tenant's label value.

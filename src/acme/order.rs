@@ -1,0 +1,115 @@
+//! One ACME order over HTTP-01, and the account it runs under.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
+    RetryPolicy,
+};
+
+use super::Challenges;
+use crate::config::Acme;
+use crate::tls::state::write_private;
+
+/// Why an order failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    #[error("ACME: {0}")]
+    Acme(#[from] instant_acme::Error),
+    #[error("account state: {0}")]
+    State(String),
+    #[error("order ended {0:?}")]
+    Status(OrderStatus),
+    #[error("authorization is {0:?}")]
+    Authorization(AuthorizationStatus),
+    #[error("the CA offered no HTTP-01 challenge")]
+    NoHttp01,
+}
+
+impl OrderError {
+    /// The CA forgot our account (a test CA restarted, or it was deactivated).
+    pub fn account_missing(&self) -> bool {
+        matches!(self, OrderError::Acme(instant_acme::Error::Api(p))
+            if p.r#type.as_deref() == Some("urn:ietf:params:acme:error:accountDoesNotExist"))
+    }
+}
+
+/// Where the account credentials are kept.
+pub fn account_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("acme").join("account.json")
+}
+
+/// Loads the stored account, or registers a new one and stores it (0600).
+pub async fn account(settings: &Acme, state_dir: &Path) -> Result<Account, OrderError> {
+    let builder = || match &settings.ca_root {
+        Some(root) => Account::builder_with_root(root),
+        None => Account::builder(),
+    };
+    let path = account_path(state_dir);
+    if let Ok(bytes) = tokio::fs::read(&path).await {
+        let creds: AccountCredentials =
+            serde_json::from_slice(&bytes).map_err(|e| OrderError::State(format!("{}: {e}", path.display())))?;
+        return Ok(builder()?.from_credentials(creds).await?);
+    }
+    let contact = settings.contact.as_ref().map(|c| {
+        if c.contains(':') {
+            c.clone()
+        } else {
+            format!("mailto:{c}")
+        }
+    });
+    let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+    let new = NewAccount {
+        contact: &contacts,
+        terms_of_service_agreed: true,
+        only_return_existing: false,
+    };
+    let (account, creds) = builder()?.create(&new, settings.directory_url.clone(), None).await?;
+    let json = serde_json::to_vec(&creds).map_err(|e| OrderError::State(e.to_string()))?;
+    let p = path.clone();
+    tokio::task::spawn_blocking(move || write_private(&p, &json))
+        .await
+        .map_err(|e| OrderError::State(e.to_string()))?
+        .map_err(|e| OrderError::State(format!("{}: {e}", path.display())))?;
+    tracing::info!(account = account.id(), "ACME account registered");
+    Ok(account)
+}
+
+/// Orders a certificate for one name. Returns (chain PEM, key PEM).
+pub async fn order(account: &Account, name: &str, challenges: &Challenges) -> Result<(String, String), OrderError> {
+    let ids = [Identifier::Dns(name.to_string())];
+    let mut order = account.new_order(&NewOrder::new(&ids)).await?;
+    let mut tokens = Vec::new();
+    let result = async {
+        let mut authzs = order.authorizations();
+        while let Some(authz) = authzs.next().await {
+            let mut authz = authz?;
+            match authz.status {
+                AuthorizationStatus::Pending => {}
+                AuthorizationStatus::Valid => continue,
+                other => return Err(OrderError::Authorization(other)),
+            }
+            let mut challenge = authz.challenge(ChallengeType::Http01).ok_or(OrderError::NoHttp01)?;
+            let key_authorization = challenge.key_authorization();
+            challenges.insert(&challenge.token, name, key_authorization.as_str());
+            tokens.push(challenge.token.clone());
+            challenge.set_ready().await?;
+        }
+        let retry = RetryPolicy::new()
+            .initial_delay(Duration::from_millis(250))
+            .timeout(Duration::from_secs(90));
+        match order.poll_ready(&retry).await? {
+            OrderStatus::Ready => {}
+            other => return Err(OrderError::Status(other)),
+        }
+        let key = order.finalize().await?;
+        let chain = order.poll_certificate(&retry).await?;
+        Ok((chain, key))
+    }
+    .await;
+    for t in &tokens {
+        challenges.remove(t);
+    }
+    result
+}

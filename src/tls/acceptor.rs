@@ -1,0 +1,210 @@
+//! TLS termination in front of pingora's HTTP app.
+//!
+//! pingora 0.9's rustls listener serves one certificate and has no SNI
+//! resolver (cloudflare/pingora#594, #832). So the listener here is plain
+//! TCP, and [`TlsApp`] runs the handshake itself: it reads the ClientHello,
+//! picks the certificate for the SNI from the [`CertStore`] (loading it
+//! asynchronously if needed), completes the handshake, and passes the
+//! decrypted stream, wrapped in [`TlsIo`], to the inner HTTP app. `TlsIo`
+//! reports the negotiated ALPN, so pingora serves HTTP/2 when `h2` was chosen.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::tls::{SslDigest, ALPN};
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream, TimingDigest,
+    UniqueID, UniqueIDType,
+};
+use pingora_core::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::LazyConfigAcceptor;
+
+use super::sni::{Negotiated, SniBook};
+use super::store::{CertStore, Refusal};
+use crate::registry::Registry;
+use crate::routing::host;
+use crate::telemetry::Metrics;
+
+/// A slow or silent client gets this long to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Terminates TLS, then hands the stream to `inner`.
+pub struct TlsApp<A> {
+    pub inner: Arc<A>,
+    pub store: Arc<CertStore>,
+    pub registry: Arc<Registry>,
+    pub book: Arc<SniBook>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for TlsApp<A> {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        let tls = match self.handshake(stream).await {
+            Ok(t) => t,
+            Err(reason) => {
+                self.metrics.tls_handshake(Some(reason));
+                return None;
+            }
+        };
+        self.metrics.tls_handshake(None);
+        let (io, negotiated) = tls;
+        if let Some(p) = peer {
+            self.book.insert(p, negotiated);
+        }
+        let mut next: Option<Stream> = Some(Box::new(io));
+        while let Some(s) = next {
+            next = self.inner.process_new(s, shutdown).await;
+        }
+        if let Some(p) = peer {
+            self.book.remove(&p);
+        }
+        None
+    }
+}
+
+impl<A> TlsApp<A> {
+    async fn handshake(&self, stream: Stream) -> Result<(TlsIo, Arc<Negotiated>), &'static str> {
+        let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+        let start = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(_)) => return Err("bad_client_hello"),
+            Err(_) => return Err("timeout"),
+        };
+        let snap = self.registry.snapshot();
+        let sni = match start.client_hello().server_name() {
+            Some(name) => host::normalize(name)
+                .map(|n| n.into_owned())
+                .map_err(|_| Refusal::UnknownSni.as_str())?,
+            None => snap
+                .config
+                .tls
+                .as_ref()
+                .and_then(|t| t.default_sni.clone())
+                .ok_or(Refusal::NoSni.as_str())?,
+        };
+        let entry = self.store.select(&sni, &snap).await.map_err(Refusal::as_str)?;
+        let config = entry.config.clone();
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(config)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(_)) => return Err("handshake"),
+            Err(_) => return Err("timeout"),
+        };
+        let conn = tls.get_ref().1;
+        let alpn = match conn.alpn_protocol() {
+            Some(b"h2") => Some(ALPN::H2),
+            Some(_) => Some(ALPN::H1),
+            None => None,
+        };
+        let version = conn.protocol_version().and_then(|v| v.as_str()).unwrap_or("TLS");
+        let cipher = conn
+            .negotiated_cipher_suite()
+            .and_then(|c| c.suite().as_str())
+            .unwrap_or("unknown");
+        let digest = Arc::new(SslDigest::new(cipher, version, None, None, Vec::new()));
+        let negotiated = Arc::new(Negotiated {
+            sni: sni.into(),
+            cert_names: entry.loaded.names.clone(),
+        });
+        Ok((
+            TlsIo {
+                inner: tls,
+                alpn,
+                digest,
+            },
+            negotiated,
+        ))
+    }
+}
+
+/// A decrypted TLS stream, as pingora's `IO`.
+pub struct TlsIo {
+    inner: TlsStream<Stream>,
+    alpn: Option<ALPN>,
+    digest: Arc<SslDigest>,
+}
+
+impl std::fmt::Debug for TlsIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIo").field("alpn", &self.alpn).finish()
+    }
+}
+
+impl AsyncRead for TlsIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for TlsIo {
+    async fn shutdown(&mut self) {
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.inner).await;
+    }
+}
+
+impl UniqueID for TlsIo {
+    fn id(&self) -> UniqueIDType {
+        self.inner.get_ref().0.id()
+    }
+}
+
+impl Ssl for TlsIo {
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        Some(self.digest.clone())
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.alpn.clone()
+    }
+}
+
+impl GetTimingDigest for TlsIo {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_ref().0.get_timing_digest()
+    }
+}
+
+impl GetProxyDigest for TlsIo {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
+        None
+    }
+}
+
+impl GetSocketDigest for TlsIo {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_ref().0.get_socket_digest()
+    }
+}
+
+impl Peek for TlsIo {}

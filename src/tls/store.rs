@@ -1,0 +1,271 @@
+//! The certificate store: which certificate answers a handshake.
+//!
+//! Sources, in order: operator PEM files (`certs_dir`, indexed by SAN at
+//! start and on reload), then managed certificates (ACME-issued files in
+//! the state dir, or internal-CA leaves). Managed certificates are loaded
+//! lazily into a bounded cache, so start-up and reload cost does not grow
+//! with the number of stored certificates. A handshake gets a certificate
+//! only when its SNI routes to a tenant: an unknown SNI is refused, and an
+//! SNI never triggers issuance from a public CA.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use quick_cache::sync::Cache;
+use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+
+use super::certs::{CertError, Loaded};
+use super::internal_ca::InternalCa;
+use crate::registry::Snapshot;
+use crate::routing::MatchKind;
+
+/// A certificate ready to serve, with its rustls config.
+#[derive(Debug)]
+pub struct Entry {
+    pub loaded: Loaded,
+    pub config: Arc<ServerConfig>,
+}
+
+/// Why a handshake gets no certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("no SNI and no default certificate")]
+    NoSni,
+    #[error("SNI is not a configured host")]
+    UnknownSni,
+    #[error("no certificate for this host yet")]
+    NoCertificate,
+}
+
+impl Refusal {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::NoSni => "no_sni",
+            Refusal::UnknownSni => "unknown_sni",
+            Refusal::NoCertificate => "no_certificate",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Provided {
+    exact: HashMap<String, Arc<Entry>>,
+    wildcard: HashMap<String, Arc<Entry>>,
+}
+
+/// A problem with one operator certificate file.
+#[derive(Debug)]
+pub struct FileProblem {
+    pub path: PathBuf,
+    pub error: CertError,
+}
+
+/// All certificates the gateway can serve.
+pub struct CertStore {
+    provided: ArcSwap<Provided>,
+    managed_dir: PathBuf,
+    cache: Cache<String, Arc<Entry>>,
+    internal: Option<InternalCa>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    sessions: Arc<dyn StoresServerSessions>,
+}
+
+#[derive(Debug)]
+struct Fixed(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Fixed {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+impl CertStore {
+    /// A store with managed certificates under `state_dir/certs` and, when
+    /// given, an internal CA for names nothing else covers.
+    pub fn new(state_dir: &Path, internal: Option<InternalCa>, cache_size: usize) -> CertStore {
+        CertStore {
+            provided: ArcSwap::from_pointee(Provided::default()),
+            managed_dir: state_dir.join("certs"),
+            cache: Cache::new(cache_size.max(16)),
+            internal,
+            provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+            sessions: ServerSessionMemoryCache::new(16 * 1024),
+        }
+    }
+
+    /// The internal CA, if this store issues from one.
+    pub fn internal_ca(&self) -> Option<&InternalCa> {
+        self.internal.as_ref()
+    }
+
+    fn entry(&self, loaded: Loaded) -> Result<Arc<Entry>, CertError> {
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| CertError::Key(e.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Fixed(loaded.key.clone())));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.session_storage = self.sessions.clone();
+        Ok(Arc::new(Entry {
+            loaded,
+            config: Arc::new(config),
+        }))
+    }
+
+    /// Re-reads the operator certificate directory and swaps the index.
+    /// Bad files are skipped and returned; they never block the others.
+    /// Blocking: call off the async threads.
+    pub fn load_provided(&self, dir: &Path) -> (usize, Vec<FileProblem>) {
+        let mut problems = Vec::new();
+        let mut next = Provided::default();
+        let mut count = 0;
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.provided.store(Arc::new(next));
+                return (0, problems);
+            }
+            Err(e) => {
+                problems.push(FileProblem {
+                    path: dir.to_path_buf(),
+                    error: e.into(),
+                });
+                return (0, problems);
+            }
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("pem" | "crt")))
+            .collect();
+        paths.sort();
+        for path in paths {
+            match load_pair(&path).and_then(|l| self.entry(l)) {
+                Ok(entry) => {
+                    count += 1;
+                    for name in &entry.loaded.names {
+                        let map = match name.strip_prefix("*.") {
+                            Some(parent) => next.wildcard.entry(parent.to_string()),
+                            None => next.exact.entry(name.clone()),
+                        };
+                        map.or_insert_with(|| entry.clone());
+                    }
+                }
+                Err(error) => problems.push(FileProblem { path, error }),
+            }
+        }
+        self.provided.store(Arc::new(next));
+        (count, problems)
+    }
+
+    /// Whether an operator certificate covers `host`.
+    pub fn provided_covers(&self, host: &str) -> bool {
+        let p = self.provided.load();
+        p.exact.contains_key(host)
+            || host
+                .split_once('.')
+                .is_some_and(|(_, parent)| p.wildcard.contains_key(parent))
+    }
+
+    /// The managed certificate name for a host matched as `kind`.
+    pub fn managed_name(kind: MatchKind, host: &str) -> String {
+        match (kind, host.split_once('.')) {
+            (MatchKind::Wildcard, Some((_, parent))) => format!("*.{parent}"),
+            _ => host.to_string(),
+        }
+    }
+
+    /// Where a managed certificate lives: `certs/<name>.pem` and `.key`
+    /// (`*` spelled `_wildcard_`).
+    pub fn managed_paths(&self, name: &str) -> (PathBuf, PathBuf) {
+        let file = name.replace('*', "_wildcard_");
+        (
+            self.managed_dir.join(format!("{file}.pem")),
+            self.managed_dir.join(format!("{file}.key")),
+        )
+    }
+
+    /// Makes a freshly issued certificate live for `name`.
+    pub fn install(&self, name: &str, loaded: Loaded) -> Result<(), CertError> {
+        let entry = self.entry(loaded)?;
+        self.cache.insert(name.to_string(), entry);
+        Ok(())
+    }
+
+    /// The managed certificate for `name` currently served, if loaded.
+    pub fn cached(&self, name: &str) -> Option<Arc<Entry>> {
+        self.cache.get(name)
+    }
+
+    /// Chooses the certificate for a handshake's SNI (already normalised).
+    pub async fn select(self: &Arc<Self>, sni: &str, snap: &Snapshot) -> Result<Arc<Entry>, Refusal> {
+        let m = snap.table.lookup(sni).ok_or(Refusal::UnknownSni)?;
+        {
+            let p = self.provided.load();
+            let hit = p
+                .exact
+                .get(sni)
+                .or_else(|| sni.split_once('.').and_then(|(_, parent)| p.wildcard.get(parent)));
+            if let Some(e) = hit {
+                return Ok(e.clone());
+            }
+        }
+        let name = Self::managed_name(m.kind, sni);
+        if let Some(e) = self.cache.get(&name) {
+            if e.loaded.not_after > SystemTime::now() {
+                return Ok(e);
+            }
+        }
+        let store = self.clone();
+        let loaded = tokio::task::spawn_blocking(move || store.load_managed(&name)).await;
+        match loaded {
+            Ok(Some(e)) => Ok(e),
+            _ => Err(Refusal::NoCertificate),
+        }
+    }
+
+    /// Loads a managed certificate from disk, or makes one with the
+    /// internal CA. Blocking.
+    fn load_managed(&self, name: &str) -> Option<Arc<Entry>> {
+        let (cert, key) = self.managed_paths(name);
+        if let (Ok(c), Ok(k)) = (std::fs::read(&cert), std::fs::read(&key)) {
+            match Loaded::from_pem(&c, &k).and_then(|l| self.entry(l)) {
+                Ok(e) => {
+                    self.cache.insert(name.to_string(), e.clone());
+                    return Some(e);
+                }
+                Err(err) => tracing::warn!(name, error = %err, "stored certificate unusable"),
+            }
+        }
+        let ca = self.internal.as_ref()?;
+        match ca.issue(name).and_then(|l| self.entry(l)) {
+            Ok(e) => {
+                self.cache.insert(name.to_string(), e.clone());
+                Some(e)
+            }
+            Err(err) => {
+                tracing::error!(name, error = %err, "internal CA could not issue");
+                None
+            }
+        }
+    }
+}
+
+/// Reads an operator certificate: `X.pem`/`X.crt` with the key in the same
+/// file or in `X.key`.
+fn load_pair(path: &Path) -> Result<Loaded, CertError> {
+    let pem = std::fs::read(path)?;
+    let has_key = String::from_utf8_lossy(&pem).contains("PRIVATE KEY-----");
+    let key = if has_key {
+        pem.clone()
+    } else {
+        std::fs::read(path.with_extension("key"))?
+    };
+    Loaded::from_pem(&pem, &key)
+}
