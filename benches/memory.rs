@@ -36,7 +36,11 @@ fn main() {
         "tenants", "load_ms", "live_MiB", "peak_MiB", "B/tenant"
     );
     // Under `cargo test --all-targets` (no --bench flag) only prove it runs.
-    let sizes: &[usize] = if std::env::args().any(|a| a == "--bench") { &[1_000, 10_000, 100_000] } else { &[1_000] };
+    let sizes: &[usize] = if std::env::args().any(|a| a == "--bench") {
+        &[1_000, 10_000, 100_000]
+    } else {
+        &[1_000]
+    };
     for &tenants in sizes {
         let text = generate(&Spec {
             tenants,

@@ -43,7 +43,10 @@ fn lookup(c: &mut Criterion) {
         ("subdomain_with_port", "t054321.saas.example:8080"),
         ("unknown", "nobody.example.org"),
     ] {
-        assert!(routing::resolve(&table, authority).is_ok() == (name != "unknown"), "{name}");
+        assert!(
+            routing::resolve(&table, authority).is_ok() == (name != "unknown"),
+            "{name}"
+        );
         g.bench_function(name, |b| b.iter(|| routing::resolve(&table, black_box(authority))));
     }
     g.finish();

@@ -25,21 +25,13 @@ fn check(text: &str) -> (i32, String, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("routing.toml");
     std::fs::write(&path, text).expect("write");
-    let out = Command::new(BIN)
-        .arg("check")
-        .arg(&path)
-        .output()
-        .expect("run check");
+    let out = Command::new(BIN).arg("check").arg(&path).output().expect("run check");
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    (
-        out.status.code().unwrap_or(-1),
-        all,
-        path.display().to_string(),
-    )
+    (out.status.code().unwrap_or(-1), all, path.display().to_string())
 }
 
 /// Asserts the config is refused and every `needle` is in the output, on a
@@ -52,10 +44,7 @@ fn refused(text: &str, needles: &[&str]) -> String {
             .lines()
             .find(|l| l.contains(n))
             .unwrap_or_else(|| panic!("{n:?} not in:\n{out}"));
-        assert!(
-            line.starts_with(&path),
-            "line does not name the file: {line}"
-        );
+        assert!(line.starts_with(&path), "line does not name the file: {line}");
     }
     out
 }
@@ -63,16 +52,8 @@ fn refused(text: &str, needles: &[&str]) -> String {
 #[test]
 fn shipped_configs_are_valid() {
     for f in ["config/example.toml", "config/demo.toml"] {
-        let out = Command::new(BIN)
-            .arg("check")
-            .arg(f)
-            .output()
-            .expect("run check");
-        assert!(
-            out.status.success(),
-            "{f}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = Command::new(BIN).arg("check").arg(f).output().expect("run check");
+        assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
         assert!(String::from_utf8_lossy(&out.stdout).contains("ok:"));
     }
 }
@@ -107,10 +88,7 @@ fn a_custom_domain_equal_to_another_tenants_platform_host_is_a_duplicate() {
     // A tenant may list its own platform host.
     let own = format!(
         "{HEAD}{}",
-        tenant(
-            "acme",
-            "subdomain = \"acme\"\ndomains = [\"acme.saas.example\"]"
-        )
+        tenant("acme", "subdomain = \"acme\"\ndomains = [\"acme.saas.example\"]")
     );
     assert_eq!(check(&own).0, 0);
 }
@@ -236,10 +214,8 @@ fn tenant_ids_subdomains_and_pools_are_checked() {
 
 #[test]
 fn reserved_subdomains_are_configurable() {
-    let text = HEAD.replace(
-        "base_domains",
-        "reserved_subdomains = [\"billing\"]\nbase_domains",
-    ) + &tenant("w", r#"subdomain = "www""#)
+    let text = HEAD.replace("base_domains", "reserved_subdomains = [\"billing\"]\nbase_domains")
+        + &tenant("w", r#"subdomain = "www""#)
         + &tenant("b", r#"subdomain = "billing""#);
     let out = refused(&text, &[r#"subdomain "billing" is reserved"#]);
     assert!(

@@ -60,9 +60,7 @@ async fn reload_adds_and_removes_tenants_under_load_with_zero_failed_requests() 
                     "stable.example.com"
                 };
                 let (status, body) = gw.get(host, path).await;
-                if status == 200
-                    && Echo::parse(&body).header("x-tenant-id").as_deref() == Some("stable")
-                {
+                if status == 200 && Echo::parse(&body).header("x-tenant-id").as_deref() == Some("stable") {
                     ok.fetch_add(1, Ordering::Relaxed);
                 } else {
                     failed.fetch_add(1, Ordering::Relaxed);
@@ -84,16 +82,10 @@ async fn reload_adds_and_removes_tenants_under_load_with_zero_failed_requests() 
         task.await.expect("load task");
     }
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {} requests failed across reloads",
-        ok + failed
-    );
+    assert_eq!(failed, 0, "{failed} of {} requests failed across reloads", ok + failed);
     assert!(ok > 50, "the load loop ran ({ok} requests)");
     assert_eq!(
-        gw.metric("tenantgate_config_reloads_total{result=\"failure\"}")
-            .await,
+        gw.metric("tenantgate_config_reloads_total{result=\"failure\"}").await,
         0.0
     );
 }
@@ -107,23 +99,15 @@ async fn invalid_reload_keeps_the_old_routing_and_is_counted() {
     // Two tenants claim one domain, and one points at a missing pool.
     let mut bad = config(&p, &["old"], true);
     bad.push_str("\n[[tenants]]\nid = \"thief\"\ndomains = [\"OLD.example.com.\"]\npool = \"p\"\n");
-    bad.push_str(
-        "\n[[tenants]]\nid = \"lost\"\ndomains = [\"lost.example.com\"]\npool = \"nope\"\n",
-    );
+    bad.push_str("\n[[tenants]]\nid = \"lost\"\ndomains = [\"lost.example.com\"]\npool = \"nope\"\n");
     gw.write_config(&bad);
     gw.wait_metric("tenantgate_config_reloads_total{result=\"failure\"}", 1.0)
         .await;
-    assert_eq!(
-        gw.metric("tenantgate_config_last_reload_success").await,
-        0.0
-    );
+    assert_eq!(gw.metric("tenantgate_config_last_reload_success").await, 0.0);
     assert_eq!(gw.metric("tenantgate_config_generation").await, 1.0);
     let (status, body) = gw.get("old.example.com", "/").await;
     assert_eq!(status, 200);
-    assert_eq!(
-        Echo::parse(&body).header("x-tenant-id").as_deref(),
-        Some("old")
-    );
+    assert_eq!(Echo::parse(&body).header("x-tenant-id").as_deref(), Some("old"));
     assert_eq!(gw.get("lost.example.com", "/").await.0, 421);
     let log = gw.log();
     assert!(
@@ -144,10 +128,7 @@ async fn invalid_reload_keeps_the_old_routing_and_is_counted() {
     // The next valid change applies.
     gw.write_config(&config(&p, &["old", "fresh"], true));
     gw.wait_status("fresh.example.com", 200).await;
-    assert_eq!(
-        gw.metric("tenantgate_config_last_reload_success").await,
-        1.0
-    );
+    assert_eq!(gw.metric("tenantgate_config_last_reload_success").await, 1.0);
     assert_eq!(gw.metric("tenantgate_config_generation").await, 2.0);
 }
 

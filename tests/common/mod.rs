@@ -118,12 +118,7 @@ impl Gateway {
     }
 
     /// GET with extra headers (repeats allowed).
-    pub async fn get_with(
-        &self,
-        host: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-    ) -> (u16, String) {
+    pub async fn get_with(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
         let mut req = self
             .client
             .get(format!("http://{}{path}", self.http))
@@ -168,10 +163,7 @@ impl Gateway {
     pub async fn metric(&self, series: &str) -> f64 {
         let text = self.metrics_text().await;
         text.lines()
-            .find_map(|l| {
-                l.strip_prefix(series)
-                    .and_then(|rest| rest.strip_prefix(' '))
-            })
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0.0)
     }
@@ -185,10 +177,7 @@ impl Gateway {
                 return;
             }
             if Instant::now() > deadline {
-                panic!(
-                    "{series} stayed at {v}, wanted >= {at_least}; log:\n{}",
-                    self.log()
-                );
+                panic!("{series} stayed at {v}, wanted >= {at_least}; log:\n{}", self.log());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -222,9 +211,7 @@ pub struct Echo(pub Value);
 
 impl Echo {
     pub fn parse(body: &str) -> Echo {
-        Echo(
-            serde_json::from_str(body).unwrap_or_else(|e| panic!("not an echo body ({e}): {body}")),
-        )
+        Echo(serde_json::from_str(body).unwrap_or_else(|e| panic!("not an echo body ({e}): {body}")))
     }
     pub fn backend(&self) -> &str {
         self.0["backend"].as_str().unwrap_or("")
@@ -248,8 +235,5 @@ impl Echo {
 
 /// The status code in a raw HTTP/1.1 response.
 pub fn raw_status(resp: &str) -> u16 {
-    resp.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    resp.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
