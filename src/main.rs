@@ -42,6 +42,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // One crypto provider for every rustls user in the process (the TLS
+    // listener and the ACME client), whatever features other crates enable.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match Cli::parse().command {
         Command::Serve { config } => run(Source::File(config)),
         Command::Check { path } => check(&path),

@@ -260,7 +260,15 @@ impl CertStore {
 /// Reads an operator certificate: `X.pem`/`X.crt` with the key in the same
 /// file or in `X.key`.
 fn load_pair(path: &Path) -> Result<Loaded, CertError> {
+    use rustls::pki_types::pem::PemObject;
     let pem = std::fs::read(path)?;
+    // Report a broken certificate as such, before looking for its key.
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CertError::Pem(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(CertError::NoCertificate);
+    }
     let has_key = String::from_utf8_lossy(&pem).contains("PRIVATE KEY-----");
     let key = if has_key {
         pem.clone()

@@ -34,6 +34,8 @@ pub struct Gateway {
     child: Child,
     pub http: SocketAddr,
     pub metrics: SocketAddr,
+    /// Listened on only when the config uses `{https}`.
+    pub https: SocketAddr,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
     _dir: tempfile::TempDir,
@@ -41,21 +43,28 @@ pub struct Gateway {
 }
 
 /// Fills `{http}` and `{metrics}` in a config template.
-pub fn fill(template: &str, http: SocketAddr, metrics: SocketAddr) -> String {
+pub fn fill(template: &str, http: SocketAddr, metrics: SocketAddr, https: SocketAddr) -> String {
     template
         .replace("{http}", &http.to_string())
         .replace("{metrics}", &metrics.to_string())
+        .replace("{https}", &https.to_string())
 }
 
 impl Gateway {
     /// Writes the config (with `{http}`/`{metrics}` filled in) and starts
     /// `tenantgate serve`, waiting until it accepts connections.
     pub async fn start(template: &str) -> Gateway {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(tempfile::tempdir().expect("tempdir"), template).await
+    }
+
+    /// Like [`Gateway::start`], with the config written into `dir` (so that
+    /// relative paths such as `certs` and `state` land there).
+    pub async fn start_in(dir: tempfile::TempDir, template: &str) -> Gateway {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let config_path = dir.path().join("tenantgate.toml");
-        std::fs::write(&config_path, fill(template, http, metrics)).expect("write config");
+        std::fs::write(&config_path, fill(template, http, metrics, https)).expect("write config");
         let log_path = dir.path().join("gateway.log");
         let log = std::fs::File::create(&log_path).expect("log file");
         let child = Command::new(BIN)
@@ -74,6 +83,7 @@ impl Gateway {
             child,
             http,
             metrics,
+            https,
             config_path,
             log_path,
             _dir: dir,
@@ -81,7 +91,19 @@ impl Gateway {
         };
         gw.wait_listening(http).await;
         gw.wait_listening(metrics).await;
+        if template.contains("{https}") {
+            gw.wait_listening(https).await;
+        }
         gw
+    }
+
+    /// Stops the gateway and hands back its folder (config, certs, state),
+    /// to start another gateway on the same state.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self._dir, dir)
     }
 
     async fn wait_listening(&self, addr: SocketAddr) {
@@ -100,6 +122,11 @@ impl Gateway {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// The folder holding the config (and relative `certs`/`state`).
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -108,7 +135,7 @@ impl Gateway {
     /// deploy tools do.
     pub fn write_config(&self, template: &str) {
         let tmp = self.config_path.with_extension("tmp");
-        std::fs::write(&tmp, fill(template, self.http, self.metrics)).expect("write tmp config");
+        std::fs::write(&tmp, fill(template, self.http, self.metrics, self.https)).expect("write tmp config");
         std::fs::rename(&tmp, &self.config_path).expect("rename config");
     }
 
@@ -203,6 +230,99 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// An HTTPS client trusting `root_pem`, with `hosts` resolved to `addr`.
+pub fn https_client(root_pem: &[u8], hosts: &[&str], addr: SocketAddr, http1_only: bool) -> reqwest::Client {
+    let root = reqwest::Certificate::from_pem(root_pem).expect("root pem");
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(root);
+    for h in hosts {
+        b = b.resolve(h, addr);
+    }
+    if http1_only {
+        b = b.http1_only();
+    }
+    b.build().expect("https client")
+}
+
+/// A raw TLS handshake with `sni` (`None`: no SNI), trusting `root_pem`.
+/// Returns the negotiated ALPN on success, or the error text.
+pub async fn handshake(addr: SocketAddr, sni: Option<&str>, root_pem: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(root_pem) {
+        roots.add(c.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // An IP server name makes rustls send no SNI; the certificate is then
+    // checked against the name given in `sni` only when one is sent.
+    let name = match sni {
+        Some(s) => ServerName::try_from(s.to_string()).map_err(|e| e.to_string())?,
+        None => {
+            config.enable_sni = false;
+            ServerName::try_from("127.0.0.1").map_err(|e| e.to_string())?
+        }
+    };
+    if sni.is_none() {
+        config
+            .dangerous()
+            .set_certificate_verifier(std::sync::Arc::new(AcceptAny));
+    }
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+        .await
+        .map_err(|_| "handshake timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec))
+}
+
+/// Accepts any server certificate (for the no-SNI case, where the
+/// certificate names a host the client did not ask for).
+#[derive(Debug)]
+struct AcceptAny;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::aws_lc_rs::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

@@ -1,0 +1,289 @@
+//! HTTPS: SNI certificate selection, HTTP/2, the internal CA, operator
+//! certificates, SNI/Host mismatch, plain-HTTP redirects and challenges.
+
+mod common;
+
+use common::{backend, handshake, https_client, raw_status, Echo, Gateway};
+use tenantgate::demo::EchoBackend;
+
+fn config(shared: &EchoBackend, dedicated: &EchoBackend, tls_extra: &str) -> String {
+    format!(
+        r#"
+[gateway]
+http_listen = "{{http}}"
+https_listen = "{{https}}"
+metrics_listen = "{{metrics}}"
+base_domains = ["saas.example"]
+
+[tls]
+issuer = "internal"
+{tls_extra}
+
+[pools.shared]
+upstreams = ["{}"]
+
+[pools.dedicated]
+upstreams = ["{}"]
+
+[[tenants]]
+id = "acme"
+subdomain = "acme"
+domains = ["app.acme.com", "*.acme.io"]
+pool = "dedicated"
+
+[[tenants]]
+id = "globex"
+subdomain = "globex"
+domains = ["portal.globex.example"]
+pool = "shared"
+
+[[tenants]]
+id = "plainco"
+domains = ["plain.example.com"]
+pool = "shared"
+redirect_https = false
+"#,
+        shared.addr, dedicated.addr
+    )
+}
+
+async fn start(tls_extra: &str) -> (Gateway, Vec<u8>, EchoBackend, EchoBackend) {
+    let shared = backend("shared").await;
+    let dedicated = backend("dedicated").await;
+    let gw = Gateway::start(&config(&shared, &dedicated, tls_extra)).await;
+    let root = std::fs::read(gw.dir().join("state/internal-ca/root.pem")).expect("internal CA root written");
+    (gw, root, shared, dedicated)
+}
+
+const HOSTS: [&str; 5] = [
+    "acme.saas.example",
+    "app.acme.com",
+    "eu.acme.io",
+    "globex.saas.example",
+    "portal.globex.example",
+];
+
+#[tokio::test]
+async fn internal_ca_serves_every_tenant_host_over_http1_and_http2() {
+    let (gw, root, _shared, dedicated) = start("").await;
+    for http1 in [true, false] {
+        let client = https_client(&root, &HOSTS, gw.https, http1);
+        for host in HOSTS {
+            let url = format!("https://{host}:{}/x", gw.https.port());
+            let resp = client
+                .get(&url)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{host}: {e}\n{}", gw.log()));
+            let want = if http1 {
+                reqwest::Version::HTTP_11
+            } else {
+                reqwest::Version::HTTP_2
+            };
+            assert_eq!(resp.version(), want, "{host}");
+            assert_eq!(resp.status().as_u16(), 200, "{host}");
+            let echo = Echo::parse(&resp.text().await.expect("body"));
+            let tenant = if host.contains("acme") { "acme" } else { "globex" };
+            assert_eq!(echo.header_all("x-tenant-id"), vec![tenant], "{host}");
+            assert_eq!(echo.header_all("x-forwarded-proto"), vec!["https"], "{host}");
+        }
+    }
+    assert_eq!(dedicated.count(), 6);
+    assert!(gw.metric("tenantgate_tls_handshakes_total{result=\"ok\"}").await >= 2.0);
+}
+
+#[tokio::test]
+async fn unknown_or_missing_sni_gets_no_certificate() {
+    let (gw, root, shared, dedicated) = start("").await;
+    assert_eq!(
+        handshake(gw.https, Some("app.acme.com"), &root).await,
+        Ok(Some(b"h2".to_vec()))
+    );
+    for sni in ["unknown.example", "x.y.acme.io", "saas.example", "other.saas.example"] {
+        let r = handshake(gw.https, Some(sni), &root).await;
+        assert!(r.is_err(), "{sni} must be refused, got {r:?}");
+    }
+    assert!(
+        handshake(gw.https, None, &root).await.is_err(),
+        "no SNI, no default: refused"
+    );
+    assert_eq!(shared.count() + dedicated.count(), 0);
+    assert_eq!(
+        gw.metric("tenantgate_tls_handshakes_total{result=\"unknown_sni\"}")
+            .await,
+        4.0
+    );
+    assert_eq!(
+        gw.metric("tenantgate_tls_handshakes_total{result=\"no_sni\"}").await,
+        1.0
+    );
+
+    let (gw, root, _, _) = start("default_sni = \"app.acme.com\"").await;
+    assert!(
+        handshake(gw.https, None, &root).await.is_ok(),
+        "default certificate without SNI"
+    );
+}
+
+#[tokio::test]
+async fn host_not_covered_by_the_handshake_gets_421() {
+    let (gw, root, shared, dedicated) = start("").await;
+    let client = https_client(&root, &["app.acme.com", "eu.acme.io"], gw.https, true);
+    let get = |url: String, host: &'static str| client.get(url).header("host", host).send();
+    let port = gw.https.port();
+    // SNI app.acme.com (acme), Host globex: another tenant.
+    let resp = get(format!("https://app.acme.com:{port}/"), "globex.saas.example")
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 421);
+    // Same tenant, but the served certificate (app.acme.com) does not cover acme.saas.example.
+    let resp = get(format!("https://app.acme.com:{port}/"), "acme.saas.example")
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 421);
+    assert_eq!(shared.count() + dedicated.count(), 0);
+    // Same tenant, covered by the *.acme.io certificate: allowed.
+    let resp = get(format!("https://eu.acme.io:{port}/"), "us.acme.io")
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        gw.metric("tenantgate_rejections_total{reason=\"sni_mismatch\"}").await,
+        2.0
+    );
+
+    let (gw, root, _, _) = start("strict_sni_host = false").await;
+    let client = https_client(&root, &["app.acme.com"], gw.https, true);
+    let url = format!("https://app.acme.com:{}/", gw.https.port());
+    let resp = client
+        .get(url)
+        .header("host", "globex.saas.example")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 200, "check disabled by config");
+}
+
+#[tokio::test]
+async fn plain_http_redirects_and_answers_only_pending_challenges() {
+    let (gw, _root, shared, dedicated) = start("").await;
+    let resp = gw
+        .raw("GET /a/b?c=1 HTTP/1.1\r\nHost: App.Acme.com\r\nConnection: close\r\n\r\n")
+        .await;
+    assert_eq!(raw_status(&resp), 308, "{resp}");
+    let location = format!("location: https://app.acme.com:{}/a/b?c=1", gw.https.port());
+    assert!(resp.to_ascii_lowercase().contains(&location), "{resp}");
+    // A tenant that opted out is served on plain HTTP.
+    let (status, body) = gw.get("plain.example.com", "/").await;
+    assert_eq!(status, 200);
+    assert_eq!(Echo::parse(&body).header_all("x-forwarded-proto"), vec!["http"]);
+    // Unknown hosts are still 421 on plain HTTP, before any redirect.
+    assert_eq!(gw.get("nobody.example", "/").await.0, 421);
+    // A challenge token nobody asked for: 404, never forwarded.
+    for host in ["app.acme.com", "app.acme.com:80", "nobody.example"] {
+        let (status, _) = gw.get(host, "/.well-known/acme-challenge/not-a-pending-token").await;
+        assert_eq!(status, 404, "{host}");
+    }
+    assert_eq!(shared.count(), 1, "only the opted-out tenant's request was forwarded");
+    assert_eq!(dedicated.count(), 0);
+}
+
+/// A certificate for `names`, signed by a throwaway CA. Returns (ca_pem, cert_pem, key_pem).
+fn signed_cert(names: &[&str], expired: bool) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    let issuer = Issuer::new(ca, ca_key);
+    let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
+    if expired {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
+    let key = KeyPair::generate().expect("key");
+    let cert = p.signed_by(&key, &issuer).expect("sign");
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test]
+async fn operator_certificates_are_served_and_bad_ones_skipped() {
+    let shared = backend("shared").await;
+    let dedicated = backend("dedicated").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).expect("certs dir");
+    let (good_ca, good_cert, good_key) = signed_cert(&["app.acme.com", "*.saas.example"], false);
+    std::fs::write(certs.join("acme.pem"), &good_cert).expect("write");
+    std::fs::write(certs.join("acme.key"), &good_key).expect("write");
+    let (_, expired_cert, expired_key) = signed_cert(&["portal.globex.example"], true);
+    std::fs::write(certs.join("expired.pem"), format!("{expired_cert}{expired_key}")).expect("write");
+    std::fs::write(
+        certs.join("garbage.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    )
+    .expect("write");
+    std::fs::write(certs.join("nokey.crt"), &good_cert).expect("write");
+    let gw = Gateway::start_in(dir, &config(&shared, &dedicated, "")).await;
+
+    // The operator certificate is served for its names (exact and wildcard).
+    let client = https_client(
+        good_ca.as_bytes(),
+        &["app.acme.com", "globex.saas.example"],
+        gw.https,
+        true,
+    );
+    for host in ["app.acme.com", "globex.saas.example"] {
+        let resp = client.get(format!("https://{host}:{}/", gw.https.port())).send().await;
+        let resp = resp.unwrap_or_else(|e| panic!("{host}: {e}\n{}", gw.log()));
+        assert_eq!(resp.status().as_u16(), 200, "{host}");
+    }
+    // The expired one is skipped: the internal CA covers that name instead.
+    let internal_root = std::fs::read(gw.dir().join("state/internal-ca/root.pem")).expect("root");
+    assert!(handshake(gw.https, Some("portal.globex.example"), &internal_root)
+        .await
+        .is_ok());
+    let log = gw.log();
+    for (file, why) in [
+        ("expired.pem", "expired"),
+        ("garbage.pem", "PEM"),
+        ("nokey.crt", "No such file"),
+    ] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(file))
+            .unwrap_or_else(|| panic!("{file} not reported:\n{log}"));
+        assert!(
+            line.contains("operator certificate skipped") && line.contains(why),
+            "{line}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn state_dir_keeps_the_internal_root_private_and_stable_across_restarts() {
+    use std::os::unix::fs::PermissionsExt;
+    let shared = backend("shared").await;
+    let dedicated = backend("dedicated").await;
+    let template = config(&shared, &dedicated, "");
+    let gw = Gateway::start(&template).await;
+    let root = std::fs::read(gw.dir().join("state/internal-ca/root.pem")).expect("root");
+    let key = gw.dir().join("state/internal-ca/root.key");
+    let mode = std::fs::metadata(&key).expect("key").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "root key mode");
+    let dir_mode = std::fs::metadata(gw.dir().join("state/internal-ca"))
+        .expect("dir")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(dir_mode, 0o700, "state dir mode");
+
+    let dir = gw.stop();
+    let gw = Gateway::start_in(dir, &template).await;
+    let again = std::fs::read(gw.dir().join("state/internal-ca/root.pem")).expect("root");
+    assert_eq!(root, again, "the root is made once and kept");
+    assert!(
+        handshake(gw.https, Some("app.acme.com"), &root).await.is_ok(),
+        "old root still verifies"
+    );
+}
