@@ -2,6 +2,8 @@
 //! test, the real `tenantgate` binary on loopback, and small clients.
 #![allow(dead_code)]
 
+pub mod pebble;
+
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -61,6 +63,12 @@ impl Gateway {
     /// relative paths such as `certs` and `state` land there).
     pub async fn start_in(dir: tempfile::TempDir, template: &str) -> Gateway {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        Self::start_with_http(dir, template, http).await
+    }
+
+    /// Like [`Gateway::start_in`], on a plain-HTTP address chosen by the
+    /// caller (the ACME tests point Pebble's HTTP-01 validator at it).
+    pub async fn start_with_http(dir: tempfile::TempDir, template: &str, http: SocketAddr) -> Gateway {
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let config_path = dir.path().join("tenantgate.toml");
@@ -252,6 +260,15 @@ pub fn https_client(root_pem: &[u8], hosts: &[&str], addr: SocketAddr, http1_onl
 /// A raw TLS handshake with `sni` (`None`: no SNI), trusting `root_pem`.
 /// Returns the negotiated ALPN on success, or the error text.
 pub async fn handshake(addr: SocketAddr, sni: Option<&str>, root_pem: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    handshake_full(addr, sni, root_pem).await.map(|(alpn, _)| alpn)
+}
+
+/// Like [`handshake`], also returning the server's leaf certificate (DER).
+pub async fn handshake_full(
+    addr: SocketAddr,
+    sni: Option<&str>,
+    root_pem: &[u8],
+) -> Result<(Option<Vec<u8>>, Vec<u8>), String> {
     use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(root_pem) {
@@ -284,7 +301,13 @@ pub async fn handshake(addr: SocketAddr, sni: Option<&str>, root_pem: &[u8]) -> 
         .await
         .map_err(|_| "handshake timed out".to_string())?
         .map_err(|e| e.to_string())?;
-    Ok(tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec))
+    let conn = tls.get_ref().1;
+    let leaf = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
+    Ok((conn.alpn_protocol().map(<[u8]>::to_vec), leaf))
 }
 
 /// Accepts any server certificate (for the no-SNI case, where the

@@ -1,0 +1,235 @@
+//! ACME end to end against the real test CA Pebble: issuance over HTTP-01
+//! answered by the gateway, reload-driven issuance, renewal, and a CA outage.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::pebble::Pebble;
+use common::{backend, free_port, handshake_full, https_client, Echo, Gateway};
+use tenantgate::demo::EchoBackend;
+
+fn config(p: &Pebble, pool: &EchoBackend, domains: &[&str]) -> String {
+    let list: Vec<String> = domains.iter().map(|d| format!("{d:?}")).collect();
+    format!(
+        r#"
+[gateway]
+http_listen = "{{http}}"
+https_listen = "{{https}}"
+metrics_listen = "{{metrics}}"
+
+[tls]
+issuer = "acme"
+
+[tls.acme]
+directory_url = "{}"
+ca_root = "{}"
+contact = "ops@example.com"
+retry_min_secs = 1
+retry_max_secs = 2
+
+[pools.p]
+upstreams = ["{}"]
+
+[[tenants]]
+id = "acme"
+domains = [{}]
+pool = "p"
+"#,
+        p.directory_url(),
+        p.api_ca_pem_path().display(),
+        pool.addr,
+        list.join(", ")
+    )
+}
+
+/// Pebble validating HTTP-01 on a port the gateway will listen on.
+async fn pebble(validity_secs: u64) -> (Pebble, SocketAddr) {
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let p = Pebble::start(http.port(), free_port(), validity_secs).await;
+    (p, http)
+}
+
+/// Polls TLS handshakes for `sni` until one verifies against `root`; returns the leaf.
+async fn wait_for_certificate(gw: &Gateway, sni: &str, root: &[u8], p: &Pebble) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match handshake_full(gw.https, Some(sni), root).await {
+            Ok((_, leaf)) => return leaf,
+            Err(e) if Instant::now() > deadline => {
+                panic!(
+                    "no certificate for {sni}: {e}\ngateway:\n{}\npebble:\n{}",
+                    gw.log(),
+                    p.pebble_log()
+                )
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domain_gets_a_certificate_over_http01_and_serves_http1_and_http2() {
+    let (p, http) = pebble(3600).await;
+    let pool = backend("pool").await;
+    let gw = Gateway::start_with_http(
+        tempfile::tempdir().expect("dir"),
+        &config(&p, &pool, &["app.acme.com"]),
+        http,
+    )
+    .await;
+    let root = p.issuing_root_pem().await;
+    wait_for_certificate(&gw, "app.acme.com", root.as_bytes(), &p).await;
+
+    for http1 in [true, false] {
+        let client = https_client(root.as_bytes(), &["app.acme.com"], gw.https, http1);
+        let resp = client
+            .get(format!("https://app.acme.com:{}/", gw.https.port()))
+            .send()
+            .await
+            .expect("https");
+        assert_eq!(
+            resp.version(),
+            if http1 {
+                reqwest::Version::HTTP_11
+            } else {
+                reqwest::Version::HTTP_2
+            }
+        );
+        let echo = Echo::parse(&resp.text().await.expect("body"));
+        assert_eq!(echo.header_all("x-tenant-id"), vec!["acme"]);
+    }
+    // Stored with private permissions, account included.
+    use std::os::unix::fs::PermissionsExt;
+    for f in [
+        "state/certs/app.acme.com.key",
+        "state/certs/app.acme.com.pem",
+        "state/acme/account.json",
+    ] {
+        let mode = std::fs::metadata(gw.dir().join(f)).map(|m| m.permissions().mode() & 0o777);
+        assert_eq!(mode.ok(), Some(0o600), "{f}");
+    }
+    assert_eq!(
+        gw.metric("tenantgate_acme_orders_total{kind=\"issue\",result=\"success\"}")
+            .await,
+        1.0
+    );
+    // A one-hour test certificate is within 14 days of expiry: "expiring".
+    gw.wait_metric("tenantgate_certificates{state=\"expiring\"}", 1.0).await;
+    assert_eq!(gw.metric("tenantgate_certificates{state=\"failed\"}").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_added_by_reload_gets_its_certificate_without_restart() {
+    let (p, http) = pebble(3600).await;
+    let pool = backend("pool").await;
+    let gw = Gateway::start_with_http(
+        tempfile::tempdir().expect("dir"),
+        &config(&p, &pool, &["app.acme.com"]),
+        http,
+    )
+    .await;
+    let root = p.issuing_root_pem().await;
+    wait_for_certificate(&gw, "app.acme.com", root.as_bytes(), &p).await;
+    gw.write_config(&config(&p, &pool, &["app.acme.com", "shop.acme.com"]));
+    wait_for_certificate(&gw, "shop.acme.com", root.as_bytes(), &p).await;
+    assert_eq!(
+        gw.metric("tenantgate_acme_orders_total{kind=\"issue\",result=\"success\"}")
+            .await,
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_replaces_a_certificate_near_expiry_while_handshakes_continue() {
+    // 24 s certificates: renewal is due after about two thirds of that.
+    let (p, http) = pebble(24).await;
+    let pool = backend("pool").await;
+    let gw = Gateway::start_with_http(
+        tempfile::tempdir().expect("dir"),
+        &config(&p, &pool, &["app.acme.com"]),
+        http,
+    )
+    .await;
+    let root = p.issuing_root_pem().await;
+    let first = wait_for_certificate(&gw, "app.acme.com", root.as_bytes(), &p).await;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut handshakes = 0;
+    loop {
+        let (_, leaf) = handshake_full(gw.https, Some("app.acme.com"), root.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("handshake {handshakes} failed during renewal: {e}\n{}", gw.log()));
+        handshakes += 1;
+        if leaf != first {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no renewal within 40 s\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        handshakes > 10,
+        "handshakes kept succeeding before the swap ({handshakes})"
+    );
+    assert!(
+        gw.metric("tenantgate_acme_orders_total{kind=\"renew\",result=\"success\"}")
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_ca_down_the_existing_certificate_keeps_serving_and_failures_are_counted() {
+    let (mut p, http) = pebble(30).await;
+    let pool = backend("pool").await;
+    let gw = Gateway::start_with_http(
+        tempfile::tempdir().expect("dir"),
+        &config(&p, &pool, &["app.acme.com"]),
+        http,
+    )
+    .await;
+    let root = p.issuing_root_pem().await;
+    let first = wait_for_certificate(&gw, "app.acme.com", root.as_bytes(), &p).await;
+    p.stop_pebble();
+
+    // A new domain cannot be issued: counted, and the old one still serves.
+    gw.write_config(&config(&p, &pool, &["app.acme.com", "new.acme.com"]));
+    gw.wait_metric("tenantgate_acme_orders_total{kind=\"issue\",result=\"failure\"}", 1.0)
+        .await;
+    gw.wait_metric("tenantgate_certificates{state=\"failed\"}", 1.0).await;
+    // Renewal (due at about 20 s of 30) fails too; the current certificate stays.
+    let deadline = Instant::now() + Duration::from_secs(28);
+    while gw
+        .metric("tenantgate_acme_orders_total{kind=\"renew\",result=\"failure\"}")
+        .await
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "no renewal attempt\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, leaf) = handshake_full(gw.https, Some("app.acme.com"), root.as_bytes())
+        .await
+        .expect("still served");
+    assert_eq!(leaf, first);
+    assert!(handshake_full(gw.https, Some("new.acme.com"), root.as_bytes())
+        .await
+        .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_that_forgot_the_account_gets_a_new_registration() {
+    let (mut p, http) = pebble(3600).await;
+    let pool = backend("pool").await;
+    let gw = Gateway::start_with_http(
+        tempfile::tempdir().expect("dir"),
+        &config(&p, &pool, &["app.acme.com"]),
+        http,
+    )
+    .await;
+    wait_for_certificate(&gw, "app.acme.com", p.issuing_root_pem().await.as_bytes(), &p).await;
+    p.restart_pebble().await;
+    gw.write_config(&config(&p, &pool, &["app.acme.com", "after.acme.com"]));
+    let root = p.issuing_root_pem().await;
+    wait_for_certificate(&gw, "after.acme.com", root.as_bytes(), &p).await;
+    assert!(gw.log().contains("registering again"), "{}", gw.log());
+}
