@@ -8,14 +8,17 @@ COPY src ./src
 COPY config ./config
 COPY benches ./benches
 RUN cargo build --release --locked && strip target/release/tenantgate
+# The shipped example binds loopback; inside a container the listeners must
+# bind all interfaces to be reachable. Mount your own config over this one.
+RUN sed -E 's/"127\.0\.0\.1:(8080|8443|9090)"/"0.0.0.0:\1"/' config/example.toml > /tmp/tenantgate.toml
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/tenantgate --create-home tenantgate
 COPY --from=build /src/target/release/tenantgate /usr/local/bin/tenantgate
-COPY config/example.toml /etc/tenantgate/tenantgate.toml
+COPY --from=build /tmp/tenantgate.toml /etc/tenantgate/tenantgate.toml
 USER tenantgate
 WORKDIR /var/lib/tenantgate
-EXPOSE 8080 9090
+EXPOSE 8080 8443 9090
 ENTRYPOINT ["/usr/local/bin/tenantgate"]
 CMD ["serve", "--config", "/etc/tenantgate/tenantgate.toml"]

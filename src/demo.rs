@@ -136,7 +136,7 @@ async fn echo(name: Arc<str>, mut req: Request<Incoming>) -> Result<Response<Ful
 /// The lines printed by `tenantgate demo`.
 pub fn instructions() -> String {
     [
-        "tenantgate demo: gateway on http://127.0.0.1:8080, metrics on http://127.0.0.1:9090/metrics",
+        "tenantgate demo: http://127.0.0.1:8080, https://127.0.0.1:8443, metrics http://127.0.0.1:9090/metrics",
         "backends: shared-1 127.0.0.1:9001, shared-2 127.0.0.1:9002, acme-dedicated 127.0.0.1:9101",
         "",
         "# tenant globex on the shared pool (round-robin over shared-1 and shared-2):",
@@ -149,6 +149,9 @@ pub fn instructions() -> String {
         "curl -s -H 'Host: globex.saas.example' -H 'x-tenant-id: acme' http://127.0.0.1:8080/",
         "# an unknown host is refused with 421 and never forwarded:",
         "curl -si -H 'Host: unknown.example' http://127.0.0.1:8080/",
+        "# HTTPS (HTTP/2) with the internal CA, whose root the demo wrote to ./state/internal-ca/root.pem:",
+        "curl -s --cacert state/internal-ca/root.pem --resolve app.acme.com:8443:127.0.0.1 https://app.acme.com:8443/",
+        "curl -s --cacert state/internal-ca/root.pem --resolve globex.saas.example:8443:127.0.0.1 https://globex.saas.example:8443/",
         "curl -s http://127.0.0.1:9090/metrics | grep ^tenantgate_",
     ]
     .join("\n")

@@ -26,6 +26,13 @@ enum Command {
     Check { path: PathBuf },
     /// Run the gateway on the embedded demo config, with demo backends on loopback.
     Demo,
+    /// Run an echo backend (the demo's), for load tests and benchmarks.
+    Backend {
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value = "backend")]
+        name: String,
+    },
     /// Print a generated config with many tenants (for scale tests and benchmarks).
     GenConfig {
         #[arg(long, default_value_t = 100_000)]
@@ -49,6 +56,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => run(Source::File(config)),
         Command::Check { path } => check(&path),
         Command::Demo => demo(),
+        Command::Backend { listen, name } => backend(listen, &name),
         Command::GenConfig {
             tenants,
             domains_per_tenant,
@@ -97,6 +105,29 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn backend(listen: std::net::SocketAddr, name: &str) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tenantgate backend: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match demo::spawn_echo_backend(name, listen).await {
+            Ok(b) => {
+                println!("echo backend {name} on {}", b.addr);
+                std::future::pending::<()>().await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tenantgate backend: {listen}: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 fn demo() -> ExitCode {

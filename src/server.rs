@@ -51,7 +51,12 @@ pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
 
     let mut plain = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::plain(registry.clone(), metrics.clone(), challenges.clone()),
+        Gateway::plain(
+            registry.clone(),
+            metrics.clone(),
+            challenges.clone(),
+            snap.config.tls.as_ref().and(gw.https_listen).map(|a| a.port()),
+        ),
         "tenantgate http",
     );
     plain.add_tcp(&gw.http_listen.to_string());

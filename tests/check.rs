@@ -262,3 +262,50 @@ fn check_missing() -> (i32, String, String) {
         String::new(),
     )
 }
+
+#[test]
+fn a_wildcard_may_not_capture_a_platform_domain() {
+    let text = HEAD.replace(
+        r#"base_domains = ["saas.example"]"#,
+        r#"base_domains = ["saas.acme.com"]"#,
+    ) + &tenant("a", r#"domains = ["*.acme.com"]"#);
+    refused(
+        &text,
+        &["wildcard *.acme.com would cover the platform domain saas.acme.com"],
+    );
+}
+
+#[test]
+fn headers_the_gateway_writes_cannot_be_the_tenant_header_or_stripped() {
+    let text = HEAD.replace(
+        "base_domains",
+        "tenant_header = \"Host\"\nstrip_headers = [\"x-request-id\", \"x-ok\"]\nbase_domains",
+    ) + &tenant("a", r#"domains = ["a.example.com"]"#);
+    refused(
+        &text,
+        &[
+            r#"gateway.tenant_header: header "Host" is set or used by the gateway itself"#,
+            r#"gateway.strip_headers: header "x-request-id" is set or used by the gateway itself"#,
+        ],
+    );
+}
+
+#[test]
+fn reserved_subdomains_are_normalised_like_subdomains() {
+    let text = HEAD.replace("base_domains", "reserved_subdomains = [\"Bücher\"]\nbase_domains")
+        + &tenant("a", r#"subdomain = "bücher""#);
+    refused(&text, &[r#"subdomain "xn--bcher-kva" is reserved"#]);
+}
+
+#[test]
+fn positions_stay_right_after_a_tenant_with_an_unknown_pool() {
+    let text = format!(
+        "{HEAD}\n[[tenants]]\nid = \"lost\"\npool = \"nope\"\n{}{}",
+        tenant("a", r#"domains = ["x.example.com"]"#),
+        tenant("b", r#"domains = ["x.example.com"]"#)
+    );
+    refused(
+        &text,
+        &[r#"tenants[1].domains[0] and tenants[2].domains[0]: domain x.example.com is claimed by tenants "a", "b""#],
+    );
+}

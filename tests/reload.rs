@@ -119,6 +119,21 @@ async fn invalid_reload_keeps_the_old_routing_and_is_counted() {
         "{log}"
     );
 
+    // Refused once, not again and again: the gateway's own reads of the file
+    // must not look like edits.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        gw.metric("tenantgate_config_reloads_total{result=\"failure\"}").await,
+        1.0,
+        "{}",
+        gw.log()
+    );
+
+    // Putting the running text back is healthy again, with no new generation.
+    gw.write_config(&config(&p, &["old"], true));
+    gw.wait_metric("tenantgate_config_last_reload_success", 1.0).await;
+    assert_eq!(gw.metric("tenantgate_config_generation").await, 1.0);
+
     // A syntax error is refused the same way.
     gw.write_config("[gateway\nhttp_listen = ");
     gw.wait_metric("tenantgate_config_reloads_total{result=\"failure\"}", 2.0)

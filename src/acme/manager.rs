@@ -303,12 +303,12 @@ impl BackgroundService for CertManager {
         let mut synced = None;
         loop {
             let snap = self.registry.snapshot();
-            let Some(tls) = snap.config.tls.clone() else { return };
-            let acme = match &tls.issuer {
-                Issuer::Acme(a) => Some(a.clone()),
+            let tls = snap.config.tls.clone();
+            let acme = match tls.as_ref().map(|t| &t.issuer) {
+                Some(Issuer::Acme(a)) => Some(a.clone()),
                 _ => None,
             };
-            if let Some(acme) = &acme {
+            if let (Some(acme), Some(tls)) = (&acme, &tls) {
                 let p = permits
                     .get_or_insert_with(|| Arc::new(Semaphore::new(acme.max_concurrent_orders)))
                     .clone();
@@ -336,8 +336,11 @@ impl BackgroundService for CertManager {
                 _ = shutdown.changed() => return,
                 changed = generations.changed() => {
                     if changed.is_err() { return; }
-                    let store = self.store.clone();
-                    let _ = tokio::task::spawn_blocking(move || load_provided(&store, &tls)).await;
+                    // Read the new generation's [tls], not the one from before the change.
+                    if let Some(tls) = self.registry.snapshot().config.tls.clone() {
+                        let store = self.store.clone();
+                        let _ = tokio::task::spawn_blocking(move || load_provided(&store, &tls)).await;
+                    }
                 }
                 Some(done) = done_rx.recv() => {
                     let Some(acme) = &acme else { continue };

@@ -28,6 +28,10 @@ pub enum Problem {
     BadUpstream { value: String },
     #[error("{value:?} is not a valid HTTP header name")]
     BadHeader { value: String },
+    #[error("header {value:?} is set or used by the gateway itself")]
+    ReservedHeader { value: String },
+    #[error("wildcard *.{parent} would cover the platform domain {base}")]
+    WildcardCoversBase { parent: String, base: String },
     #[error("{value:?} is not a valid tenant id")]
     BadTenantId { value: String },
     #[error("{value:?} is not a single DNS label")]
@@ -95,6 +99,8 @@ impl Problem {
             BadListen { .. } => "write an address such as 127.0.0.1:8080",
             BadUpstream { .. } => "write an upstream as IP:port, such as 127.0.0.1:9001",
             BadHeader { .. } => "use a lowercase token such as x-tenant-id",
+            ReservedHeader { .. } => "pick another header name, such as x-tenant-id",
+            WildcardCoversBase { .. } => "claim exact names instead, or move the platform domain",
             BadTenantId { .. } => "use 1 to 63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit",
             BadSubdomain { .. } => "use one label of a-z, 0-9 and '-', such as acme",
             BadWildcard { .. } => "write a wildcard as *.example.com; it covers exactly one extra label",

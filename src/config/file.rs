@@ -91,7 +91,6 @@ pub struct AcmeSection {
     pub contact: Option<String>,
     pub ca_root: Option<String>,
     pub max_concurrent_orders: Option<usize>,
-    pub check_interval_secs: Option<u64>,
     pub retry_min_secs: Option<u64>,
     pub retry_max_secs: Option<u64>,
 }

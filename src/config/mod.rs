@@ -9,6 +9,7 @@
 mod error;
 pub mod file;
 pub mod generate;
+mod parse;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -24,6 +25,21 @@ use crate::routing::host;
 /// Subdomains no tenant may take unless the operator changes the list.
 pub const DEFAULT_RESERVED_SUBDOMAINS: &[&str] = &[
     "www", "api", "admin", "app", "auth", "login", "mail", "status", "static", "cdn", "docs", "support",
+];
+/// Headers the gateway itself sets or needs for framing: neither the tenant
+/// header nor a strip-list entry may name one.
+pub const GATEWAY_HEADERS: &[&str] = &[
+    "host",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+    "connection",
+    "content-length",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
 ];
 /// Client headers removed before forwarding, besides the tenant header.
 pub const DEFAULT_STRIP_HEADERS: &[&str] = &["forwarded", "x-real-ip", "x-forwarded-port"];
@@ -144,7 +160,6 @@ pub struct Acme {
     pub contact: Option<String>,
     pub ca_root: Option<PathBuf>,
     pub max_concurrent_orders: usize,
-    pub check_interval: Duration,
     pub retry_min: Duration,
     pub retry_max: Duration,
 }
@@ -178,7 +193,7 @@ pub fn read(path: &Path) -> Result<String, LoadError> {
 
 /// Parses TOML text. `path` is only used in messages.
 pub fn parse(path: &Path, text: &str) -> Result<file::File, LoadError> {
-    toml::from_str(text).map_err(|e| LoadError::Parse {
+    parse::from_str(text).map_err(|e| LoadError::Parse {
         path: path.to_path_buf(),
         message: e.to_string().trim_end().to_string(),
     })
@@ -276,7 +291,9 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
                     &format!("tenants[{i}].pool"),
                     Problem::UnknownPool { pool: t.pool.clone() },
                 ));
-                continue;
+                // Keep the tenant so later positions (tenants[i]) stay right;
+                // the config is refused anyway.
+                PoolId::MAX
             }
         };
         tenants.push(TenantSpec {
@@ -374,13 +391,30 @@ fn validate_gateway(g: file::GatewaySection, errs: &mut Vec<ConfigError>) -> Gat
     }
 
     let reserved_subdomains = match g.reserved_subdomains {
-        Some(list) => list.iter().map(|s| s.to_ascii_lowercase()).collect(),
+        // Normalised like subdomains, so "Bücher" reserves "xn--bcher-kva".
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match host::normalize(s) {
+                Ok(l) if !l.contains('.') => Some(l.into_owned()),
+                _ => {
+                    let field = format!("gateway.reserved_subdomains[{i}]");
+                    errs.push(err(None, &field, Problem::BadSubdomain { value: s.clone() }));
+                    None
+                }
+            })
+            .collect(),
         None => DEFAULT_RESERVED_SUBDOMAINS.iter().map(|s| s.to_string()).collect(),
     };
     let header = |field: &str, v: &str, errs: &mut Vec<ConfigError>| {
-        HeaderName::from_bytes(v.to_ascii_lowercase().as_bytes())
+        let name = HeaderName::from_bytes(v.to_ascii_lowercase().as_bytes())
             .map_err(|_| errs.push(err(None, field, Problem::BadHeader { value: v.to_string() })))
-            .ok()
+            .ok()?;
+        if GATEWAY_HEADERS.contains(&name.as_str()) {
+            errs.push(err(None, field, Problem::ReservedHeader { value: v.to_string() }));
+            return None;
+        }
+        Some(name)
     };
     let tenant_header = g
         .tenant_header
@@ -474,7 +508,6 @@ fn validate_tls(t: file::TlsSection, base: &Path, gw: &Gateway, errs: &mut Vec<C
                 a.max_concurrent_orders.map(|v| v as u64),
                 4,
             ) as usize,
-            check_interval: Duration::from_secs(positive("tls.acme.check_interval_secs", a.check_interval_secs, 60)),
             retry_min: Duration::from_secs(positive("tls.acme.retry_min_secs", a.retry_min_secs, 60)),
             retry_max: Duration::from_secs(positive("tls.acme.retry_max_secs", a.retry_max_secs, 86_400)),
             directory_url: a.directory_url,

@@ -41,17 +41,27 @@ pub struct Gateway {
     /// Handshake results of live TLS connections (TLS listener only).
     sni: Option<Arc<SniBook>>,
     challenges: Arc<Challenges>,
+    /// Port of the running TLS listener, the target of 308 redirects. Taken
+    /// at start-up: a reload cannot open a listener, so it cannot move this.
+    https_port: Option<u16>,
 }
 
 impl Gateway {
-    /// The proxy for the plain-HTTP listener.
-    pub fn plain(registry: Arc<Registry>, metrics: Arc<Metrics>, challenges: Arc<Challenges>) -> Self {
+    /// The proxy for the plain-HTTP listener; `https_port` is the running
+    /// TLS listener's port, if any.
+    pub fn plain(
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        challenges: Arc<Challenges>,
+        https_port: Option<u16>,
+    ) -> Self {
         Gateway {
             registry,
             metrics,
             https: false,
             sni: None,
             challenges,
+            https_port,
         }
     }
 
@@ -63,6 +73,7 @@ impl Gateway {
             https: true,
             sni: Some(sni),
             challenges,
+            https_port: None,
         }
     }
 }
@@ -188,7 +199,7 @@ impl ProxyHttp for Gateway {
                     .refuse(session, ctx, Rejection::SniMismatch, SNI_MISMATCH_BODY)
                     .await;
             }
-        } else if let Some(port) = snap.config.gateway.https_listen.map(|a| a.port()) {
+        } else if let Some(port) = self.https_port {
             let redirect = snap
                 .config
                 .tenants

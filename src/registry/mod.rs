@@ -79,7 +79,9 @@ impl Registry {
         let mut live_text = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let result = self.reload_locked(&mut live_text);
         match &result {
-            Ok(ReloadOutcome::Unchanged) => {}
+            // The file matches the running config again (e.g. a refused
+            // edit was reverted), so the last state is healthy.
+            Ok(ReloadOutcome::Unchanged) => self.metrics.config_last_reload_success.set(1),
             Ok(ReloadOutcome::Applied { generation, changes }) => {
                 self.metrics.reload_result(true);
                 tracing::info!(
@@ -109,9 +111,11 @@ impl Registry {
         let old = self.live.load_full();
         if config.gateway.http_listen != old.config.gateway.http_listen
             || config.gateway.metrics_listen != old.config.gateway.metrics_listen
+            || config.gateway.https_listen != old.config.gateway.https_listen
             || config.gateway.threads != old.config.gateway.threads
+            || config.tls.is_some() != old.config.tls.is_some()
         {
-            tracing::warn!("listen addresses and threads change only on restart; the rest of the change applies");
+            tracing::warn!("listen addresses, threads and turning [tls] on or off change only on restart; the rest of the change applies");
         }
         let generation = old.generation + 1;
         let snap = Snapshot::assemble(generation, config, table, Some(&old), &self.metrics);

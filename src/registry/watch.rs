@@ -72,14 +72,20 @@ fn watch_file(path: PathBuf, tx: mpsc::UnboundedSender<()>) -> notify::Result<no
         .unwrap_or(PathBuf::from("."));
     let name = path.file_name().map(|n| n.to_os_string());
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(event) = res {
-            if event
+        let Ok(event) = res else { return };
+        // Only changes count: our own reads of the file raise access events,
+        // which must not trigger another reload.
+        let changes = matches!(
+            event.kind,
+            notify::EventKind::Create(_) | notify::EventKind::Modify(_) | notify::EventKind::Remove(_)
+        );
+        if changes
+            && event
                 .paths
                 .iter()
                 .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
-            {
-                let _ = tx.send(());
-            }
+        {
+            let _ = tx.send(());
         }
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;

@@ -199,6 +199,21 @@ impl<'a> Builder<'a> {
                 self.errors.push(self.err(Some(t), field, problem));
                 continue;
             }
+            // `*.acme.com` would capture a platform domain `saas.acme.com` itself.
+            let covered = self
+                .config
+                .gateway
+                .base_domains
+                .iter()
+                .find(|b| b.split_once('.').map(|(_, p)| p) == Some(parent));
+            if let Some(base) = covered {
+                let problem = Problem::WildcardCoversBase {
+                    parent: parent.clone(),
+                    base: base.clone(),
+                };
+                self.errors.push(self.err(Some(t), field, problem));
+                continue;
+            }
             match self.table.wildcard.get(parent.as_str()) {
                 Some(&owner) if owner == t => {}
                 Some(&owner) => {
