@@ -1,0 +1,91 @@
+//! Start-up with 10,000 stored ACME certificates: time until the HTTPS
+//! listener accepts, time until a handshake for a stored name succeeds (the
+//! certificate is loaded lazily), and RSS. Run: `cargo bench --bench cert_startup`.
+//! Under `cargo test` (no --bench flag) it runs with 200 certificates.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::ServerName;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let n: usize = if full { 10_000 } else { 200 };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("state/certs");
+    std::fs::create_dir_all(&certs).expect("mkdir");
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    let issuer = Issuer::new(ca, ca_key);
+    let t = Instant::now();
+    let mut tenants = String::new();
+    for i in 0..n {
+        let name = format!("d{i}.certs.example");
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec![name.clone()]).expect("p").signed_by(&key, &issuer).expect("sign");
+        std::fs::write(certs.join(format!("{name}.pem")), cert.pem()).expect("write");
+        std::fs::write(certs.join(format!("{name}.key")), key.serialize_pem()).expect("write");
+        tenants.push_str(&format!("[[tenants]]\nid = \"t{i}\"\ndomains = [\"{name}\"]\npool = \"p\"\n\n"));
+    }
+    println!("wrote {n} certificates in {:.1} s", t.elapsed().as_secs_f64());
+    let (http, https) = (free_port(), free_port());
+    let config = format!(
+        "[gateway]\nhttp_listen = \"127.0.0.1:{http}\"\nhttps_listen = \"127.0.0.1:{https}\"\n\n[telemetry]\naccess_log = false\n\n\
+         [tls]\nissuer = \"acme\"\nstate_dir = \"state\"\n\n[tls.acme]\ndirectory_url = \"https://127.0.0.1:1/dir\"\n\n\
+         [pools.p]\nupstreams = [\"127.0.0.1:9\"]\n\n{tenants}"
+    );
+    let path = dir.path().join("bench.toml");
+    std::fs::File::create(&path).and_then(|mut f| f.write_all(config.as_bytes())).expect("config");
+
+    let start = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tenantgate"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let addr: SocketAddr = format!("127.0.0.1:{https}").parse().expect("addr");
+    while TcpStream::connect(addr).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(30), "never listened");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let listening = start.elapsed();
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_cert.der().clone()).expect("root");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = format!("d{}.certs.example", n / 2);
+    let server = ServerName::try_from(name.clone()).expect("name");
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), server).expect("conn");
+    let mut sock = TcpStream::connect(addr).expect("connect");
+    let ok = conn.complete_io(&mut sock).is_ok() && !conn.is_handshaking();
+    let first_handshake = start.elapsed();
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string()))
+        .unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ok, "handshake for {name} failed");
+    println!(
+        "{n} stored certificates: listening after {:.0} ms, first handshake ({name}) after {:.0} ms, RSS {} KiB",
+        listening.as_secs_f64() * 1e3,
+        first_handshake.as_secs_f64() * 1e3,
+        rss
+    );
+}
