@@ -13,7 +13,10 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::ServerName;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
 }
 
 fn main() {
@@ -32,10 +35,15 @@ fn main() {
     for i in 0..n {
         let name = format!("d{i}.certs.example");
         let key = KeyPair::generate().expect("key");
-        let cert = CertificateParams::new(vec![name.clone()]).expect("p").signed_by(&key, &issuer).expect("sign");
+        let cert = CertificateParams::new(vec![name.clone()])
+            .expect("p")
+            .signed_by(&key, &issuer)
+            .expect("sign");
         std::fs::write(certs.join(format!("{name}.pem")), cert.pem()).expect("write");
         std::fs::write(certs.join(format!("{name}.key")), key.serialize_pem()).expect("write");
-        tenants.push_str(&format!("[[tenants]]\nid = \"t{i}\"\ndomains = [\"{name}\"]\npool = \"p\"\n\n"));
+        tenants.push_str(&format!(
+            "[[tenants]]\nid = \"t{i}\"\ndomains = [\"{name}\"]\npool = \"p\"\n\n"
+        ));
     }
     println!("wrote {n} certificates in {:.1} s", t.elapsed().as_secs_f64());
     let (http, https) = (free_port(), free_port());
@@ -45,7 +53,9 @@ fn main() {
          [pools.p]\nupstreams = [\"127.0.0.1:9\"]\n\n{tenants}"
     );
     let path = dir.path().join("bench.toml");
-    std::fs::File::create(&path).and_then(|mut f| f.write_all(config.as_bytes())).expect("config");
+    std::fs::File::create(&path)
+        .and_then(|mut f| f.write_all(config.as_bytes()))
+        .expect("config");
 
     let start = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_tenantgate"))
@@ -77,7 +87,11 @@ fn main() {
     let first_handshake = start.elapsed();
     let rss = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
         .unwrap_or_default();
     let _ = child.kill();
     let _ = child.wait();

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# TLS load: new full handshakes per second (no resumption) and HTTP/2
-# requests per second over TLS, against a release build on loopback.
+# Load on one gateway: plain HTTP/1.1 keep-alive (wrk), new full TLS
+# handshakes per second (no resumption), and HTTP/2 requests per second over
+# TLS (h2load), against a release build on loopback.
 # Usage: benches/tls-load.sh [seconds per run, default 10]
-# Needs: h2load (nghttp2-client), openssl. Everything it starts is stopped by PID.
+# Needs: wrk, h2load (nghttp2-client), openssl. Everything it starts is stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS="${1:-10}"
@@ -11,7 +12,7 @@ command -v h2load >/dev/null || { echo "install nghttp2-client (h2load)"; exit 1
 BIN="$PWD/target/release/tenantgate"
 WORK="$(mktemp -d)"
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; [ -n "${KEEP_LOG:-}" ] && cp "$WORK/gw.log" "$KEEP_LOG"; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 "$BIN" backend --listen 127.0.0.1:19001 --name b1 >/dev/null & PIDS+=($!)
@@ -28,6 +29,7 @@ access_log = false
 issuer = "internal"
 state_dir = "state"
 default_sni = "app.bench.example"
+redirect_http = false
 
 [pools.p]
 upstreams = ["127.0.0.1:19001"]
@@ -45,6 +47,16 @@ TICK=$(getconf CLK_TCK)
 
 # Warm the certificate cache.
 openssl s_client -connect 127.0.0.1:18443 -servername app.bench.example </dev/null >/dev/null 2>&1 || true
+
+if command -v wrk >/dev/null; then
+  echo "== plain HTTP/1.1 keep-alive (wrk, 64 connections, ${SECS}s)"
+  c0=$(cpu_ticks $GW)
+  wrk -t 2 -c 64 -d "${SECS}s" --latency -H 'Host: app.bench.example' http://127.0.0.1:18080/ >"$WORK/wrk.log" 2>&1 || true
+  c1=$(cpu_ticks $GW)
+  grep -E "Requests/sec|^\s+99%|^\s+50%|Non-2xx|Socket errors" "$WORK/wrk.log"
+  reqs=$(awk '/requests in/ {print $1}' "$WORK/wrk.log")
+  awk -v d=$((c1-c0)) -v t="$TICK" -v r="${reqs:-0}" 'BEGIN { if (r>0) printf "server CPU per request: %.1f us\n", d/t*1e6/r }'
+fi
 
 echo "== new TLS handshakes (openssl s_time -new, 2 clients, ${SECS}s, ECDSA P-256, TLS 1.3)"
 c0=$(cpu_ticks $GW)

@@ -33,6 +33,8 @@ pub struct EchoBackend {
     pub addr: SocketAddr,
     /// Requests received so far.
     pub requests: Arc<AtomicUsize>,
+    /// Connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
 }
 
 impl EchoBackend {
@@ -49,12 +51,15 @@ pub async fn spawn_echo_backend(name: &str, addr: SocketAddr) -> std::io::Result
     let local = listener.local_addr()?;
     let name: Arc<str> = name.into();
     let requests = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::new(AtomicUsize::new(0));
     let counter = requests.clone();
+    let accepted = connections.clone();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            accepted.fetch_add(1, Ordering::SeqCst);
             let name = name.clone();
             let counter = counter.clone();
             tokio::spawn(async move {
@@ -69,7 +74,11 @@ pub async fn spawn_echo_backend(name: &str, addr: SocketAddr) -> std::io::Result
             });
         }
     });
-    Ok(EchoBackend { addr: local, requests })
+    Ok(EchoBackend {
+        addr: local,
+        requests,
+        connections,
+    })
 }
 
 /// Answers with JSON describing the request: backend name, method, path,

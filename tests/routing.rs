@@ -367,3 +367,87 @@ async fn metrics_count_requests_per_tenant_and_status_class() {
         "access log carries the routing decision:\n{log}"
     );
 }
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let f = fixture().await;
+    for _ in 0..20 {
+        assert_eq!(f.gw.get("app.acme.com", "/").await.0, 200);
+    }
+    assert_eq!(f.dedicated.count(), 20);
+    let conns = f.dedicated.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(conns <= 2, "20 sequential requests used {conns} upstream connections");
+}
+
+#[tokio::test]
+async fn json_access_log_records_the_routing_decision() {
+    let shared = [backend("shared-1").await, backend("shared-2").await];
+    let dedicated = backend("acme-dedicated").await;
+    let template = config(&shared, &dedicated) + "\n[telemetry]\nlog_format = \"json\"\n";
+    let gw = Gateway::start(&template).await;
+    assert_eq!(gw.get("eu.acme.io", "/p").await.0, 200);
+    assert_eq!(gw.get("nobody.example", "/").await.0, 421);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let (routed, rejected) = loop {
+        let lines: Vec<serde_json::Value> = gw.log().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let find = |d: &str| lines.iter().find(|v| v["decision"] == d).cloned();
+        if let (Some(r), Some(j)) = (find("routed"), find("rejected")) {
+            break (r, j);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no JSON access lines:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(routed["tenant"], "acme");
+    assert_eq!(routed["match_kind"], "wildcard");
+    assert_eq!(routed["pool"], "acme-dedicated");
+    assert_eq!(routed["upstream"], dedicated.addr.to_string());
+    assert_eq!(routed["status"], 200);
+    assert!(routed["duration_ms"].as_f64().is_some());
+    assert_eq!(rejected["reason"], "unknown_host");
+    assert_eq!(rejected["status"], 421);
+}
+
+/// A backend that answers the first request on each connection and closes
+/// the connection, without a word, when a second one arrives (like a server
+/// with a keep-alive limit racing the proxy's reuse).
+async fn one_request_per_connection_backend() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+                // Wait for the next request on this connection, then drop it unanswered.
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_broken_reused_connection_is_retried_on_a_fresh_one_to_the_same_upstream() {
+    let addr = one_request_per_connection_backend().await;
+    let template = format!(
+        "[gateway]\nhttp_listen = \"{{http}}\"\nmetrics_listen = \"{{metrics}}\"\n\n[pools.one]\nupstreams = [\"{addr}\"]\n\n\
+         [[tenants]]\nid = \"t\"\ndomains = [\"t.example.com\"]\npool = \"one\"\n"
+    );
+    let gw = Gateway::start(&template).await;
+    for i in 0..10 {
+        let (status, body) = gw.get("t.example.com", "/").await;
+        assert_eq!((status, body.as_str()), (200, "ok"), "request {i}\n{}", gw.log());
+    }
+}

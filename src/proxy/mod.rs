@@ -19,9 +19,9 @@ use std::time::Instant;
 use async_trait::async_trait;
 use http::HeaderValue;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorType, Result};
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::RequestHeader;
-use pingora_proxy::{ProxyHttp, Session};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::acme::Challenges;
 use crate::registry::{Registry, Snapshot};
@@ -143,7 +143,8 @@ pub struct RequestCtx {
     route: Option<Match>,
     rejection: Option<(Rejection, &'static str)>,
     tried: Tried,
-    upstream: Option<Arc<Upstream>>,
+    /// The upstream of the current attempt, and its index in the pool.
+    upstream: Option<(usize, Arc<Upstream>)>,
     request_id: Option<HeaderValue>,
 }
 
@@ -232,10 +233,10 @@ impl ProxyHttp for Gateway {
             .tenant(route.tenant)
             .and_then(|t| snap.pool_of(t))
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "tenant or pool missing from snapshot"))?;
-        let upstream = pool
-            .select(&mut ctx.tried)
+        let (index, upstream) = pool
+            .select(&ctx.tried)
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "every upstream of the pool failed"))?;
-        ctx.upstream = Some(upstream.clone());
+        ctx.upstream = Some((index, upstream.clone()));
         let t = &snap.config.gateway.timeouts;
         let mut peer = HttpPeer::new(upstream.addr, false, String::new());
         peer.options.connection_timeout = Some(t.connect);
@@ -252,8 +253,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let (Some(snap), Some(route), Some(up)) = (&ctx.snapshot, ctx.route, &ctx.upstream) {
+        if let (Some(snap), Some(route), Some((index, up))) = (&ctx.snapshot, ctx.route, &ctx.upstream) {
             up.mark_down(snap.config.gateway.upstream_down);
+            ctx.tried.add(*index);
             if let Some(pool) = snap.tenant(route.tenant).and_then(|t| snap.pool_of(t)) {
                 pool.metrics.connect_errors.inc();
                 let limit = pool.upstreams.len().min(64) as u32;
@@ -293,6 +295,33 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    /// A client that hangs up is not an operator's error: keep it out of the
+    /// error log (the access log still records the request).
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        downstream_gone(error)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut RequestCtx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream if downstream_gone(e) => 0,
+                ErrorSource::Downstream => 400,
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 {
+            if let Err(write) = session.respond_error(code).await {
+                tracing::debug!(error = %write, "client gone before the error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.start.elapsed();
@@ -327,7 +356,7 @@ impl ProxyHttp for Gateway {
                 tenant = &*tenant.id,
                 match_kind = route.kind.as_str(),
                 pool = pool.map_or("", |p| &*p.name),
-                upstream = ctx.upstream.as_ref().map(|u| tracing::field::display(u.addr)),
+                upstream = ctx.upstream.as_ref().map(|(_, u)| tracing::field::display(u.addr)),
                 status,
                 method,
                 path,
@@ -338,6 +367,15 @@ impl ProxyHttp for Gateway {
             );
         }
     }
+}
+
+/// Whether an error only means the client went away.
+fn downstream_gone(e: &Error) -> bool {
+    *e.esource() == ErrorSource::Downstream
+        && matches!(
+            e.etype(),
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed | ErrorType::H2Error
+        )
 }
 
 const UNKNOWN_HOST_BODY: &str = "421 Misdirected Request: this host is not served here\n";

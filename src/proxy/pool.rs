@@ -55,8 +55,10 @@ pub struct Pool {
     pub metrics: PoolMetrics,
 }
 
-/// Which upstreams of a pool a request already tried (bit i = upstream i;
-/// pools past 64 upstreams reuse bits, which only weakens the skip).
+/// Which upstreams of a pool failed to connect for this request (bit i =
+/// upstream i; pools past 64 upstreams reuse bits, which only weakens the
+/// skip). An upstream whose reused connection broke is not in here: the
+/// retry may pick it again, on a fresh connection.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Tried(u64);
 
@@ -64,7 +66,8 @@ impl Tried {
     fn has(self, i: usize) -> bool {
         self.0 & (1 << (i % 64)) != 0
     }
-    fn add(&mut self, i: usize) {
+    /// Records that upstream `i` failed to connect.
+    pub fn add(&mut self, i: usize) {
         self.0 |= 1 << (i % 64);
     }
     /// How many upstreams were tried.
@@ -84,11 +87,11 @@ impl Pool {
     }
 
     /// Picks the next upstream in round-robin order that is neither down nor
-    /// already tried by this request. When every untried upstream is down,
-    /// the next untried one is returned anyway, so a pool whose backends all
-    /// failed recently still gets a chance to recover. `None` once every
-    /// upstream was tried.
-    pub fn select(&self, tried: &mut Tried) -> Option<&Arc<Upstream>> {
+    /// failed for this request, with its index. When every remaining
+    /// upstream is down, the next one is returned anyway, so a pool whose
+    /// backends all failed recently still gets a chance to recover. `None`
+    /// once every upstream failed to connect for this request.
+    pub fn select(&self, tried: &Tried) -> Option<(usize, &Arc<Upstream>)> {
         let n = self.upstreams.len();
         if n == 0 {
             return None;
@@ -101,13 +104,11 @@ impl Pool {
                 continue;
             }
             if !self.upstreams[i].is_down() {
-                tried.add(i);
-                return Some(&self.upstreams[i]);
+                return Some((i, &self.upstreams[i]));
             }
             fallback.get_or_insert(i);
         }
         let i = fallback?;
-        tried.add(i);
-        Some(&self.upstreams[i])
+        Some((i, &self.upstreams[i]))
     }
 }
