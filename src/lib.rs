@@ -8,6 +8,7 @@
 pub mod acme;
 pub mod config;
 pub mod demo;
+pub mod limits;
 pub mod proxy;
 pub mod registry;
 pub mod routing;

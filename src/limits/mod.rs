@@ -1,0 +1,504 @@
+//! Per-tenant limits: concurrency cap, sustained rate with burst (GCRA), and
+//! day/month quotas in the tenant's time zone.
+//!
+//! Limits come from the tenant's plan with per-tenant overrides (resolved in
+//! `config`). The state they act on lives here, outside the snapshot, in a
+//! [`Book`] keyed by tenant id: it survives reloads, a changed limit applies
+//! from the next request, and a removed tenant's state is dropped. Quota
+//! counts are persisted to a file so a restart keeps them.
+
+mod gcra;
+mod quota;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Instant;
+
+use http::HeaderValue;
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+pub use gcra::{Gcra, Rate, RateCheck};
+pub use quota::{Counter, Period};
+
+/// A tenant's effective limits. `None` fields are unlimited.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub rate: Option<Rate>,
+    pub max_concurrent: Option<u32>,
+    pub per_day: Option<u64>,
+    pub per_month: Option<u64>,
+    pub timezone: TimeZone,
+}
+
+impl Limits {
+    /// The `RateLimit-Policy` header (draft-ietf-httpapi-ratelimit-headers-10).
+    pub fn policy_header(&self) -> Option<HeaderValue> {
+        let mut items = Vec::new();
+        if let Some(r) = self.rate {
+            items.push(format!("\"burst\";q={};w={}", r.burst, r.window_secs()));
+        }
+        if let Some(q) = self.per_day {
+            items.push(format!("\"day\";q={q};w={}", Period::Day.window_secs()));
+        }
+        if let Some(q) = self.per_month {
+            items.push(format!("\"month\";q={q};w={}", Period::Month.window_secs()));
+        }
+        if let Some(c) = self.max_concurrent {
+            items.push(format!("\"concurrency\";q={c};qu=\"concurrent-requests\""));
+        }
+        HeaderValue::from_str(&items.join(", "))
+            .ok()
+            .filter(|_| !items.is_empty())
+    }
+}
+
+/// Which limit refused a request. A fixed set: these are metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Violation {
+    Concurrency,
+    Rate,
+    Day,
+    Month,
+}
+
+impl Violation {
+    /// The policy name used in headers, problem bodies and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Violation::Concurrency => "concurrency",
+            Violation::Rate => "burst",
+            Violation::Day => "day",
+            Violation::Month => "month",
+        }
+    }
+
+    /// All of them, in check order.
+    pub const ALL: [Violation; 4] = [
+        Violation::Concurrency,
+        Violation::Rate,
+        Violation::Day,
+        Violation::Month,
+    ];
+}
+
+/// A refused request: which limit, and when to retry (whole seconds, never
+/// earlier than the reset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub violation: Violation,
+    pub retry_after: u64,
+}
+
+impl Refusal {
+    /// The RFC 9457 `application/problem+json` body.
+    pub fn problem_body(&self) -> String {
+        let detail = match self.violation {
+            Violation::Concurrency => "too many requests in flight for this tenant",
+            Violation::Rate => "request rate above the tenant's plan",
+            Violation::Day => "daily request quota used up",
+            Violation::Month => "monthly request quota used up",
+        };
+        serde_json::json!({
+            "type": "tag:tenantgate,2026:rate-limited",
+            "title": "Too Many Requests",
+            "status": 429,
+            "detail": detail,
+            "policy": self.violation.as_str(),
+            "retry_after": self.retry_after,
+        })
+        .to_string()
+    }
+}
+
+/// Time sources, injectable for tests.
+pub trait Clock: Send + Sync {
+    /// Nanoseconds on a monotonic clock.
+    fn mono_ns(&self) -> u64;
+    /// Wall-clock time, for calendar quotas.
+    fn now(&self) -> Timestamp;
+}
+
+/// The real clocks.
+pub struct SystemClock;
+
+static MONO_EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+impl Clock for SystemClock {
+    fn mono_ns(&self) -> u64 {
+        MONO_EPOCH.elapsed().as_nanos() as u64
+    }
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// Persisted quota counts of one tenant.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Quotas {
+    pub day: Counter,
+    pub month: Counter,
+}
+
+/// One tenant's limiter state.
+#[derive(Debug, Default)]
+pub struct TenantState {
+    inflight: AtomicU32,
+    gcra: Gcra,
+    quotas: Mutex<Quotas>,
+    dirty: AtomicBool,
+}
+
+/// Holds one in-flight slot of a tenant; released on drop.
+#[derive(Debug)]
+pub struct Permit(Arc<TenantState>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An admitted request: its slot (if capped) and the `RateLimit` header.
+#[derive(Debug)]
+pub struct Admission {
+    pub permit: Option<Permit>,
+    pub header: Option<HeaderValue>,
+}
+
+impl TenantState {
+    /// Admits one request, cheapest check first: concurrency, rate, quotas.
+    pub fn admit(self: &Arc<Self>, limits: &Limits, clock: &dyn Clock) -> Result<Admission, Refusal> {
+        let mut items: Vec<String> = Vec::new();
+        let permit = match limits.max_concurrent {
+            Some(max) => {
+                let before = self.inflight.fetch_add(1, Ordering::AcqRel);
+                let permit = Permit(self.clone());
+                if before >= max {
+                    return Err(Refusal {
+                        violation: Violation::Concurrency,
+                        retry_after: 1,
+                    });
+                }
+                items.push(format!("\"concurrency\";r={}", max - before - 1));
+                Some(permit)
+            }
+            None => None,
+        };
+        if let Some(rate) = limits.rate {
+            match self.gcra.check(clock.mono_ns(), rate) {
+                RateCheck::Allowed { remaining, reset_ns } => {
+                    items.push(format!(
+                        "\"burst\";r={remaining};t={}",
+                        reset_ns.div_ceil(1_000_000_000)
+                    ));
+                }
+                RateCheck::Limited { retry_ns } => {
+                    let retry_after = retry_ns.div_ceil(1_000_000_000).max(1);
+                    return Err(Refusal {
+                        violation: Violation::Rate,
+                        retry_after,
+                    });
+                }
+            }
+        }
+        if limits.per_day.is_some() || limits.per_month.is_some() {
+            let now = clock.now();
+            let mut q = self.quotas.lock().unwrap_or_else(|p| p.into_inner());
+            for (period, limit, violation) in [
+                (Period::Day, limits.per_day, Violation::Day),
+                (Period::Month, limits.per_month, Violation::Month),
+            ] {
+                let Some(limit) = limit else { continue };
+                let counter = match period {
+                    Period::Day => &mut q.day,
+                    Period::Month => &mut q.month,
+                };
+                match counter.take(period, limit, now, &limits.timezone) {
+                    Ok(remaining) => items.push(format!(
+                        "\"{}\";r={remaining};t={}",
+                        period.as_str(),
+                        counter.resets_in(now)
+                    )),
+                    Err(retry_after) => return Err(Refusal { violation, retry_after }),
+                }
+            }
+            self.dirty.store(true, Ordering::Release);
+        }
+        let header = if items.is_empty() {
+            None
+        } else {
+            HeaderValue::from_str(&items.join(", ")).ok()
+        };
+        Ok(Admission { permit, header })
+    }
+
+    /// Requests currently in flight.
+    pub fn inflight(&self) -> u32 {
+        self.inflight.load(Ordering::Acquire)
+    }
+
+    /// A copy of the quota counts.
+    pub fn quotas(&self) -> Quotas {
+        *self.quotas.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Every tenant's limiter state, keyed by tenant id, plus the quota file.
+#[derive(Debug, Default)]
+pub struct Book {
+    states: Mutex<HashMap<Arc<str>, Arc<TenantState>>>,
+    /// Counts read from the quota file, waiting for their tenant.
+    stored: Mutex<HashMap<String, Quotas>>,
+    file: Mutex<Option<PathBuf>>,
+}
+
+/// Why the quota file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum QuotaFileError {
+    #[error("{}: {source}", .path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: not a quota file: {source}", .path.display())]
+    Format { path: PathBuf, source: serde_json::Error },
+}
+
+impl Book {
+    /// Uses `path` to persist quotas, loading the counts already there.
+    pub fn open(&self, path: &Path) -> Result<(), QuotaFileError> {
+        *self.file.lock().unwrap_or_else(|p| p.into_inner()) = Some(path.to_path_buf());
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(QuotaFileError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let stored: HashMap<String, Quotas> =
+            serde_json::from_slice(&bytes).map_err(|source| QuotaFileError::Format {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = self.stored.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, q) in stored {
+            match states.get(id.as_str()) {
+                Some(s) => *s.quotas.lock().unwrap_or_else(|p| p.into_inner()) = q,
+                None => {
+                    pending.insert(id, q);
+                }
+            }
+        }
+        let _ = &mut states;
+        Ok(())
+    }
+
+    /// The state of tenant `id`, created (with any stored counts) if new.
+    pub fn state(&self, id: &Arc<str>) -> Arc<TenantState> {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        states
+            .entry(id.clone())
+            .or_insert_with(|| {
+                let stored = self
+                    .stored
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&**id)
+                    .unwrap_or_default();
+                Arc::new(TenantState {
+                    quotas: Mutex::new(stored),
+                    ..TenantState::default()
+                })
+            })
+            .clone()
+    }
+
+    /// Drops the state of tenants not in `keep`.
+    pub fn retain(&self, keep: &std::collections::HashSet<&str>) {
+        self.states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| keep.contains(&**id));
+    }
+
+    /// Writes the quota counts if any changed since the last flush.
+    /// Blocking (file I/O).
+    pub fn flush(&self) -> Result<bool, QuotaFileError> {
+        let Some(path) = self.file.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return Ok(false);
+        };
+        let snapshot: HashMap<String, Quotas> = {
+            let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+            let mut any = false;
+            for s in states.values() {
+                any |= s.dirty.swap(false, Ordering::AcqRel);
+            }
+            if !any {
+                return Ok(false);
+            }
+            states
+                .iter()
+                .map(|(id, s)| (id.to_string(), s.quotas()))
+                .filter(|(_, q)| q.day.count + q.month.count > 0)
+                .collect()
+        };
+        let json = serde_json::to_vec(&snapshot).map_err(|source| QuotaFileError::Format {
+            path: path.clone(),
+            source,
+        })?;
+        crate::tls::state::write_private(&path, &json).map_err(|source| QuotaFileError::Io { path, source })?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    struct FakeClock {
+        mono: AtomicU64,
+        wall: Mutex<Timestamp>,
+    }
+
+    impl Clock for FakeClock {
+        fn mono_ns(&self) -> u64 {
+            self.mono.load(Ordering::SeqCst)
+        }
+        fn now(&self) -> Timestamp {
+            *self.wall.lock().unwrap_or_else(|p| p.into_inner())
+        }
+    }
+
+    fn clock(at: &str) -> FakeClock {
+        FakeClock {
+            mono: AtomicU64::new(1_000_000_000_000),
+            wall: Mutex::new(at.parse().expect("ts")),
+        }
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            rate: None,
+            max_concurrent: None,
+            per_day: None,
+            per_month: None,
+            timezone: TimeZone::UTC,
+        }
+    }
+
+    #[test]
+    fn concurrency_cap_holds_and_releases_on_drop() {
+        let s = Arc::new(TenantState::default());
+        let l = Limits {
+            max_concurrent: Some(2),
+            ..limits()
+        };
+        let c = clock("2026-11-22T12:00:00Z");
+        let a = s.admit(&l, &c).expect("first");
+        let b = s.admit(&l, &c).expect("second");
+        assert_eq!(
+            s.admit(&l, &c).map(|_| ()),
+            Err(Refusal {
+                violation: Violation::Concurrency,
+                retry_after: 1
+            })
+        );
+        assert_eq!(s.inflight(), 2, "a refused request holds no slot");
+        drop(a);
+        let c3 = s.admit(&l, &c).expect("slot freed");
+        assert_eq!(
+            c3.header.as_ref().and_then(|h| h.to_str().ok()),
+            Some("\"concurrency\";r=0")
+        );
+        drop((b, c3));
+        assert_eq!(s.inflight(), 0);
+    }
+
+    #[test]
+    fn day_quota_retry_after_points_at_local_midnight() {
+        let s = Arc::new(TenantState::default());
+        let l = Limits {
+            per_day: Some(3),
+            timezone: TimeZone::get("Asia/Tokyo").expect("tz"),
+            ..limits()
+        };
+        // 12:00 UTC = 21:00 in Tokyo: 3 hours to local midnight.
+        let c = clock("2026-11-22T12:00:00Z");
+        for left in [2, 1, 0] {
+            let a = s.admit(&l, &c).expect("within quota");
+            let h = a
+                .header
+                .as_ref()
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            assert_eq!(h, format!("\"day\";r={left};t=10800"));
+        }
+        assert_eq!(
+            s.admit(&l, &c).map(|_| ()),
+            Err(Refusal {
+                violation: Violation::Day,
+                retry_after: 10800
+            })
+        );
+        *c.wall.lock().unwrap_or_else(|p| p.into_inner()) = "2026-11-22T15:00:00Z".parse().expect("ts");
+        assert!(s.admit(&l, &c).is_ok(), "a new local day");
+    }
+
+    #[test]
+    fn policy_header_lists_every_limit() {
+        let l = Limits {
+            rate: Some(Rate {
+                per_second: 50,
+                burst: 100,
+            }),
+            max_concurrent: Some(64),
+            per_day: Some(1000),
+            per_month: None,
+            timezone: TimeZone::UTC,
+        };
+        assert_eq!(
+            l.policy_header().as_ref().and_then(|h| h.to_str().ok()),
+            Some("\"burst\";q=100;w=2, \"day\";q=1000;w=86400, \"concurrency\";q=64;qu=\"concurrent-requests\"")
+        );
+        assert_eq!(limits().policy_header(), None);
+    }
+
+    #[test]
+    fn quotas_survive_a_restart_through_the_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("quotas.json");
+        let l = Limits {
+            per_day: Some(10),
+            ..limits()
+        };
+        let c = clock("2026-11-22T12:00:00Z");
+        let id: Arc<str> = "acme".into();
+        let book = Book::default();
+        book.open(&path).expect("open");
+        for _ in 0..4 {
+            book.state(&id).admit(&l, &c).expect("admit");
+        }
+        assert!(book.flush().expect("flush"));
+        assert!(!book.flush().expect("flush"), "nothing new to write");
+        let again = Book::default();
+        again.open(&path).expect("reopen");
+        assert_eq!(again.state(&id).quotas().day.count, 4);
+        assert_eq!(
+            again
+                .state(&id)
+                .admit(&l, &c)
+                .ok()
+                .and_then(|a| a.header)
+                .as_ref()
+                .and_then(|h| h.to_str().ok().map(String::from)),
+            Some("\"day\";r=5;t=43200".to_string())
+        );
+    }
+}
