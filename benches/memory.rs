@@ -53,7 +53,7 @@ fn main() {
         PEAK.store(base, Ordering::Relaxed);
         let t = Instant::now();
         let (config, table) = Snapshot::compile(Path::new("generated.toml"), &text).expect("valid");
-        let snap = Snapshot::assemble(1, config, table, None, &metrics);
+        let snap = Snapshot::assemble(1, config, table, None, &metrics, &tenantgate::limits::Book::default());
         let ms = t.elapsed().as_secs_f64() * 1e3;
         let live = LIVE.load(Ordering::Relaxed) - base;
         let peak = PEAK.load(Ordering::Relaxed) - base;

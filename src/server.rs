@@ -10,6 +10,7 @@ use pingora_core::services::listening::Service;
 
 use crate::acme::{CertManager, Challenges};
 use crate::config::{Issuer, LoadError, Source};
+use crate::limits::QuotaFlusher;
 use crate::proxy::Gateway;
 use crate::registry::{ConfigWatcher, Registry};
 use crate::telemetry::{self, Metrics, MetricsEndpoint};
@@ -105,6 +106,12 @@ pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
         "tenantgate config watcher",
         ConfigWatcher {
             registry: registry.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "tenantgate quotas",
+        QuotaFlusher {
+            book: registry.book().clone(),
         },
     ));
 

@@ -76,6 +76,18 @@ pub enum Problem {
     TlsWithoutListener,
     #[error("{value:?} is not a valid ACME directory URL (want https://...)")]
     BadDirectoryUrl { value: String },
+    #[error("plan {plan:?} is not defined")]
+    UnknownPlan { plan: String },
+    #[error("{field} = {value} must be a positive whole number")]
+    BadLimit { field: &'static str, value: i64 },
+    #[error("burst {burst} is below requests_per_second {rate}")]
+    BurstBelowRate { burst: i64, rate: i64 },
+    #[error("burst is set without requests_per_second")]
+    BurstWithoutRate,
+    #[error("{value:?} is not a known time zone")]
+    BadTimezone { value: String },
+    #[error("the tenant has no plan, and [limits] default_plan is not set")]
+    NoPlan,
     #[error("pool {pool:?} is not defined")]
     UnknownPool { pool: String },
     #[error("pool {pool:?} has no upstreams")]
@@ -123,6 +135,12 @@ impl Problem {
             BadDirectoryUrl { .. } => {
                 "use the CA's directory URL, such as https://acme-v02.api.letsencrypt.org/directory"
             }
+            UnknownPlan { .. } => "define it under [plans.<name>], or use plan = \"unlimited\"",
+            BadLimit { .. } => "use a value of 1 or more, or remove the key for no limit",
+            BurstBelowRate { .. } => "set burst to at least requests_per_second",
+            BurstWithoutRate => "add requests_per_second, or remove burst",
+            BadTimezone { .. } => "use an IANA time zone name such as Europe/Berlin, or remove it for UTC",
+            NoPlan => "set plan = \"<name>\" (or plan = \"unlimited\" to serve it without limits), or set [limits] default_plan",
             UnknownPool { .. } => "define it under [pools.<name>] or point the tenant at an existing pool",
             EmptyPool { .. } => "list at least one upstream, such as upstreams = [\"127.0.0.1:9001\"]",
         }

@@ -16,6 +16,9 @@ pub struct File {
     #[serde(default)]
     pub pools: BTreeMap<String, PoolSection>,
     #[serde(default)]
+    pub plans: BTreeMap<String, PlanSection>,
+    pub limits: Option<LimitsSection>,
+    #[serde(default)]
     pub tenants: Vec<TenantSection>,
 }
 
@@ -67,6 +70,29 @@ pub struct TenantSection {
     pub domains: Vec<String>,
     pub pool: String,
     pub redirect_https: Option<bool>,
+    pub plan: Option<String>,
+    pub timezone: Option<String>,
+    pub limits: Option<PlanSection>,
+}
+
+/// `[plans.<name>]`, and a tenant's `[tenants.limits]` overrides. Signed so
+/// that a negative value gets a clear message rather than a type error.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanSection {
+    pub requests_per_second: Option<i64>,
+    pub burst: Option<i64>,
+    pub max_concurrent: Option<i64>,
+    pub requests_per_day: Option<i64>,
+    pub requests_per_month: Option<i64>,
+}
+
+/// `[limits]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub default_plan: Option<String>,
+    pub quota_file: Option<String>,
 }
 
 /// `[tls]`

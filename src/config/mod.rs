@@ -10,6 +10,7 @@ mod error;
 pub mod file;
 pub mod generate;
 mod parse;
+pub mod plans;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -47,6 +48,8 @@ pub const DEFAULT_STRIP_HEADERS: &[&str] = &["forwarded", "x-real-ip", "x-forwar
 /// A validated config.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Where quota counts are persisted.
+    pub quota_file: PathBuf,
     pub gateway: Gateway,
     pub telemetry: Telemetry,
     /// `None` when the gateway serves plain HTTP only.
@@ -124,6 +127,8 @@ pub struct TenantSpec {
     pub pool: PoolId,
     /// Overrides `[tls] redirect_http` for this tenant.
     pub redirect_https: Option<bool>,
+    /// Effective limits (plan plus overrides); `None` is unlimited.
+    pub limits: Option<crate::limits::Limits>,
 }
 
 /// Where certificates for names no operator file covers come from.
@@ -206,6 +211,20 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
     let gateway = validate_gateway(file.gateway, &mut errs);
     let telemetry = validate_telemetry(file.telemetry, &mut errs);
     let tls = file.tls.map(|t| validate_tls(t, base_dir, &gateway, &mut errs));
+    let plans = plans::Plans::new(&file.plans, file.limits.as_ref(), &mut errs);
+    let quota_file = {
+        let p = PathBuf::from(
+            file.limits
+                .as_ref()
+                .and_then(|l| l.quota_file.clone())
+                .unwrap_or("state/quotas.json".into()),
+        );
+        if p.is_absolute() {
+            p
+        } else {
+            base_dir.join(p)
+        }
+    };
 
     let mut pools = Vec::with_capacity(file.pools.len());
     let mut pool_ids = HashMap::with_capacity(file.pools.len());
@@ -296,12 +315,21 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
                 PoolId::MAX
             }
         };
+        let limits = plans.resolve(
+            i,
+            &t.id,
+            t.plan.as_deref(),
+            t.limits.as_ref(),
+            t.timezone.as_deref(),
+            &mut errs,
+        );
         tenants.push(TenantSpec {
             id: t.id,
             subdomain,
             domains,
             pool,
             redirect_https: t.redirect_https,
+            limits,
         });
     }
     for (id, count) in ids {
@@ -315,6 +343,7 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
     }
     (
         Config {
+            quota_file,
             gateway,
             telemetry,
             tls,
@@ -325,7 +354,7 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
     )
 }
 
-fn err(tenant: Option<&str>, field: &str, problem: Problem) -> ConfigError {
+pub(crate) fn err(tenant: Option<&str>, field: &str, problem: Problem) -> ConfigError {
     ConfigError {
         tenant: tenant.map(str::to_string),
         field: field.to_string(),

@@ -7,8 +7,11 @@
 //! from the next request, and a removed tenant's state is dropped. Quota
 //! counts are persisted to a file so a restart keeps them.
 
+mod flush;
 mod gcra;
 mod quota;
+
+pub use flush::QuotaFlusher;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,7 +28,7 @@ pub use gcra::{Gcra, Rate, RateCheck};
 pub use quota::{Counter, Period};
 
 /// A tenant's effective limits. `None` fields are unlimited.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub rate: Option<Rate>,
     pub max_concurrent: Option<u32>,

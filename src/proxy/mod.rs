@@ -24,6 +24,7 @@ use pingora_http::RequestHeader;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::acme::Challenges;
+use crate::limits::{Permit, SystemClock};
 use crate::registry::{Registry, Snapshot};
 use crate::routing::{self, HostError, Match, Unresolved};
 use crate::telemetry::{Metrics, Rejection};
@@ -98,6 +99,73 @@ impl Gateway {
         Ok(true)
     }
 
+    /// TLS-listener Host checks and the plain-listener redirect. `Some` when
+    /// the request was answered here.
+    async fn tls_rules(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        snap: &Snapshot,
+        tls: &crate::config::Tls,
+        host: &str,
+        m: Match,
+    ) -> Result<Option<bool>> {
+        if self.https {
+            if tls.strict_sni_host && !self.handshake_covers(session, snap, host, m) {
+                return self
+                    .refuse(session, ctx, Rejection::SniMismatch, SNI_MISMATCH_BODY)
+                    .await
+                    .map(Some);
+            }
+        } else if let Some(port) = self.https_port {
+            let redirect = snap
+                .config
+                .tenants
+                .get(m.tenant as usize)
+                .and_then(|t| t.redirect_https);
+            if redirect.unwrap_or(tls.redirect_http) {
+                let location = https_location(
+                    host,
+                    port,
+                    session.req_header().uri.path_and_query().map_or("/", |p| p.as_str()),
+                );
+                respond::redirect(session, &location).await?;
+                return Ok(Some(true));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Applies the tenant's limits: concurrency, rate, quotas. A refusal is
+    /// answered here with 429 and never reaches a backend.
+    async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx, snap: &Snapshot, m: Match) -> Result<bool> {
+        let Some(tenant) = snap.tenant(m.tenant) else {
+            return Ok(false);
+        };
+        let (Some(state), Some(limits)) = (
+            &tenant.limiter,
+            snap.config
+                .tenants
+                .get(m.tenant as usize)
+                .and_then(|t| t.limits.as_ref()),
+        ) else {
+            return Ok(false);
+        };
+        match state.admit(limits, &SystemClock) {
+            Ok(admission) => {
+                ctx.permit = admission.permit;
+                ctx.ratelimit = admission.header;
+                Ok(false)
+            }
+            Err(refusal) => {
+                tenant.limit_counters.reject(refusal.violation);
+                let body = refusal.problem_body();
+                respond::too_many(session, refusal.retry_after, tenant.policy_header.as_ref(), body).await?;
+                Ok(true)
+            }
+        }
+    }
+
     /// Serves an HTTP-01 key authorization for a pending order, or 404.
     async fn answer_challenge(&self, session: &mut Session, ctx: &mut RequestCtx, token: &str) -> Result<bool> {
         let host = authority::authority(session.req_header(), session.is_http2())
@@ -145,6 +213,10 @@ pub struct RequestCtx {
     tried: Tried,
     /// The upstream of the current attempt, and its index in the pool.
     upstream: Option<(usize, Arc<Upstream>)>,
+    /// The tenant's in-flight slot, released when the request ends.
+    permit: Option<Permit>,
+    /// The `RateLimit` header for the response.
+    ratelimit: Option<HeaderValue>,
     request_id: Option<HeaderValue>,
 }
 
@@ -160,6 +232,8 @@ impl ProxyHttp for Gateway {
             rejection: None,
             tried: Tried::default(),
             upstream: None,
+            permit: None,
+            ratelimit: None,
             request_id: None,
         }
     }
@@ -191,32 +265,33 @@ impl ProxyHttp for Gateway {
             Err((rejection, body)) => return self.refuse(session, ctx, rejection, body).await,
         };
         ctx.route = Some(m);
-        let Some(tls) = &snap.config.tls else {
-            return Ok(false);
-        };
-        if self.https {
-            if tls.strict_sni_host && !self.handshake_covers(session, &snap, &host, m) {
-                return self
-                    .refuse(session, ctx, Rejection::SniMismatch, SNI_MISMATCH_BODY)
-                    .await;
-            }
-        } else if let Some(port) = self.https_port {
-            let redirect = snap
-                .config
-                .tenants
-                .get(m.tenant as usize)
-                .and_then(|t| t.redirect_https);
-            if redirect.unwrap_or(tls.redirect_http) {
-                let location = https_location(
-                    &host,
-                    port,
-                    session.req_header().uri.path_and_query().map_or("/", |p| p.as_str()),
-                );
-                respond::redirect(session, &location).await?;
-                return Ok(true);
+        if let Some(tls) = &snap.config.tls {
+            if let Some(done) = self.tls_rules(session, ctx, &snap, tls, &host, m).await? {
+                return Ok(done);
             }
         }
-        Ok(false)
+        self.admit(session, ctx, &snap, m).await
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut pingora_http::ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let policy = ctx
+            .snapshot
+            .as_ref()
+            .zip(ctx.route)
+            .and_then(|(s, m)| s.tenant(m.tenant))
+            .and_then(|t| t.policy_header.clone());
+        if let Some(p) = policy {
+            upstream_response.insert_header("ratelimit-policy", p)?;
+        }
+        if let Some(r) = ctx.ratelimit.take() {
+            upstream_response.insert_header("ratelimit", r)?;
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {

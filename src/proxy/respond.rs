@@ -12,6 +12,25 @@ pub async fn plain(session: &mut Session, status: u16, body: impl Into<Bytes>, c
     send(session, status, body.into(), None, close).await
 }
 
+/// A 429 with `Retry-After`, the rate-limit headers and an RFC 9457 body.
+pub async fn too_many(
+    session: &mut Session,
+    retry_after: u64,
+    policy: Option<&http::HeaderValue>,
+    problem: String,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(429, Some(5))?;
+    resp.insert_header(CONTENT_TYPE, "application/problem+json")?;
+    resp.insert_header(CONTENT_LENGTH, problem.len())?;
+    resp.insert_header(http::header::RETRY_AFTER, retry_after)?;
+    if let Some(p) = policy {
+        resp.insert_header("ratelimit-policy", p.clone())?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(Bytes::from(problem)), true).await?;
+    Ok(())
+}
+
 /// A 308 to `location`.
 pub async fn redirect(session: &mut Session, location: &str) -> Result<()> {
     send(

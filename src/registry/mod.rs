@@ -18,6 +18,7 @@ pub use snapshot::{problems, Changes, Snapshot, Tenant};
 pub use watch::ConfigWatcher;
 
 use crate::config::{LoadError, Source};
+use crate::limits::Book;
 use crate::telemetry::Metrics;
 
 /// What a reload did.
@@ -38,6 +39,8 @@ pub struct Registry {
     writer: Mutex<String>,
     /// The live generation, for services that follow reloads.
     generation: tokio::sync::watch::Sender<u64>,
+    /// Limiter state by tenant id, outside the snapshot.
+    book: Arc<Book>,
 }
 
 impl Registry {
@@ -45,7 +48,9 @@ impl Registry {
     pub fn load(source: Source, metrics: Arc<Metrics>) -> Result<Registry, LoadError> {
         let text = source.text()?;
         let (config, table) = Snapshot::compile(&source.path(), &text)?;
-        let snap = Snapshot::assemble(1, config, table, None, &metrics);
+        let book = Arc::new(Book::default());
+        open_quota_file(&book, &config.quota_file);
+        let snap = Snapshot::assemble(1, config, table, None, &metrics, &book);
         metrics.reload_result(true);
         publish_gauges(&metrics, &snap);
         let (generation, _) = tokio::sync::watch::channel(snap.generation);
@@ -55,12 +60,18 @@ impl Registry {
             metrics,
             writer: Mutex::new(text),
             generation,
+            book,
         })
     }
 
     /// The live snapshot. Cheap: one atomic increment.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.live.load_full()
+    }
+
+    /// Limiter state by tenant id.
+    pub fn book(&self) -> &Arc<Book> {
+        &self.book
     }
 
     /// Notified with the new generation after each applied reload.
@@ -118,7 +129,14 @@ impl Registry {
             tracing::warn!("listen addresses, threads and turning [tls] on or off change only on restart; the rest of the change applies");
         }
         let generation = old.generation + 1;
-        let snap = Snapshot::assemble(generation, config, table, Some(&old), &self.metrics);
+        let snap = Snapshot::assemble(generation, config, table, Some(&old), &self.metrics, &self.book);
+        let ids: HashSet<&str> = snap
+            .tenants
+            .iter()
+            .filter(|t| t.limiter.is_some())
+            .map(|t| &*t.id)
+            .collect();
+        self.book.retain(&ids);
         let changes = self.forget_removed(&old, &snap);
         publish_gauges(&self.metrics, &snap);
         self.live.store(Arc::new(snap));
@@ -146,6 +164,16 @@ impl Registry {
             added: new_ids.difference(&old_ids).count(),
             removed: old_ids.difference(&new_ids).count(),
         }
+    }
+}
+
+/// Loads persisted quota counts. A file that cannot be read is moved aside
+/// (so the next flush does not overwrite evidence) and counting starts over.
+fn open_quota_file(book: &Book, path: &std::path::Path) {
+    if let Err(e) = book.open(path) {
+        let aside = path.with_extension(format!("corrupt-{}", std::process::id()));
+        let moved = std::fs::rename(path, &aside).is_ok();
+        tracing::error!(error = %e, moved_to = %aside.display(), moved, "quota file unreadable; counting starts from zero");
     }
 }
 

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use http::HeaderValue;
 
 use crate::config::{self, Config, ConfigError, LoadError, PoolId};
+use crate::limits::{Book, TenantState};
 use crate::proxy::pool::{Pool, Upstream};
 use crate::routing::{DomainTable, TenantIdx};
-use crate::telemetry::{Metrics, TenantCounters, OTHER_TENANTS};
+use crate::telemetry::{LimitCounters, Metrics, TenantCounters, OTHER_TENANTS};
 
 /// A tenant as the request path sees it.
 #[derive(Debug)]
@@ -20,6 +21,11 @@ pub struct Tenant {
     pub header_value: HeaderValue,
     pub pool: PoolId,
     pub counters: TenantCounters,
+    /// Limiter state (shared across reloads); `None` when unlimited.
+    pub limiter: Option<Arc<TenantState>>,
+    /// `RateLimit-Policy`, ready to send.
+    pub policy_header: Option<HeaderValue>,
+    pub limit_counters: LimitCounters,
 }
 
 /// One generation of live state.
@@ -59,6 +65,7 @@ impl Snapshot {
         table: DomainTable,
         previous: Option<&Snapshot>,
         metrics: &Metrics,
+        book: &Book,
     ) -> Snapshot {
         let mut known: HashMap<SocketAddr, Arc<Upstream>> = HashMap::new();
         if let Some(prev) = previous {
@@ -81,20 +88,32 @@ impl Snapshot {
 
         let limit = config.telemetry.tenant_label_limit;
         let other = metrics.tenant(OTHER_TENANTS);
+        let other_limits = metrics.tenant_limits(OTHER_TENANTS);
         let tenants = config
             .tenants
             .iter()
             .enumerate()
-            .map(|(i, spec)| Tenant {
-                id: spec.id.as_str().into(),
-                // Tenant ids are validated to [a-z0-9_-], always a valid header value.
-                header_value: HeaderValue::from_str(&spec.id).unwrap_or(HeaderValue::from_static("invalid")),
-                pool: spec.pool,
-                counters: if i < limit {
-                    metrics.tenant(&spec.id)
-                } else {
-                    other.clone()
-                },
+            .map(|(i, spec)| {
+                let id: Arc<str> = spec.id.as_str().into();
+                let labelled = i < limit;
+                Tenant {
+                    // Tenant ids are validated to [a-z0-9_-], always a valid header value.
+                    header_value: HeaderValue::from_str(&spec.id).unwrap_or(HeaderValue::from_static("invalid")),
+                    pool: spec.pool,
+                    counters: if labelled {
+                        metrics.tenant(&spec.id)
+                    } else {
+                        other.clone()
+                    },
+                    limiter: spec.limits.as_ref().map(|_| book.state(&id)),
+                    policy_header: spec.limits.as_ref().and_then(|l| l.policy_header()),
+                    limit_counters: if labelled {
+                        metrics.tenant_limits(&spec.id)
+                    } else {
+                        other_limits.clone()
+                    },
+                    id,
+                }
             })
             .collect();
         Snapshot {

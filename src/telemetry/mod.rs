@@ -60,6 +60,19 @@ pub struct Metrics {
     /// Certificates by state: valid, expiring (within 14 days), failed.
     pub certificates: prometheus::IntGaugeVec,
     acme_orders: IntCounterVec,
+    limit_rejections: IntCounterVec,
+}
+
+/// Per-tenant counters of limit rejections, in `Violation::ALL` order.
+#[derive(Debug, Clone)]
+pub struct LimitCounters([IntCounter; 4]);
+
+impl LimitCounters {
+    /// Counts one refusal.
+    pub fn reject(&self, v: crate::limits::Violation) {
+        let i = crate::limits::Violation::ALL.iter().position(|x| *x == v).unwrap_or(0);
+        self.0[i].inc();
+    }
 }
 
 /// Per-tenant request counters, one per status class.
@@ -161,6 +174,14 @@ impl Metrics {
             ),
             &["kind", "result"],
         )?;
+        let limit_rejections = IntCounterVec::new(
+            Opts::new(
+                "tenantgate_limit_rejections_total",
+                "Requests refused with 429, by tenant and policy (concurrency, burst, day, month).",
+            ),
+            &["tenant", "reason"],
+        )?;
+        registry.register(Box::new(limit_rejections.clone()))?;
         registry.register(Box::new(handshakes.clone()))?;
         registry.register(Box::new(certificates.clone()))?;
         registry.register(Box::new(acme_orders.clone()))?;
@@ -195,6 +216,7 @@ impl Metrics {
             handshakes,
             certificates,
             acme_orders,
+            limit_rejections,
         })
     }
 
@@ -218,10 +240,20 @@ impl Metrics {
         TenantCounters(STATUS_CLASSES.map(|c| self.requests.with_label_values(&[label, c])))
     }
 
+    /// Limit-rejection counters for a tenant's label value.
+    pub fn tenant_limits(&self, label: &str) -> LimitCounters {
+        LimitCounters(
+            crate::limits::Violation::ALL.map(|v| self.limit_rejections.with_label_values(&[label, v.as_str()])),
+        )
+    }
+
     /// Drops a removed tenant's series.
     pub fn forget_tenant(&self, label: &str) {
         for c in STATUS_CLASSES {
             let _ = self.requests.remove_label_values(&[label, c]);
+        }
+        for v in crate::limits::Violation::ALL {
+            let _ = self.limit_rejections.remove_label_values(&[label, v.as_str()]);
         }
     }
 

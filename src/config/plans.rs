@@ -1,0 +1,163 @@
+//! Plans and per-tenant limits: validation and the plan/override merge.
+
+use std::collections::BTreeMap;
+
+use jiff::tz::TimeZone;
+
+use super::file::{LimitsSection, PlanSection};
+use super::{err, ConfigError, Problem};
+use crate::limits::{Limits, Rate};
+
+/// The plan name that means "no limits", explicitly.
+pub const UNLIMITED: &str = "unlimited";
+
+/// Plans as written, checked once, ready to resolve tenants against.
+pub struct Plans<'a> {
+    plans: &'a BTreeMap<String, PlanSection>,
+    default_plan: Option<&'a str>,
+}
+
+impl<'a> Plans<'a> {
+    /// Checks every plan and the default.
+    pub fn new(
+        plans: &'a BTreeMap<String, PlanSection>,
+        limits: Option<&'a LimitsSection>,
+        errs: &mut Vec<ConfigError>,
+    ) -> Self {
+        for (name, plan) in plans {
+            check(plan, None, &format!("plans.{name}"), errs);
+        }
+        let default_plan = limits.and_then(|l| l.default_plan.as_deref());
+        if let Some(d) = default_plan {
+            if d != UNLIMITED && !plans.contains_key(d) {
+                errs.push(err(
+                    None,
+                    "limits.default_plan",
+                    Problem::UnknownPlan { plan: d.to_string() },
+                ));
+            }
+        }
+        Plans { plans, default_plan }
+    }
+
+    /// A tenant's effective limits: its plan (or the default), with its
+    /// overrides on top. `None` means unlimited, which needs
+    /// `plan = "unlimited"` once any plan is defined.
+    pub fn resolve(
+        &self,
+        i: usize,
+        tenant: &str,
+        plan: Option<&str>,
+        overrides: Option<&PlanSection>,
+        timezone: Option<&str>,
+        errs: &mut Vec<ConfigError>,
+    ) -> Option<Limits> {
+        let t = Some(tenant);
+        let timezone = match timezone {
+            None => TimeZone::UTC,
+            Some(name) => match TimeZone::get(name) {
+                Ok(tz) => tz,
+                Err(_) => {
+                    errs.push(err(
+                        t,
+                        &format!("tenants[{i}].timezone"),
+                        Problem::BadTimezone {
+                            value: name.to_string(),
+                        },
+                    ));
+                    TimeZone::UTC
+                }
+            },
+        };
+        let base = match plan.or(self.default_plan) {
+            Some(UNLIMITED) => return None,
+            Some(name) => match self.plans.get(name) {
+                Some(p) => p.clone(),
+                None => {
+                    errs.push(err(
+                        t,
+                        &format!("tenants[{i}].plan"),
+                        Problem::UnknownPlan { plan: name.to_string() },
+                    ));
+                    return None;
+                }
+            },
+            None if self.plans.is_empty() && overrides.is_none() => return None,
+            None => {
+                errs.push(err(t, &format!("tenants[{i}].plan"), Problem::NoPlan));
+                return None;
+            }
+        };
+        let merged = match overrides {
+            Some(o) => PlanSection {
+                requests_per_second: o.requests_per_second.or(base.requests_per_second),
+                burst: o.burst.or(base.burst),
+                max_concurrent: o.max_concurrent.or(base.max_concurrent),
+                requests_per_day: o.requests_per_day.or(base.requests_per_day),
+                requests_per_month: o.requests_per_month.or(base.requests_per_month),
+            },
+            None => base,
+        };
+        check(&merged, t, &format!("tenants[{i}].limits"), errs).map(|mut l| {
+            l.timezone = timezone;
+            l
+        })
+    }
+}
+
+/// Validates one set of values and turns it into [`Limits`] (UTC).
+fn check(p: &PlanSection, tenant: Option<&str>, at: &str, errs: &mut Vec<ConfigError>) -> Option<Limits> {
+    let before = errs.len();
+    let mut positive = |field: &'static str, v: Option<i64>| -> Option<u64> {
+        match v {
+            Some(n) if n > 0 => Some(n as u64),
+            Some(n) => {
+                errs.push(err(
+                    tenant,
+                    &format!("{at}.{field}"),
+                    Problem::BadLimit { field, value: n },
+                ));
+                None
+            }
+            None => None,
+        }
+    };
+    let rps = positive("requests_per_second", p.requests_per_second);
+    let burst = positive("burst", p.burst);
+    let max_concurrent = positive("max_concurrent", p.max_concurrent);
+    let per_day = positive("requests_per_day", p.requests_per_day);
+    let per_month = positive("requests_per_month", p.requests_per_month);
+    let rate = match (rps, burst) {
+        (Some(r), Some(b)) if b < r => {
+            errs.push(err(
+                tenant,
+                &format!("{at}.burst"),
+                Problem::BurstBelowRate {
+                    burst: b as i64,
+                    rate: r as i64,
+                },
+            ));
+            None
+        }
+        (Some(r), b) => Some(Rate {
+            per_second: clamp32(r),
+            burst: clamp32(b.unwrap_or(r)),
+        }),
+        (None, Some(_)) => {
+            errs.push(err(tenant, &format!("{at}.burst"), Problem::BurstWithoutRate));
+            None
+        }
+        (None, None) => None,
+    };
+    (errs.len() == before).then(|| Limits {
+        rate,
+        max_concurrent: max_concurrent.map(clamp32),
+        per_day,
+        per_month,
+        timezone: TimeZone::UTC,
+    })
+}
+
+fn clamp32(v: u64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}

@@ -1,0 +1,43 @@
+//! Writes quota counts to disk at least every second and at shutdown, so a
+//! crash loses at most about a second of counts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+
+use super::Book;
+
+/// A pingora background service around [`Book::flush`].
+pub struct QuotaFlusher {
+    pub book: Arc<Book>,
+}
+
+impl QuotaFlusher {
+    async fn flush(&self) {
+        let book = self.book.clone();
+        match tokio::task::spawn_blocking(move || book.flush()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "quota counts not saved; retrying in a second"),
+            Err(e) => tracing::error!(error = %e, "quota flush task failed"),
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for QuotaFlusher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    self.flush().await;
+                    return;
+                }
+                _ = tick.tick() => self.flush().await,
+            }
+        }
+    }
+}
