@@ -309,3 +309,38 @@ fn positions_stay_right_after_a_tenant_with_an_unknown_pool() {
         &[r#"tenants[1].domains[0] and tenants[2].domains[0]: domain x.example.com is claimed by tenants "a", "b""#],
     );
 }
+
+#[test]
+fn plans_and_limits_are_validated() {
+    let text = format!(
+        "{HEAD}\n[plans.bad]\nrequests_per_second = 50\nburst = 10\nmax_concurrent = 0\nrequests_per_day = -5\n\n\
+         [plans.orphan]\nburst = 5\n{}{}{}{}",
+        tenant("a", "plan = \"missing\""),
+        tenant("b", ""),
+        tenant("c", "plan = \"orphan\"\ntimezone = \"Mars/Olympus\""),
+        tenant("d", "plan = \"unlimited\"")
+    );
+    refused(
+        &text,
+        &[
+            "plans.bad.burst: burst 10 is below requests_per_second 50",
+            "plans.bad.max_concurrent: max_concurrent = 0 must be a positive whole number",
+            "plans.bad.requests_per_day: requests_per_day = -5 must be a positive whole number",
+            "plans.orphan.burst: burst is set without requests_per_second",
+            r#"tenant "a": tenants[0].plan: plan "missing" is not defined"#,
+            r#"tenant "b": tenants[1].plan: the tenant has no plan, and [limits] default_plan is not set"#,
+            r#"tenant "c": tenants[2].timezone: "Mars/Olympus" is not a known time zone"#,
+        ],
+    );
+}
+
+#[test]
+fn without_plans_tenants_are_unlimited_and_a_default_plan_applies() {
+    let none = format!("{HEAD}{}", tenant("a", ""));
+    assert_eq!(check(&none).0, 0, "configs without plans stay valid");
+    let with_default = format!(
+        "{HEAD}\n[limits]\ndefault_plan = \"basic\"\n\n[plans.basic]\nrequests_per_second = 5\n{}",
+        tenant("a", "")
+    );
+    assert_eq!(check(&with_default).0, 0, "{}", check(&with_default).1);
+}
