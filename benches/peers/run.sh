@@ -239,7 +239,7 @@ awk '{ printf "%s %s\n", $0, (NR % 2 ? "be_a" : "be_b") }' "$WORK/hosts.txt" >"$
 cat >"$WORK/haproxy.cfg" <<EOF
 global
     nbthread 2
-    maxconn 20000
+    maxconn 4096
 
 defaults
     mode http

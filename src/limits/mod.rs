@@ -7,6 +7,7 @@
 //! from the next request, and a removed tenant's state is dropped. Quota
 //! counts are persisted to a file so a restart keeps them.
 
+pub mod fleet;
 mod flush;
 mod gcra;
 mod quota;
@@ -175,7 +176,14 @@ pub struct Admission {
 impl TenantState {
     /// Admits one request, cheapest check first: concurrency, rate, quotas.
     pub fn admit(self: &Arc<Self>, limits: &Limits, clock: &dyn Clock) -> Result<Admission, Refusal> {
-        let mut items: Vec<String> = Vec::new();
+        use std::fmt::Write;
+        // One buffer for the `RateLimit` header items.
+        let mut items = String::new();
+        let sep = |items: &mut String| {
+            if !items.is_empty() {
+                items.push_str(", ");
+            }
+        };
         let permit = match limits.max_concurrent {
             Some(max) => {
                 let before = self.inflight.fetch_add(1, Ordering::AcqRel);
@@ -186,7 +194,7 @@ impl TenantState {
                         retry_after: 1,
                     });
                 }
-                items.push(format!("\"concurrency\";r={}", max - before - 1));
+                let _ = write!(items, "\"concurrency\";r={}", max - before - 1);
                 Some(permit)
             }
             None => None,
@@ -194,10 +202,8 @@ impl TenantState {
         if let Some(rate) = limits.rate {
             match self.gcra.check(clock.mono_ns(), rate) {
                 RateCheck::Allowed { remaining, reset_ns } => {
-                    items.push(format!(
-                        "\"burst\";r={remaining};t={}",
-                        reset_ns.div_ceil(1_000_000_000)
-                    ));
+                    sep(&mut items);
+                    let _ = write!(items, "\"burst\";r={remaining};t={}", reset_ns.div_ceil(1_000_000_000));
                 }
                 RateCheck::Limited { retry_ns } => {
                     let retry_after = retry_ns.div_ceil(1_000_000_000).max(1);
@@ -221,11 +227,15 @@ impl TenantState {
                     Period::Month => &mut q.month,
                 };
                 match counter.take(period, limit, now, &limits.timezone) {
-                    Ok(remaining) => items.push(format!(
-                        "\"{}\";r={remaining};t={}",
-                        period.as_str(),
-                        counter.resets_in(now)
-                    )),
+                    Ok(remaining) => {
+                        sep(&mut items);
+                        let _ = write!(
+                            items,
+                            "\"{}\";r={remaining};t={}",
+                            period.as_str(),
+                            counter.resets_in(now)
+                        );
+                    }
                     Err(retry_after) => return Err(Refusal { violation, retry_after }),
                 }
             }
@@ -234,7 +244,7 @@ impl TenantState {
         let header = if items.is_empty() {
             None
         } else {
-            HeaderValue::from_str(&items.join(", ")).ok()
+            HeaderValue::from_maybe_shared(items).ok()
         };
         Ok(Admission { permit, header })
     }
