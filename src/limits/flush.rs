@@ -26,16 +26,28 @@ impl QuotaFlusher {
     }
 }
 
+/// Flushes once more when dropped. pingora shuts a service's runtime down
+/// right after broadcasting shutdown, dropping its tasks, possibly before
+/// the shutdown branch below runs: the drop still writes the counts.
+struct FinalFlush(Arc<Book>);
+
+impl Drop for FinalFlush {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.flush() {
+            tracing::error!(error = %e, "quota counts not saved at shutdown");
+        }
+    }
+}
+
 #[async_trait]
 impl BackgroundService for QuotaFlusher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let _final = FinalFlush(self.book.clone());
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                _ = shutdown.changed() => {
-                    self.flush().await;
-                    return;
-                }
+                // `_final` flushes on return.
+                _ = shutdown.changed() => return,
                 _ = tick.tick() => self.flush().await,
             }
         }

@@ -92,7 +92,12 @@ impl Registry {
         match &result {
             // The file matches the running config again (e.g. a refused
             // edit was reverted), so the last state is healthy.
-            Ok(ReloadOutcome::Unchanged) => self.metrics.config_last_reload_success.set(1),
+            Ok(ReloadOutcome::Unchanged) => {
+                self.metrics.config_last_reload_success.set(1);
+                // Same config, but files next to it (operator certificates)
+                // may have changed: let followers re-read them.
+                self.generation.send_modify(|_| {});
+            }
             Ok(ReloadOutcome::Applied { generation, changes }) => {
                 self.metrics.reload_result(true);
                 tracing::info!(

@@ -151,10 +151,17 @@ impl CertStore {
                     count += 1;
                     for name in &entry.loaded.names {
                         let map = match name.strip_prefix("*.") {
-                            Some(parent) => next.wildcard.entry(parent.to_string()),
-                            None => next.exact.entry(name.clone()),
+                            Some(_) => &mut next.wildcard,
+                            None => &mut next.exact,
                         };
-                        map.or_insert_with(|| entry.clone());
+                        let key = name.strip_prefix("*.").unwrap_or(name).to_string();
+                        // Several files for one name: the one valid longest wins.
+                        match map.get(&key) {
+                            Some(have) if have.loaded.not_after >= entry.loaded.not_after => {}
+                            _ => {
+                                map.insert(key, entry.clone());
+                            }
+                        }
                     }
                 }
                 Err(error) => problems.push(FileProblem { path, error }),
@@ -181,14 +188,13 @@ impl CertStore {
         }
     }
 
-    /// Where a managed certificate lives: `certs/<name>.pem` and `.key`
-    /// (`*` spelled `_wildcard_`).
-    pub fn managed_paths(&self, name: &str) -> (PathBuf, PathBuf) {
-        let file = name.replace('*', "_wildcard_");
-        (
-            self.managed_dir.join(format!("{file}.pem")),
-            self.managed_dir.join(format!("{file}.key")),
-        )
+    /// Where a managed certificate lives: one file, `certs/<name>.pem`
+    /// (`*` spelled `_wildcard_`), holding the chain and then the key, so
+    /// that one atomic rename replaces both and no reader or crash can see a
+    /// mismatched pair.
+    pub fn managed_path(&self, name: &str) -> PathBuf {
+        self.managed_dir
+            .join(format!("{}.pem", name.replace('*', "_wildcard_")))
     }
 
     /// Makes a freshly issued certificate live for `name`.
@@ -221,6 +227,7 @@ impl CertStore {
             if e.loaded.not_after > SystemTime::now() {
                 return Ok(e);
             }
+            self.cache.remove(&name);
         }
         let store = self.clone();
         let loaded = tokio::task::spawn_blocking(move || store.load_managed(&name)).await;
@@ -233,9 +240,8 @@ impl CertStore {
     /// Loads a managed certificate from disk, or makes one with the
     /// internal CA. Blocking.
     fn load_managed(&self, name: &str) -> Option<Arc<Entry>> {
-        let (cert, key) = self.managed_paths(name);
-        if let (Ok(c), Ok(k)) = (std::fs::read(&cert), std::fs::read(&key)) {
-            match Loaded::from_pem(&c, &k).and_then(|l| self.entry(l)) {
+        if let Ok(pem) = std::fs::read(self.managed_path(name)) {
+            match Loaded::from_pem(&pem, &pem).and_then(|l| self.entry(l)) {
                 Ok(e) => {
                     self.cache.insert(name.to_string(), e.clone());
                     return Some(e);
