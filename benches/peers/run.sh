@@ -158,6 +158,7 @@ cpu_ticks() { # utime+stime of the given PIDs (whole processes, all threads)
   echo "$t"
 }
 rss_kb() { local p; for p in "$@"; do awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null; done | awk '{s += $1} END {print s + 0}'; }
+sys_cpu() { awk '/^cpu / {print $5 + $6, $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; } # idle steal total
 pss_kb() { local p; for p in "$@"; do awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null; done | awk '{s += $1} END {print s + 0}'; }
 
 wait_port() { # port pid name
@@ -398,7 +399,7 @@ for run in $(seq 1 "$RUNS"); do
     if [ "$t" = direct ]; then ppids=""; else ppids=$(descendants "${PID[$t]}"); fi
     bpids="$PID_A $PID_B"
     # shellcheck disable=SC2086
-    { p0=$(cpu_ticks $ppids); b0=$(cpu_ticks $bpids); }
+    { p0=$(cpu_ticks $ppids); b0=$(cpu_ticks $bpids); read -r i0 s0 t0 < <(sys_cpu); }
     logf="$WORK/wrk/$t-$run.log"
     wrk_run "$t" "$DURATION" "$logf"
     sleep "$SAMPLE_AT"
@@ -410,11 +411,11 @@ for run in $(seq 1 "$RUNS"); do
     wait "$WRK_PID" || wrk_rc=$?
     WRK_PID=""
     # shellcheck disable=SC2086
-    { p1=$(cpu_ticks $ppids); b1=$(cpu_ticks $bpids); }
+    { p1=$(cpu_ticks $ppids); b1=$(cpu_ticks $bpids); read -r i1 s1 t1 < <(sys_cpu); }
     [ "$wrk_rc" = 0 ] || { echo "run.sh: wrk failed ($wrk_rc):" >&2; cat "$logf" >&2; }
     if [ "$t" = direct ]; then pcpu="-"; else pcpu=$((p1 - p0)); fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "${LABEL[$t]}" "${SCENARIO[$t]}" "$run" "$logf" \
-      "$pcpu" "$((b1 - b0))" "$rss" "$pss" >>"$WORK/runs.tsv"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "${LABEL[$t]}" "${SCENARIO[$t]}" "$run" "$logf" \
+      "$pcpu" "$((b1 - b0))" "$rss" "$pss" "$((i1 - i0))/$((t1 - t0))" "$((s1 - s0))/$((t1 - t0))" >>"$WORK/runs.tsv"
     grep -E "Requests/sec|Non-2xx|Socket errors" "$logf" | sed 's/^/   /' >&2 || true
   done
 done
@@ -452,7 +453,8 @@ if [ -n "$OUT" ]; then
     echo
     cat "$WORK/table.md"
     echo
-    echo "Per run:"
+    echo "Per run (machine_idle_% and steal_%: whole machine, all CPUs, from /proc/stat over the run;"
+    echo "steal is time the hypervisor gave to other guests; both high or varying mean a noisy run):"
     echo
     echo '```'
     python3 "$HERE/summarize.py" --raw --clk-tck "$CLK_TCK" "$WORK/runs.tsv" "$WORK/idle.tsv" 2>/dev/null | column -t -s $'\t' || true

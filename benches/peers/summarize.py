@@ -3,6 +3,7 @@
 
 Input (tab-separated, written by run.sh):
   runs.tsv  target  scenario  run  wrk_log  proxy_cpu_ticks  backend_cpu_ticks  rss_load_kb  pss_load_kb
+            idle_ticks/total_ticks  steal_ticks/total_ticks   (whole machine, /proc/stat)
   idle.tsv  target  rss_idle_kb  pss_idle_kb
 Targets appear in the table in the order of their first line in runs.tsv.
 
@@ -49,6 +50,12 @@ def parse_wrk(path):
     return out
 
 
+def ratio(text):
+    """'a/b' -> 100*a/b, or None."""
+    a, _, b = text.partition("/")
+    return 100.0 * int(a) / int(b) if b and int(b) > 0 else None
+
+
 def fmt(x, digits):
     return "—" if x is None else f"{x:,.{digits}f}"
 
@@ -71,7 +78,7 @@ def main():
         for line in f:
             if not line.strip():
                 continue
-            target, scen, run, log, pcpu, bcpu, rss, pss = line.rstrip("\n").split("\t")
+            target, scen, run, log, pcpu, bcpu, rss, pss, idle_f, steal_f = line.rstrip("\n").split("\t")
             r = parse_wrk(log)
             r.update(
                 run=int(run),
@@ -79,6 +86,8 @@ def main():
                 backend_ticks=int(bcpu),
                 rss=int(rss) if rss != "-" else None,
                 pss=int(pss) if pss != "-" else None,
+                idle_pct=ratio(idle_f),
+                steal_pct=ratio(steal_f),
             )
             per_req = lambda t: None if t is None or r["requests"] == 0 else t / args.clk_tck * 1e6 / r["requests"]
             r["proxy_us"] = per_req(r["proxy_ticks"])
@@ -108,13 +117,13 @@ def main():
 
     mb = lambda kb: None if kb is None else kb / 1024
     if args.raw:
-        print("target\trun\trequests\treq/s\tp50_ms\tp99_ms\tproxy_cpu_us_per_req\tbackends_cpu_us_per_req\trss_load_MB\tpss_load_MB\tnon2xx\tsocket_errors")
+        print("target\trun\trequests\treq/s\tp50_ms\tp99_ms\tproxy_cpu_us_per_req\tbackends_cpu_us_per_req\trss_load_MB\tpss_load_MB\tmachine_idle_%\tsteal_%\tnon2xx\tsocket_errors")
         for t in order:
             for r in rows[t]:
                 print("\t".join([
                     t, str(r["run"]), str(r["requests"]), fmt(r["rps"], 0), fmt(r["p50"], 3), fmt(r["p99"], 3),
                     fmt(r["proxy_us"], 1), fmt(r["backend_us"], 1), fmt(mb(r["rss"]), 1), fmt(mb(r["pss"]), 1),
-                    str(r["non2xx"]), str(r["sockerr"]),
+                    fmt(r["idle_pct"], 1), fmt(r["steal_pct"], 1), str(r["non2xx"]), str(r["sockerr"]),
                 ]))
     else:
         print("| target | scenario | req/s (median) | req/s (min–max) | p50 ms | p99 ms | proxy CPU µs/req | backends CPU µs/req | RSS idle MB | RSS load MB | errors |")
