@@ -20,6 +20,7 @@ fn generous(all: bool) -> Limits {
         per_day: all.then_some(u64::MAX / 2),
         per_month: all.then_some(u64::MAX / 2),
         timezone: TimeZone::get("Europe/Berlin").unwrap_or(TimeZone::UTC),
+        fail_closed: false,
     }
 }
 

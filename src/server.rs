@@ -10,10 +10,11 @@ use pingora_core::services::listening::Service;
 
 use crate::acme::{CertManager, Challenges};
 use crate::config::{Issuer, LoadError, Source};
+use crate::limits::fleet::{Fleet, FleetSync, StoreError};
 use crate::limits::QuotaFlusher;
 use crate::proxy::Gateway;
 use crate::registry::{ConfigWatcher, Registry};
-use crate::telemetry::{self, Metrics, MetricsEndpoint};
+use crate::telemetry::{self, Metrics, MetricsEndpoint, StoreMetrics};
 use crate::tls::certs::CertError;
 use crate::tls::internal_ca::InternalCa;
 use crate::tls::{CertStore, SniBook, TlsApp};
@@ -27,6 +28,8 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error("internal CA: {0}")]
     InternalCa(#[from] CertError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
 }
 
 /// Loads the config and runs the gateway until a shutdown signal.
@@ -108,6 +111,18 @@ pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
             registry: registry.clone(),
         },
     ));
+    if let Some(store) = &snap.config.store {
+        let fleet = Arc::new(Fleet::new(store, StoreMetrics::register(&metrics)?)?);
+        registry.book().use_fleet(fleet.clone());
+        tracing::info!(prefix = %store.key_prefix, "fleet mode: rate limits and quotas shared through Redis");
+        server.add_service(background_service(
+            "tenantgate limit store",
+            FleetSync {
+                fleet,
+                book: registry.book().clone(),
+            },
+        ));
+    }
     server.add_service(background_service(
         "tenantgate quotas",
         QuotaFlusher {

@@ -344,3 +344,27 @@ fn without_plans_tenants_are_unlimited_and_a_default_plan_applies() {
     );
     assert_eq!(check(&with_default).0, 0, "{}", check(&with_default).1);
 }
+
+#[test]
+fn store_section_and_store_failure_mode_are_validated() {
+    let out = refused(
+        &format!(
+            "{HEAD}\n[store]\nredis_url = \"http://user:secret@127.0.0.1:6379\"\ntimeout_ms = 0\nkey_prefix = \"Bad Prefix\"\n\n\
+             [plans.p]\nrequests_per_second = 5\non_store_failure = \"maybe\"\n{}",
+            tenant("a", "plan = \"p\"\n[tenants.limits]\non_store_failure = \"sometimes\"")
+        ),
+        &[
+            "store.redis_url: \"127.0.0.1:6379\" is not a usable Redis URL",
+            "store.timeout_ms: \"0\" must be greater than zero",
+            "store.key_prefix: key prefix \"Bad Prefix\" is not 1 to 32 characters",
+            "plans.p.on_store_failure: \"maybe\" is not \"open\" or \"closed\"",
+            r#"tenant "a": tenants[0].limits.on_store_failure: "sometimes" is not "open" or "closed""#,
+        ],
+    );
+    assert!(!out.contains("secret"), "the password is never printed: {out}");
+    let ok = format!(
+        "{HEAD}\n[store]\nredis_url = \"redis://127.0.0.1:6379/0\"\n\n[plans.p]\nrequests_per_second = 5\non_store_failure = \"closed\"\n{}",
+        tenant("a", "plan = \"p\"")
+    );
+    assert_eq!(check(&ok).0, 0, "{}", check(&ok).1);
+}

@@ -88,6 +88,12 @@ pub enum Problem {
     BadTimezone { value: String },
     #[error("the tenant has no plan, and [limits] default_plan is not set")]
     NoPlan,
+    #[error("{value:?} is not \"open\" or \"closed\"")]
+    BadStoreFailure { value: String },
+    #[error("{value:?} is not a usable Redis URL: {reason}")]
+    BadRedisUrl { value: String, reason: String },
+    #[error("key prefix {value:?} is not 1 to 32 characters of a-z, 0-9, '-' and '_'")]
+    BadKeyPrefix { value: String },
     #[error("pool {pool:?} is not defined")]
     UnknownPool { pool: String },
     #[error("pool {pool:?} has no upstreams")]
@@ -141,6 +147,9 @@ impl Problem {
             BurstWithoutRate => "add requests_per_second, or remove burst",
             BadTimezone { .. } => "use an IANA time zone name such as Europe/Berlin, or remove it for UTC",
             NoPlan => "set plan = \"<name>\" (or plan = \"unlimited\" to serve it without limits), or set [limits] default_plan",
+            BadStoreFailure { .. } => "use \"open\" (serve on local limits while the store is down) or \"closed\" (refuse with 503)",
+            BadRedisUrl { .. } => "write a URL such as redis://127.0.0.1:6379 or rediss://user:pass@host:6380/0",
+            BadKeyPrefix { .. } => "use a short name such as tenantgate",
             UnknownPool { .. } => "define it under [pools.<name>] or point the tenant at an existing pool",
             EmptyPool { .. } => "list at least one upstream, such as upstreams = [\"127.0.0.1:9001\"]",
         }

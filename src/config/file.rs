@@ -18,6 +18,7 @@ pub struct File {
     #[serde(default)]
     pub plans: BTreeMap<String, PlanSection>,
     pub limits: Option<LimitsSection>,
+    pub store: Option<StoreSection>,
     #[serde(default)]
     pub tenants: Vec<TenantSection>,
 }
@@ -85,6 +86,16 @@ pub struct PlanSection {
     pub max_concurrent: Option<i64>,
     pub requests_per_day: Option<i64>,
     pub requests_per_month: Option<i64>,
+    pub on_store_failure: Option<String>,
+}
+
+/// `[store]`: fleet mode.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    pub redis_url: String,
+    pub timeout_ms: Option<u64>,
+    pub key_prefix: Option<String>,
 }
 
 /// `[limits]`

@@ -42,6 +42,8 @@ pub const GATEWAY_HEADERS: &[&str] = &[
     "te",
     "trailer",
 ];
+/// Longest ACME retry delay honoured (30 days); larger settings are capped.
+pub const MAX_RETRY_SECS: u64 = 30 * 24 * 3600;
 /// Client headers removed before forwarding, besides the tenant header.
 pub const DEFAULT_STRIP_HEADERS: &[&str] = &["forwarded", "x-real-ip", "x-forwarded-port"];
 
@@ -54,9 +56,32 @@ pub struct Config {
     pub telemetry: Telemetry,
     /// `None` when the gateway serves plain HTTP only.
     pub tls: Option<Tls>,
+    /// Fleet mode: limits shared through Redis. `None` on a single node.
+    pub store: Option<Store>,
     /// Pools in name order; tenants refer to them by index.
     pub pools: Vec<PoolSpec>,
     pub tenants: Vec<TenantSpec>,
+}
+
+/// `[store]`, validated: the Redis that replicas share limits through.
+#[derive(Clone, PartialEq)]
+pub struct Store {
+    /// May hold a password: never logged (see the `Debug` impl).
+    pub redis_url: String,
+    /// Bound on one Redis call; past it the replica serves on local limits.
+    pub timeout: Duration,
+    /// First part of every key: `<prefix>:{<tenant>}:...`.
+    pub key_prefix: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("redis_url", &"<redacted>")
+            .field("timeout", &self.timeout)
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
 }
 
 /// `[gateway]`, validated.
@@ -212,6 +237,7 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
     let telemetry = validate_telemetry(file.telemetry, &mut errs);
     let tls = file.tls.map(|t| validate_tls(t, base_dir, &gateway, &mut errs));
     let plans = plans::Plans::new(&file.plans, file.limits.as_ref(), &mut errs);
+    let store = file.store.map(|s| validate_store(s, &mut errs));
     let quota_file = {
         let p = PathBuf::from(
             file.limits
@@ -347,12 +373,60 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
             gateway,
             telemetry,
             tls,
+            store,
             pools,
             tenants,
         },
         errs,
     )
 }
+
+fn validate_store(s: file::StoreSection, errs: &mut Vec<ConfigError>) -> Store {
+    use redis::IntoConnectionInfo;
+    if let Err(e) = s.redis_url.as_str().into_connection_info() {
+        // The message names the URL's scheme and shape, never its password.
+        let shown = s.redis_url.split('@').next_back().unwrap_or_default().to_string();
+        errs.push(err(
+            None,
+            "store.redis_url",
+            Problem::BadRedisUrl {
+                value: shown,
+                reason: e.to_string(),
+            },
+        ));
+    }
+    let timeout = match s.timeout_ms {
+        Some(0) => {
+            errs.push(err(None, "store.timeout_ms", Problem::Zero { value: "0".into() }));
+            Duration::from_millis(DEFAULT_STORE_TIMEOUT_MS)
+        }
+        Some(ms) => Duration::from_millis(ms),
+        None => Duration::from_millis(DEFAULT_STORE_TIMEOUT_MS),
+    };
+    let key_prefix = s.key_prefix.unwrap_or_else(|| "tenantgate".into());
+    let ok = !key_prefix.is_empty()
+        && key_prefix.len() <= 32
+        && key_prefix
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_');
+    if !ok {
+        errs.push(err(
+            None,
+            "store.key_prefix",
+            Problem::BadKeyPrefix {
+                value: key_prefix.clone(),
+            },
+        ));
+    }
+    Store {
+        redis_url: s.redis_url,
+        timeout,
+        key_prefix,
+    }
+}
+
+/// Default bound on one Redis call.
+pub const DEFAULT_STORE_TIMEOUT_MS: u64 = 250;
 
 pub(crate) fn err(tenant: Option<&str>, field: &str, problem: Problem) -> ConfigError {
     ConfigError {
@@ -537,8 +611,12 @@ fn validate_tls(t: file::TlsSection, base: &Path, gw: &Gateway, errs: &mut Vec<C
                 a.max_concurrent_orders.map(|v| v as u64),
                 4,
             ) as usize,
-            retry_min: Duration::from_secs(positive("tls.acme.retry_min_secs", a.retry_min_secs, 60)),
-            retry_max: Duration::from_secs(positive("tls.acme.retry_max_secs", a.retry_max_secs, 86_400)),
+            retry_min: Duration::from_secs(
+                positive("tls.acme.retry_min_secs", a.retry_min_secs, 60).min(MAX_RETRY_SECS),
+            ),
+            retry_max: Duration::from_secs(
+                positive("tls.acme.retry_max_secs", a.retry_max_secs, 86_400).min(MAX_RETRY_SECS),
+            ),
             directory_url: a.directory_url,
             contact: a.contact,
             ca_root: a.ca_root.map(|p| path(Some(p), "")),

@@ -95,6 +95,7 @@ impl<'a> Plans<'a> {
                 max_concurrent: o.max_concurrent.or(base.max_concurrent),
                 requests_per_day: o.requests_per_day.or(base.requests_per_day),
                 requests_per_month: o.requests_per_month.or(base.requests_per_month),
+                on_store_failure: o.on_store_failure.clone().or(base.on_store_failure),
             },
             None => base,
         };
@@ -127,6 +128,20 @@ fn check(p: &PlanSection, tenant: Option<&str>, at: &str, errs: &mut Vec<ConfigE
     let max_concurrent = positive("max_concurrent", p.max_concurrent);
     let per_day = positive("requests_per_day", p.requests_per_day);
     let per_month = positive("requests_per_month", p.requests_per_month);
+    let fail_closed = match p.on_store_failure.as_deref() {
+        None | Some("open") => false,
+        Some("closed") => true,
+        Some(other) => {
+            errs.push(err(
+                tenant,
+                &format!("{at}.on_store_failure"),
+                Problem::BadStoreFailure {
+                    value: other.to_string(),
+                },
+            ));
+            false
+        }
+    };
     let rate = match (rps, burst) {
         (Some(r), Some(b)) if b < r => {
             errs.push(err(
@@ -155,6 +170,7 @@ fn check(p: &PlanSection, tenant: Option<&str>, at: &str, errs: &mut Vec<ConfigE
         per_day,
         per_month,
         timezone: TimeZone::UTC,
+        fail_closed,
     })
 }
 

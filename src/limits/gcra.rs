@@ -16,7 +16,7 @@ pub struct Rate {
 
 impl Rate {
     /// Nanoseconds between two requests at the sustained rate.
-    fn interval(self) -> u64 {
+    pub fn interval(self) -> u64 {
         1_000_000_000 / u64::from(self.per_second.max(1))
     }
 

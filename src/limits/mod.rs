@@ -36,6 +36,9 @@ pub struct Limits {
     pub per_day: Option<u64>,
     pub per_month: Option<u64>,
     pub timezone: TimeZone,
+    /// Fleet mode: refuse (503) rather than serve on local limits while the
+    /// shared store is unreachable.
+    pub fail_closed: bool,
 }
 
 impl Limits {
@@ -67,6 +70,8 @@ pub enum Violation {
     Rate,
     Day,
     Month,
+    /// Fleet mode, `on_store_failure = "closed"`: the shared store is down.
+    Store,
 }
 
 impl Violation {
@@ -77,15 +82,17 @@ impl Violation {
             Violation::Rate => "burst",
             Violation::Day => "day",
             Violation::Month => "month",
+            Violation::Store => "store",
         }
     }
 
     /// All of them, in check order.
-    pub const ALL: [Violation; 4] = [
+    pub const ALL: [Violation; 5] = [
         Violation::Concurrency,
         Violation::Rate,
         Violation::Day,
         Violation::Month,
+        Violation::Store,
     ];
 }
 
@@ -98,6 +105,14 @@ pub struct Refusal {
 }
 
 impl Refusal {
+    /// 429, or 503 when a fail-closed tenant's shared store is down.
+    pub fn status(&self) -> u16 {
+        match self.violation {
+            Violation::Store => 503,
+            _ => 429,
+        }
+    }
+
     /// The RFC 9457 `application/problem+json` body.
     pub fn problem_body(&self) -> String {
         let detail = match self.violation {
@@ -105,11 +120,16 @@ impl Refusal {
             Violation::Rate => "request rate above the tenant's plan",
             Violation::Day => "daily request quota used up",
             Violation::Month => "monthly request quota used up",
+            Violation::Store => "the shared limit store is unreachable and this tenant's limits fail closed",
+        };
+        let (kind, title) = match self.violation {
+            Violation::Store => ("limit-store-unavailable", "Service Unavailable"),
+            _ => ("rate-limited", "Too Many Requests"),
         };
         serde_json::json!({
-            "type": "tag:tenantgate,2026:rate-limited",
-            "title": "Too Many Requests",
-            "status": 429,
+            "type": format!("tag:tenantgate,2026:{kind}"),
+            "title": title,
+            "status": self.status(),
             "detail": detail,
             "policy": self.violation.as_str(),
             "retry_after": self.retry_after,
@@ -154,6 +174,12 @@ pub struct TenantState {
     gcra: Gcra,
     quotas: Mutex<Quotas>,
     dirty: AtomicBool,
+    /// Fleet mode: this replica's share of the tenant's budget.
+    lease: Mutex<fleet::Lease>,
+    /// Fleet mode: one Redis exchange at a time per tenant.
+    exchange: tokio::sync::Mutex<()>,
+    /// Fleet mode: a background refill is under way.
+    prefetching: AtomicBool,
 }
 
 /// Holds one in-flight slot of a tenant; released on drop.
@@ -173,37 +199,59 @@ pub struct Admission {
     pub header: Option<HeaderValue>,
 }
 
+/// The items of a `RateLimit` header, in one buffer.
+#[derive(Debug, Default)]
+struct Items(String);
+
+impl Items {
+    /// Adds `"<policy>";r=<remaining>` and, when given, `;t=<seconds>`.
+    fn push(&mut self, policy: &str, remaining: u64, reset_secs: Option<u64>) {
+        use std::fmt::Write;
+        if !self.0.is_empty() {
+            self.0.push_str(", ");
+        }
+        let _ = write!(self.0, "\"{policy}\";r={remaining}");
+        if let Some(t) = reset_secs {
+            let _ = write!(self.0, ";t={t}");
+        }
+    }
+
+    fn header(self) -> Option<HeaderValue> {
+        if self.0.is_empty() {
+            None
+        } else {
+            HeaderValue::from_maybe_shared(self.0).ok()
+        }
+    }
+}
+
 impl TenantState {
+    /// Takes an in-flight slot if the tenant is capped. The cap is per
+    /// replica, also in fleet mode.
+    fn slot(self: &Arc<Self>, limits: &Limits, items: &mut Items) -> Result<Option<Permit>, Refusal> {
+        let Some(max) = limits.max_concurrent else {
+            return Ok(None);
+        };
+        let before = self.inflight.fetch_add(1, Ordering::AcqRel);
+        let permit = Permit(self.clone());
+        if before >= max {
+            return Err(Refusal {
+                violation: Violation::Concurrency,
+                retry_after: 1,
+            });
+        }
+        items.push("concurrency", u64::from(max - before - 1), None);
+        Ok(Some(permit))
+    }
+
     /// Admits one request, cheapest check first: concurrency, rate, quotas.
     pub fn admit(self: &Arc<Self>, limits: &Limits, clock: &dyn Clock) -> Result<Admission, Refusal> {
-        use std::fmt::Write;
-        // One buffer for the `RateLimit` header items.
-        let mut items = String::new();
-        let sep = |items: &mut String| {
-            if !items.is_empty() {
-                items.push_str(", ");
-            }
-        };
-        let permit = match limits.max_concurrent {
-            Some(max) => {
-                let before = self.inflight.fetch_add(1, Ordering::AcqRel);
-                let permit = Permit(self.clone());
-                if before >= max {
-                    return Err(Refusal {
-                        violation: Violation::Concurrency,
-                        retry_after: 1,
-                    });
-                }
-                let _ = write!(items, "\"concurrency\";r={}", max - before - 1);
-                Some(permit)
-            }
-            None => None,
-        };
+        let mut items = Items::default();
+        let permit = self.slot(limits, &mut items)?;
         if let Some(rate) = limits.rate {
             match self.gcra.check(clock.mono_ns(), rate) {
                 RateCheck::Allowed { remaining, reset_ns } => {
-                    sep(&mut items);
-                    let _ = write!(items, "\"burst\";r={remaining};t={}", reset_ns.div_ceil(1_000_000_000));
+                    items.push("burst", u64::from(remaining), Some(reset_ns.div_ceil(1_000_000_000)));
                 }
                 RateCheck::Limited { retry_ns } => {
                     let retry_after = retry_ns.div_ceil(1_000_000_000).max(1);
@@ -227,26 +275,16 @@ impl TenantState {
                     Period::Month => &mut q.month,
                 };
                 match counter.take(period, limit, now, &limits.timezone) {
-                    Ok(remaining) => {
-                        sep(&mut items);
-                        let _ = write!(
-                            items,
-                            "\"{}\";r={remaining};t={}",
-                            period.as_str(),
-                            counter.resets_in(now)
-                        );
-                    }
+                    Ok(remaining) => items.push(period.as_str(), remaining, Some(counter.resets_in(now))),
                     Err(retry_after) => return Err(Refusal { violation, retry_after }),
                 }
             }
             self.dirty.store(true, Ordering::Release);
         }
-        let header = if items.is_empty() {
-            None
-        } else {
-            HeaderValue::from_maybe_shared(items).ok()
-        };
-        Ok(Admission { permit, header })
+        Ok(Admission {
+            permit,
+            header: items.header(),
+        })
     }
 
     /// Requests currently in flight.
@@ -267,6 +305,8 @@ pub struct Book {
     /// Counts read from the quota file, waiting for their tenant.
     stored: Mutex<HashMap<String, Quotas>>,
     file: Mutex<Option<PathBuf>>,
+    /// Set in fleet mode: rate and quotas are shared through Redis.
+    fleet: std::sync::OnceLock<Arc<fleet::Fleet>>,
 }
 
 /// Why the quota file could not be read or written.
@@ -279,6 +319,27 @@ pub enum QuotaFileError {
 }
 
 impl Book {
+    /// Shares rate and quotas through `fleet` from now on.
+    pub fn use_fleet(&self, fleet: Arc<fleet::Fleet>) {
+        let _ = self.fleet.set(fleet);
+    }
+
+    /// The fleet, in fleet mode.
+    pub fn fleet(&self) -> Option<&Arc<fleet::Fleet>> {
+        self.fleet.get()
+    }
+
+    /// The tenants whose state passes `keep` (the fleet's reconciliation
+    /// picks those with counts or leases to settle).
+    fn states_where(&self, keep: impl Fn(&TenantState) -> bool) -> Vec<(Arc<str>, Arc<TenantState>)> {
+        let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        states
+            .iter()
+            .filter(|(_, s)| keep(s))
+            .map(|(id, s)| (id.clone(), s.clone()))
+            .collect()
+    }
+
     /// Uses `path` to persist quotas, loading the counts already there.
     pub fn open(&self, path: &Path) -> Result<(), QuotaFileError> {
         *self.file.lock().unwrap_or_else(|p| p.into_inner()) = Some(path.to_path_buf());
@@ -402,6 +463,7 @@ mod tests {
             per_day: None,
             per_month: None,
             timezone: TimeZone::UTC,
+            fail_closed: false,
         }
     }
 
@@ -475,6 +537,7 @@ mod tests {
             per_day: Some(1000),
             per_month: None,
             timezone: TimeZone::UTC,
+            fail_closed: false,
         };
         assert_eq!(
             l.policy_header().as_ref().and_then(|h| h.to_str().ok()),

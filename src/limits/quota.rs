@@ -60,7 +60,7 @@ fn date_key(d: Date) -> u32 {
 
 impl Counter {
     /// Moves to the period containing `now` if it changed.
-    fn roll(&mut self, period: Period, now: Timestamp, tz: &TimeZone) {
+    pub(super) fn roll(&mut self, period: Period, now: Timestamp, tz: &TimeZone) {
         if self.ends_at != 0 && now.as_second() < self.ends_at {
             return;
         }

@@ -136,8 +136,10 @@ impl Gateway {
         Ok(None)
     }
 
-    /// Applies the tenant's limits: concurrency, rate, quotas. A refusal is
-    /// answered here with 429 and never reaches a backend.
+    /// Applies the tenant's limits: concurrency, rate, quotas (shared
+    /// through the fleet's store in fleet mode). A refusal is answered here
+    /// with 429 (503 for a fail-closed tenant whose store is down) and never
+    /// reaches a backend.
     async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx, snap: &Snapshot, m: Match) -> Result<bool> {
         let Some(tenant) = snap.tenant(m.tenant) else {
             return Ok(false);
@@ -151,7 +153,11 @@ impl Gateway {
         ) else {
             return Ok(false);
         };
-        match state.admit(limits, &SystemClock) {
+        let admitted = match self.registry.book().fleet() {
+            Some(fleet) => fleet.admit(&tenant.id, state, limits, &SystemClock).await,
+            None => state.admit(limits, &SystemClock),
+        };
+        match admitted {
             Ok(admission) => {
                 ctx.permit = admission.permit;
                 ctx.ratelimit = admission.header;
@@ -160,7 +166,7 @@ impl Gateway {
             Err(refusal) => {
                 tenant.limit_counters.reject(refusal.violation);
                 let body = refusal.problem_body();
-                respond::too_many(session, refusal.retry_after, tenant.policy_header.as_ref(), body).await?;
+                respond::limited(session, &refusal, tenant.policy_header.as_ref(), body).await?;
                 Ok(true)
             }
         }

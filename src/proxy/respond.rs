@@ -12,17 +12,18 @@ pub async fn plain(session: &mut Session, status: u16, body: impl Into<Bytes>, c
     send(session, status, body.into(), None, close).await
 }
 
-/// A 429 with `Retry-After`, the rate-limit headers and an RFC 9457 body.
-pub async fn too_many(
+/// A limit refusal (429, or 503 for a fail-closed store outage) with
+/// `Retry-After`, the rate-limit policy and an RFC 9457 body.
+pub async fn limited(
     session: &mut Session,
-    retry_after: u64,
+    refusal: &crate::limits::Refusal,
     policy: Option<&http::HeaderValue>,
     problem: String,
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(429, Some(5))?;
+    let mut resp = ResponseHeader::build(refusal.status(), Some(5))?;
     resp.insert_header(CONTENT_TYPE, "application/problem+json")?;
     resp.insert_header(CONTENT_LENGTH, problem.len())?;
-    resp.insert_header(http::header::RETRY_AFTER, retry_after)?;
+    resp.insert_header(http::header::RETRY_AFTER, refusal.retry_after)?;
     if let Some(p) = policy {
         resp.insert_header("ratelimit-policy", p.clone())?;
     }

@@ -63,9 +63,66 @@ pub struct Metrics {
     limit_rejections: IntCounterVec,
 }
 
+/// Fleet-mode metrics of the shared limit store (registered only in fleet mode).
+#[derive(Debug, Clone)]
+pub struct StoreMetrics {
+    /// 1 while Redis answers, 0 while the replica serves on local limits.
+    pub up: IntGauge,
+    /// Replicas seen in the last few seconds, this one included.
+    pub replicas: IntGauge,
+    /// Redis calls by result (ok, error, timeout).
+    calls: IntCounterVec,
+    /// Admissions decided on local limits because the store was unreachable.
+    pub fallback: IntCounter,
+}
+
+impl StoreMetrics {
+    /// Creates and registers the store metrics in `metrics`' registry.
+    pub fn register(metrics: &Metrics) -> prometheus::Result<Self> {
+        let up = IntGauge::new(
+            "tenantgate_limit_store_up",
+            "1 while the shared limit store (Redis) answers; 0 while limits are local.",
+        )?;
+        let replicas = IntGauge::new(
+            "tenantgate_limit_store_replicas",
+            "Gateway replicas sharing the limit store, as last seen.",
+        )?;
+        let calls = IntCounterVec::new(
+            Opts::new(
+                "tenantgate_limit_store_calls_total",
+                "Calls to the shared limit store, by result (ok, error, timeout).",
+            ),
+            &["result"],
+        )?;
+        let fallback = IntCounter::new(
+            "tenantgate_limit_store_fallback_requests_total",
+            "Requests admitted or refused on local limits because the limit store was unreachable.",
+        )?;
+        metrics.registry.register(Box::new(up.clone()))?;
+        metrics.registry.register(Box::new(replicas.clone()))?;
+        metrics.registry.register(Box::new(calls.clone()))?;
+        metrics.registry.register(Box::new(fallback.clone()))?;
+        for r in ["ok", "error", "timeout"] {
+            calls.with_label_values(&[r]);
+        }
+        replicas.set(1);
+        Ok(StoreMetrics {
+            up,
+            replicas,
+            calls,
+            fallback,
+        })
+    }
+
+    /// Counts one call by its result: `ok`, `error` or `timeout`.
+    pub fn call(&self, result: &'static str) {
+        self.calls.with_label_values(&[result]).inc();
+    }
+}
+
 /// Per-tenant counters of limit rejections, in `Violation::ALL` order.
 #[derive(Debug, Clone)]
-pub struct LimitCounters([IntCounter; 4]);
+pub struct LimitCounters([IntCounter; crate::limits::Violation::ALL.len()]);
 
 impl LimitCounters {
     /// Counts one refusal.

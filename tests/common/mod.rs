@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod pebble;
+pub mod redis_server;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
