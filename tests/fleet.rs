@@ -207,7 +207,9 @@ async fn with_redis_killed_replicas_serve_on_and_reconcile_counts_when_it_return
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    // More requests during the outage: local limits, still no 5xx.
+    // Once the rate leases taken before the outage have lapsed, requests run
+    // on local limits, still with no 5xx.
+    tokio::time::sleep(Duration::from_nanos(tenantgate::limits::fleet::RATE_LEASE_TTL_NS)).await;
     send(40).await;
     assert!(
         a.metric("tenantgate_limit_store_fallback_requests_total").await

@@ -46,7 +46,8 @@ const QUOTA_IDLE_NS: u64 = 1_000_000_000;
 const REPLICA_TTL_MS: u64 = 5_000;
 /// How often a replica reports itself, settles quotas and probes a down store.
 const SYNC_EVERY: Duration = Duration::from_millis(500);
-/// The largest quota lease.
+/// The largest quota lease, unless a tenth of a second of the tenant's rate
+/// is more.
 const MAX_QUOTA_LEASE: u64 = 64;
 
 /// Leases rate and quota budget for one tenant in one step.
@@ -331,7 +332,11 @@ impl Want {
             (None, None) => 0,
             (d, m) => {
                 let left = d.unwrap_or(u64::MAX).min(m.unwrap_or(u64::MAX));
-                (left / 8 / u64::from(replicas)).clamp(1, MAX_QUOTA_LEASE)
+                // A fast tenant leases a tenth of a second of its rate.
+                let cap = limits.rate.map_or(MAX_QUOTA_LEASE, |r| {
+                    u64::from(r.per_second / 10 / replicas).max(MAX_QUOTA_LEASE)
+                });
+                (left / 8 / u64::from(replicas)).clamp(1, cap)
             }
         };
         Want { rate, quota }

@@ -130,8 +130,9 @@ impl Registry {
             || config.gateway.https_listen != old.config.gateway.https_listen
             || config.gateway.threads != old.config.gateway.threads
             || config.tls.is_some() != old.config.tls.is_some()
+            || config.store != old.config.store
         {
-            tracing::warn!("listen addresses, threads and turning [tls] on or off change only on restart; the rest of the change applies");
+            tracing::warn!("listen addresses, threads, turning [tls] on or off and [store] change only on restart; the rest of the change applies");
         }
         let generation = old.generation + 1;
         let snap = Snapshot::assemble(generation, config, table, Some(&old), &self.metrics, &self.book);
