@@ -16,6 +16,7 @@ fn generous(all: bool) -> Limits {
             per_second: 1_000_000,
             burst: 1_000_000,
         }),
+        client_rate: None,
         max_concurrent: all.then_some(1_000_000),
         per_day: all.then_some(u64::MAX / 2),
         per_month: all.then_some(u64::MAX / 2),
@@ -37,7 +38,7 @@ fn admit(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter(|| {
                 i = (i + 7919) % TENANTS;
-                let admitted = states[i].admit(black_box(&limits), &SystemClock);
+                let admitted = states[i].admit(black_box(&limits), None, &SystemClock);
                 black_box(admitted.is_ok())
             })
         });

@@ -368,3 +368,19 @@ fn store_section_and_store_failure_mode_are_validated() {
     );
     assert_eq!(check(&ok).0, 0, "{}", check(&ok).1);
 }
+
+#[test]
+fn client_limits_are_validated_like_the_tenant_rate() {
+    refused(
+        &format!(
+            "{HEAD}\n[plans.p]\nclient_requests_per_second = 10\nclient_burst = 5\n\n[plans.q]\nclient_burst = 3\n\n\
+             [plans.r]\nclient_requests_per_second = -1\n{}",
+            tenant("a", "plan = \"p\"")
+        ),
+        &[
+            "plans.p.client_burst: client_burst 5 is below client_requests_per_second 10",
+            "plans.q.client_burst: client_burst is set without client_requests_per_second",
+            "plans.r.client_requests_per_second: client_requests_per_second = -1 must be a positive whole number",
+        ],
+    );
+}

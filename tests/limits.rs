@@ -45,7 +45,15 @@ struct Reply {
 }
 
 async fn get(gw: &Gateway, host: &str, path: &str) -> Reply {
-    let client = reqwest::Client::new();
+    get_from(gw, host, path, "127.0.0.1").await
+}
+
+/// Like [`get`], from the loopback address `from` (a client IP of its own).
+async fn get_from(gw: &Gateway, host: &str, path: &str, from: &str) -> Reply {
+    let client = reqwest::Client::builder()
+        .local_address(Some(from.parse().expect("ip")))
+        .build()
+        .expect("client");
     let resp = client
         .get(format!("http://{}{path}", gw.http))
         .header("host", host)
@@ -254,5 +262,38 @@ async fn overrides_beat_the_plan_and_a_reload_changes_limits_without_resetting_c
         get(&gw, "acme.example.com", "/").await.status,
         429,
         "4 + 2 = the new 6: counts were kept"
+    );
+}
+
+#[tokio::test]
+async fn one_client_cannot_use_up_the_tenants_budget() {
+    let pool = backend("shared").await;
+    let plan = "requests_per_second = 100\nburst = 100\nclient_requests_per_second = 1\nclient_burst = 2";
+    let gw = Gateway::start(&config(&pool, plan, "")).await;
+    for _ in 0..2 {
+        assert_eq!(get_from(&gw, "acme.example.com", "/", "127.0.0.1").await.status, 200);
+    }
+    let r = get_from(&gw, "acme.example.com", "/", "127.0.0.1").await;
+    assert_eq!(r.status, 429);
+    assert_eq!(header(&r, "retry-after"), "1");
+    assert!(r.body.contains("\"policy\":\"client\""), "{}", r.body);
+    assert_eq!(
+        header(&r, "ratelimit-policy"),
+        "\"burst\";q=100;w=1, \"client\";q=2;w=2"
+    );
+    // Another client of the same tenant still has its share, and the refused
+    // request took nothing from the tenant's budget: 2 of 100 are spent.
+    let other = get_from(&gw, "acme.example.com", "/", "127.0.0.2").await;
+    assert_eq!(other.status, 200);
+    assert!(
+        header(&other, "ratelimit").starts_with("\"burst\";r=97;"),
+        "{}",
+        header(&other, "ratelimit")
+    );
+    assert_eq!(pool.count(), 3, "the refused request never reached the backend");
+    assert_eq!(
+        gw.metric("tenantgate_limit_rejections_total{reason=\"client\",tenant=\"acme\"}")
+            .await,
+        1.0
     );
 }

@@ -80,10 +80,18 @@ pub enum Problem {
     UnknownPlan { plan: String },
     #[error("{field} = {value} must be a positive whole number")]
     BadLimit { field: &'static str, value: i64 },
-    #[error("burst {burst} is below requests_per_second {rate}")]
-    BurstBelowRate { burst: i64, rate: i64 },
-    #[error("burst is set without requests_per_second")]
-    BurstWithoutRate,
+    #[error("{burst_field} {burst} is below {rate_field} {rate}")]
+    BurstBelowRate {
+        burst_field: &'static str,
+        burst: i64,
+        rate_field: &'static str,
+        rate: i64,
+    },
+    #[error("{burst_field} is set without {rate_field}")]
+    BurstWithoutRate {
+        burst_field: &'static str,
+        rate_field: &'static str,
+    },
     #[error("{value:?} is not a known time zone")]
     BadTimezone { value: String },
     #[error("the tenant has no plan, and [limits] default_plan is not set")]
@@ -143,8 +151,8 @@ impl Problem {
             }
             UnknownPlan { .. } => "define it under [plans.<name>], or use plan = \"unlimited\"",
             BadLimit { .. } => "use a value of 1 or more, or remove the key for no limit",
-            BurstBelowRate { .. } => "set burst to at least requests_per_second",
-            BurstWithoutRate => "add requests_per_second, or remove burst",
+            BurstBelowRate { .. } => "set the burst to at least the rate per second",
+            BurstWithoutRate { .. } => "add the rate per second, or remove the burst",
             BadTimezone { .. } => "use an IANA time zone name such as Europe/Berlin, or remove it for UTC",
             NoPlan => "set plan = \"<name>\" (or plan = \"unlimited\" to serve it without limits), or set [limits] default_plan",
             BadStoreFailure { .. } => "use \"open\" (serve on local limits while the store is down) or \"closed\" (refuse with 503)",

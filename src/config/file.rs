@@ -86,6 +86,8 @@ pub struct PlanSection {
     pub max_concurrent: Option<i64>,
     pub requests_per_day: Option<i64>,
     pub requests_per_month: Option<i64>,
+    pub client_requests_per_second: Option<i64>,
+    pub client_burst: Option<i64>,
     pub on_store_failure: Option<String>,
 }
 

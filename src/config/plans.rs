@@ -95,6 +95,8 @@ impl<'a> Plans<'a> {
                 max_concurrent: o.max_concurrent.or(base.max_concurrent),
                 requests_per_day: o.requests_per_day.or(base.requests_per_day),
                 requests_per_month: o.requests_per_month.or(base.requests_per_month),
+                client_requests_per_second: o.client_requests_per_second.or(base.client_requests_per_second),
+                client_burst: o.client_burst.or(base.client_burst),
                 on_store_failure: o.on_store_failure.clone().or(base.on_store_failure),
             },
             None => base,
@@ -128,6 +130,8 @@ fn check(p: &PlanSection, tenant: Option<&str>, at: &str, errs: &mut Vec<ConfigE
     let max_concurrent = positive("max_concurrent", p.max_concurrent);
     let per_day = positive("requests_per_day", p.requests_per_day);
     let per_month = positive("requests_per_month", p.requests_per_month);
+    let client_rps = positive("client_requests_per_second", p.client_requests_per_second);
+    let client_burst = positive("client_burst", p.client_burst);
     let fail_closed = match p.on_store_failure.as_deref() {
         None | Some("open") => false,
         Some("closed") => true,
@@ -142,30 +146,48 @@ fn check(p: &PlanSection, tenant: Option<&str>, at: &str, errs: &mut Vec<ConfigE
             false
         }
     };
-    let rate = match (rps, burst) {
-        (Some(r), Some(b)) if b < r => {
-            errs.push(err(
-                tenant,
-                &format!("{at}.burst"),
-                Problem::BurstBelowRate {
-                    burst: b as i64,
-                    rate: r as i64,
-                },
-            ));
-            None
+    let mut rate_of = |(rate_field, rps): (&'static str, Option<u64>),
+                       (burst_field, burst): (&'static str, Option<u64>)| {
+        match (rps, burst) {
+            (Some(r), Some(b)) if b < r => {
+                errs.push(err(
+                    tenant,
+                    &format!("{at}.{burst_field}"),
+                    Problem::BurstBelowRate {
+                        burst_field,
+                        burst: b as i64,
+                        rate_field,
+                        rate: r as i64,
+                    },
+                ));
+                None
+            }
+            (Some(r), b) => Some(Rate {
+                per_second: clamp32(r),
+                burst: clamp32(b.unwrap_or(r)),
+            }),
+            (None, Some(_)) => {
+                errs.push(err(
+                    tenant,
+                    &format!("{at}.{burst_field}"),
+                    Problem::BurstWithoutRate {
+                        burst_field,
+                        rate_field,
+                    },
+                ));
+                None
+            }
+            (None, None) => None,
         }
-        (Some(r), b) => Some(Rate {
-            per_second: clamp32(r),
-            burst: clamp32(b.unwrap_or(r)),
-        }),
-        (None, Some(_)) => {
-            errs.push(err(tenant, &format!("{at}.burst"), Problem::BurstWithoutRate));
-            None
-        }
-        (None, None) => None,
     };
+    let rate = rate_of(("requests_per_second", rps), ("burst", burst));
+    let client_rate = rate_of(
+        ("client_requests_per_second", client_rps),
+        ("client_burst", client_burst),
+    );
     (errs.len() == before).then(|| Limits {
         rate,
+        client_rate,
         max_concurrent: max_concurrent.map(clamp32),
         per_day,
         per_month,

@@ -434,10 +434,12 @@ impl Fleet {
         id: &Arc<str>,
         state: &Arc<TenantState>,
         limits: &Limits,
+        client: Option<std::net::IpAddr>,
         clock: &dyn Clock,
     ) -> Result<Admission, Refusal> {
         let mut items = Items::default();
         let permit = state.slot(limits, &mut items)?;
+        state.client(limits, client)?;
         if limits.rate.is_none() && limits.per_day.is_none() && limits.per_month.is_none() {
             return Ok(Admission {
                 permit,
@@ -716,6 +718,7 @@ impl Limits {
     fn count_only() -> Limits {
         Limits {
             rate: None,
+            client_rate: None,
             max_concurrent: None,
             per_day: None,
             per_month: None,

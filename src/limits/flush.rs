@@ -1,5 +1,6 @@
 //! Writes quota counts to disk at least every second and at shutdown, so a
-//! crash loses at most about a second of counts.
+//! crash loses at most about a second of counts; every ten seconds, trims
+//! the per-client limiters so their memory stays bounded.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,11 +45,19 @@ impl BackgroundService for QuotaFlusher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let _final = FinalFlush(self.book.clone());
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut ticks = 0u64;
         loop {
             tokio::select! {
                 // `_final` flushes on return.
                 _ = shutdown.changed() => return,
-                _ = tick.tick() => self.flush().await,
+                _ = tick.tick() => {
+                    self.flush().await;
+                    ticks += 1;
+                    if ticks.is_multiple_of(10) {
+                        let book = self.book.clone();
+                        let _ = tokio::task::spawn_blocking(move || book.trim_clients()).await;
+                    }
+                }
             }
         }
     }

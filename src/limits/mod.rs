@@ -7,14 +7,17 @@
 //! from the next request, and a removed tenant's state is dropped. Quota
 //! counts are persisted to a file so a restart keeps them.
 
+mod clients;
 pub mod fleet;
 mod flush;
 mod gcra;
 mod quota;
 
+pub use clients::Clients;
 pub use flush::QuotaFlusher;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -32,6 +35,8 @@ pub use quota::{Counter, Period};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub rate: Option<Rate>,
+    /// Per client IP address, inside the tenant's rate.
+    pub client_rate: Option<Rate>,
     pub max_concurrent: Option<u32>,
     pub per_day: Option<u64>,
     pub per_month: Option<u64>,
@@ -47,6 +52,9 @@ impl Limits {
         let mut items = Vec::new();
         if let Some(r) = self.rate {
             items.push(format!("\"burst\";q={};w={}", r.burst, r.window_secs()));
+        }
+        if let Some(r) = self.client_rate {
+            items.push(format!("\"client\";q={};w={}", r.burst, r.window_secs()));
         }
         if let Some(q) = self.per_day {
             items.push(format!("\"day\";q={q};w={}", Period::Day.window_secs()));
@@ -72,6 +80,8 @@ pub enum Violation {
     Month,
     /// Fleet mode, `on_store_failure = "closed"`: the shared store is down.
     Store,
+    /// One client over its share of the tenant.
+    Client,
 }
 
 impl Violation {
@@ -83,12 +93,14 @@ impl Violation {
             Violation::Day => "day",
             Violation::Month => "month",
             Violation::Store => "store",
+            Violation::Client => "client",
         }
     }
 
     /// All of them, in check order.
-    pub const ALL: [Violation; 5] = [
+    pub const ALL: [Violation; 6] = [
         Violation::Concurrency,
+        Violation::Client,
         Violation::Rate,
         Violation::Day,
         Violation::Month,
@@ -121,6 +133,7 @@ impl Refusal {
             Violation::Day => "daily request quota used up",
             Violation::Month => "monthly request quota used up",
             Violation::Store => "the shared limit store is unreachable and this tenant's limits fail closed",
+            Violation::Client => "request rate of this client above its share of the tenant's plan",
         };
         let (kind, title) = match self.violation {
             Violation::Store => ("limit-store-unavailable", "Service Unavailable"),
@@ -180,6 +193,8 @@ pub struct TenantState {
     exchange: tokio::sync::Mutex<()>,
     /// Fleet mode: a background refill is under way.
     prefetching: AtomicBool,
+    /// The per-client limiter, when the tenant has a client limit.
+    clients: arc_swap::ArcSwapOption<Clients>,
 }
 
 /// Holds one in-flight slot of a tenant; released on drop.
@@ -244,10 +259,44 @@ impl TenantState {
         Ok(Some(permit))
     }
 
-    /// Admits one request, cheapest check first: concurrency, rate, quotas.
-    pub fn admit(self: &Arc<Self>, limits: &Limits, clock: &dyn Clock) -> Result<Admission, Refusal> {
+    /// Applies the per-client limit, when the tenant has one. A changed
+    /// client rate starts a fresh limiter.
+    fn client(&self, limits: &Limits, client: Option<IpAddr>) -> Result<(), Refusal> {
+        let (Some(rate), Some(ip)) = (limits.client_rate, client) else {
+            return Ok(());
+        };
+        let current = self.clients.load();
+        match current.as_deref() {
+            Some(c) if c.rate() == rate => c.check(ip),
+            _ => {
+                drop(current);
+                let Some(fresh) = Clients::new(rate).map(Arc::new) else {
+                    return Ok(());
+                };
+                self.clients.store(Some(fresh.clone()));
+                fresh.check(ip)
+            }
+        }
+    }
+
+    /// Trims the per-client limiter (see [`Clients::trim`]).
+    fn trim_clients(&self) {
+        if let Some(c) = self.clients.load().as_deref() {
+            c.trim();
+        }
+    }
+
+    /// Admits one request of `client`, cheapest check first: concurrency,
+    /// the client's share, the tenant's rate, quotas.
+    pub fn admit(
+        self: &Arc<Self>,
+        limits: &Limits,
+        client: Option<IpAddr>,
+        clock: &dyn Clock,
+    ) -> Result<Admission, Refusal> {
         let mut items = Items::default();
         let permit = self.slot(limits, &mut items)?;
+        self.client(limits, client)?;
         if let Some(rate) = limits.rate {
             match self.gcra.check(clock.mono_ns(), rate) {
                 RateCheck::Allowed { remaining, reset_ns } => {
@@ -400,6 +449,21 @@ impl Book {
             .retain(|id, _| keep.contains(&**id));
     }
 
+    /// Trims every tenant's per-client limiter. Blocking (walks all tenants).
+    pub fn trim_clients(&self) {
+        let states: Vec<Arc<TenantState>> = {
+            let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+            states
+                .values()
+                .filter(|s| s.clients.load().is_some())
+                .cloned()
+                .collect()
+        };
+        for s in states {
+            s.trim_clients();
+        }
+    }
+
     /// Writes the quota counts if any changed since the last flush.
     /// Blocking (file I/O).
     pub fn flush(&self) -> Result<bool, QuotaFileError> {
@@ -459,6 +523,7 @@ mod tests {
     fn limits() -> Limits {
         Limits {
             rate: None,
+            client_rate: None,
             max_concurrent: None,
             per_day: None,
             per_month: None,
@@ -471,14 +536,15 @@ mod tests {
     fn concurrency_cap_holds_and_releases_on_drop() {
         let s = Arc::new(TenantState::default());
         let l = Limits {
+            client_rate: None,
             max_concurrent: Some(2),
             ..limits()
         };
         let c = clock("2026-11-22T12:00:00Z");
-        let a = s.admit(&l, &c).expect("first");
-        let b = s.admit(&l, &c).expect("second");
+        let a = s.admit(&l, None, &c).expect("first");
+        let b = s.admit(&l, None, &c).expect("second");
         assert_eq!(
-            s.admit(&l, &c).map(|_| ()),
+            s.admit(&l, None, &c).map(|_| ()),
             Err(Refusal {
                 violation: Violation::Concurrency,
                 retry_after: 1
@@ -486,7 +552,7 @@ mod tests {
         );
         assert_eq!(s.inflight(), 2, "a refused request holds no slot");
         drop(a);
-        let c3 = s.admit(&l, &c).expect("slot freed");
+        let c3 = s.admit(&l, None, &c).expect("slot freed");
         assert_eq!(
             c3.header.as_ref().and_then(|h| h.to_str().ok()),
             Some("\"concurrency\";r=0")
@@ -506,7 +572,7 @@ mod tests {
         // 12:00 UTC = 21:00 in Tokyo: 3 hours to local midnight.
         let c = clock("2026-11-22T12:00:00Z");
         for left in [2, 1, 0] {
-            let a = s.admit(&l, &c).expect("within quota");
+            let a = s.admit(&l, None, &c).expect("within quota");
             let h = a
                 .header
                 .as_ref()
@@ -516,14 +582,14 @@ mod tests {
             assert_eq!(h, format!("\"day\";r={left};t=10800"));
         }
         assert_eq!(
-            s.admit(&l, &c).map(|_| ()),
+            s.admit(&l, None, &c).map(|_| ()),
             Err(Refusal {
                 violation: Violation::Day,
                 retry_after: 10800
             })
         );
         *c.wall.lock().unwrap_or_else(|p| p.into_inner()) = "2026-11-22T15:00:00Z".parse().expect("ts");
-        assert!(s.admit(&l, &c).is_ok(), "a new local day");
+        assert!(s.admit(&l, None, &c).is_ok(), "a new local day");
     }
 
     #[test]
@@ -533,6 +599,7 @@ mod tests {
                 per_second: 50,
                 burst: 100,
             }),
+            client_rate: None,
             max_concurrent: Some(64),
             per_day: Some(1000),
             per_month: None,
@@ -559,7 +626,7 @@ mod tests {
         let book = Book::default();
         book.open(&path).expect("open");
         for _ in 0..4 {
-            book.state(&id).admit(&l, &c).expect("admit");
+            book.state(&id).admit(&l, None, &c).expect("admit");
         }
         assert!(book.flush().expect("flush"));
         assert!(!book.flush().expect("flush"), "nothing new to write");
@@ -569,7 +636,7 @@ mod tests {
         assert_eq!(
             again
                 .state(&id)
-                .admit(&l, &c)
+                .admit(&l, None, &c)
                 .ok()
                 .and_then(|a| a.header)
                 .as_ref()

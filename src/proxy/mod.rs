@@ -153,9 +153,10 @@ impl Gateway {
         ) else {
             return Ok(false);
         };
+        let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let admitted = match self.registry.book().fleet() {
-            Some(fleet) => fleet.admit(&tenant.id, state, limits, &SystemClock).await,
-            None => state.admit(limits, &SystemClock),
+            Some(fleet) => fleet.admit(&tenant.id, state, limits, client, &SystemClock).await,
+            None => state.admit(limits, client, &SystemClock),
         };
         match admitted {
             Ok(admission) => {
