@@ -165,3 +165,29 @@ async fn sighup_reloads_when_file_watching_is_off() {
     gw.wait_status("late.example.com", 200).await;
     assert_eq!(gw.metric("tenantgate_config_generation").await, 2.0);
 }
+
+#[tokio::test]
+async fn a_request_in_flight_finishes_on_the_config_it_started_with() {
+    let p = backend("p").await;
+    let gw = Arc::new(Gateway::start(&config(&p, &["old"], true)).await);
+    let slow = {
+        let gw = gw.clone();
+        tokio::spawn(async move { gw.get("old.example.com", "/sleep/1500").await })
+    };
+    // Wait until the slow request is at the backend, then remove its tenant.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while p.count() < 1 {
+        assert!(std::time::Instant::now() < deadline, "the slow request never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gw.write_config(&config(&p, &[], true));
+    gw.wait_metric("tenantgate_config_generation", 2.0).await;
+    assert_eq!(
+        gw.get("old.example.com", "/").await.0,
+        421,
+        "new requests see the new config"
+    );
+    let (status, body) = slow.await.expect("slow request");
+    assert_eq!(status, 200, "the request in flight completes: {body}");
+    assert_eq!(Echo::parse(&body).header_all("x-tenant-id"), vec!["old"]);
+}

@@ -368,3 +368,52 @@ async fn sighup_loads_new_operator_certificates_without_a_config_change() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn an_operator_certificate_close_to_its_end_gives_way_to_a_managed_one() {
+    let shared = backend("shared").await;
+    let dedicated = backend("dedicated").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).expect("certs dir");
+    // Two days left: under the 14 days an operator certificate must cover.
+    let (short_ca, short_cert, short_key) = signed_cert_for_days(&["app.acme.com"], 2);
+    std::fs::write(certs.join("app.pem"), format!("{short_cert}{short_key}")).expect("write");
+    // A year left: served as usual.
+    let (long_ca, long_cert, long_key) = signed_cert_for_days(&["portal.globex.example"], 365);
+    std::fs::write(certs.join("portal.pem"), format!("{long_cert}{long_key}")).expect("write");
+    let gw = Gateway::start_in(dir, &config(&shared, &dedicated, "")).await;
+    let internal_root = std::fs::read(gw.dir().join("state/internal-ca/root.pem")).expect("root");
+    assert!(
+        handshake(gw.https, Some("app.acme.com"), &internal_root).await.is_ok(),
+        "the managed (internal CA) certificate replaces the expiring one"
+    );
+    assert!(handshake(gw.https, Some("app.acme.com"), short_ca.as_bytes())
+        .await
+        .is_err());
+    assert!(handshake(gw.https, Some("portal.globex.example"), long_ca.as_bytes())
+        .await
+        .is_ok());
+}
+
+#[tokio::test]
+async fn the_host_check_holds_on_the_tls_listener_after_a_reload_removes_tls() {
+    let shared = backend("shared").await;
+    let dedicated = backend("dedicated").await;
+    let template = config(&shared, &dedicated, "");
+    let gw = Gateway::start(&template).await;
+    let root = std::fs::read(gw.dir().join("state/internal-ca/root.pem")).expect("root");
+    let client = https_client(&root, &["app.acme.com"], gw.https, true);
+    gw.write_config(&template.replace("[tls]\nissuer = \"internal\"\n", ""));
+    gw.wait_metric("tenantgate_config_generation", 2.0).await;
+    // The listener keeps running until a restart; a Host of another tenant
+    // than the handshake's is still refused.
+    let resp = client
+        .get(format!("https://app.acme.com:{}/", gw.https.port()))
+        .header("host", "globex.saas.example")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 421);
+    assert_eq!(shared.count() + dedicated.count(), 0);
+}

@@ -38,7 +38,7 @@ use crate::tls::state::write_private;
 use crate::tls::CertStore;
 
 /// A certificate this close to expiry counts as "expiring" in metrics.
-const EXPIRING: Duration = Duration::from_secs(14 * 24 * 3600);
+const EXPIRING: Duration = crate::tls::store::RENEW_BEFORE;
 /// How often due work is looked for.
 const TICK: Duration = Duration::from_millis(500);
 /// How often names and operator certificates are re-read without a reload.

@@ -100,24 +100,27 @@ impl Gateway {
     }
 
     /// TLS-listener Host checks and the plain-listener redirect. `Some` when
-    /// the request was answered here.
+    /// the request was answered here. The Host check holds on the TLS
+    /// listener even after a reload removed `[tls]` (the listener keeps
+    /// running until a restart).
     async fn tls_rules(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         snap: &Snapshot,
-        tls: &crate::config::Tls,
         host: &str,
         m: Match,
     ) -> Result<Option<bool>> {
+        let tls = snap.config.tls.as_ref();
         if self.https {
-            if tls.strict_sni_host && !self.handshake_covers(session, snap, host, m) {
+            let strict = tls.is_none_or(|t| t.strict_sni_host);
+            if strict && !self.handshake_covers(session, snap, host, m) {
                 return self
                     .refuse(session, ctx, Rejection::SniMismatch, SNI_MISMATCH_BODY)
                     .await
                     .map(Some);
             }
-        } else if let Some(port) = self.https_port {
+        } else if let (Some(port), Some(tls)) = (self.https_port, tls) {
             let redirect = snap
                 .config
                 .tenants
@@ -272,10 +275,8 @@ impl ProxyHttp for Gateway {
             Err((rejection, body)) => return self.refuse(session, ctx, rejection, body).await,
         };
         ctx.route = Some(m);
-        if let Some(tls) = &snap.config.tls {
-            if let Some(done) = self.tls_rules(session, ctx, &snap, tls, &host, m).await? {
-                return Ok(done);
-            }
+        if let Some(done) = self.tls_rules(session, ctx, &snap, &host, m).await? {
+            return Ok(done);
         }
         self.admit(session, ctx, &snap, m).await
     }

@@ -245,6 +245,11 @@ impl Metrics {
         for s in ["valid", "expiring", "failed"] {
             certificates.with_label_values(&[s]);
         }
+        for kind in ["issue", "renew"] {
+            for result in ["success", "failure"] {
+                acme_orders.with_label_values(&[kind, result]);
+            }
+        }
         registry.register(Box::new(tenants.clone()))?;
         registry.register(Box::new(domains.clone()))?;
         for r in [

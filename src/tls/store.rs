@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use quick_cache::sync::Cache;
@@ -20,6 +20,11 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
 use super::certs::{CertError, Loaded};
+
+/// An operator certificate with less than this left is replaced by a
+/// managed one; a managed certificate this close to its end counts as
+/// expiring.
+pub const RENEW_BEFORE: Duration = Duration::from_secs(14 * 24 * 3600);
 use super::internal_ca::InternalCa;
 use crate::registry::Snapshot;
 use crate::routing::MatchKind;
@@ -171,13 +176,29 @@ impl CertStore {
         (count, problems)
     }
 
-    /// Whether an operator certificate covers `host`.
+    /// Whether an operator certificate covers `host` for at least
+    /// [`RENEW_BEFORE`] more: if not, the name is managed (ACME or the
+    /// internal CA) like any other.
     pub fn provided_covers(&self, host: &str) -> bool {
+        self.provided_for(host)
+            .is_some_and(|e| e.loaded.not_after > SystemTime::now() + RENEW_BEFORE)
+    }
+
+    /// The operator certificate for `host` that is valid now: exact first,
+    /// then wildcard.
+    fn provided_for(&self, host: &str) -> Option<Arc<Entry>> {
         let p = self.provided.load();
-        p.exact.contains_key(host)
-            || host
-                .split_once('.')
-                .is_some_and(|(_, parent)| p.wildcard.contains_key(parent))
+        let now = SystemTime::now();
+        let valid = |e: &&Arc<Entry>| e.loaded.not_after > now;
+        p.exact
+            .get(host)
+            .filter(valid)
+            .or_else(|| {
+                host.split_once('.')
+                    .and_then(|(_, parent)| p.wildcard.get(parent))
+                    .filter(valid)
+            })
+            .cloned()
     }
 
     /// The managed certificate name for a host matched as `kind`.
@@ -212,15 +233,15 @@ impl CertStore {
     /// Chooses the certificate for a handshake's SNI (already normalised).
     pub async fn select(self: &Arc<Self>, sni: &str, snap: &Snapshot) -> Result<Arc<Entry>, Refusal> {
         let m = snap.table.lookup(sni).ok_or(Refusal::UnknownSni)?;
+        // An operator certificate wins while it has time left; close to its
+        // end, a managed one (once issued) takes over, and it serves only
+        // while nothing else can.
+        let provided = self.provided_for(sni);
+        if let Some(e) = provided
+            .as_ref()
+            .filter(|e| e.loaded.not_after > SystemTime::now() + RENEW_BEFORE)
         {
-            let p = self.provided.load();
-            let hit = p
-                .exact
-                .get(sni)
-                .or_else(|| sni.split_once('.').and_then(|(_, parent)| p.wildcard.get(parent)));
-            if let Some(e) = hit {
-                return Ok(e.clone());
-            }
+            return Ok(e.clone());
         }
         let name = Self::managed_name(m.kind, sni);
         if let Some(e) = self.cache.get(&name) {
@@ -231,8 +252,9 @@ impl CertStore {
         }
         let store = self.clone();
         let loaded = tokio::task::spawn_blocking(move || store.load_managed(&name)).await;
-        match loaded {
-            Ok(Some(e)) => Ok(e),
+        match (loaded, provided) {
+            (Ok(Some(e)), _) => Ok(e),
+            (_, Some(p)) => Ok(p),
             _ => Err(Refusal::NoCertificate),
         }
     }

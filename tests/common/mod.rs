@@ -195,20 +195,20 @@ impl Gateway {
     }
 
     /// The value of one metric series (exact line prefix, e.g.
-    /// `tenantgate_config_generation` or `name{label="x"}`), or 0.
+    /// `tenantgate_config_generation` or `name{label="x"}`). Panics when the
+    /// series is absent, so a renamed metric fails loudly rather than
+    /// reading as 0.
     pub async fn metric(&self, series: &str) -> f64 {
         let text = self.metrics_text().await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
+        series_value(&text, series).unwrap_or_else(|| panic!("no metric series {series}:\n{text}"))
     }
 
     /// Polls until `metric(series)` reaches `at_least`, for up to 10 s.
     pub async fn wait_metric(&self, series: &str, at_least: f64) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let v = self.metric(series).await;
+            // A series may appear only with its first event.
+            let v = series_value(&self.metrics_text().await, series).unwrap_or(0.0);
             if v >= at_least {
                 return;
             }
@@ -233,6 +233,13 @@ impl Gateway {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The value of `series` in a Prometheus text exposition, if present.
+fn series_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 impl Drop for Gateway {
