@@ -9,8 +9,14 @@ COPY config ./config
 COPY benches ./benches
 RUN cargo build --release --locked && strip target/release/tenantgate
 # The shipped example binds loopback; inside a container the listeners must
-# bind all interfaces to be reachable. Mount your own config over this one.
-RUN sed -E 's/"127\.0\.0\.1:(8080|8443|9090)"/"0.0.0.0:\1"/' config/example.toml > /tmp/tenantgate.toml
+# bind all interfaces to be reachable. Relative state paths would land under
+# /etc/tenantgate, which the runtime user cannot write: the image's example
+# points them at /var/lib/tenantgate (its writable home). Mount your own
+# config over this one, with state_dir and quota_file set the same way.
+RUN sed -E -e 's/"127\.0\.0\.1:(8080|8443|9090)"/"0.0.0.0:\1"/' \
+      -e 's|state_dir = "state"|state_dir = "/var/lib/tenantgate/state"|' \
+      -e 's|quota_file = "state/quotas.json"|quota_file = "/var/lib/tenantgate/state/quotas.json"|' \
+      config/example.toml > /tmp/tenantgate.toml
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/* \

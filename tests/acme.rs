@@ -128,6 +128,19 @@ async fn a_domain_added_by_reload_gets_its_certificate_without_restart() {
     .await;
     let root = p.issuing_root_pem().await;
     wait_for_certificate(&gw, "app.acme.com", root.as_bytes(), &p).await;
+    // An SNI alone never orders: scanners cannot make the gateway issue.
+    for sni in ["shop.acme.com", "scanner.example"] {
+        assert!(handshake_full(gw.https, Some(sni), root.as_bytes()).await.is_err());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        gw.metric("tenantgate_acme_orders_total{kind=\"issue\",result=\"success\"}")
+            .await
+            + gw.metric("tenantgate_acme_orders_total{kind=\"issue\",result=\"failure\"}")
+                .await,
+        1.0,
+        "no order for an SNI the config does not name"
+    );
     gw.write_config(&config(&p, &pool, &["app.acme.com", "shop.acme.com"]));
     wait_for_certificate(&gw, "shop.acme.com", root.as_bytes(), &p).await;
     assert_eq!(
@@ -228,4 +241,48 @@ async fn a_ca_that_forgot_the_account_gets_a_new_registration() {
     let root = p.issuing_root_pem().await;
     wait_for_certificate(&gw, "after.acme.com", root.as_bytes(), &p).await;
     assert!(gw.log().contains("registering again"), "{}", gw.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_removed_from_the_config_is_no_longer_renewed() {
+    // 24 s certificates: renewal is due after about two thirds of that.
+    let (p, http) = pebble(24).await;
+    let pool = backend("pool").await;
+    let gw = Gateway::start_with_http(
+        tempfile::tempdir().expect("dir"),
+        &config(&p, &pool, &["app.acme.com", "old.acme.com"]),
+        http,
+    )
+    .await;
+    let root = p.issuing_root_pem().await;
+    let first = wait_for_certificate(&gw, "app.acme.com", root.as_bytes(), &p).await;
+    wait_for_certificate(&gw, "old.acme.com", root.as_bytes(), &p).await;
+    let stored = gw.dir().join("state/certs/old.acme.com.pem");
+    let before = std::fs::read(&stored).expect("stored certificate of old.acme.com");
+    gw.write_config(&config(&p, &pool, &["app.acme.com"]));
+    gw.wait_metric("tenantgate_config_generation", 2.0).await;
+    // app.acme.com is renewed; old.acme.com, issued at the same time, is not.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let (_, leaf) = handshake_full(gw.https, Some("app.acme.com"), root.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("handshake failed: {e}\n{}", gw.log()));
+        if leaf != first {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no renewal within 40 s\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        std::fs::read(&stored).expect("still stored"),
+        before,
+        "old.acme.com was renewed"
+    );
+    assert!(
+        handshake_full(gw.https, Some("old.acme.com"), root.as_bytes())
+            .await
+            .is_err(),
+        "a removed domain is not served either"
+    );
 }

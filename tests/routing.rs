@@ -461,8 +461,8 @@ async fn a_broken_reused_connection_is_retried_on_a_fresh_one_to_the_same_upstre
 
 #[tokio::test]
 async fn request_and_response_bodies_stream_through_without_buffering() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::oneshot;
     // A raw backend that needs the proxy to stream both ways: it signals the
     // first request chunk before the client sends the rest, and holds the
