@@ -201,7 +201,7 @@ fn tenant_ids_subdomains_and_pools_are_checked() {
     refused(
         &text,
         &[
-            r#"tenant id "dup" is used 2 times"#,
+            r#"tenant "dup": tenants[0].id, tenants[1].id: tenant id "dup" is used 2 times"#,
             r#"subdomain "one" is claimed by tenants "dup", "x""#,
             r#"tenant "y": tenants[3].subdomain: subdomain "www" is reserved"#,
             r#""Bad Id" is not a valid tenant id"#,

@@ -275,7 +275,8 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
     }
 
     let reserved: HashSet<&str> = gateway.reserved_subdomains.iter().map(String::as_str).collect();
-    let mut ids: HashMap<String, usize> = HashMap::with_capacity(file.tenants.len());
+    // Positions of each id, to name every copy of a duplicate.
+    let mut ids: HashMap<String, Vec<usize>> = HashMap::with_capacity(file.tenants.len());
     let mut tenants = Vec::with_capacity(file.tenants.len());
     for (i, t) in file.tenants.into_iter().enumerate() {
         let tenant = Some(t.id.as_str());
@@ -286,7 +287,7 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
                 Problem::BadTenantId { value: t.id.clone() },
             ));
         }
-        *ids.entry(t.id.clone()).or_default() += 1;
+        ids.entry(t.id.clone()).or_default().push(i);
 
         let subdomain = t.subdomain.as_deref().and_then(|s| {
             let field = format!("tenants[{i}].subdomain");
@@ -358,14 +359,18 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
             limits,
         });
     }
-    for (id, count) in ids {
-        if count > 1 {
-            errs.push(err(
-                Some(&id),
-                "tenants[].id",
-                Problem::DuplicateTenantId { id: id.clone(), count },
-            ));
-        }
+    let mut duplicates: Vec<(String, Vec<usize>)> = ids.into_iter().filter(|(_, at)| at.len() > 1).collect();
+    duplicates.sort_by_key(|(_, at)| at[0]);
+    for (id, at) in duplicates {
+        let fields: Vec<String> = at.iter().map(|i| format!("tenants[{i}].id")).collect();
+        errs.push(err(
+            Some(&id),
+            &fields.join(", "),
+            Problem::DuplicateTenantId {
+                id: id.clone(),
+                count: at.len(),
+            },
+        ));
     }
     (
         Config {
