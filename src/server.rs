@@ -45,7 +45,9 @@ pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
 
     let conf = ServerConf {
         threads: gw.threads,
-        grace_period_seconds: Some(0),
+        // SIGTERM: stop accepting, let requests in flight finish for this
+        // long, then exit (SIGINT exits at once).
+        grace_period_seconds: Some(gw.shutdown_grace.as_secs()),
         graceful_shutdown_timeout_seconds: Some(5),
         ..ServerConf::default()
     };

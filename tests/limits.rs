@@ -206,12 +206,7 @@ async fn quota_counts_survive_a_restart() {
         assert_eq!(get(&gw, "acme.example.com", "/").await.status, 200);
     }
     // A graceful stop (SIGTERM) flushes at once.
-    let pid = gw.pid().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false));
+    gw.signal("TERM");
     let quota_file = gw.dir().join("state/quotas.json");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !std::fs::read_to_string(&quota_file)

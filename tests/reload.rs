@@ -158,10 +158,7 @@ async fn sighup_reloads_when_file_watching_is_off() {
         421,
         "no reload without a signal"
     );
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &gw.pid().to_string()])
-        .status();
-    assert!(status.map(|s| s.success()).unwrap_or(false), "kill -HUP");
+    gw.signal("HUP");
     gw.wait_status("late.example.com", 200).await;
     assert_eq!(gw.metric("tenantgate_config_generation").await, 2.0);
 }

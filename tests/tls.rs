@@ -353,11 +353,7 @@ async fn sighup_loads_new_operator_certificates_without_a_config_change() {
     let certs = gw.dir().join("certs");
     std::fs::create_dir_all(&certs).expect("certs dir");
     std::fs::write(certs.join("acme.pem"), format!("{cert}{key}")).expect("write");
-    assert!(std::process::Command::new("kill")
-        .args(["-HUP", &gw.pid().to_string()])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false));
+    gw.signal("HUP");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while handshake(gw.https, Some("app.acme.com"), ca.as_bytes()).await.is_err() {
         assert!(

@@ -103,6 +103,8 @@ pub struct Gateway {
     pub threads: usize,
     /// Reload when the config file changes (SIGHUP always reloads).
     pub watch_config: bool,
+    /// On SIGTERM: how long requests in flight may finish before exit.
+    pub shutdown_grace: Duration,
 }
 
 /// Upstream timeouts.
@@ -577,6 +579,7 @@ fn validate_gateway(g: file::GatewaySection, errs: &mut Vec<ConfigError>) -> Gat
         upstream_down,
         threads,
         watch_config: g.watch_config.unwrap_or(true),
+        shutdown_grace: Duration::from_secs(g.shutdown_grace_secs.unwrap_or(5).min(3600)),
     }
 }
 

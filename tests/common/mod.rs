@@ -140,6 +140,28 @@ impl Gateway {
         self.child.id()
     }
 
+    /// Sends `signal` (e.g. `"TERM"`, `"HUP"`) to the gateway.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{signal} failed");
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit status.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
     /// Replaces the config file atomically (write + rename), as editors and
     /// deploy tools do.
     pub fn write_config(&self, template: &str) {
