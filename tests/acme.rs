@@ -286,3 +286,39 @@ async fn a_domain_removed_from_the_config_is_no_longer_renewed() {
         "a removed domain is not served either"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_run_at_most_max_concurrent_orders_at_a_time() {
+    let (p, http) = pebble(3600).await;
+    let pool = backend("pool").await;
+    let names = ["a.acme.com", "b.acme.com", "c.acme.com"];
+    let template = config(&p, &pool, &names).replace(
+        "retry_max_secs = 2\n",
+        "retry_max_secs = 2\nmax_concurrent_orders = 1\n",
+    );
+    let gw = Gateway::start_with_http(tempfile::tempdir().expect("dir"), &template, http).await;
+    let (mut most, mut seen_running) = (0.0f64, false);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while gw
+        .metric("tenantgate_acme_orders_total{kind=\"issue\",result=\"success\"}")
+        .await
+        < 3.0
+    {
+        let running = gw.metric("tenantgate_acme_orders_in_flight").await;
+        most = most.max(running);
+        seen_running |= running > 0.0;
+        assert!(
+            Instant::now() < deadline,
+            "three certificates not issued in 60 s\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(seen_running, "an order was seen running");
+    assert_eq!(most, 1.0, "never more than one order at a time");
+    let root = p.issuing_root_pem().await;
+    for name in names {
+        wait_for_certificate(&gw, name, root.as_bytes(), &p).await;
+    }
+    assert_eq!(gw.metric("tenantgate_acme_orders_in_flight").await, 0.0);
+}

@@ -384,9 +384,12 @@ impl BackgroundService for CertManager {
                         challenges: self.challenges.clone(),
                     };
                     let (order, p, tx) = (next_order, p.clone(), done_tx.clone());
+                    let running = self.metrics.acme_orders_in_flight.clone();
                     tokio::spawn(async move {
                         let _permit = p.acquire_owned().await;
+                        running.inc();
                         let outcome = ctx.run(&name, renewal).await;
+                        running.dec();
                         let _ = tx.send(Done {
                             name,
                             order,

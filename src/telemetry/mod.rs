@@ -60,6 +60,8 @@ pub struct Metrics {
     /// Certificates by state: valid, expiring (within 14 days), failed.
     pub certificates: prometheus::IntGaugeVec,
     acme_orders: IntCounterVec,
+    /// ACME orders running now (bounded by `max_concurrent_orders`).
+    pub acme_orders_in_flight: IntGauge,
     limit_rejections: IntCounterVec,
 }
 
@@ -231,6 +233,11 @@ impl Metrics {
             ),
             &["kind", "result"],
         )?;
+        let acme_orders_in_flight = IntGauge::new(
+            "tenantgate_acme_orders_in_flight",
+            "ACME orders running now (at most max_concurrent_orders).",
+        )?;
+        registry.register(Box::new(acme_orders_in_flight.clone()))?;
         let limit_rejections = IntCounterVec::new(
             Opts::new(
                 "tenantgate_limit_rejections_total",
@@ -278,6 +285,7 @@ impl Metrics {
             handshakes,
             certificates,
             acme_orders,
+            acme_orders_in_flight,
             limit_rejections,
         })
     }
