@@ -288,7 +288,7 @@ async fn a_domain_removed_from_the_config_is_no_longer_renewed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orders_run_at_most_max_concurrent_orders_at_a_time() {
+async fn orders_run_at_most_max_concurrent_orders_at_a_time_and_a_reload_aborts_none() {
     let (p, http) = pebble(3600).await;
     let pool = backend("pool").await;
     let names = ["a.acme.com", "b.acme.com", "c.acme.com"];
@@ -297,27 +297,34 @@ async fn orders_run_at_most_max_concurrent_orders_at_a_time() {
         "retry_max_secs = 2\nmax_concurrent_orders = 1\n",
     );
     let gw = Gateway::start_with_http(tempfile::tempdir().expect("dir"), &template, http).await;
-    let (mut most, mut seen_running) = (0.0f64, false);
+    let (mut most, mut reloaded) = (0.0f64, false);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while gw
-        .metric("tenantgate_acme_orders_total{kind=\"issue\",result=\"success\"}")
-        .await
-        < 3.0
-    {
+    let issued = "tenantgate_acme_orders_total{kind=\"issue\",result=\"success\"}";
+    while gw.metric(issued).await < 4.0 {
         let running = gw.metric("tenantgate_acme_orders_in_flight").await;
         most = most.max(running);
-        seen_running |= running > 0.0;
+        if running > 0.0 && !reloaded {
+            // A reload while an order runs (adding a name) aborts nothing.
+            gw.write_config(&template.replace("\"c.acme.com\"", "\"c.acme.com\", \"d.acme.com\""));
+            reloaded = true;
+        }
         assert!(
             Instant::now() < deadline,
-            "three certificates not issued in 60 s\n{}",
+            "four certificates not issued in 60 s\n{}",
             gw.log()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(seen_running, "an order was seen running");
+    assert!(reloaded, "an order was seen running");
     assert_eq!(most, 1.0, "never more than one order at a time");
+    let failed = "tenantgate_acme_orders_total{kind=\"issue\",result=\"failure\"}";
+    assert_eq!(
+        gw.metric(failed).await,
+        0.0,
+        "no order failed or was cut short by the reload"
+    );
     let root = p.issuing_root_pem().await;
-    for name in names {
+    for name in names.iter().chain(&["d.acme.com"]) {
         wait_for_certificate(&gw, name, root.as_bytes(), &p).await;
     }
     assert_eq!(gw.metric("tenantgate_acme_orders_in_flight").await, 0.0);
