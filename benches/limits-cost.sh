@@ -22,6 +22,7 @@ write_config() { # $1 = file, $2 = plan line
 [gateway]
 http_listen = "127.0.0.1:18180"
 threads = 2
+shutdown_grace_secs = 0
 [telemetry]
 access_log = false
 [plans.generous]

@@ -21,6 +21,7 @@ cat > "$WORK/bench.toml" <<TOML
 http_listen = "127.0.0.1:18080"
 https_listen = "127.0.0.1:18443"
 threads = ${THREADS:-2}
+shutdown_grace_secs = 0
 
 [telemetry]
 access_log = false

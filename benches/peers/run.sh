@@ -277,6 +277,7 @@ EOF
 [gateway]
 http_listen = "127.0.0.1:$P_TG"
 threads = 2
+shutdown_grace_secs = 0
 
 [telemetry]
 access_log = false
