@@ -161,6 +161,7 @@ async fn sighup_reloads_when_file_watching_is_off() {
     gw.signal("HUP");
     gw.wait_status("late.example.com", 200).await;
     assert_eq!(gw.metric("tenantgate_config_generation").await, 2.0);
+    assert!(gw.metric("tenantgate_config_last_reload_duration_seconds").await > 0.0);
 }
 
 #[tokio::test]

@@ -88,7 +88,10 @@ impl Registry {
     /// Blocking (file I/O and CPU work): call it from a blocking thread.
     pub fn reload(&self) -> Result<ReloadOutcome, LoadError> {
         let mut live_text = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let started = std::time::Instant::now();
         let result = self.reload_locked(&mut live_text);
+        let took = started.elapsed();
+        self.metrics.config_last_reload_duration.set(took.as_secs_f64());
         match &result {
             // The file matches the running config again (e.g. a refused
             // edit was reverted), so the last state is healthy.
@@ -104,6 +107,7 @@ impl Registry {
                     generation,
                     tenants_added = changes.added,
                     tenants_removed = changes.removed,
+                    duration_ms = took.as_secs_f64() * 1e3,
                     "config reloaded"
                 );
             }

@@ -54,6 +54,8 @@ pub struct Metrics {
     reloads: IntCounterVec,
     pub config_last_reload_success: IntGauge,
     pub config_last_reload_timestamp: Gauge,
+    /// Seconds the last reload attempt took (read, parse, validate, build, swap).
+    pub config_last_reload_duration: Gauge,
     pub tenants: IntGauge,
     pub domains: IntGauge,
     handshakes: IntCounterVec,
@@ -212,6 +214,11 @@ impl Metrics {
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(config_last_reload_success.clone()))?;
         registry.register(Box::new(config_last_reload_timestamp.clone()))?;
+        let config_last_reload_duration = Gauge::new(
+            "tenantgate_config_last_reload_duration_seconds",
+            "Time the last reload attempt took: read, parse, validate, build and swap.",
+        )?;
+        registry.register(Box::new(config_last_reload_duration.clone()))?;
         let handshakes = IntCounterVec::new(
             Opts::new(
                 "tenantgate_tls_handshakes_total",
@@ -280,6 +287,7 @@ impl Metrics {
             reloads,
             config_last_reload_success,
             config_last_reload_timestamp,
+            config_last_reload_duration,
             tenants,
             domains,
             handshakes,
