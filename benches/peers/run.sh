@@ -15,6 +15,14 @@
 #   --no-install     do not apt-get install missing tools
 #   --no-build       use the existing target/release/tenantgate
 #   --keep           keep the temp dir (configs, logs, wrk output) and print its path
+#   --no-tls         skip the TLS scenarios (new handshakes, HTTP/2 over TLS)
+#
+# Scenarios: HTTP/1.1 keep-alive with Host rotating over every tenant, through
+# nginx, HAProxy, tenantgate, tenantgate with a generous plan on every tenant
+# (limits on, nothing refused), and direct to a backend (the ceiling); then,
+# unless --no-tls, per proxy: new full TLS handshakes per second (ECDSA P-256,
+# no session resumption; openssl s_time) and HTTP/2 over TLS (h2load,
+# 64 connections x 10 streams, one tenant host).
 #
 # Needs Linux, 2+ CPUs, root for the package install (Debian/Ubuntu: nginx,
 # haproxy, wrk, nghttp2-client). Every process is started here, on 127.0.0.1,
@@ -25,7 +33,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 HERE="$ROOT/benches/peers"
 
-RUNS=3 DURATION=10 WARMUP=2 CONNS=64 TENANTS=10000 QUICK=0 INSTALL=1 BUILD=1 KEEP=0 OUT=""
+RUNS=3 DURATION=10 WARMUP=2 CONNS=64 TENANTS=10000 QUICK=0 INSTALL=1 BUILD=1 KEEP=0 OUT="" TLS=1
 SET_RUNS="" SET_DURATION="" SET_WARMUP=""
 WRK_THREADS=2
 
@@ -45,6 +53,7 @@ while [ $# -gt 0 ]; do
     --no-install) INSTALL=0 ;;
     --no-build) BUILD=0 ;;
     --keep) KEEP=1 ;;
+    --no-tls) TLS=0 ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
@@ -69,6 +78,7 @@ command -v haproxy >/dev/null || need+=(haproxy)
 command -v wrk >/dev/null || need+=(wrk)
 command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   [ "$INSTALL" = 1 ] || die "missing: ${need[*]} (run without --no-install, or install them)"
   [ "$(id -u)" = 0 ] || die "missing: ${need[*]}; run as root to apt-get install them"
@@ -95,7 +105,7 @@ if [ "$BUILD" = 1 ]; then
   log "cargo build --release"
   (cd "$ROOT" && cargo build --release) >&2
 fi
-BIN="$ROOT/target/release/tenantgate"
+BIN="${TENANTGATE_BIN:-$ROOT/target/release/tenantgate}"
 [ -x "$BIN" ] || die "$BIN not found (build it or drop --no-build)"
 
 # ---------------------------------------------------------------- processes
@@ -121,8 +131,8 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Five free ports below the ephemeral range (so no client socket takes them).
-read -r P_A P_B P_NGINX P_HAPROXY P_TG < <(python3 - <<'PY'
+# Free ports below the ephemeral range (so no client socket takes them).
+read -r P_A P_B P_NGINX P_HAPROXY P_TG P_TGL P_NGINX_TLS P_HAPROXY_TLS P_TG_TLS < <(python3 - <<'PY'
 import random, socket
 held, ports = [], []
 for port in random.sample(range(20000, 32000), 400):
@@ -134,12 +144,12 @@ for port in random.sample(range(20000, 32000), 400):
         continue
     held.append(s)
     ports.append(port)
-    if len(ports) == 5:
+    if len(ports) == 9:
         break
 print(*ports)
 PY
 )
-[ -n "${P_TG:-}" ] || die "could not find 5 free ports"
+[ -n "${P_TG_TLS:-}" ] || die "could not find 9 free ports"
 
 descendants() { # PID and all its descendants
   local p=$1 c
@@ -180,6 +190,21 @@ head -n 1 "$WORK/hosts.txt" >"$WORK/host-one.txt"
 LAST_HOST="$(tail -n 1 "$WORK/hosts.txt")"
 LAST_POOL=$([ $((TENANTS % 2)) = 1 ] && echo a || echo b)
 
+# One ECDSA P-256 certificate for *.example.test, from a throwaway CA, for
+# every proxy's TLS listener.
+mkdir -p "$WORK/tls"
+openssl ecparam -name prime256v1 -genkey -noout -out "$WORK/tls/ca.key" 2>/dev/null
+openssl req -x509 -new -key "$WORK/tls/ca.key" -subj "/CN=peers bench CA" -days 2 -out "$WORK/tls/ca.pem" 2>/dev/null
+openssl ecparam -name prime256v1 -genkey -noout -out "$WORK/tls/leaf.key" 2>/dev/null
+openssl req -new -key "$WORK/tls/leaf.key" -subj "/CN=*.example.test" -out "$WORK/tls/leaf.csr" 2>/dev/null
+printf 'subjectAltName=DNS:*.example.test\n' >"$WORK/tls/san.ext"
+openssl x509 -req -in "$WORK/tls/leaf.csr" -CA "$WORK/tls/ca.pem" -CAkey "$WORK/tls/ca.key" -CAcreateserial \
+  -days 2 -extfile "$WORK/tls/san.ext" -out "$WORK/tls/leaf.pem" 2>/dev/null
+cat "$WORK/tls/leaf.pem" "$WORK/tls/leaf.key" >"$WORK/tls/haproxy.pem"
+mkdir -p "$WORK/tg-certs"
+cat "$WORK/tls/leaf.pem" "$WORK/tls/leaf.key" >"$WORK/tg-certs/wildcard.pem"
+chmod -R a+rX "$WORK/tls"
+
 # nginx
 mkdir -p "$WORK/nginx/tmp"
 NGINX_USER=""
@@ -218,7 +243,13 @@ EOF
 
     server {
         listen 127.0.0.1:$P_NGINX default_server;
+        listen 127.0.0.1:$P_NGINX_TLS ssl http2 default_server;
         server_name _;
+        ssl_certificate $WORK/tls/leaf.pem;
+        ssl_certificate_key $WORK/tls/leaf.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache off;
+        ssl_session_tickets off;
         location / {
             if (\$backend = "") { return 421; }
             proxy_pass http://\$backend;
@@ -241,6 +272,7 @@ cat >"$WORK/haproxy.cfg" <<EOF
 global
     nbthread 2
     maxconn 4096
+    tune.ssl.cachesize 0
 
 defaults
     mode http
@@ -253,6 +285,7 @@ defaults
 
 frontend fe
     bind 127.0.0.1:$P_HAPROXY
+    bind 127.0.0.1:$P_HAPROXY_TLS ssl crt $WORK/tls/haproxy.pem alpn h2,http/1.1 no-tls-tickets ssl-min-ver TLSv1.2
     option forwardfor
     http-request set-header X-Forwarded-Proto http
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
@@ -271,16 +304,20 @@ backend be_unknown
     http-request return status 421 content-type text/plain string "unknown host"
 EOF
 
-# tenantgate
-{
+# tenantgate: the plain one (with the TLS listener: the operator certificate
+# for *.example.test, no ACME, no redirect), and one with a generous plan on
+# every tenant (every limit on, nothing refused).
+tenantgate_config() { # http_port extra_gateway_lines extra_sections
   cat <<EOF
 [gateway]
-http_listen = "127.0.0.1:$P_TG"
+http_listen = "127.0.0.1:$1"
 threads = 2
 shutdown_grace_secs = 0
+$2
 
 [telemetry]
 access_log = false
+$3
 
 [pools.a]
 upstreams = ["127.0.0.1:$P_A"]
@@ -289,12 +326,31 @@ upstreams = ["127.0.0.1:$P_A"]
 upstreams = ["127.0.0.1:$P_B"]
 EOF
   awk '{ printf "\n[[tenants]]\nid = \"%s\"\ndomains = [\"%s\"]\npool = \"%s\"\n", substr($0, 1, 6), $0, (NR % 2 ? "a" : "b") }' "$WORK/hosts.txt"
-} >"$WORK/tenantgate.toml"
+}
+tenantgate_config "$P_TG" "https_listen = \"127.0.0.1:$P_TG_TLS\"" "
+[tls]
+issuer = \"none\"
+certs_dir = \"$WORK/tg-certs\"
+state_dir = \"$WORK/tg-state\"
+default_sni = \"t00001.example.test\"
+redirect_http = false" >"$WORK/tenantgate.toml"
+tenantgate_config "$P_TGL" "" "
+[limits]
+default_plan = \"generous\"
+quota_file = \"$WORK/tg-quotas.json\"
+
+[plans.generous]
+requests_per_second = 1000000
+burst = 1000000
+max_concurrent = 100000
+requests_per_day = 1000000000
+requests_per_month = 10000000000" >"$WORK/tenantgate-limits.toml"
 
 log "checking configs ($TENANTS tenants)"
 nginx -t -q -p "$WORK/nginx/" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx.log" >&2 || { cat "$WORK/nginx.log" >&2; die "nginx config refused"; }
 haproxy -c -q -f "$WORK/haproxy.cfg" >&2 || die "haproxy config refused"
 "$BIN" check "$WORK/tenantgate.toml" >/dev/null || die "tenantgate config refused"
+"$BIN" check "$WORK/tenantgate-limits.toml" >/dev/null || die "tenantgate (limits) config refused"
 
 # ---------------------------------------------------------------- start
 log "starting backends a :$P_A, b :$P_B; nginx :$P_NGINX, haproxy :$P_HAPROXY, tenantgate :$P_TG"
@@ -308,23 +364,30 @@ haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
 PID_HAPROXY=$!; PIDS+=("$PID_HAPROXY")
 "$BIN" serve --config "$WORK/tenantgate.toml" >"$WORK/tenantgate.log" 2>&1 &
 PID_TG=$!; PIDS+=("$PID_TG")
+"$BIN" serve --config "$WORK/tenantgate-limits.toml" >"$WORK/tenantgate-limits.log" 2>&1 &
+PID_TGL=$!; PIDS+=("$PID_TGL")
 
 wait_port "$P_A" "$PID_A" backend-a
 wait_port "$P_B" "$PID_B" backend-b
 wait_port "$P_NGINX" "$PID_NGINX" nginx
 wait_port "$P_HAPROXY" "$PID_HAPROXY" haproxy
 wait_port "$P_TG" "$PID_TG" tenantgate
+wait_port "$P_TG_TLS" "$PID_TG" tenantgate
+wait_port "$P_TGL" "$PID_TGL" tenantgate-limits
 # nginx workers: wait until both are forked, and stop them on exit too.
 for _ in $(seq 1 100); do [ "$(pgrep -c -P "$PID_NGINX" || true)" -ge 2 ] && break; sleep 0.05; done
 for p in $(pgrep -P "$PID_NGINX" || true); do PIDS+=("$p"); done
 
-TARGETS=(nginx haproxy tenantgate direct)
-declare -A PORT=([nginx]=$P_NGINX [haproxy]=$P_HAPROXY [tenantgate]=$P_TG [direct]=$P_A)
-declare -A PID=([nginx]=$PID_NGINX [haproxy]=$PID_HAPROXY [tenantgate]=$PID_TG)
-declare -A HOSTS=([nginx]="$WORK/hosts.txt" [haproxy]="$WORK/hosts.txt" [tenantgate]="$WORK/hosts.txt" [direct]="$WORK/host-one.txt")
-declare -A LABEL=([nginx]=nginx [haproxy]=haproxy [tenantgate]=tenantgate [direct]="backend a, direct")
+TARGETS=(nginx haproxy tenantgate tglimits direct)
+PROXIES=(nginx haproxy tenantgate tglimits)
+declare -A PORT=([nginx]=$P_NGINX [haproxy]=$P_HAPROXY [tenantgate]=$P_TG [tglimits]=$P_TGL [direct]=$P_A)
+declare -A TLS_PORT=([nginx]=$P_NGINX_TLS [haproxy]=$P_HAPROXY_TLS [tenantgate]=$P_TG_TLS)
+declare -A PID=([nginx]=$PID_NGINX [haproxy]=$PID_HAPROXY [tenantgate]=$PID_TG [tglimits]=$PID_TGL)
+declare -A HOSTS=([nginx]="$WORK/hosts.txt" [haproxy]="$WORK/hosts.txt" [tenantgate]="$WORK/hosts.txt" [tglimits]="$WORK/hosts.txt" [direct]="$WORK/host-one.txt")
+declare -A LABEL=([nginx]=nginx [haproxy]=haproxy [tenantgate]=tenantgate [tglimits]="tenantgate, limits on" [direct]="backend a, direct")
 declare -A SCENARIO=([nginx]="proxy, Host over $TENANTS tenants" [haproxy]="proxy, Host over $TENANTS tenants"
-  [tenantgate]="proxy, Host over $TENANTS tenants" [direct]="no proxy (ceiling), fixed Host")
+  [tenantgate]="proxy, Host over $TENANTS tenants" [tglimits]="proxy, Host over $TENANTS tenants, generous plan"
+  [direct]="no proxy (ceiling), fixed Host")
 
 # ---------------------------------------------------------------- parity
 log "functional parity"
@@ -349,24 +412,37 @@ expect_status() { # target host want
     parity_fail=1
   fi
 }
-for t in nginx haproxy tenantgate; do
+for t in "${PROXIES[@]}"; do
   expect_backend "$t" t00001.example.test a
   expect_backend "$t" t00002.example.test b
   expect_backend "$t" "$LAST_HOST" "$LAST_POOL"
   expect_backend "$t" T00001.Example.TEST:8080 a
   expect_status "$t" unknown.example.test 421
 done
+if [ "$TLS" = 1 ]; then
+  for t in nginx haproxy tenantgate; do
+    body="$(curl -s --max-time 5 --http2 --cacert "$WORK/tls/ca.pem" --resolve "t00002.example.test:${TLS_PORT[$t]}:127.0.0.1" \
+      -w ' %{http_version}' "https://t00002.example.test:${TLS_PORT[$t]}/" || true)"
+    if [[ "$body" == *'"backend":"b"'*' 2' ]]; then
+      printf '   %-10s HTTPS h2 t00002.example.test      -> backend b  ok\n' "$t" >&2
+    else
+      printf '   %-10s HTTPS h2 t00002.example.test      -> want backend b over h2, got: %.120s  FAIL\n' "$t" "$body" >&2
+      parity_fail=1
+    fi
+  done
+fi
 [ "$parity_fail" = 0 ] || { echo "run.sh: functional parity failed; not measuring" >&2; exit 1; }
+
 
 # ---------------------------------------------------------------- load
 declare -A IDLE_RSS IDLE_PSS
-for t in nginx haproxy tenantgate; do
+for t in "${PROXIES[@]}"; do
   pids=$(descendants "${PID[$t]}")
   # shellcheck disable=SC2086
   IDLE_RSS[$t]=$(rss_kb $pids); IDLE_PSS[$t]=$(pss_kb $pids)
 done
 : >"$WORK/idle.tsv"
-for t in nginx haproxy tenantgate; do
+for t in "${PROXIES[@]}"; do
   printf '%s\t%s\t%s\n' "${LABEL[$t]}" "${IDLE_RSS[$t]}" "${IDLE_PSS[$t]}" >>"$WORK/idle.tsv"
 done
 printf '%s\t-\t-\n' "${LABEL[direct]}" >>"$WORK/idle.tsv"
@@ -420,17 +496,61 @@ for run in $(seq 1 "$RUNS"); do
     grep -E "Requests/sec|Non-2xx|Socket errors" "$logf" | sed 's/^/   /' >&2 || true
   done
 done
-for t in nginx haproxy tenantgate; do
+# ---------------------------------------------------------------- TLS
+# Per run and proxy: new full handshakes (2 openssl s_time clients, no
+# resumption, no SNI: every proxy serves its one certificate) and HTTP/2
+# over TLS (h2load). Proxies interleaved like the HTTP runs.
+: >"$WORK/tls.tsv"
+if [ "$TLS" = 1 ]; then
+  for run in $(seq 1 "$RUNS"); do
+    for t in nginx haproxy tenantgate; do
+      ppids=$(descendants "${PID[$t]}")
+      log "run $run/$RUNS: ${LABEL[$t]} new TLS handshakes (${DURATION}s)"
+      # shellcheck disable=SC2086
+      p0=$(cpu_ticks $ppids)
+      for i in 1 2; do
+        openssl s_time -connect "127.0.0.1:${TLS_PORT[$t]}" -new -time "$DURATION" >"$WORK/st-$t-$run-$i.log" 2>&1 &
+        ST[$i]=$!
+      done
+      wait "${ST[1]}" "${ST[2]}" || true
+      # shellcheck disable=SC2086
+      p1=$(cpu_ticks $ppids)
+      conns=$(grep -h "connections in" "$WORK"/st-"$t"-"$run"-*.log | awk '{s += $1} END {print s + 0}')
+      printf '%s\thandshakes\t%s\t%s\t%s\t%s\t0\n' "$t" "$run" "$conns" "$((p1 - p0))" "$DURATION" >>"$WORK/tls.tsv"
+      log "   $conns handshakes"
+      log "run $run/$RUNS: ${LABEL[$t]} HTTP/2 over TLS (${DURATION}s, 64 connections x 10 streams)"
+      # shellcheck disable=SC2086
+      p0=$(cpu_ticks $ppids)
+      h2load -c 64 -m 10 -t "$WRK_THREADS" -D "$DURATION" -H ':authority: t00001.example.test' \
+        "https://127.0.0.1:${TLS_PORT[$t]}/" >"$WORK/h2-$t-$run.log" 2>&1 || true
+      # shellcheck disable=SC2086
+      p1=$(cpu_ticks $ppids)
+      ok=$(awk '/^status codes:/ {gsub(",", "", $3); print $3 + 0}' "$WORK/h2-$t-$run.log")
+      bad=$(awk '/^status codes:/ {gsub(",", "", $5); gsub(",", "", $7); gsub(",", "", $9); print $5 + $7 + $9}' "$WORK/h2-$t-$run.log")
+      errored=$(awk '/^requests:/ {for (i = 1; i < NF; i++) if ($(i + 1) ~ /^errored/) print $i + 0}' "$WORK/h2-$t-$run.log")
+      printf '%s\th2\t%s\t%s\t%s\t%s\t%s\n' "$t" "$run" "${ok:-0}" "$((p1 - p0))" "$DURATION" "$(( ${bad:-0} + ${errored:-0} ))" >>"$WORK/tls.tsv"
+      log "   ${ok:-0} 2xx, $(( ${bad:-0} + ${errored:-0} )) not 2xx or errored"
+    done
+  done
+fi
+
+for t in "${PROXIES[@]}"; do
   kill -0 "${PID[$t]}" 2>/dev/null || { echo "run.sh: $t died during the load" >&2; exit 1; }
 done
+
 
 # ---------------------------------------------------------------- report
 CLK_TCK=$(getconf CLK_TCK)
 check_rc=0
 python3 "$HERE/summarize.py" --clk-tck "$CLK_TCK" "$WORK/runs.tsv" "$WORK/idle.tsv" >"$WORK/table.md" 2>"$WORK/check.txt" || check_rc=$?
+: >"$WORK/tls.md"
+if [ -s "$WORK/tls.tsv" ]; then
+  python3 "$HERE/summarize.py" --tls --clk-tck "$CLK_TCK" "$WORK/tls.tsv" >"$WORK/tls.md" 2>>"$WORK/check.txt" || check_rc=1
+fi
 echo
 cat "$WORK/table.md"
 echo
+if [ -s "$WORK/tls.md" ]; then cat "$WORK/tls.md"; echo; fi
 
 if [ -n "$OUT" ]; then
   mkdir -p "$(dirname "$OUT")"
@@ -454,6 +574,14 @@ if [ -n "$OUT" ]; then
     echo
     cat "$WORK/table.md"
     echo
+    if [ -s "$WORK/tls.md" ]; then
+      echo "TLS, the same proxies ($RUNS runs × ${DURATION} s each, interleaved): new full handshakes from 2 \`openssl s_time -new\` clients"
+      echo "(ECDSA P-256, TLS 1.3, no session resumption), and HTTP/2 over TLS from \`h2load -c 64 -m 10\` on one tenant host."
+      echo "Server CPU is the proxy's utime+stime over the run divided by the handshakes or requests."
+      echo
+      cat "$WORK/tls.md"
+      echo
+    fi
     echo "Per run (machine_idle_% and steal_%: whole machine, all CPUs, from /proc/stat over the run;"
     echo "steal is time the hypervisor gave to other guests; both high or varying mean a noisy run):"
     echo
@@ -472,4 +600,4 @@ if [ "$check_rc" != 0 ]; then
   echo "run.sh: FAILED: some target had errors (see above)" >&2
   exit 1
 fi
-if [ "$QUICK" = 1 ]; then echo "quick check: ok (every target answered 2xx, no socket errors)"; fi
+if [ "$QUICK" = 1 ]; then echo "quick check: ok (every target answered 2xx, no socket errors; TLS handshakes and HTTP/2 requests completed)"; fi

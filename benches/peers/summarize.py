@@ -7,7 +7,11 @@ Input (tab-separated, written by run.sh):
   idle.tsv  target  rss_idle_kb  pss_idle_kb
 Targets appear in the table in the order of their first line in runs.tsv.
 
+  tls.tsv   target  handshakes|h2  run  count  proxy_cpu_ticks  seconds  failed   (with --tls)
+
 Prints the table on stdout. With --raw, prints one line per run instead.
+With --tls, summarises tls.tsv: per proxy, new handshakes and HTTP/2
+requests per second and server CPU per handshake or request.
 Exit status 1 if any target answered no request, or any run saw non-2xx/3xx
 responses or socket errors (wrk's "Non-2xx or 3xx responses" and
 "Socket errors" lines); the reasons go to stderr.
@@ -65,13 +69,47 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
+def tls_table(path, clk_tck):
+    """The TLS table; exit status 1 if a run failed requests or completed none."""
+    runs, order = {}, []
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            target, kind, _run, count, ticks, secs, failed = line.rstrip("\n").split("\t")
+            key = (target, kind)
+            if key not in runs:
+                order.append(key)
+                runs[key] = []
+            runs[key].append((int(count), int(ticks), float(secs), int(failed)))
+    label = {"handshakes": "new TLS handshakes", "h2": "HTTP/2 over TLS requests"}
+    print("| target | scenario | per second (median) | per second (min–max) | server CPU µs each (median) | failed |")
+    print("|---|---|--:|--:|--:|--:|")
+    problems = []
+    for target, kind in order:
+        rs = runs[(target, kind)]
+        rates = [c / s for c, _, s, _ in rs]
+        cpu = [t / clk_tck * 1e6 / c for c, t, _, _ in rs if c > 0]
+        failed = sum(f for *_, f in rs)
+        print(f"| {target} | {label[kind]} | {fmt(median(rates), 0)} | {fmt(min(rates), 0)}–{fmt(max(rates), 0)} "
+              f"| {fmt(median(cpu), 1)} | {failed} |")
+        if failed or any(c == 0 for c, *_ in rs):
+            problems.append(f"{target}: {label[kind]}: {failed} failed, or a run completed none")
+    for p in problems:
+        print(f"FAIL: {p}", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("runs")
-    ap.add_argument("idle")
+    ap.add_argument("idle", nargs="?")
     ap.add_argument("--clk-tck", type=int, default=100)
     ap.add_argument("--raw", action="store_true")
+    ap.add_argument("--tls", action="store_true", help="summarise tls.tsv (given as RUNS)")
     args = ap.parse_args()
+    if args.tls:
+        return tls_table(args.runs, args.clk_tck)
 
     order, rows, scenario = [], {}, {}
     with open(args.runs) as f:
