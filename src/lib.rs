@@ -15,3 +15,25 @@ pub mod routing;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+
+/// Keeps the process off transparent huge pages. mimalloc (the binary's
+/// allocator, see `main.rs`) asks for them with `madvise`, and each touched
+/// 2 MiB region then stays resident: about 10 MB more RSS at 10,000 tenants.
+/// Call first thing in `main`.
+pub fn no_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE only sets a flag on this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
+/// Returns the heap pages freed so far (config parsing leaves many) to the
+/// operating system. Called once after start-up.
+pub fn release_free_memory() {
+    // SAFETY: mi_collect only frees mimalloc's own unused pages; malloc_trim
+    // does the same for the rest of glibc's heap (C libraries).
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
+        libc::malloc_trim(0);
+    }
+}

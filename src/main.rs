@@ -8,6 +8,14 @@ use tenantgate::config::{self, generate, Source};
 use tenantgate::registry::Snapshot;
 use tenantgate::{demo, server};
 
+/// mimalloc instead of glibc's malloc. The proxy path allocates and frees
+/// many small blocks and one large future per request, on two threads:
+/// glibc spent about a sixth of the gateway's CPU there (fastbin
+/// consolidation, chunk unlinking) and took arena locks (futex calls).
+/// See benches/results/perf-notes-2026-11-22.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "tenantgate", version, about = "Edge gateway for multi-tenant SaaS platforms")]
 struct Cli {
@@ -49,6 +57,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    tenantgate::no_huge_pages();
     // One crypto provider for every rustls user in the process (the TLS
     // listener and the ACME client), whatever features other crates enable.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

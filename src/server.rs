@@ -37,8 +37,7 @@ pub enum StartError {
 pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
     let metrics = Arc::new(Metrics::new()?);
     let registry = Arc::new(Registry::load(source, metrics.clone())?);
-    // SAFETY: malloc_trim only returns free heap pages (left by parsing) to the OS.
-    unsafe { libc::malloc_trim(0) };
+    crate::release_free_memory();
     let snap = registry.snapshot();
     let gw = &snap.config.gateway;
     telemetry::init_logging(snap.config.telemetry.log_format);

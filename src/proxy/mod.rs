@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use http::HeaderValue;
+use pingora_core::modules::http::HttpModules;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::RequestHeader;
@@ -227,12 +228,18 @@ pub struct RequestCtx {
     permit: Option<Permit>,
     /// The `RateLimit` header for the response.
     ratelimit: Option<HeaderValue>,
+    /// The request id sent to the backend, kept only for the access log.
     request_id: Option<HeaderValue>,
 }
 
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
+
+    /// No downstream modules. pingora's default adds response compression
+    /// at level 0, which does nothing but costs a module context and two
+    /// boxed futures per request.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
@@ -249,8 +256,10 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let snap = self.registry.snapshot();
-        ctx.snapshot = Some(snap.clone());
+        // A guard for this hook, and one reference for the request's life:
+        // one shared atomic increment instead of two.
+        let snap = self.registry.snapshot_guard();
+        ctx.snapshot = Some(Arc::clone(&snap));
         if !self.https {
             if let Some(token) = session.req_header().uri.path().strip_prefix(ACME_CHALLENGE_PREFIX) {
                 let token = token.to_string();
@@ -258,9 +267,7 @@ impl ProxyHttp for Gateway {
             }
         }
         let host = match authority::authority(session.req_header(), session.is_http2()) {
-            Ok(a) => routing::request_host(a)
-                .map(|h| h.into_owned())
-                .map_err(unresolved_body),
+            Ok(a) => routing::request_host(a).map_err(unresolved_body),
             Err(e) => Err(bad_authority_body(e)),
         };
         let resolved = host.and_then(|h| {
@@ -268,15 +275,20 @@ impl ProxyHttp for Gateway {
                 .table
                 .lookup(&h)
                 .ok_or((Rejection::UnknownHost, UNKNOWN_HOST_BODY))?;
-            Ok((h, m))
+            // Only the TLS rules need the name past this point: no copy
+            // otherwise. They hold on the TLS listener even after a reload
+            // removed [tls].
+            Ok(((self.https || snap.config.tls.is_some()).then(|| h.into_owned()), m))
         });
         let (host, m) = match resolved {
             Ok(r) => r,
             Err((rejection, body)) => return self.refuse(session, ctx, rejection, body).await,
         };
         ctx.route = Some(m);
-        if let Some(done) = self.tls_rules(session, ctx, &snap, &host, m).await? {
-            return Ok(done);
+        if let Some(host) = &host {
+            if let Some(done) = self.tls_rules(session, ctx, &snap, host, m).await? {
+                return Ok(done);
+            }
         }
         self.admit(session, ctx, &snap, m).await
     }
@@ -369,12 +381,13 @@ impl ProxyHttp for Gateway {
             authority,
             https: self.https,
         };
-        ctx.request_id = Some(forward::rewrite(
+        ctx.request_id = forward::rewrite(
             upstream_request,
             &snap.config.gateway,
             &tenant.header_value,
             &origin,
-        )?);
+            snap.config.telemetry.access_log,
+        )?;
         Ok(())
     }
 

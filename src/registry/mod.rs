@@ -69,6 +69,12 @@ impl Registry {
         self.live.load_full()
     }
 
+    /// The live snapshot, borrowed: no shared atomic write in the common
+    /// case. For use within one request hook; take an `Arc` to keep it.
+    pub fn snapshot_guard(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.live.load()
+    }
+
     /// Limiter state by tenant id.
     pub fn book(&self) -> &Arc<Book> {
         &self.book
