@@ -48,6 +48,7 @@ pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
         // long, then exit (SIGINT exits at once).
         grace_period_seconds: Some(gw.shutdown_grace.as_secs()),
         graceful_shutdown_timeout_seconds: Some(5),
+        upstream_keepalive_pool_size: 1024,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

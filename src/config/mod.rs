@@ -553,7 +553,7 @@ fn validate_gateway(g: file::GatewaySection, errs: &mut Vec<ConfigError>) -> Gat
         }
     };
     let timeouts = Timeouts {
-        connect: ms("gateway.connect_timeout_ms", g.connect_timeout_ms, 1_000),
+        connect: ms("gateway.connect_timeout_ms", g.connect_timeout_ms, 3_000),
         read: ms("gateway.read_timeout_ms", g.read_timeout_ms, 30_000),
         write: ms("gateway.write_timeout_ms", g.write_timeout_ms, 30_000),
         idle: ms("gateway.upstream_idle_timeout_ms", g.upstream_idle_timeout_ms, 60_000),

@@ -27,9 +27,7 @@ pub async fn limited(
     if let Some(p) = policy {
         resp.insert_header("ratelimit-policy", p.clone())?;
     }
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(Bytes::from(problem)), true).await?;
-    Ok(())
+    write(session, resp, Bytes::from(problem)).await
 }
 
 /// A 308 to `location`.
@@ -55,7 +53,19 @@ async fn send(session: &mut Session, status: u16, body: Bytes, location: Option<
         resp.insert_header(CONNECTION, "close")?;
         session.set_keepalive(None);
     }
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await?;
-    Ok(())
+    write(session, resp, body).await
+}
+
+/// Writes a whole response. A failure here means the client went away (or
+/// reset the stream), so it is marked as the downstream's: the proxy keeps it
+/// out of the error log.
+async fn write(session: &mut Session, resp: ResponseHeader, body: Bytes) -> Result<()> {
+    session
+        .write_response_header(Box::new(resp), false)
+        .await
+        .map_err(|e| e.into_down())?;
+    session
+        .write_response_body(Some(body), true)
+        .await
+        .map_err(|e| e.into_down())
 }
