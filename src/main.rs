@@ -88,7 +88,7 @@ fn run(source: Source) -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    let result = config::read(path).and_then(|text| Snapshot::compile(path, &text));
+    let result = config::Texts::read(path).and_then(|texts| Snapshot::compile_texts(path, &texts));
     match result {
         Ok((config, table)) => {
             println!(

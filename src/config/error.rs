@@ -88,6 +88,14 @@ pub enum Problem {
     BadTimezone { value: String },
     #[error("the tenant has no plan, and [limits] default_plan is not set")]
     NoPlan,
+    #[error("token hash {value:?} is not 64 hex digits")]
+    BadTokenHash { value: String },
+    #[error("token scope {value:?} is neither \"operator\" nor \"tenant:<id>\"")]
+    BadTokenScope { value: String },
+    #[error("token name {name:?} is used twice")]
+    DuplicateTokenName { name: String },
+    #[error("tenant file {file} holds tenant {id:?}")]
+    TenantFileName { file: String, id: String },
     #[error("pool {pool:?} is not defined")]
     UnknownPool { pool: String },
     #[error("pool {pool:?} has no upstreams")]
@@ -141,6 +149,10 @@ impl Problem {
             BurstWithoutRate => "add requests_per_second, or remove burst",
             BadTimezone { .. } => "use an IANA time zone name such as Europe/Berlin, or remove it for UTC",
             NoPlan => "set plan = \"<name>\" (or plan = \"unlimited\" to serve it without limits), or set [limits] default_plan",
+            BadTokenHash { .. } => "store the SHA-256 of the token as hex: printf %s \"$TOKEN\" | sha256sum",
+            BadTokenScope { .. } => "use scope = \"operator\" or scope = \"tenant:<tenant id>\"",
+            DuplicateTokenName { .. } => "give each token its own name; the audit log records it",
+            TenantFileName { .. } => "name the file <tenant id>.toml",
             UnknownPool { .. } => "define it under [pools.<name>] or point the tenant at an existing pool",
             EmptyPool { .. } => "list at least one upstream, such as upstreams = [\"127.0.0.1:9001\"]",
         }

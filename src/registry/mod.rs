@@ -8,6 +8,7 @@
 
 mod snapshot;
 mod watch;
+mod write;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -16,9 +17,11 @@ use arc_swap::ArcSwap;
 
 pub use snapshot::{problems, Changes, Snapshot, Tenant};
 pub use watch::ConfigWatcher;
+pub use write::{TenantEdit, WriteError, Written};
 
-use crate::config::{LoadError, Source};
+use crate::config::{Config, LoadError, Source, Texts};
 use crate::limits::Book;
+use crate::routing::DomainTable;
 use crate::telemetry::Metrics;
 
 /// What a reload did.
@@ -35,8 +38,10 @@ pub struct Registry {
     source: Source,
     live: ArcSwap<Snapshot>,
     metrics: Arc<Metrics>,
-    /// Serialises writers and remembers the live text.
-    writer: Mutex<String>,
+    /// Serialises writers (reloads and admin writes).
+    writer: Mutex<()>,
+    /// The text of the live config (main file and tenant files).
+    texts: ArcSwap<Texts>,
     /// The live generation, for services that follow reloads.
     generation: tokio::sync::watch::Sender<u64>,
     /// Limiter state by tenant id, outside the snapshot.
@@ -46,8 +51,8 @@ pub struct Registry {
 impl Registry {
     /// Loads the first snapshot. Fails if the config is invalid.
     pub fn load(source: Source, metrics: Arc<Metrics>) -> Result<Registry, LoadError> {
-        let text = source.text()?;
-        let (config, table) = Snapshot::compile(&source.path(), &text)?;
+        let texts = source.texts()?;
+        let (config, table) = Snapshot::compile_texts(&source.path(), &texts)?;
         let book = Arc::new(Book::default());
         open_quota_file(&book, &config.quota_file);
         let snap = Snapshot::assemble(1, config, table, None, &metrics, &book);
@@ -58,7 +63,8 @@ impl Registry {
             source,
             live: ArcSwap::from_pointee(snap),
             metrics,
-            writer: Mutex::new(text),
+            writer: Mutex::new(()),
+            texts: ArcSwap::from_pointee(texts),
             generation,
             book,
         })
@@ -79,6 +85,11 @@ impl Registry {
         self.generation.subscribe()
     }
 
+    /// The text of the live config.
+    pub fn texts(&self) -> Arc<Texts> {
+        self.texts.load_full()
+    }
+
     /// Where the config comes from.
     pub fn source(&self) -> &Source {
         &self.source
@@ -87,8 +98,8 @@ impl Registry {
     /// Re-reads the source and swaps in a new snapshot if it is valid.
     /// Blocking (file I/O and CPU work): call it from a blocking thread.
     pub fn reload(&self) -> Result<ReloadOutcome, LoadError> {
-        let mut live_text = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let result = self.reload_locked(&mut live_text);
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.reload_locked();
         match &result {
             // The file matches the running config again (e.g. a refused
             // edit was reverted), so the last state is healthy.
@@ -113,12 +124,18 @@ impl Registry {
         result
     }
 
-    fn reload_locked(&self, live_text: &mut String) -> Result<ReloadOutcome, LoadError> {
-        let text = self.source.text()?;
-        if text == *live_text {
+    fn reload_locked(&self) -> Result<ReloadOutcome, LoadError> {
+        let texts = self.source.texts()?;
+        if texts == **self.texts.load() {
             return Ok(ReloadOutcome::Unchanged);
         }
-        let (config, table) = Snapshot::compile(&self.source.path(), &text)?;
+        let (config, table) = Snapshot::compile_texts(&self.source.path(), &texts)?;
+        let (generation, changes) = self.install(texts, config, table);
+        Ok(ReloadOutcome::Applied { generation, changes })
+    }
+
+    /// Swaps in a compiled config. Call with the writer lock held.
+    fn install(&self, texts: Texts, config: Config, table: DomainTable) -> (u64, Changes) {
         let old = self.live.load_full();
         if config.gateway.http_listen != old.config.gateway.http_listen
             || config.gateway.metrics_listen != old.config.gateway.metrics_listen
@@ -140,9 +157,9 @@ impl Registry {
         let changes = self.forget_removed(&old, &snap);
         publish_gauges(&self.metrics, &snap);
         self.live.store(Arc::new(snap));
-        *live_text = text;
+        self.texts.store(Arc::new(texts));
         self.generation.send_replace(generation);
-        Ok(ReloadOutcome::Applied { generation, changes })
+        (generation, changes)
     }
 
     /// Drops metric series of tenants and pools that are gone.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
-use crate::config::{self, Config, ConfigError, LoadError, PoolId};
+use crate::config::{self, Config, ConfigError, LoadError, PoolId, Texts};
 use crate::limits::{Book, TenantState};
 use crate::proxy::pool::{Pool, Upstream};
 use crate::routing::{DomainTable, TenantIdx};
@@ -43,8 +43,23 @@ impl Snapshot {
     /// not just the first. `path` is only used in messages.
     pub fn compile(path: &std::path::Path, text: &str) -> Result<(Config, DomainTable), LoadError> {
         let file = config::parse(path, text)?;
+        Self::compile_file(path, file, Vec::new())
+    }
+
+    /// Like [`Snapshot::compile`], for the main file and its tenant files.
+    pub fn compile_texts(path: &std::path::Path, texts: &Texts) -> Result<(Config, DomainTable), LoadError> {
+        let (file, errors) = texts.parse(path)?;
+        Self::compile_file(path, file, errors)
+    }
+
+    fn compile_file(
+        path: &std::path::Path,
+        file: config::file::File,
+        earlier: Vec<ConfigError>,
+    ) -> Result<(Config, DomainTable), LoadError> {
         let base = path.parent().unwrap_or(std::path::Path::new("."));
         let (config, mut errors) = config::validate(file, base);
+        errors.extend(earlier);
         let (table, conflicts) = DomainTable::build(&config);
         errors.extend(conflicts);
         if errors.is_empty() {

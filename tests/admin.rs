@@ -1,0 +1,395 @@
+//! The admin API against the real binary: auth and scopes, problem bodies,
+//! writes that route before the response returns, concurrency, persistence
+//! as tenant files, and hand edits.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{backend, Echo, Gateway};
+use serde_json::{json, Value};
+use tenantgate::admin::auth::hash_hex;
+use tenantgate::demo::EchoBackend;
+
+const OPS: &str = "ops-secret-0123456789";
+const ACME: &str = "acme-secret-0123456789";
+
+fn config(p: &EchoBackend, q: &EchoBackend) -> String {
+    format!(
+        r#"
+[gateway]
+http_listen = "{{http}}"
+metrics_listen = "{{metrics}}"
+admin_listen = "{{admin}}"
+base_domains = ["saas.example"]
+
+[pools.p]
+upstreams = ["{}"]
+
+[pools.q]
+upstreams = ["{}"]
+
+[[admin.tokens]]
+name = "ops"
+scope = "operator"
+sha256 = "{}"
+
+[[admin.tokens]]
+name = "acme-admin"
+scope = "tenant:acme"
+sha256 = "{}"
+
+[[tenants]]
+id = "stable"
+subdomain = "stable"
+domains = ["stable.example.com"]
+pool = "p"
+"#,
+        p.addr,
+        q.addr,
+        hash_hex(OPS),
+        hash_hex(ACME)
+    )
+}
+
+async fn start() -> (Gateway, EchoBackend, EchoBackend) {
+    let (p, q) = (backend("p").await, backend("q").await);
+    let gw = Gateway::start(&config(&p, &q)).await;
+    (gw, p, q)
+}
+
+/// The tenant routed for `host`, by a real proxied request.
+async fn routed(gw: &Gateway, host: &str) -> (u16, Option<String>, String) {
+    let (status, body) = gw.get(host, "/").await;
+    if status == 200 {
+        let e = Echo::parse(&body);
+        (status, e.header("x-tenant-id"), e.backend().to_string())
+    } else {
+        (status, None, String::new())
+    }
+}
+
+async fn put(gw: &Gateway, token: &str, id: &str, body: Value) -> common::AdminResponse {
+    gw.admin_call("PUT", &format!("/v1/tenants/{id}"), Some(token), Some(&body), &[])
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_routes_on_the_first_request_after_it_returns() {
+    let (gw, _p, _q) = start().await;
+    assert_eq!(routed(&gw, "app.acme.com").await.0, 421);
+    let r = put(
+        &gw,
+        OPS,
+        "acme",
+        json!({"domains": ["app.acme.com"], "subdomain": "acme", "pool": "q"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    assert_eq!(
+        r.json,
+        json!({"id": "acme", "subdomain": "acme", "domains": ["app.acme.com"], "pool": "q", "source": "file"})
+    );
+    assert!(r.etag.is_some());
+    assert_eq!(
+        routed(&gw, "app.acme.com").await,
+        (200, Some("acme".into()), "q".into())
+    );
+    assert_eq!(routed(&gw, "acme.saas.example").await.1.as_deref(), Some("acme"));
+
+    let d = gw
+        .admin_call("GET", "/v1/domains/App.Acme.com.", Some(OPS), None, &[])
+        .await;
+    assert_eq!(d.status, 200);
+    assert_eq!(d.json["tenant"], "acme");
+    assert_eq!(d.json["match"], "exact");
+
+    let list = gw.admin_call("GET", "/v1/tenants?limit=1", Some(OPS), None, &[]).await;
+    assert_eq!(list.json["tenants"], json!([{"id": "stable", "pool": "p"}]));
+    assert_eq!(list.json["total"], 2);
+    assert_eq!(list.json["next_offset"], 1);
+    let list = gw
+        .admin_call("GET", "/v1/tenants?offset=1&limit=5", Some(OPS), None, &[])
+        .await;
+    assert_eq!(list.json["tenants"], json!([{"id": "acme", "pool": "q"}]));
+    assert_eq!(list.json["next_offset"], Value::Null);
+
+    let del = gw.admin_call("DELETE", "/v1/tenants/acme", Some(OPS), None, &[]).await;
+    assert_eq!(del.status, 204);
+    assert_eq!(routed(&gw, "app.acme.com").await.0, 421);
+    assert!(!gw.dir().join("tenants/acme.toml").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_scopes() {
+    let (gw, _p, _q) = start().await;
+    let unauthorized = json!({
+        "type": "tag:tenantgate,2026:unauthorized",
+        "title": "Unauthorized",
+        "status": 401,
+        "detail": "send a valid token as Authorization: Bearer <token>",
+    });
+    for token in [None, Some("wrong-token")] {
+        let r = gw.admin_call("GET", "/v1/tenants", token, None, &[]).await;
+        assert_eq!(r.status, 401);
+        assert_eq!(r.content_type.as_deref(), Some("application/problem+json"));
+        assert_eq!(r.json, unauthorized);
+    }
+    // Health needs no token.
+    assert_eq!(gw.admin_call("GET", "/healthz", None, None, &[]).await.status, 200);
+    assert_eq!(
+        gw.admin_call("GET", "/readyz", None, None, &[]).await.json["generation"],
+        1
+    );
+
+    // The operator creates acme; its tenant token may then edit its domains only.
+    let r = put(&gw, OPS, "acme", json!({"domains": ["app.acme.com"], "pool": "p"})).await;
+    assert_eq!(r.status, 201);
+    let forbidden = |detail: &str| json!({"type": "tag:tenantgate,2026:forbidden", "title": "Forbidden", "status": 403, "detail": detail});
+    let r = gw.admin_call("GET", "/v1/tenants/stable", Some(ACME), None, &[]).await;
+    assert_eq!(
+        (r.status, r.json),
+        (403, forbidden("this token may only touch its own tenant"))
+    );
+    let r = gw.admin_call("GET", "/v1/tenants", Some(ACME), None, &[]).await;
+    assert_eq!((r.status, r.json), (403, forbidden("this needs an operator token")));
+    let r = put(&gw, ACME, "stable", json!({"pool": "p"})).await;
+    assert_eq!(r.status, 403);
+    let r = put(&gw, ACME, "acme", json!({"domains": ["app.acme.com"], "pool": "q"})).await;
+    assert_eq!(
+        (r.status, r.json),
+        (403, forbidden("a tenant token may change domains, subdomain and redirect_https only; pool, plan, limits and timezone are the operator's"))
+    );
+    let r = gw.admin_call("DELETE", "/v1/tenants/acme", Some(ACME), None, &[]).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(routed(&gw, "app.acme.com").await.2, "p");
+
+    let r = put(
+        &gw,
+        ACME,
+        "acme",
+        json!({"domains": ["app.acme.com", "www.acme.com"], "pool": "p"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    assert_eq!(routed(&gw, "www.acme.com").await.1.as_deref(), Some("acme"));
+    let r = gw.admin_call("GET", "/v1/tenants/acme", Some(ACME), None, &[]).await;
+    assert_eq!(r.status, 200);
+    // A tenant token cannot create a tenant, even its own id elsewhere.
+    assert!(
+        !gw.log().contains(OPS) && !gw.log().contains(ACME),
+        "a token was logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_and_conflicting_writes_change_nothing() {
+    let (gw, _p, _q) = start().await;
+    let r = put(
+        &gw,
+        OPS,
+        "bad",
+        json!({"domains": ["*.github.io", "ok.example.net"], "subdomain": "www", "pool": "nope"}),
+    )
+    .await;
+    assert_eq!(r.status, 422);
+    assert_eq!(r.content_type.as_deref(), Some("application/problem+json"));
+    assert_eq!(
+        r.json,
+        json!({
+            "type": "tag:tenantgate,2026:invalid",
+            "title": "Unprocessable Entity",
+            "status": 422,
+            "detail": "3 problem(s); nothing was applied",
+            "errors": [
+                {"tenant": "bad", "field": "tenants[1].subdomain", "problem": "subdomain \"www\" is reserved",
+                 "fix": "pick another subdomain, or change [gateway] reserved_subdomains"},
+                {"tenant": "bad", "field": "tenants[1].domains[0]",
+                 "problem": "*.github.io is at or above a public suffix (github.io): it would cover domains nobody here owns",
+                 "fix": "claim a registrable domain (such as acme.com) or a name below it"},
+                {"tenant": "bad", "field": "tenants[1].pool", "problem": "pool \"nope\" is not defined",
+                 "fix": "define it under [pools.<name>] or point the tenant at an existing pool"},
+            ],
+        })
+    );
+    assert_eq!(routed(&gw, "ok.example.net").await.0, 421);
+    assert!(!gw.dir().join("tenants/bad.toml").exists());
+
+    let r = put(
+        &gw,
+        OPS,
+        "thief",
+        json!({"domains": ["Stable.Example.com."], "pool": "p"}),
+    )
+    .await;
+    assert_eq!(r.status, 409);
+    assert_eq!(
+        r.json,
+        json!({
+            "type": "tag:tenantgate,2026:conflict",
+            "title": "Conflict",
+            "status": 409,
+            "detail": "domain stable.example.com is claimed by tenants \"stable\", \"thief\"",
+            "owners": ["stable"],
+            "errors": [
+                {"tenant": null, "field": "tenants[0].domains[0] and tenants[1].domains[0]",
+                 "problem": "domain stable.example.com is claimed by tenants \"stable\", \"thief\"",
+                 "fix": "keep the name on exactly one tenant"},
+            ],
+        })
+    );
+    assert_eq!(routed(&gw, "stable.example.com").await.1.as_deref(), Some("stable"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_if_match_is_refused() {
+    let (gw, _p, _q) = start().await;
+    let first = put(&gw, OPS, "acme", json!({"domains": ["app.acme.com"], "pool": "p"})).await;
+    let v1 = first.etag.clone().expect("etag");
+    let got = gw.admin_call("GET", "/v1/tenants/acme", Some(OPS), None, &[]).await;
+    assert_eq!(got.etag.as_deref(), Some(v1.as_str()));
+
+    let body = json!({"domains": ["app.acme.com"], "pool": "q"});
+    let r = gw
+        .admin_call("PUT", "/v1/tenants/acme", Some(OPS), Some(&body), &[("if-match", &v1)])
+        .await;
+    assert_eq!(r.status, 200);
+    let v2 = r.etag.clone().expect("etag");
+    assert_ne!(v1, v2);
+
+    let stale = json!({"domains": ["app.acme.com"], "pool": "p"});
+    let r = gw
+        .admin_call("PUT", "/v1/tenants/acme", Some(OPS), Some(&stale), &[("if-match", &v1)])
+        .await;
+    assert_eq!(r.status, 412);
+    assert_eq!(
+        r.json,
+        json!({
+            "type": "tag:tenantgate,2026:stale",
+            "title": "Precondition Failed",
+            "status": 412,
+            "detail": "the tenant changed since you read it; GET it again and retry with the new ETag",
+            "current_etag": v2,
+        })
+    );
+    let r = gw
+        .admin_call("DELETE", "/v1/tenants/acme", Some(OPS), None, &[("if-match", &v1)])
+        .await;
+    assert_eq!(r.status, 412);
+    assert_eq!(routed(&gw, "app.acme.com").await.2, "q");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers() {
+    let (gw, _p, _q) = start().await;
+    let gw = Arc::new(gw);
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let gw = gw.clone();
+        tasks.push(tokio::spawn(async move {
+            put(
+                &gw,
+                OPS,
+                &format!("t{i}"),
+                json!({"domains": [format!("t{i}.example.com")], "pool": "p"}),
+            )
+            .await
+            .status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), 201);
+    }
+    for i in 0..12 {
+        assert_eq!(routed(&gw, &format!("t{i}.example.com")).await.1, Some(format!("t{i}")));
+    }
+
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let gw = gw.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = put(
+                &gw,
+                OPS,
+                &format!("c{i}"),
+                json!({"domains": ["contested.example.com"], "pool": "p"}),
+            )
+            .await;
+            (i, r.status, r.json)
+        }));
+    }
+    let mut winners = Vec::new();
+    let mut losers = Vec::new();
+    for t in tasks {
+        let (i, status, body) = t.await.expect("task");
+        match status {
+            201 => winners.push(i),
+            409 => losers.push(body),
+            other => panic!("claim answered {other}: {body}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one claim wins");
+    let winner = format!("c{}", winners[0]);
+    for body in &losers {
+        assert_eq!(body["owners"], json!([winner]));
+    }
+    assert_eq!(routed(&gw, "contested.example.com").await.1, Some(winner));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_persist_as_files_and_hand_edits_are_validated() {
+    let (p, q) = (backend("p").await, backend("q").await);
+    let template = config(&p, &q);
+    let gw = Gateway::start(&template).await;
+    let r = put(&gw, OPS, "acme", json!({"domains": ["app.acme.com"], "pool": "q"})).await;
+    assert_eq!(r.status, 201);
+    let file = gw.dir().join("tenants/acme.toml");
+    let text = std::fs::read_to_string(&file).expect("tenant file");
+    assert_eq!(text, "id = \"acme\"\ndomains = [\"app.acme.com\"]\npool = \"q\"\n");
+
+    // Across a restart.
+    let dir = gw.stop();
+    let gw = Gateway::start_in(dir, &template).await;
+    assert_eq!(
+        routed(&gw, "app.acme.com").await,
+        (200, Some("acme".into()), "q".into())
+    );
+
+    // A hand edit is picked up by the watcher.
+    let edit = "id = \"acme\"\ndomains = [\"app.acme.com\", \"hand.acme.com\"]\npool = \"p\"\n";
+    write_by_hand(&file, edit);
+    gw.wait_status("hand.acme.com", 200).await;
+    assert_eq!(routed(&gw, "app.acme.com").await.2, "p");
+    let got = gw.admin_call("GET", "/v1/tenants/acme", Some(OPS), None, &[]).await;
+    assert_eq!(got.json["domains"], json!(["app.acme.com", "hand.acme.com"]));
+
+    // An invalid hand edit is refused; routing stays.
+    let failures = gw.metric("tenantgate_config_reloads_total{result=\"failure\"}").await;
+    write_by_hand(
+        &file,
+        "id = \"acme\"\ndomains = [\"stable.example.com\"]\npool = \"p\"\n",
+    );
+    gw.wait_metric("tenantgate_config_reloads_total{result=\"failure\"}", failures + 1.0)
+        .await;
+    assert_eq!(routed(&gw, "hand.acme.com").await.1.as_deref(), Some("acme"));
+    assert_eq!(routed(&gw, "stable.example.com").await.1.as_deref(), Some("stable"));
+    assert!(gw.log().contains("domain stable.example.com is claimed by tenants"));
+
+    // A file not named after its tenant is refused too.
+    write_by_hand(&gw.dir().join("tenants/other.toml"), "id = \"nomatch\"\npool = \"p\"\n");
+    gw.wait_metric("tenantgate_config_reloads_total{result=\"failure\"}", failures + 2.0)
+        .await;
+    assert!(
+        gw.log()
+            .contains("tenant file tenants/other.toml holds tenant \\\"nomatch\\\"")
+            || gw
+                .log()
+                .contains("tenant file tenants/other.toml holds tenant \"nomatch\"")
+    );
+}
+
+fn write_by_hand(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("edit");
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
