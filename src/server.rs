@@ -117,6 +117,14 @@ pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
         server.add_service(background_service(
             "tenantgate admin",
             AdminApi {
+                audit: Arc::new(crate::admin::Audit::new(
+                    registry
+                        .source()
+                        .tenants_dir()
+                        .is_some()
+                        .then(|| registry.source().path())
+                        .as_deref(),
+                )),
                 registry: registry.clone(),
                 listener: std::sync::Mutex::new(Some(listener)),
             },

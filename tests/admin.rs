@@ -393,3 +393,139 @@ fn write_by_hand(path: &std::path::Path, text: &str) {
     std::fs::write(&tmp, text).expect("write");
     std::fs::rename(&tmp, path).expect("rename");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_changes_nothing_and_a_batch_is_all_or_nothing() {
+    let (gw, _p, _q) = start().await;
+    assert_eq!(
+        put(&gw, OPS, "old", json!({"domains": ["old.example.com"], "pool": "p"}))
+            .await
+            .status,
+        201
+    );
+    let batch = json!({"changes": [
+        {"op": "put", "tenant": {"id": "new", "domains": ["new.example.com"], "pool": "q"}},
+        {"op": "put", "tenant": {"id": "old", "domains": ["old.example.com"], "pool": "q"}},
+        {"op": "delete", "id": "gone-later"},
+    ]});
+    let r = gw
+        .admin_call("POST", "/v1/changes/preview", Some(OPS), Some(&batch), &[])
+        .await;
+    assert_eq!(r.status, 404, "deleting a missing tenant: {:?}", r.json);
+
+    let batch = json!({"changes": [
+        {"op": "put", "tenant": {"id": "new", "domains": ["new.example.com"], "pool": "q"}},
+        {"op": "put", "tenant": {"id": "old", "domains": ["old.example.com"], "pool": "q"}},
+    ]});
+    let diff = json!([
+        {"tenant": "new", "action": "create", "fields": {
+            "id": {"before": null, "after": "new"},
+            "domains": {"before": null, "after": ["new.example.com"]},
+            "pool": {"before": null, "after": "q"}}},
+        {"tenant": "old", "action": "update", "fields": {"pool": {"before": "p", "after": "q"}}},
+    ]);
+    let r = gw
+        .admin_call("POST", "/v1/changes/preview", Some(OPS), Some(&batch), &[])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json, json!({"applied": false, "generation": null, "diff": diff}));
+    // Nothing applied: routing, files and generation as before.
+    assert_eq!(routed(&gw, "new.example.com").await.0, 421);
+    assert_eq!(routed(&gw, "old.example.com").await.2, "p");
+    assert!(!gw.dir().join("tenants/new.toml").exists());
+    let ready = gw.admin_call("GET", "/readyz", None, None, &[]).await;
+    assert_eq!(ready.json["generation"], 2);
+
+    // One invalid change: nothing of the batch applies.
+    let mixed = json!({"changes": [
+        {"op": "put", "tenant": {"id": "new", "domains": ["new.example.com"], "pool": "q"}},
+        {"op": "put", "tenant": {"id": "old", "domains": ["old.example.com"], "pool": "missing"}},
+    ]});
+    let r = gw.admin_call("POST", "/v1/changes", Some(OPS), Some(&mixed), &[]).await;
+    assert_eq!(r.status, 422);
+    assert_eq!(r.json["errors"][0]["problem"], "pool \"missing\" is not defined");
+    assert_eq!(routed(&gw, "new.example.com").await.0, 421);
+    assert_eq!(routed(&gw, "old.example.com").await.2, "p");
+
+    let r = gw.admin_call("POST", "/v1/changes", Some(OPS), Some(&batch), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json, json!({"applied": true, "generation": 3, "diff": diff}));
+    assert_eq!(
+        routed(&gw, "new.example.com").await,
+        (200, Some("new".into()), "q".into())
+    );
+    assert_eq!(routed(&gw, "old.example.com").await.2, "q");
+
+    // Tenant tokens cannot send batches.
+    let r = gw
+        .admin_call("POST", "/v1/changes", Some(ACME), Some(&batch), &[])
+        .await;
+    assert_eq!(r.status, 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_records_applied_and_rejected_writes() {
+    let (gw, _p, _q) = start().await;
+    assert_eq!(
+        put(&gw, OPS, "acme", json!({"domains": ["app.acme.com"], "pool": "p"}))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        put(
+            &gw,
+            ACME,
+            "acme",
+            json!({"domains": ["stable.example.com"], "pool": "p"})
+        )
+        .await
+        .status,
+        409
+    );
+    assert_eq!(put(&gw, OPS, "other", json!({"pool": "p"})).await.status, 201);
+
+    let r = gw
+        .admin_call("GET", "/v1/audit?tenant=acme", Some(OPS), None, &[])
+        .await;
+    assert_eq!(r.status, 200);
+    let entries = r.json["entries"].as_array().expect("entries").clone();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let strip = |mut e: Value| {
+        assert!(e["at"].as_str().is_some_and(|t| t.ends_with('Z')));
+        e.as_object_mut().expect("object").remove("at");
+        e
+    };
+    assert_eq!(
+        strip(entries[0].clone()),
+        json!({"who": "ops", "request": "PUT /v1/tenants/acme", "tenants": ["acme"], "result": "applied",
+               "status": null, "generation": 2, "problem": null,
+               "diff": [{"tenant": "acme", "action": "create", "fields": {
+                   "id": {"before": null, "after": "acme"},
+                   "domains": {"before": null, "after": ["app.acme.com"]},
+                   "pool": {"before": null, "after": "p"}}}]})
+    );
+    assert_eq!(
+        strip(entries[1].clone()),
+        json!({"who": "acme-admin", "request": "PUT /v1/tenants/acme", "tenants": ["acme"], "result": "rejected",
+               "status": 409, "generation": null,
+               "problem": "domain stable.example.com is claimed by tenants \"stable\", \"acme\"",
+               "diff": [{"tenant": "acme", "action": "update", "fields": {
+                   "domains": {"before": ["app.acme.com"], "after": ["stable.example.com"]}}}]})
+    );
+    // The tenant token reads its own tenant's entries only.
+    assert_eq!(
+        gw.admin_call("GET", "/v1/audit?tenant=acme", Some(ACME), None, &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        gw.admin_call("GET", "/v1/audit", Some(ACME), None, &[]).await.status,
+        403
+    );
+    let all = gw.admin_call("GET", "/v1/audit", Some(OPS), None, &[]).await;
+    assert_eq!(all.json["entries"].as_array().map(Vec::len), Some(3));
+    let file = std::fs::read_to_string(gw.dir().join("state/admin/audit.jsonl")).expect("audit file");
+    assert_eq!(file.lines().count(), 3);
+}

@@ -4,7 +4,9 @@
 //! Every write goes through [`Registry::write`]: validated like a config
 //! load, persisted as tenant files, swapped in before the response.
 
+mod audit;
 pub mod auth;
+mod changes;
 mod problem;
 mod tenants;
 
@@ -22,6 +24,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use serde_json::json;
 
+pub use audit::Audit;
 pub use problem::{Body, Problem};
 
 use crate::registry::Registry;
@@ -32,6 +35,7 @@ const MAX_BODY: usize = 1 << 20;
 /// Background service serving the admin API on a listener bound at start-up.
 pub struct AdminApi {
     pub registry: Arc<Registry>,
+    pub audit: Arc<Audit>,
     /// Bound in `server::serve`, so that a taken port fails the start.
     pub listener: std::sync::Mutex<Option<std::net::TcpListener>>,
 }
@@ -56,10 +60,11 @@ impl BackgroundService for AdminApi {
                 },
             };
             let registry = self.registry.clone();
+            let audit = self.audit.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
-                    let registry = registry.clone();
-                    async move { Ok::<_, std::convert::Infallible>(serve(&registry, req).await) }
+                    let (registry, audit) = (registry.clone(), audit.clone());
+                    async move { Ok::<_, std::convert::Infallible>(serve(&registry, &audit, req).await) }
                 });
                 if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
                     tracing::debug!(error = %e, "admin API connection ended");
@@ -70,7 +75,7 @@ impl BackgroundService for AdminApi {
 }
 
 /// One request, end to end.
-async fn serve(registry: &Arc<Registry>, req: Request<Incoming>) -> Response<Body> {
+async fn serve(registry: &Arc<Registry>, audit: &Arc<Audit>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => return problem::json_response(StatusCode::OK, &json!({"status": "ok"})),
@@ -93,7 +98,9 @@ async fn serve(registry: &Arc<Registry>, req: Request<Incoming>) -> Response<Bod
     };
     let call = tenants::Call {
         registry: registry.clone(),
+        audit: audit.clone(),
         caller,
+        request: format!("{} {path}", parts.method),
         method: parts.method,
         headers: parts.headers,
         query: parts.uri.query().unwrap_or("").to_string(),

@@ -6,8 +6,10 @@ use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::audit::{Audit, Entry};
 use super::auth::Caller;
 use super::problem::{json_response, Body, Problem};
+use crate::config::diff::{self, TenantDiff};
 use crate::config::file::TenantSection;
 use crate::config::{valid_tenant_id, LoadError, Problem as ConfigProblem, Scope, Texts};
 use crate::registry::{Registry, Snapshot, TenantEdit, WriteError};
@@ -20,7 +22,10 @@ const MAX_PAGE: usize = 1000;
 /// An authenticated request.
 pub struct Call {
     pub registry: Arc<Registry>,
+    pub audit: Arc<Audit>,
     pub caller: Caller,
+    /// `METHOD /path`, for the audit log.
+    pub request: String,
     pub method: Method,
     pub headers: HeaderMap,
     pub query: String,
@@ -35,6 +40,9 @@ impl Call {
             (&Method::PUT, ["v1", "tenants", id]) => self.put(id.to_string()).await,
             (&Method::DELETE, ["v1", "tenants", id]) => self.delete(id.to_string()).await,
             (&Method::GET, ["v1", "domains", name]) => self.domain(name),
+            (&Method::POST, ["v1", "changes"]) => self.changes(false).await,
+            (&Method::POST, ["v1", "changes", "preview"]) => self.changes(true).await,
+            (&Method::GET, ["v1", "audit"]) => self.audit_log().await,
             _ => Err(Problem::not_found("no such resource; see /v1/openapi.json")),
         }
     }
@@ -74,9 +82,9 @@ impl Call {
         let if_match = if_match(&self.headers);
         let caller = self.caller.clone();
         let sent = section.clone();
-        let created = self
-            .write(vec![id.clone()], move |texts, snap| {
-                let existing = current(texts, snap, &sent.id)?;
+        let done = self
+            .write(vec![id.clone()], false, move |texts, snap| {
+                let existing = editable(texts, snap, &sent.id)?;
                 check_if_match(if_match.as_deref(), existing.as_ref().map(|(_, e)| e.as_str()))?;
                 if let Scope::Tenant(_) = caller.scope {
                     let before = existing
@@ -98,7 +106,11 @@ impl Call {
         let texts = self.registry.texts();
         let snap = self.registry.snapshot();
         let (tenant, etag) = current(&texts, &snap, &id)?.ok_or_else(Problem::internal)?;
-        let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+        let status = if done.value {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
         let mut resp = json_response(status, &tenant);
         set_etag(&mut resp, &etag);
         Ok(resp)
@@ -107,8 +119,8 @@ impl Call {
     async fn delete(self, id: String) -> Result<Response<Body>, Problem> {
         self.caller.operator()?;
         let if_match = if_match(&self.headers);
-        self.write(vec![id.clone()], move |texts, snap| {
-            let existing = current(texts, snap, &id)?.ok_or_else(|| missing(&id))?;
+        self.write(vec![id.clone()], false, move |texts, snap| {
+            let existing = editable(texts, snap, &id)?.ok_or_else(|| missing(&id))?;
             check_if_match(if_match.as_deref(), Some(&existing.1))?;
             Ok(((), vec![TenantEdit::Delete(id)]))
         })
@@ -134,31 +146,122 @@ impl Call {
         ))
     }
 
-    /// Runs a write on a blocking thread (compiling a big config is CPU work).
-    async fn write<T: Send + 'static>(
+    /// Runs a write on a blocking thread (compiling a big config is CPU
+    /// work) and records it in the audit log, applied or rejected. With
+    /// `dry_run`, validates and diffs only, and records nothing.
+    pub async fn write<T: Send + 'static>(
         &self,
         writing: Vec<String>,
+        dry_run: bool,
         plan: impl FnOnce(&Texts, &Snapshot) -> Result<(T, Vec<TenantEdit>), Problem> + Send + 'static,
-    ) -> Result<T, Problem> {
+    ) -> Result<Done<T>, Problem> {
         let registry = self.registry.clone();
+        let audit = self.audit.clone();
         let who = self.caller.name.clone();
+        let request = self.request.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let mut out = None;
-            let result = registry.write(false, |texts, snap| {
+            let result = registry.write(dry_run, |texts, snap| {
                 let (t, edits) = plan(texts, snap).map_err(Refusal::Problem)?;
-                out = Some(t);
+                out = Some((t, diff_of(texts, &edits)));
                 Ok::<_, Refusal>(edits)
             });
-            (result, out)
+            let (diff, outcome) = match (result, out) {
+                (Ok(written), Some((value, diff))) => {
+                    let generation = written.map(|w| w.generation);
+                    (
+                        diff.clone(),
+                        Ok(Done {
+                            value,
+                            diff,
+                            generation,
+                        }),
+                    )
+                }
+                (Ok(_), None) => (Vec::new(), Err(Problem::internal())),
+                (Err(Refusal::Problem(p)), out) => (out.map(|o| o.1).unwrap_or_default(), Err(p)),
+                (Err(Refusal::Write(e)), out) => (
+                    out.map(|o| o.1).unwrap_or_default(),
+                    Err(write_problem(&who, &writing, e)),
+                ),
+            };
+            if !dry_run {
+                let (status, problem) = match &outcome {
+                    Ok(_) => (None, None),
+                    Err(p) => (Some(p.status.as_u16()), Some(p.detail.as_str())),
+                };
+                audit.record(&Entry {
+                    who: &who,
+                    request: &request,
+                    tenants: &writing,
+                    status,
+                    generation: outcome.as_ref().ok().and_then(|d| d.generation),
+                    diff: &diff,
+                    problem,
+                });
+            }
+            outcome
         })
         .await;
-        let (result, out) = joined.map_err(|_| Problem::internal())?;
-        match result {
-            Ok(_) => out.ok_or_else(Problem::internal),
-            Err(Refusal::Problem(p)) => Err(p),
-            Err(Refusal::Write(e)) => Err(write_problem(&who, &writing, e)),
+        joined.map_err(|_| Problem::internal())?
+    }
+
+    async fn audit_log(&self) -> Result<Response<Body>, Problem> {
+        let tenant = query_param::<String>(&self.query, "tenant");
+        match &tenant {
+            Some(t) => self.caller.may_touch(t)?,
+            None => self.caller.operator()?,
+        }
+        let limit = query_param(&self.query, "limit").unwrap_or(PAGE);
+        let audit = self.audit.clone();
+        let entries = tokio::task::spawn_blocking(move || audit.read(tenant.as_deref(), limit))
+            .await
+            .map_err(|_| Problem::internal())?
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot read the audit log");
+                Problem::internal()
+            })?;
+        Ok(json_response(StatusCode::OK, &json!({"entries": entries})))
+    }
+}
+
+/// An applied (or, in a dry run, validated) write.
+pub struct Done<T> {
+    pub value: T,
+    pub diff: Vec<TenantDiff>,
+    /// The new generation; `None` in a dry run.
+    pub generation: Option<u64>,
+}
+
+/// The diff of `edits` against the live tenant files.
+fn diff_of(texts: &Texts, edits: &[TenantEdit]) -> Vec<TenantDiff> {
+    let parse = |id: &str| {
+        texts
+            .tenants
+            .get(id)
+            .and_then(|t| toml::from_str::<TenantSection>(t).ok())
+    };
+    let mut before = diff::Tenants::new();
+    let mut after = diff::Tenants::new();
+    for e in edits {
+        let id = match e {
+            TenantEdit::Put(t) => &t.id,
+            TenantEdit::Delete(id) => id,
+        };
+        if let Some(t) = parse(id) {
+            before.entry(id.clone()).or_insert_with(|| t.clone());
+            after.entry(id.clone()).or_insert(t);
+        }
+        match e {
+            TenantEdit::Put(t) => {
+                after.insert(t.id.clone(), (**t).clone());
+            }
+            TenantEdit::Delete(id) => {
+                after.remove(id);
+            }
         }
     }
+    diff::diff(&before, &after)
 }
 
 /// Why a write was refused: by the API's own checks, or by the registry.
@@ -238,9 +341,22 @@ fn is_conflict(p: &ConfigProblem) -> bool {
     !claimants(p).is_empty()
 }
 
+/// Like [`current`], refusing tenants of the main file (read-only here).
+pub(super) fn editable(texts: &Texts, snap: &Snapshot, id: &str) -> Result<Option<(Value, String)>, Problem> {
+    let found = current(texts, snap, id)?;
+    if found.as_ref().is_some_and(|(v, _)| v["source"] == "main") {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "read-only",
+            format!("tenant {id:?} is defined in the main config file; move it to tenants/{id}.toml to manage it here"),
+        ));
+    }
+    Ok(found)
+}
+
 /// The tenant's JSON and ETag, from its tenant file, or from the main file's
 /// validated model (`"source": "main"`, read-only through the API).
-fn current(texts: &Texts, snap: &Snapshot, id: &str) -> Result<Option<(Value, String)>, Problem> {
+pub(super) fn current(texts: &Texts, snap: &Snapshot, id: &str) -> Result<Option<(Value, String)>, Problem> {
     if let Some(text) = texts.tenants.get(id) {
         let t: TenantSection = toml::from_str(text).map_err(|_| Problem::internal())?;
         let mut v = serde_json::to_value(&t).map_err(|_| Problem::internal())?;
@@ -290,7 +406,7 @@ fn if_match(headers: &HeaderMap) -> Option<String> {
 }
 
 /// `If-Match: *` needs the tenant to exist; a tag must equal the current one.
-fn check_if_match(if_match: Option<&str>, current: Option<&str>) -> Result<(), Problem> {
+pub(super) fn check_if_match(if_match: Option<&str>, current: Option<&str>) -> Result<(), Problem> {
     let ok = match (if_match, current) {
         (None, _) => true,
         (Some("*"), c) => c.is_some(),
@@ -309,12 +425,12 @@ fn check_if_match(if_match: Option<&str>, current: Option<&str>) -> Result<(), P
     }
 }
 
-fn missing(id: &str) -> Problem {
+pub(super) fn missing(id: &str) -> Problem {
     Problem::not_found(format!("tenant {id:?} does not exist"))
 }
 
 /// The PUT body: a tenant as JSON, its `id` (if any) equal to the path's.
-fn parse_tenant(id: &str, body: &[u8]) -> Result<TenantSection, Problem> {
+pub(super) fn parse_tenant(id: &str, body: &[u8]) -> Result<TenantSection, Problem> {
     if !valid_tenant_id(id) {
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -345,7 +461,7 @@ fn parse_tenant(id: &str, body: &[u8]) -> Result<TenantSection, Problem> {
         .map_err(|e| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", format!("bad tenant: {e}")))
 }
 
-fn query_param<T: std::str::FromStr>(query: &str, key: &str) -> Option<T> {
+pub(super) fn query_param<T: std::str::FromStr>(query: &str, key: &str) -> Option<T> {
     query
         .split('&')
         .filter_map(|kv| kv.split_once('='))

@@ -6,6 +6,7 @@
 //! wildcard overlaps, platform namespace) live in `routing::table`, which is
 //! built from this model.
 
+pub mod diff;
 mod error;
 pub mod file;
 pub mod generate;
