@@ -529,3 +529,65 @@ async fn audit_records_applied_and_rejected_writes() {
     let file = std::fs::read_to_string(gw.dir().join("state/admin/audit.jsonl")).expect("audit file");
     assert_eq!(file.lines().count(), 3);
 }
+
+/// Copies a gateway's config file and tenant files into a new folder.
+fn snapshot_config(gw: &Gateway) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(&gw.config_path, dir.path().join("tenantgate.toml")).expect("copy config");
+    std::fs::create_dir_all(dir.path().join("tenants")).expect("tenants dir");
+    for f in std::fs::read_dir(gw.dir().join("tenants")).expect("read tenants") {
+        let f = f.expect("entry").path();
+        std::fs::copy(&f, dir.path().join("tenants").join(f.file_name().expect("name"))).expect("copy tenant");
+    }
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_subcommand_prints_the_same_diff_as_the_api() {
+    let (gw, _p, _q) = start().await;
+    assert_eq!(
+        put(&gw, OPS, "old", json!({"domains": ["old.example.com"], "pool": "p"}))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(put(&gw, OPS, "gone", json!({"pool": "p"})).await.status, 201);
+    let before = snapshot_config(&gw);
+    let batch = json!({"changes": [
+        {"op": "put", "tenant": {"id": "new", "subdomain": "new", "pool": "q"}},
+        {"op": "put", "tenant": {"id": "old", "domains": ["old.example.com", "more.example.com"], "pool": "p"}},
+        {"op": "delete", "id": "gone"},
+    ]});
+    let applied = gw.admin_call("POST", "/v1/changes", Some(OPS), Some(&batch), &[]).await;
+    assert_eq!(applied.status, 200);
+
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(common::BIN)
+            .arg("diff")
+            .arg(before.path().join("tenantgate.toml"))
+            .arg(&gw.config_path)
+            .args(args)
+            .output()
+            .expect("run diff");
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, out) = run(&["--json"]);
+    assert_eq!(code, Some(1));
+    let printed: Value = serde_json::from_str(&out).expect("json diff");
+    assert_eq!(printed, applied.json["diff"]);
+    let (code, out) = run(&[]);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        out,
+        "- gone: domains [], pool \"p\"\n\
+         + new: domains [], pool \"q\", subdomain \"new\"\n\
+         ~ old: domains [\"old.example.com\"] -> [\"old.example.com\",\"more.example.com\"]\n"
+    );
+    let same = std::process::Command::new(common::BIN)
+        .arg("diff")
+        .arg(&gw.config_path)
+        .arg(&gw.config_path)
+        .output()
+        .expect("run diff");
+    assert_eq!((same.status.code(), same.stdout.len()), (Some(0), 0));
+}
