@@ -591,3 +591,98 @@ async fn diff_subcommand_prints_the_same_diff_as_the_api() {
         .expect("run diff");
     assert_eq!((same.status.code(), same.stdout.len()), (Some(0), 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_restores_earlier_routing_also_after_a_restart() {
+    let (p, q) = (backend("p").await, backend("q").await);
+    let template = config(&p, &q);
+    let gw = Gateway::start(&template).await;
+    assert_eq!(
+        put(&gw, OPS, "acme", json!({"domains": ["app.acme.com"], "pool": "p"}))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        put(&gw, OPS, "acme", json!({"domains": ["app.acme.com"], "pool": "q"}))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        put(&gw, OPS, "beta", json!({"domains": ["beta.example.com"], "pool": "p"}))
+            .await
+            .status,
+        201
+    );
+
+    let v = gw.admin_call("GET", "/v1/versions", Some(OPS), None, &[]).await;
+    let summary: Vec<(u64, String, Value)> = v.json["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|x| {
+            (
+                x["version"].as_u64().unwrap_or(0),
+                x["who"].as_str().unwrap_or("").to_string(),
+                x["tenants"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (3, "ops".to_string(), json!(["beta"])),
+            (2, "ops".to_string(), json!(["acme"])),
+            (1, "ops".to_string(), json!(["acme"]))
+        ]
+    );
+
+    let dry = gw
+        .admin_call("POST", "/v1/versions/1/rollback?dry_run=true", Some(OPS), None, &[])
+        .await;
+    assert_eq!(
+        dry.json,
+        json!({"rolled_back_to": 1, "applied": false, "generation": null})
+    );
+    assert_eq!(routed(&gw, "app.acme.com").await.2, "q");
+
+    let r = gw
+        .admin_call("POST", "/v1/versions/1/rollback", Some(OPS), None, &[])
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    assert_eq!(
+        routed(&gw, "app.acme.com").await,
+        (200, Some("acme".into()), "p".into())
+    );
+    assert_eq!(routed(&gw, "beta.example.com").await.0, 421);
+    assert!(!gw.dir().join("tenants/beta.toml").exists());
+
+    let missing = gw
+        .admin_call("POST", "/v1/versions/99/rollback", Some(OPS), None, &[])
+        .await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(
+        missing.json["detail"],
+        "version 99 is not in the kept history; see GET /v1/versions"
+    );
+    assert_eq!(
+        gw.admin_call("POST", "/v1/versions/1/rollback", Some(ACME), None, &[])
+            .await
+            .status,
+        403
+    );
+
+    // The history survives a restart: roll forward to version 3.
+    let dir = gw.stop();
+    let gw = Gateway::start_in(dir, &template).await;
+    assert_eq!(routed(&gw, "app.acme.com").await.2, "p");
+    let r = gw
+        .admin_call("POST", "/v1/versions/3/rollback", Some(OPS), None, &[])
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    assert_eq!(routed(&gw, "app.acme.com").await.2, "q");
+    assert_eq!(routed(&gw, "beta.example.com").await.1.as_deref(), Some("beta"));
+    let v = gw.admin_call("GET", "/v1/versions", Some(OPS), None, &[]).await;
+    assert_eq!(v.json["versions"][0]["version"], 5);
+}

@@ -9,6 +9,7 @@ pub mod auth;
 mod changes;
 mod problem;
 mod tenants;
+mod versions;
 
 use std::sync::Arc;
 

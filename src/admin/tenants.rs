@@ -12,7 +12,7 @@ use super::problem::{json_response, Body, Problem};
 use crate::config::diff::{self, TenantDiff};
 use crate::config::file::TenantSection;
 use crate::config::{valid_tenant_id, LoadError, Problem as ConfigProblem, Scope, Texts};
-use crate::registry::{Registry, Snapshot, TenantEdit, WriteError};
+use crate::registry::{Registry, Snapshot, TenantEdit, VersionError, WriteError};
 use crate::routing;
 
 /// Default and largest page of `GET /v1/tenants`.
@@ -43,6 +43,8 @@ impl Call {
             (&Method::POST, ["v1", "changes"]) => self.changes(false).await,
             (&Method::POST, ["v1", "changes", "preview"]) => self.changes(true).await,
             (&Method::GET, ["v1", "audit"]) => self.audit_log().await,
+            (&Method::GET, ["v1", "versions"]) => self.versions().await,
+            (&Method::POST, ["v1", "versions", n, "rollback"]) => self.rollback(n).await,
             _ => Err(Problem::not_found("no such resource; see /v1/openapi.json")),
         }
     }
@@ -161,7 +163,7 @@ impl Call {
         let request = self.request.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let mut out = None;
-            let result = registry.write(dry_run, |texts, snap| {
+            let result = registry.write(dry_run, &who, |texts, snap| {
                 let (t, edits) = plan(texts, snap).map_err(Refusal::Problem)?;
                 out = Some((t, diff_of(texts, &edits)));
                 Ok::<_, Refusal>(edits)
@@ -278,7 +280,7 @@ impl From<WriteError> for Refusal {
 
 /// Maps a refused write to its problem: conflicts with another tenant are
 /// 409 naming the owner, other validation errors 422 listing them all.
-fn write_problem(who: &str, writing: &[String], e: WriteError) -> Problem {
+pub(super) fn write_problem(who: &str, writing: &[String], e: WriteError) -> Problem {
     match e {
         WriteError::Invalid(LoadError::Invalid { errors, .. }) => {
             let owners: Vec<String> = errors.iter().flat_map(|e| claimants(&e.problem)).cloned().collect();
@@ -319,7 +321,10 @@ fn write_problem(who: &str, writing: &[String], e: WriteError) -> Problem {
             "read-only",
             "the embedded config cannot be changed",
         ),
-        e @ (WriteError::Persist { .. } | WriteError::Serialize { .. }) => {
+        WriteError::Version(VersionError::Unknown(n)) => {
+            Problem::not_found(format!("version {n} is not in the kept history; see GET /v1/versions"))
+        }
+        e @ (WriteError::Persist { .. } | WriteError::Serialize { .. } | WriteError::Version(_)) => {
             tracing::error!(error = %e, token = who, "admin write failed; nothing was applied");
             Problem::internal()
         }

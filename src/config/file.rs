@@ -29,6 +29,7 @@ pub struct File {
 pub struct AdminSection {
     #[serde(default)]
     pub tokens: Vec<TokenSection>,
+    pub history: Option<usize>,
 }
 
 /// One `[[admin.tokens]]` entry: only the SHA-256 of the secret is stored.

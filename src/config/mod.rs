@@ -115,6 +115,8 @@ pub struct Telemetry {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Admin {
     pub tokens: Vec<Token>,
+    /// Applied versions kept for rollback.
+    pub history: usize,
 }
 
 /// An admin API bearer token: its name, what it may touch, and the SHA-256
@@ -665,7 +667,15 @@ fn validate_admin(a: file::AdminSection, errs: &mut Vec<ConfigError>) -> Admin {
             });
         }
     }
-    Admin { tokens }
+    let history = match a.history {
+        Some(0) => {
+            errs.push(err(None, "admin.history", Problem::Zero { value: "0".into() }));
+            50
+        }
+        Some(n) => n,
+        None => 50,
+    };
+    Admin { tokens, history }
 }
 
 /// 64 hex digits, either case.
@@ -784,6 +794,14 @@ impl Source {
                 main: text.to_string(),
                 tenants: Default::default(),
             }),
+        }
+    }
+
+    /// The config file; `None` for the embedded config.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            Source::File(p) => Some(p),
+            Source::Embedded { .. } => None,
         }
     }
 

@@ -7,6 +7,7 @@
 //! finish on the generation they started with.
 
 mod snapshot;
+mod versions;
 mod watch;
 mod write;
 
@@ -16,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 pub use snapshot::{problems, Changes, Snapshot, Tenant};
+pub use versions::{FileChange, Version, VersionError, Versions};
 pub use watch::ConfigWatcher;
 pub use write::{TenantEdit, WriteError, Written};
 
@@ -46,6 +48,8 @@ pub struct Registry {
     generation: tokio::sync::watch::Sender<u64>,
     /// Limiter state by tenant id, outside the snapshot.
     book: Arc<Book>,
+    /// Applied versions, for rollback.
+    versions: Versions,
 }
 
 impl Registry {
@@ -59,6 +63,7 @@ impl Registry {
         metrics.reload_result(true);
         publish_gauges(&metrics, &snap);
         let (generation, _) = tokio::sync::watch::channel(snap.generation);
+        let versions = Versions::new(source.file());
         Ok(Registry {
             source,
             live: ArcSwap::from_pointee(snap),
@@ -67,6 +72,7 @@ impl Registry {
             texts: ArcSwap::from_pointee(texts),
             generation,
             book,
+            versions,
         })
     }
 
@@ -130,12 +136,24 @@ impl Registry {
             return Ok(ReloadOutcome::Unchanged);
         }
         let (config, table) = Snapshot::compile_texts(&self.source.path(), &texts)?;
-        let (generation, changes) = self.install(texts, config, table);
+        let (generation, changes) = self.install("file", texts, config, table);
         Ok(ReloadOutcome::Applied { generation, changes })
     }
 
-    /// Swaps in a compiled config. Call with the writer lock held.
-    fn install(&self, texts: Texts, config: Config, table: DomainTable) -> (u64, Changes) {
+    /// The version history.
+    pub fn versions(&self) -> &Versions {
+        &self.versions
+    }
+
+    /// Swaps in a compiled config and records it as a version (by `who`).
+    /// Call with the writer lock held.
+    fn install(&self, who: &str, texts: Texts, config: Config, table: DomainTable) -> (u64, Changes) {
+        if let Err(e) = self
+            .versions
+            .record(who, &self.texts.load(), &texts, config.admin.history)
+        {
+            tracing::error!(error = %e, "cannot record the version; rollback to it will not be possible");
+        }
         let old = self.live.load_full();
         if config.gateway.http_listen != old.config.gateway.http_listen
             || config.gateway.metrics_listen != old.config.gateway.metrics_listen

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{Changes, Registry, Snapshot};
+use super::{Changes, Registry, Snapshot, VersionError};
 use crate::config::file::TenantSection;
 use crate::config::{LoadError, Texts};
 
@@ -32,6 +32,8 @@ pub enum WriteError {
     },
     #[error("cannot write tenant {id}: {message}")]
     Serialize { id: String, message: String },
+    #[error(transparent)]
+    Version(#[from] VersionError),
 }
 
 /// What an applied write did.
@@ -51,33 +53,53 @@ impl Registry {
     pub fn write<E: From<WriteError>>(
         &self,
         dry_run: bool,
+        who: &str,
         plan: impl FnOnce(&Texts, &Snapshot) -> Result<Vec<TenantEdit>, E>,
     ) -> Result<Option<Written>, E> {
-        let Some(dir) = self.source.tenants_dir() else {
+        self.write_texts(dry_run, who, |live, snap| {
+            let edits = plan(live, snap)?;
+            let mut texts = live.clone();
+            for edit in &edits {
+                match edit {
+                    TenantEdit::Put(t) => {
+                        texts.tenants.insert(t.id.clone(), tenant_file(t)?);
+                    }
+                    TenantEdit::Delete(id) => {
+                        texts.tenants.remove(id);
+                    }
+                }
+            }
+            Ok(texts)
+        })
+    }
+
+    /// Puts the live texts back as they were right after version `n`, as a
+    /// new version. Blocking.
+    pub fn rollback(&self, dry_run: bool, who: &str, n: u64) -> Result<Option<Written>, WriteError> {
+        self.write_texts(dry_run, who, |live, _| Ok(self.versions.undo_to(n, live)?))
+    }
+
+    /// The general write: `plan` turns the live texts into new ones.
+    fn write_texts<E: From<WriteError>>(
+        &self,
+        dry_run: bool,
+        who: &str,
+        plan: impl FnOnce(&Texts, &Snapshot) -> Result<Texts, E>,
+    ) -> Result<Option<Written>, E> {
+        let (Some(dir), Some(main)) = (self.source.tenants_dir(), self.source.file()) else {
             return Err(WriteError::ReadOnly.into());
         };
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let live = self.texts.load_full();
-        let edits = plan(&live, &self.live.load())?;
-        let mut texts = (*live).clone();
-        for edit in &edits {
-            match edit {
-                TenantEdit::Put(t) => {
-                    texts.tenants.insert(t.id.clone(), tenant_file(t)?);
-                }
-                TenantEdit::Delete(id) => {
-                    texts.tenants.remove(id);
-                }
-            }
-        }
+        let texts = plan(&live, &self.live.load())?;
         let (config, table) = Snapshot::compile_texts(&self.source.path(), &texts).map_err(WriteError::from)?;
         if dry_run {
             return Ok(None);
         }
-        persist(&dir, &live, &texts).map_err(E::from)?;
-        let (generation, changes) = self.install(texts, config, table);
+        persist(main, &dir, &live, &texts)?;
+        let (generation, changes) = self.install(who, texts, config, table);
         self.metrics.reload_result(true);
-        tracing::info!(generation, edits = edits.len(), "admin write applied");
+        tracing::info!(generation, who, "admin write applied");
         Ok(Some(Written { generation, changes }))
     }
 }
@@ -90,12 +112,15 @@ pub fn tenant_file(t: &TenantSection) -> Result<String, WriteError> {
     })
 }
 
-/// Writes the tenant files that differ between `old` and `new`.
-fn persist(dir: &Path, old: &Texts, new: &Texts) -> Result<(), WriteError> {
+/// Writes the files that differ between `old` and `new`.
+fn persist(main: &Path, dir: &Path, old: &Texts, new: &Texts) -> Result<(), WriteError> {
     let fail = |path: &Path| {
         let path = path.to_path_buf();
         move |source| WriteError::Persist { path, source }
     };
+    if old.main != new.main {
+        write_atomic(main, new.main.as_bytes())?;
+    }
     std::fs::create_dir_all(dir).map_err(fail(dir))?;
     for (id, text) in &new.tenants {
         if old.tenants.get(id) != Some(text) {
