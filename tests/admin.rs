@@ -686,3 +686,79 @@ async fn rollback_restores_earlier_routing_also_after_a_restart() {
     let v = gw.admin_call("GET", "/v1/versions", Some(OPS), None, &[]).await;
     assert_eq!(v.json["versions"][0]["version"], 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_import_give_identical_routing() {
+    let (p, q) = (backend("p").await, backend("q").await);
+    let staging = Gateway::start(&config(&p, &q)).await;
+    let prod = Gateway::start(&config(&p, &q)).await;
+    for (id, pool) in [("acme", "p"), ("beta", "q")] {
+        let body = json!({"domains": [format!("{id}.example.org")], "subdomain": id, "pool": pool});
+        assert_eq!(put(&staging, OPS, id, body).await.status, 201);
+    }
+    assert_eq!(
+        put(
+            &prod,
+            OPS,
+            "legacy",
+            json!({"domains": ["legacy.example.org"], "pool": "p"})
+        )
+        .await
+        .status,
+        201
+    );
+
+    let export = staging.admin_call("GET", "/v1/export", Some(OPS), None, &[]).await;
+    assert_eq!(export.json["main_file_tenants"], json!(["stable"]));
+    let body = json!({"tenants": export.json["tenants"]});
+    let preview = prod
+        .admin_call("POST", "/v1/import?preview=true", Some(OPS), Some(&body), &[])
+        .await;
+    assert_eq!(preview.status, 200);
+    let actions: Vec<(String, String)> = preview.json["diff"]
+        .as_array()
+        .expect("diff")
+        .iter()
+        .map(|d| {
+            (
+                d["tenant"].as_str().unwrap_or("").into(),
+                d["action"].as_str().unwrap_or("").into(),
+            )
+        })
+        .collect();
+    let want = [("acme", "create"), ("beta", "create"), ("legacy", "delete")];
+    assert_eq!(actions, want.map(|(a, b)| (a.to_string(), b.to_string())));
+    assert_eq!(routed(&prod, "legacy.example.org").await.0, 200);
+
+    let r = prod.admin_call("POST", "/v1/import", Some(OPS), Some(&body), &[]).await;
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    for host in [
+        "acme.example.org",
+        "acme.saas.example",
+        "beta.example.org",
+        "legacy.example.org",
+        "stable.example.com",
+    ] {
+        assert_eq!(routed(&staging, host).await, routed(&prod, host).await, "{host}");
+    }
+    assert_eq!(routed(&prod, "legacy.example.org").await.0, 421);
+    assert_eq!(
+        prod.admin_call("GET", "/v1/export", Some(OPS), None, &[]).await.json["tenants"],
+        export.json["tenants"]
+    );
+
+    // The OpenAPI document is served as committed, and names every route.
+    let doc = prod.admin_call("GET", "/v1/openapi.json", None, None, &[]).await;
+    assert_eq!(doc.status, 200);
+    let committed: Value = serde_json::from_str(tenantgate::admin::OPENAPI).expect("committed document");
+    assert_eq!(doc.json, committed);
+    for path in [
+        "/v1/tenants/{id}",
+        "/v1/changes/preview",
+        "/v1/versions/{n}/rollback",
+        "/v1/import",
+        "/v1/audit",
+    ] {
+        assert!(doc.json["paths"][path].is_object(), "{path} missing");
+    }
+}

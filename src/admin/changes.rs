@@ -78,3 +78,76 @@ impl Call {
         ))
     }
 }
+
+/// The body of `POST /v1/import`, as `GET /v1/export` returns it.
+#[derive(Deserialize)]
+struct Import {
+    tenants: Vec<Value>,
+}
+
+impl Call {
+    /// Every tenant kept in tenant files, ready for `POST /v1/import`.
+    pub fn export(&self) -> Result<Response<Body>, Problem> {
+        self.caller.operator()?;
+        let texts = self.registry.texts();
+        let mut tenants = Vec::with_capacity(texts.tenants.len());
+        for text in texts.tenants.values() {
+            let t: crate::config::file::TenantSection = toml::from_str(text).map_err(|_| Problem::internal())?;
+            tenants.push(serde_json::to_value(t).map_err(|_| Problem::internal())?);
+        }
+        let snap = self.registry.snapshot();
+        let main: Vec<&str> = snap
+            .config
+            .tenants
+            .iter()
+            .map(|t| t.id.as_str())
+            .filter(|id| !texts.tenants.contains_key(*id))
+            .collect();
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({"tenants": tenants, "main_file_tenants": main, "generation": snap.generation}),
+        ))
+    }
+
+    /// Makes the tenant files equal to an export: creates, replaces and
+    /// deletes, all or nothing. `?preview=true` returns the diff only.
+    pub async fn import(self) -> Result<Response<Body>, Problem> {
+        self.caller.operator()?;
+        let preview = super::tenants::query_param::<bool>(&self.query, "preview").unwrap_or(false);
+        let body: Import = serde_json::from_slice(&self.body)
+            .map_err(|e| Problem::bad_request(format!("body is not an export: {e}")))?;
+        let mut sections = Vec::with_capacity(body.tenants.len());
+        for t in &body.tenants {
+            let id = t["id"].as_str().unwrap_or_default();
+            sections.push(parse_tenant(id, t.to_string().as_bytes())?);
+        }
+        let mut ids: Vec<String> = sections.iter().map(|t| t.id.clone()).collect();
+        let live = self.registry.texts();
+        ids.extend(
+            live.tenants
+                .keys()
+                .filter(|id| !sections.iter().any(|t| &t.id == *id))
+                .cloned(),
+        );
+        let done = self
+            .write(ids, preview, move |texts, snap| {
+                let mut edits: Vec<TenantEdit> = Vec::with_capacity(sections.len());
+                for t in &sections {
+                    editable(texts, snap, &t.id)?;
+                }
+                for id in texts.tenants.keys() {
+                    if !sections.iter().any(|t| &t.id == id) {
+                        edits.push(TenantEdit::Delete(id.clone()));
+                    }
+                }
+                edits.extend(sections.into_iter().map(|t| TenantEdit::Put(Box::new(t))));
+                Ok(((), edits))
+            })
+            .await?;
+        let diff: Vec<Value> = done.diff.iter().map(TenantDiff::to_json).collect();
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({"applied": !preview, "generation": done.generation, "diff": diff}),
+        ))
+    }
+}

@@ -75,10 +75,23 @@ impl BackgroundService for AdminApi {
     }
 }
 
+/// The OpenAPI document, committed as `src/admin/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+fn openapi() -> Response<Body> {
+    let mut resp = Response::new(Body::new(bytes::Bytes::from_static(OPENAPI.as_bytes())));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
 /// One request, end to end.
 async fn serve(registry: &Arc<Registry>, audit: &Arc<Audit>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
+        (&Method::GET, "/v1/openapi.json") => return openapi(),
         (&Method::GET, "/healthz") => return problem::json_response(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::GET, "/readyz") => {
             let generation = registry.snapshot().generation;

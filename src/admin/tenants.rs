@@ -44,6 +44,8 @@ impl Call {
             (&Method::POST, ["v1", "changes", "preview"]) => self.changes(true).await,
             (&Method::GET, ["v1", "audit"]) => self.audit_log().await,
             (&Method::GET, ["v1", "versions"]) => self.versions().await,
+            (&Method::GET, ["v1", "export"]) => self.export(),
+            (&Method::POST, ["v1", "import"]) => self.import().await,
             (&Method::POST, ["v1", "versions", n, "rollback"]) => self.rollback(n).await,
             _ => Err(Problem::not_found("no such resource; see /v1/openapi.json")),
         }
