@@ -762,3 +762,54 @@ async fn export_and_import_give_identical_routing() {
         assert!(doc.json["paths"][path].is_object(), "{path} missing");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_from_the_environment() {
+    let (p, q) = (backend("p").await, backend("q").await);
+    let env = format!(
+        "deploy:operator:{}, beta-admin:tenant:beta:{}",
+        hash_hex("deploy-secret"),
+        hash_hex("beta-secret")
+    );
+    let http = format!("127.0.0.1:{}", common::free_port()).parse().expect("addr");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = Gateway::start_with_env(dir, &config(&p, &q), http, &[("TENANTGATE_ADMIN_TOKENS", &env)]).await;
+    assert_eq!(
+        put(&gw, "deploy-secret", "beta", json!({"pool": "p"})).await.status,
+        201
+    );
+    let r = gw
+        .admin_call("GET", "/v1/tenants/beta", Some("beta-secret"), None, &[])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        gw.admin_call("GET", "/v1/tenants/stable", Some("beta-secret"), None, &[])
+            .await
+            .status,
+        403
+    );
+    let audit = gw
+        .admin_call("GET", "/v1/audit?tenant=beta", Some(OPS), None, &[])
+        .await;
+    assert_eq!(audit.json["entries"][0]["who"], "deploy");
+
+    // A bad entry is refused by check, naming the variable and never echoing the value.
+    let file = gw.dir().join("tenantgate.toml");
+    let out = std::process::Command::new(common::BIN)
+        .arg("check")
+        .arg(&file)
+        .env("TENANTGATE_ADMIN_TOKENS", "x:root:supersecretvalue")
+        .output()
+        .expect("run check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("TENANTGATE_ADMIN_TOKENS[0].scope: token scope \"root\" is neither"),
+        "{err}"
+    );
+    assert!(
+        err.contains("TENANTGATE_ADMIN_TOKENS[0].sha256: token hash \"supe…\" is not 64 hex digits"),
+        "{err}"
+    );
+    assert!(!err.contains("supersecretvalue"), "{err}");
+}

@@ -249,7 +249,11 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
     let mut errs = Vec::new();
     let gateway = validate_gateway(file.gateway, &mut errs);
     let telemetry = validate_telemetry(file.telemetry, &mut errs);
-    let admin = validate_admin(file.admin.unwrap_or_default(), &mut errs);
+    let mut admin_section = file.admin.unwrap_or_default();
+    let env_tokens = std::env::var(TOKENS_ENV).unwrap_or_default();
+    let from_config = admin_section.tokens.len();
+    admin_section.tokens.extend(env_token_sections(&env_tokens));
+    let admin = validate_admin(admin_section, from_config, &mut errs);
     let tls = file.tls.map(|t| validate_tls(t, base_dir, &gateway, &mut errs));
     let plans = plans::Plans::new(&file.plans, file.limits.as_ref(), &mut errs);
     let quota_file = {
@@ -636,27 +640,52 @@ fn validate_tls(t: file::TlsSection, base: &Path, gw: &Gateway, errs: &mut Vec<C
     }
 }
 
-fn validate_admin(a: file::AdminSection, errs: &mut Vec<ConfigError>) -> Admin {
+/// Admin tokens added from the environment: `name:scope:sha256` entries
+/// separated by commas or whitespace (the scope may be `tenant:<id>`).
+pub const TOKENS_ENV: &str = "TENANTGATE_ADMIN_TOKENS";
+
+fn env_token_sections(value: &str) -> Vec<file::TokenSection> {
+    value
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let (name, rest) = e.split_once(':').unwrap_or((e, ""));
+            let (scope, sha256) = rest.rsplit_once(':').unwrap_or((rest, ""));
+            file::TokenSection {
+                name: name.to_string(),
+                scope: scope.to_string(),
+                sha256: sha256.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Validates `[admin]`; tokens from index `from_config` on came from the environment.
+fn validate_admin(a: file::AdminSection, from_config: usize, errs: &mut Vec<ConfigError>) -> Admin {
     let mut tokens: Vec<Token> = Vec::with_capacity(a.tokens.len());
     for (i, t) in a.tokens.into_iter().enumerate() {
+        let at = |key: &str| match i.checked_sub(from_config) {
+            None => format!("admin.tokens[{i}].{key}"),
+            Some(j) => format!("{TOKENS_ENV}[{j}].{key}"),
+        };
         let scope = match t.scope.strip_prefix("tenant:") {
             None if t.scope == "operator" => Some(Scope::Operator),
             Some(id) if valid_tenant_id(id) => Some(Scope::Tenant(id.to_string())),
             _ => {
-                let field = format!("admin.tokens[{i}].scope");
+                let field = at("scope");
                 errs.push(err(None, &field, Problem::BadTokenScope { value: t.scope.clone() }));
                 None
             }
         };
         let sha256 = parse_sha256(&t.sha256);
         if sha256.is_none() {
-            let field = format!("admin.tokens[{i}].sha256");
+            let field = at("sha256");
             // The value is a hash, but a secret pasted by mistake must not be echoed.
             let value = format!("{}…", t.sha256.chars().take(4).collect::<String>());
             errs.push(err(None, &field, Problem::BadTokenHash { value }));
         }
         if tokens.iter().any(|k| k.name == t.name) {
-            let field = format!("admin.tokens[{i}].name");
+            let field = at("name");
             errs.push(err(None, &field, Problem::DuplicateTokenName { name: t.name.clone() }));
         }
         if let (Some(scope), Some(sha256)) = (scope, sha256) {

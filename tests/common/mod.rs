@@ -72,6 +72,16 @@ impl Gateway {
     /// Like [`Gateway::start_in`], on a plain-HTTP address chosen by the
     /// caller (the ACME tests point Pebble's HTTP-01 validator at it).
     pub async fn start_with_http(dir: tempfile::TempDir, template: &str, http: SocketAddr) -> Gateway {
+        Self::start_with_env(dir, template, http, &[]).await
+    }
+
+    /// Like [`Gateway::start_with_http`], with extra environment variables.
+    pub async fn start_with_env(
+        dir: tempfile::TempDir,
+        template: &str,
+        http: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -83,6 +93,7 @@ impl Gateway {
             .args(["serve", "--config"])
             .arg(&config_path)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
