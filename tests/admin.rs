@@ -175,7 +175,22 @@ async fn tokens_and_scopes() {
     assert_eq!(routed(&gw, "www.acme.com").await.1.as_deref(), Some("acme"));
     let r = gw.admin_call("GET", "/v1/tenants/acme", Some(ACME), None, &[]).await;
     assert_eq!(r.status, 200);
-    // A tenant token cannot create a tenant, even its own id elsewhere.
+    // A tenant token is told of a conflict, not who owns the name.
+    let r = put(
+        &gw,
+        ACME,
+        "acme",
+        json!({"domains": ["stable.example.com"], "pool": "p"}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json),
+        (
+            409,
+            json!({"type": "tag:tenantgate,2026:conflict", "title": "Conflict", "status": 409,
+                   "detail": "a name in this change belongs to another tenant; ask the operator"})
+        )
+    );
     assert!(
         !gw.log().contains(OPS) && !gw.log().contains(ACME),
         "a token was logged"
@@ -509,7 +524,7 @@ async fn audit_records_applied_and_rejected_writes() {
         strip(entries[1].clone()),
         json!({"who": "acme-admin", "request": "PUT /v1/tenants/acme", "tenants": ["acme"], "result": "rejected",
                "status": 409, "generation": null,
-               "problem": "domain stable.example.com is claimed by tenants \"stable\", \"acme\"",
+               "problem": "a name in this change belongs to another tenant; ask the operator",
                "diff": [{"tenant": "acme", "action": "update", "fields": {
                    "domains": {"before": ["app.acme.com"], "after": ["stable.example.com"]}}}]})
     );

@@ -162,6 +162,7 @@ impl Call {
         let registry = self.registry.clone();
         let audit = self.audit.clone();
         let who = self.caller.name.clone();
+        let scope = self.caller.scope.clone();
         let request = self.request.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let mut out = None;
@@ -186,7 +187,7 @@ impl Call {
                 (Err(Refusal::Problem(p)), out) => (out.map(|o| o.1).unwrap_or_default(), Err(p)),
                 (Err(Refusal::Write(e)), out) => (
                     out.map(|o| o.1).unwrap_or_default(),
-                    Err(write_problem(&who, &writing, e)),
+                    Err(for_scope(&scope, write_problem(&who, &writing, e))),
                 ),
             };
             if !dry_run {
@@ -277,6 +278,19 @@ enum Refusal {
 impl From<WriteError> for Refusal {
     fn from(e: WriteError) -> Self {
         Refusal::Write(e)
+    }
+}
+
+/// A tenant token does not learn who owns a name it cannot have: its
+/// conflicts name no other tenant.
+fn for_scope(scope: &Scope, p: Problem) -> Problem {
+    match scope {
+        Scope::Tenant(_) if p.kind == "conflict" => Problem::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "a name in this change belongs to another tenant; ask the operator",
+        ),
+        _ => p,
     }
 }
 
