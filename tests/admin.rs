@@ -217,12 +217,12 @@ async fn invalid_and_conflicting_writes_change_nothing() {
             "status": 422,
             "detail": "3 problem(s); nothing was applied",
             "errors": [
-                {"tenant": "bad", "field": "tenants[1].subdomain", "problem": "subdomain \"www\" is reserved",
+                {"tenant": "bad", "field": "tenants/bad.toml:subdomain", "problem": "subdomain \"www\" is reserved",
                  "fix": "pick another subdomain, or change [gateway] reserved_subdomains"},
-                {"tenant": "bad", "field": "tenants[1].domains[0]",
+                {"tenant": "bad", "field": "tenants/bad.toml:domains[0]",
                  "problem": "*.github.io is at or above a public suffix (github.io): it would cover domains nobody here owns",
                  "fix": "claim a registrable domain (such as acme.com) or a name below it"},
-                {"tenant": "bad", "field": "tenants[1].pool", "problem": "pool \"nope\" is not defined",
+                {"tenant": "bad", "field": "tenants/bad.toml:pool", "problem": "pool \"nope\" is not defined",
                  "fix": "define it under [pools.<name>] or point the tenant at an existing pool"},
             ],
         })
@@ -247,7 +247,7 @@ async fn invalid_and_conflicting_writes_change_nothing() {
             "detail": "domain stable.example.com is claimed by tenants \"stable\", \"thief\"",
             "owners": ["stable"],
             "errors": [
-                {"tenant": null, "field": "tenants[0].domains[0] and tenants[1].domains[0]",
+                {"tenant": null, "field": "tenants[0].domains[0] and tenants/thief.toml:domains[0]",
                  "problem": "domain stable.example.com is claimed by tenants \"stable\", \"thief\"",
                  "fix": "keep the name on exactly one tenant"},
             ],
