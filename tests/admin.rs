@@ -543,6 +543,18 @@ async fn audit_records_applied_and_rejected_writes() {
     assert_eq!(all.json["entries"].as_array().map(Vec::len), Some(3));
     let file = std::fs::read_to_string(gw.dir().join("state/admin/audit.jsonl")).expect("audit file");
     assert_eq!(file.lines().count(), 3);
+
+    // A write refused by scope is on record too.
+    assert_eq!(put(&gw, ACME, "other", json!({"pool": "q"})).await.status, 403);
+    let r = gw
+        .admin_call("GET", "/v1/audit?tenant=other", Some(OPS), None, &[])
+        .await;
+    assert_eq!(
+        strip(r.json["entries"][1].clone()),
+        json!({"who": "acme-admin", "request": "PUT /v1/tenants/other", "tenants": ["other"], "result": "rejected",
+               "status": 403, "generation": null, "diff": [],
+               "problem": "this token may only touch its own tenant"})
+    );
 }
 
 /// Copies a gateway's config file and tenant files into a new folder.

@@ -120,9 +120,39 @@ async fn serve(registry: &Arc<Registry>, audit: &Arc<Audit>, req: Request<Incomi
         query: parts.uri.query().unwrap_or("").to_string(),
         body,
     };
+    let (who, request, write) = (
+        call.caller.name.clone(),
+        call.request.clone(),
+        call.method != Method::GET,
+    );
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let tenants: Vec<String> = match segments.as_slice() {
+        ["v1", "tenants", id] => vec![id.to_string()],
+        _ => Vec::new(),
+    };
     match call.route(&segments).await {
         Ok(resp) => resp,
-        Err(p) => p.response(),
+        Err(p) => {
+            // Writes refused before reaching the registry (scope, body) are
+            // rejected attempts too.
+            if write && !p.audited && p.status != StatusCode::NOT_FOUND {
+                let (audit, status, detail) = (audit.clone(), p.status.as_u16(), p.detail.clone());
+                let recorded = tokio::task::spawn_blocking(move || {
+                    audit.record(&audit::Entry {
+                        who: &who,
+                        request: &request,
+                        tenants: &tenants,
+                        status: Some(status),
+                        generation: None,
+                        diff: &[],
+                        problem: Some(&detail),
+                    })
+                });
+                if recorded.await.is_err() {
+                    tracing::error!("audit task failed");
+                }
+            }
+            p.response()
+        }
     }
 }

@@ -17,6 +17,8 @@ pub struct Problem {
     pub detail: String,
     /// Extra members (`errors`, `owner`, …).
     pub extra: Vec<(&'static str, Value)>,
+    /// Already in the audit log (refused by a write itself).
+    pub audited: bool,
 }
 
 impl Problem {
@@ -26,6 +28,7 @@ impl Problem {
             kind,
             detail: detail.into(),
             extra: Vec::new(),
+            audited: false,
         }
     }
 

@@ -205,7 +205,10 @@ impl Call {
                     problem,
                 });
             }
-            outcome
+            outcome.map_err(|mut p| {
+                p.audited = !dry_run;
+                p
+            })
         })
         .await;
         joined.map_err(|_| Problem::internal())?

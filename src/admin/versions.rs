@@ -60,7 +60,12 @@ impl Call {
                     problem: problem.map(|p| p.detail.as_str()),
                 });
             }
-            let generation = result?.map(|w| w.generation);
+            let generation = result
+                .map_err(|mut p| {
+                    p.audited = !dry_run;
+                    p
+                })?
+                .map(|w| w.generation);
             Ok(json_response(
                 StatusCode::OK,
                 &json!({"rolled_back_to": n, "applied": !dry_run, "generation": generation}),
