@@ -343,6 +343,9 @@ pub(super) fn write_problem(who: &str, writing: &[String], e: WriteError) -> Pro
         WriteError::Version(VersionError::Unknown(n)) => {
             Problem::not_found(format!("version {n} is not in the kept history; see GET /v1/versions"))
         }
+        WriteError::Version(e @ VersionError::MainNotKept(_)) => {
+            Problem::new(StatusCode::CONFLICT, "not-kept", e.to_string())
+        }
         e @ (WriteError::Persist { .. } | WriteError::Serialize { .. } | WriteError::Version(_)) => {
             tracing::error!(error = %e, token = who, "admin write failed; nothing was applied");
             Problem::internal()

@@ -27,7 +27,7 @@ impl Call {
                     "at": v.at,
                     "who": v.who,
                     "tenants": v.tenants.keys().collect::<Vec<_>>(),
-                    "main_file": v.main.is_some(),
+                    "main_file": v.main.is_some() || v.main_not_kept,
                 })
             })
             .collect();

@@ -27,13 +27,22 @@ pub struct Version {
     pub who: String,
     pub tenants: BTreeMap<String, FileChange>,
     pub main: Option<FileChange>,
+    /// The main file changed but was too big to keep (see [`MAX_KEPT_MAIN`]).
+    #[serde(default)]
+    pub main_not_kept: bool,
 }
+
+/// A main file bigger than this is not copied into versions (a generated
+/// 100,000-tenant file is 12.8 MB; 50 versions of it would be over 1 GB).
+pub const MAX_KEPT_MAIN: usize = 4 << 20;
 
 /// Why a rollback cannot be computed.
 #[derive(Debug, thiserror::Error)]
 pub enum VersionError {
     #[error("version {0} is not in the kept history")]
     Unknown(u64),
+    #[error("version {0} changed a main config file too big to keep; undo that change by editing the file")]
+    MainNotKept(u64),
     #[error("cannot read the version history: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -75,7 +84,9 @@ impl Versions {
             };
             tenants.insert(id.clone(), change);
         }
-        let main = (old.main != new.main).then(|| FileChange {
+        let main_changed = old.main != new.main;
+        let main_not_kept = main_changed && old.main.len().max(new.main.len()) > MAX_KEPT_MAIN;
+        let main = (main_changed && !main_not_kept).then(|| FileChange {
             before: Some(old.main.clone()),
             after: Some(new.main.clone()),
         });
@@ -88,6 +99,7 @@ impl Versions {
             who: who.to_string(),
             tenants,
             main,
+            main_not_kept,
         };
         let json = serde_json::to_vec(&v).map_err(std::io::Error::other)?;
         write_atomic(&dir.join(format!("{version}.json")), &json).map_err(std::io::Error::other)?;
@@ -141,6 +153,9 @@ impl Versions {
         let mut texts = current.clone();
         for m in numbers.into_iter().rev().take_while(|m| *m > n) {
             let v = self.load(m)?;
+            if v.main_not_kept {
+                return Err(VersionError::MainNotKept(m));
+            }
             for (id, change) in v.tenants {
                 match change.before {
                     Some(t) => texts.tenants.insert(id, t),
@@ -152,5 +167,41 @@ impl Versions {
             }
         }
         Ok(texts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(main: &str, tenants: &[(&str, &str)]) -> Texts {
+        Texts {
+            main: main.to_string(),
+            tenants: tenants.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    #[test]
+    fn undo_restores_main_and_tenant_files_and_history_is_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let versions = Versions::new(Some(&dir.path().join("tenantgate.toml")));
+        let t0 = texts("main 0", &[("a", "a0")]);
+        let t1 = texts("main 1", &[("a", "a1"), ("b", "b1")]);
+        let t2 = texts("main 1", &[("b", "b2")]);
+        assert_eq!(versions.record("x", &t0, &t1, 3).expect("record"), Some(1));
+        assert_eq!(versions.record("y", &t1, &t2, 3).expect("record"), Some(2));
+        assert_eq!(versions.undo_to(1, &t2).expect("undo"), t1);
+        assert_eq!(versions.undo_to(2, &t2).expect("undo"), t2);
+
+        for n in 3..=5 {
+            assert_eq!(versions.record("z", &t2, &t2, 3).expect("record"), Some(n));
+        }
+        let kept: Vec<u64> = versions.list().expect("list").iter().map(|v| v.version).collect();
+        assert_eq!(kept, [5, 4, 3]);
+        assert!(matches!(versions.undo_to(1, &t2), Err(VersionError::Unknown(1))));
+
+        let big = texts(&"#".repeat(MAX_KEPT_MAIN + 1), &[("b", "b2")]);
+        assert_eq!(versions.record("w", &t2, &big, 3).expect("record"), Some(6));
+        assert!(matches!(versions.undo_to(5, &big), Err(VersionError::MainNotKept(6))));
     }
 }
