@@ -10,6 +10,7 @@ mod changes;
 mod problem;
 mod tenants;
 mod versions;
+mod write;
 
 use std::sync::Arc;
 

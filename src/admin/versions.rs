@@ -5,7 +5,8 @@ use serde_json::{json, Value};
 
 use super::audit::Entry;
 use super::problem::{json_response, Body, Problem};
-use super::tenants::{write_problem, Call};
+use super::tenants::Call;
+use super::write::write_problem;
 
 impl Call {
     /// Kept versions, newest first: number, time, who, changed files.
