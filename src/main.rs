@@ -32,6 +32,16 @@ enum Command {
     },
     /// Validate a config file; prints every problem and exits 1 if any.
     Check { path: PathBuf },
+    /// Print how the tenants of NEW differ from OLD (each a config file with
+    /// its tenants/ folder), as the admin API's preview does. Exit 0 when
+    /// they are the same, 1 when they differ, 2 when a file cannot be read.
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        /// Print the diff as JSON, exactly as POST /v1/changes/preview returns it.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the gateway on the embedded demo config, with demo backends on loopback.
     Demo,
     /// Run an echo backend (the demo's), for load tests and benchmarks.
@@ -64,6 +74,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve { config } => run(Source::File(config)),
         Command::Check { path } => check(&path),
+        Command::Diff { old, new, json } => diff(&old, &new, json),
         Command::Demo => demo(),
         Command::Backend { listen, name } => backend(listen, &name),
         Command::GenConfig {
@@ -97,7 +108,7 @@ fn run(source: Source) -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    let result = config::read(path).and_then(|text| Snapshot::compile(path, &text));
+    let result = config::Texts::read(path).and_then(|texts| Snapshot::compile_texts(path, &texts));
     match result {
         Ok((config, table)) => {
             println!(
@@ -113,6 +124,35 @@ fn check(path: &std::path::Path) -> ExitCode {
             eprintln!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn diff(old: &std::path::Path, new: &std::path::Path, json: bool) -> ExitCode {
+    let tenants = |path: &std::path::Path| {
+        config::Texts::read(path)
+            .and_then(|t| t.parse(path))
+            .map(|(file, _)| file.tenants.into_iter().map(|t| (t.id.clone(), t)).collect())
+    };
+    let (before, after): (config::diff::Tenants, config::diff::Tenants) = match (tenants(old), tenants(new)) {
+        (Ok(b), Ok(a)) => (b, a),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let changes = config::diff::diff(&before, &after);
+    if json {
+        let list: Vec<serde_json::Value> = changes.iter().map(config::diff::TenantDiff::to_json).collect();
+        println!("{}", serde_json::Value::Array(list));
+    } else {
+        for c in &changes {
+            println!("{}", c.to_line());
+        }
+    }
+    if changes.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

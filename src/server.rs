@@ -9,6 +9,7 @@ use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 
 use crate::acme::{CertManager, Challenges};
+use crate::admin::AdminApi;
 use crate::config::{Issuer, LoadError, Source};
 use crate::limits::fleet::{Fleet, FleetSync, StoreError};
 use crate::limits::QuotaFlusher;
@@ -26,6 +27,12 @@ pub enum StartError {
     Config(#[from] LoadError),
     #[error("metrics setup failed: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("admin API: cannot listen on {addr}: {source}")]
+    AdminListen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("internal CA: {0}")]
     InternalCa(#[from] CertError),
     #[error("{0}")]
@@ -107,6 +114,27 @@ pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
         svc.add_tcp(&addr.to_string());
         server.add_service(svc);
     }
+    if !snap.config.admin.tokens.is_empty() {
+        let addr = gw.admin_listen;
+        let listener = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|source| StartError::AdminListen { addr, source })?;
+        server.add_service(background_service(
+            "tenantgate admin",
+            AdminApi {
+                audit: Arc::new(crate::admin::Audit::new(
+                    registry
+                        .source()
+                        .tenants_dir()
+                        .is_some()
+                        .then(|| registry.source().path())
+                        .as_deref(),
+                )),
+                registry: registry.clone(),
+                listener: std::sync::Mutex::new(Some(listener)),
+            },
+        ));
+    }
     server.add_service(background_service(
         "tenantgate config watcher",
         ConfigWatcher {
@@ -136,6 +164,7 @@ pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
         http = %gw.http_listen,
         https = ?gw.https_listen,
         metrics = ?gw.metrics_listen,
+        admin = ?(!snap.config.admin.tokens.is_empty()).then_some(gw.admin_listen),
         tenants = snap.tenants.len(),
         domains = snap.table.len(),
         "tenantgate serving"

@@ -263,7 +263,8 @@ async fn overrides_beat_the_plan_and_a_reload_changes_limits_without_resetting_c
 #[tokio::test]
 async fn one_client_cannot_use_up_the_tenants_budget() {
     let pool = backend("shared").await;
-    let plan = "requests_per_second = 100\nburst = 100\nclient_requests_per_second = 1\nclient_burst = 2";
+    // The tenant refills one request a second: the counts below hold exactly.
+    let plan = "requests_per_second = 1\nburst = 100\nclient_requests_per_second = 1\nclient_burst = 2";
     let gw = Gateway::start(&config(&pool, plan, "")).await;
     for _ in 0..2 {
         assert_eq!(get_from(&gw, "acme.example.com", "/", "127.0.0.1").await.status, 200);
@@ -274,7 +275,7 @@ async fn one_client_cannot_use_up_the_tenants_budget() {
     assert!(r.body.contains("\"policy\":\"client\""), "{}", r.body);
     assert_eq!(
         header(&r, "ratelimit-policy"),
-        "\"burst\";q=100;w=1, \"client\";q=2;w=2"
+        "\"burst\";q=100;w=100, \"client\";q=2;w=2"
     );
     // Another client of the same tenant still has its share, and the refused
     // request took nothing from the tenant's budget: 2 of 100 are spent.

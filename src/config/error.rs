@@ -102,6 +102,14 @@ pub enum Problem {
     BadRedisUrl { value: String, reason: String },
     #[error("key prefix {value:?} is not 1 to 32 characters of a-z, 0-9, '-' and '_'")]
     BadKeyPrefix { value: String },
+    #[error("token hash {value:?} is not 64 hex digits")]
+    BadTokenHash { value: String },
+    #[error("token scope {value:?} is neither \"operator\" nor \"tenant:<id>\"")]
+    BadTokenScope { value: String },
+    #[error("token name {name:?} is used twice")]
+    DuplicateTokenName { name: String },
+    #[error("tenant file {file} holds tenant {id:?}")]
+    TenantFileName { file: String, id: String },
     #[error("pool {pool:?} is not defined")]
     UnknownPool { pool: String },
     #[error("pool {pool:?} has no upstreams")]
@@ -158,6 +166,10 @@ impl Problem {
             BadStoreFailure { .. } => "use \"open\" (serve on local limits while the store is down) or \"closed\" (refuse with 503)",
             BadRedisUrl { .. } => "write a URL such as redis://127.0.0.1:6379 or rediss://user:pass@host:6380/0",
             BadKeyPrefix { .. } => "use a short name such as tenantgate",
+            BadTokenHash { .. } => "store the SHA-256 of the token as hex: printf %s \"$TOKEN\" | sha256sum",
+            BadTokenScope { .. } => "use scope = \"operator\" or scope = \"tenant:<tenant id>\"",
+            DuplicateTokenName { .. } => "give each token its own name; the audit log records it",
+            TenantFileName { .. } => "name the file <tenant id>.toml",
             UnknownPool { .. } => "define it under [pools.<name>] or point the tenant at an existing pool",
             EmptyPool { .. } => "list at least one upstream, such as upstreams = [\"127.0.0.1:9001\"]",
         }

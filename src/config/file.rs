@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -19,8 +19,27 @@ pub struct File {
     pub plans: BTreeMap<String, PlanSection>,
     pub limits: Option<LimitsSection>,
     pub store: Option<StoreSection>,
+    pub admin: Option<AdminSection>,
     #[serde(default)]
     pub tenants: Vec<TenantSection>,
+}
+
+/// `[admin]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    #[serde(default)]
+    pub tokens: Vec<TokenSection>,
+    pub history: Option<usize>,
+}
+
+/// One `[[admin.tokens]]` entry: only the SHA-256 of the secret is stored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSection {
+    pub name: String,
+    pub scope: String,
+    pub sha256: String,
 }
 
 /// `[gateway]`
@@ -30,6 +49,7 @@ pub struct GatewaySection {
     pub http_listen: String,
     pub https_listen: Option<String>,
     pub metrics_listen: Option<String>,
+    pub admin_listen: Option<String>,
     #[serde(default)]
     pub base_domains: Vec<String>,
     pub reserved_subdomains: Option<Vec<String>>,
@@ -62,33 +82,47 @@ pub struct PoolSection {
     pub upstreams: Vec<String>,
 }
 
-/// One `[[tenants]]` entry.
-#[derive(Debug, Deserialize)]
+/// One `[[tenants]]` entry, or one file under `tenants/`. Serialised as a
+/// tenant file and as the admin API's JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantSection {
     pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub subdomain: Option<String>,
     #[serde(default)]
     pub domains: Vec<String>,
     pub pool: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub redirect_https: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub limits: Option<PlanSection>,
 }
 
 /// `[plans.<name>]`, and a tenant's `[tenants.limits]` overrides. Signed so
 /// that a negative value gets a clear message rather than a type error.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub requests_per_second: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub burst: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub requests_per_day: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub requests_per_month: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_requests_per_second: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_burst: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub on_store_failure: Option<String>,
 }
 

@@ -6,6 +6,7 @@
 //! wildcard overlaps, platform namespace) live in `routing::table`, which is
 //! built from this model.
 
+pub mod diff;
 mod error;
 pub mod file;
 pub mod generate;
@@ -54,6 +55,7 @@ pub struct Config {
     pub quota_file: PathBuf,
     pub gateway: Gateway,
     pub telemetry: Telemetry,
+    pub admin: Admin,
     /// `None` when the gateway serves plain HTTP only.
     pub tls: Option<Tls>,
     /// Fleet mode: limits shared through Redis. `None` on a single node.
@@ -90,6 +92,8 @@ pub struct Gateway {
     pub http_listen: SocketAddr,
     pub https_listen: Option<SocketAddr>,
     pub metrics_listen: Option<SocketAddr>,
+    /// The admin API's listener (served only when tokens are configured).
+    pub admin_listen: SocketAddr,
     /// Normalised platform domains.
     pub base_domains: Vec<String>,
     pub reserved_subdomains: Vec<String>,
@@ -132,6 +136,41 @@ pub struct Telemetry {
     /// Tenants beyond this many (in config order) share the `_other` label in
     /// per-tenant metrics, which keeps label cardinality bounded.
     pub tenant_label_limit: usize,
+}
+
+/// `[admin]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Admin {
+    pub tokens: Vec<Token>,
+    /// Applied versions kept for rollback.
+    pub history: usize,
+}
+
+/// An admin API bearer token: its name, what it may touch, and the SHA-256
+/// of its secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token {
+    pub name: String,
+    pub scope: Scope,
+    pub sha256: [u8; 32],
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("name", &self.name)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a token may touch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything.
+    Operator,
+    /// One tenant's own settings, within what the operator set.
+    Tenant(String),
 }
 
 /// A backend pool.
@@ -237,6 +276,11 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
     let mut errs = Vec::new();
     let gateway = validate_gateway(file.gateway, &mut errs);
     let telemetry = validate_telemetry(file.telemetry, &mut errs);
+    let mut admin_section = file.admin.unwrap_or_default();
+    let env_tokens = std::env::var(TOKENS_ENV).unwrap_or_default();
+    let from_config = admin_section.tokens.len();
+    admin_section.tokens.extend(env_token_sections(&env_tokens));
+    let admin = validate_admin(admin_section, from_config, &mut errs);
     let tls = file.tls.map(|t| validate_tls(t, base_dir, &gateway, &mut errs));
     let plans = plans::Plans::new(&file.plans, file.limits.as_ref(), &mut errs);
     let store = file.store.map(|s| validate_store(s, &mut errs));
@@ -379,6 +423,7 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
             quota_file,
             gateway,
             telemetry,
+            admin,
             tls,
             store,
             pools,
@@ -458,6 +503,12 @@ fn validate_gateway(g: file::GatewaySection, errs: &mut Vec<ConfigError>) -> Gat
         .metrics_listen
         .as_deref()
         .and_then(|v| listen("gateway.metrics_listen", v, errs).ok());
+
+    let admin_listen = g
+        .admin_listen
+        .as_deref()
+        .and_then(|v| listen("gateway.admin_listen", v, errs).ok())
+        .unwrap_or(([127, 0, 0, 1], 9901).into());
 
     let mut base_domains: Vec<String> = Vec::new();
     for (i, raw) in g.base_domains.iter().enumerate() {
@@ -571,6 +622,7 @@ fn validate_gateway(g: file::GatewaySection, errs: &mut Vec<ConfigError>) -> Gat
         http_listen,
         https_listen,
         metrics_listen,
+        admin_listen,
         base_domains,
         reserved_subdomains,
         tenant_header,
@@ -674,6 +726,87 @@ fn validate_tls(t: file::TlsSection, base: &Path, gw: &Gateway, errs: &mut Vec<C
     }
 }
 
+/// Admin tokens added from the environment: `name:scope:sha256` entries
+/// separated by commas or whitespace (the scope may be `tenant:<id>`).
+pub const TOKENS_ENV: &str = "TENANTGATE_ADMIN_TOKENS";
+
+fn env_token_sections(value: &str) -> Vec<file::TokenSection> {
+    value
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let (name, rest) = e.split_once(':').unwrap_or((e, ""));
+            let (scope, sha256) = rest.rsplit_once(':').unwrap_or((rest, ""));
+            file::TokenSection {
+                name: name.to_string(),
+                scope: scope.to_string(),
+                sha256: sha256.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Validates `[admin]`; tokens from index `from_config` on came from the environment.
+fn validate_admin(a: file::AdminSection, from_config: usize, errs: &mut Vec<ConfigError>) -> Admin {
+    let mut tokens: Vec<Token> = Vec::with_capacity(a.tokens.len());
+    for (i, t) in a.tokens.into_iter().enumerate() {
+        let at = |key: &str| match i.checked_sub(from_config) {
+            None => format!("admin.tokens[{i}].{key}"),
+            Some(j) => format!("{TOKENS_ENV}[{j}].{key}"),
+        };
+        let scope = match t.scope.strip_prefix("tenant:") {
+            None if t.scope == "operator" => Some(Scope::Operator),
+            Some(id) if valid_tenant_id(id) => Some(Scope::Tenant(id.to_string())),
+            _ => {
+                let field = at("scope");
+                errs.push(err(None, &field, Problem::BadTokenScope { value: t.scope.clone() }));
+                None
+            }
+        };
+        let sha256 = parse_sha256(&t.sha256);
+        if sha256.is_none() {
+            let field = at("sha256");
+            // The value is a hash, but a secret pasted by mistake must not be echoed.
+            let value = format!("{}…", t.sha256.chars().take(4).collect::<String>());
+            errs.push(err(None, &field, Problem::BadTokenHash { value }));
+        }
+        if tokens.iter().any(|k| k.name == t.name) {
+            let field = at("name");
+            errs.push(err(None, &field, Problem::DuplicateTokenName { name: t.name.clone() }));
+        }
+        if let (Some(scope), Some(sha256)) = (scope, sha256) {
+            tokens.push(Token {
+                name: t.name,
+                scope,
+                sha256,
+            });
+        }
+    }
+    let history = match a.history {
+        Some(0) => {
+            errs.push(err(None, "admin.history", Problem::Zero { value: "0".into() }));
+            50
+        }
+        Some(n) => n,
+        None => 50,
+    };
+    Admin { tokens, history }
+}
+
+/// 64 hex digits, either case.
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let b = hex.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in b.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
 fn validate_telemetry(t: file::TelemetrySection, errs: &mut Vec<ConfigError>) -> Telemetry {
     let log_format = match t.log_format.as_deref() {
         None | Some("text") => LogFormat::Text,
@@ -732,7 +865,8 @@ fn public_suffix_problem(d: &DomainName) -> Option<Problem> {
     })
 }
 
-fn valid_tenant_id(id: &str) -> bool {
+/// Whether `id` is a valid tenant id.
+pub fn valid_tenant_id(id: &str) -> bool {
     let b = id.as_bytes();
     !b.is_empty()
         && b.len() <= 63
@@ -765,5 +899,100 @@ impl Source {
             Source::File(p) => read(p),
             Source::Embedded { text, .. } => Ok(text.to_string()),
         }
+    }
+
+    /// The main file and the tenant files beside it.
+    pub fn texts(&self) -> Result<Texts, LoadError> {
+        match self {
+            Source::File(p) => Texts::read(p),
+            Source::Embedded { text, .. } => Ok(Texts {
+                main: text.to_string(),
+                tenants: Default::default(),
+            }),
+        }
+    }
+
+    /// The config file; `None` for the embedded config.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            Source::File(p) => Some(p),
+            Source::Embedded { .. } => None,
+        }
+    }
+
+    /// The folder of tenant files; `None` for the embedded config.
+    pub fn tenants_dir(&self) -> Option<PathBuf> {
+        match self {
+            Source::File(p) => Some(tenants_dir(p)),
+            Source::Embedded { .. } => None,
+        }
+    }
+}
+
+/// The tenant files' folder for the config file at `path`: `tenants/` beside it.
+pub fn tenants_dir(path: &Path) -> PathBuf {
+    path.parent().unwrap_or(Path::new(".")).join("tenants")
+}
+
+/// The text of a whole config: the main file, and one file per tenant in
+/// `tenants/` (by file stem, which must be the tenant id).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Texts {
+    pub main: String,
+    pub tenants: std::collections::BTreeMap<String, String>,
+}
+
+impl Texts {
+    /// Reads the main file and every `tenants/*.toml` beside it (a missing
+    /// folder is no tenant files).
+    pub fn read(path: &Path) -> Result<Texts, LoadError> {
+        let main = read(path)?;
+        let dir = tenants_dir(path);
+        let mut tenants = std::collections::BTreeMap::new();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Texts { main, tenants }),
+            Err(source) => return Err(LoadError::Read { path: dir, source }),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|source| LoadError::Read {
+                path: dir.clone(),
+                source,
+            })?;
+            let p = entry.path();
+            let stem = p.file_stem().and_then(|s| s.to_str()).map(str::to_string);
+            match (stem, p.extension().and_then(|e| e.to_str())) {
+                (Some(stem), Some("toml")) if !stem.starts_with('.') => {
+                    tenants.insert(stem, read(&p)?);
+                }
+                _ => {}
+            }
+        }
+        Ok(Texts { main, tenants })
+    }
+
+    /// Parses every file: the tenant files' tenants come after the main
+    /// file's, in file name order. Also returns a problem for each tenant
+    /// file not named after its tenant.
+    pub fn parse(&self, path: &Path) -> Result<(file::File, Vec<ConfigError>), LoadError> {
+        let mut file = parse(path, &self.main)?;
+        let mut errs = Vec::new();
+        let dir = tenants_dir(path);
+        for (stem, text) in &self.tenants {
+            let p = dir.join(format!("{stem}.toml"));
+            let t: file::TenantSection = toml::from_str(text).map_err(|e| LoadError::Parse {
+                path: p,
+                message: e.to_string().trim_end().to_string(),
+            })?;
+            if t.id != *stem {
+                let problem = Problem::TenantFileName {
+                    file: format!("tenants/{stem}.toml"),
+                    id: t.id.clone(),
+                };
+                errs.push(err(Some(&t.id), "id", problem));
+            }
+            file.tenants.push(t);
+        }
+        Ok((file, errs))
     }
 }

@@ -7,7 +7,9 @@
 //! finish on the generation they started with.
 
 mod snapshot;
+mod versions;
 mod watch;
+mod write;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -15,10 +17,13 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 pub use snapshot::{problems, Changes, Snapshot, Tenant};
+pub use versions::{FileChange, Version, VersionError, Versions};
 pub use watch::ConfigWatcher;
+pub use write::{TenantEdit, WriteError, Written};
 
-use crate::config::{LoadError, Source};
+use crate::config::{Config, LoadError, Source, Texts};
 use crate::limits::Book;
+use crate::routing::DomainTable;
 use crate::telemetry::Metrics;
 
 /// What a reload did.
@@ -35,32 +40,39 @@ pub struct Registry {
     source: Source,
     live: ArcSwap<Snapshot>,
     metrics: Arc<Metrics>,
-    /// Serialises writers and remembers the live text.
-    writer: Mutex<String>,
+    /// Serialises writers (reloads and admin writes).
+    writer: Mutex<()>,
+    /// The text of the live config (main file and tenant files).
+    texts: ArcSwap<Texts>,
     /// The live generation, for services that follow reloads.
     generation: tokio::sync::watch::Sender<u64>,
     /// Limiter state by tenant id, outside the snapshot.
     book: Arc<Book>,
+    /// Applied versions, for rollback.
+    versions: Versions,
 }
 
 impl Registry {
     /// Loads the first snapshot. Fails if the config is invalid.
     pub fn load(source: Source, metrics: Arc<Metrics>) -> Result<Registry, LoadError> {
-        let text = source.text()?;
-        let (config, table) = Snapshot::compile(&source.path(), &text)?;
+        let texts = source.texts()?;
+        let (config, table) = Snapshot::compile_texts(&source.path(), &texts)?;
         let book = Arc::new(Book::default());
         open_quota_file(&book, &config.quota_file);
         let snap = Snapshot::assemble(1, config, table, None, &metrics, &book);
         metrics.reload_result(true);
         publish_gauges(&metrics, &snap);
         let (generation, _) = tokio::sync::watch::channel(snap.generation);
+        let versions = Versions::new(source.file());
         Ok(Registry {
             source,
             live: ArcSwap::from_pointee(snap),
             metrics,
-            writer: Mutex::new(text),
+            writer: Mutex::new(()),
+            texts: ArcSwap::from_pointee(texts),
             generation,
             book,
+            versions,
         })
     }
 
@@ -85,6 +97,11 @@ impl Registry {
         self.generation.subscribe()
     }
 
+    /// The text of the live config.
+    pub fn texts(&self) -> Arc<Texts> {
+        self.texts.load_full()
+    }
+
     /// Where the config comes from.
     pub fn source(&self) -> &Source {
         &self.source
@@ -93,9 +110,9 @@ impl Registry {
     /// Re-reads the source and swaps in a new snapshot if it is valid.
     /// Blocking (file I/O and CPU work): call it from a blocking thread.
     pub fn reload(&self) -> Result<ReloadOutcome, LoadError> {
-        let mut live_text = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let started = std::time::Instant::now();
-        let result = self.reload_locked(&mut live_text);
+        let result = self.reload_locked();
         let took = started.elapsed();
         self.metrics.config_last_reload_duration.set(took.as_secs_f64());
         match &result {
@@ -128,12 +145,30 @@ impl Registry {
         result
     }
 
-    fn reload_locked(&self, live_text: &mut String) -> Result<ReloadOutcome, LoadError> {
-        let text = self.source.text()?;
-        if text == *live_text {
+    fn reload_locked(&self) -> Result<ReloadOutcome, LoadError> {
+        let texts = self.source.texts()?;
+        if texts == **self.texts.load() {
             return Ok(ReloadOutcome::Unchanged);
         }
-        let (config, table) = Snapshot::compile(&self.source.path(), &text)?;
+        let (config, table) = Snapshot::compile_texts(&self.source.path(), &texts)?;
+        let (generation, changes) = self.install("file", texts, config, table);
+        Ok(ReloadOutcome::Applied { generation, changes })
+    }
+
+    /// The version history.
+    pub fn versions(&self) -> &Versions {
+        &self.versions
+    }
+
+    /// Swaps in a compiled config and records it as a version (by `who`).
+    /// Call with the writer lock held.
+    fn install(&self, who: &str, texts: Texts, config: Config, table: DomainTable) -> (u64, Changes) {
+        if let Err(e) = self
+            .versions
+            .record(who, &self.texts.load(), &texts, config.admin.history)
+        {
+            tracing::error!(error = %e, "cannot record the version; rollback to it will not be possible");
+        }
         let old = self.live.load_full();
         if config.gateway.http_listen != old.config.gateway.http_listen
             || config.gateway.metrics_listen != old.config.gateway.metrics_listen
@@ -156,9 +191,9 @@ impl Registry {
         let changes = self.forget_removed(&old, &snap);
         publish_gauges(&self.metrics, &snap);
         self.live.store(Arc::new(snap));
-        *live_text = text;
+        self.texts.store(Arc::new(texts));
         self.generation.send_replace(generation);
-        Ok(ReloadOutcome::Applied { generation, changes })
+        (generation, changes)
     }
 
     /// Drops metric series of tenants and pools that are gone.

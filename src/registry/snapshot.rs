@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
-use crate::config::{self, Config, ConfigError, LoadError, PoolId};
+use crate::config::{self, Config, ConfigError, LoadError, PoolId, Texts};
 use crate::limits::{Book, TenantState};
 use crate::proxy::pool::{Pool, Upstream};
 use crate::routing::{DomainTable, TenantIdx};
@@ -43,8 +43,33 @@ impl Snapshot {
     /// not just the first. `path` is only used in messages.
     pub fn compile(path: &std::path::Path, text: &str) -> Result<(Config, DomainTable), LoadError> {
         let file = config::parse(path, text)?;
+        Self::compile_file(path, file, Vec::new())
+    }
+
+    /// Like [`Snapshot::compile`], for the main file and its tenant files.
+    pub fn compile_texts(path: &std::path::Path, texts: &Texts) -> Result<(Config, DomainTable), LoadError> {
+        let (file, errors) = texts.parse(path)?;
+        let main_count = file.tenants.len().saturating_sub(texts.tenants.len());
+        Self::compile_file(path, file, errors).map_err(|e| match e {
+            LoadError::Invalid { path, mut errors } => {
+                let stems: Vec<&str> = texts.tenants.keys().map(String::as_str).collect();
+                for e in &mut errors {
+                    e.field = relocate(&e.field, main_count, &stems);
+                }
+                LoadError::Invalid { path, errors }
+            }
+            other => other,
+        })
+    }
+
+    fn compile_file(
+        path: &std::path::Path,
+        file: config::file::File,
+        earlier: Vec<ConfigError>,
+    ) -> Result<(Config, DomainTable), LoadError> {
         let base = path.parent().unwrap_or(std::path::Path::new("."));
         let (config, mut errors) = config::validate(file, base);
+        errors.extend(earlier);
         let (table, conflicts) = DomainTable::build(&config);
         errors.extend(conflicts);
         if errors.is_empty() {
@@ -142,6 +167,40 @@ impl Snapshot {
     }
 }
 
+/// Rewrites `tenants[N].x` to `tenants/<id>.toml:x` for tenants from tenant
+/// files (N counts the main file's tenants first), so that a problem names
+/// the file to fix and a tenant file's fields do not depend on its position.
+fn relocate(field: &str, main_count: usize, stems: &[&str]) -> String {
+    let mut out = String::with_capacity(field.len() + 16);
+    let mut rest = field;
+    while let Some(at) = rest.find("tenants[") {
+        let (before, from) = rest.split_at(at);
+        out.push_str(before);
+        let digits = &from["tenants[".len()..];
+        let len = digits.bytes().take_while(u8::is_ascii_digit).count();
+        let index = digits[..len].parse::<usize>().ok();
+        let stem = index.and_then(|n| n.checked_sub(main_count)).and_then(|k| stems.get(k));
+        match (stem, digits[len..].strip_prefix(']')) {
+            (Some(stem), Some(after)) => {
+                out.push_str(&format!("tenants/{stem}.toml"));
+                rest = match after.strip_prefix('.') {
+                    Some(a) => {
+                        out.push(':');
+                        a
+                    }
+                    None => after,
+                };
+            }
+            _ => {
+                out.push_str("tenants[");
+                rest = digits;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Summary of what a reload changed, for the log.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changes {
@@ -154,5 +213,27 @@ pub fn problems(e: &LoadError) -> Vec<String> {
     match e {
         LoadError::Invalid { errors, .. } => errors.iter().map(ConfigError::to_string).collect(),
         other => vec![other.to_string()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relocate;
+
+    #[test]
+    fn fields_of_tenant_files_name_the_file() {
+        let stems = ["acme", "beta"];
+        assert_eq!(relocate("tenants[0].domains[1]", 1, &stems), "tenants[0].domains[1]");
+        assert_eq!(
+            relocate("tenants[1].domains[1]", 1, &stems),
+            "tenants/acme.toml:domains[1]"
+        );
+        assert_eq!(
+            relocate("tenants[0].domains[0] and tenants[2].subdomain", 1, &stems),
+            "tenants[0].domains[0] and tenants/beta.toml:subdomain"
+        );
+        assert_eq!(relocate("tenants[].id", 1, &stems), "tenants[].id");
+        assert_eq!(relocate("tenants[9].pool", 1, &stems), "tenants[9].pool");
+        assert_eq!(relocate("pools.p.upstreams", 1, &stems), "pools.p.upstreams");
     }
 }

@@ -28,7 +28,16 @@ impl BackgroundService for ConfigWatcher {
             return;
         };
         let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-        let watch = self.registry.snapshot().config.gateway.watch_config;
+        let snap = self.registry.snapshot();
+        let watch = snap.config.gateway.watch_config;
+        if !snap.config.admin.tokens.is_empty() {
+            // The admin API writes there; watch it from the start so hand
+            // edits of files it creates are seen too.
+            if let Err(e) = std::fs::create_dir_all(crate::config::tenants_dir(&path)) {
+                tracing::warn!(error = %e, "cannot create the tenants folder");
+            }
+        }
+        drop(snap);
         let _watcher = match watch.then(|| watch_file(path.clone(), tx.clone())).transpose() {
             Ok(w) => w,
             Err(e) => {
@@ -63,7 +72,8 @@ impl BackgroundService for ConfigWatcher {
 }
 
 /// Watches the file's directory (editors and `mv` replace the file, which
-/// a watch on the file itself would miss) and signals changes to `path`.
+/// a watch on the file itself would miss) and signals changes to `path`,
+/// and the tenants folder beside it (if it exists) for `*.toml` changes.
 fn watch_file(path: PathBuf, tx: mpsc::UnboundedSender<()>) -> notify::Result<notify::RecommendedWatcher> {
     let dir = path
         .parent()
@@ -71,6 +81,8 @@ fn watch_file(path: PathBuf, tx: mpsc::UnboundedSender<()>) -> notify::Result<no
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(PathBuf::from("."));
     let name = path.file_name().map(|n| n.to_os_string());
+    let tenants = crate::config::tenants_dir(&path);
+    let tenants_for_events = tenants.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(event) = res else { return };
         // Only changes count: our own reads of the file raise access events,
@@ -79,15 +91,19 @@ fn watch_file(path: PathBuf, tx: mpsc::UnboundedSender<()>) -> notify::Result<no
             event.kind,
             notify::EventKind::Create(_) | notify::EventKind::Modify(_) | notify::EventKind::Remove(_)
         );
-        if changes
-            && event
-                .paths
-                .iter()
-                .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
-        {
+        let relevant = |p: &PathBuf| {
+            p.file_name().map(|n| n.to_os_string()) == name
+                || (p.parent() == Some(&tenants_for_events)
+                    && p.extension().is_some_and(|e| e == "toml")
+                    && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        };
+        if changes && event.paths.iter().any(relevant) {
             let _ = tx.send(());
         }
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    if tenants.is_dir() {
+        watcher.watch(&tenants, RecursiveMode::NonRecursive)?;
+    }
     Ok(watcher)
 }

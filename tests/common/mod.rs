@@ -39,18 +39,21 @@ pub struct Gateway {
     pub metrics: SocketAddr,
     /// Listened on only when the config uses `{https}`.
     pub https: SocketAddr,
+    /// The admin API; listened on only when the config uses `{admin}`.
+    pub admin: SocketAddr,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
     _dir: tempfile::TempDir,
     client: reqwest::Client,
 }
 
-/// Fills `{http}` and `{metrics}` in a config template.
-pub fn fill(template: &str, http: SocketAddr, metrics: SocketAddr, https: SocketAddr) -> String {
+/// Fills `{http}`, `{metrics}`, `{https}` and `{admin}` in a config template.
+pub fn fill(template: &str, http: SocketAddr, metrics: SocketAddr, https: SocketAddr, admin: SocketAddr) -> String {
     template
         .replace("{http}", &http.to_string())
         .replace("{metrics}", &metrics.to_string())
         .replace("{https}", &https.to_string())
+        .replace("{admin}", &admin.to_string())
 }
 
 impl Gateway {
@@ -70,16 +73,28 @@ impl Gateway {
     /// Like [`Gateway::start_in`], on a plain-HTTP address chosen by the
     /// caller (the ACME tests point Pebble's HTTP-01 validator at it).
     pub async fn start_with_http(dir: tempfile::TempDir, template: &str, http: SocketAddr) -> Gateway {
+        Self::start_with_env(dir, template, http, &[]).await
+    }
+
+    /// Like [`Gateway::start_with_http`], with extra environment variables.
+    pub async fn start_with_env(
+        dir: tempfile::TempDir,
+        template: &str,
+        http: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let config_path = dir.path().join("tenantgate.toml");
-        std::fs::write(&config_path, fill(template, http, metrics, https)).expect("write config");
+        std::fs::write(&config_path, fill(template, http, metrics, https, admin)).expect("write config");
         let log_path = dir.path().join("gateway.log");
         let log = std::fs::File::create(&log_path).expect("log file");
         let child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(&config_path)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -93,6 +108,7 @@ impl Gateway {
             http,
             metrics,
             https,
+            admin,
             config_path,
             log_path,
             _dir: dir,
@@ -102,6 +118,9 @@ impl Gateway {
         gw.wait_listening(metrics).await;
         if template.contains("{https}") {
             gw.wait_listening(https).await;
+        }
+        if template.contains("{admin}") {
+            gw.wait_listening(admin).await;
         }
         gw
     }
@@ -166,7 +185,8 @@ impl Gateway {
     /// deploy tools do.
     pub fn write_config(&self, template: &str) {
         let tmp = self.config_path.with_extension("tmp");
-        std::fs::write(&tmp, fill(template, self.http, self.metrics, self.https)).expect("write tmp config");
+        std::fs::write(&tmp, fill(template, self.http, self.metrics, self.https, self.admin))
+            .expect("write tmp config");
         std::fs::rename(&tmp, &self.config_path).expect("rename config");
     }
 
@@ -187,6 +207,45 @@ impl Gateway {
         let resp = req.send().await.expect("request sent");
         let status = resp.status().as_u16();
         (status, resp.text().await.expect("body"))
+    }
+
+    /// Calls the admin API: `method path` with an optional bearer token,
+    /// JSON body and extra headers.
+    pub async fn admin_call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> AdminResponse {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.client.request(method, format!("http://{}{path}", self.admin));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_string());
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("admin request sent");
+        let status = resp.status().as_u16();
+        let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(String::from);
+        let (etag, content_type) = (header("etag"), header("content-type"));
+        let text = resp.text().await.expect("admin body");
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("admin body is not JSON ({e}): {text}"))
+        };
+        AdminResponse {
+            status,
+            etag,
+            content_type,
+            json,
+        }
     }
 
     /// Sends raw bytes on a new connection and returns everything read until
@@ -377,6 +436,15 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// An admin API answer.
+#[derive(Debug)]
+pub struct AdminResponse {
+    pub status: u16,
+    pub etag: Option<String>,
+    pub content_type: Option<String>,
+    pub json: Value,
 }
 
 /// The echo backend's view of a request.

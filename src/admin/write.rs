@@ -1,0 +1,232 @@
+//! Writes through the registry, their problems, and the audit log: every
+//! write endpoint ends in [`Call::write`].
+
+use http::{Response, StatusCode};
+use serde_json::{json, Value};
+
+use super::audit::Entry;
+use super::problem::{json_response, Body, Problem};
+use super::tenants::{query_param, Call, PAGE};
+use crate::config::diff::{self, TenantDiff};
+use crate::config::file::TenantSection;
+use crate::config::{LoadError, Problem as ConfigProblem, Scope, Texts};
+use crate::registry::{Snapshot, TenantEdit, VersionError, WriteError};
+
+impl Call {
+    /// Runs a write on a blocking thread (compiling a big config is CPU
+    /// work) and records it in the audit log, applied or rejected. With
+    /// `dry_run`, validates and diffs only, and records nothing.
+    pub async fn write<T: Send + 'static>(
+        &self,
+        writing: Vec<String>,
+        dry_run: bool,
+        plan: impl FnOnce(&Texts, &Snapshot) -> Result<(T, Vec<TenantEdit>), Problem> + Send + 'static,
+    ) -> Result<Done<T>, Problem> {
+        let registry = self.registry.clone();
+        let audit = self.audit.clone();
+        let who = self.caller.name.clone();
+        let scope = self.caller.scope.clone();
+        let request = self.request.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut out = None;
+            let result = registry.write(dry_run, &who, |texts, snap| {
+                let (t, edits) = plan(texts, snap).map_err(Refusal::Problem)?;
+                out = Some((t, diff_of(texts, &edits)));
+                Ok::<_, Refusal>(edits)
+            });
+            let (diff, outcome) = match (result, out) {
+                (Ok(written), Some((value, diff))) => {
+                    let generation = written.map(|w| w.generation);
+                    (
+                        diff.clone(),
+                        Ok(Done {
+                            value,
+                            diff,
+                            generation,
+                        }),
+                    )
+                }
+                (Ok(_), None) => (Vec::new(), Err(Problem::internal())),
+                (Err(Refusal::Problem(p)), out) => (out.map(|o| o.1).unwrap_or_default(), Err(p)),
+                (Err(Refusal::Write(e)), out) => (
+                    out.map(|o| o.1).unwrap_or_default(),
+                    Err(for_scope(&scope, write_problem(&who, &writing, e))),
+                ),
+            };
+            if !dry_run {
+                let (status, problem) = match &outcome {
+                    Ok(_) => (None, None),
+                    Err(p) => (Some(p.status.as_u16()), Some(p.detail.as_str())),
+                };
+                audit.record(&Entry {
+                    who: &who,
+                    request: &request,
+                    tenants: &writing,
+                    status,
+                    generation: outcome.as_ref().ok().and_then(|d| d.generation),
+                    diff: &diff,
+                    problem,
+                });
+            }
+            outcome.map_err(|mut p| {
+                p.audited = !dry_run;
+                p
+            })
+        })
+        .await;
+        joined.map_err(|_| Problem::internal())?
+    }
+
+    pub(super) async fn audit_log(&self) -> Result<Response<Body>, Problem> {
+        let tenant = query_param::<String>(&self.query, "tenant");
+        match &tenant {
+            Some(t) => self.caller.may_touch(t)?,
+            None => self.caller.operator()?,
+        }
+        let limit = query_param(&self.query, "limit").unwrap_or(PAGE);
+        let audit = self.audit.clone();
+        let entries = tokio::task::spawn_blocking(move || audit.read(tenant.as_deref(), limit))
+            .await
+            .map_err(|_| Problem::internal())?
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot read the audit log");
+                Problem::internal()
+            })?;
+        Ok(json_response(StatusCode::OK, &json!({"entries": entries})))
+    }
+}
+
+/// An applied (or, in a dry run, validated) write.
+pub struct Done<T> {
+    pub value: T,
+    pub diff: Vec<TenantDiff>,
+    /// The new generation; `None` in a dry run.
+    pub generation: Option<u64>,
+}
+
+/// The diff of `edits` against the live tenant files.
+fn diff_of(texts: &Texts, edits: &[TenantEdit]) -> Vec<TenantDiff> {
+    let parse = |id: &str| {
+        texts
+            .tenants
+            .get(id)
+            .and_then(|t| toml::from_str::<TenantSection>(t).ok())
+    };
+    let mut before = diff::Tenants::new();
+    let mut after = diff::Tenants::new();
+    for e in edits {
+        let id = match e {
+            TenantEdit::Put(t) => &t.id,
+            TenantEdit::Delete(id) => id,
+        };
+        if let Some(t) = parse(id) {
+            before.entry(id.clone()).or_insert_with(|| t.clone());
+            after.entry(id.clone()).or_insert(t);
+        }
+        match e {
+            TenantEdit::Put(t) => {
+                after.insert(t.id.clone(), (**t).clone());
+            }
+            TenantEdit::Delete(id) => {
+                after.remove(id);
+            }
+        }
+    }
+    diff::diff(&before, &after)
+}
+
+/// Why a write was refused: by the API's own checks, or by the registry.
+enum Refusal {
+    Problem(Problem),
+    Write(WriteError),
+}
+
+impl From<WriteError> for Refusal {
+    fn from(e: WriteError) -> Self {
+        Refusal::Write(e)
+    }
+}
+
+/// A tenant token does not learn who owns a name it cannot have: its
+/// conflicts name no other tenant.
+fn for_scope(scope: &Scope, p: Problem) -> Problem {
+    match scope {
+        Scope::Tenant(_) if p.kind == "conflict" => Problem::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "a name in this change belongs to another tenant; ask the operator",
+        ),
+        _ => p,
+    }
+}
+
+/// Maps a refused write to its problem: conflicts with another tenant are
+/// 409 naming the owner, other validation errors 422 listing them all.
+pub(super) fn write_problem(who: &str, writing: &[String], e: WriteError) -> Problem {
+    match e {
+        WriteError::Invalid(LoadError::Invalid { errors, .. }) => {
+            let owners: Vec<String> = errors.iter().flat_map(|e| claimants(&e.problem)).cloned().collect();
+            let list: Vec<Value> = errors
+                .iter()
+                .map(|e| {
+                    json!({
+                        "tenant": e.tenant,
+                        "field": e.field,
+                        "problem": e.problem.to_string(),
+                        "fix": e.problem.fix(),
+                    })
+                })
+                .collect();
+            if owners.is_empty() {
+                Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid",
+                    format!("{} problem(s); nothing was applied", list.len()),
+                )
+                .with("errors", Value::Array(list))
+            } else {
+                let detail = errors
+                    .iter()
+                    .find(|e| is_conflict(&e.problem))
+                    .map(|e| e.problem.to_string())
+                    .unwrap_or_default();
+                let mut owners: Vec<String> = owners.into_iter().filter(|o| !writing.contains(o)).collect();
+                owners.dedup();
+                Problem::new(StatusCode::CONFLICT, "conflict", detail)
+                    .with("owners", json!(owners))
+                    .with("errors", Value::Array(list))
+            }
+        }
+        WriteError::Invalid(e) => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string()),
+        WriteError::ReadOnly => Problem::new(
+            StatusCode::CONFLICT,
+            "read-only",
+            "the embedded config cannot be changed",
+        ),
+        WriteError::Version(VersionError::Unknown(n)) => {
+            Problem::not_found(format!("version {n} is not in the kept history; see GET /v1/versions"))
+        }
+        WriteError::Version(e @ VersionError::MainNotKept(_)) => {
+            Problem::new(StatusCode::CONFLICT, "not-kept", e.to_string())
+        }
+        e @ (WriteError::Persist { .. } | WriteError::Serialize { .. } | WriteError::Version(_)) => {
+            tracing::error!(error = %e, token = who, "admin write failed; nothing was applied");
+            Problem::internal()
+        }
+    }
+}
+
+/// The tenants claiming a name, for problems that are conflicts between tenants.
+fn claimants(p: &ConfigProblem) -> &[String] {
+    match p {
+        ConfigProblem::DuplicateDomain { tenants, .. }
+        | ConfigProblem::DuplicateWildcard { tenants, .. }
+        | ConfigProblem::DuplicateSubdomain { tenants, .. }
+        | ConfigProblem::UnderWildcard { tenants, .. } => tenants,
+        _ => &[],
+    }
+}
+
+fn is_conflict(p: &ConfigProblem) -> bool {
+    !claimants(p).is_empty()
+}
