@@ -42,6 +42,7 @@ DURATION=$(( RELOADS * 3 + 4 ))
 wrk -t 2 -c 32 -d "${DURATION}s" -s benches/peers/hosts.lua http://127.0.0.1:18280/ -- "$WORK/hosts.txt" >"$WORK/wrk.log" 2>&1 &
 WRK=$!; PIDS+=($WRK)
 durations=()
+rss_after=()
 for i in $(seq 1 "$RELOADS"); do
   sleep 3
   # Edit as deploy tools do: write a new file, rename it over the old one.
@@ -52,9 +53,11 @@ for i in $(seq 1 "$RELOADS"); do
   for _ in $(seq 1 200); do [ "$(metric tenantgate_config_generation)" = "$want" ] && break; sleep 0.05; done
   [ "$(metric tenantgate_config_generation)" = "$want" ] || { echo "reload $i not applied:"; tail "$WORK/gw.log"; exit 1; }
   durations+=("$(metric tenantgate_config_last_reload_duration_seconds)")
+  rss_after+=("$(( $(status "$GW" VmRSS) / 1024 ))")
 done
 wait "$WRK" || true
 echo "reload times (s): ${durations[*]}"
+echo "RSS after each reload (MB): ${rss_after[*]}"
 echo "RSS after $RELOADS reloads: $(( $(status "$GW" VmRSS) / 1024 )) MB, peak $(( $(status "$GW" VmHWM) / 1024 )) MB"
 grep -E "requests in|Requests/sec|Non-2xx|Socket errors" "$WORK/wrk.log" | sed 's/^ */load: /'
 if grep -qE "Non-2xx|Socket errors" "$WORK/wrk.log"; then echo "FAILED requests during reloads"; exit 1; fi

@@ -125,6 +125,8 @@ impl Registry {
                 self.generation.send_modify(|_| {});
             }
             Ok(ReloadOutcome::Applied { generation, changes }) => {
+                // Parsing and the old snapshot leave freed pages behind.
+                crate::release_free_memory();
                 self.metrics.reload_result(true);
                 tracing::info!(
                     generation,
