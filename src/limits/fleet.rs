@@ -697,33 +697,18 @@ impl Fleet {
             let now = Timestamp::now();
             let ask = {
                 let mut lease = state.lease.lock().unwrap_or_else(|p| p.into_inner());
-                Ask::settle(&mut lease, &Limits::count_only(), now, true)
+                Ask::settle(&mut lease, &Limits::none(), now, true)
             };
             let result = self.exchange(&id, &ask).await;
             let mut lease = state.lease.lock().unwrap_or_else(|p| p.into_inner());
             match result {
-                Ok(grant) => lease.apply(&ask, &grant, &Limits::count_only(), mono),
+                Ok(grant) => lease.apply(&ask, &grant, &Limits::none(), mono),
                 Err(e) => {
                     ask.restore(&mut lease);
                     tracing::debug!(tenant = &*id, error = %e, "quota counts not settled; retrying");
                     return;
                 }
             }
-        }
-    }
-}
-
-impl Limits {
-    /// Limits that only settle counts (no rate, no new quota lease).
-    fn count_only() -> Limits {
-        Limits {
-            rate: None,
-            client_rate: None,
-            max_concurrent: None,
-            per_day: None,
-            per_month: None,
-            timezone: jiff::tz::TimeZone::UTC,
-            fail_closed: false,
         }
     }
 }

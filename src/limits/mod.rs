@@ -47,6 +47,20 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// No limit of any kind (UTC). Fleet settling uses it: it moves counts
+    /// without leasing anything.
+    pub fn none() -> Limits {
+        Limits {
+            rate: None,
+            client_rate: None,
+            max_concurrent: None,
+            per_day: None,
+            per_month: None,
+            timezone: TimeZone::UTC,
+            fail_closed: false,
+        }
+    }
+
     /// The `RateLimit-Policy` header (draft-ietf-httpapi-ratelimit-headers-10).
     pub fn policy_header(&self) -> Option<HeaderValue> {
         let mut items = Vec::new();
@@ -521,15 +535,7 @@ mod tests {
     }
 
     fn limits() -> Limits {
-        Limits {
-            rate: None,
-            client_rate: None,
-            max_concurrent: None,
-            per_day: None,
-            per_month: None,
-            timezone: TimeZone::UTC,
-            fail_closed: false,
-        }
+        Limits::none()
     }
 
     #[test]
