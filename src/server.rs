@@ -10,12 +10,12 @@ use pingora_core::services::listening::Service;
 
 use crate::acme::{CertManager, Challenges};
 use crate::admin::AdminApi;
-use crate::config::{Issuer, LoadError, Source};
+use crate::config::{Issuer, LoadError, Source, Store};
 use crate::limits::fleet::{Fleet, FleetSync, StoreError};
 use crate::limits::QuotaFlusher;
 use crate::proxy::Gateway;
-use crate::registry::{ConfigWatcher, Registry};
-use crate::telemetry::{self, Metrics, MetricsEndpoint, StoreMetrics};
+use crate::registry::{ConfigWatcher, Registry, RegistryStore, RegistrySync};
+use crate::telemetry::{self, Metrics, MetricsEndpoint, RegistryStoreMetrics, StoreMetrics};
 use crate::tls::certs::CertError;
 use crate::tls::internal_ca::InternalCa;
 use crate::tls::{CertStore, SniBook, TlsApp};
@@ -37,6 +37,25 @@ pub enum StartError {
     InternalCa(#[from] CertError),
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    RegistryStore(#[from] crate::registry::StoreError),
+}
+
+/// Fleet mode: shares the tenant files through Redis and catches up with
+/// it before serving. Unreachable, the replica serves its last-known-good
+/// tenant files and catches up when Redis answers.
+fn share_registry(registry: &Registry, store: &Store, metrics: &Metrics) -> Result<(), StartError> {
+    registry.share_through(RegistryStore::new(store, RegistryStoreMetrics::register(metrics)?)?);
+    match registry.sync_from_store() {
+        Ok(_) => tracing::info!(
+            version = registry.store().map_or(0, RegistryStore::synced),
+            "fleet mode: tenant registry shared through Redis"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "fleet mode: shared registry not reached at start; serving the last-known-good tenant files")
+        }
+    }
+    Ok(())
 }
 
 /// Loads the config and runs the gateway until a shutdown signal.
@@ -44,10 +63,13 @@ pub enum StartError {
 pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
     let metrics = Arc::new(Metrics::new()?);
     let registry = Arc::new(Registry::load(source, metrics.clone())?);
+    telemetry::init_logging(registry.snapshot().config.telemetry.log_format);
+    if let Some(store) = &registry.snapshot().config.store {
+        share_registry(&registry, store, &metrics)?;
+    }
     crate::release_free_memory();
     let snap = registry.snapshot();
     let gw = &snap.config.gateway;
-    telemetry::init_logging(snap.config.telemetry.log_format);
 
     let conf = ServerConf {
         threads: gw.threads,
@@ -150,6 +172,14 @@ pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
             FleetSync {
                 fleet,
                 book: registry.book().clone(),
+            },
+        ));
+    }
+    if registry.store().is_some() {
+        server.add_service(background_service(
+            "tenantgate registry sync",
+            RegistrySync {
+                registry: registry.clone(),
             },
         ));
     }

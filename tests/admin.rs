@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{backend, Echo, Gateway};
+use common::{backend, Gateway};
 use serde_json::{json, Value};
 use tenantgate::admin::auth::hash_hex;
 use tenantgate::demo::EchoBackend;
@@ -60,13 +60,7 @@ async fn start() -> (Gateway, EchoBackend, EchoBackend) {
 
 /// The tenant routed for `host`, by a real proxied request.
 async fn routed(gw: &Gateway, host: &str) -> (u16, Option<String>, String) {
-    let (status, body) = gw.get(host, "/").await;
-    if status == 200 {
-        let e = Echo::parse(&body);
-        (status, e.header("x-tenant-id"), e.backend().to_string())
-    } else {
-        (status, None, String::new())
-    }
+    gw.routed(host).await
 }
 
 async fn put(gw: &Gateway, token: &str, id: &str, body: Value) -> common::AdminResponse {

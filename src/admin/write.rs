@@ -10,7 +10,7 @@ use super::tenants::{query_param, Call, PAGE};
 use crate::config::diff::{self, TenantDiff};
 use crate::config::file::TenantSection;
 use crate::config::{LoadError, Problem as ConfigProblem, Scope, Texts};
-use crate::registry::{Snapshot, TenantEdit, VersionError, WriteError};
+use crate::registry::{Snapshot, StoreError, TenantEdit, VersionError, WriteError};
 
 impl Call {
     /// Runs a write on a blocking thread (compiling a big config is CPU
@@ -208,6 +208,17 @@ pub(super) fn write_problem(who: &str, writing: &[String], e: WriteError) -> Pro
         }
         WriteError::Version(e @ VersionError::MainNotKept(_)) => {
             Problem::new(StatusCode::CONFLICT, "not-kept", e.to_string())
+        }
+        WriteError::Store(e) => {
+            tracing::error!(error = %e, token = who, "admin write not applied: shared registry");
+            let detail = match e {
+                StoreError::Busy(_) => "another replica is writing the shared registry; nothing was applied, retry",
+                StoreError::Rejected { .. } => {
+                    "the shared registry does not load on this replica (see its log); nothing was applied"
+                }
+                _ => "the shared registry (Redis) is unreachable; nothing was applied, retry",
+            };
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "store-unavailable", detail)
         }
         e @ (WriteError::Persist { .. } | WriteError::Serialize { .. } | WriteError::Version(_)) => {
             tracing::error!(error = %e, token = who, "admin write failed; nothing was applied");

@@ -6,16 +6,18 @@
 //! snapshot once and keep it for their whole life, so in-flight requests
 //! finish on the generation they started with.
 
+mod fleet;
 mod snapshot;
 mod versions;
 mod watch;
 mod write;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 
+pub use fleet::{RegistryStore, RegistrySync, StoreError};
 pub use snapshot::{problems, Changes, Snapshot, Tenant};
 pub use versions::{FileChange, Version, VersionError, Versions};
 pub use watch::ConfigWatcher;
@@ -25,6 +27,16 @@ use crate::config::{Config, LoadError, Source, Texts};
 use crate::limits::Book;
 use crate::routing::DomainTable;
 use crate::telemetry::Metrics;
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// Fleet mode: the edit could not be shared.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// What a reload did.
 #[derive(Debug, PartialEq, Eq)]
@@ -50,6 +62,8 @@ pub struct Registry {
     book: Arc<Book>,
     /// Applied versions, for rollback.
     versions: Versions,
+    /// Fleet mode: the shared registry in Redis.
+    store: OnceLock<RegistryStore>,
 }
 
 impl Registry {
@@ -73,6 +87,7 @@ impl Registry {
             generation,
             book,
             versions,
+            store: OnceLock::new(),
         })
     }
 
@@ -109,7 +124,7 @@ impl Registry {
 
     /// Re-reads the source and swaps in a new snapshot if it is valid.
     /// Blocking (file I/O and CPU work): call it from a blocking thread.
-    pub fn reload(&self) -> Result<ReloadOutcome, LoadError> {
+    pub fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let started = std::time::Instant::now();
         let result = self.reload_locked();
@@ -136,24 +151,53 @@ impl Registry {
                     "config reloaded"
                 );
             }
-            Err(e) => {
+            Err(ReloadError::Load(e)) => {
                 self.metrics.reload_result(false);
                 let file = self.source.path();
                 for p in problems(e) {
                     tracing::error!(file = %file.display(), problem = %p, "config reload refused; the running config stays");
                 }
             }
+            Err(ReloadError::Store(e)) => {
+                self.metrics.reload_result(false);
+                tracing::error!(error = %e, "tenant file edit not shared, so not applied; the running config stays");
+            }
         }
         result
     }
 
-    fn reload_locked(&self) -> Result<ReloadOutcome, LoadError> {
+    fn reload_locked(&self) -> Result<ReloadOutcome, ReloadError> {
         let texts = self.source.texts()?;
-        if texts == **self.texts.load() {
+        let live = self.texts.load_full();
+        if texts == *live {
             return Ok(ReloadOutcome::Unchanged);
         }
+        // Fleet mode: a hand edit of tenant files is a write to the shared
+        // registry, unless the registry moved on since (then it wins).
+        let shared = match self.store.get() {
+            Some(store) if texts.tenants != live.tenants => {
+                let lock = store.lock()?;
+                let synced = self.sync_locked(store, true);
+                store.mark(&synced);
+                if synced? {
+                    tracing::warn!(
+                        "tenant files were edited by hand while the shared registry moved on; the shared registry wins"
+                    );
+                    return Ok(ReloadOutcome::Unchanged);
+                }
+                Some((store, lock))
+            }
+            _ => None,
+        };
         let (config, table) = Snapshot::compile_texts(&self.source.path(), &texts)?;
+        let version = match &shared {
+            Some((store, _)) => Some(self.commit_to_store(store, &texts)?),
+            None => None,
+        };
         let (generation, changes) = self.install("file", texts, config, table);
+        if let (Some((store, _)), Some(v)) = (shared, version) {
+            store.set_synced(v);
+        }
         Ok(ReloadOutcome::Applied { generation, changes })
     }
 

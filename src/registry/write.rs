@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::fleet::StoreError;
 use super::{Changes, Registry, Snapshot, VersionError};
 use crate::config::file::TenantSection;
 use crate::config::{LoadError, Texts};
@@ -34,6 +35,8 @@ pub enum WriteError {
     Serialize { id: String, message: String },
     #[error(transparent)]
     Version(#[from] VersionError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// What an applied write did.
@@ -90,14 +93,47 @@ impl Registry {
             return Err(WriteError::ReadOnly.into());
         };
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        // Fleet mode: wait for other replicas' writes and start from the
+        // shared registry's latest version (a preview just tries to).
+        let store = self.store.get();
+        let _fleet_lock = match store {
+            Some(store) if !dry_run => {
+                let lock = store.lock().map_err(WriteError::from)?;
+                let synced = self.sync_locked(store, true);
+                store.mark(&synced);
+                synced.map_err(WriteError::from)?;
+                Some(lock)
+            }
+            Some(store) => {
+                let _ = self.sync_locked(store, false);
+                None
+            }
+            None => None,
+        };
         let live = self.texts.load_full();
         let texts = plan(&live, &self.live.load())?;
         let (config, table) = Snapshot::compile_texts(&self.source.path(), &texts).map_err(WriteError::from)?;
         if dry_run {
             return Ok(None);
         }
-        persist(main, &dir, &live, &texts)?;
+        let version = match store {
+            // The shared registry is the record; the files here are its copy.
+            Some(store) => {
+                let v = self.commit_to_store(store, &texts).map_err(WriteError::from)?;
+                if let Err(e) = persist(main, &dir, &live, &texts) {
+                    tracing::error!(error = %e, "cannot keep the shared registry on disk; a restart without Redis serves an older copy");
+                }
+                Some((store, v))
+            }
+            None => {
+                persist(main, &dir, &live, &texts)?;
+                None
+            }
+        };
         let (generation, changes) = self.install(who, texts, config, table);
+        if let Some((store, v)) = version {
+            store.set_synced(v);
+        }
         self.metrics.reload_result(true);
         tracing::info!(generation, who, "admin write applied");
         Ok(Some(Written { generation, changes }))
@@ -113,7 +149,7 @@ pub fn tenant_file(t: &TenantSection) -> Result<String, WriteError> {
 }
 
 /// Writes the files that differ between `old` and `new`.
-fn persist(main: &Path, dir: &Path, old: &Texts, new: &Texts) -> Result<(), WriteError> {
+pub(super) fn persist(main: &Path, dir: &Path, old: &Texts, new: &Texts) -> Result<(), WriteError> {
     let fail = |path: &Path| {
         let path = path.to_path_buf();
         move |source| WriteError::Persist { path, source }

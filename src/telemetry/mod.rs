@@ -80,6 +80,32 @@ pub struct StoreMetrics {
     pub fallback: IntCounter,
 }
 
+/// Fleet-mode metrics of the shared tenant registry (registered only in fleet mode).
+#[derive(Debug, Clone)]
+pub struct RegistryStoreMetrics {
+    /// 1 while the registry in Redis answers; 0 while serving the last-known-good copy.
+    pub up: IntGauge,
+    /// The registry version in Redis that the live tenants match (0 before the first sync).
+    pub version: IntGauge,
+}
+
+impl RegistryStoreMetrics {
+    /// Creates and registers the registry store metrics in `metrics`' registry.
+    pub fn register(metrics: &Metrics) -> prometheus::Result<Self> {
+        let up = IntGauge::new(
+            "tenantgate_registry_store_up",
+            "1 while the shared tenant registry (Redis) answers; 0 while serving the last-known-good copy on disk.",
+        )?;
+        let version = IntGauge::new(
+            "tenantgate_registry_store_version",
+            "Version of the shared tenant registry that the live tenants match (0 before the first sync).",
+        )?;
+        metrics.registry.register(Box::new(up.clone()))?;
+        metrics.registry.register(Box::new(version.clone()))?;
+        Ok(RegistryStoreMetrics { up, version })
+    }
+}
+
 impl StoreMetrics {
     /// Creates and registers the store metrics in `metrics`' registry.
     pub fn register(metrics: &Metrics) -> prometheus::Result<Self> {

@@ -300,6 +300,17 @@ impl Gateway {
         }
     }
 
+    /// The status, tenant header and backend name of a real proxied GET on
+    /// `host` (tenant and backend only for a 200 from an echo backend).
+    pub async fn routed(&self, host: &str) -> (u16, Option<String>, String) {
+        let (status, body) = self.get(host, "/").await;
+        if status != 200 {
+            return (status, None, String::new());
+        }
+        let e = Echo::parse(&body);
+        (status, e.header("x-tenant-id"), e.backend().to_string())
+    }
+
     /// Polls until GET on `host` answers `status`, for up to 10 s.
     pub async fn wait_status(&self, host: &str, status: u16) {
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -1,0 +1,479 @@
+//! Fleet mode for the registry: the tenant files live in Redis, shared by
+//! every replica.
+//!
+//! Redis holds `<prefix>:{registry}:files` (a hash: `tenants/<id>` → the
+//! tenant file's text) and `<prefix>:{registry}:version`. A write takes the
+//! fleet's write lock, brings this replica up to the store's version, is
+//! validated like any load, and commits its changed files with one Lua
+//! script that checks the version, bumps it and publishes it on
+//! `<prefix>:registry`. Every replica applies a new version when told, and
+//! checks the version every second in case a message was lost.
+//!
+//! The main file stays per replica (listeners, pools, plans, tokens). Each
+//! replica keeps the registry it last applied as its `tenants/` files: it
+//! starts and serves from them while Redis is unreachable, and Redis wins
+//! when it answers again. An empty store is seeded from the first replica's
+//! files.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use redis::{Connection, Script};
+
+use super::Registry;
+use crate::config::{LoadError, Store, Texts};
+use crate::telemetry::RegistryStoreMetrics;
+
+/// Bound on one registry call to Redis (reads may carry every tenant file).
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a write lock lasts if its holder dies.
+const LOCK_TTL_MS: u64 = 30_000;
+/// How long a write waits for another replica's write.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// How often each replica checks the store's version, besides notifications.
+pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// Bound on connecting the notification channel.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Commits changed files if the version is still the one they were based on.
+/// KEYS: version, files. ARGV: expected version, channel, then triples of
+/// op (`+` set, `-` delete), field, text. Returns the new version, or -1.
+const COMMIT_LUA: &str = r#"
+local v = tonumber(redis.call('GET', KEYS[1]) or 0)
+if v ~= tonumber(ARGV[1]) then return -1 end
+for i = 3, #ARGV, 3 do
+  if ARGV[i] == '+' then
+    redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2])
+  else
+    redis.call('HDEL', KEYS[2], ARGV[i + 1])
+  end
+end
+v = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', ARGV[2], v)
+return v
+"#;
+
+/// The version and every file, read in one step. KEYS: version, files.
+const READ_LUA: &str = r#"
+return {tonumber(redis.call('GET', KEYS[1]) or 0), redis.call('HGETALL', KEYS[2])}
+"#;
+
+/// Releases the write lock if this writer still holds it. KEYS: lock. ARGV: token.
+const UNLOCK_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+/// Why the shared registry could not be read or written. Logged; an admin
+/// client sees a 503 without the details.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("registry store (Redis): {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("another replica held the registry write lock for over {0:?}")]
+    Busy(Duration),
+    #[error("the shared registry changed during this write; nothing was applied")]
+    Conflict,
+    #[error("the shared registry (version {version}) does not load on this replica: {error}")]
+    Rejected {
+        version: u64,
+        #[source]
+        error: Box<LoadError>,
+    },
+}
+
+impl StoreError {
+    /// True when Redis did not answer (as opposed to answering "no").
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, StoreError::Redis(_))
+    }
+}
+
+/// Redis keys of the registry.
+struct Keys {
+    version: String,
+    files: String,
+    lock: String,
+    channel: String,
+}
+
+/// The shared registry in Redis, as one replica reaches it. Every call is
+/// blocking: use it from blocking threads (registry writes and syncs are).
+pub struct RegistryStore {
+    client: redis::Client,
+    keys: Keys,
+    conn: Mutex<Option<Connection>>,
+    commit: Script,
+    read: Script,
+    unlock: Script,
+    /// The store version the live tenant files match; 0 when the store was
+    /// empty or not reached yet. Changed only under the registry's writer lock.
+    synced: AtomicU64,
+    /// The last version refused here, so that it is logged once.
+    refused: AtomicU64,
+    up: AtomicBool,
+    token_seq: AtomicU64,
+    pub metrics: RegistryStoreMetrics,
+}
+
+/// A held fleet write lock, released on drop.
+pub struct WriteLock<'a> {
+    store: &'a RegistryStore,
+    token: String,
+}
+
+impl Drop for WriteLock<'_> {
+    fn drop(&mut self) {
+        let mut call = self.store.unlock.prepare_invoke();
+        call.key(&self.store.keys.lock).arg(&self.token);
+        if let Err(e) = self.store.call(|c| call.invoke::<i64>(c)) {
+            tracing::warn!(error = %e, "cannot release the registry write lock; it lapses by itself");
+        }
+    }
+}
+
+impl RegistryStore {
+    /// The registry store of `store`; connects on first use.
+    pub fn new(store: &Store, metrics: RegistryStoreMetrics) -> Result<RegistryStore, StoreError> {
+        let prefix = &store.key_prefix;
+        Ok(RegistryStore {
+            client: redis::Client::open(store.redis_url.as_str())?,
+            keys: Keys {
+                version: format!("{prefix}:{{registry}}:version"),
+                files: format!("{prefix}:{{registry}}:files"),
+                lock: format!("{prefix}:{{registry}}:lock"),
+                channel: format!("{prefix}:registry"),
+            },
+            conn: Mutex::new(None),
+            commit: Script::new(COMMIT_LUA),
+            read: Script::new(READ_LUA),
+            unlock: Script::new(UNLOCK_LUA),
+            synced: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            up: AtomicBool::new(false),
+            token_seq: AtomicU64::new(0),
+            metrics,
+        })
+    }
+
+    /// Runs `f` on the connection, opening it first if needed; a failed call
+    /// drops the connection so that the next one reconnects.
+    fn call<T>(&self, f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>) -> Result<T, StoreError> {
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conn = match guard.take() {
+            Some(c) => c,
+            None => {
+                let c = self.client.get_connection_with_timeout(CALL_TIMEOUT)?;
+                c.set_read_timeout(Some(CALL_TIMEOUT))?;
+                c.set_write_timeout(Some(CALL_TIMEOUT))?;
+                c
+            }
+        };
+        let value = f(&mut conn)?;
+        *guard = Some(conn);
+        Ok(value)
+    }
+
+    /// The store's version (0 for an empty store).
+    pub fn version(&self) -> Result<u64, StoreError> {
+        let v: Option<u64> = self.call(|c| redis::cmd("GET").arg(&self.keys.version).query(c))?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// The version the live tenant files match.
+    pub fn synced(&self) -> u64 {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    pub(super) fn set_synced(&self, version: u64) {
+        self.synced.store(version, Ordering::Release);
+        self.metrics.version.set(i64::try_from(version).unwrap_or(i64::MAX));
+    }
+
+    /// Waits for the fleet's write lock (at most [`LOCK_WAIT`]).
+    pub fn lock(&self) -> Result<WriteLock<'_>, StoreError> {
+        let seq = self.token_seq.fetch_add(1, Ordering::Relaxed);
+        let token = format!(
+            "{}-{}-{seq}",
+            std::process::id(),
+            jiff::Timestamp::now().as_nanosecond()
+        );
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            let got: Option<String> = self.call(|c| {
+                redis::cmd("SET")
+                    .arg(&self.keys.lock)
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(LOCK_TTL_MS)
+                    .query(c)
+            })?;
+            if got.is_some() {
+                return Ok(WriteLock { store: self, token });
+            }
+            if Instant::now() >= deadline {
+                return Err(StoreError::Busy(LOCK_WAIT));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The version and every file.
+    fn read_all(&self) -> Result<(u64, BTreeMap<String, String>), StoreError> {
+        let mut call = self.read.prepare_invoke();
+        call.key(&self.keys.version).key(&self.keys.files);
+        let (version, flat): (u64, Vec<String>) = self.call(|c| call.invoke(c))?;
+        let mut files = BTreeMap::new();
+        let mut it = flat.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            files.insert(k, v);
+        }
+        Ok((version, files))
+    }
+
+    /// Commits the files that differ from `old` to `new`, based on
+    /// `expected`; returns the new version.
+    fn commit(
+        &self,
+        expected: u64,
+        old: &BTreeMap<String, String>,
+        new: &BTreeMap<String, String>,
+    ) -> Result<u64, StoreError> {
+        let mut call = self.commit.prepare_invoke();
+        call.key(&self.keys.version)
+            .key(&self.keys.files)
+            .arg(expected)
+            .arg(&self.keys.channel);
+        for (k, v) in new {
+            if old.get(k) != Some(v) {
+                call.arg("+").arg(k).arg(v);
+            }
+        }
+        for k in old.keys().filter(|k| !new.contains_key(*k)) {
+            call.arg("-").arg(k).arg("");
+        }
+        let v: i64 = self.call(|c| call.invoke(c))?;
+        u64::try_from(v).map_err(|_| StoreError::Conflict)
+    }
+
+    /// Connects the notification channel.
+    async fn subscribe(&self) -> Result<redis::aio::PubSub, StoreError> {
+        let connect = async {
+            let mut ps = self.client.get_async_pubsub().await?;
+            ps.subscribe(&self.keys.channel).await?;
+            Ok::<_, redis::RedisError>(ps)
+        };
+        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, connect).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(StoreError::Redis(redis::RedisError::from(std::io::Error::from(
+                std::io::ErrorKind::TimedOut,
+            )))),
+        }
+    }
+
+    /// Records whether the store answered, logging changes.
+    pub(super) fn mark(&self, result: &Result<bool, StoreError>) {
+        let up = !matches!(result, Err(e) if e.is_unreachable());
+        self.metrics.up.set(i64::from(up));
+        let was = self.up.swap(up, Ordering::AcqRel);
+        match (was, up, result) {
+            (true, false, Err(e)) => {
+                tracing::warn!(error = %e, "registry store unreachable: serving the last-known-good tenant files")
+            }
+            (false, true, _) => tracing::info!(version = self.synced(), "registry store reachable"),
+            _ => {}
+        }
+    }
+}
+
+/// The shared part of `texts`: one field per tenant file.
+fn files(texts: &Texts) -> BTreeMap<String, String> {
+    texts
+        .tenants
+        .iter()
+        .map(|(id, text)| (format!("tenants/{id}"), text.clone()))
+        .collect()
+}
+
+/// `main` with the shared files. Fields of unknown kinds are ignored.
+fn with_files(main: &str, files: BTreeMap<String, String>) -> Texts {
+    let tenants = files
+        .into_iter()
+        .filter_map(|(k, v)| k.strip_prefix("tenants/").map(|id| (id.to_string(), v)))
+        .collect();
+    Texts {
+        main: main.to_string(),
+        tenants,
+    }
+}
+
+impl Registry {
+    /// Shares the tenant files through `store` (fleet mode). Only for a
+    /// config read from a file; call once, before serving.
+    pub fn share_through(&self, store: RegistryStore) {
+        if self.source.tenants_dir().is_none() {
+            tracing::warn!("[store] ignored for the registry: the embedded config is not shared");
+            return;
+        }
+        if self.store.set(store).is_err() {
+            tracing::warn!("registry store already set");
+        }
+    }
+
+    /// The shared registry, in fleet mode.
+    pub fn store(&self) -> Option<&RegistryStore> {
+        self.store.get()
+    }
+
+    /// Brings the live tenants up to the shared registry (or seeds an empty
+    /// one with this replica's tenant files). Returns whether a new
+    /// generation went live. Blocking: call from a blocking thread.
+    pub fn sync_from_store(&self) -> Result<bool, StoreError> {
+        let Some(store) = self.store.get() else {
+            return Ok(false);
+        };
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.sync_locked(store, false);
+        store.mark(&result);
+        result
+    }
+
+    /// [`Registry::sync_from_store`] with the writer lock held; `locked`
+    /// says whether the fleet write lock is held too (then an empty store is
+    /// left for the caller's commit to seed).
+    pub(super) fn sync_locked(&self, store: &RegistryStore, locked: bool) -> Result<bool, StoreError> {
+        let version = store.version()?;
+        if version == 0 {
+            if locked {
+                store.set_synced(0);
+                return Ok(false);
+            }
+            let _lock = store.lock()?;
+            if store.version()? == 0 {
+                let live = self.texts.load_full();
+                let v = store.commit(0, &BTreeMap::new(), &files(&live))?;
+                store.set_synced(v);
+                tracing::info!(
+                    version = v,
+                    tenant_files = live.tenants.len(),
+                    "registry store was empty: seeded it with this replica's tenant files"
+                );
+                return Ok(false);
+            }
+            return self.apply_store(store);
+        }
+        if version == store.synced() {
+            return Ok(false);
+        }
+        self.apply_store(store)
+    }
+
+    /// Reads the whole shared registry and makes it live here.
+    fn apply_store(&self, store: &RegistryStore) -> Result<bool, StoreError> {
+        let (version, shared) = store.read_all()?;
+        let live = self.texts.load_full();
+        let texts = with_files(&live.main, shared);
+        if texts.tenants == live.tenants {
+            store.set_synced(version);
+            return Ok(false);
+        }
+        let started = Instant::now();
+        let (config, table) = match super::Snapshot::compile_texts(&self.source.path(), &texts) {
+            Ok(c) => c,
+            Err(e) => {
+                if store.refused.swap(version, Ordering::AcqRel) != version {
+                    self.metrics.reload_result(false);
+                    for p in super::problems(&e) {
+                        tracing::error!(version, problem = %p, "shared registry refused on this replica; the running config stays");
+                    }
+                }
+                return Err(StoreError::Rejected {
+                    version,
+                    error: Box::new(e),
+                });
+            }
+        };
+        if let (Some(dir), Some(main)) = (self.source.tenants_dir(), self.source.file()) {
+            if let Err(e) = super::write::persist(main, &dir, &live, &texts) {
+                tracing::error!(error = %e, "cannot keep the shared registry on disk; a restart without Redis serves an older copy");
+            }
+        }
+        let (generation, changes) = self.install("fleet", texts, config, table);
+        store.set_synced(version);
+        self.metrics.reload_result(true);
+        crate::release_free_memory();
+        tracing::info!(
+            generation,
+            version,
+            tenants_added = changes.added,
+            tenants_removed = changes.removed,
+            duration_ms = started.elapsed().as_secs_f64() * 1e3,
+            "shared registry applied"
+        );
+        Ok(true)
+    }
+
+    /// Commits `texts` (compiled and valid) to the shared registry, based on
+    /// the live texts. Call with the writer lock and the fleet lock held,
+    /// after [`Registry::sync_locked`].
+    pub(super) fn commit_to_store(&self, store: &RegistryStore, texts: &Texts) -> Result<u64, StoreError> {
+        let base = match store.synced() {
+            0 => BTreeMap::new(),
+            _ => files(&self.texts.load()),
+        };
+        store.commit(store.synced(), &base, &files(texts))
+    }
+}
+
+/// The pingora background service of a shared registry: applies new
+/// versions when notified, and checks the version every second.
+pub struct RegistrySync {
+    pub registry: Arc<Registry>,
+}
+
+#[async_trait]
+impl BackgroundService for RegistrySync {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(store) = self.registry.store() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(CHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut notes: Option<redis::aio::PubSub> = None;
+        loop {
+            if notes.is_none() {
+                notes = store.subscribe().await.ok();
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+                note = next(&mut notes) => {
+                    if note.is_none() {
+                        notes = None;
+                    }
+                }
+            }
+            let registry = self.registry.clone();
+            match tokio::task::spawn_blocking(move || registry.sync_from_store()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "registry sync"),
+                Err(e) => tracing::error!(error = %e, "registry sync task failed"),
+            }
+        }
+    }
+}
+
+/// The next notification; pending forever while unsubscribed.
+async fn next(notes: &mut Option<redis::aio::PubSub>) -> Option<redis::Msg> {
+    match notes {
+        Some(ps) => ps.on_message().next().await,
+        None => std::future::pending().await,
+    }
+}

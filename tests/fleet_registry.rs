@@ -1,0 +1,181 @@
+//! Fleet mode for the registry: two real gateway processes share their
+//! tenants through one real `redis-server`. A change through either is
+//! live on the other within a second; a replica started while Redis is down
+//! serves its last-known-good tenant files.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::redis_server::Redis;
+use common::{backend, Gateway};
+use serde_json::{json, Value};
+use tenantgate::admin::auth::hash_hex;
+use tenantgate::demo::EchoBackend;
+
+const OPS: &str = "ops-secret-0123456789";
+
+fn config(p: &EchoBackend, q: &EchoBackend, redis_url: &str) -> String {
+    format!(
+        r#"
+[gateway]
+http_listen = "{{http}}"
+metrics_listen = "{{metrics}}"
+admin_listen = "{{admin}}"
+
+[store]
+redis_url = "{redis_url}"
+timeout_ms = 200
+
+[pools.p]
+upstreams = ["{}"]
+
+[pools.q]
+upstreams = ["{}"]
+
+[[admin.tokens]]
+name = "ops"
+scope = "operator"
+sha256 = "{}"
+"#,
+        p.addr,
+        q.addr,
+        hash_hex(OPS),
+    )
+}
+
+async fn put(gw: &Gateway, id: &str, body: Value) -> common::AdminResponse {
+    gw.admin_call("PUT", &format!("/v1/tenants/{id}"), Some(OPS), Some(&body), &[])
+        .await
+}
+
+/// The tenant routed for `host`, by a real proxied request.
+async fn routed(gw: &Gateway, host: &str) -> (u16, Option<String>, String) {
+    gw.routed(host).await
+}
+
+/// Polls `host` on `gw` until it answers `status`; returns how long it took.
+async fn time_until(gw: &Gateway, host: &str, status: u16, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        if gw.get(host, "/").await.0 == status {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{host} never answered {status} within {limit:?}; log:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn two_replicas(template: &str) -> (Gateway, Gateway) {
+    let a = Gateway::start(template).await;
+    let b = Gateway::start(template).await;
+    for gw in [&a, &b] {
+        gw.wait_metric("tenantgate_registry_store_up", 1.0).await;
+    }
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_through_one_replica_is_live_on_every_replica_within_a_second() {
+    let redis = Redis::start();
+    let (p, q) = (backend("p").await, backend("q").await);
+    let (a, b) = two_replicas(&config(&p, &q, &redis.url())).await;
+
+    // Created through A: routes on B within a second of A's answer.
+    assert_eq!(routed(&b, "app.acme.com").await.0, 421);
+    let r = put(&a, "acme", json!({"domains": ["app.acme.com"], "pool": "q"})).await;
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    let took = time_until(&b, "app.acme.com", 200, Duration::from_secs(5)).await;
+    eprintln!("PUT on A to first routed request on B: {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "B routed the new tenant only after {took:?}"
+    );
+    assert_eq!(routed(&b, "app.acme.com").await, (200, Some("acme".into()), "q".into()));
+    // B keeps it on disk as its last-known-good copy.
+    let kept = std::fs::read_to_string(b.dir().join("tenants/acme.toml")).expect("B's copy of acme");
+    assert!(kept.contains("app.acme.com"), "{kept}");
+
+    // B validates against the shared registry: the name is taken.
+    let r = put(&b, "other", json!({"domains": ["APP.acme.com."], "pool": "p"})).await;
+    assert_eq!(r.status, 409, "{:?}", r.json);
+    assert_eq!(r.json["owners"], json!(["acme"]), "{:?}", r.json);
+
+    // Parallel writes through both replicas all land, on both.
+    let writes = (0..6).map(|i| {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        async move {
+            let id = format!("t{i}");
+            put(gw, &id, json!({"domains": [format!("{id}.example.com")], "pool": "p"})).await
+        }
+    });
+    for r in futures_util::future::join_all(writes).await {
+        assert_eq!(r.status, 201, "{:?}", r.json);
+    }
+    for gw in [&a, &b] {
+        for i in 0..6 {
+            let host = format!("t{i}.example.com");
+            time_until(gw, &host, 200, Duration::from_secs(2)).await;
+            assert_eq!(routed(gw, &host).await.1, Some(format!("t{i}")));
+        }
+    }
+
+    // Deleted through B: gone from A within a second.
+    let r = b.admin_call("DELETE", "/v1/tenants/acme", Some(OPS), None, &[]).await;
+    assert_eq!(r.status, 204, "{:?}", r.json);
+    let took = time_until(&a, "app.acme.com", 421, Duration::from_secs(5)).await;
+    assert!(
+        took < Duration::from_secs(1),
+        "A still routed the deleted tenant after {took:?}"
+    );
+
+    // A hand edit of a tenant file on B is shared too.
+    std::fs::write(
+        b.dir().join("tenants/hand.toml"),
+        "id = \"hand\"\ndomains = [\"hand.example.com\"]\npool = \"q\"\n",
+    )
+    .expect("hand edit");
+    time_until(&a, "hand.example.com", 200, Duration::from_secs(5)).await;
+    assert_eq!(
+        routed(&a, "hand.example.com").await,
+        (200, Some("hand".into()), "q".into())
+    );
+    assert!(a.metric("tenantgate_registry_store_version").await >= 9.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_started_while_redis_is_down_serves_its_last_known_good_registry() {
+    let mut redis = Redis::start();
+    let (p, q) = (backend("p").await, backend("q").await);
+    let template = config(&p, &q, &redis.url());
+    let (a, b) = two_replicas(&template).await;
+    let r = put(&a, "acme", json!({"domains": ["app.acme.com"], "pool": "q"})).await;
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    time_until(&b, "app.acme.com", 200, Duration::from_secs(5)).await;
+
+    // B goes down, then Redis; B starts again with no Redis.
+    let dir = b.stop();
+    redis.kill();
+    let b = Gateway::start_in(dir, &template).await;
+    assert_eq!(routed(&b, "app.acme.com").await, (200, Some("acme".into()), "q".into()));
+    assert_eq!(b.metric("tenantgate_registry_store_up").await, 0.0);
+    // A write cannot be shared, so it is refused and changes nothing.
+    let r = put(&b, "late", json!({"domains": ["late.example.com"], "pool": "p"})).await;
+    assert_eq!(r.status, 503, "{:?}", r.json);
+    assert_eq!(r.json["type"], "tag:tenantgate,2026:store-unavailable", "{:?}", r.json);
+    assert_eq!(routed(&b, "late.example.com").await.0, 421);
+    assert!(!b.dir().join("tenants/late.toml").exists());
+
+    // Redis returns (with its data): B catches up with what A writes next.
+    redis.restart();
+    b.wait_metric("tenantgate_registry_store_up", 1.0).await;
+    let r = put(&a, "beta", json!({"domains": ["beta.example.com"], "pool": "p"})).await;
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    let took = time_until(&b, "beta.example.com", 200, Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(1), "B caught up only after {took:?}");
+    assert_eq!(routed(&b, "app.acme.com").await.1.as_deref(), Some("acme"));
+}
