@@ -971,6 +971,49 @@ impl Texts {
         Ok(Texts { main, tenants })
     }
 
+    /// The texts after re-reading only the main file (if `main`) and the
+    /// tenant files `stems` (a missing file is a removed tenant); `None`
+    /// when none of them differs from `self`.
+    pub fn reread(
+        &self,
+        path: &Path,
+        main: bool,
+        stems: &std::collections::BTreeSet<String>,
+    ) -> Result<Option<Texts>, LoadError> {
+        let new_main = if main {
+            Some(read(path)?).filter(|m| *m != self.main)
+        } else {
+            None
+        };
+        let dir = tenants_dir(path);
+        let mut updates = Vec::new();
+        for stem in stems {
+            let p = dir.join(format!("{stem}.toml"));
+            let text = match std::fs::read_to_string(&p) {
+                Ok(t) => Some(t),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(source) => return Err(LoadError::Read { path: p, source }),
+            };
+            if self.tenants.get(stem) != text.as_ref() {
+                updates.push((stem, text));
+            }
+        }
+        if new_main.is_none() && updates.is_empty() {
+            return Ok(None);
+        }
+        let mut texts = self.clone();
+        if let Some(m) = new_main {
+            texts.main = m;
+        }
+        for (stem, text) in updates {
+            match text {
+                Some(t) => texts.tenants.insert(stem.clone(), t),
+                None => texts.tenants.remove(stem),
+            };
+        }
+        Ok(Some(texts))
+    }
+
     /// Parses every file: the tenant files' tenants come after the main
     /// file's, in file name order. Also returns a problem for each tenant
     /// file not named after its tenant.

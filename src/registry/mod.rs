@@ -28,6 +28,15 @@ use crate::limits::Book;
 use crate::routing::DomainTable;
 use crate::telemetry::Metrics;
 
+/// Which files a reload re-reads.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changed {
+    /// The main file.
+    pub main: bool,
+    /// Tenant files, by stem.
+    pub tenants: std::collections::BTreeSet<String>,
+}
+
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -125,9 +134,15 @@ impl Registry {
     /// Re-reads the source and swaps in a new snapshot if it is valid.
     /// Blocking (file I/O and CPU work): call it from a blocking thread.
     pub fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
+        self.reload_files(None)
+    }
+
+    /// Like [`Registry::reload`], re-reading only the files in `changed`
+    /// (`None`: every file). Blocking.
+    pub fn reload_files(&self, changed: Option<&Changed>) -> Result<ReloadOutcome, ReloadError> {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let started = std::time::Instant::now();
-        let result = self.reload_locked();
+        let result = self.reload_locked(changed);
         let took = started.elapsed();
         self.metrics.config_last_reload_duration.set(took.as_secs_f64());
         match &result {
@@ -166,9 +181,15 @@ impl Registry {
         result
     }
 
-    fn reload_locked(&self) -> Result<ReloadOutcome, ReloadError> {
-        let texts = self.source.texts()?;
+    fn reload_locked(&self, changed: Option<&Changed>) -> Result<ReloadOutcome, ReloadError> {
         let live = self.texts.load_full();
+        let texts = match (changed, self.source.file()) {
+            (Some(c), Some(path)) => match live.reread(path, c.main, &c.tenants)? {
+                Some(texts) => texts,
+                None => return Ok(ReloadOutcome::Unchanged),
+            },
+            _ => self.source.texts()?,
+        };
         if texts == *live {
             return Ok(ReloadOutcome::Unchanged);
         }

@@ -10,7 +10,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use tokio::sync::mpsc;
 
-use super::Registry;
+use super::{Changed, Registry};
 use crate::config::Source;
 
 /// Coalesces bursts of file events (editors write in several steps).
@@ -27,7 +27,7 @@ impl BackgroundService for ConfigWatcher {
         let Source::File(path) = self.registry.source().clone() else {
             return;
         };
-        let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
         let snap = self.registry.snapshot();
         let watch = snap.config.gateway.watch_config;
         if !snap.config.admin.tokens.is_empty() {
@@ -53,28 +53,49 @@ impl BackgroundService for ConfigWatcher {
             }
         };
         loop {
-            tokio::select! {
+            // `None`: read every file.
+            let changed = tokio::select! {
                 _ = shutdown.changed() => return,
-                Some(()) = rx.recv() => {
+                Some(first) = rx.recv() => {
                     tokio::time::sleep(DEBOUNCE).await;
-                    while rx.try_recv().is_ok() {}
+                    let mut changed = Some(Changed::default());
+                    for event in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+                        match (&mut changed, event) {
+                            (Some(c), Event::Main) => c.main = true,
+                            (Some(c), Event::Tenant(stem)) => {
+                                c.tenants.insert(stem);
+                            }
+                            (_, Event::Unknown) => changed = None,
+                            (None, _) => {}
+                        }
+                    }
+                    changed
                 }
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     tracing::info!("SIGHUP: reloading config");
+                    None
                 }
-            }
+            };
             let registry = self.registry.clone();
-            if let Err(e) = tokio::task::spawn_blocking(move || registry.reload()).await {
+            if let Err(e) = tokio::task::spawn_blocking(move || registry.reload_files(changed.as_ref())).await {
                 tracing::error!(error = %e, "reload task failed");
             }
         }
     }
 }
 
+/// A file event that matters.
+enum Event {
+    Main,
+    Tenant(String),
+    /// Events may have been lost: read every file.
+    Unknown,
+}
+
 /// Watches the file's directory (editors and `mv` replace the file, which
 /// a watch on the file itself would miss) and signals changes to `path`,
 /// and the tenants folder beside it (if it exists) for `*.toml` changes.
-fn watch_file(path: PathBuf, tx: mpsc::UnboundedSender<()>) -> notify::Result<notify::RecommendedWatcher> {
+fn watch_file(path: PathBuf, tx: mpsc::UnboundedSender<Event>) -> notify::Result<notify::RecommendedWatcher> {
     let dir = path
         .parent()
         .map(PathBuf::from)
@@ -84,21 +105,36 @@ fn watch_file(path: PathBuf, tx: mpsc::UnboundedSender<()>) -> notify::Result<no
     let tenants = crate::config::tenants_dir(&path);
     let tenants_for_events = tenants.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        let Ok(event) = res else { return };
+        let event = match res {
+            Ok(e) if !e.need_rescan() => e,
+            _ => {
+                let _ = tx.send(Event::Unknown);
+                return;
+            }
+        };
         // Only changes count: our own reads of the file raise access events,
         // which must not trigger another reload.
         let changes = matches!(
             event.kind,
             notify::EventKind::Create(_) | notify::EventKind::Modify(_) | notify::EventKind::Remove(_)
         );
-        let relevant = |p: &PathBuf| {
-            p.file_name().map(|n| n.to_os_string()) == name
-                || (p.parent() == Some(&tenants_for_events)
-                    && p.extension().is_some_and(|e| e == "toml")
-                    && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
-        };
-        if changes && event.paths.iter().any(relevant) {
-            let _ = tx.send(());
+        if !changes {
+            return;
+        }
+        for p in &event.paths {
+            if p.parent() == Some(&tenants_for_events) && p.extension().is_some_and(|e| e == "toml") {
+                match p.file_stem().and_then(|s| s.to_str()) {
+                    Some(stem) if !stem.starts_with('.') => {
+                        let _ = tx.send(Event::Tenant(stem.to_string()));
+                    }
+                    Some(_) => {}
+                    None => {
+                        let _ = tx.send(Event::Unknown);
+                    }
+                }
+            } else if p.file_name().map(|n| n.to_os_string()) == name {
+                let _ = tx.send(Event::Main);
+            }
         }
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Provisioning: on a gateway with N tenants (default 100,000, one tenant file
+# each under tenants/, as the admin API writes them), time PUT
+# /v1/tenants/{id} and the first proxied request on the new tenant's host
+# after the PUT returns. Prints median, p90 and max of each.
+# Usage: benches/provision.sh [tenants=100000] [puts=20]
+# Loopback only; bounded in time; everything it starts is stopped by PID.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N="${1:-100000}"
+PUTS="${2:-20}"
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release -q
+BIN="${BIN:-$PWD/target/release/tenantgate}"
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+"$BIN" backend --listen 127.0.0.1:19301 --name a >/dev/null & PIDS+=($!)
+TOKEN="provision-bench-secret-0123456789"
+SHA=$(printf '%s' "$TOKEN" | sha256sum | cut -d' ' -f1)
+"$BIN" gen-config --tenants "$N" --upstreams 127.0.0.1:19301 \
+  --http-listen 127.0.0.1:18380 --metrics-listen 127.0.0.1:19390 >"$WORK/gen.toml"
+# The main file: everything before the first tenant, plus the admin API.
+awk '/^\[\[tenants\]\]/ {exit} {print}' "$WORK/gen.toml" >"$WORK/tenantgate.toml"
+sed -i 's/^\[gateway\]$/[gateway]\nadmin_listen = "127.0.0.1:19391"\nshutdown_grace_secs = 0/' "$WORK/tenantgate.toml"
+printf '\n[[admin.tokens]]\nname = "bench"\nscope = "operator"\nsha256 = "%s"\n' "$SHA" >>"$WORK/tenantgate.toml"
+# One file per tenant, as the admin API writes them.
+mkdir -p "$WORK/tenants"
+awk -v dir="$WORK/tenants" '
+  /^\[\[tenants\]\]/ { if (f) close(f); f = ""; next }
+  /^id = / { id = $3; gsub(/"/, "", id); f = dir "/" id ".toml" }
+  f && NF { print > f }
+' "$WORK/gen.toml"
+echo "config: $N tenants as $(find "$WORK/tenants" -name '*.toml' | wc -l) tenant files"
+
+start=$(date +%s.%N)
+"$BIN" serve --config "$WORK/tenantgate.toml" 2>"$WORK/gw.log" & GW=$!; PIDS+=($GW)
+until (exec 3<>/dev/tcp/127.0.0.1/19391) 2>/dev/null; do
+  kill -0 "$GW" 2>/dev/null || { echo "gateway exited:"; tail "$WORK/gw.log"; exit 1; }
+  sleep 0.01
+done
+echo "start-up: admin API listening after $(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.2f", e - s}') s"
+echo "RSS before: $(( $(awk '$1 == "VmRSS:" {print $2}' "/proc/$GW/status") / 1024 )) MB"
+
+timeout 600 python3 - "$TOKEN" "$PUTS" <<'EOF'
+import http.client, json, statistics, sys, time
+
+token, puts = sys.argv[1], int(sys.argv[2])
+proxy = http.client.HTTPConnection("127.0.0.1", 18380, timeout=10)
+put_ms, first_ms, tries = [], [], []
+for i in range(puts):
+    tid = f"new{i:04d}"
+    host = f"{tid}.example.org"
+    admin = http.client.HTTPConnection("127.0.0.1", 19391, timeout=60)
+    body = json.dumps({"domains": [host], "pool": "shared"})
+    t0 = time.perf_counter()
+    admin.request("PUT", f"/v1/tenants/{tid}", body,
+                  {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    r = admin.getresponse()
+    r.read()
+    t1 = time.perf_counter()
+    if r.status not in (200, 201):
+        sys.exit(f"PUT {tid}: {r.status}")
+    n = 0
+    while True:
+        n += 1
+        proxy.request("GET", "/", headers={"Host": host})
+        p = proxy.getresponse()
+        p.read()
+        if p.status == 200:
+            break
+        if time.perf_counter() - t1 > 10:
+            sys.exit(f"{host}: still {p.status} 10 s after the PUT returned")
+    t2 = time.perf_counter()
+    put_ms.append((t1 - t0) * 1e3)
+    first_ms.append((t2 - t1) * 1e3)
+    tries.append(n)
+
+def line(name, xs):
+    xs = sorted(xs)
+    p90 = xs[min(len(xs) - 1, int(len(xs) * 0.9))]
+    print(f"{name}: median {statistics.median(xs):.1f} ms, p90 {p90:.1f} ms, max {xs[-1]:.1f} ms")
+
+print(f"{puts} PUTs of new tenants")
+line("PUT /v1/tenants/{id} (validate, write the file, swap)", put_ms)
+line("PUT returned -> first proxied 200 on the new host", first_ms)
+print(f"requests needed for the first 200: max {max(tries)} (1 = routed on the first request)")
+EOF
+echo "RSS after: $(( $(awk '$1 == "VmRSS:" {print $2}' "/proc/$GW/status") / 1024 )) MB"
