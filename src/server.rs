@@ -62,8 +62,18 @@ fn share_registry(registry: &Registry, store: &Store, metrics: &Metrics) -> Resu
 /// Returns only on a start-up error.
 pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
     let metrics = Arc::new(Metrics::new()?);
+    // An admin batch that a crash left half written is finished first, so
+    // the files load as the whole batch or none of it.
+    let recovered = source.file().map(crate::registry::recover);
     let registry = Arc::new(Registry::load(source, metrics.clone())?);
     telemetry::init_logging(registry.snapshot().config.telemetry.log_format);
+    match recovered {
+        Some(Ok(true)) => tracing::warn!("finished writing an admin batch that a crash interrupted"),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "an interrupted admin batch cannot be finished; serving the files as they are")
+        }
+        _ => {}
+    }
     if let Some(store) = &registry.snapshot().config.store {
         share_registry(&registry, store, &metrics)?;
     }

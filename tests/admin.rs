@@ -834,3 +834,35 @@ async fn tokens_from_the_environment() {
     );
     assert!(!err.contains("supersecretvalue"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_cut_short_by_a_crash_is_finished_at_the_next_start() {
+    let (gw, p, q) = start().await;
+    let r = put(&gw, OPS, "acme", json!({"domains": ["app.acme.com"], "pool": "p"})).await;
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    let dir = gw.stop();
+    // A batch moving app.acme.com from acme to beta stopped after writing
+    // beta's file: on disk both claim the name, which alone does not load.
+    let tenants = dir.path().join("tenants");
+    let beta = "id = \"beta\"\ndomains = [\"app.acme.com\"]\npool = \"q\"\n";
+    let acme = "id = \"acme\"\ndomains = [\"new.acme.com\"]\npool = \"p\"\n";
+    std::fs::write(tenants.join("beta.toml"), beta).expect("beta");
+    let journal = json!({"main": null, "put": {"acme": acme, "beta": beta}, "delete": []});
+    std::fs::write(tenants.join(".batch.json"), journal.to_string()).expect("journal");
+    let gw = Gateway::start_in(dir, &config(&p, &q)).await;
+    assert_eq!(
+        routed(&gw, "app.acme.com").await,
+        (200, Some("beta".into()), "q".into())
+    );
+    assert_eq!(
+        routed(&gw, "new.acme.com").await,
+        (200, Some("acme".into()), "p".into())
+    );
+    assert!(
+        !tenants.join(".batch.json").exists(),
+        "the journal is removed once done"
+    );
+    assert!(gw
+        .log()
+        .contains("finished writing an admin batch that a crash interrupted"));
+}

@@ -148,22 +148,78 @@ pub fn tenant_file(t: &TenantSection) -> Result<String, WriteError> {
     })
 }
 
-/// Writes the files that differ between `old` and `new`.
+/// The files one write changes: written first as a journal, so that a
+/// crash part way through a batch is finished at the next start.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Batch {
+    /// The new main file, when it changes.
+    main: Option<String>,
+    /// Tenant files to write, by id.
+    put: std::collections::BTreeMap<String, String>,
+    /// Tenant files to remove.
+    delete: Vec<String>,
+}
+
+/// The journal of a batch being written: `tenants/.batch.json` (a dot file,
+/// so neither loads nor the watcher read it).
+fn journal(dir: &Path) -> PathBuf {
+    dir.join(".batch.json")
+}
+
+/// Writes the files that differ between `old` and `new`. More than one file
+/// goes through a journal: a crash part way leaves it, and the next start
+/// finishes the batch ([`recover`]).
 pub(super) fn persist(main: &Path, dir: &Path, old: &Texts, new: &Texts) -> Result<(), WriteError> {
     let fail = |path: &Path| {
         let path = path.to_path_buf();
         move |source| WriteError::Persist { path, source }
     };
-    if old.main != new.main {
-        write_atomic(main, new.main.as_bytes())?;
-    }
+    let batch = Batch {
+        main: (old.main != new.main).then(|| new.main.clone()),
+        put: new
+            .tenants
+            .iter()
+            .filter(|(id, text)| old.tenants.get(*id) != Some(text))
+            .map(|(id, text)| (id.clone(), text.clone()))
+            .collect(),
+        delete: old
+            .tenants
+            .keys()
+            .filter(|id| !new.tenants.contains_key(*id))
+            .cloned()
+            .collect(),
+    };
     std::fs::create_dir_all(dir).map_err(fail(dir))?;
-    for (id, text) in &new.tenants {
-        if old.tenants.get(id) != Some(text) {
-            write_atomic(&dir.join(format!("{id}.toml")), text.as_bytes())?;
-        }
+    let files = batch.put.len() + batch.delete.len() + usize::from(batch.main.is_some());
+    let journal = journal(dir);
+    if files > 1 {
+        let bytes = serde_json::to_vec(&batch).map_err(|e| WriteError::Serialize {
+            id: "(batch)".into(),
+            message: e.to_string(),
+        })?;
+        write_atomic(&journal, &bytes)?;
     }
-    for id in old.tenants.keys().filter(|id| !new.tenants.contains_key(*id)) {
+    apply(main, dir, &batch)?;
+    if files > 1 {
+        std::fs::remove_file(&journal).map_err(fail(&journal))?;
+        sync_dir(dir).map_err(fail(dir))?;
+    }
+    Ok(())
+}
+
+/// Writes a batch's files (each atomically) and syncs the folder.
+fn apply(main: &Path, dir: &Path, batch: &Batch) -> Result<(), WriteError> {
+    let fail = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| WriteError::Persist { path, source }
+    };
+    if let Some(text) = &batch.main {
+        write_atomic(main, text.as_bytes())?;
+    }
+    for (id, text) in &batch.put {
+        write_atomic(&dir.join(format!("{id}.toml")), text.as_bytes())?;
+    }
+    for id in &batch.delete {
         let path = dir.join(format!("{id}.toml"));
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(&path)(e)),
@@ -171,6 +227,30 @@ pub(super) fn persist(main: &Path, dir: &Path, old: &Texts, new: &Texts) -> Resu
         }
     }
     sync_dir(dir).map_err(fail(dir))
+}
+
+/// Finishes a batch that a crash interrupted, if `tenants/.batch.json` is
+/// there; returns whether one was. Run before the first load.
+pub fn recover(main: &Path) -> Result<bool, WriteError> {
+    let dir = crate::config::tenants_dir(main);
+    let journal = journal(&dir);
+    let bytes = match std::fs::read(&journal) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => return Err(WriteError::Persist { path: journal, source }),
+    };
+    // The journal is written atomically, so a partial one cannot exist;
+    // one that does not parse was not written by this program.
+    let batch: Batch = serde_json::from_slice(&bytes).map_err(|e| WriteError::Serialize {
+        id: "(batch)".into(),
+        message: format!("{}: {e}", journal.display()),
+    })?;
+    apply(main, &dir, &batch)?;
+    std::fs::remove_file(&journal).map_err(|source| WriteError::Persist {
+        path: journal.clone(),
+        source,
+    })?;
+    Ok(true)
 }
 
 /// Writes `bytes` to `path` via a temp file in the same folder, fsync and
