@@ -7,7 +7,9 @@
 mod audit;
 pub mod auth;
 mod changes;
+mod preview;
 mod problem;
+mod templates;
 mod tenants;
 mod versions;
 mod write;

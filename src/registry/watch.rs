@@ -31,10 +31,12 @@ impl BackgroundService for ConfigWatcher {
         let snap = self.registry.snapshot();
         let watch = snap.config.gateway.watch_config;
         if !snap.config.admin.tokens.is_empty() {
-            // The admin API writes there; watch it from the start so hand
+            // The admin API writes there; watch them from the start so hand
             // edits of files it creates are seen too.
-            if let Err(e) = std::fs::create_dir_all(crate::config::tenants_dir(&path)) {
-                tracing::warn!(error = %e, "cannot create the tenants folder");
+            for dir in [crate::config::tenants_dir(&path), crate::config::templates_dir(&path)] {
+                if let Err(e) = std::fs::create_dir_all(&dir) {
+                    tracing::warn!(error = %e, dir = %dir.display(), "cannot create the folder");
+                }
             }
         }
         drop(snap);
@@ -73,7 +75,8 @@ impl BackgroundService for ConfigWatcher {
 
 /// Watches the file's directory (editors and `mv` replace the file, which
 /// a watch on the file itself would miss) and signals changes to `path`,
-/// and the tenants folder beside it (if it exists) for `*.toml` changes.
+/// and the tenants and templates folders beside it (those that exist) for
+/// `*.toml` changes.
 fn watch_file(path: PathBuf, tx: mpsc::UnboundedSender<()>) -> notify::Result<notify::RecommendedWatcher> {
     let dir = path
         .parent()
@@ -81,8 +84,8 @@ fn watch_file(path: PathBuf, tx: mpsc::UnboundedSender<()>) -> notify::Result<no
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(PathBuf::from("."));
     let name = path.file_name().map(|n| n.to_os_string());
-    let tenants = crate::config::tenants_dir(&path);
-    let tenants_for_events = tenants.clone();
+    let folders = [crate::config::tenants_dir(&path), crate::config::templates_dir(&path)];
+    let folders_for_events = folders.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(event) = res else { return };
         // Only changes count: our own reads of the file raise access events,
@@ -93,7 +96,7 @@ fn watch_file(path: PathBuf, tx: mpsc::UnboundedSender<()>) -> notify::Result<no
         );
         let relevant = |p: &PathBuf| {
             p.file_name().map(|n| n.to_os_string()) == name
-                || (p.parent() == Some(&tenants_for_events)
+                || (p.parent().is_some_and(|d| folders_for_events.iter().any(|f| f == d))
                     && p.extension().is_some_and(|e| e == "toml")
                     && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
         };
@@ -102,8 +105,8 @@ fn watch_file(path: PathBuf, tx: mpsc::UnboundedSender<()>) -> notify::Result<no
         }
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    if tenants.is_dir() {
-        watcher.watch(&tenants, RecursiveMode::NonRecursive)?;
+    for folder in folders.iter().filter(|f| f.is_dir()) {
+        watcher.watch(folder, RecursiveMode::NonRecursive)?;
     }
     Ok(watcher)
 }

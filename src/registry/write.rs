@@ -1,20 +1,45 @@
-//! Writes from the admin API: tenant files changed under the writer lock,
-//! validated exactly like a load, persisted atomically, then swapped in.
+//! Writes from the admin API: tenant and template files changed under the
+//! writer lock, validated exactly like a load, persisted atomically, then
+//! swapped in.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::{Changes, Registry, Snapshot, VersionError};
-use crate::config::file::TenantSection;
-use crate::config::{LoadError, Texts};
+use crate::config::file::{TemplateSection, TenantSection};
+use crate::config::{templates_dir, LoadError, Texts};
 
-/// One change to the tenant files.
+/// One change to the tenant or template files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TenantEdit {
     /// Create or replace `tenants/<id>.toml`.
     Put(Box<TenantSection>),
     /// Remove `tenants/<id>.toml`.
     Delete(String),
+    /// Create or replace `templates/<name>.toml`.
+    PutTemplate(String, Box<TemplateSection>),
+    /// Remove `templates/<name>.toml`.
+    DeleteTemplate(String),
+}
+
+impl TenantEdit {
+    /// The tenant this edit writes, if it is a tenant edit.
+    pub fn tenant(&self) -> Option<&str> {
+        match self {
+            TenantEdit::Put(t) => Some(&t.id),
+            TenantEdit::Delete(id) => Some(id),
+            TenantEdit::PutTemplate(..) | TenantEdit::DeleteTemplate(_) => None,
+        }
+    }
+
+    /// The template this edit writes, if it is a template edit.
+    pub fn template(&self) -> Option<&str> {
+        match self {
+            TenantEdit::PutTemplate(name, _) | TenantEdit::DeleteTemplate(name) => Some(name),
+            TenantEdit::Put(_) | TenantEdit::Delete(_) => None,
+        }
+    }
 }
 
 /// Why a write was not applied. Nothing changed, on disk or live.
@@ -30,8 +55,9 @@ pub enum WriteError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot write tenant {id}: {message}")]
-    Serialize { id: String, message: String },
+    /// `what` is `tenant <id>` or `template <name>`.
+    #[error("cannot write {what}: {message}")]
+    Serialize { what: String, message: String },
     #[error(transparent)]
     Version(#[from] VersionError),
 }
@@ -66,6 +92,12 @@ impl Registry {
                     }
                     TenantEdit::Delete(id) => {
                         texts.tenants.remove(id);
+                    }
+                    TenantEdit::PutTemplate(name, t) => {
+                        texts.templates.insert(name.clone(), template_file(name, t)?);
+                    }
+                    TenantEdit::DeleteTemplate(name) => {
+                        texts.templates.remove(name);
                     }
                 }
             }
@@ -107,28 +139,49 @@ impl Registry {
 /// The text of `tenants/<id>.toml`.
 pub fn tenant_file(t: &TenantSection) -> Result<String, WriteError> {
     toml::to_string(t).map_err(|e| WriteError::Serialize {
-        id: t.id.clone(),
+        what: format!("tenant {}", t.id),
+        message: e.to_string(),
+    })
+}
+
+/// The text of `templates/<name>.toml`.
+pub fn template_file(name: &str, t: &TemplateSection) -> Result<String, WriteError> {
+    toml::to_string(t).map_err(|e| WriteError::Serialize {
+        what: format!("template {name}"),
         message: e.to_string(),
     })
 }
 
 /// Writes the files that differ between `old` and `new`.
 fn persist(main: &Path, dir: &Path, old: &Texts, new: &Texts) -> Result<(), WriteError> {
+    if old.main != new.main {
+        write_atomic(main, new.main.as_bytes())?;
+    }
+    persist_folder(dir, &old.tenants, &new.tenants)?;
+    if old.templates != new.templates {
+        persist_folder(&templates_dir(main), &old.templates, &new.templates)?;
+    }
+    Ok(())
+}
+
+/// Makes the `<stem>.toml` files in `dir` go from `old` to `new`.
+fn persist_folder(
+    dir: &Path,
+    old: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+) -> Result<(), WriteError> {
     let fail = |path: &Path| {
         let path = path.to_path_buf();
         move |source| WriteError::Persist { path, source }
     };
-    if old.main != new.main {
-        write_atomic(main, new.main.as_bytes())?;
-    }
     std::fs::create_dir_all(dir).map_err(fail(dir))?;
-    for (id, text) in &new.tenants {
-        if old.tenants.get(id) != Some(text) {
-            write_atomic(&dir.join(format!("{id}.toml")), text.as_bytes())?;
+    for (stem, text) in new {
+        if old.get(stem) != Some(text) {
+            write_atomic(&dir.join(format!("{stem}.toml")), text.as_bytes())?;
         }
     }
-    for id in old.tenants.keys().filter(|id| !new.tenants.contains_key(*id)) {
-        let path = dir.join(format!("{id}.toml"));
+    for stem in old.keys().filter(|s| !new.contains_key(*s)) {
+        let path = dir.join(format!("{stem}.toml"));
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(&path)(e)),
             _ => {}
