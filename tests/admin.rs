@@ -787,6 +787,7 @@ async fn export_and_import_give_identical_routing() {
         "/v1/versions/{n}/rollback",
         "/v1/import",
         "/v1/audit",
+        "/v1/templates/{name}",
     ] {
         assert!(doc.json["paths"][path].is_object(), "{path} missing");
     }
