@@ -103,6 +103,10 @@ async fn put_routes_on_the_first_request_after_it_returns() {
     assert_eq!(d.status, 200);
     assert_eq!(d.json["tenant"], "acme");
     assert_eq!(d.json["match"], "exact");
+    assert_eq!(
+        d.json["certificate"],
+        json!({"source": "none", "detail": "TLS is off: the config has no [tls] section"})
+    );
 
     let list = gw.admin_call("GET", "/v1/tenants?limit=1", Some(OPS), None, &[]).await;
     assert_eq!(list.json["tenants"], json!([{"id": "stable", "pool": "p"}]));

@@ -12,7 +12,6 @@ use super::problem::{json_response, Body, Problem};
 use crate::config::file::TenantSection;
 use crate::config::{valid_tenant_id, Scope, Texts};
 use crate::registry::{Registry, Snapshot, TenantEdit};
-use crate::routing;
 
 /// Default and largest page of `GET /v1/tenants`.
 pub(super) const PAGE: usize = 100;
@@ -22,6 +21,8 @@ const MAX_PAGE: usize = 1000;
 pub struct Call {
     pub registry: Arc<Registry>,
     pub audit: Arc<Audit>,
+    /// The certificate store and ACME schedule; `None` without TLS.
+    pub certs: Option<super::domains::Certs>,
     pub caller: Caller,
     /// `METHOD /path`, for the audit log.
     pub request: String,
@@ -38,7 +39,7 @@ impl Call {
             (&Method::GET, ["v1", "tenants", id]) => self.get(id),
             (&Method::PUT, ["v1", "tenants", id]) => self.put(id.to_string()).await,
             (&Method::DELETE, ["v1", "tenants", id]) => self.delete(id.to_string()).await,
-            (&Method::GET, ["v1", "domains", name]) => self.domain(name),
+            (&Method::GET, ["v1", "domains", name]) => self.domain(name).await,
             (&Method::GET, ["v1", "templates"]) => self.templates(),
             (&Method::GET, ["v1", "templates", name]) => self.template(name),
             (&Method::PUT, ["v1", "templates", name]) => self.put_template(name.to_string()).await,
@@ -133,22 +134,6 @@ impl Call {
         let mut resp = Response::new(Body::default());
         *resp.status_mut() = StatusCode::NO_CONTENT;
         Ok(resp)
-    }
-
-    fn domain(&self, name: &str) -> Result<Response<Body>, Problem> {
-        let host = routing::host::normalize(name)
-            .map_err(|e| Problem::bad_request(format!("{name:?} is not a valid host name: {e}")))?;
-        let snap = self.registry.snapshot();
-        let m = snap
-            .table
-            .lookup(&host)
-            .ok_or_else(|| Problem::not_found(format!("no tenant routes {host}")))?;
-        let tenant = snap.tenant(m.tenant).ok_or_else(Problem::internal)?;
-        self.caller.may_touch(&tenant.id)?;
-        Ok(json_response(
-            StatusCode::OK,
-            &json!({"name": host, "tenant": &*tenant.id, "match": m.kind.as_str(), "generation": snap.generation}),
-        ))
     }
 }
 
