@@ -100,6 +100,7 @@ pub enum NameState {
 }
 
 impl NameState {
+    /// The name used in the admin API.
     pub fn as_str(self) -> &'static str {
         match self {
             NameState::Ordering => "ordering",
