@@ -32,8 +32,9 @@ enum Command {
     },
     /// Validate a config file; prints every problem and exits 1 if any.
     Check { path: PathBuf },
-    /// Print how the tenants of NEW differ from OLD (each a config file with
-    /// its tenants/ folder), as the admin API's preview does. Exit 0 when
+    /// Print how the tenants and templates of NEW differ from OLD (each a
+    /// config file with its tenants/ and templates/ folders), as the admin
+    /// API's preview does: a template change lists every tenant it changes. Exit 0 when
     /// they are the same, 1 when they differ, 2 when a file cannot be read.
     Diff {
         old: PathBuf,
@@ -128,19 +129,19 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn diff(old: &std::path::Path, new: &std::path::Path, json: bool) -> ExitCode {
-    let tenants = |path: &std::path::Path| {
+    let state = |path: &std::path::Path| {
         config::Texts::read(path)
             .and_then(|t| t.parse(path))
-            .map(|(file, _)| file.tenants.into_iter().map(|t| (t.id.clone(), t)).collect())
+            .map(|(file, _)| config::diff::State::of(file))
     };
-    let (before, after): (config::diff::Tenants, config::diff::Tenants) = match (tenants(old), tenants(new)) {
+    let (before, after) = match (state(old), state(new)) {
         (Ok(b), Ok(a)) => (b, a),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("{e}");
             return ExitCode::from(2);
         }
     };
-    let changes = config::diff::diff(&before, &after);
+    let changes = config::diff::changes(&before, &after);
     if json {
         let list: Vec<serde_json::Value> = changes.iter().map(config::diff::TenantDiff::to_json).collect();
         println!("{}", serde_json::Value::Array(list));

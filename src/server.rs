@@ -9,7 +9,7 @@ use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 
 use crate::acme::{CertManager, Challenges};
-use crate::admin::AdminApi;
+use crate::admin::{AdminApi, Certs};
 use crate::config::{Issuer, LoadError, Source, Store};
 use crate::limits::fleet::{Fleet, FleetSync, StoreError};
 use crate::limits::QuotaFlusher;
@@ -93,6 +93,7 @@ pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let challenges = Arc::new(Challenges::default());
+    let mut certs = None;
 
     let mut plain = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -131,8 +132,12 @@ pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
         let mut https = Service::new("tenantgate https".to_string(), app);
         https.add_tcp(&addr.to_string());
         server.add_service(https);
-        let manager = CertManager::new(registry.clone(), store, challenges, metrics.clone());
+        let manager = CertManager::new(registry.clone(), store.clone(), challenges, metrics.clone());
         manager.load_provided_now();
+        certs = Some(Certs {
+            store,
+            schedule: manager.schedule(),
+        });
         server.add_service(background_service("tenantgate certificates", manager));
     }
 
@@ -163,6 +168,7 @@ pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
                         .as_deref(),
                 )),
                 registry: registry.clone(),
+                certs,
                 listener: std::sync::Mutex::new(Some(listener)),
             },
         ));

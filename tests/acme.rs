@@ -329,3 +329,55 @@ async fn orders_run_at_most_max_concurrent_orders_at_a_time_and_a_reload_aborts_
     }
     assert_eq!(gw.metric("tenantgate_acme_orders_in_flight").await, 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domain_lookup_reports_the_issued_certificate_and_its_renewal() {
+    use serde_json::json;
+    use tenantgate::admin::auth::hash_hex;
+    let (p, http) = pebble(3600).await;
+    let pool = backend("pool").await;
+    let template = config(&p, &pool, &["app.acme.com"]).replace("[tls]\n", "admin_listen = \"{admin}\"\n\n[tls]\n")
+        + &format!(
+            "\n[[admin.tokens]]\nname = \"ops\"\nscope = \"operator\"\nsha256 = \"{}\"\n",
+            hash_hex("ops-secret")
+        );
+    let gw = Gateway::start_with_http(tempfile::tempdir().expect("dir"), &template, http).await;
+    let root = p.issuing_root_pem().await;
+    let leaf = wait_for_certificate(&gw, "app.acme.com", root.as_bytes(), &p).await;
+    let (_, leaf) = x509_parser::parse_x509_certificate(&leaf).expect("leaf");
+    let issuer = leaf.issuer().iter_common_name().next().and_then(|c| c.as_str().ok());
+    let end = jiff::Timestamp::from_second(leaf.validity().not_after.timestamp()).expect("timestamp");
+
+    // The certificate serves as soon as it is installed; the manager
+    // records the finished order a moment later.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut cert = loop {
+        let r = gw
+            .admin_call("GET", "/v1/domains/app.acme.com", Some("ops-secret"), None, &[])
+            .await;
+        let cert = r.json["certificate"].clone();
+        if cert["acme"]["state"] != "ordering" || Instant::now() > deadline {
+            break cert;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let next: jiff::Timestamp = cert["acme"]["next_attempt"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("next_attempt: {cert}"));
+    // Renewal at about two thirds of the hour-long lifetime.
+    assert!(next > jiff::Timestamp::now() && next < end, "{cert}");
+    cert["acme"].as_object_mut().expect("acme").remove("next_attempt");
+    let path = gw.dir().join("state/certs/app.acme.com.pem").display().to_string();
+    assert_eq!(
+        cert,
+        json!({
+            "source": "managed",
+            "path": path,
+            "not_after": end.to_string(),
+            "issuer_cn": issuer.expect("issuer CN"),
+            "sans": ["app.acme.com"],
+            "acme": {"state": "valid", "failures": 0},
+        })
+    );
+}

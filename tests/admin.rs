@@ -97,6 +97,10 @@ async fn put_routes_on_the_first_request_after_it_returns() {
     assert_eq!(d.status, 200);
     assert_eq!(d.json["tenant"], "acme");
     assert_eq!(d.json["match"], "exact");
+    assert_eq!(
+        d.json["certificate"],
+        json!({"source": "none", "detail": "TLS is off: the config has no [tls] section"})
+    );
 
     let list = gw.admin_call("GET", "/v1/tenants?limit=1", Some(OPS), None, &[]).await;
     assert_eq!(list.json["tenants"], json!([{"id": "stable", "pool": "p"}]));
@@ -551,14 +555,16 @@ async fn audit_records_applied_and_rejected_writes() {
     );
 }
 
-/// Copies a gateway's config file and tenant files into a new folder.
+/// Copies a gateway's config file, tenant files and template files into a new folder.
 fn snapshot_config(gw: &Gateway) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::copy(&gw.config_path, dir.path().join("tenantgate.toml")).expect("copy config");
-    std::fs::create_dir_all(dir.path().join("tenants")).expect("tenants dir");
-    for f in std::fs::read_dir(gw.dir().join("tenants")).expect("read tenants") {
-        let f = f.expect("entry").path();
-        std::fs::copy(&f, dir.path().join("tenants").join(f.file_name().expect("name"))).expect("copy tenant");
+    for folder in ["tenants", "templates"] {
+        std::fs::create_dir_all(dir.path().join(folder)).expect("folder");
+        for f in std::fs::read_dir(gw.dir().join(folder)).expect("read folder") {
+            let f = f.expect("entry").path();
+            std::fs::copy(&f, dir.path().join(folder).join(f.file_name().expect("name"))).expect("copy file");
+        }
     }
     dir
 }
@@ -779,6 +785,7 @@ async fn export_and_import_give_identical_routing() {
         "/v1/versions/{n}/rollback",
         "/v1/import",
         "/v1/audit",
+        "/v1/templates/{name}",
     ] {
         assert!(doc.json["paths"][path].is_object(), "{path} missing");
     }
@@ -847,7 +854,7 @@ async fn a_batch_cut_short_by_a_crash_is_finished_at_the_next_start() {
     let beta = "id = \"beta\"\ndomains = [\"app.acme.com\"]\npool = \"q\"\n";
     let acme = "id = \"acme\"\ndomains = [\"new.acme.com\"]\npool = \"p\"\n";
     std::fs::write(tenants.join("beta.toml"), beta).expect("beta");
-    let journal = json!({"main": null, "put": {"acme": acme, "beta": beta}, "delete": []});
+    let journal = json!({"main": null, "tenants": {"put": {"acme": acme, "beta": beta}, "delete": []}});
     std::fs::write(tenants.join(".batch.json"), journal.to_string()).expect("journal");
     let gw = Gateway::start_in(dir, &config(&p, &q)).await;
     assert_eq!(
@@ -865,4 +872,279 @@ async fn a_batch_cut_short_by_a_crash_is_finished_at_the_next_start() {
     assert!(gw
         .log()
         .contains("finished writing an admin batch that a crash interrupted"));
+}
+
+async fn put_template(gw: &Gateway, name: &str, body: Value, headers: &[(&str, &str)]) -> common::AdminResponse {
+    gw.admin_call("PUT", &format!("/v1/templates/{name}"), Some(OPS), Some(&body), headers)
+        .await
+}
+
+/// `(tenant or "template <name>", action, fields)` of each diff entry.
+fn diff_summary(diff: &Value) -> Vec<(String, String, Value)> {
+    diff.as_array()
+        .expect("diff")
+        .iter()
+        .map(|d| {
+            let who = match (d["tenant"].as_str(), d["template"].as_str()) {
+                (Some(t), _) => t.to_string(),
+                (None, Some(name)) => format!("template {name}"),
+                (None, None) => panic!("entry names neither: {d}"),
+            };
+            (who, d["action"].as_str().unwrap_or("").into(), d["fields"].clone())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_change_moves_every_tenant_using_it() {
+    let (gw, _p, _q) = start().await;
+    let r = put_template(&gw, "basic", json!({"pool": "p", "redirect_https": false}), &[]).await;
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    assert_eq!(
+        r.json,
+        json!({"name": "basic", "pool": "p", "redirect_https": false, "source": "file"})
+    );
+    let v1 = r.etag.clone().expect("etag");
+    assert_eq!(
+        std::fs::read_to_string(gw.dir().join("templates/basic.toml")).expect("template file"),
+        "pool = \"p\"\nredirect_https = false\n"
+    );
+    for (id, extra) in [("a", json!({})), ("c", json!({})), ("own", json!({"pool": "q"}))] {
+        let mut body = json!({"domains": [format!("{id}.example.com")], "template": "basic"});
+        body.as_object_mut()
+            .expect("object")
+            .extend(extra.as_object().expect("object").clone());
+        assert_eq!(put(&gw, OPS, id, body).await.status, 201);
+    }
+    // The template's pool, unless the tenant sets its own.
+    assert_eq!(routed(&gw, "a.example.com").await, (200, Some("a".into()), "p".into()));
+    assert_eq!(routed(&gw, "c.example.com").await.2, "p");
+    assert_eq!(
+        routed(&gw, "own.example.com").await,
+        (200, Some("own".into()), "q".into())
+    );
+    let list = gw.admin_call("GET", "/v1/tenants", Some(OPS), None, &[]).await;
+    assert!(list.json["tenants"]
+        .as_array()
+        .expect("tenants")
+        .contains(&json!({"id": "a", "pool": "p"})));
+
+    // The preview lists exactly the tenants whose pool changes, and changes nothing.
+    let change = json!({"changes": [{"op": "put_template", "template": {"name": "basic", "pool": "q", "redirect_https": false}}]});
+    let preview = gw
+        .admin_call("POST", "/v1/changes/preview", Some(OPS), Some(&change), &[])
+        .await;
+    assert_eq!(preview.status, 200, "{:?}", preview.json);
+    let pool_moves = json!({"pool": {"before": "p", "after": "q"}});
+    let want = [
+        ("template basic".to_string(), "update".to_string(), pool_moves.clone()),
+        ("a".to_string(), "update".to_string(), pool_moves.clone()),
+        ("c".to_string(), "update".to_string(), pool_moves.clone()),
+    ];
+    assert_eq!(diff_summary(&preview.json["diff"]), want);
+    assert_eq!(preview.json["applied"], false);
+    assert_eq!(routed(&gw, "a.example.com").await.2, "p");
+    assert!(std::fs::read_to_string(gw.dir().join("templates/basic.toml"))
+        .expect("template file")
+        .contains("\"p\""));
+
+    // A stale ETag is refused; the current one applies, and routes before the answer.
+    let body = json!({"pool": "q", "redirect_https": false});
+    let r = put_template(&gw, "basic", body.clone(), &[("if-match", "\"0000\"")]).await;
+    assert_eq!(r.status, 412);
+    assert_eq!(
+        r.json["detail"],
+        "the template changed since you read it; GET it again and retry with the new ETag"
+    );
+    let r = put_template(&gw, "basic", body, &[("if-match", &v1)]).await;
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    for host in ["a.example.com", "c.example.com", "own.example.com"] {
+        assert_eq!(routed(&gw, host).await.2, "q", "{host}");
+    }
+    let got = gw.admin_call("GET", "/v1/templates/basic", Some(OPS), None, &[]).await;
+    assert_eq!(got.json["used_by"], json!(["a", "c", "own"]));
+    assert_eq!(got.etag, r.etag);
+    let all = gw.admin_call("GET", "/v1/templates", Some(OPS), None, &[]).await;
+    assert_eq!(
+        all.json["templates"],
+        json!([{"name": "basic", "source": "file", "tenants": 3}])
+    );
+
+    // The audit records the tenants a template change moved; versions the file.
+    let audit = gw.admin_call("GET", "/v1/audit?tenant=c", Some(OPS), None, &[]).await;
+    let last = audit.json["entries"]
+        .as_array()
+        .and_then(|e| e.last())
+        .cloned()
+        .expect("entry");
+    assert_eq!(last["request"], "PUT /v1/templates/basic");
+    assert_eq!(last["tenants"], json!(["a", "c"]));
+    let versions = gw.admin_call("GET", "/v1/versions", Some(OPS), None, &[]).await;
+    assert_eq!(versions.json["versions"][0]["templates"], json!(["basic"]));
+    let undo = versions.json["versions"][1]["version"].as_u64().expect("version");
+    let r = gw
+        .admin_call("POST", &format!("/v1/versions/{undo}/rollback"), Some(OPS), None, &[])
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    assert_eq!(routed(&gw, "a.example.com").await.2, "p");
+    assert_eq!(routed(&gw, "own.example.com").await.2, "q");
+
+    // A hand edit of the template file is validated and applied like any reload.
+    write_by_hand(&gw.dir().join("templates/basic.toml"), "pool = \"q\"\n");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while routed(&gw, "a.example.com").await.2 != "q" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hand edit not applied:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(routed(&gw, "c.example.com").await.2, "q");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_in_use_or_in_the_main_file_are_not_removed_and_tenant_tokens_cannot_touch_them() {
+    let (p, q) = (backend("p").await, backend("q").await);
+    let main = format!(
+        "{}\n[[tenants]]\nid = \"legacy\"\ndomains = [\"legacy.example.com\"]\ntemplate = \"classic\"\n\n[templates.classic]\npool = \"q\"\n",
+        config(&p, &q)
+    );
+    let gw = Gateway::start(&main).await;
+    assert_eq!(
+        routed(&gw, "legacy.example.com").await,
+        (200, Some("legacy".into()), "q".into())
+    );
+    let got = gw.admin_call("GET", "/v1/tenants/legacy", Some(OPS), None, &[]).await;
+    assert_eq!(
+        (got.json["template"].clone(), got.json["pool"].clone()),
+        (json!("classic"), json!("q"))
+    );
+
+    assert_eq!(put_template(&gw, "basic", json!({"pool": "p"}), &[]).await.status, 201);
+    for id in ["acme", "beta"] {
+        let body = json!({"domains": [format!("{id}.example.com")], "template": "basic"});
+        assert_eq!(put(&gw, OPS, id, body).await.status, 201);
+    }
+    let r = gw
+        .admin_call("DELETE", "/v1/templates/basic", Some(OPS), None, &[])
+        .await;
+    assert_eq!(
+        (r.status, r.json),
+        (
+            409,
+            json!({"type": "tag:tenantgate,2026:in-use", "title": "Conflict", "status": 409,
+                   "detail": "template \"basic\" is used by tenants \"acme\", \"beta\"; point them at another template or remove their template field first",
+                   "template": "basic", "tenants": ["acme", "beta"]})
+        )
+    );
+    assert!(gw.dir().join("templates/basic.toml").exists());
+    assert_eq!(routed(&gw, "acme.example.com").await.2, "p");
+
+    let r = gw
+        .admin_call("DELETE", "/v1/templates/classic", Some(OPS), None, &[])
+        .await;
+    assert_eq!(
+        (r.status, r.json["type"].clone()),
+        (409, json!("tag:tenantgate,2026:read-only"))
+    );
+    assert_eq!(
+        put_template(&gw, "classic", json!({"pool": "p"}), &[]).await.status,
+        409
+    );
+    let r = gw
+        .admin_call("GET", "/v1/templates/classic", Some(OPS), None, &[])
+        .await;
+    assert_eq!(
+        r.json,
+        json!({"name": "classic", "pool": "q", "source": "main", "used_by": ["legacy"]})
+    );
+
+    // Tenant tokens: no template resources, and not their own tenant's template.
+    for (method, body) in [("GET", None), ("PUT", Some(json!({"pool": "q"}))), ("DELETE", None)] {
+        let r = gw
+            .admin_call(method, "/v1/templates/basic", Some(ACME), body.as_ref(), &[])
+            .await;
+        assert_eq!((method, r.status), (method, 403));
+    }
+    assert_eq!(
+        gw.admin_call("GET", "/v1/templates", Some(ACME), None, &[])
+            .await
+            .status,
+        403
+    );
+    let r = put(&gw, ACME, "acme", json!({"domains": ["acme.example.com"], "pool": "p"})).await;
+    assert_eq!(
+        (r.status, r.json["detail"].clone()),
+        (
+            403,
+            json!("a tenant token may not change the tenant's template; templates are the operator's")
+        )
+    );
+    let own_names = json!({"domains": ["acme.example.com", "www.acme.example.com"], "template": "basic"});
+    assert_eq!(put(&gw, ACME, "acme", own_names).await.status, 200);
+
+    // One batch may move the tenants off a template and delete it.
+    let batch = json!({"changes": [
+        {"op": "put", "tenant": {"id": "acme", "domains": ["acme.example.com"], "pool": "q"}},
+        {"op": "put", "tenant": {"id": "beta", "domains": ["beta.example.com"], "template": "classic"}},
+        {"op": "delete_template", "name": "basic"},
+    ]});
+    let r = gw.admin_call("POST", "/v1/changes", Some(OPS), Some(&batch), &[]).await;
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    assert!(!gw.dir().join("templates/basic.toml").exists());
+    assert_eq!(routed(&gw, "acme.example.com").await.2, "q");
+    assert_eq!(routed(&gw, "beta.example.com").await.2, "q");
+    let r = gw
+        .admin_call("DELETE", "/v1/templates/basic", Some(OPS), None, &[])
+        .await;
+    assert_eq!(r.status, 404);
+
+    // Export carries template files; an import makes them equal.
+    assert_eq!(
+        put_template(&gw, "spare", json!({"plan": "unlimited"}), &[])
+            .await
+            .status,
+        201
+    );
+    let export = gw.admin_call("GET", "/v1/export", Some(OPS), None, &[]).await;
+    assert_eq!(
+        export.json["templates"],
+        json!([{"name": "spare", "plan": "unlimited"}])
+    );
+    assert_eq!(export.json["main_file_templates"], json!(["classic"]));
+    let body = json!({"tenants": export.json["tenants"], "templates": []});
+    let r = gw
+        .admin_call("POST", "/v1/import?preview=true", Some(OPS), Some(&body), &[])
+        .await;
+    assert_eq!(
+        diff_summary(&r.json["diff"]),
+        [(
+            "template spare".to_string(),
+            "delete".to_string(),
+            json!({"plan": {"before": "unlimited", "after": null}})
+        )]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_subcommand_lists_the_tenants_a_template_change_moves() {
+    let (gw, _p, _q) = start().await;
+    assert_eq!(put_template(&gw, "basic", json!({"pool": "p"}), &[]).await.status, 201);
+    for id in ["one", "two"] {
+        assert_eq!(put(&gw, OPS, id, json!({"template": "basic"})).await.status, 201);
+    }
+    let before = snapshot_config(&gw);
+    assert_eq!(put_template(&gw, "basic", json!({"pool": "q"}), &[]).await.status, 200);
+    let out = std::process::Command::new(common::BIN)
+        .arg("diff")
+        .arg(before.path().join("tenantgate.toml"))
+        .arg(&gw.config_path)
+        .output()
+        .expect("run diff");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "~ template basic: pool \"p\" -> \"q\"\n~ one: pool \"p\" -> \"q\"\n~ two: pool \"p\" -> \"q\"\n"
+    );
 }

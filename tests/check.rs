@@ -22,9 +22,19 @@ fn tenant(id: &str, extra: &str) -> String {
 
 /// Runs `check` on `text`; returns (exit code, stdout + stderr, file path).
 fn check(text: &str) -> (i32, String, String) {
+    check_files(text, &[])
+}
+
+/// Like [`check`], with more files beside the config (`tenants/a.toml`, …).
+fn check_files(text: &str, files: &[(&str, &str)]) -> (i32, String, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("routing.toml");
     std::fs::write(&path, text).expect("write");
+    for (name, body) in files {
+        let file = dir.path().join(name);
+        std::fs::create_dir_all(file.parent().expect("folder")).expect("mkdir");
+        std::fs::write(file, body).expect("write");
+    }
     let out = Command::new(BIN).arg("check").arg(&path).output().expect("run check");
     let all = format!(
         "{}{}",
@@ -383,4 +393,61 @@ fn client_limits_are_validated_like_the_tenant_rate() {
             "plans.r.client_requests_per_second: client_requests_per_second = -1 must be a positive whole number",
         ],
     );
+}
+
+#[test]
+fn templates_are_checked_once_and_every_tenant_needs_a_known_template_and_a_pool() {
+    let text = format!(
+        "{HEAD}\n[templates.basic]\nplan = \"unlimited\"\n\n[templates.broken]\npool = \"nope\"\n\n\
+         [[tenants]]\nid = \"a\"\ntemplate = \"gold\"\n\n[[tenants]]\nid = \"b\"\ntemplate = \"basic\"\n\n\
+         [[tenants]]\nid = \"c\"\n\n[[tenants]]\nid = \"d\"\ntemplate = \"broken\"\n\n\
+         [[tenants]]\nid = \"e\"\ntemplate = \"broken\"\nsubdomain = \"e\"\n"
+    );
+    let files = [
+        (
+            "templates/filed.toml",
+            "pool = \"shared\"\ntimezone = \"Mars/Olympus\"\n",
+        ),
+        ("tenants/f.toml", "id = \"f\"\ntemplate = \"nothing\"\n"),
+    ];
+    let (code, out, path) = check_files(&text, &files);
+    assert_eq!(code, 1);
+    let defined = r#"(defined: "basic", "broken", "filed"); fix: name a defined template, or define it under [templates.<name>] or in templates/<name>.toml"#;
+    let want = [
+        "6 problem(s)".to_string(),
+        r#"templates.broken.pool: pool "nope" is not defined; fix: define it under [pools.<name>] or point the tenant at an existing pool"#.to_string(),
+        r#"templates/filed.toml:timezone: "Mars/Olympus" is not a known time zone; fix: use an IANA time zone name such as Europe/Berlin, or remove it for UTC"#.to_string(),
+        format!(r#"tenant "a": tenants[0].template: template "gold" is not defined {defined}"#),
+        r#"tenant "b": tenants[1].pool: the tenant has no pool, and its template "basic" sets none; fix: set pool = "<name>" on the tenant, or on the template it names"#.to_string(),
+        r#"tenant "c": tenants[2].pool: the tenant has no pool; fix: set pool = "<name>" on the tenant, or on the template it names"#.to_string(),
+        format!(r#"tenant "f": tenants/f.toml:template: template "nothing" is not defined {defined}"#),
+    ];
+    let want: Vec<String> = want.iter().map(|l| format!("{path}: {l}")).collect();
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        want,
+        "the broken template's pool is reported once, not per tenant"
+    );
+
+    let main_and_file = check_files(
+        &format!("{HEAD}\n[templates.basic]\npool = \"shared\"\n"),
+        &[
+            ("templates/basic.toml", "pool = \"shared\"\n"),
+            ("templates/Bad.toml", ""),
+        ],
+    );
+    assert_eq!(
+        main_and_file.1.lines().skip(1).collect::<Vec<_>>(),
+        [
+            format!("{}: templates.basic: template \"basic\" is defined both in the main file and in templates/basic.toml; fix: keep one definition: remove [templates.<name>] or the file", main_and_file.2),
+            format!("{}: templates/Bad.toml: \"Bad\" is not a valid template name; fix: use 1 to 63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit", main_and_file.2),
+        ]
+    );
+
+    let ok = format!(
+        "{HEAD}\n[pools.other]\nupstreams = [\"127.0.0.1:9002\"]\n\n[templates.basic]\npool = \"shared\"\n\n\
+         [[tenants]]\nid = \"a\"\ntemplate = \"basic\"\n\n[[tenants]]\nid = \"b\"\ntemplate = \"basic\"\npool = \"other\"\n"
+    );
+    let (code, out, _) = check_files(&ok, &[("templates/edge.toml", "pool = \"other\"\n")]);
+    assert_eq!(code, 0, "{out}");
 }

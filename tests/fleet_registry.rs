@@ -145,6 +145,38 @@ async fn a_change_through_one_replica_is_live_on_every_replica_within_a_second()
         (200, Some("hand".into()), "q".into())
     );
     assert!(a.metric("tenantgate_registry_store_version").await >= 9.0);
+
+    // Templates are shared too: one defined through A, used through B, and
+    // changed through A moves the tenant on both.
+    let template = |pool: &str| json!({"pool": pool});
+    let r = a
+        .admin_call("PUT", "/v1/templates/basic", Some(OPS), Some(&template("p")), &[])
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    let r = put(
+        &b,
+        "tmpl",
+        json!({"domains": ["tmpl.example.com"], "template": "basic"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    time_until(&a, "tmpl.example.com", 200, Duration::from_secs(2)).await;
+    assert_eq!(routed(&a, "tmpl.example.com").await.2, "p");
+    let r = a
+        .admin_call("PUT", "/v1/templates/basic", Some(OPS), Some(&template("q")), &[])
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    for gw in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while routed(gw, "tmpl.example.com").await.2 != "q" {
+            assert!(
+                Instant::now() < deadline,
+                "the template change did not reach this replica in 1 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert!(b.dir().join("templates/basic.toml").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

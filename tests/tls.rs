@@ -216,6 +216,9 @@ fn san_names(der: &[u8]) -> Vec<String> {
     .unwrap_or_default()
 }
 
+/// The common name of the throwaway CAs that sign test certificates.
+const TEST_CA: &str = "tenantgate test CA";
+
 /// A certificate for `names`, signed by a throwaway CA. Returns (ca_pem, cert_pem, key_pem).
 fn signed_cert(names: &[&str], expired: bool) -> (String, String, String) {
     signed_cert_inner(names, if expired { None } else { Some(365) })
@@ -231,6 +234,7 @@ fn signed_cert_inner(names: &[&str], days: Option<i64>) -> (String, String, Stri
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().expect("key");
     let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.distinguished_name.push(rcgen::DnType::CommonName, TEST_CA);
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca_cert = ca.self_signed(&ca_key).expect("ca");
     let issuer = Issuer::new(ca, ca_key);
@@ -412,4 +416,137 @@ async fn the_host_check_holds_on_the_tls_listener_after_a_reload_removes_tls() {
         .expect("request");
     assert_eq!(resp.status().as_u16(), 421);
     assert_eq!(shared.count() + dedicated.count(), 0);
+}
+
+const OPS: &str = "ops-secret-0123456789";
+const ACME_TENANT: &str = "acme-secret-0123456789";
+
+/// `template` with the admin API on `{admin}`: an operator token and one for tenant acme.
+fn with_admin(template: &str) -> String {
+    use tenantgate::admin::auth::hash_hex;
+    let tokens = format!(
+        "\n[[admin.tokens]]\nname = \"ops\"\nscope = \"operator\"\nsha256 = \"{}\"\n\n\
+         [[admin.tokens]]\nname = \"acme-admin\"\nscope = \"tenant:acme\"\nsha256 = \"{}\"\n",
+        hash_hex(OPS),
+        hash_hex(ACME_TENANT)
+    );
+    template.replace("[gateway]\n", "[gateway]\nadmin_listen = \"{admin}\"\n") + &tokens
+}
+
+/// The `certificate` object of `GET /v1/domains/{host}`.
+async fn certificate(gw: &Gateway, token: &str, host: &str) -> serde_json::Value {
+    let r = gw
+        .admin_call("GET", &format!("/v1/domains/{host}"), Some(token), None, &[])
+        .await;
+    assert_eq!(r.status, 200, "{host}: {:?}", r.json);
+    r.json["certificate"].clone()
+}
+
+/// A new folder holding `files` (relative path, text).
+fn folder_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, text).expect("write");
+    }
+    dir
+}
+
+/// RFC 3339 (seconds, UTC) of a PEM certificate's notAfter.
+fn not_after(pem: &str) -> String {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).expect("pem");
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("certificate");
+    let secs = cert.validity().not_after.timestamp();
+    jiff::Timestamp::from_second(secs).expect("timestamp").to_string()
+}
+
+#[tokio::test]
+async fn domain_lookup_reports_the_certificate_served() {
+    use serde_json::json;
+    let (ca, cert, key) = signed_cert(&["app.acme.com", "acme.saas.example"], false);
+    let dir = folder_with(&[("certs/acme.pem", &format!("{cert}{key}"))]);
+    let (shared, dedicated) = (backend("shared").await, backend("dedicated").await);
+    let gw = Gateway::start_in(dir, &with_admin(&config(&shared, &dedicated, ""))).await;
+    let path = gw.dir().join("certs/acme.pem").display().to_string();
+
+    // An operator file: its path, end, issuer and names.
+    let operator = json!({
+        "source": "operator",
+        "path": path,
+        "not_after": not_after(&cert),
+        "issuer_cn": TEST_CA,
+        "sans": ["app.acme.com", "acme.saas.example"],
+    });
+    assert_eq!(certificate(&gw, OPS, "App.Acme.com.").await, operator);
+    assert!(handshake(gw.https, Some("app.acme.com"), ca.as_bytes()).await.is_ok());
+    // The owning tenant's token sees the certificate, not the gateway's file system.
+    let mut for_tenant = operator.clone();
+    for_tenant.as_object_mut().expect("object").remove("path");
+    assert_eq!(certificate(&gw, ACME_TENANT, "app.acme.com").await, for_tenant);
+
+    // Internal CA: made at the first handshake, then described; wildcards by their parent.
+    let root = std::fs::read(gw.dir().join("state/internal-ca/root.pem")).expect("root");
+    for (host, san) in [
+        ("portal.globex.example", "portal.globex.example"),
+        ("eu.acme.io", "*.acme.io"),
+    ] {
+        assert_eq!(
+            certificate(&gw, OPS, host).await,
+            json!({"source": "internal", "detail": "the internal CA makes the certificate at the first handshake"}),
+            "{host}"
+        );
+        let (_, leaf) = handshake_full(gw.https, Some(host), &root).await.expect("handshake");
+        let served = certificate(&gw, OPS, host).await;
+        assert_eq!(
+            (&served["source"], &served["issuer_cn"], &served["sans"]),
+            (&json!("internal"), &json!("tenantgate internal CA"), &json!([san])),
+            "{host}"
+        );
+        let (_, leaf) = x509_parser::parse_x509_certificate(&leaf).expect("leaf");
+        let end = jiff::Timestamp::from_second(leaf.validity().not_after.timestamp()).expect("timestamp");
+        assert_eq!(served["not_after"], json!(end.to_string()), "{host}");
+    }
+}
+
+#[tokio::test]
+async fn domain_lookup_reports_a_failing_acme_order_and_its_backoff() {
+    use serde_json::json;
+    let shared = backend("shared").await;
+    let dedicated = backend("dedicated").await;
+    // Nothing listens on port 1: every order fails at once.
+    let acme = "[tls.acme]\ndirectory_url = \"https://127.0.0.1:1/dir\"\nretry_min_secs = 3600\nretry_max_secs = 7200";
+    let template = config(&shared, &dedicated, acme).replace("issuer = \"internal\"", "issuer = \"acme\"");
+    let gw = Gateway::start(&with_admin(&template)).await;
+    let started = std::time::SystemTime::now();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let cert = loop {
+        let cert = certificate(&gw, OPS, "app.acme.com").await;
+        if cert["acme"]["state"] == "failed" {
+            break cert;
+        }
+        assert!(std::time::Instant::now() < deadline, "{cert}\n{}", gw.log());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(cert["source"], "managed", "{cert}");
+    assert_eq!(cert["acme"]["failures"], 1, "{cert}");
+    assert!(
+        cert["acme"]["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{cert}"
+    );
+    let next: jiff::Timestamp = cert["acme"]["next_attempt"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("next_attempt: {cert}"));
+    let backoff = next.duration_since(jiff::Timestamp::try_from(started).expect("now"));
+    assert!(
+        backoff.as_secs() > 3500 && backoff.as_secs() <= 3600,
+        "retry in about retry_min_secs: {cert}"
+    );
+    // Wildcards are not ordered: nothing covers them without an operator file.
+    assert_eq!(
+        certificate(&gw, OPS, "eu.acme.io").await,
+        json!({"source": "none", "detail": "no certificate covers this name: put one in certs_dir"})
+    );
 }

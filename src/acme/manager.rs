@@ -55,7 +55,89 @@ struct Managed {
     due: Instant,
     failures: u32,
     not_after: Option<SystemTime>,
-    last_failed: bool,
+    /// Why the last order failed; `None` once one succeeds.
+    last_error: Option<String>,
+}
+
+/// The names the manager keeps certificates for, and where each stands.
+/// Shared with read-only queries (the admin API); locked only briefly and
+/// never across an await.
+#[derive(Default)]
+pub struct Schedule(std::sync::Mutex<Book>);
+
+#[derive(Default)]
+struct Book {
+    managed: HashMap<String, Managed>,
+    /// Orders running, by name, with their id: survives a name's removal.
+    in_flight: HashMap<String, u64>,
+}
+
+/// Where one managed name stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameStatus {
+    pub state: NameState,
+    /// The end of the certificate the manager last issued or found stored.
+    pub not_after: Option<SystemTime>,
+    /// When the next order (first issue, renewal or retry) is due; `None`
+    /// while one runs.
+    pub next_attempt: Option<SystemTime>,
+    /// Orders failed in a row.
+    pub failures: u32,
+    pub last_error: Option<String>,
+}
+
+/// The state of a managed name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameState {
+    /// An order is running.
+    Ordering,
+    /// No certificate yet; the first order is due at `next_attempt`.
+    Pending,
+    /// The last order failed; it is retried at `next_attempt` (backoff).
+    Failed,
+    /// A certificate is current; it is renewed from `next_attempt` on.
+    Valid,
+}
+
+impl NameState {
+    /// The name used in the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NameState::Ordering => "ordering",
+            NameState::Pending => "pending",
+            NameState::Failed => "failed",
+            NameState::Valid => "valid",
+        }
+    }
+}
+
+impl Schedule {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where `name` (an exact host) stands; `None` when the manager does
+    /// not order it (no ACME issuer, an operator certificate covers it, or
+    /// it is not a configured host). One brief lock, no I/O.
+    pub fn status(&self, name: &str) -> Option<NameStatus> {
+        let book = self.lock();
+        let m = book.managed.get(name)?;
+        let ordering = book.in_flight.contains_key(name);
+        let state = match (ordering, &m.last_error, m.not_after) {
+            (true, _, _) => NameState::Ordering,
+            (false, Some(_), _) => NameState::Failed,
+            (false, None, Some(t)) if t > SystemTime::now() => NameState::Valid,
+            (false, None, _) => NameState::Pending,
+        };
+        let wall = SystemTime::now() + m.due.saturating_duration_since(Instant::now());
+        Some(NameStatus {
+            state,
+            not_after: m.not_after,
+            next_attempt: (!ordering).then_some(wall),
+            failures: m.failures,
+            last_error: m.last_error.clone(),
+        })
+    }
 }
 
 enum Outcome {
@@ -113,6 +195,7 @@ pub struct CertManager {
     challenges: Arc<Challenges>,
     metrics: Arc<Metrics>,
     account: Arc<AccountSlot>,
+    schedule: Arc<Schedule>,
 }
 
 impl CertManager {
@@ -128,7 +211,13 @@ impl CertManager {
             challenges,
             metrics,
             account: Arc::new(AccountSlot::default()),
+            schedule: Arc::new(Schedule::default()),
         }
+    }
+
+    /// The managed names and their state, for read-only queries.
+    pub fn schedule(&self) -> Arc<Schedule> {
+        self.schedule.clone()
     }
 
     /// Loads the operator certificate folder (blocking; used at start-up).
@@ -158,11 +247,18 @@ impl CertManager {
 
     /// Brings `managed` in line with the config: new names get scheduled
     /// from their stored certificate (if any), removed names are dropped.
-    async fn sync(&self, snap: &Snapshot, managed: &mut HashMap<String, Managed>) {
+    async fn sync(&self, snap: &Snapshot) {
         let wanted = self.wanted(snap);
-        let keep: std::collections::HashSet<&str> = wanted.iter().map(String::as_str).collect();
-        managed.retain(|name, _| keep.contains(name.as_str()));
-        let fresh: Vec<String> = wanted.iter().filter(|n| !managed.contains_key(*n)).cloned().collect();
+        let fresh: Vec<String> = {
+            let mut book = self.schedule.lock();
+            let keep: std::collections::HashSet<&str> = wanted.iter().map(String::as_str).collect();
+            book.managed.retain(|name, _| keep.contains(name.as_str()));
+            wanted
+                .iter()
+                .filter(|n| !book.managed.contains_key(*n))
+                .cloned()
+                .collect()
+        };
         if fresh.is_empty() {
             return;
         }
@@ -175,29 +271,30 @@ impl CertManager {
         })
         .await
         .unwrap_or_default();
+        let mut book = self.schedule.lock();
         for (loaded, name) in stored {
             let (due, not_after) = match &loaded {
                 Some(l) => (two_thirds(&name, l), Some(l.not_after)),
                 None => (Instant::now(), None),
             };
-            managed.insert(
+            book.managed.insert(
                 name,
                 Managed {
                     due,
                     failures: 0,
                     not_after,
-                    last_failed: false,
+                    last_error: None,
                 },
             );
         }
     }
 
-    fn publish(&self, managed: &HashMap<String, Managed>) {
+    fn publish(&self) {
         let now = SystemTime::now();
         let (mut valid, mut expiring, mut failed) = (0, 0, 0);
-        for m in managed.values() {
+        for m in self.schedule.lock().managed.values() {
             match m.not_after {
-                _ if m.last_failed => failed += 1,
+                _ if m.last_error.is_some() => failed += 1,
                 Some(t) if t > now + EXPIRING => valid += 1,
                 Some(t) if t > now => expiring += 1,
                 _ => {}
@@ -211,8 +308,7 @@ impl CertManager {
 
 /// The stored managed certificate for `name`, if usable. Blocking.
 fn stored_certificate(store: &CertStore, name: &str) -> Option<Loaded> {
-    let pem = std::fs::read(store.managed_path(name)).ok()?;
-    Loaded::from_pem(&pem, &pem).ok()
+    store.stored(name)?.ok()
 }
 
 /// Renewal at two thirds of the lifetime, minus up to 5% of it as jitter.
@@ -336,9 +432,6 @@ fn instant_at(t: SystemTime) -> Instant {
 impl BackgroundService for CertManager {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut generations = self.registry.subscribe();
-        let mut managed: HashMap<String, Managed> = HashMap::new();
-        // Orders running, by name, with their id: survives a name's removal.
-        let mut in_flight: HashMap<String, u64> = HashMap::new();
         let mut next_order = 0u64;
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut tick = tokio::time::interval(TICK);
@@ -358,7 +451,7 @@ impl BackgroundService for CertManager {
                     let _ = tokio::task::spawn_blocking(move || load_provided(&store, &tls)).await;
                 }
                 if acme.is_some() {
-                    self.sync(&snap, &mut managed).await;
+                    self.sync(&snap).await;
                 }
                 stale = false;
                 last_sync = Instant::now();
@@ -368,14 +461,24 @@ impl BackgroundService for CertManager {
                     .get_or_insert_with(|| Arc::new(Semaphore::new(acme.max_concurrent_orders)))
                     .clone();
                 let now = Instant::now();
-                let due: Vec<(String, bool)> = managed
-                    .iter()
-                    .filter(|(n, m)| m.due <= now && !in_flight.contains_key(*n))
-                    .map(|(n, m)| (n.clone(), m.not_after.is_some()))
-                    .collect();
-                for (name, renewal) in due {
-                    next_order += 1;
-                    in_flight.insert(name.clone(), next_order);
+                let due: Vec<(String, bool, u64)> = {
+                    let mut guard = self.schedule.lock();
+                    let book = &mut *guard;
+                    let due: Vec<(String, bool)> = book
+                        .managed
+                        .iter()
+                        .filter(|(n, m)| m.due <= now && !book.in_flight.contains_key(*n))
+                        .map(|(n, m)| (n.clone(), m.not_after.is_some()))
+                        .collect();
+                    due.into_iter()
+                        .map(|(name, renewal)| {
+                            next_order += 1;
+                            book.in_flight.insert(name.clone(), next_order);
+                            (name, renewal, next_order)
+                        })
+                        .collect()
+                };
+                for (name, renewal, order) in due {
                     let ctx = OrderCtx {
                         acme: acme.clone(),
                         state_dir: tls.state_dir.clone(),
@@ -383,7 +486,7 @@ impl BackgroundService for CertManager {
                         store: self.store.clone(),
                         challenges: self.challenges.clone(),
                     };
-                    let (order, p, tx) = (next_order, p.clone(), done_tx.clone());
+                    let (p, tx) = (p.clone(), done_tx.clone());
                     let running = self.metrics.acme_orders_in_flight.clone();
                     tokio::spawn(async move {
                         let _permit = p.acquire_owned().await;
@@ -398,7 +501,7 @@ impl BackgroundService for CertManager {
                         });
                     });
                 }
-                self.publish(&managed);
+                self.publish();
             }
             let retry = acme.as_ref().map(|a| (a.retry_min, a.retry_max));
             drop(snap);
@@ -409,23 +512,24 @@ impl BackgroundService for CertManager {
                     stale = true;
                 }
                 Some(done) = done_rx.recv() => {
-                    // Handled whatever the issuer is now: the order ran.
-                    if in_flight.get(&done.name) == Some(&done.order) {
-                        in_flight.remove(&done.name);
-                    }
                     if !matches!(done.outcome, Outcome::NotYet(_)) {
                         self.metrics.acme_order(done.renewal, matches!(done.outcome, Outcome::Issued { .. }));
                     }
-                    let Some(m) = managed.get_mut(&done.name) else { continue };
+                    let mut book = self.schedule.lock();
+                    // Handled whatever the issuer is now: the order ran.
+                    if book.in_flight.get(&done.name) == Some(&done.order) {
+                        book.in_flight.remove(&done.name);
+                    }
+                    let Some(m) = book.managed.get_mut(&done.name) else { continue };
                     match done.outcome {
                         Outcome::Issued { not_after, due } => {
                             tracing::info!(name = %done.name, renewal = done.renewal, "certificate issued");
-                            *m = Managed { due, failures: 0, not_after: Some(not_after), last_failed: false };
+                            *m = Managed { due, failures: 0, not_after: Some(not_after), last_error: None };
                         }
                         Outcome::NotYet(at) => m.due = at,
                         Outcome::Failed(e) => {
                             m.failures = m.failures.saturating_add(1);
-                            m.last_failed = true;
+                            m.last_error = Some(e.clone());
                             let (min, max) = retry.unwrap_or((Duration::from_secs(60), Duration::from_secs(86_400)));
                             let backoff = min.saturating_mul(1 << m.failures.min(20).saturating_sub(1)).min(max);
                             m.due = Instant::now().checked_add(backoff.min(FAR)).unwrap_or_else(Instant::now);

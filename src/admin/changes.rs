@@ -1,5 +1,5 @@
-//! `POST /v1/changes[/preview]`: a batch of tenant changes, applied all or
-//! nothing, or only validated and diffed.
+//! `POST /v1/changes[/preview]`: a batch of tenant and template changes,
+//! applied all or nothing, or only validated and diffed; and export/import.
 
 use std::collections::HashSet;
 
@@ -8,9 +8,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::problem::{json_response, Body, Problem};
-use super::tenants::{check_if_match, editable, missing, parse_tenant, Call};
+use super::templates::{self, parse_template, refuse_in_use, TEMPLATE};
+use super::tenants::{check_if_match, editable, invalid, missing, parse_tenant, Call, TENANT};
 use crate::config::diff::TenantDiff;
-use crate::registry::TenantEdit;
+use crate::config::Texts;
+use crate::registry::{Snapshot, TenantEdit};
 
 /// The request body.
 #[derive(Deserialize)]
@@ -21,12 +23,54 @@ struct Batch {
 
 /// One change of a batch.
 #[derive(Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 enum Change {
     /// Create or replace a tenant (the body of `PUT /v1/tenants/{id}`, with its `id`).
     Put { tenant: Value, if_match: Option<String> },
     /// Remove a tenant.
     Delete { id: String, if_match: Option<String> },
+    /// Create or replace a template (the body of `PUT /v1/templates/{name}`, with its `name`).
+    PutTemplate { template: Value, if_match: Option<String> },
+    /// Remove a template no tenant names.
+    DeleteTemplate { name: String, if_match: Option<String> },
+}
+
+impl Change {
+    /// The edit, and the `If-Match` it must pass.
+    fn plan(self) -> Result<(TenantEdit, Option<String>), Problem> {
+        Ok(match self {
+            Change::Put { tenant, if_match } => {
+                let id = tenant["id"].as_str().unwrap_or_default().to_string();
+                let t = parse_tenant(&id, tenant.to_string().as_bytes())?;
+                (TenantEdit::Put(Box::new(t)), if_match)
+            }
+            Change::Delete { id, if_match } => (TenantEdit::Delete(id), if_match),
+            Change::PutTemplate { template, if_match } => {
+                let name = template["name"].as_str().unwrap_or_default().to_string();
+                let t = parse_template(&name, template.to_string().as_bytes())?;
+                (TenantEdit::PutTemplate(name, Box::new(t)), if_match)
+            }
+            Change::DeleteTemplate { name, if_match } => (TenantEdit::DeleteTemplate(name), if_match),
+        })
+    }
+}
+
+/// Checks one edit of a batch against the live state: the tenant or
+/// template is writable here, exists if deleted, and matches `if_match`.
+fn admit(texts: &Texts, snap: &Snapshot, edit: &TenantEdit, if_match: Option<&str>) -> Result<(), Problem> {
+    let (existing, what, gone) = match (edit.tenant(), edit.template()) {
+        (Some(id), _) => (editable(texts, snap, id)?, TENANT, missing(id)),
+        (None, Some(name)) => (
+            templates::editable(texts, snap, name)?,
+            TEMPLATE,
+            templates::missing(name),
+        ),
+        (None, None) => return Err(Problem::internal()),
+    };
+    if matches!(edit, TenantEdit::Delete(_) | TenantEdit::DeleteTemplate(_)) && existing.is_none() {
+        return Err(gone);
+    }
+    check_if_match(what, if_match, existing.as_ref().map(|(_, e)| e.as_str()))
 }
 
 impl Call {
@@ -35,39 +79,27 @@ impl Call {
         self.caller.operator()?;
         let batch: Batch = serde_json::from_slice(&self.body)
             .map_err(|e| Problem::bad_request(format!("body is not a batch of changes: {e}")))?;
-        let mut planned = Vec::with_capacity(batch.changes.len());
-        let mut ids = Vec::with_capacity(batch.changes.len());
-        for c in batch.changes {
-            let (id, edit, if_match) = match c {
-                Change::Put { tenant, if_match } => {
-                    let id = tenant["id"].as_str().unwrap_or_default().to_string();
-                    let t = parse_tenant(&id, tenant.to_string().as_bytes())?;
-                    (id, TenantEdit::Put(Box::new(t)), if_match)
-                }
-                Change::Delete { id, if_match } => (id.clone(), TenantEdit::Delete(id), if_match),
-            };
-            ids.push(id.clone());
-            planned.push((id, edit, if_match));
+        let planned = batch
+            .changes
+            .into_iter()
+            .map(Change::plan)
+            .collect::<Result<Vec<_>, _>>()?;
+        let unique: HashSet<(Option<&str>, Option<&str>)> =
+            planned.iter().map(|(e, _)| (e.tenant(), e.template())).collect();
+        if unique.len() != planned.len() {
+            return Err(invalid("a batch may change each tenant and each template once"));
         }
-        let unique: HashSet<&String> = ids.iter().collect();
-        if unique.len() != ids.len() {
-            return Err(Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid",
-                "a batch may change each tenant once",
-            ));
-        }
+        let ids = planned
+            .iter()
+            .filter_map(|(e, _)| e.tenant().map(str::to_string))
+            .collect();
         let done = self
             .write(ids, dry_run, move |texts, snap| {
-                let mut edits = Vec::with_capacity(planned.len());
-                for (id, edit, if_match) in planned {
-                    let existing = editable(texts, snap, &id)?;
-                    if matches!(edit, TenantEdit::Delete(_)) && existing.is_none() {
-                        return Err(missing(&id));
-                    }
-                    check_if_match(if_match.as_deref(), existing.as_ref().map(|(_, e)| e.as_str()))?;
-                    edits.push(edit);
+                for (edit, if_match) in &planned {
+                    admit(texts, snap, edit, if_match.as_deref())?;
                 }
+                let edits: Vec<TenantEdit> = planned.into_iter().map(|(e, _)| e).collect();
+                refuse_in_use(snap, &edits)?;
                 Ok(((), edits))
             })
             .await?;
@@ -83,10 +115,12 @@ impl Call {
 #[derive(Deserialize)]
 struct Import {
     tenants: Vec<Value>,
+    /// Absent (an export from before templates): template files stay as they are.
+    templates: Option<Vec<Value>>,
 }
 
 impl Call {
-    /// Every tenant kept in tenant files, ready for `POST /v1/import`.
+    /// Every tenant and template kept in files, ready for `POST /v1/import`.
     pub fn export(&self) -> Result<Response<Body>, Problem> {
         self.caller.operator()?;
         let texts = self.registry.texts();
@@ -94,6 +128,13 @@ impl Call {
         for text in texts.tenants.values() {
             let t: crate::config::file::TenantSection = toml::from_str(text).map_err(|_| Problem::internal())?;
             tenants.push(serde_json::to_value(t).map_err(|_| Problem::internal())?);
+        }
+        let mut templates = Vec::with_capacity(texts.templates.len());
+        for (name, text) in &texts.templates {
+            let t: crate::config::file::TemplateSection = toml::from_str(text).map_err(|_| Problem::internal())?;
+            let mut v = serde_json::to_value(t).map_err(|_| Problem::internal())?;
+            v["name"] = json!(name);
+            templates.push(v);
         }
         let snap = self.registry.snapshot();
         let main: Vec<&str> = snap
@@ -103,14 +144,23 @@ impl Call {
             .map(|t| t.id.as_str())
             .filter(|id| !texts.tenants.contains_key(*id))
             .collect();
+        let main_templates: Vec<&str> = snap
+            .config
+            .templates
+            .iter()
+            .filter(|t| t.in_main_file)
+            .map(|t| t.name.as_str())
+            .collect();
         Ok(json_response(
             StatusCode::OK,
-            &json!({"tenants": tenants, "main_file_tenants": main, "generation": snap.generation}),
+            &json!({"tenants": tenants, "templates": templates, "main_file_tenants": main,
+                    "main_file_templates": main_templates, "generation": snap.generation}),
         ))
     }
 
-    /// Makes the tenant files equal to an export: creates, replaces and
-    /// deletes, all or nothing. `?preview=true` returns the diff only.
+    /// Makes the tenant files, and the template files if the export lists
+    /// templates, equal to an export: creates, replaces and deletes, all or
+    /// nothing. `?preview=true` returns the diff only.
     pub async fn import(self) -> Result<Response<Body>, Problem> {
         self.caller.operator()?;
         let preview = super::tenants::query_param::<bool>(&self.query, "preview").unwrap_or(false);
@@ -121,6 +171,17 @@ impl Call {
             let id = t["id"].as_str().unwrap_or_default();
             sections.push(parse_tenant(id, t.to_string().as_bytes())?);
         }
+        let template_sections = match &body.templates {
+            Some(list) => Some(
+                list.iter()
+                    .map(|t| {
+                        let name = t["name"].as_str().unwrap_or_default();
+                        Ok((name.to_string(), parse_template(name, t.to_string().as_bytes())?))
+                    })
+                    .collect::<Result<Vec<_>, Problem>>()?,
+            ),
+            None => None,
+        };
         let mut ids: Vec<String> = sections.iter().map(|t| t.id.clone()).collect();
         let live = self.registry.texts();
         ids.extend(
@@ -141,6 +202,15 @@ impl Call {
                     }
                 }
                 edits.extend(sections.into_iter().map(|t| TenantEdit::Put(Box::new(t))));
+                if let Some(list) = template_sections {
+                    for (name, _) in &list {
+                        templates::editable(texts, snap, name)?;
+                    }
+                    let gone = texts.templates.keys().filter(|n| !list.iter().any(|(m, _)| m == *n));
+                    edits.extend(gone.map(|n| TenantEdit::DeleteTemplate(n.clone())));
+                    edits.extend(list.into_iter().map(|(n, t)| TenantEdit::PutTemplate(n, Box::new(t))));
+                }
+                refuse_in_use(snap, &edits)?;
                 Ok(((), edits))
             })
             .await?;

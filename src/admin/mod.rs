@@ -7,7 +7,10 @@
 mod audit;
 pub mod auth;
 mod changes;
+mod domains;
+mod preview;
 mod problem;
+mod templates;
 mod tenants;
 mod versions;
 mod write;
@@ -27,6 +30,7 @@ use pingora_core::services::background::BackgroundService;
 use serde_json::json;
 
 pub use audit::Audit;
+pub use domains::Certs;
 pub use problem::{Body, Problem};
 
 use crate::registry::Registry;
@@ -38,6 +42,8 @@ const MAX_BODY: usize = 1 << 20;
 pub struct AdminApi {
     pub registry: Arc<Registry>,
     pub audit: Arc<Audit>,
+    /// The certificate store and ACME schedule; `None` without TLS.
+    pub certs: Option<Certs>,
     /// Bound in `server::serve`, so that a taken port fails the start.
     pub listener: std::sync::Mutex<Option<std::net::TcpListener>>,
 }
@@ -63,10 +69,11 @@ impl BackgroundService for AdminApi {
             };
             let registry = self.registry.clone();
             let audit = self.audit.clone();
+            let certs = self.certs.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
-                    let (registry, audit) = (registry.clone(), audit.clone());
-                    async move { Ok::<_, std::convert::Infallible>(serve(&registry, &audit, req).await) }
+                    let (registry, audit, certs) = (registry.clone(), audit.clone(), certs.clone());
+                    async move { Ok::<_, std::convert::Infallible>(serve(&registry, &audit, certs, req).await) }
                 });
                 if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
                     tracing::debug!(error = %e, "admin API connection ended");
@@ -89,7 +96,12 @@ fn openapi() -> Response<Body> {
 }
 
 /// One request, end to end.
-async fn serve(registry: &Arc<Registry>, audit: &Arc<Audit>, req: Request<Incoming>) -> Response<Body> {
+async fn serve(
+    registry: &Arc<Registry>,
+    audit: &Arc<Audit>,
+    certs: Option<Certs>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/v1/openapi.json") => return openapi(),
@@ -114,6 +126,7 @@ async fn serve(registry: &Arc<Registry>, audit: &Arc<Audit>, req: Request<Incomi
     let call = tenants::Call {
         registry: registry.clone(),
         audit: audit.clone(),
+        certs,
         caller,
         request: format!("{} {path}", parts.method),
         method: parts.method,

@@ -28,6 +28,7 @@ impl Call {
                     "at": v.at,
                     "who": v.who,
                     "tenants": v.tenants.keys().collect::<Vec<_>>(),
+                    "templates": v.templates.keys().collect::<Vec<_>>(),
                     "main_file": v.main.is_some() || v.main_not_kept,
                 })
             })

@@ -1,14 +1,16 @@
 //! Writes through the registry, their problems, and the audit log: every
 //! write endpoint ends in [`Call::write`].
 
+use std::collections::HashSet;
+
 use http::{Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::audit::Entry;
+use super::preview;
 use super::problem::{json_response, Body, Problem};
 use super::tenants::{query_param, Call, PAGE};
-use crate::config::diff::{self, TenantDiff};
-use crate::config::file::TenantSection;
+use crate::config::diff::TenantDiff;
 use crate::config::{LoadError, Problem as ConfigProblem, Scope, Texts};
 use crate::registry::{Snapshot, StoreError, TenantEdit, VersionError, WriteError};
 
@@ -31,7 +33,7 @@ impl Call {
             let mut out = None;
             let result = registry.write(dry_run, &who, |texts, snap| {
                 let (t, edits) = plan(texts, snap).map_err(Refusal::Problem)?;
-                out = Some((t, diff_of(texts, &edits)));
+                out = Some((t, preview::diff_of(texts, snap, &edits)));
                 Ok::<_, Refusal>(edits)
             });
             let (diff, outcome) = match (result, out) {
@@ -58,10 +60,18 @@ impl Call {
                     Ok(_) => (None, None),
                     Err(p) => (Some(p.status.as_u16()), Some(p.detail.as_str())),
                 };
+                // Tenants changed through a template are on record too.
+                let named: HashSet<&str> = writing.iter().map(String::as_str).collect();
+                let mut tenants = writing.clone();
+                tenants.extend(
+                    preview::tenants_of(&diff)
+                        .filter(|id| !named.contains(id))
+                        .map(str::to_string),
+                );
                 audit.record(&Entry {
                     who: &who,
                     request: &request,
-                    tenants: &writing,
+                    tenants: &tenants,
                     status,
                     generation: outcome.as_ref().ok().and_then(|d| d.generation),
                     diff: &diff,
@@ -102,37 +112,6 @@ pub struct Done<T> {
     pub diff: Vec<TenantDiff>,
     /// The new generation; `None` in a dry run.
     pub generation: Option<u64>,
-}
-
-/// The diff of `edits` against the live tenant files.
-fn diff_of(texts: &Texts, edits: &[TenantEdit]) -> Vec<TenantDiff> {
-    let parse = |id: &str| {
-        texts
-            .tenants
-            .get(id)
-            .and_then(|t| toml::from_str::<TenantSection>(t).ok())
-    };
-    let mut before = diff::Tenants::new();
-    let mut after = diff::Tenants::new();
-    for e in edits {
-        let id = match e {
-            TenantEdit::Put(t) => &t.id,
-            TenantEdit::Delete(id) => id,
-        };
-        if let Some(t) = parse(id) {
-            before.entry(id.clone()).or_insert_with(|| t.clone());
-            after.entry(id.clone()).or_insert(t);
-        }
-        match e {
-            TenantEdit::Put(t) => {
-                after.insert(t.id.clone(), (**t).clone());
-            }
-            TenantEdit::Delete(id) => {
-                after.remove(id);
-            }
-        }
-    }
-    diff::diff(&before, &after)
 }
 
 /// Why a write was refused: by the API's own checks, or by the registry.

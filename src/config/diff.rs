@@ -1,13 +1,17 @@
-//! The difference between two sets of tenants, field by field: what the
-//! admin API's preview returns and `tenantgate diff` prints.
+//! The difference between two configs' tenants and templates, field by
+//! field: what the admin API's preview returns and `tenantgate diff` prints.
+//! Tenants are compared with their templates applied, so a template change
+//! shows on every tenant whose effective settings it changes.
 
 use std::collections::BTreeMap;
 
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::file::TenantSection;
+use super::file::{File, TemplateSection, TenantSection};
+use super::templates;
 
-/// What happens to one tenant.
+/// What happens to one tenant or template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Create,
@@ -25,27 +29,42 @@ impl Action {
     }
 }
 
-/// One tenant's change: every field that differs, before and after
-/// (`null` when absent).
+/// What a diff entry is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    Tenant,
+    Template,
+}
+
+/// One tenant's or template's change: every field that differs, before and
+/// after (`null` when absent). A tenant's fields are its effective ones.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TenantDiff {
+    /// The tenant id, or the template name.
     pub id: String,
+    pub subject: Subject,
     pub action: Action,
     pub fields: BTreeMap<String, (Value, Value)>,
 }
 
 impl TenantDiff {
-    /// `{"tenant", "action", "fields": {name: {"before", "after"}}}`.
+    /// `{"tenant", "action", "fields": {name: {"before", "after"}}}`, with
+    /// `"template"` instead of `"tenant"` for a template.
     pub fn to_json(&self) -> Value {
         let fields: Map<String, Value> = self
             .fields
             .iter()
             .map(|(k, (b, a))| (k.clone(), json!({"before": b, "after": a})))
             .collect();
-        json!({"tenant": self.id, "action": self.action.as_str(), "fields": fields})
+        let key = match self.subject {
+            Subject::Tenant => "tenant",
+            Subject::Template => "template",
+        };
+        json!({key: self.id, "action": self.action.as_str(), "fields": fields})
     }
 
-    /// One line: `+ acme: pool "q"`, `~ acme: pool "p" -> "q"`, `- acme`.
+    /// One line: `+ acme: pool "q"`, `~ acme: pool "p" -> "q"`, `- acme`,
+    /// `~ template basic: pool "p" -> "q"`.
     pub fn to_line(&self) -> String {
         let sign = match self.action {
             Action::Create => '+',
@@ -62,15 +81,65 @@ impl TenantDiff {
                 Action::Update => format!("{k} {b} -> {a}"),
             })
             .collect();
-        format!("{sign} {}: {}", self.id, fields.join(", "))
+        let what = match self.subject {
+            Subject::Tenant => String::new(),
+            Subject::Template => "template ".to_string(),
+        };
+        format!("{sign} {what}{}: {}", self.id, fields.join(", "))
     }
 }
 
 /// Tenants by id.
 pub type Tenants = BTreeMap<String, TenantSection>;
 
+/// Templates by name.
+pub type Templates = BTreeMap<String, TemplateSection>;
+
+/// What a diff compares: tenants as written, and the templates they may name.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    pub tenants: Tenants,
+    pub templates: Templates,
+}
+
+impl State {
+    /// The tenants and templates (main file and template files) of a parsed config.
+    pub fn of(file: File) -> State {
+        let mut templates = file.template_files;
+        templates.extend(file.templates);
+        let tenants = file.tenants.into_iter().map(|t| (t.id.clone(), t)).collect();
+        State { tenants, templates }
+    }
+
+    /// Every tenant with its template applied; a tenant naming an unknown
+    /// template as written.
+    pub fn effective(&self) -> Tenants {
+        let one = |t: &TenantSection| match t.template.as_ref().and_then(|n| self.templates.get(n)) {
+            Some(template) => templates::apply(t.clone(), template),
+            None => t.clone(),
+        };
+        self.tenants.iter().map(|(id, t)| (id.clone(), one(t))).collect()
+    }
+}
+
+/// Every change from `before` to `after`: each template that differs, then
+/// each tenant whose effective settings differ, each in name order.
+pub fn changes(before: &State, after: &State) -> Vec<TenantDiff> {
+    let mut out = entries(Subject::Template, &before.templates, &after.templates);
+    out.extend(diff(&before.effective(), &after.effective()));
+    out
+}
+
 /// Every tenant that differs between `before` and `after`, in id order.
 pub fn diff(before: &Tenants, after: &Tenants) -> Vec<TenantDiff> {
+    entries(Subject::Tenant, before, after)
+}
+
+fn entries<T: Serialize + PartialEq>(
+    subject: Subject,
+    before: &BTreeMap<String, T>,
+    after: &BTreeMap<String, T>,
+) -> Vec<TenantDiff> {
     let ids: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
     ids.into_iter()
         .filter_map(|id| {
@@ -95,6 +164,7 @@ pub fn diff(before: &Tenants, after: &Tenants) -> Vec<TenantDiff> {
                 .collect();
             Some(TenantDiff {
                 id: id.clone(),
+                subject,
                 action,
                 fields,
             })
@@ -102,7 +172,7 @@ pub fn diff(before: &Tenants, after: &Tenants) -> Vec<TenantDiff> {
         .collect()
 }
 
-fn fields(t: Option<&TenantSection>) -> Map<String, Value> {
+fn fields<T: Serialize>(t: Option<&T>) -> Map<String, Value> {
     match t.map(serde_json::to_value) {
         Some(Ok(Value::Object(m))) => m,
         _ => Map::new(),
@@ -118,7 +188,8 @@ mod tests {
             id: id.into(),
             subdomain: None,
             domains: domains.iter().map(|d| d.to_string()).collect(),
-            pool: pool.into(),
+            template: None,
+            pool: Some(pool.into()),
             redirect_https: None,
             plan: None,
             timezone: None,
@@ -157,6 +228,40 @@ mod tests {
         assert_eq!(
             a.to_json(),
             json!({"tenant": "a", "action": "update", "fields": {"pool": {"before": "p", "after": "q"}}})
+        );
+    }
+
+    #[test]
+    fn a_template_change_shows_on_each_tenant_it_changes() {
+        let template = |pool: &str| TemplateSection {
+            pool: Some(pool.into()),
+            ..TemplateSection::default()
+        };
+        let uses = |id: &str, pool: Option<&str>| TenantSection {
+            template: Some("basic".into()),
+            pool: pool.map(str::to_string),
+            ..t(id, "", &[])
+        };
+        let tenants: Tenants = [uses("a", None), uses("b", Some("own")), t("c", "p", &[])]
+            .into_iter()
+            .map(|t| (t.id.clone(), t))
+            .collect();
+        let before = State {
+            tenants: tenants.clone(),
+            templates: [("basic".to_string(), template("p"))].into(),
+        };
+        let after = State {
+            tenants,
+            templates: [("basic".to_string(), template("q"))].into(),
+        };
+        let lines: Vec<String> = changes(&before, &after).iter().map(TenantDiff::to_line).collect();
+        assert_eq!(
+            lines,
+            ["~ template basic: pool \"p\" -> \"q\"", "~ a: pool \"p\" -> \"q\""]
+        );
+        assert_eq!(
+            changes(&before, &after)[0].to_json(),
+            json!({"template": "basic", "action": "update", "fields": {"pool": {"before": "p", "after": "q"}}})
         );
     }
 }

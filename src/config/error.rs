@@ -114,6 +114,29 @@ pub enum Problem {
     UnknownPool { pool: String },
     #[error("pool {pool:?} has no upstreams")]
     EmptyPool { pool: String },
+    #[error("the tenant has no pool{}", template_sets_none(.template))]
+    MissingPool { template: Option<String> },
+    #[error("template {template:?} is not defined ({})", defined(.known))]
+    UnknownTemplate { template: String, known: Vec<String> },
+    #[error("{value:?} is not a valid template name")]
+    BadTemplateName { value: String },
+    #[error("template {name:?} is defined both in the main file and in templates/{name}.toml")]
+    DuplicateTemplate { name: String },
+}
+
+fn template_sets_none(template: &Option<String>) -> String {
+    match template {
+        Some(t) => format!(", and its template {t:?} sets none"),
+        None => String::new(),
+    }
+}
+
+fn defined(known: &[String]) -> String {
+    if known.is_empty() {
+        return "no templates are defined".to_string();
+    }
+    let quoted: Vec<String> = known.iter().map(|t| format!("{t:?}")).collect();
+    format!("defined: {}", quoted.join(", "))
 }
 
 fn claimants(tenants: &[String]) -> String {
@@ -172,6 +195,12 @@ impl Problem {
             TenantFileName { .. } => "name the file <tenant id>.toml",
             UnknownPool { .. } => "define it under [pools.<name>] or point the tenant at an existing pool",
             EmptyPool { .. } => "list at least one upstream, such as upstreams = [\"127.0.0.1:9001\"]",
+            MissingPool { .. } => "set pool = \"<name>\" on the tenant, or on the template it names",
+            UnknownTemplate { .. } => {
+                "name a defined template, or define it under [templates.<name>] or in templates/<name>.toml"
+            }
+            BadTemplateName { .. } => "use 1 to 63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit",
+            DuplicateTemplate { .. } => "keep one definition: remove [templates.<name>] or the file",
         }
     }
 }

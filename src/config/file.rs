@@ -20,6 +20,12 @@ pub struct File {
     pub limits: Option<LimitsSection>,
     pub store: Option<StoreSection>,
     pub admin: Option<AdminSection>,
+    /// `[templates.<name>]` of the main file.
+    #[serde(default)]
+    pub templates: BTreeMap<String, TemplateSection>,
+    /// Templates from `templates/<name>.toml`, by name (filled by `Texts::parse`).
+    #[serde(skip)]
+    pub template_files: BTreeMap<String, TemplateSection>,
     #[serde(default)]
     pub tenants: Vec<TenantSection>,
 }
@@ -92,7 +98,31 @@ pub struct TenantSection {
     pub subdomain: Option<String>,
     #[serde(default)]
     pub domains: Vec<String>,
-    pub pool: String,
+    /// The template whose settings this tenant starts from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// Required unless the template sets it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect_https: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<PlanSection>,
+}
+
+/// `[templates.<name>]`, or one file under `templates/`: tenant defaults.
+/// A tenant naming the template takes each of these it does not set itself;
+/// `limits` are merged key by key. Serialised as a template file and as the
+/// admin API's JSON.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redirect_https: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -12,8 +12,9 @@ pub mod file;
 pub mod generate;
 mod parse;
 pub mod plans;
+pub mod templates;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -62,7 +63,20 @@ pub struct Config {
     pub store: Option<Store>,
     /// Pools in name order; tenants refer to them by index.
     pub pools: Vec<PoolSpec>,
+    /// Templates in name order. Already applied to `tenants`; kept for the
+    /// admin API and diffs.
+    pub templates: Vec<TemplateSpec>,
     pub tenants: Vec<TenantSpec>,
+}
+
+/// A template, validated: the section as written and where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateSpec {
+    pub name: String,
+    /// Defined as `[templates.<name>]` in the main file (read-only through
+    /// the admin API), not in `templates/<name>.toml`.
+    pub in_main_file: bool,
+    pub section: file::TemplateSection,
 }
 
 /// `[store]`, validated: the Redis that replicas share limits through.
@@ -190,6 +204,8 @@ pub struct TenantSpec {
     /// The label under each base domain, if the tenant has one.
     pub subdomain: Option<String>,
     pub domains: Vec<DomainName>,
+    /// The template the settings below started from, if any.
+    pub template: Option<String>,
     pub pool: PoolId,
     /// Overrides `[tls] redirect_http` for this tenant.
     pub redirect_https: Option<bool>,
@@ -320,11 +336,14 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
         pools.push(PoolSpec { name, upstreams });
     }
 
+    let templates = templates::validate(file.templates, file.template_files, &pool_ids, &plans, &mut errs);
+
     let reserved: HashSet<&str> = gateway.reserved_subdomains.iter().map(String::as_str).collect();
     // Positions of each id, to name every copy of a duplicate.
     let mut ids: HashMap<String, Vec<usize>> = HashMap::with_capacity(file.tenants.len());
     let mut tenants = Vec::with_capacity(file.tenants.len());
     for (i, t) in file.tenants.into_iter().enumerate() {
+        let (t, inherited) = templates::resolve(i, t, &templates, &mut errs);
         let tenant = Some(t.id.as_str());
         if !valid_tenant_id(&t.id) {
             errs.push(err(
@@ -375,31 +394,43 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
             }
         }
 
-        let pool = match pool_ids.get(&t.pool) {
-            Some(&p) => p,
+        let pool_field = format!("tenants[{i}].pool");
+        let pool = match t.pool.as_ref().map(|p| (p, pool_ids.get(p))) {
+            Some((_, Some(&p))) => p,
+            // Keep the tenant so later positions (tenants[i]) stay right;
+            // the config is refused anyway.
+            Some((name, None)) => {
+                if !inherited.has("pool") {
+                    let problem = Problem::UnknownPool { pool: name.clone() };
+                    errs.push(err(tenant, &pool_field, problem));
+                }
+                PoolId::MAX
+            }
             None => {
-                errs.push(err(
-                    tenant,
-                    &format!("tenants[{i}].pool"),
-                    Problem::UnknownPool { pool: t.pool.clone() },
-                ));
-                // Keep the tenant so later positions (tenants[i]) stay right;
-                // the config is refused anyway.
+                if !inherited.unknown() {
+                    let problem = Problem::MissingPool {
+                        template: t.template.clone(),
+                    };
+                    errs.push(err(tenant, &pool_field, problem));
+                }
                 PoolId::MAX
             }
         };
+        let mut found = Vec::new();
         let limits = plans.resolve(
             i,
             &t.id,
             t.plan.as_deref(),
             t.limits.as_ref(),
             t.timezone.as_deref(),
-            &mut errs,
+            &mut found,
         );
+        errs.extend(found.into_iter().filter(|e| inherited.own(i, e)));
         tenants.push(TenantSpec {
             id: t.id,
             subdomain,
             domains,
+            template: t.template,
             pool,
             redirect_https: t.redirect_https,
             limits,
@@ -427,6 +458,7 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
             tls,
             store,
             pools,
+            templates,
             tenants,
         },
         errs,
@@ -907,7 +939,7 @@ impl Source {
             Source::File(p) => Texts::read(p),
             Source::Embedded { text, .. } => Ok(Texts {
                 main: text.to_string(),
-                tenants: Default::default(),
+                ..Texts::default()
             }),
         }
     }
@@ -922,10 +954,7 @@ impl Source {
 
     /// The folder of tenant files; `None` for the embedded config.
     pub fn tenants_dir(&self) -> Option<PathBuf> {
-        match self {
-            Source::File(p) => Some(tenants_dir(p)),
-            Source::Embedded { .. } => None,
-        }
+        self.file().map(tenants_dir)
     }
 }
 
@@ -934,99 +963,104 @@ pub fn tenants_dir(path: &Path) -> PathBuf {
     path.parent().unwrap_or(Path::new(".")).join("tenants")
 }
 
-/// The text of a whole config: the main file, and one file per tenant in
-/// `tenants/` (by file stem, which must be the tenant id).
+/// The template files' folder for the config file at `path`: `templates/` beside it.
+pub fn templates_dir(path: &Path) -> PathBuf {
+    path.parent().unwrap_or(Path::new(".")).join("templates")
+}
+
+/// Which files changed, so that a reload re-reads only those.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changed {
+    /// The main file.
+    pub main: bool,
+    /// Tenant files, by stem.
+    pub tenants: BTreeSet<String>,
+    /// Template files, by stem.
+    pub templates: BTreeSet<String>,
+}
+
+/// The files of `stems` in `dir` that differ from `live`: new text, or
+/// `None` for a removed file.
+fn reread_folder(
+    dir: &Path,
+    live: &BTreeMap<String, String>,
+    stems: &BTreeSet<String>,
+) -> Result<Vec<(String, Option<String>)>, LoadError> {
+    let mut updates = Vec::new();
+    for stem in stems {
+        let p = dir.join(format!("{stem}.toml"));
+        let text = match std::fs::read_to_string(&p) {
+            Ok(t) => Some(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => return Err(LoadError::Read { path: p, source }),
+        };
+        if live.get(stem) != text.as_ref() {
+            updates.push((stem.clone(), text));
+        }
+    }
+    Ok(updates)
+}
+
+/// The text of a whole config: the main file, one file per tenant in
+/// `tenants/` (by file stem, which must be the tenant id) and one file per
+/// template in `templates/` (by file stem, which is the template's name).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Texts {
     pub main: String,
-    pub tenants: std::collections::BTreeMap<String, String>,
+    pub tenants: BTreeMap<String, String>,
+    pub templates: BTreeMap<String, String>,
 }
 
 impl Texts {
-    /// Reads the main file and every `tenants/*.toml` beside it (a missing
-    /// folder is no tenant files).
+    /// Reads the main file and every `tenants/*.toml` and `templates/*.toml`
+    /// beside it (a missing folder is no such files).
     pub fn read(path: &Path) -> Result<Texts, LoadError> {
-        let main = read(path)?;
-        let dir = tenants_dir(path);
-        let mut tenants = std::collections::BTreeMap::new();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Texts { main, tenants }),
-            Err(source) => return Err(LoadError::Read { path: dir, source }),
-        };
-        for entry in entries {
-            let entry = entry.map_err(|source| LoadError::Read {
-                path: dir.clone(),
-                source,
-            })?;
-            let p = entry.path();
-            let stem = p.file_stem().and_then(|s| s.to_str()).map(str::to_string);
-            match (stem, p.extension().and_then(|e| e.to_str())) {
-                (Some(stem), Some("toml")) if !stem.starts_with('.') => {
-                    tenants.insert(stem, read(&p)?);
-                }
-                _ => {}
-            }
-        }
-        Ok(Texts { main, tenants })
+        Ok(Texts {
+            main: read(path)?,
+            tenants: read_folder(&tenants_dir(path))?,
+            templates: read_folder(&templates_dir(path))?,
+        })
     }
 
-    /// The texts after re-reading only the main file (if `main`) and the
-    /// tenant files `stems` (a missing file is a removed tenant); `None`
-    /// when none of them differs from `self`.
-    pub fn reread(
-        &self,
-        path: &Path,
-        main: bool,
-        stems: &std::collections::BTreeSet<String>,
-    ) -> Result<Option<Texts>, LoadError> {
-        let new_main = if main {
+    /// The texts after re-reading only the files in `changed` (a missing
+    /// file is a removed tenant or template); `None` when none of them
+    /// differs from `self`.
+    pub fn reread(&self, path: &Path, changed: &Changed) -> Result<Option<Texts>, LoadError> {
+        let new_main = if changed.main {
             Some(read(path)?).filter(|m| *m != self.main)
         } else {
             None
         };
-        let dir = tenants_dir(path);
-        let mut updates = Vec::new();
-        for stem in stems {
-            let p = dir.join(format!("{stem}.toml"));
-            let text = match std::fs::read_to_string(&p) {
-                Ok(t) => Some(t),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(source) => return Err(LoadError::Read { path: p, source }),
-            };
-            if self.tenants.get(stem) != text.as_ref() {
-                updates.push((stem, text));
-            }
-        }
-        if new_main.is_none() && updates.is_empty() {
+        let tenants = reread_folder(&tenants_dir(path), &self.tenants, &changed.tenants)?;
+        let templates = reread_folder(&templates_dir(path), &self.templates, &changed.templates)?;
+        if new_main.is_none() && tenants.is_empty() && templates.is_empty() {
             return Ok(None);
         }
         let mut texts = self.clone();
         if let Some(m) = new_main {
             texts.main = m;
         }
-        for (stem, text) in updates {
-            match text {
-                Some(t) => texts.tenants.insert(stem.clone(), t),
-                None => texts.tenants.remove(stem),
-            };
+        for (map, updates) in [(&mut texts.tenants, tenants), (&mut texts.templates, templates)] {
+            for (stem, text) in updates {
+                match text {
+                    Some(t) => map.insert(stem, t),
+                    None => map.remove(&stem),
+                };
+            }
         }
         Ok(Some(texts))
     }
 
     /// Parses every file: the tenant files' tenants come after the main
-    /// file's, in file name order. Also returns a problem for each tenant
-    /// file not named after its tenant.
+    /// file's, in file name order; template files go to
+    /// `File::template_files`. Also returns a problem for each tenant file
+    /// not named after its tenant.
     pub fn parse(&self, path: &Path) -> Result<(file::File, Vec<ConfigError>), LoadError> {
         let mut file = parse(path, &self.main)?;
         let mut errs = Vec::new();
         let dir = tenants_dir(path);
         for (stem, text) in &self.tenants {
-            let p = dir.join(format!("{stem}.toml"));
-            let t: file::TenantSection = toml::from_str(text).map_err(|e| LoadError::Parse {
-                path: p,
-                message: e.to_string().trim_end().to_string(),
-            })?;
+            let t: file::TenantSection = parse_part(&dir, stem, text)?;
             if t.id != *stem {
                 let problem = Problem::TenantFileName {
                     file: format!("tenants/{stem}.toml"),
@@ -1036,6 +1070,49 @@ impl Texts {
             }
             file.tenants.push(t);
         }
+        let dir = templates_dir(path);
+        for (stem, text) in &self.templates {
+            file.template_files.insert(stem.clone(), parse_part(&dir, stem, text)?);
+        }
         Ok((file, errs))
     }
+}
+
+/// Parses `<dir>/<stem>.toml`, whose text is `text`.
+fn parse_part<T: serde::de::DeserializeOwned>(dir: &Path, stem: &str, text: &str) -> Result<T, LoadError> {
+    toml::from_str(text).map_err(|e| LoadError::Parse {
+        path: dir.join(format!("{stem}.toml")),
+        message: e.to_string().trim_end().to_string(),
+    })
+}
+
+/// Every `*.toml` in `dir` whose name does not start with `.`, by file stem
+/// (a missing folder has none).
+fn read_folder(dir: &Path) -> Result<BTreeMap<String, String>, LoadError> {
+    let mut out = BTreeMap::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(source) => {
+            return Err(LoadError::Read {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    for entry in entries {
+        let entry = entry.map_err(|source| LoadError::Read {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let p = entry.path();
+        let stem = p.file_stem().and_then(|s| s.to_str()).map(str::to_string);
+        match (stem, p.extension().and_then(|e| e.to_str())) {
+            (Some(stem), Some("toml")) if !stem.starts_with('.') => {
+                out.insert(stem, read(&p)?);
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
 }

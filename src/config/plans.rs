@@ -40,6 +40,11 @@ impl<'a> Plans<'a> {
         Plans { plans, default_plan }
     }
 
+    /// Whether `name` is a defined plan or [`UNLIMITED`].
+    pub fn has(&self, name: &str) -> bool {
+        name == UNLIMITED || self.plans.contains_key(name)
+    }
+
     /// A tenant's effective limits: its plan (or the default), with its
     /// overrides on top. `None` means unlimited, which needs
     /// `plan = "unlimited"` once any plan is defined.
@@ -89,16 +94,7 @@ impl<'a> Plans<'a> {
             }
         };
         let merged = match overrides {
-            Some(o) => PlanSection {
-                requests_per_second: o.requests_per_second.or(base.requests_per_second),
-                burst: o.burst.or(base.burst),
-                max_concurrent: o.max_concurrent.or(base.max_concurrent),
-                requests_per_day: o.requests_per_day.or(base.requests_per_day),
-                requests_per_month: o.requests_per_month.or(base.requests_per_month),
-                client_requests_per_second: o.client_requests_per_second.or(base.client_requests_per_second),
-                client_burst: o.client_burst.or(base.client_burst),
-                on_store_failure: o.on_store_failure.clone().or(base.on_store_failure),
-            },
+            Some(o) => o.over(&base),
             None => base,
         };
         check(&merged, t, &format!("tenants[{i}].limits"), errs).map(|mut l| {
@@ -108,9 +104,56 @@ impl<'a> Plans<'a> {
     }
 }
 
-/// Validates one set of values and turns it into [`Limits`] (UTC).
-fn check(p: &PlanSection, tenant: Option<&str>, at: &str, errs: &mut Vec<ConfigError>) -> Option<Limits> {
-    let before = errs.len();
+impl PlanSection {
+    /// These values, with `base`'s for the keys not set here.
+    pub fn over(&self, base: &PlanSection) -> PlanSection {
+        PlanSection {
+            requests_per_second: self.requests_per_second.or(base.requests_per_second),
+            burst: self.burst.or(base.burst),
+            max_concurrent: self.max_concurrent.or(base.max_concurrent),
+            requests_per_day: self.requests_per_day.or(base.requests_per_day),
+            requests_per_month: self.requests_per_month.or(base.requests_per_month),
+            client_requests_per_second: self.client_requests_per_second.or(base.client_requests_per_second),
+            client_burst: self.client_burst.or(base.client_burst),
+            on_store_failure: self.on_store_failure.clone().or_else(|| base.on_store_failure.clone()),
+        }
+    }
+
+    /// The keys set here, as written in the file.
+    pub fn keys(&self) -> Vec<&'static str> {
+        let set = [
+            ("requests_per_second", self.requests_per_second.is_some()),
+            ("burst", self.burst.is_some()),
+            ("max_concurrent", self.max_concurrent.is_some()),
+            ("requests_per_day", self.requests_per_day.is_some()),
+            ("requests_per_month", self.requests_per_month.is_some()),
+            ("client_requests_per_second", self.client_requests_per_second.is_some()),
+            ("client_burst", self.client_burst.is_some()),
+            ("on_store_failure", self.on_store_failure.is_some()),
+        ];
+        set.into_iter().filter(|(_, on)| *on).map(|(k, _)| k).collect()
+    }
+}
+
+/// Each value of `p` on its own (positive numbers, a known
+/// `on_store_failure`), for values that are merged with others later.
+pub fn check_values(p: &PlanSection, at: &str, errs: &mut Vec<ConfigError>) {
+    values(p, None, at, errs);
+}
+
+/// The values of a plan, each checked on its own.
+struct Values {
+    rps: Option<u64>,
+    burst: Option<u64>,
+    max_concurrent: Option<u64>,
+    per_day: Option<u64>,
+    per_month: Option<u64>,
+    client_rps: Option<u64>,
+    client_burst: Option<u64>,
+    fail_closed: bool,
+}
+
+fn values(p: &PlanSection, tenant: Option<&str>, at: &str, errs: &mut Vec<ConfigError>) -> Values {
     let mut positive = |field: &'static str, v: Option<i64>| -> Option<u64> {
         match v {
             Some(n) if n > 0 => Some(n as u64),
@@ -146,6 +189,22 @@ fn check(p: &PlanSection, tenant: Option<&str>, at: &str, errs: &mut Vec<ConfigE
             false
         }
     };
+    Values {
+        rps,
+        burst,
+        max_concurrent,
+        per_day,
+        per_month,
+        client_rps,
+        client_burst,
+        fail_closed,
+    }
+}
+
+/// Validates one set of values and turns it into [`Limits`] (UTC).
+fn check(p: &PlanSection, tenant: Option<&str>, at: &str, errs: &mut Vec<ConfigError>) -> Option<Limits> {
+    let before = errs.len();
+    let v = values(p, tenant, at, errs);
     let mut rate_of = |(rate_field, rps): (&'static str, Option<u64>),
                        (burst_field, burst): (&'static str, Option<u64>)| {
         match (rps, burst) {
@@ -180,19 +239,19 @@ fn check(p: &PlanSection, tenant: Option<&str>, at: &str, errs: &mut Vec<ConfigE
             (None, None) => None,
         }
     };
-    let rate = rate_of(("requests_per_second", rps), ("burst", burst));
+    let rate = rate_of(("requests_per_second", v.rps), ("burst", v.burst));
     let client_rate = rate_of(
-        ("client_requests_per_second", client_rps),
-        ("client_burst", client_burst),
+        ("client_requests_per_second", v.client_rps),
+        ("client_burst", v.client_burst),
     );
     (errs.len() == before).then(|| Limits {
         rate,
         client_rate,
-        max_concurrent: max_concurrent.map(clamp32),
-        per_day,
-        per_month,
+        max_concurrent: v.max_concurrent.map(clamp32),
+        per_day: v.per_day,
+        per_month: v.per_month,
         timezone: TimeZone::UTC,
-        fail_closed,
+        fail_closed: v.fail_closed,
     })
 }
 

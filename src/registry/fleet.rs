@@ -1,8 +1,8 @@
 //! Fleet mode for the registry: the tenant files live in Redis, shared by
 //! every replica.
 //!
-//! Redis holds `<prefix>:{registry}:files` (a hash: `tenants/<id>` → the
-//! tenant file's text) and `<prefix>:{registry}:version`. A write takes the
+//! Redis holds `<prefix>:{registry}:files` (a hash: `tenants/<id>` and
+//! `templates/<name>` → the file's text) and `<prefix>:{registry}:version`. A write takes the
 //! fleet's write lock, brings this replica up to the store's version, is
 //! validated like any load, and commits its changed files with one Lua
 //! script that checks the version, bumps it and publishes it on
@@ -293,25 +293,30 @@ impl RegistryStore {
     }
 }
 
-/// The shared part of `texts`: one field per tenant file.
+/// The shared part of `texts`: one field per tenant or template file.
 fn files(texts: &Texts) -> BTreeMap<String, String> {
-    texts
-        .tenants
+    let tenants = texts.tenants.iter().map(|(id, t)| (format!("tenants/{id}"), t.clone()));
+    let templates = texts
+        .templates
         .iter()
-        .map(|(id, text)| (format!("tenants/{id}"), text.clone()))
-        .collect()
+        .map(|(n, t)| (format!("templates/{n}"), t.clone()));
+    tenants.chain(templates).collect()
 }
 
 /// `main` with the shared files. Fields of unknown kinds are ignored.
 fn with_files(main: &str, files: BTreeMap<String, String>) -> Texts {
-    let tenants = files
-        .into_iter()
-        .filter_map(|(k, v)| k.strip_prefix("tenants/").map(|id| (id.to_string(), v)))
-        .collect();
-    Texts {
+    let mut texts = Texts {
         main: main.to_string(),
-        tenants,
+        ..Texts::default()
+    };
+    for (k, v) in files {
+        if let Some(id) = k.strip_prefix("tenants/") {
+            texts.tenants.insert(id.to_string(), v);
+        } else if let Some(name) = k.strip_prefix("templates/") {
+            texts.templates.insert(name.to_string(), v);
+        }
     }
+    texts
 }
 
 impl Registry {
@@ -363,6 +368,7 @@ impl Registry {
                 tracing::info!(
                     version = v,
                     tenant_files = live.tenants.len(),
+                    template_files = live.templates.len(),
                     "registry store was empty: seeded it with this replica's tenant files"
                 );
                 return Ok(false);
@@ -380,7 +386,7 @@ impl Registry {
         let (version, shared) = store.read_all()?;
         let live = self.texts.load_full();
         let texts = with_files(&live.main, shared);
-        if texts.tenants == live.tenants {
+        if texts.tenants == live.tenants && texts.templates == live.templates {
             store.set_synced(version);
             return Ok(false);
         }

@@ -23,19 +23,10 @@ pub use versions::{FileChange, Version, VersionError, Versions};
 pub use watch::ConfigWatcher;
 pub use write::{recover, TenantEdit, WriteError, Written};
 
-use crate::config::{Config, LoadError, Source, Texts};
+use crate::config::{Changed, Config, LoadError, Source, Texts};
 use crate::limits::Book;
 use crate::routing::DomainTable;
 use crate::telemetry::Metrics;
-
-/// Which files a reload re-reads.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Changed {
-    /// The main file.
-    pub main: bool,
-    /// Tenant files, by stem.
-    pub tenants: std::collections::BTreeSet<String>,
-}
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]
@@ -184,7 +175,7 @@ impl Registry {
     fn reload_locked(&self, changed: Option<&Changed>) -> Result<ReloadOutcome, ReloadError> {
         let live = self.texts.load_full();
         let texts = match (changed, self.source.file()) {
-            (Some(c), Some(path)) => match live.reread(path, c.main, &c.tenants)? {
+            (Some(c), Some(path)) => match live.reread(path, c)? {
                 Some(texts) => texts,
                 None => return Ok(ReloadOutcome::Unchanged),
             },
@@ -196,7 +187,7 @@ impl Registry {
         // Fleet mode: a hand edit of tenant files is a write to the shared
         // registry, unless the registry moved on since (then it wins).
         let shared = match self.store.get() {
-            Some(store) if texts.tenants != live.tenants => {
+            Some(store) if texts.tenants != live.tenants || texts.templates != live.templates => {
                 let lock = store.lock()?;
                 let synced = self.sync_locked(store, true);
                 store.mark(&synced);

@@ -1,6 +1,6 @@
 //! Bounded history of applied versions, kept as files so that a rollback
 //! works after a restart. A version records, for each file it changed (the
-//! main file, tenant files), the text before and after: rolling back to
+//! main file, tenant files, template files), the text before and after: rolling back to
 //! version N undoes every later version, newest first.
 
 use std::collections::BTreeMap;
@@ -26,6 +26,9 @@ pub struct Version {
     /// The token name, or `file` for a reload of edited files.
     pub who: String,
     pub tenants: BTreeMap<String, FileChange>,
+    /// Template files by name (absent in versions written before templates).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub templates: BTreeMap<String, FileChange>,
     pub main: Option<FileChange>,
     /// The main file changed but was too big to keep (see [`MAX_KEPT_MAIN`]).
     #[serde(default)]
@@ -64,26 +67,8 @@ impl Versions {
     /// versions beyond `keep`. Blocking; call with the writer lock held.
     pub fn record(&self, who: &str, old: &Texts, new: &Texts, keep: usize) -> std::io::Result<Option<u64>> {
         let Some(dir) = &self.dir else { return Ok(None) };
-        let mut tenants = BTreeMap::new();
-        for (id, after) in &new.tenants {
-            if old.tenants.get(id) != Some(after) {
-                let before = old.tenants.get(id).cloned();
-                tenants.insert(
-                    id.clone(),
-                    FileChange {
-                        before,
-                        after: Some(after.clone()),
-                    },
-                );
-            }
-        }
-        for (id, before) in old.tenants.iter().filter(|(id, _)| !new.tenants.contains_key(*id)) {
-            let change = FileChange {
-                before: Some(before.clone()),
-                after: None,
-            };
-            tenants.insert(id.clone(), change);
-        }
+        let tenants = changes(&old.tenants, &new.tenants);
+        let templates = changes(&old.templates, &new.templates);
         let main_changed = old.main != new.main;
         let main_not_kept = main_changed && old.main.len().max(new.main.len()) > MAX_KEPT_MAIN;
         let main = (main_changed && !main_not_kept).then(|| FileChange {
@@ -98,6 +83,7 @@ impl Versions {
             at: jiff::Timestamp::now().to_string(),
             who: who.to_string(),
             tenants,
+            templates,
             main,
             main_not_kept,
         };
@@ -156,17 +142,38 @@ impl Versions {
             if v.main_not_kept {
                 return Err(VersionError::MainNotKept(m));
             }
-            for (id, change) in v.tenants {
-                match change.before {
-                    Some(t) => texts.tenants.insert(id, t),
-                    None => texts.tenants.remove(&id),
-                };
-            }
+            undo(&mut texts.tenants, v.tenants);
+            undo(&mut texts.templates, v.templates);
             if let Some(FileChange { before: Some(main), .. }) = v.main {
                 texts.main = main;
             }
         }
         Ok(texts)
+    }
+}
+
+/// Each file that differs from `old` to `new`, by stem.
+fn changes(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> BTreeMap<String, FileChange> {
+    let mut out = BTreeMap::new();
+    for (stem, after) in new.iter().filter(|(s, t)| old.get(*s) != Some(*t)) {
+        let before = old.get(stem).cloned();
+        let after = Some(after.clone());
+        out.insert(stem.clone(), FileChange { before, after });
+    }
+    for (stem, before) in old.iter().filter(|(s, _)| !new.contains_key(*s)) {
+        let before = Some(before.clone());
+        out.insert(stem.clone(), FileChange { before, after: None });
+    }
+    out
+}
+
+/// Puts each changed file of `files` back as it was before.
+fn undo(files: &mut BTreeMap<String, String>, changes: BTreeMap<String, FileChange>) {
+    for (stem, change) in changes {
+        match change.before {
+            Some(t) => files.insert(stem, t),
+            None => files.remove(&stem),
+        };
     }
 }
 
@@ -178,6 +185,7 @@ mod tests {
         Texts {
             main: main.to_string(),
             tenants: tenants.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            templates: BTreeMap::new(),
         }
     }
 

@@ -10,7 +10,8 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use tokio::sync::mpsc;
 
-use super::{Changed, Registry};
+use super::Registry;
+use crate::config::Changed;
 use crate::config::Source;
 
 /// Coalesces bursts of file events (editors write in several steps).
@@ -31,10 +32,12 @@ impl BackgroundService for ConfigWatcher {
         let snap = self.registry.snapshot();
         let watch = snap.config.gateway.watch_config;
         if !snap.config.admin.tokens.is_empty() {
-            // The admin API writes there; watch it from the start so hand
+            // The admin API writes there; watch them from the start so hand
             // edits of files it creates are seen too.
-            if let Err(e) = std::fs::create_dir_all(crate::config::tenants_dir(&path)) {
-                tracing::warn!(error = %e, "cannot create the tenants folder");
+            for dir in [crate::config::tenants_dir(&path), crate::config::templates_dir(&path)] {
+                if let Err(e) = std::fs::create_dir_all(&dir) {
+                    tracing::warn!(error = %e, dir = %dir.display(), "cannot create the folder");
+                }
             }
         }
         drop(snap);
@@ -65,6 +68,9 @@ impl BackgroundService for ConfigWatcher {
                             (Some(c), Event::Tenant(stem)) => {
                                 c.tenants.insert(stem);
                             }
+                            (Some(c), Event::Template(stem)) => {
+                                c.templates.insert(stem);
+                            }
                             (_, Event::Unknown) => changed = None,
                             (None, _) => {}
                         }
@@ -88,13 +94,15 @@ impl BackgroundService for ConfigWatcher {
 enum Event {
     Main,
     Tenant(String),
+    Template(String),
     /// Events may have been lost: read every file.
     Unknown,
 }
 
 /// Watches the file's directory (editors and `mv` replace the file, which
 /// a watch on the file itself would miss) and signals changes to `path`,
-/// and the tenants folder beside it (if it exists) for `*.toml` changes.
+/// and the tenants and templates folders beside it (those that exist) for
+/// `*.toml` changes.
 fn watch_file(path: PathBuf, tx: mpsc::UnboundedSender<Event>) -> notify::Result<notify::RecommendedWatcher> {
     let dir = path
         .parent()
@@ -102,8 +110,8 @@ fn watch_file(path: PathBuf, tx: mpsc::UnboundedSender<Event>) -> notify::Result
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(PathBuf::from("."));
     let name = path.file_name().map(|n| n.to_os_string());
-    let tenants = crate::config::tenants_dir(&path);
-    let tenants_for_events = tenants.clone();
+    let folders = [crate::config::tenants_dir(&path), crate::config::templates_dir(&path)];
+    let folders_for_events = folders.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let event = match res {
             Ok(e) if !e.need_rescan() => e,
@@ -122,24 +130,31 @@ fn watch_file(path: PathBuf, tx: mpsc::UnboundedSender<Event>) -> notify::Result
             return;
         }
         for p in &event.paths {
-            if p.parent() == Some(&tenants_for_events) && p.extension().is_some_and(|e| e == "toml") {
-                match p.file_stem().and_then(|s| s.to_str()) {
-                    Some(stem) if !stem.starts_with('.') => {
+            let folder = p.parent().and_then(|d| folders_for_events.iter().position(|f| f == d));
+            match folder {
+                Some(i) if p.extension().is_some_and(|e| e == "toml") => match p.file_stem().and_then(|s| s.to_str()) {
+                    Some(stem) if stem.starts_with('.') => {}
+                    Some(stem) if i == 0 => {
                         let _ = tx.send(Event::Tenant(stem.to_string()));
                     }
-                    Some(_) => {}
+                    Some(stem) => {
+                        let _ = tx.send(Event::Template(stem.to_string()));
+                    }
                     None => {
                         let _ = tx.send(Event::Unknown);
                     }
+                },
+                Some(_) => {}
+                None if p.file_name().map(|n| n.to_os_string()) == name => {
+                    let _ = tx.send(Event::Main);
                 }
-            } else if p.file_name().map(|n| n.to_os_string()) == name {
-                let _ = tx.send(Event::Main);
+                None => {}
             }
         }
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    if tenants.is_dir() {
-        watcher.watch(&tenants, RecursiveMode::NonRecursive)?;
+    for folder in folders.iter().filter(|f| f.is_dir()) {
+        watcher.watch(folder, RecursiveMode::NonRecursive)?;
     }
     Ok(watcher)
 }

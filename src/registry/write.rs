@@ -1,21 +1,46 @@
-//! Writes from the admin API: tenant files changed under the writer lock,
-//! validated exactly like a load, persisted atomically, then swapped in.
+//! Writes from the admin API: tenant and template files changed under the
+//! writer lock, validated exactly like a load, persisted atomically, then
+//! swapped in.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::fleet::StoreError;
 use super::{Changes, Registry, Snapshot, VersionError};
-use crate::config::file::TenantSection;
-use crate::config::{LoadError, Texts};
+use crate::config::file::{TemplateSection, TenantSection};
+use crate::config::{templates_dir, LoadError, Texts};
 
-/// One change to the tenant files.
+/// One change to the tenant or template files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TenantEdit {
     /// Create or replace `tenants/<id>.toml`.
     Put(Box<TenantSection>),
     /// Remove `tenants/<id>.toml`.
     Delete(String),
+    /// Create or replace `templates/<name>.toml`.
+    PutTemplate(String, Box<TemplateSection>),
+    /// Remove `templates/<name>.toml`.
+    DeleteTemplate(String),
+}
+
+impl TenantEdit {
+    /// The tenant this edit writes, if it is a tenant edit.
+    pub fn tenant(&self) -> Option<&str> {
+        match self {
+            TenantEdit::Put(t) => Some(&t.id),
+            TenantEdit::Delete(id) => Some(id),
+            TenantEdit::PutTemplate(..) | TenantEdit::DeleteTemplate(_) => None,
+        }
+    }
+
+    /// The template this edit writes, if it is a template edit.
+    pub fn template(&self) -> Option<&str> {
+        match self {
+            TenantEdit::PutTemplate(name, _) | TenantEdit::DeleteTemplate(name) => Some(name),
+            TenantEdit::Put(_) | TenantEdit::Delete(_) => None,
+        }
+    }
 }
 
 /// Why a write was not applied. Nothing changed, on disk or live.
@@ -31,8 +56,9 @@ pub enum WriteError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot write tenant {id}: {message}")]
-    Serialize { id: String, message: String },
+    /// `what` is `tenant <id>` or `template <name>`.
+    #[error("cannot write {what}: {message}")]
+    Serialize { what: String, message: String },
     #[error(transparent)]
     Version(#[from] VersionError),
     #[error(transparent)]
@@ -69,6 +95,12 @@ impl Registry {
                     }
                     TenantEdit::Delete(id) => {
                         texts.tenants.remove(id);
+                    }
+                    TenantEdit::PutTemplate(name, t) => {
+                        texts.templates.insert(name.clone(), template_file(name, t)?);
+                    }
+                    TenantEdit::DeleteTemplate(name) => {
+                        texts.templates.remove(name);
                     }
                 }
             }
@@ -143,7 +175,15 @@ impl Registry {
 /// The text of `tenants/<id>.toml`.
 pub fn tenant_file(t: &TenantSection) -> Result<String, WriteError> {
     toml::to_string(t).map_err(|e| WriteError::Serialize {
-        id: t.id.clone(),
+        what: format!("tenant {}", t.id),
+        message: e.to_string(),
+    })
+}
+
+/// The text of `templates/<name>.toml`.
+pub fn template_file(name: &str, t: &TemplateSection) -> Result<String, WriteError> {
+    toml::to_string(t).map_err(|e| WriteError::Serialize {
+        what: format!("template {name}"),
         message: e.to_string(),
     })
 }
@@ -154,10 +194,60 @@ pub fn tenant_file(t: &TenantSection) -> Result<String, WriteError> {
 struct Batch {
     /// The new main file, when it changes.
     main: Option<String>,
-    /// Tenant files to write, by id.
-    put: std::collections::BTreeMap<String, String>,
-    /// Tenant files to remove.
+    tenants: FolderChange,
+    #[serde(default)]
+    templates: FolderChange,
+}
+
+/// Changes to one folder of `<stem>.toml` files.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct FolderChange {
+    /// Files to write, by stem.
+    put: BTreeMap<String, String>,
+    /// Files to remove, by stem.
     delete: Vec<String>,
+}
+
+impl FolderChange {
+    fn between(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> FolderChange {
+        FolderChange {
+            put: new
+                .iter()
+                .filter(|(stem, text)| old.get(*stem) != Some(text))
+                .map(|(stem, text)| (stem.clone(), text.clone()))
+                .collect(),
+            delete: old.keys().filter(|s| !new.contains_key(*s)).cloned().collect(),
+        }
+    }
+
+    fn files(&self) -> usize {
+        self.put.len() + self.delete.len()
+    }
+
+    /// Writes (each atomically) and removes the files, then syncs `dir`.
+    fn apply(&self, dir: &Path) -> Result<(), WriteError> {
+        if self.files() == 0 {
+            return Ok(());
+        }
+        std::fs::create_dir_all(dir).map_err(fail(dir))?;
+        for (stem, text) in &self.put {
+            write_atomic(&dir.join(format!("{stem}.toml")), text.as_bytes())?;
+        }
+        for stem in &self.delete {
+            let path = dir.join(format!("{stem}.toml"));
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(&path)(e)),
+                _ => {}
+            }
+        }
+        sync_dir(dir).map_err(fail(dir))
+    }
+}
+
+/// Maps an I/O error on `path` to a [`WriteError`].
+fn fail(path: &Path) -> impl FnOnce(std::io::Error) -> WriteError {
+    let path = path.to_path_buf();
+    move |source| WriteError::Persist { path, source }
 }
 
 /// The journal of a batch being written: `tenants/.batch.json` (a dot file,
@@ -170,36 +260,22 @@ fn journal(dir: &Path) -> PathBuf {
 /// goes through a journal: a crash part way leaves it, and the next start
 /// finishes the batch ([`recover`]).
 pub(super) fn persist(main: &Path, dir: &Path, old: &Texts, new: &Texts) -> Result<(), WriteError> {
-    let fail = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| WriteError::Persist { path, source }
-    };
     let batch = Batch {
         main: (old.main != new.main).then(|| new.main.clone()),
-        put: new
-            .tenants
-            .iter()
-            .filter(|(id, text)| old.tenants.get(*id) != Some(text))
-            .map(|(id, text)| (id.clone(), text.clone()))
-            .collect(),
-        delete: old
-            .tenants
-            .keys()
-            .filter(|id| !new.tenants.contains_key(*id))
-            .cloned()
-            .collect(),
+        tenants: FolderChange::between(&old.tenants, &new.tenants),
+        templates: FolderChange::between(&old.templates, &new.templates),
     };
-    std::fs::create_dir_all(dir).map_err(fail(dir))?;
-    let files = batch.put.len() + batch.delete.len() + usize::from(batch.main.is_some());
+    let files = batch.tenants.files() + batch.templates.files() + usize::from(batch.main.is_some());
     let journal = journal(dir);
     if files > 1 {
+        std::fs::create_dir_all(dir).map_err(fail(dir))?;
         let bytes = serde_json::to_vec(&batch).map_err(|e| WriteError::Serialize {
-            id: "(batch)".into(),
+            what: "the batch journal".into(),
             message: e.to_string(),
         })?;
         write_atomic(&journal, &bytes)?;
     }
-    apply(main, dir, &batch)?;
+    apply(main, &batch)?;
     if files > 1 {
         std::fs::remove_file(&journal).map_err(fail(&journal))?;
         sync_dir(dir).map_err(fail(dir))?;
@@ -207,26 +283,13 @@ pub(super) fn persist(main: &Path, dir: &Path, old: &Texts, new: &Texts) -> Resu
     Ok(())
 }
 
-/// Writes a batch's files (each atomically) and syncs the folder.
-fn apply(main: &Path, dir: &Path, batch: &Batch) -> Result<(), WriteError> {
-    let fail = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| WriteError::Persist { path, source }
-    };
+/// Writes every file of a batch.
+fn apply(main: &Path, batch: &Batch) -> Result<(), WriteError> {
     if let Some(text) = &batch.main {
         write_atomic(main, text.as_bytes())?;
     }
-    for (id, text) in &batch.put {
-        write_atomic(&dir.join(format!("{id}.toml")), text.as_bytes())?;
-    }
-    for id in &batch.delete {
-        let path = dir.join(format!("{id}.toml"));
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(&path)(e)),
-            _ => {}
-        }
-    }
-    sync_dir(dir).map_err(fail(dir))
+    batch.tenants.apply(&crate::config::tenants_dir(main))?;
+    batch.templates.apply(&templates_dir(main))
 }
 
 /// Finishes a batch that a crash interrupted, if `tenants/.batch.json` is
@@ -242,10 +305,10 @@ pub fn recover(main: &Path) -> Result<bool, WriteError> {
     // The journal is written atomically, so a partial one cannot exist;
     // one that does not parse was not written by this program.
     let batch: Batch = serde_json::from_slice(&bytes).map_err(|e| WriteError::Serialize {
-        id: "(batch)".into(),
+        what: "the batch journal".into(),
         message: format!("{}: {e}", journal.display()),
     })?;
-    apply(main, &dir, &batch)?;
+    apply(main, &batch)?;
     std::fs::remove_file(&journal).map_err(|source| WriteError::Persist {
         path: journal.clone(),
         source,

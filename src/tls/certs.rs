@@ -104,6 +104,13 @@ pub fn facts(der: &CertificateDer<'_>) -> Result<(Vec<String>, SystemTime, Syste
     ))
 }
 
+/// The common name of a DER certificate's issuer, if it has one.
+pub fn issuer_cn(der: &CertificateDer<'_>) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let cn = cert.issuer().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)

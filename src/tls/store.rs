@@ -34,6 +34,27 @@ use crate::routing::MatchKind;
 pub struct Entry {
     pub loaded: Loaded,
     pub config: Arc<ServerConfig>,
+    pub origin: Origin,
+}
+
+/// Where a served certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// An operator file in `certs_dir`.
+    Operator(PathBuf),
+    /// A managed certificate file in the state dir (issued by ACME).
+    Managed(PathBuf),
+    /// A leaf of the internal CA, kept in memory only.
+    Internal,
+}
+
+/// What a handshake for a host would be answered with now, for the admin
+/// API. `loaded` is `None` for an internal-CA name whose leaf is made at
+/// its first handshake.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub origin: Origin,
+    pub loaded: Option<Loaded>,
 }
 
 /// Why a handshake gets no certificate.
@@ -109,7 +130,7 @@ impl CertStore {
         self.internal.as_ref()
     }
 
-    fn entry(&self, loaded: Loaded) -> Result<Arc<Entry>, CertError> {
+    fn entry(&self, loaded: Loaded, origin: Origin) -> Result<Arc<Entry>, CertError> {
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| CertError::Key(e.to_string()))?
@@ -120,6 +141,7 @@ impl CertStore {
         Ok(Arc::new(Entry {
             loaded,
             config: Arc::new(config),
+            origin,
         }))
     }
 
@@ -151,7 +173,7 @@ impl CertStore {
             .collect();
         paths.sort();
         for path in paths {
-            match load_pair(&path).and_then(|l| self.entry(l)) {
+            match load_pair(&path).and_then(|l| self.entry(l, Origin::Operator(path.clone()))) {
                 Ok(entry) => {
                     count += 1;
                     for name in &entry.loaded.names {
@@ -220,7 +242,7 @@ impl CertStore {
 
     /// Makes a freshly issued certificate live for `name`.
     pub fn install(&self, name: &str, loaded: Loaded) -> Result<(), CertError> {
-        let entry = self.entry(loaded)?;
+        let entry = self.entry(loaded, Origin::Managed(self.managed_path(name)))?;
         self.cache.insert(name.to_string(), entry);
         Ok(())
     }
@@ -262,8 +284,8 @@ impl CertStore {
     /// Loads a managed certificate from disk, or makes one with the
     /// internal CA. Blocking.
     fn load_managed(&self, name: &str) -> Option<Arc<Entry>> {
-        if let Ok(pem) = std::fs::read(self.managed_path(name)) {
-            match Loaded::from_pem(&pem, &pem).and_then(|l| self.entry(l)) {
+        if let Some(stored) = self.stored(name) {
+            match stored.and_then(|l| self.entry(l, Origin::Managed(self.managed_path(name)))) {
                 Ok(e) => {
                     self.cache.insert(name.to_string(), e.clone());
                     return Some(e);
@@ -272,7 +294,7 @@ impl CertStore {
             }
         }
         let ca = self.internal.as_ref()?;
-        match ca.issue(name).and_then(|l| self.entry(l)) {
+        match ca.issue(name).and_then(|l| self.entry(l, Origin::Internal)) {
             Ok(e) => {
                 self.cache.insert(name.to_string(), e.clone());
                 Some(e)
@@ -282,6 +304,50 @@ impl CertStore {
                 None
             }
         }
+    }
+}
+
+impl CertStore {
+    /// What a handshake for `host` (routed as `kind`) would be answered
+    /// with now, chosen as [`CertStore::select`] chooses, without loading,
+    /// caching or issuing anything; `None` when nothing would be served.
+    /// Reads the managed certificate file when it is not in memory:
+    /// blocking, call it off the async threads (never on the request path).
+    pub fn served(&self, host: &str, kind: MatchKind) -> Option<Served> {
+        let now = SystemTime::now();
+        let provided = self.provided_for(host);
+        let of = |e: &Arc<Entry>| Served {
+            origin: e.origin.clone(),
+            loaded: Some(e.loaded.clone()),
+        };
+        if let Some(e) = provided.as_ref().filter(|e| e.loaded.not_after > now + RENEW_BEFORE) {
+            return Some(of(e));
+        }
+        let name = Self::managed_name(kind, host);
+        if let Some(e) = self.cache.peek(&name).filter(|e| e.loaded.not_after > now) {
+            return Some(of(&e));
+        }
+        if let Some(Ok(loaded)) = self.stored(&name) {
+            let origin = Origin::Managed(self.managed_path(&name));
+            return Some(Served {
+                origin,
+                loaded: Some(loaded),
+            });
+        }
+        if self.internal.is_some() {
+            return Some(Served {
+                origin: Origin::Internal,
+                loaded: None,
+            });
+        }
+        provided.as_ref().map(of)
+    }
+
+    /// The managed certificate file of `name`: `None` if there is none,
+    /// else whether it is usable. Blocking.
+    pub fn stored(&self, name: &str) -> Option<Result<Loaded, CertError>> {
+        let pem = std::fs::read(self.managed_path(name)).ok()?;
+        Some(Loaded::from_pem(&pem, &pem))
     }
 }
 

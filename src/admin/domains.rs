@@ -1,0 +1,130 @@
+//! `GET /v1/domains/{name}`: the tenant a host routes to, and the
+//! certificate a handshake for it is answered with.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::{Response, StatusCode};
+use serde_json::{json, Value};
+
+use super::problem::{json_response, Body, Problem};
+use super::tenants::Call;
+use crate::acme::{NameStatus, Schedule};
+use crate::config::{Issuer, Scope};
+use crate::routing;
+use crate::tls::certs::issuer_cn;
+use crate::tls::store::{Origin, Served};
+use crate::tls::CertStore;
+
+/// What the admin API reads of TLS: the certificate store and the ACME
+/// manager's schedule. `None` when the gateway started without `[tls]`.
+#[derive(Clone)]
+pub struct Certs {
+    pub store: Arc<CertStore>,
+    pub schedule: Arc<Schedule>,
+}
+
+impl Call {
+    /// `{"name","tenant","match","generation","certificate"}` for any host
+    /// (normalised); 404 when nobody routes it.
+    pub(super) async fn domain(&self, name: &str) -> Result<Response<Body>, Problem> {
+        let host = routing::host::normalize(name)
+            .map_err(|e| Problem::bad_request(format!("{name:?} is not a valid host name: {e}")))?
+            .into_owned();
+        let snap = self.registry.snapshot();
+        let m = snap
+            .table
+            .lookup(&host)
+            .ok_or_else(|| Problem::not_found(format!("no tenant routes {host}")))?;
+        let tenant = snap.tenant(m.tenant).ok_or_else(Problem::internal)?;
+        self.caller.may_touch(&tenant.id)?;
+        let body =
+            json!({"name": host, "tenant": &*tenant.id, "match": m.kind.as_str(), "generation": snap.generation});
+        let acme = matches!(snap.config.tls.as_ref().map(|t| &t.issuer), Some(Issuer::Acme(_)));
+        let certs = match (&self.certs, &snap.config.tls) {
+            (Some(c), Some(_)) => c.clone(),
+            (None, Some(_)) => {
+                return Ok(answer(
+                    body,
+                    none("TLS is off until a restart: [tls] was added after start"),
+                ))
+            }
+            (_, None) => return Ok(answer(body, none("TLS is off: the config has no [tls] section"))),
+        };
+        drop(snap);
+        let (store, for_store) = (certs.store.clone(), host.clone());
+        let served = tokio::task::spawn_blocking(move || store.served(&for_store, m.kind))
+            .await
+            .map_err(|_| Problem::internal())?;
+        let status = acme
+            .then(|| certs.schedule.status(&CertStore::managed_name(m.kind, &host)))
+            .flatten();
+        let cert = match (served, status) {
+            (Some(s), status) => with_acme(describe(&s, self.caller.scope == Scope::Operator), status),
+            (None, Some(status)) => with_acme(json!({"source": "managed"}), Some(status)),
+            (None, None) => none("no certificate covers this name: put one in certs_dir"),
+        };
+        Ok(answer(body, cert))
+    }
+}
+
+fn answer(mut body: Value, certificate: Value) -> Response<Body> {
+    body["certificate"] = certificate;
+    json_response(StatusCode::OK, &body)
+}
+
+/// `{"source": "none", "detail"}`.
+fn none(detail: &str) -> Value {
+    json!({"source": "none", "detail": detail})
+}
+
+/// `source` (with the file's `path` when `show_path`), and the served
+/// certificate's `not_after`, `issuer_cn` and `sans`.
+fn describe(s: &Served, show_path: bool) -> Value {
+    let (source, path) = match &s.origin {
+        Origin::Operator(p) => ("operator", Some(p)),
+        Origin::Managed(p) => ("managed", Some(p)),
+        Origin::Internal => ("internal", None),
+    };
+    let mut v = json!({"source": source});
+    if let Some(p) = path.filter(|_| show_path) {
+        v["path"] = json!(p.display().to_string());
+    }
+    match &s.loaded {
+        Some(l) => {
+            v["not_after"] = json!(rfc3339(l.not_after));
+            if let Some(cn) = l.key.cert.first().and_then(issuer_cn) {
+                v["issuer_cn"] = json!(cn);
+            }
+            v["sans"] = json!(l.names);
+        }
+        None => v["detail"] = json!("the internal CA makes the certificate at the first handshake"),
+    }
+    v
+}
+
+/// `v` with the ACME manager's view of the name as `acme`, if it orders it.
+fn with_acme(mut v: Value, status: Option<NameStatus>) -> Value {
+    if let Some(s) = status {
+        let mut acme = json!({
+            "state": s.state.as_str(),
+            "failures": s.failures,
+        });
+        if let Some(t) = s.next_attempt {
+            acme["next_attempt"] = json!(rfc3339(t));
+        }
+        if let Some(e) = s.last_error {
+            acme["last_error"] = json!(e);
+        }
+        v["acme"] = acme;
+    }
+    v
+}
+
+/// `2026-11-23T10:00:00Z` (whole seconds, UTC).
+fn rfc3339(t: SystemTime) -> String {
+    jiff::Timestamp::try_from(t)
+        .and_then(|t| jiff::Timestamp::from_second(t.as_second()))
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}

@@ -1,0 +1,101 @@
+//! The diff of a write: what its edits change, computed from the live state
+//! for the tenants it touches only, directly or through a template.
+
+use std::collections::{BTreeSet, HashSet};
+
+use crate::config::diff::{self, State, Subject, TenantDiff};
+use crate::config::file::TenantSection;
+use crate::config::{TenantSpec, Texts};
+use crate::registry::{Snapshot, TenantEdit};
+
+/// The diff of `edits` against the live texts and snapshot: each edited
+/// template, then each tenant whose effective settings change (edited
+/// itself, or using an edited template).
+pub(super) fn diff_of(texts: &Texts, snap: &Snapshot, edits: &[TenantEdit]) -> Vec<TenantDiff> {
+    let mut before = State::default();
+    for t in &snap.config.templates {
+        before.templates.insert(t.name.clone(), t.section.clone());
+    }
+    let mut ids: BTreeSet<&str> = edits.iter().filter_map(TenantEdit::tenant).collect();
+    let changed: BTreeSet<&str> = edits.iter().filter_map(TenantEdit::template).collect();
+    if !changed.is_empty() {
+        let using = |t: &&TenantSpec| t.template.as_deref().is_some_and(|n| changed.contains(n));
+        ids.extend(snap.config.tenants.iter().filter(using).map(|t| t.id.as_str()));
+    }
+    let mut written = Written::new(texts, snap);
+    for id in ids {
+        if let Some(t) = written.get(id) {
+            before.tenants.insert(id.to_string(), t);
+        }
+    }
+    let mut after = before.clone();
+    for e in edits {
+        apply(&mut after, e);
+    }
+    diff::changes(&before, &after)
+}
+
+/// `state` with `edit` made.
+fn apply(state: &mut State, edit: &TenantEdit) {
+    match edit {
+        TenantEdit::Put(t) => {
+            state.tenants.insert(t.id.clone(), (**t).clone());
+        }
+        TenantEdit::Delete(id) => {
+            state.tenants.remove(id);
+        }
+        TenantEdit::PutTemplate(name, t) => {
+            state.templates.insert(name.clone(), (**t).clone());
+        }
+        TenantEdit::DeleteTemplate(name) => {
+            state.templates.remove(name);
+        }
+    }
+}
+
+/// The tenants a diff shows as changed.
+pub(super) fn tenants_of(diff: &[TenantDiff]) -> impl Iterator<Item = &str> {
+    diff.iter()
+        .filter(|d| d.subject == Subject::Tenant)
+        .map(|d| d.id.as_str())
+}
+
+/// Live tenants as written: from their tenant file, or from the main file,
+/// which is parsed only when one of its tenants is asked for.
+struct Written<'a> {
+    texts: &'a Texts,
+    snap: &'a Snapshot,
+    /// Ids of every live tenant, once a tenant without a file is asked for.
+    live: Option<HashSet<&'a str>>,
+    main: Option<Vec<TenantSection>>,
+}
+
+impl<'a> Written<'a> {
+    fn new(texts: &'a Texts, snap: &'a Snapshot) -> Self {
+        Written {
+            texts,
+            snap,
+            live: None,
+            main: None,
+        }
+    }
+
+    fn get(&mut self, id: &str) -> Option<TenantSection> {
+        if let Some(text) = self.texts.tenants.get(id) {
+            return toml::from_str(text).ok();
+        }
+        let (texts, snap) = (self.texts, self.snap);
+        let live = self
+            .live
+            .get_or_insert_with(|| snap.config.tenants.iter().map(|t| t.id.as_str()).collect());
+        if !live.contains(id) {
+            return None;
+        }
+        let main = self.main.get_or_insert_with(|| {
+            crate::config::parse(std::path::Path::new("main"), &texts.main)
+                .map(|f| f.tenants)
+                .unwrap_or_default()
+        });
+        main.iter().find(|t| t.id == id).cloned()
+    }
+}
