@@ -1148,3 +1148,32 @@ async fn diff_subcommand_lists_the_tenants_a_template_change_moves() {
         "~ template basic: pool \"p\" -> \"q\"\n~ one: pool \"p\" -> \"q\"\n~ two: pool \"p\" -> \"q\"\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_token_adds_domains_only_up_to_its_plan() {
+    let (p, q) = (backend("p").await, backend("q").await);
+    let plan = "[plans.pro]\nmax_domains = 2\n\n[limits]\ndefault_plan = \"pro\"\n\n[[tenants]]";
+    let gw = Gateway::start(&config(&p, &q).replacen("[[tenants]]", plan, 1)).await;
+    let r = put(&gw, OPS, "acme", json!({"domains": ["a.acme.com"], "pool": "p"})).await;
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    let two = json!({"domains": ["a.acme.com", "*.acme.io"], "pool": "p"});
+    assert_eq!(put(&gw, ACME, "acme", two).await.status, 200);
+
+    let three = json!({"domains": ["a.acme.com", "*.acme.io", "b.acme.com"], "pool": "p"});
+    let r = put(&gw, ACME, "acme", three.clone()).await;
+    assert_eq!(r.status, 422, "{:?}", r.json);
+    assert_eq!(
+        r.json["errors"],
+        json!([{"tenant": "acme", "field": "tenants/acme.toml:domains",
+                "problem": "3 custom domains, but its plan allows 2 (max_domains)",
+                "fix": "remove domains, or raise max_domains in the tenant's plan or its [tenants.limits]"}])
+    );
+    assert_eq!(routed(&gw, "b.acme.com").await.0, 421);
+
+    // The operator raises the cap for this tenant alone.
+    let mut raised = three;
+    raised["limits"] = json!({"max_domains": 3});
+    let r = put(&gw, OPS, "acme", raised).await;
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    assert_eq!(routed(&gw, "b.acme.com").await.1.as_deref(), Some("acme"));
+}

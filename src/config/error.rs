@@ -98,6 +98,8 @@ pub enum Problem {
     NoPlan,
     #[error("{value:?} is not \"open\" or \"closed\"")]
     BadStoreFailure { value: String },
+    #[error("{count} custom domains, but its plan allows {max} (max_domains)")]
+    TooManyDomains { count: usize, max: i64 },
     #[error("{value:?} is not a usable Redis URL: {reason}")]
     BadRedisUrl { value: String, reason: String },
     #[error("key prefix {value:?} is not 1 to 32 characters of a-z, 0-9, '-' and '_'")]
@@ -187,6 +189,7 @@ impl Problem {
             BadTimezone { .. } => "use an IANA time zone name such as Europe/Berlin, or remove it for UTC",
             NoPlan => "set plan = \"<name>\" (or plan = \"unlimited\" to serve it without limits), or set [limits] default_plan",
             BadStoreFailure { .. } => "use \"open\" (serve on local limits while the store is down) or \"closed\" (refuse with 503)",
+            TooManyDomains { .. } => "remove domains, or raise max_domains in the tenant's plan or its [tenants.limits]",
             BadRedisUrl { .. } => "write a URL such as redis://127.0.0.1:6379 or rediss://user:pass@host:6380/0",
             BadKeyPrefix { .. } => "use a short name such as tenantgate",
             BadTokenHash { .. } => "store the SHA-256 of the token as hex: printf %s \"$TOKEN\" | sha256sum",

@@ -154,6 +154,9 @@ pub struct PlanSection {
     pub client_burst: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_store_failure: Option<String>,
+    /// Custom domains a tenant may have (its platform subdomain not counted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_domains: Option<i64>,
 }
 
 /// `[store]`: fleet mode.

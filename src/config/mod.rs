@@ -417,14 +417,7 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
             }
         };
         let mut found = Vec::new();
-        let limits = plans.resolve(
-            i,
-            &t.id,
-            t.plan.as_deref(),
-            t.limits.as_ref(),
-            t.timezone.as_deref(),
-            &mut found,
-        );
+        let limits = plans.resolve(i, &t, &mut found);
         errs.extend(found.into_iter().filter(|e| inherited.own(i, e)));
         tenants.push(TenantSpec {
             id: t.id,

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use jiff::tz::TimeZone;
 
-use super::file::{LimitsSection, PlanSection};
+use super::file::{LimitsSection, PlanSection, TenantSection};
 use super::{err, ConfigError, Problem};
 use crate::limits::{Limits, Rate};
 
@@ -47,17 +47,16 @@ impl<'a> Plans<'a> {
 
     /// A tenant's effective limits: its plan (or the default), with its
     /// overrides on top. `None` means unlimited, which needs
-    /// `plan = "unlimited"` once any plan is defined.
-    pub fn resolve(
-        &self,
-        i: usize,
-        tenant: &str,
-        plan: Option<&str>,
-        overrides: Option<&PlanSection>,
-        timezone: Option<&str>,
-        errs: &mut Vec<ConfigError>,
-    ) -> Option<Limits> {
-        let t = Some(tenant);
+    /// `plan = "unlimited"` once any plan is defined. Also checks the
+    /// tenant's count of custom `domains` against the plan's `max_domains`.
+    pub fn resolve(&self, i: usize, tenant: &TenantSection, errs: &mut Vec<ConfigError>) -> Option<Limits> {
+        let (plan, overrides, timezone) = (
+            tenant.plan.as_deref(),
+            tenant.limits.as_ref(),
+            tenant.timezone.as_deref(),
+        );
+        let domains = tenant.domains.len();
+        let t = Some(tenant.id.as_str());
         let timezone = match timezone {
             None => TimeZone::UTC,
             Some(name) => match TimeZone::get(name) {
@@ -97,10 +96,19 @@ impl<'a> Plans<'a> {
             Some(o) => o.over(&base),
             None => base,
         };
-        check(&merged, t, &format!("tenants[{i}].limits"), errs).map(|mut l| {
-            l.timezone = timezone;
-            l
-        })
+        if let Some(max) = merged.max_domains.filter(|m| *m > 0) {
+            if domains as u64 > max as u64 {
+                let problem = Problem::TooManyDomains { count: domains, max };
+                errs.push(err(t, &format!("tenants[{i}].domains"), problem));
+            }
+        }
+        // A plan may cap domains only: that is no request limit.
+        check(&merged, t, &format!("tenants[{i}].limits"), errs)
+            .filter(|l| !l.is_unlimited())
+            .map(|mut l| {
+                l.timezone = timezone;
+                l
+            })
     }
 }
 
@@ -116,6 +124,7 @@ impl PlanSection {
             client_requests_per_second: self.client_requests_per_second.or(base.client_requests_per_second),
             client_burst: self.client_burst.or(base.client_burst),
             on_store_failure: self.on_store_failure.clone().or_else(|| base.on_store_failure.clone()),
+            max_domains: self.max_domains.or(base.max_domains),
         }
     }
 
@@ -130,6 +139,7 @@ impl PlanSection {
             ("client_requests_per_second", self.client_requests_per_second.is_some()),
             ("client_burst", self.client_burst.is_some()),
             ("on_store_failure", self.on_store_failure.is_some()),
+            ("max_domains", self.max_domains.is_some()),
         ];
         set.into_iter().filter(|(_, on)| *on).map(|(k, _)| k).collect()
     }
@@ -175,6 +185,7 @@ fn values(p: &PlanSection, tenant: Option<&str>, at: &str, errs: &mut Vec<Config
     let per_month = positive("requests_per_month", p.requests_per_month);
     let client_rps = positive("client_requests_per_second", p.client_requests_per_second);
     let client_burst = positive("client_burst", p.client_burst);
+    positive("max_domains", p.max_domains);
     let fail_closed = match p.on_store_failure.as_deref() {
         None | Some("open") => false,
         Some("closed") => true,

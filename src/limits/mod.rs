@@ -61,6 +61,15 @@ impl Limits {
         }
     }
 
+    /// Whether no request is ever limited.
+    pub fn is_unlimited(&self) -> bool {
+        self.rate.is_none()
+            && self.client_rate.is_none()
+            && self.max_concurrent.is_none()
+            && self.per_day.is_none()
+            && self.per_month.is_none()
+    }
+
     /// The `RateLimit-Policy` header (draft-ietf-httpapi-ratelimit-headers-10).
     pub fn policy_header(&self) -> Option<HeaderValue> {
         let mut items = Vec::new();
