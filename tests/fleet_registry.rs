@@ -124,6 +124,24 @@ async fn a_change_through_one_replica_is_live_on_every_replica_within_a_second()
         }
     }
 
+    // Parallel claims of one name through both replicas: exactly one wins.
+    let claims = (0..4).map(|i| {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        async move {
+            let id = format!("claim{i}");
+            put(gw, &id, json!({"domains": ["contested.example.com"], "pool": "p"})).await
+        }
+    });
+    let mut statuses: Vec<u16> = futures_util::future::join_all(claims)
+        .await
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, vec![201, 409, 409, 409]);
+    let owner = routed(&a, "contested.example.com").await.1;
+    assert_eq!(routed(&b, "contested.example.com").await.1, owner);
+
     // Deleted through B: gone from A within a second.
     let r = b.admin_call("DELETE", "/v1/tenants/acme", Some(OPS), None, &[]).await;
     assert_eq!(r.status, 204, "{:?}", r.json);
@@ -144,7 +162,7 @@ async fn a_change_through_one_replica_is_live_on_every_replica_within_a_second()
         routed(&a, "hand.example.com").await,
         (200, Some("hand".into()), "q".into())
     );
-    assert!(a.metric("tenantgate_registry_store_version").await >= 9.0);
+    assert!(a.metric("tenantgate_registry_store_version").await >= 10.0);
 
     // Templates are shared too: one defined through A, used through B, and
     // changed through A moves the tenant on both.
