@@ -229,3 +229,43 @@ async fn a_replica_started_while_redis_is_down_serves_its_last_known_good_regist
     assert!(took < Duration::from_secs(1), "B caught up only after {took:?}");
     assert_eq!(routed(&b, "app.acme.com").await.1.as_deref(), Some("acme"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shared_version_that_does_not_load_on_a_replica_leaves_it_as_it_was() {
+    let redis = Redis::start();
+    let (p, q) = (backend("p").await, backend("q").await);
+    let full = config(&p, &q, &redis.url());
+    // B lacks pool q.
+    let lacking = full.replace(&format!("[pools.q]\nupstreams = [\"{}\"]\n", q.addr), "");
+    assert_ne!(lacking, full);
+    let a = Gateway::start(&full).await;
+    let b = Gateway::start(&lacking).await;
+    for gw in [&a, &b] {
+        gw.wait_metric("tenantgate_registry_store_up", 1.0).await;
+    }
+    let r = put(&a, "early", json!({"domains": ["early.example.com"], "pool": "p"})).await;
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    time_until(&b, "early.example.com", 200, Duration::from_secs(2)).await;
+
+    // A tenant on pool q: live on A, refused on B, which keeps what it had.
+    let r = put(&a, "acme", json!({"domains": ["app.acme.com"], "pool": "q"})).await;
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    b.wait_metric("tenantgate_config_reloads_total{result=\"failure\"}", 1.0)
+        .await;
+    assert_eq!(routed(&b, "app.acme.com").await.0, 421);
+    assert_eq!(routed(&b, "early.example.com").await.1.as_deref(), Some("early"));
+    assert!(
+        b.log().contains("shared registry refused on this replica"),
+        "{}",
+        b.log()
+    );
+    assert!(!b.dir().join("tenants/acme.toml").exists());
+    // Writes through B would build on a registry it cannot load.
+    let r = put(&b, "other", json!({"domains": ["other.example.com"], "pool": "p"})).await;
+    assert_eq!(r.status, 503, "{:?}", r.json);
+
+    // Given the pool, B catches up.
+    b.write_config(&full);
+    time_until(&b, "app.acme.com", 200, Duration::from_secs(5)).await;
+    assert_eq!(routed(&b, "app.acme.com").await, (200, Some("acme".into()), "q".into()));
+}

@@ -192,7 +192,7 @@ pub(super) fn write_problem(who: &str, writing: &[String], e: WriteError) -> Pro
             tracing::error!(error = %e, token = who, "admin write not applied: shared registry");
             let detail = match e {
                 StoreError::Busy(_) => "another replica is writing the shared registry; nothing was applied, retry",
-                StoreError::Rejected { .. } => {
+                StoreError::Rejected { .. } | StoreError::Refused(_) => {
                     "the shared registry does not load on this replica (see its log); nothing was applied"
                 }
                 _ => "the shared registry (Redis) is unreachable; nothing was applied, retry",

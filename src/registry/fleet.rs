@@ -80,6 +80,8 @@ pub enum StoreError {
     Busy(Duration),
     #[error("the shared registry changed during this write; nothing was applied")]
     Conflict,
+    #[error("the shared registry (version {0}) was refused on this replica; see the log for why")]
+    Refused(u64),
     #[error("the shared registry (version {version}) does not load on this replica: {error}")]
     Rejected {
         version: u64,
@@ -196,6 +198,11 @@ impl RegistryStore {
         self.metrics.version.set(i64::try_from(version).unwrap_or(i64::MAX));
     }
 
+    /// Lets the next sync try a version refused before.
+    pub(super) fn forget_refusal(&self) {
+        self.refused.store(0, Ordering::Release);
+    }
+
     /// Waits for the fleet's write lock (at most [`LOCK_WAIT`]).
     pub fn lock(&self) -> Result<WriteLock<'_>, StoreError> {
         let seq = self.token_seq.fetch_add(1, Ordering::Relaxed);
@@ -303,20 +310,26 @@ fn files(texts: &Texts) -> BTreeMap<String, String> {
     tenants.chain(templates).collect()
 }
 
-/// `main` with the shared files. Fields of unknown kinds are ignored.
-fn with_files(main: &str, files: BTreeMap<String, String>) -> Texts {
+/// `main` with the shared files. A field that is not `tenants/<id>` or
+/// `templates/<name>` (with a valid id or name, so never a path outside
+/// those folders) is returned as the error.
+fn with_files(main: &str, files: BTreeMap<String, String>) -> Result<Texts, String> {
     let mut texts = Texts {
         main: main.to_string(),
         ..Texts::default()
     };
     for (k, v) in files {
-        if let Some(id) = k.strip_prefix("tenants/") {
-            texts.tenants.insert(id.to_string(), v);
-        } else if let Some(name) = k.strip_prefix("templates/") {
-            texts.templates.insert(name.to_string(), v);
+        let (map, stem) = match (k.strip_prefix("tenants/"), k.strip_prefix("templates/")) {
+            (Some(id), _) => (&mut texts.tenants, id),
+            (_, Some(name)) => (&mut texts.templates, name),
+            _ => return Err(k),
+        };
+        if !crate::config::valid_tenant_id(stem) {
+            return Err(k);
         }
+        map.insert(stem.to_string(), v);
     }
-    texts
+    Ok(texts)
 }
 
 impl Registry {
@@ -378,6 +391,10 @@ impl Registry {
         if version == store.synced() {
             return Ok(false);
         }
+        if version == store.refused.load(Ordering::Acquire) {
+            // Already read and refused: do not fetch every file again.
+            return Err(StoreError::Refused(version));
+        }
         self.apply_store(store)
     }
 
@@ -385,7 +402,20 @@ impl Registry {
     fn apply_store(&self, store: &RegistryStore) -> Result<bool, StoreError> {
         let (version, shared) = store.read_all()?;
         let live = self.texts.load_full();
-        let texts = with_files(&live.main, shared);
+        let texts = match with_files(&live.main, shared) {
+            Ok(t) => t,
+            Err(field) => {
+                if store.refused.swap(version, Ordering::AcqRel) != version {
+                    self.metrics.reload_result(false);
+                    tracing::error!(
+                        version,
+                        field,
+                        "shared registry refused on this replica: a field is not tenants/<id> or templates/<name>"
+                    );
+                }
+                return Err(StoreError::Refused(version));
+            }
+        };
         if texts.tenants == live.tenants && texts.templates == live.templates {
             store.set_synced(version);
             return Ok(false);

@@ -237,6 +237,10 @@ impl Registry {
         {
             tracing::warn!("listen addresses, threads, turning [tls] on or off and [store] change only on restart; the rest of the change applies");
         }
+        if let Some(store) = self.store.get() {
+            // The main file may have changed: retry a refused shared version.
+            store.forget_refusal();
+        }
         let generation = old.generation + 1;
         let snap = Snapshot::assemble(generation, config, table, Some(&old), &self.metrics, &self.book);
         let ids: HashSet<&str> = snap
