@@ -167,6 +167,8 @@ impl Registry {
             store.set_synced(v);
         }
         self.metrics.reload_result(true);
+        // The old snapshot and the parse leave freed pages behind.
+        crate::release_free_memory();
         tracing::info!(generation, who, "admin write applied");
         Ok(Some(Written { generation, changes }))
     }
