@@ -1177,3 +1177,22 @@ async fn a_tenant_token_adds_domains_only_up_to_its_plan() {
     assert_eq!(r.status, 200, "{:?}", r.json);
     assert_eq!(routed(&gw, "b.acme.com").await.1.as_deref(), Some("acme"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_may_send_registry_sized_bodies_and_tenant_tokens_may_not() {
+    let (gw, _p, _q) = start().await;
+    // 60,000 names: about 1.5 MB of JSON, over a tenant token's 1 MiB.
+    let domains: Vec<String> = (0..60_000).map(|i| format!("d{i}.acme-big.com")).collect();
+    let body = json!({"domains": domains, "pool": "p"});
+    assert!(body.to_string().len() > 1 << 20);
+    let r = put(&gw, OPS, "acme", body.clone()).await;
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    assert_eq!(routed(&gw, "d59999.acme-big.com").await.1.as_deref(), Some("acme"));
+    let r = put(&gw, ACME, "acme", body).await;
+    assert_eq!(r.status, 413, "{:?}", r.json);
+    assert_eq!(r.json["type"], "tag:tenantgate,2026:too-large");
+    assert_eq!(
+        r.json["detail"],
+        "the body must be at most 1048576 bytes for this token"
+    );
+}

@@ -33,10 +33,14 @@ pub use audit::Audit;
 pub use domains::Certs;
 pub use problem::{Body, Problem};
 
+use crate::config::Scope;
 use crate::registry::Registry;
 
-/// Largest request body accepted.
+/// The largest request body from a tenant token.
 const MAX_BODY: usize = 1 << 20;
+/// The largest request body from an operator token (an import of a big
+/// registry: about 120 bytes per tenant).
+const MAX_OPERATOR_BODY: usize = 256 << 20;
 
 /// Background service serving the admin API on a listener bound at start-up.
 pub struct AdminApi {
@@ -119,9 +123,17 @@ async fn serve(
     };
     drop(snap);
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
+    // Operators import and batch whole registries; a tenant edits one tenant.
+    let limit = match caller.scope {
+        Scope::Operator => MAX_OPERATOR_BODY,
+        Scope::Tenant(_) => MAX_BODY,
+    };
+    let body = match Limited::new(body, limit).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return Problem::bad_request(format!("the body must be at most {MAX_BODY} bytes")).response(),
+        Err(_) => {
+            let detail = format!("the body must be at most {limit} bytes for this token");
+            return Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", detail).response();
+        }
     };
     let call = tenants::Call {
         registry: registry.clone(),
