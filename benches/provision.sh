@@ -6,6 +6,11 @@
 # Usage: benches/provision.sh [tenants=100000] [puts=20]
 #   benches/provision.sh 0 10000   provisions 10,000 tenants one PUT at a time
 #                                  on an empty gateway
+#   FLEET=1 benches/provision.sh   fleet mode: gateway A (with the tenant files)
+#                                  and B (none) share one redis-server; B
+#                                  loads the registry from Redis, and the
+#                                  timing is from the PUT on A returning to
+#                                  the first routed request on B
 # Loopback only; bounded in time; everything it starts is stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +40,19 @@ awk -v dir="$WORK/tenants" '
   f && NF { print > f }
 ' "$WORK/gen.toml"
 echo "config: $N tenants as $(find "$WORK/tenants" -name '*.toml' | wc -l) tenant files"
+PROXY_PORT=18380
+metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
+if [ -n "${FLEET:-}" ]; then
+  command -v redis-server >/dev/null || { echo "install redis-server"; exit 1; }
+  mkdir -p "$WORK/redis"
+  redis-server --bind 127.0.0.1 --port 19379 --save "" --appendonly no --dir "$WORK/redis" >/dev/null & PIDS+=($!)
+  until redis-cli -p 19379 ping >/dev/null 2>&1; do sleep 0.05; done
+  printf '\n[store]\nredis_url = "redis://127.0.0.1:19379"\n' >>"$WORK/tenantgate.toml"
+  mkdir -p "$WORK/b/tenants"
+  sed 's/127.0.0.1:18380/127.0.0.1:18381/; s/127.0.0.1:19390/127.0.0.1:19392/; s/127.0.0.1:19391/127.0.0.1:19393/' \
+    "$WORK/tenantgate.toml" >"$WORK/b/tenantgate.toml"
+  PROXY_PORT=18381
+fi
 
 start=$(date +%s.%N)
 "$BIN" serve --config "$WORK/tenantgate.toml" 2>"$WORK/gw.log" & GW=$!; PIDS+=($GW)
@@ -44,12 +62,22 @@ until (exec 3<>/dev/tcp/127.0.0.1/19391) 2>/dev/null; do
 done
 echo "start-up: admin API listening after $(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.2f", e - s}') s"
 echo "RSS before: $(( $(awk '$1 == "VmRSS:" {print $2}' "/proc/$GW/status") / 1024 )) MB"
+if [ -n "${FLEET:-}" ]; then
+  echo "A: registry store version $(metric 19390 tenantgate_registry_store_version) (seeded from its files)"
+  start=$(date +%s.%N)
+  "$BIN" serve --config "$WORK/b/tenantgate.toml" 2>"$WORK/b.log" & B=$!; PIDS+=($B)
+  until [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Host: t$(printf %06d "$N").saas.example" http://127.0.0.1:18381/ 2>/dev/null)" = 200 ]; do
+    kill -0 "$B" 2>/dev/null || { echo "gateway B exited:"; tail "$WORK/b.log"; exit 1; }
+    sleep 0.05
+  done
+  echo "B: started with no tenant files, routing all $N from Redis after $(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.2f", e - s}') s; RSS $(( $(awk '$1 == "VmRSS:" {print $2}' "/proc/$B/status") / 1024 )) MB"
+fi
 
-timeout 1800 python3 - "$TOKEN" "$PUTS" <<'EOF'
+timeout 1800 python3 - "$TOKEN" "$PUTS" "$PROXY_PORT" <<'EOF'
 import http.client, json, statistics, sys, time
 
-token, puts = sys.argv[1], int(sys.argv[2])
-proxy = http.client.HTTPConnection("127.0.0.1", 18380, timeout=10)
+token, puts, port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+proxy = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
 put_ms, first_ms, tries = [], [], []
 began = time.perf_counter()
 for i in range(puts):
@@ -87,7 +115,7 @@ def line(name, xs):
 
 print(f"{puts} PUTs of new tenants, one at a time: {time.perf_counter() - began:.1f} s in all")
 line("PUT /v1/tenants/{id} (validate, write the file, swap)", put_ms)
-line("PUT returned -> first proxied 200 on the new host", first_ms)
+line(f"PUT returned -> first proxied 200 on the new host (port {port})", first_ms)
 print(f"requests needed for the first 200: max {max(tries)} (1 = routed on the first request)")
 EOF
 echo "RSS after: $(( $(awk '$1 == "VmRSS:" {print $2}' "/proc/$GW/status") / 1024 )) MB"

@@ -96,6 +96,8 @@ async fn a_change_through_one_replica_is_live_on_every_replica_within_a_second()
         "B routed the new tenant only after {took:?}"
     );
     assert_eq!(routed(&b, "app.acme.com").await, (200, Some("acme".into()), "q".into()));
+    // B read only what changed, from the change log.
+    assert!(b.log().contains("read=\"changes\""), "{}", b.log());
     // B keeps it on disk as its last-known-good copy.
     let kept = std::fs::read_to_string(b.dir().join("tenants/acme.toml")).expect("B's copy of acme");
     assert!(kept.contains("app.acme.com"), "{kept}");

@@ -2,7 +2,9 @@
 //! every replica.
 //!
 //! Redis holds `<prefix>:{registry}:files` (a hash: `tenants/<id>` and
-//! `templates/<name>` → the file's text) and `<prefix>:{registry}:version`. A write takes the
+//! `templates/<name>` → the file's text), `<prefix>:{registry}:version`, and
+//! `<prefix>:{registry}:log`, a stream of the fields each version changed,
+//! so a replica one or a few versions behind reads only those. A write takes the
 //! fleet's write lock, brings this replica up to the store's version, is
 //! validated like any load, and commits its changed files with one Lua
 //! script that checks the version, bumps it and publishes it on
@@ -41,22 +43,70 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Bound on connecting the notification channel.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Commits changed files if the version is still the one they were based on.
-/// KEYS: version, files. ARGV: expected version, channel, then triples of
-/// op (`+` set, `-` delete), field, text. Returns the new version, or -1.
+/// How many versions the change log keeps; a replica further behind reads
+/// every file.
+const LOG_LEN: u64 = 1000;
+
+/// Commits changed files if the version is still the one they were based on,
+/// and logs which fields the new version changed.
+/// KEYS: version, files, log. ARGV: expected version, channel, log length,
+/// then triples of op (`+` set, `-` delete), field, text.
+/// Returns the new version, or -1.
 const COMMIT_LUA: &str = r#"
 local v = tonumber(redis.call('GET', KEYS[1]) or 0)
 if v ~= tonumber(ARGV[1]) then return -1 end
-for i = 3, #ARGV, 3 do
+local names = {}
+for i = 4, #ARGV, 3 do
   if ARGV[i] == '+' then
     redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2])
   else
     redis.call('HDEL', KEYS[2], ARGV[i + 1])
   end
+  names[#names + 1] = ARGV[i + 1]
 end
 v = redis.call('INCR', KEYS[1])
+if #names <= 1000 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'v', v, 'f', table.concat(names, ' '))
+else
+  -- A bulk change: readers take every file.
+  redis.call('DEL', KEYS[3])
+end
 redis.call('PUBLISH', ARGV[2], v)
 return v
+"#;
+
+/// The files changed since version `ARGV[1]`, from the change log, in one
+/// step. KEYS: version, files, log. Returns {version, 1, {field, text, …},
+/// {deleted field, …}}, or {version, 0, {}, {}} when the log does not cover
+/// every version since (then read every file).
+const READ_SINCE_LUA: &str = r#"
+local v = tonumber(redis.call('GET', KEYS[1]) or 0)
+local since = tonumber(ARGV[1])
+local n = v - since
+if since == 0 or n <= 0 or n > 1000 then return {v, 0, {}, {}} end
+local entries = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', n)
+if #entries ~= n then return {v, 0, {}, {}} end
+local seen, put, del = {}, {}, {}
+for _, e in ipairs(entries) do
+  local f, ver, names = e[2], nil, ''
+  for j = 1, #f, 2 do
+    if f[j] == 'v' then ver = tonumber(f[j + 1]) elseif f[j] == 'f' then names = f[j + 1] end
+  end
+  if ver == nil or ver <= since or ver > v then return {v, 0, {}, {}} end
+  for name in string.gmatch(names, '%S+') do
+    if not seen[name] then
+      seen[name] = true
+      local text = redis.call('HGET', KEYS[2], name)
+      if text then
+        put[#put + 1] = name
+        put[#put + 1] = text
+      else
+        del[#del + 1] = name
+      end
+    end
+  end
+end
+return {v, 1, put, del}
 "#;
 
 /// The version and every file, read in one step. KEYS: version, files.
@@ -97,10 +147,14 @@ impl StoreError {
     }
 }
 
+/// One shared file: its field (`tenants/<id>`) and text, `None` once deleted.
+type Field = (String, Option<String>);
+
 /// Redis keys of the registry.
 struct Keys {
     version: String,
     files: String,
+    log: String,
     lock: String,
     channel: String,
 }
@@ -113,6 +167,7 @@ pub struct RegistryStore {
     conn: Mutex<Option<Connection>>,
     commit: Script,
     read: Script,
+    read_since: Script,
     unlock: Script,
     /// The store version the live tenant files match; 0 when the store was
     /// empty or not reached yet. Changed only under the registry's writer lock.
@@ -149,12 +204,14 @@ impl RegistryStore {
             keys: Keys {
                 version: format!("{prefix}:{{registry}}:version"),
                 files: format!("{prefix}:{{registry}}:files"),
+                log: format!("{prefix}:{{registry}}:log"),
                 lock: format!("{prefix}:{{registry}}:lock"),
                 channel: format!("{prefix}:registry"),
             },
             conn: Mutex::new(None),
             commit: Script::new(COMMIT_LUA),
             read: Script::new(READ_LUA),
+            read_since: Script::new(READ_SINCE_LUA),
             unlock: Script::new(UNLOCK_LUA),
             synced: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -245,6 +302,27 @@ impl RegistryStore {
         Ok((version, files))
     }
 
+    /// The fields changed since `since` (text, or `None` when deleted), if
+    /// the change log covers every version since.
+    fn read_since(&self, since: u64) -> Result<(u64, Option<Vec<Field>>), StoreError> {
+        let mut call = self.read_since.prepare_invoke();
+        call.key(&self.keys.version)
+            .key(&self.keys.files)
+            .key(&self.keys.log)
+            .arg(since);
+        let (version, complete, put, del): (u64, u8, Vec<String>, Vec<String>) = self.call(|c| call.invoke(c))?;
+        if complete == 0 {
+            return Ok((version, None));
+        }
+        let mut changes = Vec::with_capacity(put.len() / 2 + del.len());
+        let mut it = put.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            changes.push((k, Some(v)));
+        }
+        changes.extend(del.into_iter().map(|k| (k, None)));
+        Ok((version, Some(changes)))
+    }
+
     /// Commits the files that differ from `old` to `new`, based on
     /// `expected`; returns the new version.
     fn commit(
@@ -256,8 +334,10 @@ impl RegistryStore {
         let mut call = self.commit.prepare_invoke();
         call.key(&self.keys.version)
             .key(&self.keys.files)
+            .key(&self.keys.log)
             .arg(expected)
-            .arg(&self.keys.channel);
+            .arg(&self.keys.channel)
+            .arg(LOG_LEN);
         for (k, v) in new {
             if old.get(k) != Some(v) {
                 call.arg("+").arg(k).arg(v);
@@ -310,15 +390,11 @@ fn files(texts: &Texts) -> BTreeMap<String, String> {
     tenants.chain(templates).collect()
 }
 
-/// `main` with the shared files. A field that is not `tenants/<id>` or
-/// `templates/<name>` (with a valid id or name, so never a path outside
-/// those folders) is returned as the error.
-fn with_files(main: &str, files: BTreeMap<String, String>) -> Result<Texts, String> {
-    let mut texts = Texts {
-        main: main.to_string(),
-        ..Texts::default()
-    };
-    for (k, v) in files {
+/// `base` with the shared `fields` set (text) or removed (`None`). A field
+/// that is not `tenants/<id>` or `templates/<name>` (with a valid id or
+/// name, so never a path outside those folders) is returned as the error.
+fn with_fields(mut texts: Texts, fields: impl IntoIterator<Item = Field>) -> Result<Texts, String> {
+    for (k, v) in fields {
         let (map, stem) = match (k.strip_prefix("tenants/"), k.strip_prefix("templates/")) {
             (Some(id), _) => (&mut texts.tenants, id),
             (_, Some(name)) => (&mut texts.templates, name),
@@ -327,7 +403,10 @@ fn with_files(main: &str, files: BTreeMap<String, String>) -> Result<Texts, Stri
         if !crate::config::valid_tenant_id(stem) {
             return Err(k);
         }
-        map.insert(stem.to_string(), v);
+        match v {
+            Some(text) => map.insert(stem.to_string(), text),
+            None => map.remove(stem),
+        };
     }
     Ok(texts)
 }
@@ -400,9 +479,25 @@ impl Registry {
 
     /// Reads the whole shared registry and makes it live here.
     fn apply_store(&self, store: &RegistryStore) -> Result<bool, StoreError> {
-        let (version, shared) = store.read_all()?;
         let live = self.texts.load_full();
-        let texts = match with_files(&live.main, shared) {
+        // The changed files when the log covers them, else every file.
+        let (version, fields, base, read) = match store.read_since(store.synced())? {
+            (version, Some(changes)) => (version, changes, (*live).clone(), "changes"),
+            (_, None) => {
+                let (version, all) = store.read_all()?;
+                let base = Texts {
+                    main: live.main.clone(),
+                    ..Texts::default()
+                };
+                (
+                    version,
+                    all.into_iter().map(|(k, v)| (k, Some(v))).collect(),
+                    base,
+                    "all",
+                )
+            }
+        };
+        let texts = match with_fields(base, fields) {
             Ok(t) => t,
             Err(field) => {
                 if store.refused.swap(version, Ordering::AcqRel) != version {
@@ -436,18 +531,20 @@ impl Registry {
                 });
             }
         };
+        // Route first; the copy on disk follows (still under the writer lock).
+        let (generation, changes) = self.install("fleet", texts, config, table);
+        store.set_synced(version);
         if let (Some(dir), Some(main)) = (self.source.tenants_dir(), self.source.file()) {
-            if let Err(e) = super::write::persist(main, &dir, &live, &texts) {
+            if let Err(e) = super::write::persist(main, &dir, &live, &self.texts.load()) {
                 tracing::error!(error = %e, "cannot keep the shared registry on disk; a restart without Redis serves an older copy");
             }
         }
-        let (generation, changes) = self.install("fleet", texts, config, table);
-        store.set_synced(version);
         self.metrics.reload_result(true);
         crate::release_free_memory();
         tracing::info!(
             generation,
             version,
+            read,
             tenants_added = changes.added,
             tenants_removed = changes.removed,
             duration_ms = started.elapsed().as_secs_f64() * 1e3,

@@ -226,14 +226,15 @@ impl FolderChange {
         self.put.len() + self.delete.len()
     }
 
-    /// Writes (each atomically) and removes the files, then syncs `dir`.
-    fn apply(&self, dir: &Path) -> Result<(), WriteError> {
+    /// Writes (each atomically; with `durable`, each fsynced) and removes
+    /// the files, then syncs `dir`.
+    fn apply(&self, dir: &Path, durable: bool) -> Result<(), WriteError> {
         if self.files() == 0 {
             return Ok(());
         }
         std::fs::create_dir_all(dir).map_err(fail(dir))?;
         for (stem, text) in &self.put {
-            write_atomic(&dir.join(format!("{stem}.toml")), text.as_bytes())?;
+            write_file(&dir.join(format!("{stem}.toml")), text.as_bytes(), durable)?;
         }
         for stem in &self.delete {
             let path = dir.join(format!("{stem}.toml"));
@@ -260,7 +261,9 @@ fn journal(dir: &Path) -> PathBuf {
 
 /// Writes the files that differ between `old` and `new`. More than one file
 /// goes through a journal: a crash part way leaves it, and the next start
-/// finishes the batch ([`recover`]).
+/// finishes the batch ([`recover`]). The journal is fsynced; the files it
+/// covers are flushed together by one `syncfs` before it is removed (one
+/// fsync per file made a 100,000-file import take 30 s).
 pub(super) fn persist(main: &Path, dir: &Path, old: &Texts, new: &Texts) -> Result<(), WriteError> {
     let batch = Batch {
         main: (old.main != new.main).then(|| new.main.clone()),
@@ -277,21 +280,39 @@ pub(super) fn persist(main: &Path, dir: &Path, old: &Texts, new: &Texts) -> Resu
         })?;
         write_atomic(&journal, &bytes)?;
     }
-    apply(main, &batch)?;
+    apply(main, &batch, files <= 1)?;
     if files > 1 {
-        std::fs::remove_file(&journal).map_err(fail(&journal))?;
-        sync_dir(dir).map_err(fail(dir))?;
+        finish(dir, &journal)?;
     }
     Ok(())
 }
 
 /// Writes every file of a batch.
-fn apply(main: &Path, batch: &Batch) -> Result<(), WriteError> {
+fn apply(main: &Path, batch: &Batch, durable: bool) -> Result<(), WriteError> {
     if let Some(text) = &batch.main {
-        write_atomic(main, text.as_bytes())?;
+        write_file(main, text.as_bytes(), durable)?;
     }
-    batch.tenants.apply(&crate::config::tenants_dir(main))?;
-    batch.templates.apply(&templates_dir(main))
+    batch.tenants.apply(&crate::config::tenants_dir(main), durable)?;
+    batch.templates.apply(&templates_dir(main), durable)
+}
+
+/// Flushes the batch's files to disk, then removes its journal.
+fn finish(dir: &Path, journal: &Path) -> Result<(), WriteError> {
+    sync_fs(dir).map_err(fail(dir))?;
+    std::fs::remove_file(journal).map_err(fail(journal))?;
+    sync_dir(dir).map_err(fail(dir))
+}
+
+/// `syncfs(2)` on the file system holding `dir`: every file written so far
+/// is on disk when it returns.
+fn sync_fs(dir: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(dir)?;
+    // SAFETY: `f` is an open descriptor for the duration of the call.
+    match unsafe { libc::syncfs(f.as_raw_fd()) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
 }
 
 /// Finishes a batch that a crash interrupted, if `tenants/.batch.json` is
@@ -310,23 +331,28 @@ pub fn recover(main: &Path) -> Result<bool, WriteError> {
         what: "the batch journal".into(),
         message: format!("{}: {e}", journal.display()),
     })?;
-    apply(main, &batch)?;
-    std::fs::remove_file(&journal).map_err(|source| WriteError::Persist {
-        path: journal.clone(),
-        source,
-    })?;
+    apply(main, &batch, false)?;
+    finish(&dir, &journal)?;
     Ok(true)
 }
 
 /// Writes `bytes` to `path` via a temp file in the same folder, fsync and
 /// rename, so readers see the old file or the new one, never a part.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
+    write_file(path, bytes, true)
+}
+
+/// [`write_atomic`], with the fsync only if `durable` (a journaled batch
+/// flushes its files together).
+fn write_file(path: &Path, bytes: &[u8], durable: bool) -> Result<(), WriteError> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, path)
     })();
     result.map_err(|source| {
