@@ -372,6 +372,19 @@ fn store_section_and_store_failure_mode_are_validated() {
         ],
     );
     assert!(!out.contains("secret"), "the password is never printed: {out}");
+    // TLS to Redis is not built in: said at check time, not at the first call.
+    let out = refused(
+        &format!(
+            "{HEAD}
+[store]
+redis_url = \"rediss://user:secret@127.0.0.1:6380\"
+{}",
+            tenant("a", "")
+        ),
+        &["store.redis_url: \"127.0.0.1:6380\" is not a usable Redis URL: can't connect with TLS, the feature is not enabled"],
+    );
+    assert!(out.contains("(rediss:// is not supported)"), "{out}");
+    assert!(!out.contains("secret"), "the password is never printed: {out}");
     let ok = format!(
         "{HEAD}\n[store]\nredis_url = \"redis://127.0.0.1:6379/0\"\n\n[plans.p]\nrequests_per_second = 5\non_store_failure = \"closed\"\n{}",
         tenant("a", "plan = \"p\"")

@@ -190,7 +190,7 @@ impl Problem {
             NoPlan => "set plan = \"<name>\" (or plan = \"unlimited\" to serve it without limits), or set [limits] default_plan",
             BadStoreFailure { .. } => "use \"open\" (serve on local limits while the store is down) or \"closed\" (refuse with 503)",
             TooManyDomains { .. } => "remove domains, or raise max_domains in the tenant's plan or its [tenants.limits]",
-            BadRedisUrl { .. } => "write a URL such as redis://127.0.0.1:6379 or rediss://user:pass@host:6380/0",
+            BadRedisUrl { .. } => "write a URL such as redis://127.0.0.1:6379 or redis://user:pass@host:6379/0 (rediss:// is not supported)",
             BadKeyPrefix { .. } => "use a short name such as tenantgate",
             BadTokenHash { .. } => "store the SHA-256 of the token as hex: printf %s \"$TOKEN\" | sha256sum",
             BadTokenScope { .. } => "use scope = \"operator\" or scope = \"tenant:<tenant id>\"",
