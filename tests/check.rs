@@ -372,19 +372,48 @@ fn store_section_and_store_failure_mode_are_validated() {
         ],
     );
     assert!(!out.contains("secret"), "the password is never printed: {out}");
-    // TLS to Redis is not built in: said at check time, not at the first call.
-    let out = refused(
+    // TLS to Redis: the CA file must hold certificates, and needs rediss://.
+    std::fs::write(std::env::temp_dir().join("tenantgate-not-a-ca.pem"), "not pem").expect("write");
+    let bad_ca = std::env::temp_dir().join("tenantgate-not-a-ca.pem");
+    refused(
         &format!(
-            "{HEAD}
-[store]
-redis_url = \"rediss://user:secret@127.0.0.1:6380\"
-{}",
+            "{HEAD}\n[store]\nredis_url = \"redis://127.0.0.1:6379\"\nca_file = {:?}\n{}",
+            bad_ca.display().to_string(),
             tenant("a", "")
         ),
-        &["store.redis_url: \"127.0.0.1:6380\" is not a usable Redis URL: can't connect with TLS, the feature is not enabled"],
+        &[
+            "store.ca_file: cannot use",
+            "tenantgate-not-a-ca.pem as the Redis CA: no certificate in it",
+        ],
     );
-    assert!(out.contains("(rediss:// is not supported)"), "{out}");
-    assert!(!out.contains("secret"), "the password is never printed: {out}");
+    let out = refused(
+        &format!(
+            "{HEAD}\n[store]\nredis_url = \"redis://127.0.0.1:6379\"\nca_file = \"/nonexistent/ca.pem\"\n{}",
+            tenant("a", "")
+        ),
+        &["store.ca_file: cannot use /nonexistent/ca.pem as the Redis CA: No such file or directory"],
+    );
+    assert!(!out.contains("is not rediss://"), "only the unreadable file: {out}");
+    let certs = tempfile::tempdir().expect("tempdir");
+    let (ca, _, _) = common::pebble::write_api_certs(certs.path());
+    let ca = ca.display().to_string();
+    refused(
+        &format!(
+            "{HEAD}\n[store]\nredis_url = \"redis://127.0.0.1:6379\"\nca_file = {ca:?}\n{}",
+            tenant("a", "")
+        ),
+        &["store.ca_file: ca_file is set but redis_url is not rediss://; fix: use a rediss:// URL, or remove ca_file"],
+    );
+    let with_ca = format!(
+        "{HEAD}\n[store]\nredis_url = \"rediss://127.0.0.1:6380\"\nca_file = {ca:?}\n{}",
+        tenant("a", "")
+    );
+    assert_eq!(check(&with_ca).0, 0, "{}", check(&with_ca).1);
+    let rediss = format!(
+        "{HEAD}\n[store]\nredis_url = \"rediss://user:pw@127.0.0.1:6380\"\n{}",
+        tenant("a", "")
+    );
+    assert_eq!(check(&rediss).0, 0, "{}", check(&rediss).1);
     let ok = format!(
         "{HEAD}\n[store]\nredis_url = \"redis://127.0.0.1:6379/0\"\n\n[plans.p]\nrequests_per_second = 5\non_store_failure = \"closed\"\n{}",
         tenant("a", "plan = \"p\"")

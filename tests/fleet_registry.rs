@@ -271,3 +271,27 @@ async fn a_shared_version_that_does_not_load_on_a_replica_leaves_it_as_it_was() 
     time_until(&b, "app.acme.com", 200, Duration::from_secs(5)).await;
     assert_eq!(routed(&b, "app.acme.com").await, (200, Some("acme".into()), "q".into()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_share_the_registry_and_limits_over_tls_to_redis() {
+    let redis = Redis::start_tls();
+    let ca = redis.ca_path().expect("TLS server has a CA").display().to_string();
+    let (p, q) = (backend("p").await, backend("q").await);
+    let template = config(&p, &q, &redis.url()).replace(
+        "timeout_ms = 200\n",
+        &format!("timeout_ms = 200\nca_file = {ca:?}\n\n[plans.open]\nrequests_per_second = 1000\n\n[limits]\ndefault_plan = \"open\"\n"),
+    );
+    assert!(template.contains("rediss://"), "{template}");
+    let (a, b) = two_replicas(&template).await;
+    for gw in [&a, &b] {
+        gw.wait_metric("tenantgate_limit_store_up", 1.0).await;
+    }
+    let r = put(&a, "acme", json!({"domains": ["app.acme.com"], "pool": "q"})).await;
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    let took = time_until(&b, "app.acme.com", 200, Duration::from_secs(5)).await;
+    assert!(
+        took < Duration::from_secs(1),
+        "B routed the new tenant only after {took:?}"
+    );
+    assert_eq!(routed(&b, "app.acme.com").await, (200, Some("acme".into()), "q".into()));
+}

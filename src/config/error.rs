@@ -102,6 +102,10 @@ pub enum Problem {
     TooManyDomains { count: usize, max: i64 },
     #[error("{value:?} is not a usable Redis URL: {reason}")]
     BadRedisUrl { value: String, reason: String },
+    #[error("cannot use {path} as the Redis CA: {reason}")]
+    BadStoreCa { path: String, reason: String },
+    #[error("ca_file is set but redis_url is not rediss://")]
+    StoreCaWithoutTls,
     #[error("key prefix {value:?} is not 1 to 32 characters of a-z, 0-9, '-' and '_'")]
     BadKeyPrefix { value: String },
     #[error("token hash {value:?} is not 64 hex digits")]
@@ -190,7 +194,9 @@ impl Problem {
             NoPlan => "set plan = \"<name>\" (or plan = \"unlimited\" to serve it without limits), or set [limits] default_plan",
             BadStoreFailure { .. } => "use \"open\" (serve on local limits while the store is down) or \"closed\" (refuse with 503)",
             TooManyDomains { .. } => "remove domains, or raise max_domains in the tenant's plan or its [tenants.limits]",
-            BadRedisUrl { .. } => "write a URL such as redis://127.0.0.1:6379 or redis://user:pass@host:6379/0 (rediss:// is not supported)",
+            BadRedisUrl { .. } => "write a URL such as redis://127.0.0.1:6379 or rediss://user:pass@host:6380/0",
+            BadStoreCa { .. } => "point ca_file at a PEM file of the CA certificates that signed Redis' certificate (relative to this file), or remove it to trust the system's",
+            StoreCaWithoutTls => "use a rediss:// URL, or remove ca_file",
             BadKeyPrefix { .. } => "use a short name such as tenantgate",
             BadTokenHash { .. } => "store the SHA-256 of the token as hex: printf %s \"$TOKEN\" | sha256sum",
             BadTokenScope { .. } => "use scope = \"operator\" or scope = \"tenant:<tenant id>\"",

@@ -166,6 +166,7 @@ pub struct StoreSection {
     pub redis_url: String,
     pub timeout_ms: Option<u64>,
     pub key_prefix: Option<String>,
+    pub ca_file: Option<String>,
 }
 
 /// `[limits]`

@@ -88,6 +88,25 @@ pub struct Store {
     pub timeout: Duration,
     /// First part of every key: `<prefix>:{<tenant>}:...`.
     pub key_prefix: String,
+    /// For `rediss://`: the CA certificates (PEM) to trust instead of the
+    /// system's, and the file they came from.
+    pub ca: Option<(PathBuf, Vec<u8>)>,
+}
+
+impl Store {
+    /// A Redis client for this store (no connection yet).
+    pub fn client(&self) -> redis::RedisResult<redis::Client> {
+        match &self.ca {
+            Some((_, pem)) => redis::Client::build_with_tls(
+                self.redis_url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+            None => redis::Client::open(self.redis_url.as_str()),
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -96,6 +115,7 @@ impl std::fmt::Debug for Store {
             .field("redis_url", &"<redacted>")
             .field("timeout", &self.timeout)
             .field("key_prefix", &self.key_prefix)
+            .field("ca_file", &self.ca.as_ref().map(|(p, _)| p))
             .finish()
     }
 }
@@ -299,7 +319,7 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
     let admin = validate_admin(admin_section, from_config, &mut errs);
     let tls = file.tls.map(|t| validate_tls(t, base_dir, &gateway, &mut errs));
     let plans = plans::Plans::new(&file.plans, file.limits.as_ref(), &mut errs);
-    let store = file.store.map(|s| validate_store(s, &mut errs));
+    let store = file.store.map(|s| validate_store(s, base_dir, &mut errs));
     let quota_file = {
         let p = PathBuf::from(
             file.limits
@@ -458,7 +478,7 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
     )
 }
 
-fn validate_store(s: file::StoreSection, errs: &mut Vec<ConfigError>) -> Store {
+fn validate_store(s: file::StoreSection, base: &Path, errs: &mut Vec<ConfigError>) -> Store {
     use redis::IntoConnectionInfo;
     if let Err(e) = s.redis_url.as_str().into_connection_info() {
         // The message names the URL's scheme and shape, never its password.
@@ -495,11 +515,42 @@ fn validate_store(s: file::StoreSection, errs: &mut Vec<ConfigError>) -> Store {
             },
         ));
     }
+    let ca = s.ca_file.and_then(|f| {
+        let path = base.join(f);
+        match read_ca(&path) {
+            Ok(pem) => Some((path, pem)),
+            Err(reason) => {
+                let problem = Problem::BadStoreCa {
+                    path: path.display().to_string(),
+                    reason,
+                };
+                errs.push(err(None, "store.ca_file", problem));
+                None
+            }
+        }
+    });
+    if ca.is_some() && !s.redis_url.starts_with("rediss://") {
+        errs.push(err(None, "store.ca_file", Problem::StoreCaWithoutTls));
+    }
     Store {
         redis_url: s.redis_url,
         timeout,
         key_prefix,
+        ca,
     }
+}
+
+/// The PEM bytes of a file holding at least one certificate.
+fn read_ca(path: &Path) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(path).map_err(|e| e.to_string())?;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err("no certificate in it".into());
+    }
+    Ok(pem)
 }
 
 /// Default bound on one Redis call.

@@ -396,7 +396,7 @@ impl Fleet {
     /// A fleet on `store`; connects from [`FleetSync`], so a gateway starts
     /// and serves even while Redis is down.
     pub fn new(store: &Store, metrics: StoreMetrics) -> Result<Fleet, StoreError> {
-        let client = redis::Client::open(store.redis_url.as_str())?;
+        let client = store.client()?;
         // Host, process and start time: unique among live replicas.
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -200,7 +200,7 @@ impl RegistryStore {
     pub fn new(store: &Store, metrics: RegistryStoreMetrics) -> Result<RegistryStore, StoreError> {
         let prefix = &store.key_prefix;
         Ok(RegistryStore {
-            client: redis::Client::open(store.redis_url.as_str())?,
+            client: store.client()?,
             keys: Keys {
                 version: format!("{prefix}:{{registry}}:version"),
                 files: format!("{prefix}:{{registry}}:files"),

@@ -91,7 +91,7 @@ fn kill_child(child: &mut Option<Child>) {
 
 /// Writes a throwaway CA and a `localhost`/`127.0.0.1` server certificate
 /// signed by it. Returns (ca pem path, server cert path, server key path).
-fn write_api_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+pub fn write_api_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     use rcgen::{
         BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
         KeyUsagePurpose,

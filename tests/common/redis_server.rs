@@ -15,6 +15,9 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// With TLS only (no plain port): the CA that signed its certificate.
+    ca: Option<std::path::PathBuf>,
+    tls_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Redis {
@@ -24,14 +27,40 @@ impl Redis {
             child: None,
             port: super::free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
+            ca: None,
+            tls_files: None,
         };
         r.spawn();
         r
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// Like [`Redis::start`], speaking TLS only, with a certificate for
+    /// `127.0.0.1` signed by a throwaway CA ([`Redis::ca_path`]).
+    pub fn start_tls() -> Redis {
+        // As the gateway does: one process-wide rustls provider.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ca, cert, key) = super::pebble::write_api_certs(dir.path());
+        let mut r = Redis {
+            child: None,
+            port: super::free_port(),
+            dir,
+            ca: Some(ca),
+            tls_files: Some((cert, key)),
+        };
+        r.spawn();
+        r
+    }
+
+    /// `redis://127.0.0.1:<port>`, or `rediss://` with TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.ca.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The CA certificate (PEM) of a TLS server.
+    pub fn ca_path(&self) -> Option<&std::path::Path> {
+        self.ca.as_deref()
     }
 
     fn spawn(&mut self) {
@@ -40,8 +69,26 @@ impl Redis {
             .append(true)
             .open(self.dir.path().join("redis.log"))
             .expect("redis log");
+        let port = self.port.to_string();
+        let mut listen: Vec<std::ffi::OsString> = vec!["--bind".into(), "127.0.0.1".into()];
+        match (&self.ca, &self.tls_files) {
+            (Some(ca), Some((cert, key))) => {
+                for (k, v) in [
+                    ("--port", "0".into()),
+                    ("--tls-port", port.into()),
+                    ("--tls-cert-file", cert.clone().into_os_string()),
+                    ("--tls-key-file", key.clone().into_os_string()),
+                    ("--tls-ca-cert-file", ca.clone().into_os_string()),
+                    ("--tls-auth-clients", "no".into()),
+                ] {
+                    listen.push(k.into());
+                    listen.push(v);
+                }
+            }
+            _ => listen.extend(["--port".into(), port.into()]),
+        }
         let child = Command::new(REDIS_BIN)
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(listen)
             .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -78,7 +125,16 @@ impl Redis {
     }
 
     fn connection(&self) -> redis::RedisResult<redis::Connection> {
-        let client = redis::Client::open(self.url())?;
+        let client = match &self.ca {
+            Some(ca) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(ca)?),
+                },
+            )?,
+            None => redis::Client::open(self.url())?,
+        };
         let mut c = client.get_connection_with_timeout(Duration::from_secs(1))?;
         redis::cmd("PING").query::<String>(&mut c)?;
         Ok(c)
