@@ -137,7 +137,10 @@ impl Registry {
                 Some(lock)
             }
             Some(store) => {
-                let _ = self.sync_locked(store, false);
+                // Catch up, but never seed an empty store from a preview.
+                if store.version().is_ok_and(|v| v != 0 && v != store.synced()) {
+                    let _ = self.sync_locked(store, false);
+                }
                 None
             }
             None => None,
