@@ -436,6 +436,20 @@ impl Registry {
         let Some(store) = self.store.get() else {
             return Ok(false);
         };
+        // Ask first without the writer lock, so that a slow or unreachable
+        // store never holds up local reloads and writes.
+        match store.version() {
+            Ok(v) if v != 0 && v == store.synced() => {
+                store.mark(&Ok(false));
+                return Ok(false);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let result = Err(e);
+                store.mark(&result);
+                return result;
+            }
+        }
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let result = self.sync_locked(store, false);
         store.mark(&result);
