@@ -545,13 +545,24 @@ impl Registry {
                 });
             }
         };
-        // Route first; the copy on disk follows (still under the writer lock).
+        // A few files go to disk first, so that what routes here is also in
+        // the last-known-good copy; a bulk change (a replica's first sync)
+        // routes first and writes its copy after, under the writer lock.
+        let keep = |old: &Texts, new: &Texts| {
+            if let (Some(dir), Some(main)) = (self.source.tenants_dir(), self.source.file()) {
+                if let Err(e) = super::write::persist(main, &dir, old, new) {
+                    tracing::error!(error = %e, "cannot keep the shared registry on disk; a restart without Redis serves an older copy");
+                }
+            }
+        };
+        let bulk = read == "all";
+        if !bulk {
+            keep(&live, &texts);
+        }
         let (generation, changes) = self.install("fleet", texts, config, table);
         store.set_synced(version);
-        if let (Some(dir), Some(main)) = (self.source.tenants_dir(), self.source.file()) {
-            if let Err(e) = super::write::persist(main, &dir, &live, &self.texts.load()) {
-                tracing::error!(error = %e, "cannot keep the shared registry on disk; a restart without Redis serves an older copy");
-            }
+        if bulk {
+            keep(&live, &self.texts.load());
         }
         self.metrics.reload_result(true);
         crate::release_free_memory();
