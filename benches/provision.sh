@@ -16,12 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-100000}"
 PUTS="${2:-20}"
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release -q
-BIN="${BIN:-$PWD/target/release/tenantgate}"
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
+. benches/common.sh
 
 "$BIN" backend --listen 127.0.0.1:19301 --name a >/dev/null & PIDS+=($!)
 TOKEN="provision-bench-secret-0123456789"

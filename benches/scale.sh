@@ -9,12 +9,7 @@ cd "$(dirname "$0")/.."
 N="${1:-100000}"
 RELOADS="${2:-5}"
 command -v wrk >/dev/null || { echo "install wrk"; exit 1; }
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release -q
-BIN="${BIN:-$PWD/target/release/tenantgate}"
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
+. benches/common.sh
 
 "$BIN" backend --listen 127.0.0.1:19201 --name a >/dev/null & PIDS+=($!)
 "$BIN" backend --listen 127.0.0.1:19202 --name b >/dev/null & PIDS+=($!)
