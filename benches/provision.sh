@@ -51,11 +51,8 @@ fi
 
 start=$(date +%s.%N)
 "$BIN" serve --config "$WORK/tenantgate.toml" 2>"$WORK/gw.log" & GW=$!; PIDS+=($GW)
-until (exec 3<>/dev/tcp/127.0.0.1/19391) 2>/dev/null; do
-  kill -0 "$GW" 2>/dev/null || { echo "gateway exited:"; tail "$WORK/gw.log"; exit 1; }
-  sleep 0.01
-done
-echo "start-up: admin API listening after $(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.2f", e - s}') s"
+wait_port 19391 "$GW" "$WORK/gw.log"
+echo "start-up: admin API listening after $(since "$start") s"
 echo "RSS before: $(( $(awk '$1 == "VmRSS:" {print $2}' "/proc/$GW/status") / 1024 )) MB"
 if [ -n "${FLEET:-}" ]; then
   echo "A: registry store version $(metric 19390 tenantgate_registry_store_version) (seeded from its files)"
@@ -65,7 +62,7 @@ if [ -n "${FLEET:-}" ]; then
     kill -0 "$B" 2>/dev/null || { echo "gateway B exited:"; tail "$WORK/b.log"; exit 1; }
     sleep 0.05
   done
-  echo "B: started with no tenant files, routing all $N from Redis after $(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.2f", e - s}') s; RSS $(( $(awk '$1 == "VmRSS:" {print $2}' "/proc/$B/status") / 1024 )) MB"
+  echo "B: started with no tenant files, routing all $N from Redis after $(since "$start") s; RSS $(( $(awk '$1 == "VmRSS:" {print $2}' "/proc/$B/status") / 1024 )) MB"
 fi
 
 timeout 1800 python3 - "$TOKEN" "$PUTS" "$PROXY_PORT" <<'EOF'

@@ -24,11 +24,8 @@ status() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }
 
 start=$(date +%s.%N)
 "$BIN" serve --config "$CONFIG" 2>"$WORK/gw.log" & GW=$!; PIDS+=($GW)
-until (exec 3<>/dev/tcp/127.0.0.1/18280) 2>/dev/null; do
-  kill -0 "$GW" 2>/dev/null || { echo "gateway exited:"; tail "$WORK/gw.log"; exit 1; }
-  sleep 0.01
-done
-listening=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.2f", e - s}')
+wait_port 18280 "$GW" "$WORK/gw.log"
+listening=$(since "$start")
 echo "start-up: listening after ${listening} s; RSS $(( $(status "$GW" VmRSS) / 1024 )) MB, peak $(( $(status "$GW" VmHWM) / 1024 )) MB"
 
 # Load over every tenth tenant's platform host while the file changes.

@@ -373,8 +373,9 @@ fn store_section_and_store_failure_mode_are_validated() {
     );
     assert!(!out.contains("secret"), "the password is never printed: {out}");
     // TLS to Redis: the CA file must hold certificates, and needs rediss://.
-    std::fs::write(std::env::temp_dir().join("tenantgate-not-a-ca.pem"), "not pem").expect("write");
-    let bad_ca = std::env::temp_dir().join("tenantgate-not-a-ca.pem");
+    let certs = tempfile::tempdir().expect("tempdir");
+    let bad_ca = certs.path().join("tenantgate-not-a-ca.pem");
+    std::fs::write(&bad_ca, "not pem").expect("write");
     refused(
         &format!(
             "{HEAD}\n[store]\nredis_url = \"redis://127.0.0.1:6379\"\nca_file = {:?}\n{}",
@@ -394,7 +395,6 @@ fn store_section_and_store_failure_mode_are_validated() {
         &["store.ca_file: cannot use /nonexistent/ca.pem as the Redis CA: No such file or directory"],
     );
     assert!(!out.contains("is not rediss://"), "only the unreadable file: {out}");
-    let certs = tempfile::tempdir().expect("tempdir");
     let (ca, _, _) = common::pebble::write_api_certs(certs.path());
     let ca = ca.display().to_string();
     refused(

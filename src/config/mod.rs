@@ -414,7 +414,7 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
             }
         }
 
-        let pool_field = format!("tenants[{i}].pool");
+        let pool_field = || format!("tenants[{i}].pool");
         let pool = match t.pool.as_ref().map(|p| (p, pool_ids.get(p))) {
             Some((_, Some(&p))) => p,
             // Keep the tenant so later positions (tenants[i]) stay right;
@@ -422,7 +422,7 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
             Some((name, None)) => {
                 if !inherited.has("pool") {
                     let problem = Problem::UnknownPool { pool: name.clone() };
-                    errs.push(err(tenant, &pool_field, problem));
+                    errs.push(err(tenant, &pool_field(), problem));
                 }
                 PoolId::MAX
             }
@@ -431,7 +431,7 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
                     let problem = Problem::MissingPool {
                         template: t.template.clone(),
                     };
-                    errs.push(err(tenant, &pool_field, problem));
+                    errs.push(err(tenant, &pool_field(), problem));
                 }
                 PoolId::MAX
             }

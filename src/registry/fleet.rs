@@ -17,7 +17,6 @@
 //! when it answers again. An empty store is seeded from the first replica's
 //! files.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,6 +27,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use redis::{Connection, Script};
 
+use super::write::Batch;
 use super::Registry;
 use crate::config::{LoadError, Store, Texts};
 use crate::telemetry::RegistryStoreMetrics;
@@ -290,16 +290,11 @@ impl RegistryStore {
     }
 
     /// The version and every file.
-    fn read_all(&self) -> Result<(u64, BTreeMap<String, String>), StoreError> {
+    fn read_all(&self) -> Result<(u64, Vec<Field>), StoreError> {
         let mut call = self.read.prepare_invoke();
         call.key(&self.keys.version).key(&self.keys.files);
         let (version, flat): (u64, Vec<String>) = self.call(|c| call.invoke(c))?;
-        let mut files = BTreeMap::new();
-        let mut it = flat.into_iter();
-        while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            files.insert(k, v);
-        }
-        Ok((version, files))
+        Ok((version, pairs(flat).collect()))
     }
 
     /// The fields changed since `since` (text, or `None` when deleted), if
@@ -314,23 +309,13 @@ impl RegistryStore {
         if complete == 0 {
             return Ok((version, None));
         }
-        let mut changes = Vec::with_capacity(put.len() / 2 + del.len());
-        let mut it = put.into_iter();
-        while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            changes.push((k, Some(v)));
-        }
-        changes.extend(del.into_iter().map(|k| (k, None)));
+        let changes = pairs(put).chain(del.into_iter().map(|k| (k, None))).collect();
         Ok((version, Some(changes)))
     }
 
-    /// Commits the files that differ from `old` to `new`, based on
+    /// Commits the tenant and template files of `batch`, based on
     /// `expected`; returns the new version.
-    fn commit(
-        &self,
-        expected: u64,
-        old: &BTreeMap<String, String>,
-        new: &BTreeMap<String, String>,
-    ) -> Result<u64, StoreError> {
+    fn commit(&self, expected: u64, batch: &Batch) -> Result<u64, StoreError> {
         let mut call = self.commit.prepare_invoke();
         call.key(&self.keys.version)
             .key(&self.keys.files)
@@ -338,13 +323,13 @@ impl RegistryStore {
             .arg(expected)
             .arg(&self.keys.channel)
             .arg(LOG_LEN);
-        for (k, v) in new {
-            if old.get(k) != Some(v) {
-                call.arg("+").arg(k).arg(v);
+        for (folder, change) in [("tenants", &batch.tenants), ("templates", &batch.templates)] {
+            for (stem, text) in &change.put {
+                call.arg("+").arg(format!("{folder}/{stem}")).arg(text);
             }
-        }
-        for k in old.keys().filter(|k| !new.contains_key(*k)) {
-            call.arg("-").arg(k).arg("");
+            for stem in &change.delete {
+                call.arg("-").arg(format!("{folder}/{stem}")).arg("");
+            }
         }
         let v: i64 = self.call(|c| call.invoke(c))?;
         u64::try_from(v).map_err(|_| StoreError::Conflict)
@@ -380,14 +365,10 @@ impl RegistryStore {
     }
 }
 
-/// The shared part of `texts`: one field per tenant or template file.
-fn files(texts: &Texts) -> BTreeMap<String, String> {
-    let tenants = texts.tenants.iter().map(|(id, t)| (format!("tenants/{id}"), t.clone()));
-    let templates = texts
-        .templates
-        .iter()
-        .map(|(n, t)| (format!("templates/{n}"), t.clone()));
-    tenants.chain(templates).collect()
+/// A flat Redis reply `[field, text, field, text, …]` as fields set to text.
+fn pairs(flat: Vec<String>) -> impl Iterator<Item = Field> {
+    let mut it = flat.into_iter();
+    std::iter::from_fn(move || Some((it.next()?, Some(it.next()?))))
 }
 
 /// `base` with the shared `fields` set (text) or removed (`None`). A field
@@ -469,7 +450,7 @@ impl Registry {
             let _lock = store.lock()?;
             if store.version()? == 0 {
                 let live = self.texts.load_full();
-                let v = store.commit(0, &BTreeMap::new(), &files(&live))?;
+                let v = store.commit(0, &Batch::between(&Texts::default(), &live))?;
                 store.set_synced(v);
                 tracing::info!(
                     version = v,
@@ -491,24 +472,21 @@ impl Registry {
         self.apply_store(store)
     }
 
-    /// Reads the whole shared registry and makes it live here.
+    /// Reads what changed in the shared registry since this replica's
+    /// version (every file when the change log does not cover it) and makes
+    /// it live here.
     fn apply_store(&self, store: &RegistryStore) -> Result<bool, StoreError> {
         let live = self.texts.load_full();
         // The changed files when the log covers them, else every file.
-        let (version, fields, base, read) = match store.read_since(store.synced())? {
-            (version, Some(changes)) => (version, changes, (*live).clone(), "changes"),
+        let (version, fields, base, bulk) = match store.read_since(store.synced())? {
+            (version, Some(changes)) => (version, changes, (*live).clone(), false),
             (_, None) => {
                 let (version, all) = store.read_all()?;
                 let base = Texts {
                     main: live.main.clone(),
                     ..Texts::default()
                 };
-                (
-                    version,
-                    all.into_iter().map(|(k, v)| (k, Some(v))).collect(),
-                    base,
-                    "all",
-                )
+                (version, all, base, true)
             }
         };
         let texts = match with_fields(base, fields) {
@@ -555,7 +533,6 @@ impl Registry {
                 }
             }
         };
-        let bulk = read == "all";
         if !bulk {
             keep(&live, &texts);
         }
@@ -569,7 +546,7 @@ impl Registry {
         tracing::info!(
             generation,
             version,
-            read,
+            read = if bulk { "all" } else { "changes" },
             tenants_added = changes.added,
             tenants_removed = changes.removed,
             duration_ms = started.elapsed().as_secs_f64() * 1e3,
@@ -578,15 +555,20 @@ impl Registry {
         Ok(true)
     }
 
-    /// Commits `texts` (compiled and valid) to the shared registry, based on
-    /// the live texts. Call with the writer lock and the fleet lock held,
-    /// after [`Registry::sync_locked`].
-    pub(super) fn commit_to_store(&self, store: &RegistryStore, texts: &Texts) -> Result<u64, StoreError> {
-        let base = match store.synced() {
-            0 => BTreeMap::new(),
-            _ => files(&self.texts.load()),
-        };
-        store.commit(store.synced(), &base, &files(texts))
+    /// Commits `texts` (compiled and valid), which differ from the live
+    /// texts by `changes`, to the shared registry. Call with the writer lock
+    /// and the fleet lock held, after [`Registry::sync_locked`].
+    pub(super) fn commit_to_store(
+        &self,
+        store: &RegistryStore,
+        texts: &Texts,
+        changes: &Batch,
+    ) -> Result<u64, StoreError> {
+        match store.synced() {
+            // An empty store gets every file: the commit seeds it.
+            0 => store.commit(0, &Batch::between(&Texts::default(), texts)),
+            synced => store.commit(synced, changes),
+        }
     }
 }
 

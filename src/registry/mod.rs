@@ -203,7 +203,7 @@ impl Registry {
         };
         let (config, table) = Snapshot::compile_texts(&self.source.path(), &texts)?;
         let version = match &shared {
-            Some((store, _)) => Some(self.commit_to_store(store, &texts)?),
+            Some((store, _)) => Some(self.commit_to_store(store, &texts, &write::Batch::between(&live, &texts))?),
             None => None,
         };
         let (generation, changes) = self.install("file", texts, config, table);

@@ -151,17 +151,18 @@ impl Registry {
         if dry_run {
             return Ok(None);
         }
+        let batch = Batch::between(&live, &texts);
         let version = match store {
             // The shared registry is the record; the files here are its copy.
             Some(store) => {
-                let v = self.commit_to_store(store, &texts).map_err(WriteError::from)?;
-                if let Err(e) = persist(main, &dir, &live, &texts) {
+                let v = self.commit_to_store(store, &texts, &batch).map_err(WriteError::from)?;
+                if let Err(e) = persist_batch(main, &dir, &batch) {
                     tracing::error!(error = %e, "cannot keep the shared registry on disk; a restart without Redis serves an older copy");
                 }
                 Some((store, v))
             }
             None => {
-                persist(main, &dir, &live, &texts)?;
+                persist_batch(main, &dir, &batch)?;
                 None
             }
         };
@@ -194,23 +195,35 @@ pub fn template_file(name: &str, t: &TemplateSection) -> Result<String, WriteErr
 }
 
 /// The files one write changes: written first as a journal, so that a
-/// crash part way through a batch is finished at the next start.
+/// crash part way through a batch is finished at the next start; in fleet
+/// mode, also what a write commits to the shared registry.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-struct Batch {
+pub(super) struct Batch {
     /// The new main file, when it changes.
-    main: Option<String>,
-    tenants: FolderChange,
+    pub(super) main: Option<String>,
+    pub(super) tenants: FolderChange,
     #[serde(default)]
-    templates: FolderChange,
+    pub(super) templates: FolderChange,
+}
+
+impl Batch {
+    /// The files that differ from `old` to `new`.
+    pub(super) fn between(old: &Texts, new: &Texts) -> Batch {
+        Batch {
+            main: (old.main != new.main).then(|| new.main.clone()),
+            tenants: FolderChange::between(&old.tenants, &new.tenants),
+            templates: FolderChange::between(&old.templates, &new.templates),
+        }
+    }
 }
 
 /// Changes to one folder of `<stem>.toml` files.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-struct FolderChange {
+pub(super) struct FolderChange {
     /// Files to write, by stem.
-    put: BTreeMap<String, String>,
+    pub(super) put: BTreeMap<String, String>,
     /// Files to remove, by stem.
-    delete: Vec<String>,
+    pub(super) delete: Vec<String>,
 }
 
 impl FolderChange {
@@ -266,24 +279,24 @@ fn journal(dir: &Path) -> PathBuf {
 /// goes through a journal: a crash part way leaves it, and the next start
 /// finishes the batch ([`recover`]). The journal is fsynced; the files it
 /// covers are flushed together by one `syncfs` before it is removed (one
-/// fsync per file made a 100,000-file import take 30 s).
+/// fsync per file made a fleet replica's 100,000-file copy take 30 s).
 pub(super) fn persist(main: &Path, dir: &Path, old: &Texts, new: &Texts) -> Result<(), WriteError> {
-    let batch = Batch {
-        main: (old.main != new.main).then(|| new.main.clone()),
-        tenants: FolderChange::between(&old.tenants, &new.tenants),
-        templates: FolderChange::between(&old.templates, &new.templates),
-    };
+    persist_batch(main, dir, &Batch::between(old, new))
+}
+
+/// [`persist`] of changes already worked out.
+fn persist_batch(main: &Path, dir: &Path, batch: &Batch) -> Result<(), WriteError> {
     let files = batch.tenants.files() + batch.templates.files() + usize::from(batch.main.is_some());
     let journal = journal(dir);
     if files > 1 {
         std::fs::create_dir_all(dir).map_err(fail(dir))?;
-        let bytes = serde_json::to_vec(&batch).map_err(|e| WriteError::Serialize {
+        let bytes = serde_json::to_vec(batch).map_err(|e| WriteError::Serialize {
             what: "the batch journal".into(),
             message: e.to_string(),
         })?;
         write_atomic(&journal, &bytes)?;
     }
-    apply(main, &batch, files <= 1)?;
+    apply(main, batch, files <= 1)?;
     if files > 1 {
         finish(dir, &journal)?;
     }
