@@ -13,6 +13,7 @@ use crate::admin::{AdminApi, Certs};
 use crate::config::{Issuer, LoadError, Source, Store};
 use crate::limits::fleet::{Fleet, FleetSync, StoreError};
 use crate::limits::QuotaFlusher;
+use crate::proxy::h1::H1App;
 use crate::proxy::Gateway;
 use crate::registry::{ConfigWatcher, Registry, RegistryStore, RegistrySync};
 use crate::telemetry::{self, Metrics, MetricsEndpoint, RegistryStoreMetrics, StoreMetrics};
@@ -95,15 +96,12 @@ pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
     let challenges = Arc::new(Challenges::default());
     let mut certs = None;
 
-    let mut plain = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::plain(
-            registry.clone(),
-            metrics.clone(),
-            challenges.clone(),
-            snap.config.tls.as_ref().and(gw.https_listen).map(|a| a.port()),
-        ),
-        "tenantgate http",
+    let https_port = snap.config.tls.as_ref().and(gw.https_listen).map(|a| a.port());
+    let plain_gateway = || Gateway::plain(registry.clone(), metrics.clone(), challenges.clone(), https_port);
+    let pingora_plain = Arc::new(pingora_proxy::http_proxy(&server.configuration, plain_gateway()));
+    let mut plain = Service::new(
+        "tenantgate http".to_string(),
+        H1App::new(plain_gateway(), pingora_plain),
     );
     plain.add_tcp(&gw.http_listen.to_string());
     server.add_service(plain);

@@ -70,7 +70,7 @@ pub fn rewrite(
     };
     req.insert_header("x-forwarded-host", host)?;
     let id = match req.headers.get(&X_REQUEST_ID) {
-        Some(v) if acceptable_request_id(v) => keep_id.then(|| v.clone()),
+        Some(v) if acceptable_request_id(v.as_bytes()) => keep_id.then(|| v.clone()),
         _ => {
             let v = new_request_id();
             let kept = keep_id.then(|| v.clone());
@@ -90,19 +90,30 @@ fn bad_value(_: http::header::InvalidHeaderValue) -> Box<pingora_error::Error> {
 
 /// The client address as a header value, formatted on the stack.
 fn ip_value(ip: std::net::IpAddr) -> HeaderValue {
-    use std::io::Write;
     let mut buf = [0u8; 48];
-    let mut w = &mut buf[..];
-    let n = match write!(w, "{ip}") {
-        Ok(()) => 48 - w.len(),
-        Err(_) => 0,
-    };
+    let n = format_ip(ip, &mut buf);
     HeaderValue::from_bytes(&buf[..n]).unwrap_or(HeaderValue::from_static(""))
 }
 
+/// Appends the client address as text to `out`.
+pub fn write_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    let mut buf = [0u8; 48];
+    let n = format_ip(ip, &mut buf);
+    out.extend_from_slice(&buf[..n]);
+}
+
+/// Formats `ip` into `buf`; returns the length (an address always fits).
+fn format_ip(ip: std::net::IpAddr, buf: &mut [u8; 48]) -> usize {
+    use std::io::Write;
+    let mut w = &mut buf[..];
+    match write!(w, "{ip}") {
+        Ok(()) => 48 - w.len(),
+        Err(_) => 0,
+    }
+}
+
 /// A client-supplied request id is kept when it is short visible ASCII.
-fn acceptable_request_id(v: &HeaderValue) -> bool {
-    let b = v.as_bytes();
+pub fn acceptable_request_id(b: &[u8]) -> bool {
     !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
 }
 

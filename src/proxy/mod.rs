@@ -10,6 +10,7 @@
 
 mod authority;
 pub mod forward;
+pub mod h1;
 pub mod pool;
 mod respond;
 
@@ -25,13 +26,14 @@ use pingora_http::RequestHeader;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::acme::Challenges;
-use crate::limits::{Permit, SystemClock};
+use crate::limits::{Admission, Permit, Refusal, SystemClock};
 use crate::registry::{Registry, Snapshot};
 use crate::routing::{self, HostError, Match, Unresolved};
 use crate::telemetry::{Metrics, Rejection};
 use crate::tls::certs::name_covers;
 use crate::tls::SniBook;
 use authority::BadAuthority;
+use h1::ACME_CHALLENGE_PREFIX;
 use pool::{Tried, Upstream};
 
 /// The tenant-routing proxy.
@@ -91,11 +93,7 @@ impl Gateway {
     ) -> Result<bool> {
         self.metrics.reject(rejection);
         ctx.rejection = Some((rejection, body));
-        let (status, close) = match rejection {
-            Rejection::UnknownHost | Rejection::SniMismatch => (421, false),
-            Rejection::BadHost => (400, true),
-            Rejection::UnknownChallenge => (404, false),
-        };
+        let (status, close) = rejection_status(rejection);
         respond::plain(session, status, body, close).await?;
         Ok(true)
     }
@@ -121,18 +119,9 @@ impl Gateway {
                     .await
                     .map(Some);
             }
-        } else if let (Some(port), Some(tls)) = (self.https_port, tls) {
-            let redirect = snap
-                .config
-                .tenants
-                .get(m.tenant as usize)
-                .and_then(|t| t.redirect_https);
-            if redirect.unwrap_or(tls.redirect_http) {
-                let location = https_location(
-                    host,
-                    port,
-                    session.req_header().uri.path_and_query().map_or("/", |p| p.as_str()),
-                );
+        } else {
+            let target = session.req_header().uri.path_and_query().map_or("/", |p| p.as_str());
+            if let Some(location) = self.redirect(snap, host, m, target) {
                 respond::redirect(session, &location).await?;
                 return Ok(Some(true));
             }
@@ -140,13 +129,51 @@ impl Gateway {
         Ok(None)
     }
 
-    /// Applies the tenant's limits: concurrency, rate, quotas (shared
-    /// through the fleet's store in fleet mode). A refusal is answered here
-    /// with 429 (503 for a fail-closed tenant whose store is down) and never
-    /// reaches a backend.
-    async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx, snap: &Snapshot, m: Match) -> Result<bool> {
+    /// On the plain listener: where to send a request the tenant (or
+    /// `[tls] redirect_http`) wants on HTTPS, if so.
+    fn redirect(&self, snap: &Snapshot, host: &str, m: Match, target: &str) -> Option<String> {
+        let (port, tls) = (self.https_port?, snap.config.tls.as_ref()?);
+        let redirect = snap
+            .config
+            .tenants
+            .get(m.tenant as usize)
+            .and_then(|t| t.redirect_https);
+        redirect
+            .unwrap_or(tls.redirect_http)
+            .then(|| https_location(host, port, target))
+    }
+
+    /// Resolves the tenant from the request's authority, or says why not.
+    /// The normalised host comes back only when the TLS rules need it
+    /// (no copy otherwise).
+    fn route(
+        &self,
+        snap: &Snapshot,
+        authority: Result<&str, BadAuthority>,
+    ) -> Result<(Option<String>, Match), (Rejection, &'static str)> {
+        let host = match authority {
+            Ok(a) => routing::request_host(a).map_err(unresolved_body)?,
+            Err(e) => return Err(bad_authority_body(e)),
+        };
+        let m = snap
+            .table
+            .lookup(&host)
+            .ok_or((Rejection::UnknownHost, UNKNOWN_HOST_BODY))?;
+        // The TLS rules hold on the TLS listener even after a reload
+        // removed [tls].
+        Ok(((self.https || snap.config.tls.is_some()).then(|| host.into_owned()), m))
+    }
+
+    /// The tenant's limits for one request: `Ok(None)` when it has none.
+    /// A refusal is counted here.
+    async fn limit(
+        &self,
+        snap: &Snapshot,
+        m: Match,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Option<Admission>, Refusal> {
         let Some(tenant) = snap.tenant(m.tenant) else {
-            return Ok(false);
+            return Ok(None);
         };
         let (Some(state), Some(limits)) = (
             &tenant.limiter,
@@ -155,23 +182,78 @@ impl Gateway {
                 .get(m.tenant as usize)
                 .and_then(|t| t.limits.as_ref()),
         ) else {
-            return Ok(false);
+            return Ok(None);
         };
-        let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let admitted = match self.registry.book().fleet() {
             Some(fleet) => fleet.admit(&tenant.id, state, limits, client, &SystemClock).await,
             None => state.admit(limits, client, &SystemClock),
         };
-        match admitted {
+        admitted
+            .map(Some)
+            .inspect_err(|refusal| tenant.limit_counters.reject(refusal.violation))
+    }
+
+    /// Metrics and the access log line for one finished request.
+    fn record(&self, snap: &Snapshot, o: &Outcome<'_>) {
+        let elapsed = o.start.elapsed();
+        let access_log = snap.config.telemetry.access_log;
+        let (status, method, path) = (o.status, o.method, o.path);
+        let Some(route) = o.route else {
+            if access_log {
+                let reason = o.rejection.map_or("none", Rejection::as_str);
+                tracing::info!(target: "access", decision = "rejected", reason, status, method, path, duration_ms = elapsed.as_secs_f64() * 1e3);
+            }
+            return;
+        };
+        let Some(tenant) = snap.tenant(route.tenant) else {
+            return;
+        };
+        let pool = snap.pool_of(tenant);
+        if status > 0 {
+            tenant.counters.observe(status);
+        }
+        if let Some(p) = pool {
+            p.metrics.duration.observe(elapsed.as_secs_f64());
+            if o.error.is_some() && status >= 500 && o.upstream.is_some() {
+                p.metrics.proxy_errors.inc();
+            }
+        }
+        if access_log {
+            tracing::info!(
+                target: "access",
+                decision = "routed",
+                tenant = &*tenant.id,
+                match_kind = route.kind.as_str(),
+                pool = pool.map_or("", |p| &*p.name),
+                upstream = o.upstream.map(tracing::field::display),
+                status,
+                method,
+                path,
+                request_id = o.request_id,
+                generation = snap.generation,
+                duration_ms = elapsed.as_secs_f64() * 1e3,
+                error = o.error.map(tracing::field::display),
+            );
+        }
+    }
+
+    /// Applies the tenant's limits: concurrency, rate, quotas (shared
+    /// through the fleet's store in fleet mode). A refusal is answered here
+    /// with 429 (503 for a fail-closed tenant whose store is down) and never
+    /// reaches a backend.
+    async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx, snap: &Snapshot, m: Match) -> Result<bool> {
+        let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        match self.limit(snap, m, client).await {
             Ok(admission) => {
-                ctx.permit = admission.permit;
-                ctx.ratelimit = admission.header;
+                if let Some(a) = admission {
+                    ctx.permit = a.permit;
+                    ctx.ratelimit = a.header;
+                }
                 Ok(false)
             }
             Err(refusal) => {
-                tenant.limit_counters.reject(refusal.violation);
-                let body = refusal.problem_body();
-                respond::limited(session, &refusal, tenant.policy_header.as_ref(), body).await?;
+                let policy = snap.tenant(m.tenant).and_then(|t| t.policy_header.as_ref());
+                respond::limited(session, &refusal, policy, refusal.problem_body()).await?;
                 Ok(true)
             }
         }
@@ -266,20 +348,7 @@ impl ProxyHttp for Gateway {
                 return self.answer_challenge(session, ctx, &token).await;
             }
         }
-        let host = match authority::authority(session.req_header(), session.is_http2()) {
-            Ok(a) => routing::request_host(a).map_err(unresolved_body),
-            Err(e) => Err(bad_authority_body(e)),
-        };
-        let resolved = host.and_then(|h| {
-            let m = snap
-                .table
-                .lookup(&h)
-                .ok_or((Rejection::UnknownHost, UNKNOWN_HOST_BODY))?;
-            // Only the TLS rules need the name past this point: no copy
-            // otherwise. They hold on the TLS listener even after a reload
-            // removed [tls].
-            Ok(((self.https || snap.config.tls.is_some()).then(|| h.into_owned()), m))
-        });
+        let resolved = self.route(&snap, authority::authority(session.req_header(), session.is_http2()));
         let (host, m) = match resolved {
             Ok(r) => r,
             Err((rejection, body)) => return self.refuse(session, ctx, rejection, body).await,
@@ -419,49 +488,43 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let elapsed = ctx.start.elapsed();
         let Some(snap) = &ctx.snapshot else { return };
-        let method = session.req_header().method.as_str();
-        let path = session.req_header().uri.path();
-        let access_log = snap.config.telemetry.access_log;
-        let Some(route) = ctx.route else {
-            if access_log {
-                let reason = ctx.rejection.map_or("none", |(r, _)| r.as_str());
-                tracing::info!(target: "access", decision = "rejected", reason, status, method, path, duration_ms = elapsed.as_secs_f64() * 1e3);
-            }
-            return;
+        let request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok());
+        let outcome = Outcome {
+            start: ctx.start,
+            route: ctx.route,
+            rejection: ctx.rejection.map(|(r, _)| r),
+            upstream: ctx.upstream.as_ref().map(|(_, u)| u.addr),
+            status: session.response_written().map_or(0, |r| r.status.as_u16()),
+            method: session.req_header().method.as_str(),
+            path: session.req_header().uri.path(),
+            request_id,
+            error: e.map(|e| e as &(dyn std::fmt::Display + Sync)),
         };
-        let Some(tenant) = snap.tenant(route.tenant) else {
-            return;
-        };
-        let pool = snap.pool_of(tenant);
-        if status > 0 {
-            tenant.counters.observe(status);
-        }
-        if let Some(p) = pool {
-            p.metrics.duration.observe(elapsed.as_secs_f64());
-            if e.is_some() && status >= 500 && ctx.upstream.is_some() {
-                p.metrics.proxy_errors.inc();
-            }
-        }
-        if access_log {
-            tracing::info!(
-                target: "access",
-                decision = "routed",
-                tenant = &*tenant.id,
-                match_kind = route.kind.as_str(),
-                pool = pool.map_or("", |p| &*p.name),
-                upstream = ctx.upstream.as_ref().map(|(_, u)| tracing::field::display(u.addr)),
-                status,
-                method,
-                path,
-                request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
-                generation = snap.generation,
-                duration_ms = elapsed.as_secs_f64() * 1e3,
-                error = e.map(tracing::field::display),
-            );
-        }
+        self.record(snap, &outcome);
+    }
+}
+
+/// How one request ended, for metrics and the access log.
+struct Outcome<'a> {
+    start: Instant,
+    route: Option<Match>,
+    rejection: Option<Rejection>,
+    upstream: Option<std::net::SocketAddr>,
+    /// 0 when no response was written.
+    status: u16,
+    method: &'a str,
+    path: &'a str,
+    request_id: Option<&'a str>,
+    error: Option<&'a (dyn std::fmt::Display + Sync)>,
+}
+
+/// The status of a rejection, and whether the connection closes after it.
+fn rejection_status(r: Rejection) -> (u16, bool) {
+    match r {
+        Rejection::UnknownHost | Rejection::SniMismatch => (421, false),
+        Rejection::BadHost => (400, true),
+        Rejection::UnknownChallenge => (404, false),
     }
 }
 
@@ -477,7 +540,6 @@ fn downstream_gone(e: &Error) -> bool {
 const UNKNOWN_HOST_BODY: &str = "421 Misdirected Request: this host is not served here\n";
 const SNI_MISMATCH_BODY: &str = "421 Misdirected Request: Host is not covered by this connection's TLS name\n";
 const UNKNOWN_CHALLENGE_BODY: &str = "404 Not Found: no pending ACME challenge for this token\n";
-const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
 fn unresolved_body(e: Unresolved) -> (Rejection, &'static str) {
     match e {

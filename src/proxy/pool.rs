@@ -7,8 +7,10 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
 
 use crate::telemetry::PoolMetrics;
 
@@ -18,12 +20,18 @@ fn now_ms() -> u64 {
     EPOCH.elapsed().as_millis() as u64
 }
 
-/// One backend address and its passive health.
+/// Idle kept-alive connections the lean HTTP/1 path keeps per upstream.
+const MAX_IDLE: usize = 1024;
+
+/// One backend address, its passive health, and the lean HTTP/1 path's
+/// idle connections to it (closed when a reload drops the address).
 #[derive(Debug)]
 pub struct Upstream {
     pub addr: SocketAddr,
     /// Milliseconds since [`EPOCH`] until which the upstream is skipped.
     down_until: AtomicU64,
+    /// Most recently used last.
+    idle: Mutex<Vec<(TcpStream, Instant)>>,
 }
 
 impl Upstream {
@@ -31,6 +39,38 @@ impl Upstream {
         Upstream {
             addr,
             down_until: AtomicU64::new(0),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The most recently used idle connection that is younger than
+    /// `max_idle` and still open. A backend that closed a connection has
+    /// made it readable, so the check reads only then (no system call for
+    /// a healthy one).
+    pub fn take_idle(&self, max_idle: Duration) -> Option<TcpStream> {
+        let mut idle = self.idle.lock().ok()?;
+        while let Some((conn, since)) = idle.pop() {
+            if since.elapsed() > max_idle {
+                // Everything below is older still.
+                idle.clear();
+                return None;
+            }
+            if matches!(conn.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn` for the next request (at most [`MAX_IDLE`] are kept),
+    /// and closes the ones idle for longer than `max_idle`.
+    pub fn put_idle(&self, conn: TcpStream, max_idle: Duration) {
+        if let Ok(mut idle) = self.idle.lock() {
+            let stale = idle.iter().take_while(|(_, since)| since.elapsed() > max_idle).count();
+            idle.drain(..stale);
+            if idle.len() < MAX_IDLE {
+                idle.push((conn, Instant::now()));
+            }
         }
     }
 

@@ -1,0 +1,382 @@
+//! Response framing (RFC 9112 section 6.3): where a backend's response ends,
+//! and the head the client gets.
+
+use http::HeaderValue;
+
+use super::head::{digits, hop_by_hop, tokens};
+
+/// Why a backend's response cannot be relayed (answered 502).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadResponse {
+    #[error("malformed response head")]
+    Head,
+    #[error("response head too large")]
+    TooLarge,
+    #[error("invalid or repeated Content-Length")]
+    Length,
+    #[error("101 Switching Protocols to a request that did not ask to upgrade")]
+    Upgrade,
+    #[error("malformed chunked body")]
+    Chunked,
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// No body (HEAD, 1xx, 204, 304).
+    Empty,
+    Length(u64),
+    /// Chunked; relayed as it is, with its framing.
+    Chunked,
+    /// Until the backend closes; the client connection closes after it.
+    Close,
+}
+
+/// A parsed final (or interim) response head.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub body: Body,
+    /// The backend connection can carry another request afterwards.
+    pub reusable: bool,
+    /// Bytes of the head.
+    pub len: usize,
+}
+
+/// Response header lines accepted from a backend.
+pub const MAX_HEADERS: usize = 100;
+
+/// Parses the response head at the front of `buf`; `None` while partial.
+/// With `client` set, also writes the head the client gets into it,
+/// without hop-by-hop headers and with `extra` headers replacing the
+/// backend's copies.
+pub fn parse(
+    buf: &[u8],
+    head_request: bool,
+    client: &mut Vec<u8>,
+    extra: &[(&'static str, &HeaderValue)],
+) -> Result<Option<Response>, BadResponse> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut storage);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(BadResponse::TooLarge),
+        Err(_) => return Err(BadResponse::Head),
+    };
+    let status = resp.code.ok_or(BadResponse::Head)?;
+    if status == 101 {
+        return Err(BadResponse::Upgrade);
+    }
+    let http11 = resp.version == Some(1);
+    let mut length = None;
+    let mut chunked = None;
+    let mut close = !http11;
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = digits(h.value).ok_or(BadResponse::Length)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(BadResponse::Length);
+            }
+            length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // Chunked only when it is the final coding of the last header.
+            chunked = Some(
+                tokens(h.value)
+                    .last()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
+            );
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for t in tokens(h.value) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") && !http11 {
+                    close = false;
+                }
+            }
+        }
+    }
+    let body = if head_request || status < 200 || status == 204 || status == 304 {
+        Body::Empty
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Body::Chunked,
+            (Some(false), _) => Body::Close,
+            (None, Some(n)) => Body::Length(n),
+            (None, None) => Body::Close,
+        }
+    };
+    let status_line = format_status(status, resp.reason.unwrap_or(""));
+    client.extend_from_slice(status_line.as_bytes());
+    for h in resp.headers.iter() {
+        let name = h.name;
+        let framing_kept = name.eq_ignore_ascii_case("transfer-encoding") && body == Body::Chunked;
+        let dropped = (hop_by_hop(name) && !framing_kept)
+            || (name.eq_ignore_ascii_case("content-length") && body == Body::Chunked)
+            || extra.iter().any(|(n, _)| name.eq_ignore_ascii_case(n))
+            || listed_in_connection(resp.headers, name);
+        if !dropped {
+            line(client, name.as_bytes(), h.value);
+        }
+    }
+    for (name, value) in extra {
+        line(client, name.as_bytes(), value.as_bytes());
+    }
+    Ok(Some(Response {
+        status,
+        body,
+        reusable: !close && body != Body::Close,
+        len,
+    }))
+}
+
+fn format_status(status: u16, reason: &str) -> String {
+    format!("HTTP/1.1 {status} {reason}\r\n")
+}
+
+fn listed_in_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .any(|h| tokens(h.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+}
+
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Finds the end of a chunked body as its bytes pass through, without
+/// copying them: chunk sizes, extensions and trailers are checked, chunk
+/// data is skipped.
+#[derive(Debug, Default)]
+pub struct Chunked {
+    state: State,
+    /// Digits of the size line so far, or bytes of the current line.
+    count: usize,
+    size: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Hex digits of a chunk size.
+    #[default]
+    Size,
+    /// A chunk extension, up to CR LF.
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    /// The start of a trailer line (or the final CR LF).
+    TrailerStart,
+    Trailer,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+/// Longest size line, extension or trailer line accepted.
+const MAX_LINE: usize = 4096;
+
+impl Chunked {
+    /// Scans `buf`. `Ok(Some(n))`: the body ends after `buf[..n]`.
+    pub fn feed(&mut self, buf: &[u8]) -> Result<Option<usize>, BadResponse> {
+        let mut i = 0;
+        while i < buf.len() {
+            let b = buf[i];
+            match self.state {
+                State::Size => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        self.count += 1;
+                        if self.count > 15 {
+                            return Err(BadResponse::Chunked);
+                        }
+                        let d = (b as char).to_digit(16).unwrap_or(0);
+                        self.size = self.size * 16 + u64::from(d);
+                    }
+                    b';' | b' ' | b'\t' if self.count > 0 => self.state = State::Extension,
+                    b'\r' if self.count > 0 => self.state = State::SizeLf,
+                    _ => return Err(BadResponse::Chunked),
+                },
+                State::Extension => {
+                    self.count += 1;
+                    if self.count > MAX_LINE || b == b'\n' {
+                        return Err(BadResponse::Chunked);
+                    }
+                    if b == b'\r' {
+                        self.state = State::SizeLf;
+                    }
+                }
+                State::SizeLf => {
+                    if b != b'\n' {
+                        return Err(BadResponse::Chunked);
+                    }
+                    self.count = 0;
+                    self.state = if self.size == 0 {
+                        State::TrailerStart
+                    } else {
+                        State::Data
+                    };
+                }
+                State::Data => {
+                    let take = (buf.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
+                    self.size -= take as u64;
+                    i += take;
+                    if self.size == 0 {
+                        self.state = State::DataCr;
+                    }
+                    continue;
+                }
+                State::DataCr => {
+                    if b != b'\r' {
+                        return Err(BadResponse::Chunked);
+                    }
+                    self.state = State::DataLf;
+                }
+                State::DataLf => {
+                    if b != b'\n' {
+                        return Err(BadResponse::Chunked);
+                    }
+                    self.state = State::Size;
+                }
+                State::TrailerStart => {
+                    self.count = 0;
+                    self.state = if b == b'\r' { State::EndLf } else { State::Trailer };
+                }
+                State::Trailer => {
+                    self.count += 1;
+                    if self.count > MAX_LINE || b == b'\n' {
+                        return Err(BadResponse::Chunked);
+                    }
+                    if b == b'\r' {
+                        self.state = State::TrailerLf;
+                    }
+                }
+                State::TrailerLf => {
+                    if b != b'\n' {
+                        return Err(BadResponse::Chunked);
+                    }
+                    self.state = State::TrailerStart;
+                }
+                State::EndLf => {
+                    if b != b'\n' {
+                        return Err(BadResponse::Chunked);
+                    }
+                    self.state = State::Done;
+                    return Ok(Some(i + 1));
+                }
+                State::Done => return Ok(Some(i)),
+            }
+            i += 1;
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &[u8], head_request: bool) -> (Result<Option<Response>, BadResponse>, String) {
+        let mut out = Vec::new();
+        let v = HeaderValue::from_static("r=1");
+        let r = parse(raw, head_request, &mut out, &[("ratelimit", &v)]);
+        (r, String::from_utf8(out).expect("ascii"))
+    }
+
+    #[test]
+    fn bodies_are_delimited_as_rfc_9112_says() {
+        let body = |raw: &[u8], head_request| head(raw, head_request).0.expect("valid").expect("complete").body;
+        assert_eq!(
+            body(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false),
+            Body::Length(5)
+        );
+        assert_eq!(body(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true), Body::Empty);
+        assert_eq!(body(b"HTTP/1.1 204 No Content\r\n\r\n", false), Body::Empty);
+        assert_eq!(
+            body(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", false),
+            Body::Empty
+        );
+        assert_eq!(
+            body(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n",
+                false
+            ),
+            Body::Chunked
+        );
+        assert_eq!(
+            body(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false),
+            Body::Close
+        );
+        assert_eq!(body(b"HTTP/1.1 200 OK\r\n\r\n", false), Body::Close);
+        assert!(head(b"HTTP/1.1 200 OK\r\nContent-Length: 5", false)
+            .0
+            .expect("valid")
+            .is_none());
+    }
+
+    #[test]
+    fn bad_responses_are_refused() {
+        for (raw, err) in [
+            (
+                &b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"[..],
+                BadResponse::Length,
+            ),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", BadResponse::Length),
+            (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", BadResponse::Upgrade),
+            (b"HTTP/1.1 2000 OK\r\n\r\n", BadResponse::Head),
+            (b"garbage\r\n\r\n", BadResponse::Head),
+        ] {
+            assert_eq!(head(raw, false).0.err(), Some(err), "{}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn the_client_head_drops_hop_by_hop_headers_and_keeps_framing() {
+        let (r, out) = head(
+            b"HTTP/1.1 200 OK\r\nConnection: close, x-hop\r\nX-Hop: 1\r\nKeep-Alive: 5\r\nRateLimit: spoof\r\n\
+Transfer-Encoding: chunked\r\nContent-Length: 3\r\nServer: b\r\n\r\n",
+            false,
+        );
+        let r = r.expect("valid").expect("complete");
+        assert!(!r.reusable, "the backend asked to close");
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nServer: b\r\nratelimit: r=1\r\n"
+        );
+        let (r, _) = head(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false);
+        assert!(
+            !r.expect("valid").expect("complete").reusable,
+            "HTTP/1.0 closes by default"
+        );
+    }
+
+    #[test]
+    fn chunked_bodies_end_where_the_last_chunk_and_trailers_end() {
+        let body = b"5;ext=1\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let end = body.len() - 4;
+        assert_eq!(Chunked::default().feed(body), Ok(Some(end)));
+        // The same, a byte at a time.
+        let mut c = Chunked::default();
+        let mut found = None;
+        for (i, b) in body.iter().enumerate() {
+            if let Some(n) = c.feed(std::slice::from_ref(b)).expect("valid") {
+                found = Some(i + n);
+                break;
+            }
+        }
+        assert_eq!(found, Some(end));
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\r\nhelloXX",
+            b"\r\n",
+            b"1234567890abcdef0\r\n",
+            b"0\r\nbad\n",
+        ] {
+            assert_eq!(Chunked::default().feed(bad), Err(BadResponse::Chunked), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! Request heads: which ones the lean path proxies itself, and the head it
+//! sends upstream in their place.
+
+use std::net::IpAddr;
+
+use http::HeaderValue;
+
+use super::super::authority::BadAuthority;
+use super::super::forward::{acceptable_request_id, new_request_id, write_ip};
+use crate::config::Gateway;
+
+/// Header lines a request head may have on the lean path; more go to pingora.
+pub const MAX_HEADERS: usize = 64;
+
+/// The ACME HTTP-01 path prefix (answered by the pingora hooks).
+pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// A complete HTTP/1.1 request head the lean path can proxy: origin-form
+/// target, no transfer coding, at most one `Content-Length`, no upgrade and
+/// no `Expect`.
+#[derive(Debug)]
+pub struct Head<'h, 'b> {
+    pub method: &'b str,
+    /// The origin-form target (`/path?query`).
+    pub target: &'b str,
+    pub host: Result<&'b str, BadAuthority>,
+    pub content_length: u64,
+    /// The client asked to close after this exchange (`Connection: close`).
+    pub close: bool,
+    /// Bytes of the head in the buffer.
+    pub len: usize,
+    headers: &'h [httparse::Header<'b>],
+}
+
+/// What to do with the bytes at the front of a connection's buffer.
+#[derive(Debug)]
+pub enum Parsed<'h, 'b> {
+    /// A head the lean path proxies.
+    Lean(Head<'h, 'b>),
+    /// Not a whole head yet: read more.
+    Partial,
+    /// Anything else (HTTP/1.0, chunked or ambiguous bodies, upgrades,
+    /// `Expect`, absolute-form targets, ACME challenges, malformed heads):
+    /// pingora's HTTP/1 path takes the connection from here on.
+    Handoff,
+}
+
+/// Parses the head at the front of `buf`.
+pub fn parse<'h, 'b>(buf: &'b [u8], storage: &'h mut [httparse::Header<'b>; MAX_HEADERS]) -> Parsed<'h, 'b> {
+    let mut req = httparse::Request::new(storage);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Handoff,
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Parsed::Handoff;
+    };
+    if method == "CONNECT" || !target.starts_with('/') || target.starts_with(ACME_CHALLENGE_PREFIX) {
+        return Parsed::Handoff;
+    }
+    let headers: &'h [httparse::Header<'b>] = req.headers;
+    let mut host = Err(BadAuthority::Missing);
+    let mut content_length = None;
+    let mut close = false;
+    for h in headers {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            host = match host {
+                Err(BadAuthority::Missing) => host_value(h.value),
+                _ => Err(BadAuthority::Several),
+            };
+        } else if name.eq_ignore_ascii_case("content-length") {
+            match (content_length, digits(h.value)) {
+                (None, Some(n)) => content_length = Some(n),
+                _ => return Parsed::Handoff,
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("upgrade")
+            || name.eq_ignore_ascii_case("expect")
+        {
+            return Parsed::Handoff;
+        } else if name.eq_ignore_ascii_case("connection") {
+            close |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"close"));
+        }
+    }
+    Parsed::Lean(Head {
+        method,
+        target,
+        host,
+        content_length: content_length.unwrap_or(0),
+        close,
+        len,
+        headers,
+    })
+}
+
+impl Head<'_, '_> {
+    /// The path without the query, for logs.
+    pub fn path(&self) -> &str {
+        self.target.split_once('?').map_or(self.target, |(p, _)| p)
+    }
+
+    /// Whether a failed attempt on a reused connection may be sent again:
+    /// no body and a method without side effects.
+    pub fn replayable(&self) -> bool {
+        self.content_length == 0 && matches!(self.method, "GET" | "HEAD" | "OPTIONS" | "TRACE")
+    }
+
+    /// Writes the head for the backend into `out`: the client's headers
+    /// without hop-by-hop ones, the configured strip list and every copy of
+    /// the trusted ones, then the trusted headers (`tenant`,
+    /// `x-forwarded-{for,proto,host}`, `x-request-id`). Returns the request
+    /// id sent.
+    pub fn write_upstream(
+        &self,
+        out: &mut Vec<u8>,
+        gw: &Gateway,
+        tenant: &HeaderValue,
+        client_ip: Option<IpAddr>,
+        authority: &str,
+    ) -> HeaderValue {
+        out.extend_from_slice(self.method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut request_id = None;
+        for h in self.headers {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("x-request-id") {
+                if request_id.is_none() && acceptable_request_id(h.value) {
+                    request_id = HeaderValue::from_bytes(h.value).ok();
+                }
+                continue;
+            }
+            if is_replaced(name, gw) || hop_by_hop(name) || self.connection_lists(name) {
+                continue;
+            }
+            header(out, name.as_bytes(), h.value);
+        }
+        header(out, gw.tenant_header.as_str().as_bytes(), tenant.as_bytes());
+        if let Some(ip) = client_ip {
+            out.extend_from_slice(b"x-forwarded-for: ");
+            write_ip(out, ip);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"x-forwarded-proto: http\r\n");
+        header(out, b"x-forwarded-host", authority.as_bytes());
+        let id = request_id.unwrap_or_else(new_request_id);
+        header(out, b"x-request-id", id.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        id
+    }
+
+    /// Whether a `Connection` header of the request names `name` (a
+    /// hop-by-hop header the client declared).
+    fn connection_lists(&self, name: &str) -> bool {
+        self.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .any(|h| tokens(h.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+    }
+}
+
+/// Headers the gateway sets itself: every client copy is dropped.
+fn is_replaced(name: &str, gw: &Gateway) -> bool {
+    name.eq_ignore_ascii_case(gw.tenant_header.as_str())
+        || name.eq_ignore_ascii_case("x-forwarded-for")
+        || name.eq_ignore_ascii_case("x-forwarded-proto")
+        || name.eq_ignore_ascii_case("x-forwarded-host")
+        || gw.strip_headers.iter().any(|s| name.eq_ignore_ascii_case(s.as_str()))
+}
+
+/// Headers that describe one connection and are never forwarded (RFC 9110
+/// section 7.6.1), plus the framing ones the lean path writes itself.
+pub fn hop_by_hop(name: &str) -> bool {
+    [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "upgrade",
+        "transfer-encoding",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// The comma-separated tokens of a header value, trimmed.
+pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// A `Content-Length`: ASCII digits only, at most 19 of them.
+pub fn digits(value: &[u8]) -> Option<u64> {
+    let v = value.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// A Host value as the pingora path sees it: visible ASCII (or tab and
+/// space), not empty.
+fn host_value(v: &[u8]) -> Result<&str, BadAuthority> {
+    if v.is_empty() {
+        return Err(BadAuthority::Empty);
+    }
+    if !v.iter().all(|b| *b == b'\t' || (0x20..0x7f).contains(b)) {
+        return Err(BadAuthority::NotAscii);
+    }
+    std::str::from_utf8(v).map_err(|_| BadAuthority::NotAscii)
+}
+
+fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with<R>(raw: &[u8], f: impl FnOnce(Parsed<'_, '_>) -> R) -> R {
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        f(parse(raw, &mut storage))
+    }
+
+    fn is_handoff(raw: &[u8]) -> bool {
+        with(raw, |p| matches!(p, Parsed::Handoff))
+    }
+
+    #[test]
+    fn plain_requests_stay_on_the_lean_path() {
+        with(
+            b"GET /a?b=1 HTTP/1.1\r\nHost: x.example\r\nConnection: keep-alive, close\r\n\r\nrest",
+            |p| {
+                let Parsed::Lean(h) = p else { panic!("lean expected") };
+                assert_eq!((h.method, h.target, h.path()), ("GET", "/a?b=1", "/a"));
+                assert_eq!(h.host, Ok("x.example"));
+                assert!(h.close);
+                assert_eq!(h.len, 71);
+                assert!(h.replayable());
+            },
+        );
+        with(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n", |p| {
+            let Parsed::Lean(h) = p else { panic!("lean expected") };
+            assert_eq!(h.content_length, 12);
+            assert!(!h.replayable());
+        });
+        assert!(with(b"GET / HTTP/1.1\r\nHost: x", |p| matches!(p, Parsed::Partial)));
+    }
+
+    #[test]
+    fn unusual_requests_go_to_pingora() {
+        for raw in [
+            &b"GET / HTTP/1.0\r\nHost: x\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            b"GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
+            b"GET /.well-known/acme-challenge/t HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+        ] {
+            assert!(is_handoff(raw), "{}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn host_problems_are_reported_not_guessed() {
+        let host = |raw: &[u8]| {
+            with(raw, |p| match p {
+                Parsed::Lean(h) => h.host.map(str::to_string),
+                other => panic!("lean expected, got {other:?}"),
+            })
+        };
+        assert_eq!(host(b"GET / HTTP/1.1\r\n\r\n"), Err(BadAuthority::Missing));
+        assert_eq!(host(b"GET / HTTP/1.1\r\nHost:\r\n\r\n"), Err(BadAuthority::Empty));
+        assert_eq!(
+            host(b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"),
+            Err(BadAuthority::Several)
+        );
+        assert_eq!(
+            host("GET / HTTP/1.1\r\nHost: ü.example\r\n\r\n".as_bytes()),
+            Err(BadAuthority::NotAscii)
+        );
+    }
+
+    #[test]
+    fn the_upstream_head_carries_only_trusted_identity() {
+        let text = "[gateway]\nhttp_listen = \"127.0.0.1:1\"\n[pools.a]\nupstreams = [\"127.0.0.1:1\"]\n";
+        let (config, _) = crate::registry::Snapshot::compile(std::path::Path::new("t.toml"), text).expect("config");
+        let gw = config.gateway;
+        let raw = b"GET /p HTTP/1.1\r\nHost: a.example\r\nX-Tenant-Id: evil\r\nX-Forwarded-For: 6.6.6.6\r\n\
+X-Forwarded-Host: evil\r\nConnection: x-secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nX-Request-Id: abc\r\nAccept: */*\r\n\r\n";
+        with(raw, |p| {
+            let Parsed::Lean(h) = p else { panic!("lean expected") };
+            let mut out = Vec::new();
+            let id = h.write_upstream(
+                &mut out,
+                &gw,
+                &HeaderValue::from_static("t1"),
+                Some("10.0.0.1".parse().expect("ip")),
+                "a.example",
+            );
+            assert_eq!(id, "abc");
+            assert_eq!(
+                String::from_utf8(out).expect("ascii"),
+                "GET /p HTTP/1.1\r\nHost: a.example\r\nAccept: */*\r\nx-tenant-id: t1\r\n\
+x-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: http\r\nx-forwarded-host: a.example\r\nx-request-id: abc\r\n\r\n"
+            );
+        });
+    }
+
+    #[test]
+    fn content_lengths_are_plain_digits() {
+        assert_eq!(digits(b" 42 "), Some(42));
+        assert_eq!(digits(b"0"), Some(0));
+        for bad in [&b""[..], b"-1", b"1,1", b"0x10", b"99999999999999999999"] {
+            assert_eq!(digits(bad), None);
+        }
+    }
+}
