@@ -98,13 +98,20 @@ pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
 
     let https_port = snap.config.tls.as_ref().and(gw.https_listen).map(|a| a.port());
     let plain_gateway = || Gateway::plain(registry.clone(), metrics.clone(), challenges.clone(), https_port);
-    let pingora_plain = Arc::new(pingora_proxy::http_proxy(&server.configuration, plain_gateway()));
-    let mut plain = Service::new(
-        "tenantgate http".to_string(),
-        H1App::new(plain_gateway(), pingora_plain),
-    );
-    plain.add_tcp(&gw.http_listen.to_string());
-    server.add_service(plain);
+    let pingora_plain = pingora_proxy::http_proxy(&server.configuration, plain_gateway());
+    let http = gw.http_listen.to_string();
+    if gw.lean_http1 {
+        let mut s = Service::new(
+            "tenantgate http".to_string(),
+            H1App::new(plain_gateway(), Arc::new(pingora_plain)),
+        );
+        s.add_tcp(&http);
+        server.add_service(s);
+    } else {
+        let mut s = Service::new("tenantgate http".to_string(), pingora_plain);
+        s.add_tcp(&http);
+        server.add_service(s);
+    }
 
     if let (Some(tls), Some(addr)) = (&snap.config.tls, gw.https_listen) {
         let internal = match tls.issuer {

@@ -28,7 +28,7 @@ pub enum Body {
     Length(u64),
     /// Chunked; relayed as it is, with its framing.
     Chunked,
-    /// Until the backend closes; the client connection closes after it.
+    /// Until the backend closes; relayed to the client re-chunked.
     Close,
 }
 
@@ -72,6 +72,7 @@ pub fn parse(
     let mut length = None;
     let mut chunked = None;
     let mut close = !http11;
+    let mut date = false;
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             let n = digits(h.value).ok_or(BadResponse::Length)?;
@@ -86,6 +87,8 @@ pub fn parse(
                     .last()
                     .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
             );
+        } else if h.name.eq_ignore_ascii_case("date") {
+            date = true;
         } else if h.name.eq_ignore_ascii_case("connection") {
             for t in tokens(h.value) {
                 if t.eq_ignore_ascii_case(b"close") {
@@ -106,11 +109,22 @@ pub fn parse(
             (None, None) => Body::Close,
         }
     };
-    let status_line = format_status(status, resp.reason.unwrap_or(""));
-    client.extend_from_slice(status_line.as_bytes());
+    // httparse reads exactly three digits.
+    let digits = [
+        b'0' + (status / 100 % 10) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ];
+    client.extend_from_slice(b"HTTP/1.1 ");
+    client.extend_from_slice(&digits);
+    client.push(b' ');
+    client.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    client.extend_from_slice(b"\r\n");
     for h in resp.headers.iter() {
         let name = h.name;
-        let framing_kept = name.eq_ignore_ascii_case("transfer-encoding") && body == Body::Chunked;
+        // A non-chunked transfer coding stays: `chunked` is added after it.
+        let framing_kept =
+            name.eq_ignore_ascii_case("transfer-encoding") && matches!(body, Body::Chunked | Body::Close);
         let dropped = (hop_by_hop(name) && !framing_kept)
             || (name.eq_ignore_ascii_case("content-length") && body == Body::Chunked)
             || extra.iter().any(|(n, _)| name.eq_ignore_ascii_case(n))
@@ -122,6 +136,13 @@ pub fn parse(
     for (name, value) in extra {
         line(client, name.as_bytes(), value.as_bytes());
     }
+    if body == Body::Close {
+        client.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if !date {
+        // RFC 9110 section 6.6.1: a forwarded response without one gets one.
+        DATE.with(|d| line(client, b"date", d.borrow_mut().now()));
+    }
     Ok(Some(Response {
         status,
         body,
@@ -130,8 +151,26 @@ pub fn parse(
     }))
 }
 
-fn format_status(status: u16, reason: &str) -> String {
-    format!("HTTP/1.1 {status} {reason}\r\n")
+thread_local! {
+    static DATE: std::cell::RefCell<Date> = const { std::cell::RefCell::new(Date { second: 0, text: Vec::new() }) };
+}
+
+/// The `Date` value, formatted once a second per thread.
+struct Date {
+    second: u64,
+    text: Vec<u8>,
+}
+
+impl Date {
+    fn now(&mut self) -> &[u8] {
+        let now = std::time::SystemTime::now();
+        let second = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if second != self.second || self.text.is_empty() {
+            self.second = second;
+            self.text = httpdate::fmt_http_date(now).into_bytes();
+        }
+        &self.text
+    }
 }
 
 fn listed_in_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
@@ -343,9 +382,9 @@ Transfer-Encoding: chunked\r\nContent-Length: 3\r\nServer: b\r\n\r\n",
         );
         let r = r.expect("valid").expect("complete");
         assert!(!r.reusable, "the backend asked to close");
-        assert_eq!(
-            out,
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nServer: b\r\nratelimit: r=1\r\n"
+        assert!(
+            out.starts_with("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nServer: b\r\nratelimit: r=1\r\ndate: "),
+            "{out}"
         );
         let (r, _) = head(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false);
         assert!(

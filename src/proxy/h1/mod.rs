@@ -258,17 +258,24 @@ impl<A> H1App<A> {
             Some(a) => (a.header, a.permit),
             None => (None, None),
         };
-        let mut extra = Vec::with_capacity(2);
-        if let Some(p) = &tenant.policy_header {
-            extra.push(("ratelimit-policy", p));
-        }
-        if let Some(r) = &ratelimit {
-            extra.push(("ratelimit", r));
-        }
+        // The rate-limit headers, without an allocation.
+        let policy = tenant.policy_header.as_ref().map(|p| ("ratelimit-policy", p));
+        let (both, one);
+        let extra: &[(&'static str, &HeaderValue)] = match (policy, ratelimit.as_ref().map(|r| ("ratelimit", r))) {
+            (Some(p), Some(r)) => {
+                both = [p, r];
+                &both
+            }
+            (Some(x), None) | (None, Some(x)) => {
+                one = x;
+                std::slice::from_ref(&one)
+            }
+            (None, None) => &[],
+        };
         let req = Request {
             head: h,
             body: &after[..in_buf],
-            extra: &extra,
+            extra,
         };
         let result = forward(&snap, pool, &req, io, out, rbuf).await;
         drop(permit);
@@ -276,7 +283,7 @@ impl<A> H1App<A> {
             Ok(done) => {
                 o.upstream = Some(done.upstream);
                 o.status = done.status;
-                done.keep_client && !h.close
+                !h.close
             }
             Err(e) => {
                 o.upstream = e.upstream;
@@ -360,8 +367,6 @@ struct Request<'r, 'h, 'b> {
 struct Done {
     upstream: SocketAddr,
     status: u16,
-    /// The client connection can carry another request.
-    keep_client: bool,
     /// The backend connection can carry another request.
     reusable: bool,
 }
@@ -512,7 +517,7 @@ async fn exchange_with(
     req: &Request<'_, '_, '_>,
     io: &mut Stream,
     out: &mut Vec<u8>,
-    rbuf: &mut [u8],
+    rbuf: &mut Vec<u8>,
     t: crate::config::Timeouts,
 ) -> Result<Done, Attempt> {
     let h = req.head;
@@ -554,46 +559,46 @@ async fn exchange_with(
 
     // The response head (after any interim 1xx ones, relayed as they come).
     let mut filled = 0;
-    let mut got_any = false;
+    // Nothing at all came back yet: a broken connection may be a stale one.
+    let mut received = false;
     let resp = loop {
+        if filled > 0 {
+            out.clear();
+            match framing::parse(&rbuf[..filled], h.method == "HEAD", out, req.extra) {
+                Ok(Some(r)) if r.status < 200 => {
+                    out.extend_from_slice(b"\r\n");
+                    write_client(io, out).await.map_err(Attempt::BeforeResponse)?;
+                    rbuf.copy_within(r.len..filled, 0);
+                    filled -= r.len;
+                    continue;
+                }
+                Ok(Some(r)) => break r,
+                Ok(None) => {}
+                Err(source) => return Err(Attempt::BeforeResponse(ExchangeError::BadResponse { addr, source })),
+            }
+        }
         if filled == rbuf.len() {
-            return Err(Attempt::BeforeResponse(ExchangeError::BadResponse {
-                addr,
-                source: BadResponse::TooLarge,
-            }));
+            if rbuf.len() >= MAX_RESPONSE_HEAD {
+                return Err(Attempt::BeforeResponse(ExchangeError::BadResponse {
+                    addr,
+                    source: BadResponse::TooLarge,
+                }));
+            }
+            rbuf.resize(rbuf.len() * 2, 0);
         }
         let n = match tokio::time::timeout(t.read, backend.read(&mut rbuf[filled..])).await {
-            Ok(Ok(0)) if !got_any => return Err(Attempt::Stale(ExchangeError::Closed(addr))),
+            Ok(Ok(0)) if !received => return Err(Attempt::Stale(ExchangeError::Closed(addr))),
             Ok(Ok(0)) => return Err(Attempt::BeforeResponse(ExchangeError::Closed(addr))),
             Ok(Ok(n)) => n,
-            Ok(Err(e)) if !got_any => return Err(Attempt::Stale(upstream_err(e))),
+            Ok(Err(e)) if !received => return Err(Attempt::Stale(upstream_err(e))),
             Ok(Err(e)) => return Err(Attempt::BeforeResponse(upstream_err(e))),
             Err(_) => return Err(Attempt::BeforeResponse(ExchangeError::ReadTimeout(addr))),
         };
-        got_any = true;
         filled += n;
-        out.clear();
-        match framing::parse(&rbuf[..filled], h.method == "HEAD", out, req.extra) {
-            Ok(Some(r)) if r.status < 200 => {
-                out.extend_from_slice(b"\r\n");
-                write_client(io, out).await.map_err(Attempt::BeforeResponse)?;
-                rbuf.copy_within(r.len..filled, 0);
-                filled -= r.len;
-            }
-            Ok(Some(r)) => break r,
-            Ok(None) => {}
-            Err(source) => return Err(Attempt::BeforeResponse(ExchangeError::BadResponse { addr, source })),
-        }
-        if filled >= MAX_RESPONSE_HEAD {
-            return Err(Attempt::BeforeResponse(ExchangeError::BadResponse {
-                addr,
-                source: BadResponse::TooLarge,
-            }));
-        }
+        received = true;
     };
     let status = resp.status;
-    let keep_client = resp.body != Body::Close;
-    if !keep_client || h.close {
+    if h.close {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -649,15 +654,19 @@ async fn exchange_with(
                 done = end.is_some();
             }
         }
+        // Re-chunked, so the client connection outlives the backend's.
         Body::Close => {
-            out.extend_from_slice(avail);
+            chunk(out, avail);
             write_client(io, out).await.map_err(after_head)?;
             loop {
                 let got = read_backend(backend, addr, rbuf, t.read).await.map_err(after_head)?;
                 if got == 0 {
+                    write_client(io, b"0\r\n\r\n").await.map_err(after_head)?;
                     break;
                 }
-                write_client(io, &rbuf[..got]).await.map_err(after_head)?;
+                out.clear();
+                chunk(out, &rbuf[..got]);
+                write_client(io, out).await.map_err(after_head)?;
             }
         }
     }
@@ -665,7 +674,6 @@ async fn exchange_with(
     Ok(Done {
         upstream: addr,
         status,
-        keep_client,
         reusable,
     })
 }
@@ -687,6 +695,17 @@ async fn write_client(io: &mut Stream, bytes: &[u8]) -> Result<(), ExchangeError
     match tokio::time::timeout(CLIENT_TIMEOUT, io.write_all(bytes)).await {
         Ok(r) => r.map_err(ExchangeError::Client),
         Err(_) => Err(ExchangeError::Client(timed_out())),
+    }
+}
+
+/// Appends `data` as one chunk; nothing when it is empty (the last chunk,
+/// `0 CRLF CRLF`, is written apart).
+fn chunk(out: &mut Vec<u8>, data: &[u8]) {
+    use std::io::Write;
+    if !data.is_empty() {
+        let _ = write!(out, "{:x}\r\n", data.len());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
     }
 }
 
