@@ -13,7 +13,7 @@ use crate::admin::{AdminApi, Certs};
 use crate::config::{Issuer, LoadError, Source, Store};
 use crate::limits::fleet::{Fleet, FleetSync, StoreError};
 use crate::limits::QuotaFlusher;
-use crate::proxy::h1::H1App;
+use crate::proxy::lean::LeanApp;
 use crate::proxy::Gateway;
 use crate::registry::{ConfigWatcher, Registry, RegistryStore, RegistrySync};
 use crate::telemetry::{self, Metrics, MetricsEndpoint, RegistryStoreMetrics, StoreMetrics};
@@ -100,10 +100,10 @@ pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
     let plain_gateway = || Gateway::plain(registry.clone(), metrics.clone(), challenges.clone(), https_port);
     let pingora_plain = pingora_proxy::http_proxy(&server.configuration, plain_gateway());
     let http = gw.http_listen.to_string();
-    if gw.lean_http1 {
+    if gw.lean_path {
         let mut s = Service::new(
             "tenantgate http".to_string(),
-            H1App::new(plain_gateway(), Arc::new(pingora_plain)),
+            LeanApp::new(plain_gateway(), Arc::new(pingora_plain)),
         );
         s.add_tcp(&http);
         server.add_service(s);
@@ -123,20 +123,20 @@ pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
         }
         let store = Arc::new(CertStore::new(&tls.state_dir, internal, tls.cache_size));
         let book = Arc::new(SniBook::default());
-        let inner = Arc::new(pingora_proxy::http_proxy(
-            &server.configuration,
-            Gateway::tls(registry.clone(), metrics.clone(), challenges.clone(), book.clone()),
-        ));
-        let app = TlsApp {
-            inner,
-            store: store.clone(),
-            registry: registry.clone(),
-            book,
-            metrics: metrics.clone(),
-        };
-        let mut https = Service::new("tenantgate https".to_string(), app);
-        https.add_tcp(&addr.to_string());
-        server.add_service(https);
+        let tls_gateway = || Gateway::tls(registry.clone(), metrics.clone(), challenges.clone(), book.clone());
+        let pingora_tls = Arc::new(pingora_proxy::http_proxy(&server.configuration, tls_gateway()));
+        let name = "tenantgate https".to_string();
+        let addr = addr.to_string();
+        if gw.lean_path {
+            let lean = Arc::new(LeanApp::new(tls_gateway(), pingora_tls));
+            let mut https = Service::new(name, TlsApp::new(lean, &store, &registry, &book, &metrics));
+            https.add_tcp(&addr);
+            server.add_service(https);
+        } else {
+            let mut https = Service::new(name, TlsApp::new(pingora_tls, &store, &registry, &book, &metrics));
+            https.add_tcp(&addr);
+            server.add_service(https);
+        }
         let manager = CertManager::new(registry.clone(), store.clone(), challenges, metrics.clone());
         manager.load_provided_now();
         certs = Some(Certs {

@@ -68,7 +68,7 @@ pub struct GatewaySection {
     pub upstream_down_ms: Option<u64>,
     pub threads: Option<usize>,
     pub watch_config: Option<bool>,
-    pub lean_http1: Option<bool>,
+    pub lean_path: Option<bool>,
     pub shutdown_grace_secs: Option<u64>,
 }
 

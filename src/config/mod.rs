@@ -141,9 +141,9 @@ pub struct Gateway {
     pub threads: usize,
     /// Reload when the config file changes (SIGHUP always reloads).
     pub watch_config: bool,
-    /// Plain HTTP/1.1 requests take the lean path ([`crate::proxy::h1`])
-    /// instead of pingora's HTTP/1 proxy.
-    pub lean_http1: bool,
+    /// Common HTTP/1.1 requests and every HTTP/2 stream take tenantgate's
+    /// own paths ([`crate::proxy::lean`]) instead of pingora's.
+    pub lean_path: bool,
     /// On SIGTERM: how long requests in flight may finish before exit.
     pub shutdown_grace: Duration,
 }
@@ -710,7 +710,7 @@ fn validate_gateway(g: file::GatewaySection, errs: &mut Vec<ConfigError>) -> Gat
         upstream_down,
         threads,
         watch_config: g.watch_config.unwrap_or(true),
-        lean_http1: g.lean_http1.unwrap_or(true),
+        lean_path: g.lean_path.unwrap_or(true),
         shutdown_grace: Duration::from_secs(g.shutdown_grace_secs.unwrap_or(5).min(3600)),
     }
 }

@@ -22,7 +22,12 @@ pub enum BadAuthority {
 /// or for HTTP/2 the `:authority` pseudo-header. An absolute-form target
 /// must agree with Host.
 pub fn authority(req: &RequestHeader, http2: bool) -> Result<&str, BadAuthority> {
-    let mut hosts = req.headers.get_all(HOST).iter();
+    of(&req.headers, &req.uri, http2)
+}
+
+/// [`authority`] from a request's headers and target.
+pub fn of<'r>(headers: &'r http::HeaderMap, uri: &'r http::Uri, http2: bool) -> Result<&'r str, BadAuthority> {
+    let mut hosts = headers.get_all(HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
         return Err(BadAuthority::Several);
@@ -30,7 +35,7 @@ pub fn authority(req: &RequestHeader, http2: bool) -> Result<&str, BadAuthority>
     let host = host
         .map(|h| h.to_str().map_err(|_| BadAuthority::NotAscii))
         .transpose()?;
-    let target = req.uri.authority().map(|a| a.as_str());
+    let target = uri.authority().map(|a| a.as_str());
     match (host, target) {
         (Some(""), _) => Err(BadAuthority::Empty),
         (Some(h), Some(t)) if !h.eq_ignore_ascii_case(t) => Err(BadAuthority::Mismatch),

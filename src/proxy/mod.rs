@@ -10,7 +10,7 @@
 
 mod authority;
 pub mod forward;
-pub mod h1;
+pub mod lean;
 pub mod pool;
 mod respond;
 
@@ -33,7 +33,7 @@ use crate::telemetry::{Metrics, Rejection};
 use crate::tls::certs::name_covers;
 use crate::tls::SniBook;
 use authority::BadAuthority;
-use h1::ACME_CHALLENGE_PREFIX;
+use lean::ACME_CHALLENGE_PREFIX;
 use pool::{Tried, Upstream};
 
 /// The tenant-routing proxy.
@@ -110,10 +110,9 @@ impl Gateway {
         host: &str,
         m: Match,
     ) -> Result<Option<bool>> {
-        let tls = snap.config.tls.as_ref();
         if self.https {
-            let strict = tls.is_none_or(|t| t.strict_sni_host);
-            if strict && !self.handshake_covers(session, snap, host, m) {
+            let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
+            if !self.sni_allows(peer, snap, host, m) {
                 return self
                     .refuse(session, ctx, Rejection::SniMismatch, SNI_MISMATCH_BODY)
                     .await
@@ -276,16 +275,19 @@ impl Gateway {
         }
     }
 
-    /// Whether the TLS handshake of this connection covers `host`: the same
-    /// name as the SNI, or a name the served certificate covers that routes
-    /// to the same tenant.
-    fn handshake_covers(&self, session: &Session, snap: &Snapshot, host: &str, m: Match) -> bool {
+    /// On the TLS listener: whether `host` may be served on the connection
+    /// from `peer`, under `[tls] strict_sni_host` (on when `[tls]` is gone).
+    fn sni_allows(&self, peer: Option<std::net::SocketAddr>, snap: &Snapshot, host: &str, m: Match) -> bool {
+        let strict = snap.config.tls.as_ref().is_none_or(|t| t.strict_sni_host);
+        !strict || self.handshake_covers(peer, snap, host, m)
+    }
+
+    /// Whether the TLS handshake of the connection from `peer` covers
+    /// `host`: the same name as the SNI, or a name the served certificate
+    /// covers that routes to the same tenant.
+    fn handshake_covers(&self, peer: Option<std::net::SocketAddr>, snap: &Snapshot, host: &str, m: Match) -> bool {
         let Some(book) = &self.sni else { return false };
-        let Some(n) = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .and_then(|a| book.get(a))
-        else {
+        let Some(n) = peer.and_then(|a| book.get(&a)) else {
             return false;
         };
         if *n.sni == *host {

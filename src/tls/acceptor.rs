@@ -73,6 +73,23 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for TlsApp<A> {
 }
 
 impl<A> TlsApp<A> {
+    /// TLS in front of `inner`, with certificates from `store`.
+    pub fn new(
+        inner: Arc<A>,
+        store: &Arc<CertStore>,
+        registry: &Arc<Registry>,
+        book: &Arc<SniBook>,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
+        TlsApp {
+            inner,
+            store: store.clone(),
+            registry: registry.clone(),
+            book: book.clone(),
+            metrics: metrics.clone(),
+        }
+    }
+
     async fn handshake(&self, stream: Stream) -> Result<(TlsIo, Arc<Negotiated>), &'static str> {
         let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
         let start = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor).await {

@@ -107,59 +107,82 @@ impl Head<'_, '_> {
         self.content_length == 0 && matches!(self.method, "GET" | "HEAD" | "OPTIONS" | "TRACE")
     }
 
-    /// Writes the head for the backend into `out`: the client's headers
-    /// without hop-by-hop ones, the configured strip list and every copy of
-    /// the trusted ones, then the trusted headers (`tenant`,
-    /// `x-forwarded-{for,proto,host}`, `x-request-id`). Returns the request
-    /// id sent.
-    pub fn write_upstream(
-        &self,
-        out: &mut Vec<u8>,
-        gw: &Gateway,
-        tenant: &HeaderValue,
-        client_ip: Option<IpAddr>,
-        authority: &str,
-    ) -> HeaderValue {
-        out.extend_from_slice(self.method.as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(self.target.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
-        let mut request_id = None;
-        for h in self.headers {
-            let name = h.name;
-            if name.eq_ignore_ascii_case("x-request-id") {
-                if request_id.is_none() && acceptable_request_id(h.value) {
-                    request_id = HeaderValue::from_bytes(h.value).ok();
-                }
-                continue;
-            }
-            if is_replaced(name, gw) || hop_by_hop(name) || self.connection_lists(name) {
-                continue;
-            }
-            header(out, name.as_bytes(), h.value);
-        }
-        header(out, gw.tenant_header.as_str().as_bytes(), tenant.as_bytes());
-        if let Some(ip) = client_ip {
-            out.extend_from_slice(b"x-forwarded-for: ");
-            write_ip(out, ip);
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"x-forwarded-proto: http\r\n");
-        header(out, b"x-forwarded-host", authority.as_bytes());
-        let id = request_id.unwrap_or_else(new_request_id);
-        header(out, b"x-request-id", id.as_bytes());
-        out.extend_from_slice(b"\r\n");
-        id
+    /// The head for the backend, into `out` (see [`write_upstream`]).
+    pub fn write_upstream(&self, out: &mut Vec<u8>, trusted: &Trusted<'_>) -> HeaderValue {
+        let headers = || self.headers.iter().map(|h| (h.name, h.value));
+        write_upstream(out, self.method, self.target, headers, None, trusted)
     }
+}
 
-    /// Whether a `Connection` header of the request names `name` (a
-    /// hop-by-hop header the client declared).
-    fn connection_lists(&self, name: &str) -> bool {
-        self.headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-            .any(|h| tokens(h.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+/// What the gateway tells the backend about a request.
+pub struct Trusted<'a> {
+    pub gw: &'a Gateway,
+    /// The tenant id, for the tenant header.
+    pub tenant: &'a HeaderValue,
+    pub client_ip: Option<IpAddr>,
+    /// The authority the client asked for.
+    pub authority: &'a str,
+    pub https: bool,
+}
+
+/// Writes the head for the backend into `out`: the request line, `Host`
+/// (from the authority when `host` is set: HTTP/2 has none), the client's
+/// headers without hop-by-hop ones, the configured strip list and every
+/// copy of the trusted ones, then the trusted headers (tenant,
+/// `x-forwarded-{for,proto,host}`, `x-request-id`). Returns the request id
+/// sent. The caller adds any framing header and the blank line.
+/// `headers` yields the client's headers (as often as needed).
+pub fn write_upstream<'h, I: Iterator<Item = (&'h str, &'h [u8])>>(
+    out: &mut Vec<u8>,
+    method: &str,
+    target: &str,
+    headers: impl Fn() -> I,
+    host: Option<&str>,
+    t: &Trusted<'_>,
+) -> HeaderValue {
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(host) = host {
+        header(out, b"host", host.as_bytes());
     }
+    let listed = |name: &str| {
+        headers()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+            .any(|(_, v)| tokens(v).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+    };
+    let mut request_id = None;
+    for (name, value) in headers() {
+        if name.eq_ignore_ascii_case("x-request-id") {
+            if request_id.is_none() && acceptable_request_id(value) {
+                request_id = HeaderValue::from_bytes(value).ok();
+            }
+            continue;
+        }
+        let skip = is_replaced(name, t.gw)
+            || hop_by_hop(name)
+            || (host.is_some() && name.eq_ignore_ascii_case("host"))
+            || listed(name);
+        if !skip {
+            header(out, name.as_bytes(), value);
+        }
+    }
+    header(out, t.gw.tenant_header.as_str().as_bytes(), t.tenant.as_bytes());
+    if let Some(ip) = t.client_ip {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        write_ip(out, ip);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(if t.https {
+        b"x-forwarded-proto: https\r\n"
+    } else {
+        b"x-forwarded-proto: http\r\n"
+    });
+    header(out, b"x-forwarded-host", t.authority.as_bytes());
+    let id = request_id.unwrap_or_else(new_request_id);
+    header(out, b"x-request-id", id.as_bytes());
+    id
 }
 
 /// Headers the gateway sets itself: every client copy is dropped.
@@ -305,13 +328,16 @@ X-Forwarded-Host: evil\r\nConnection: x-secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r
         with(raw, |p| {
             let Parsed::Lean(h) = p else { panic!("lean expected") };
             let mut out = Vec::new();
-            let id = h.write_upstream(
-                &mut out,
-                &gw,
-                &HeaderValue::from_static("t1"),
-                Some("10.0.0.1".parse().expect("ip")),
-                "a.example",
-            );
+            let tenant = HeaderValue::from_static("t1");
+            let trusted = Trusted {
+                gw: &gw,
+                tenant: &tenant,
+                client_ip: Some("10.0.0.1".parse().expect("ip")),
+                authority: "a.example",
+                https: false,
+            };
+            let id = h.write_upstream(&mut out, &trusted);
+            out.extend_from_slice(b"\r\n");
             assert_eq!(id, "abc");
             assert_eq!(
                 String::from_utf8(out).expect("ascii"),

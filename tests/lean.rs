@@ -1,9 +1,9 @@
-//! The plain listener's lean HTTP/1.1 path, against a scripted backend that
-//! answers with exact bytes: response framing (length, chunked with
+//! tenantgate's lean HTTP/1.1 and HTTP/2 paths, against a scripted backend
+//! that answers with exact bytes: response framing (length, chunked with
 //! trailers, until close, no body), pipelining, request bodies, hop-by-hop
 //! headers both ways, interim responses, bad and slow backends, stale
-//! kept-alive backend connections, and the hand-off of unusual requests to
-//! pingora's HTTP/1 path.
+//! kept-alive backend connections, the hand-off of unusual HTTP/1.1
+//! requests to pingora's path, and HTTP/2 streams over TLS.
 
 mod common;
 
@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{backend, raw_status, Echo, Gateway};
+use common::{backend, https_client, raw_status, Echo, Gateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -486,10 +486,10 @@ async fn unusual_requests_are_served_by_pingora_with_the_same_rules() {
 }
 
 #[tokio::test]
-async fn lean_http1_off_serves_everything_through_pingora() {
+async fn lean_path_off_serves_everything_through_pingora() {
     let backend = scripted().await;
     let echo = backend_echo().await;
-    let cfg = config(backend.addr, echo).replace("read_timeout_ms = 500", "read_timeout_ms = 500\nlean_http1 = false");
+    let cfg = config(backend.addr, echo).replace("read_timeout_ms = 500", "read_timeout_ms = 500\nlean_path = false");
     let gw = Gateway::start(&cfg).await;
     let (status, body) = gw.get("e.example", "/p").await;
     assert_eq!(status, 200);
@@ -505,4 +505,206 @@ async fn lean_http1_off_serves_everything_through_pingora() {
     let (head, body) = c.response(5).await;
     assert_eq!(body, "hello");
     assert_eq!(header_of(&head, "connection"), Some("keep-alive"), "{head}");
+}
+
+/// The scripted and echo backends behind HTTPS (internal CA) as well.
+async fn tls_fixture() -> (Gateway, Vec<u8>, Scripted) {
+    let backend = scripted().await;
+    let echo = backend_echo().await;
+    let cfg = config(backend.addr, echo).replace(
+        "read_timeout_ms = 500",
+        "read_timeout_ms = 500\nhttps_listen = \"{https}\"\n\n[tls]\nissuer = \"internal\"\nredirect_http = false\n",
+    );
+    let gw = Gateway::start(&cfg).await;
+    let root = std::fs::read(gw.dir().join("state/internal-ca/root.pem")).expect("internal CA root");
+    (gw, root, backend)
+}
+
+#[tokio::test]
+async fn http2_streams_relay_every_framing_with_trusted_headers() {
+    let (gw, root, backend) = tls_fixture().await;
+    let client = https_client(&root, &["a.example", "e.example"], gw.https, false);
+    let url = |host: &str, path: &str| format!("https://{host}:{}{path}", gw.https.port());
+    let get = |path: &str| client.get(url("a.example", path)).send();
+
+    let resp = get("/chunked").await.expect("chunked");
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert!(resp.headers().get("date").is_some(), "a response without Date gets one");
+    assert_eq!(resp.text().await.expect("body"), "hello world", "unchunked for HTTP/2");
+    let resp = get("/length").await.expect("length");
+    assert_eq!(resp.text().await.expect("body"), "hello");
+    let resp = client.head(url("a.example", "/length")).send().await.expect("head");
+    assert_eq!(
+        resp.headers().get("content-length").map(|v| v.as_bytes()),
+        Some(&b"5"[..])
+    );
+    assert_eq!(get("/204").await.expect("204").status().as_u16(), 204);
+    assert_eq!(
+        get("/close").await.expect("close").text().await.expect("body"),
+        "until close"
+    );
+    let resp = get("/early").await.expect("103 then 200");
+    assert_eq!(
+        (resp.status().as_u16(), resp.text().await.expect("body").as_str()),
+        (200, "ok")
+    );
+
+    let seen = backend.heads.lock().expect("lock").first().cloned().expect("a request");
+    let authority = format!("a.example:{}", gw.https.port());
+    assert!(
+        seen.starts_with(&format!("GET /chunked HTTP/1.1\r\nhost: {authority}\r\n")),
+        "{seen}"
+    );
+    assert_eq!(header_of(&seen, "x-tenant-id"), Some("a"));
+    assert_eq!(header_of(&seen, "x-forwarded-proto"), Some("https"));
+    assert_eq!(header_of(&seen, "x-forwarded-host"), Some(authority.as_str()));
+
+    // A client's copy of the tenant header never gets through.
+    let resp = client
+        .get(url("e.example", "/who"))
+        .header("x-tenant-id", "evil")
+        .send()
+        .await
+        .expect("echo");
+    let echo = Echo::parse(&resp.text().await.expect("body"));
+    assert_eq!(echo.header_all("x-tenant-id"), vec!["e".to_string()]);
+}
+
+#[tokio::test]
+async fn http2_multiplexes_hundreds_of_streams_on_one_connection() {
+    let (gw, root, _backend) = tls_fixture().await;
+    let client = https_client(&root, &["e.example"], gw.https, false);
+    let first = client
+        .get(format!("https://e.example:{}/", gw.https.port()))
+        .send()
+        .await;
+    assert_eq!(first.expect("first").status().as_u16(), 200);
+    let requests = (0..300).map(|i| {
+        let client = client.clone();
+        let url = format!("https://e.example:{}/n/{i}", gw.https.port());
+        async move {
+            let resp = client.get(url).send().await.expect("stream");
+            (
+                resp.status().as_u16(),
+                Echo::parse(&resp.text().await.expect("body")).0["path"].clone(),
+            )
+        }
+    });
+    let results = futures_util::future::join_all(requests).await;
+    for (i, (status, path)) in results.into_iter().enumerate() {
+        assert_eq!(
+            (status, path.as_str()),
+            (200, Some(format!("/n/{i}").as_str())),
+            "stream {i}"
+        );
+    }
+    assert_eq!(
+        gw.metric("tenantgate_tls_handshakes_total{result=\"ok\"}").await,
+        1.0,
+        "one connection"
+    );
+}
+
+#[tokio::test]
+async fn http2_failures_get_their_status_and_unknown_hosts_421() {
+    let (gw, root, _backend) = tls_fixture().await;
+    let client = https_client(&root, &["a.example"], gw.https, false);
+    let status = |path: &'static str| {
+        let client = client.clone();
+        let url = format!("https://a.example:{}{path}", gw.https.port());
+        async move { client.get(url).send().await.expect("response").status().as_u16() }
+    };
+    assert_eq!(status("/malformed").await, 502);
+    assert_eq!(status("/two-lengths").await, 502);
+    assert_eq!(status("/slow").await, 504);
+    assert_eq!(status("/fine").await, 200, "the connection survives failed streams");
+    // A Host that disagrees with :authority: 400.
+    let resp = client
+        .get(format!("https://a.example:{}/x", gw.https.port()))
+        .header("host", "e.example")
+        .send()
+        .await
+        .expect("response");
+    assert_eq!(resp.status().as_u16(), 400);
+    // Another tenant's host on a.example's connection: 421.
+    let (status, _) = h2_request(gw.https, &root, "a.example", "https://e.example/x", &[]).await;
+    assert_eq!(status, 421);
+    let (status, _) = h2_request(gw.https, &root, "a.example", "https://nobody.example/x", &[]).await;
+    assert_eq!(status, 421);
+}
+
+#[tokio::test]
+async fn http2_request_bodies_reach_the_backend_with_and_without_a_length() {
+    let (gw, root, _backend) = tls_fixture().await;
+    let client = https_client(&root, &["e.example"], gw.https, false);
+    let body = vec![b'x'; 300_000];
+    let resp = client
+        .post(format!("https://e.example:{}/up", gw.https.port()))
+        .body(body)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(Echo::parse(&resp.text().await.expect("body")).0["body_len"], 300_000);
+
+    // No content-length: the backend gets it chunked.
+    let (status, text) = h2_request(
+        gw.https,
+        &root,
+        "e.example",
+        "https://e.example/raw",
+        &[b"abc", b"defgh", b""],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let echo = Echo::parse(&text);
+    assert_eq!(echo.0["body_len"], 8);
+    assert_eq!(echo.header("transfer-encoding").as_deref(), Some("chunked"));
+}
+
+/// A raw HTTP/2 request on a connection with SNI `sni`: a GET when
+/// `chunks` is empty, else a POST of `chunks` as DATA frames with no
+/// content-length. Returns the status and the body.
+async fn h2_request(addr: SocketAddr, root_pem: &[u8], sni: &str, uri: &str, chunks: &[&[u8]]) -> (u16, String) {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(root_pem) {
+        roots.add(c.expect("pem")).expect("root");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::try_from(sni.to_string()).expect("name");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("tls");
+    let (mut h2, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let method = if chunks.is_empty() { "GET" } else { "POST" };
+    let req = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(())
+        .expect("request");
+    let (resp, mut send) = h2.send_request(req, chunks.is_empty()).expect("send");
+    for (i, c) in chunks.iter().enumerate() {
+        send.send_data(bytes::Bytes::copy_from_slice(c), i + 1 == chunks.len())
+            .expect("data");
+    }
+    let resp = resp.await.expect("response");
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    let mut text = Vec::new();
+    while let Some(d) = body.data().await {
+        let d = d.expect("data");
+        body.flow_control().release_capacity(d.len()).expect("window");
+        text.extend_from_slice(&d);
+    }
+    (status, String::from_utf8_lossy(&text).into_owned())
 }

@@ -18,6 +18,8 @@ pub enum BadResponse {
     Upgrade,
     #[error("malformed chunked body")]
     Chunked,
+    #[error("a transfer coding other than a single chunked")]
+    Coding,
 }
 
 /// How the response body is delimited.
@@ -28,7 +30,7 @@ pub enum Body {
     Length(u64),
     /// Chunked; relayed as it is, with its framing.
     Chunked,
-    /// Until the backend closes; relayed to the client re-chunked.
+    /// Until the backend closes (re-chunked for an HTTP/1.1 client).
     Close,
 }
 
@@ -39,6 +41,8 @@ pub struct Response {
     pub body: Body,
     /// The backend connection can carry another request afterwards.
     pub reusable: bool,
+    /// The backend sent a `Date`.
+    pub date: bool,
     /// Bytes of the head.
     pub len: usize,
 }
@@ -47,14 +51,15 @@ pub struct Response {
 pub const MAX_HEADERS: usize = 100;
 
 /// Parses the response head at the front of `buf`; `None` while partial.
-/// With `client` set, also writes the head the client gets into it,
-/// without hop-by-hop headers and with `extra` headers replacing the
-/// backend's copies.
+/// Hands the status line's reason and every end-to-end header to `emit`:
+/// hop-by-hop and framing headers (`Connection` and what it names,
+/// `Keep-Alive`, `Transfer-Encoding`, a `Content-Length` beside chunked) and
+/// any header named in `replaced` are left out.
 pub fn parse(
     buf: &[u8],
     head_request: bool,
-    client: &mut Vec<u8>,
-    extra: &[(&'static str, &HeaderValue)],
+    replaced: &[(&'static str, &HeaderValue)],
+    mut emit: impl FnMut(Line<'_>),
 ) -> Result<Option<Response>, BadResponse> {
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut storage);
@@ -81,12 +86,14 @@ pub fn parse(
             }
             length = Some(n);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            // Chunked only when it is the final coding of the last header.
-            chunked = Some(
-                tokens(h.value)
-                    .last()
-                    .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
-            );
+            // Only `chunked` is relayed (other transfer codings are unused
+            // in practice, and would need decoding for HTTP/2 clients).
+            let mut codings = tokens(h.value);
+            let only_chunked = codings.next().is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+            if !only_chunked || codings.next().is_some() || chunked.is_some() {
+                return Err(BadResponse::Coding);
+            }
+            chunked = Some(());
         } else if h.name.eq_ignore_ascii_case("date") {
             date = true;
         } else if h.name.eq_ignore_ascii_case("connection") {
@@ -103,52 +110,78 @@ pub fn parse(
         Body::Empty
     } else {
         match (chunked, length) {
-            (Some(true), _) => Body::Chunked,
-            (Some(false), _) => Body::Close,
+            (Some(()), _) => Body::Chunked,
             (None, Some(n)) => Body::Length(n),
             (None, None) => Body::Close,
         }
     };
-    // httparse reads exactly three digits.
-    let digits = [
-        b'0' + (status / 100 % 10) as u8,
-        b'0' + (status / 10 % 10) as u8,
-        b'0' + (status % 10) as u8,
-    ];
-    client.extend_from_slice(b"HTTP/1.1 ");
-    client.extend_from_slice(&digits);
-    client.push(b' ');
-    client.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
-    client.extend_from_slice(b"\r\n");
+    emit(Line::Status(status, resp.reason.unwrap_or("")));
     for h in resp.headers.iter() {
         let name = h.name;
-        // A non-chunked transfer coding stays: `chunked` is added after it.
-        let framing_kept =
-            name.eq_ignore_ascii_case("transfer-encoding") && matches!(body, Body::Chunked | Body::Close);
-        let dropped = (hop_by_hop(name) && !framing_kept)
-            || (name.eq_ignore_ascii_case("content-length") && body == Body::Chunked)
-            || extra.iter().any(|(n, _)| name.eq_ignore_ascii_case(n))
+        let dropped = hop_by_hop(name)
+            || (chunked.is_some() && name.eq_ignore_ascii_case("content-length"))
+            || replaced.iter().any(|(n, _)| name.eq_ignore_ascii_case(n))
             || listed_in_connection(resp.headers, name);
         if !dropped {
-            line(client, name.as_bytes(), h.value);
+            emit(Line::Header(name, h.value));
         }
-    }
-    for (name, value) in extra {
-        line(client, name.as_bytes(), value.as_bytes());
-    }
-    if body == Body::Close {
-        client.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
-    if !date {
-        // RFC 9110 section 6.6.1: a forwarded response without one gets one.
-        DATE.with(|d| line(client, b"date", d.borrow_mut().now()));
     }
     Ok(Some(Response {
         status,
         body,
         reusable: !close && body != Body::Close,
+        date,
         len,
     }))
+}
+
+/// One piece of a response head, as [`parse`] hands it out.
+#[derive(Debug)]
+pub enum Line<'a> {
+    /// The status code and reason phrase.
+    Status(u16, &'a str),
+    Header(&'a str, &'a [u8]),
+}
+
+/// Writes one piece of an HTTP/1.1 response head.
+pub fn write_line(out: &mut Vec<u8>, line: Line<'_>) {
+    match line {
+        Line::Status(status, reason) => {
+            // httparse reads exactly three digits.
+            let digits = [
+                b'0' + (status / 100 % 10) as u8,
+                b'0' + (status / 10 % 10) as u8,
+                b'0' + (status % 10) as u8,
+            ];
+            out.extend_from_slice(b"HTTP/1.1 ");
+            out.extend_from_slice(&digits);
+            out.push(b' ');
+            out.extend_from_slice(reason.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Line::Header(name, value) => header_line(out, name.as_bytes(), value),
+    }
+}
+
+fn listed_in_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .any(|h| tokens(h.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+}
+
+/// `name: value CRLF`.
+pub fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The current `Date` value (RFC 9110 section 6.6.1: a forwarded response
+/// without one gets one), formatted once a second per thread.
+pub fn with_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
+    DATE.with(|d| f(d.borrow_mut().now()))
 }
 
 thread_local! {
@@ -173,23 +206,9 @@ impl Date {
     }
 }
 
-fn listed_in_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
-    headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .any(|h| tokens(h.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
-}
-
-fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// Finds the end of a chunked body as its bytes pass through, without
-/// copying them: chunk sizes, extensions and trailers are checked, chunk
-/// data is skipped.
+/// copying them: chunk sizes, extensions and trailers are checked, and the
+/// chunk data is handed out (an HTTP/2 client gets it unchunked).
 #[derive(Debug, Default)]
 pub struct Chunked {
     state: State,
@@ -221,8 +240,9 @@ enum State {
 const MAX_LINE: usize = 4096;
 
 impl Chunked {
-    /// Scans `buf`. `Ok(Some(n))`: the body ends after `buf[..n]`.
-    pub fn feed(&mut self, buf: &[u8]) -> Result<Option<usize>, BadResponse> {
+    /// Scans `buf`, handing each run of chunk data to `data`.
+    /// `Ok(Some(n))`: the body ends after `buf[..n]`.
+    pub fn feed(&mut self, buf: &[u8], mut data: impl FnMut(&[u8])) -> Result<Option<usize>, BadResponse> {
         let mut i = 0;
         while i < buf.len() {
             let b = buf[i];
@@ -262,6 +282,7 @@ impl Chunked {
                 }
                 State::Data => {
                     let take = (buf.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
+                    data(&buf[i..i + take]);
                     self.size -= take as u64;
                     i += take;
                     if self.size == 0 {
@@ -322,7 +343,7 @@ mod tests {
     fn head(raw: &[u8], head_request: bool) -> (Result<Option<Response>, BadResponse>, String) {
         let mut out = Vec::new();
         let v = HeaderValue::from_static("r=1");
-        let r = parse(raw, head_request, &mut out, &[("ratelimit", &v)]);
+        let r = parse(raw, head_request, &[("ratelimit", &v)], |l| write_line(&mut out, l));
         (r, String::from_utf8(out).expect("ascii"))
     }
 
@@ -341,14 +362,10 @@ mod tests {
         );
         assert_eq!(
             body(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
                 false
             ),
             Body::Chunked
-        );
-        assert_eq!(
-            body(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false),
-            Body::Close
         );
         assert_eq!(body(b"HTTP/1.1 200 OK\r\n\r\n", false), Body::Close);
         assert!(head(b"HTTP/1.1 200 OK\r\nContent-Length: 5", false)
@@ -368,13 +385,21 @@ mod tests {
             (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", BadResponse::Upgrade),
             (b"HTTP/1.1 2000 OK\r\n\r\n", BadResponse::Head),
             (b"garbage\r\n\r\n", BadResponse::Head),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                BadResponse::Coding,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                BadResponse::Coding,
+            ),
         ] {
             assert_eq!(head(raw, false).0.err(), Some(err), "{}", String::from_utf8_lossy(raw));
         }
     }
 
     #[test]
-    fn the_client_head_drops_hop_by_hop_headers_and_keeps_framing() {
+    fn the_client_head_drops_hop_by_hop_framing_and_replaced_headers() {
         let (r, out) = head(
             b"HTTP/1.1 200 OK\r\nConnection: close, x-hop\r\nX-Hop: 1\r\nKeep-Alive: 5\r\nRateLimit: spoof\r\n\
 Transfer-Encoding: chunked\r\nContent-Length: 3\r\nServer: b\r\n\r\n",
@@ -382,10 +407,11 @@ Transfer-Encoding: chunked\r\nContent-Length: 3\r\nServer: b\r\n\r\n",
         );
         let r = r.expect("valid").expect("complete");
         assert!(!r.reusable, "the backend asked to close");
-        assert!(
-            out.starts_with("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nServer: b\r\nratelimit: r=1\r\ndate: "),
-            "{out}"
+        assert_eq!(
+            out, "HTTP/1.1 200 OK\r\nServer: b\r\n",
+            "framing is the writer's to add"
         );
+        assert!(!r.date);
         let (r, _) = head(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false);
         assert!(
             !r.expect("valid").expect("complete").reusable,
@@ -397,17 +423,27 @@ Transfer-Encoding: chunked\r\nContent-Length: 3\r\nServer: b\r\n\r\n",
     fn chunked_bodies_end_where_the_last_chunk_and_trailers_end() {
         let body = b"5;ext=1\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nX-T: 1\r\n\r\nNEXT";
         let end = body.len() - 4;
-        assert_eq!(Chunked::default().feed(body), Ok(Some(end)));
+        let mut data = Vec::new();
+        assert_eq!(
+            Chunked::default().feed(body, |d| data.extend_from_slice(d)),
+            Ok(Some(end))
+        );
+        assert_eq!(data, b"hello0123456789abcdef");
         // The same, a byte at a time.
         let mut c = Chunked::default();
         let mut found = None;
+        data.clear();
         for (i, b) in body.iter().enumerate() {
-            if let Some(n) = c.feed(std::slice::from_ref(b)).expect("valid") {
+            if let Some(n) = c
+                .feed(std::slice::from_ref(b), |d| data.extend_from_slice(d))
+                .expect("valid")
+            {
                 found = Some(i + n);
                 break;
             }
         }
         assert_eq!(found, Some(end));
+        assert_eq!(data, b"hello0123456789abcdef");
         for bad in [
             &b"x\r\n"[..],
             b"5\r\nhelloXX",
@@ -415,7 +451,11 @@ Transfer-Encoding: chunked\r\nContent-Length: 3\r\nServer: b\r\n\r\n",
             b"1234567890abcdef0\r\n",
             b"0\r\nbad\n",
         ] {
-            assert_eq!(Chunked::default().feed(bad), Err(BadResponse::Chunked), "{bad:?}");
+            assert_eq!(
+                Chunked::default().feed(bad, |_| ()),
+                Err(BadResponse::Chunked),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -1,0 +1,477 @@
+//! The lean HTTP/1.1 path: requests parsed in place, responses relayed by
+//! their framing.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use http::HeaderValue;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::framing::{self, Body, Chunked};
+use super::head::{self, Head, Parsed, Trusted, MAX_HEADERS};
+use super::{
+    decide, log_failure, open, read_backend, response_head, send_head, timed_out, Answer, Attempt, Decision, Done,
+    ExchangeError, Failed, LimitHeaders, BUF, CLIENT_TIMEOUT,
+};
+use crate::proxy::pool::{Pool, Tried};
+use crate::proxy::{Gateway, Outcome};
+use crate::registry::Snapshot;
+
+/// Largest request head (or buffered pipeline) read before pingora takes over.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// One client connection's buffers.
+struct Conn {
+    io: Stream,
+    peer: Option<SocketAddr>,
+    /// Bytes read from the client; unread ones are `buf[start..]`.
+    buf: Vec<u8>,
+    start: usize,
+    /// Heads being written.
+    out: Vec<u8>,
+    /// The backend's bytes.
+    rbuf: Vec<u8>,
+}
+
+/// Serves requests until the connection closes (`None`) or a request needs
+/// pingora's path: then the unread bytes and the stream come back.
+pub(super) async fn serve(
+    gw: &Gateway,
+    io: Stream,
+    peer: Option<SocketAddr>,
+    shutdown: &mut ShutdownWatch,
+) -> Option<(Vec<u8>, Stream)> {
+    let mut conn = Conn {
+        io,
+        peer,
+        buf: Vec::with_capacity(4096),
+        start: 0,
+        out: Vec::new(),
+        rbuf: Vec::new(),
+    };
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let data = &conn.buf[conn.start..];
+        match head::parse(data, &mut storage) {
+            Parsed::Lean(h) => {
+                let after = &data[h.len..];
+                let used = exchange(gw, &h, after, &mut conn.io, &mut conn.out, &mut conn.rbuf, conn.peer).await;
+                match used {
+                    Some(used) => conn.start += h.len + used,
+                    None => break,
+                }
+                if conn.start == conn.buf.len() {
+                    conn.buf.clear();
+                    conn.start = 0;
+                }
+            }
+            Parsed::Handoff => {
+                let rest = conn.buf.split_off(conn.start);
+                return Some((rest, conn.io));
+            }
+            Parsed::Partial => {
+                if conn.buf.len() - conn.start >= MAX_HEAD {
+                    let rest = conn.buf.split_off(conn.start);
+                    return Some((rest, conn.io));
+                }
+                if !read_more(&mut conn, shutdown).await {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), conn.io.shutdown()).await;
+    None
+}
+
+/// Reads more of a request head. `false`: the client closed, failed, went
+/// silent, or the gateway is shutting down while the connection was idle.
+async fn read_more(conn: &mut Conn, shutdown: &mut ShutdownWatch) -> bool {
+    if conn.start > 0 {
+        conn.buf.drain(..conn.start);
+        conn.start = 0;
+    }
+    if conn.buf.capacity() - conn.buf.len() < 1024 {
+        conn.buf.reserve(BUF);
+    }
+    let idle = conn.buf.is_empty();
+    let read = tokio::time::timeout(CLIENT_TIMEOUT, conn.io.read_buf(&mut conn.buf));
+    let n = if idle {
+        tokio::select! {
+            r = read => r,
+            _ = shutdown.changed() => return false,
+        }
+    } else {
+        read.await
+    };
+    matches!(n, Ok(Ok(n)) if n > 0)
+}
+
+/// Proxies one request (or answers it). `Some(n)`: done, the connection
+/// may carry another request, and `n` bytes of `after` were this one's
+/// body. `None`: close the connection.
+async fn exchange(
+    gw: &Gateway,
+    h: &Head<'_, '_>,
+    after: &[u8],
+    io: &mut Stream,
+    out: &mut Vec<u8>,
+    rbuf: &mut Vec<u8>,
+    peer: Option<SocketAddr>,
+) -> Option<usize> {
+    let snap = gw.registry.snapshot();
+    let in_buf = usize::try_from(h.content_length).map_or(after.len(), |cl| cl.min(after.len()));
+    let body_buffered = in_buf as u64 == h.content_length;
+    let mut o = Outcome {
+        start: Instant::now(),
+        route: None,
+        rejection: None,
+        upstream: None,
+        status: 0,
+        method: h.method,
+        path: h.path(),
+        request_id: None,
+        error: None,
+    };
+    let (tenant, pool, admission) = match decide(gw, &snap, h.host, h.target, peer, &mut o).await {
+        Decision::Forward {
+            tenant,
+            pool,
+            admission,
+        } => (tenant, pool, admission),
+        Decision::Answer(a) => {
+            // The connection stays only when this request's body is read.
+            let close = a.close || !body_buffered || h.close;
+            o.status = a.status;
+            write_answer(out, &a, close);
+            let sent = send(io, out).await;
+            gw.record(&snap, &o);
+            return (sent.is_ok() && !close).then_some(in_buf);
+        }
+    };
+    let trusted = Trusted {
+        gw: &snap.config.gateway,
+        tenant: &tenant.header_value,
+        client_ip: peer.map(|p| p.ip()),
+        authority: h.host.unwrap_or_default(),
+        https: gw.https,
+    };
+    out.clear();
+    let request_id = h.write_upstream(out, &trusted);
+    out.extend_from_slice(b"\r\n");
+    o.request_id = request_id.to_str().ok();
+    let limit_headers = LimitHeaders::new(tenant, admission.as_ref());
+    let (pairs, n) = limit_headers.pairs();
+    let req = Request {
+        head: h,
+        body: &after[..in_buf],
+        extra: &pairs[..n],
+    };
+    let result = forward(&snap, pool, &req, io, out, rbuf).await;
+    drop(admission);
+    let keep_alive = match &result {
+        Ok(done) => {
+            o.upstream = Some(done.upstream);
+            o.status = done.status;
+            !h.close
+        }
+        Err(e) => {
+            o.upstream = e.upstream;
+            o.status = e.status;
+            false
+        }
+    };
+    let error = result.as_ref().err().map(|e| &e.error);
+    o.error = error.map(|e| e as &(dyn std::fmt::Display + Sync));
+    if let Some(e) = error {
+        log_failure(e, tenant, pool);
+    }
+    gw.record(&snap, &o);
+    keep_alive.then_some(in_buf)
+}
+
+/// A lean request as it goes to the backend.
+struct Request<'r, 'h, 'b> {
+    head: &'r Head<'h, 'b>,
+    /// The body bytes already read (all of it, or its start).
+    body: &'r [u8],
+    /// Headers added to the response.
+    extra: &'r [(&'static str, &'r HeaderValue)],
+}
+
+/// Sends `req` (its head is in `out`) to an upstream of `pool` and relays
+/// the response.
+async fn forward(
+    snap: &Snapshot,
+    pool: &Pool,
+    req: &Request<'_, '_, '_>,
+    io: &mut Stream,
+    out: &mut Vec<u8>,
+    rbuf: &mut Vec<u8>,
+) -> Result<Done, Failed> {
+    let t = snap.config.gateway.timeouts;
+    let mut tried = Tried::default();
+    let mut fresh_only = false;
+    if rbuf.len() < BUF {
+        rbuf.resize(BUF, 0);
+    }
+    loop {
+        let mut backend = match open(snap, pool, &mut tried, fresh_only).await {
+            Ok(b) => b,
+            Err((error, upstream)) => {
+                let status = reply(io, out, error.status()).await;
+                return Err(Failed {
+                    error,
+                    status,
+                    upstream,
+                });
+            }
+        };
+        let addr = backend.up.addr;
+        match attempt(&mut backend.conn, addr, req, io, out, rbuf, t).await {
+            Ok(done) => {
+                if done.reusable {
+                    backend.up.put_idle(backend.conn, t.idle);
+                }
+                return Ok(done);
+            }
+            // A kept-alive connection the backend closed just before this
+            // request: send it again on a new one, if that is safe.
+            Err(Attempt::Stale(_)) if backend.reused && req.head.replayable() => fresh_only = true,
+            Err(Attempt::Stale(error)) | Err(Attempt::BeforeResponse(error)) => {
+                let status = match error.status() {
+                    0 => 0,
+                    s => reply(io, out, s).await,
+                };
+                return Err(Failed {
+                    error,
+                    status,
+                    upstream: Some(addr),
+                });
+            }
+            Err(Attempt::AfterHead(error, status)) => {
+                return Err(Failed {
+                    error,
+                    status,
+                    upstream: Some(addr),
+                })
+            }
+        }
+    }
+}
+
+/// One attempt on one backend connection: send the request (its head is
+/// in `out`), then relay the response.
+async fn attempt(
+    backend: &mut TcpStream,
+    addr: SocketAddr,
+    req: &Request<'_, '_, '_>,
+    io: &mut Stream,
+    out: &mut Vec<u8>,
+    rbuf: &mut Vec<u8>,
+    t: crate::config::Timeouts,
+) -> Result<Done, Attempt> {
+    let h = req.head;
+    send_head(backend, addr, out, req.body, t.write).await?;
+    // The rest of a body the client is still sending.
+    let mut remaining = h.content_length - req.body.len() as u64;
+    while remaining > 0 {
+        let want = usize::try_from(remaining).map_or(rbuf.len(), |r| r.min(rbuf.len()));
+        let n = match tokio::time::timeout(CLIENT_TIMEOUT, io.read(&mut rbuf[..want])).await {
+            Ok(Ok(0)) => {
+                let eof = io::ErrorKind::UnexpectedEof.into();
+                return Err(Attempt::BeforeResponse(ExchangeError::Client(eof)));
+            }
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(Attempt::BeforeResponse(ExchangeError::Client(e))),
+            Err(_) => return Err(Attempt::BeforeResponse(ExchangeError::Client(timed_out()))),
+        };
+        let upstream_err = |source| Attempt::BeforeResponse(ExchangeError::Upstream { addr, source });
+        match tokio::time::timeout(t.write, backend.write_all(&rbuf[..n])).await {
+            Ok(Ok(())) => remaining -= n as u64,
+            Ok(Err(e)) => return Err(upstream_err(e)),
+            Err(_) => return Err(upstream_err(timed_out())),
+        }
+    }
+
+    // The response head, after any interim 1xx ones (relayed as they come).
+    let mut filled = 0;
+    let mut received = false;
+    let head_request = h.method == "HEAD";
+    let resp = loop {
+        // `out` still holds the request head until a response head comes:
+        // a stale connection's retry sends it again.
+        let mut fresh = true;
+        let emit = |l: framing::Line<'_>| {
+            if std::mem::take(&mut fresh) {
+                out.clear();
+            }
+            framing::write_line(out, l)
+        };
+        let r = response_head(
+            backend,
+            addr,
+            rbuf,
+            &mut filled,
+            &mut received,
+            head_request,
+            req.extra,
+            t.read,
+            emit,
+        )
+        .await?;
+        if r.status >= 200 {
+            break r;
+        }
+        out.extend_from_slice(b"\r\n");
+        write_client(io, out).await.map_err(Attempt::BeforeResponse)?;
+        rbuf.copy_within(r.len..filled, 0);
+        filled -= r.len;
+    };
+    for (name, value) in req.extra {
+        framing::header_line(out, name.as_bytes(), value.as_bytes());
+    }
+    if !resp.date {
+        framing::with_date(|d| framing::header_line(out, b"date", d));
+    }
+    if matches!(resp.body, Body::Chunked | Body::Close) {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if h.close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let status = resp.status;
+    let after_head = |e| Attempt::AfterHead(e, status);
+
+    // The body, by its framing.
+    let mut reusable = resp.reusable;
+    let avail = &rbuf[resp.len..filled];
+    match resp.body {
+        Body::Empty => {
+            reusable &= avail.is_empty();
+            write_client(io, out).await.map_err(after_head)?;
+        }
+        Body::Length(n) => {
+            let first = usize::try_from(n).map_or(avail.len(), |n| n.min(avail.len()));
+            reusable &= first == avail.len();
+            out.extend_from_slice(&avail[..first]);
+            write_client(io, out).await.map_err(after_head)?;
+            let mut remaining = n - first as u64;
+            while remaining > 0 {
+                let want = usize::try_from(remaining).map_or(rbuf.len(), |r| r.min(rbuf.len()));
+                let got = read_backend(backend, addr, &mut rbuf[..want], t.read)
+                    .await
+                    .map_err(after_head)?;
+                if got == 0 {
+                    return Err(after_head(ExchangeError::Closed(addr)));
+                }
+                write_client(io, &rbuf[..got]).await.map_err(after_head)?;
+                remaining -= got as u64;
+            }
+        }
+        // Relayed with its framing as it is.
+        Body::Chunked => {
+            let mut scan = Chunked::default();
+            let bad = |source| after_head(ExchangeError::BadResponse { addr, source });
+            let end = scan.feed(avail, |_| ()).map_err(bad)?;
+            let take = end.unwrap_or(avail.len());
+            reusable &= take == avail.len();
+            out.extend_from_slice(&avail[..take]);
+            write_client(io, out).await.map_err(after_head)?;
+            let mut done = end.is_some();
+            while !done {
+                let got = read_backend(backend, addr, rbuf, t.read).await.map_err(after_head)?;
+                if got == 0 {
+                    return Err(after_head(ExchangeError::Closed(addr)));
+                }
+                let end = scan.feed(&rbuf[..got], |_| ()).map_err(bad)?;
+                let take = end.unwrap_or(got);
+                reusable &= take == got;
+                write_client(io, &rbuf[..take]).await.map_err(after_head)?;
+                done = end.is_some();
+            }
+        }
+        // Re-chunked, so the client connection outlives the backend's.
+        Body::Close => {
+            chunk(out, avail);
+            write_client(io, out).await.map_err(after_head)?;
+            loop {
+                let got = read_backend(backend, addr, rbuf, t.read).await.map_err(after_head)?;
+                if got == 0 {
+                    write_client(io, b"0\r\n\r\n").await.map_err(after_head)?;
+                    break;
+                }
+                out.clear();
+                chunk(out, &rbuf[..got]);
+                write_client(io, out).await.map_err(after_head)?;
+            }
+        }
+    }
+    io.flush().await.map_err(|e| after_head(ExchangeError::Client(e)))?;
+    Ok(Done {
+        upstream: addr,
+        status,
+        reusable,
+    })
+}
+
+async fn write_client(io: &mut Stream, bytes: &[u8]) -> Result<(), ExchangeError> {
+    match tokio::time::timeout(CLIENT_TIMEOUT, io.write_all(bytes)).await {
+        Ok(r) => r.map_err(ExchangeError::Client),
+        Err(_) => Err(ExchangeError::Client(timed_out())),
+    }
+}
+
+/// Appends `data` as one chunk; nothing when it is empty (the last chunk,
+/// `0 CRLF CRLF`, is written apart).
+fn chunk(out: &mut Vec<u8>, data: &[u8]) {
+    use std::io::Write;
+    if !data.is_empty() {
+        let _ = write!(out, "{:x}\r\n", data.len());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Writes `out` to the client and flushes.
+async fn send(io: &mut Stream, out: &[u8]) -> Result<(), ExchangeError> {
+    write_client(io, out).await?;
+    io.flush().await.map_err(ExchangeError::Client)
+}
+
+/// Answers `status` (a 502 or 504) before any response went out, and
+/// closes; returns the status sent (0 if the client is gone).
+async fn reply(io: &mut Stream, out: &mut Vec<u8>, status: u16) -> u16 {
+    let body = format!("{status} {}\n", super::reason(status));
+    let mut a = Answer::text(status, "", true);
+    a.body = body.into();
+    write_answer(out, &a, true);
+    match send(io, out).await {
+        Ok(()) => status,
+        Err(_) => 0,
+    }
+}
+
+/// A whole response of the gateway's own into `out`.
+fn write_answer(out: &mut Vec<u8>, a: &Answer, close: bool) {
+    out.clear();
+    framing::write_line(out, framing::Line::Status(a.status, super::reason(a.status)));
+    framing::header_line(out, b"content-type", a.content_type.as_bytes());
+    framing::header_line(out, b"content-length", a.body.len().to_string().as_bytes());
+    for (name, value) in &a.headers {
+        framing::header_line(out, name.as_bytes(), value.as_bytes());
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&a.body);
+}

@@ -1,0 +1,497 @@
+//! The lean HTTP/2 path: every stream of an HTTP/2 connection is routed and
+//! forwarded to an HTTP/1.1 backend connection. The streams of one
+//! connection run on its task, next to the connection itself.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use h2::server::SendResponse;
+use h2::{RecvStream, SendStream};
+use http::header::CONTENT_LENGTH;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::framing::{self, Body, Chunked, Line};
+use super::head::{self, digits, Trusted};
+use super::{
+    decide, log_failure, open, read_backend, response_head, send_head, timed_out, Answer, Attempt, Decision, Done,
+    ExchangeError, Failed, LimitHeaders, BUF, CLIENT_TIMEOUT,
+};
+use crate::proxy::authority;
+use crate::proxy::pool::{Pool, Tried};
+use crate::proxy::{Gateway, Outcome};
+use crate::registry::Snapshot;
+
+/// Streams a client may have open at once (pingora's default too).
+const MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Largest decoded request header list.
+const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+
+/// Serves an HTTP/2 connection until the client closes it, it stays idle
+/// for [`CLIENT_TIMEOUT`], or the gateway shuts down (then with GOAWAY,
+/// letting streams in flight finish).
+pub(super) async fn serve(gw: &Gateway, io: Stream, peer: Option<SocketAddr>, shutdown: &mut ShutdownWatch) {
+    let mut builder = h2::server::Builder::new();
+    builder
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE);
+    let mut conn = match tokio::time::timeout(CLIENT_TIMEOUT, builder.handshake::<_, Bytes>(io)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "HTTP/2 handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let mut streams = FuturesUnordered::new();
+    let mut closing = false;
+    let idle = tokio::time::sleep(CLIENT_TIMEOUT);
+    tokio::pin!(idle);
+    loop {
+        tokio::select! {
+            accepted = conn.accept() => match accepted {
+                Some(Ok((req, respond))) => streams.push(stream(gw, req, respond, peer)),
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
+                    break;
+                }
+                None => break,
+            },
+            Some(()) = streams.next(), if !streams.is_empty() => {
+                if streams.is_empty() {
+                    idle.as_mut().reset(tokio::time::Instant::now() + CLIENT_TIMEOUT);
+                }
+            }
+            _ = shutdown.changed(), if !closing => {
+                conn.graceful_shutdown();
+                closing = true;
+            }
+            _ = &mut idle, if streams.is_empty() && !closing => {
+                conn.graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
+}
+
+/// Routes, forwards and relays one stream.
+async fn stream(
+    gw: &Gateway,
+    req: http::Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    peer: Option<SocketAddr>,
+) {
+    let snap = gw.registry.snapshot();
+    let (parts, mut body) = req.into_parts();
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut o = Outcome {
+        start: Instant::now(),
+        route: None,
+        rejection: None,
+        upstream: None,
+        status: 0,
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        request_id: None,
+        error: None,
+    };
+    let authority = authority::of(&parts.headers, &parts.uri, true);
+    let decision = if parts.method == http::Method::CONNECT {
+        Decision::Answer(Answer::text(
+            405,
+            "405 Method Not Allowed: CONNECT is not proxied\n",
+            false,
+        ))
+    } else {
+        decide(gw, &snap, authority, target, peer, &mut o).await
+    };
+    let (tenant, pool, admission) = match decision {
+        Decision::Forward {
+            tenant,
+            pool,
+            admission,
+        } => (tenant, pool, admission),
+        Decision::Answer(a) => {
+            o.status = if answer(&mut respond, &a) { a.status } else { 0 };
+            gw.record(&snap, &o);
+            return;
+        }
+    };
+    let authority = authority.unwrap_or_default();
+    let trusted = Trusted {
+        gw: &snap.config.gateway,
+        tenant: &tenant.header_value,
+        client_ip: peer.map(|p| p.ip()),
+        authority,
+        https: gw.https,
+    };
+    let mut out = Vec::with_capacity(512);
+    let headers = || parts.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
+    let request_id = head::write_upstream(
+        &mut out,
+        parts.method.as_str(),
+        target,
+        headers,
+        Some(authority),
+        &trusted,
+    );
+    // A body without a length goes to the backend chunked.
+    let has_body = !body.is_end_stream();
+    let length = parts.headers.get(CONTENT_LENGTH).and_then(|v| digits(v.as_bytes()));
+    let chunked = has_body && length.is_none();
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    o.request_id = request_id.to_str().ok();
+    let limit_headers = LimitHeaders::new(tenant, admission.as_ref());
+    let (pairs, n) = limit_headers.pairs();
+    let req = Request {
+        head: &out,
+        method: &parts.method,
+        body: has_body.then_some(&mut body),
+        chunked,
+        extra: &pairs[..n],
+    };
+    let result = forward(&snap, pool, req, &mut respond).await;
+    drop(admission);
+    match &result {
+        Ok(done) => {
+            o.upstream = Some(done.upstream);
+            o.status = done.status;
+        }
+        Err(e) => {
+            o.upstream = e.upstream;
+            o.status = e.status;
+        }
+    }
+    let error = result.as_ref().err().map(|e| &e.error);
+    o.error = error.map(|e| e as &(dyn std::fmt::Display + Sync));
+    if let Some(e) = error {
+        log_failure(e, tenant, pool);
+    }
+    gw.record(&snap, &o);
+}
+
+/// An HTTP/2 request as it goes to the backend.
+struct Request<'r> {
+    /// The backend's request head, ready to send.
+    head: &'r [u8],
+    method: &'r http::Method,
+    /// The client's body, unless the request ended with its headers.
+    body: Option<&'r mut RecvStream>,
+    /// Send the body chunked (the client gave no length).
+    chunked: bool,
+    /// Headers added to the response.
+    extra: &'r [(&'static str, &'r HeaderValue)],
+}
+
+impl Request<'_> {
+    /// Whether a failed attempt on a reused connection may be sent again.
+    fn replayable(&self) -> bool {
+        self.body.is_none()
+            && matches!(
+                *self.method,
+                http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+            )
+    }
+}
+
+async fn forward(
+    snap: &Snapshot,
+    pool: &Pool,
+    mut req: Request<'_>,
+    respond: &mut SendResponse<Bytes>,
+) -> Result<Done, Failed> {
+    let t = snap.config.gateway.timeouts;
+    let mut tried = Tried::default();
+    let mut fresh_only = false;
+    let mut rbuf = vec![0u8; BUF];
+    loop {
+        let mut backend = match open(snap, pool, &mut tried, fresh_only).await {
+            Ok(b) => b,
+            Err((error, upstream)) => {
+                let status = fail(respond, error.status());
+                return Err(Failed {
+                    error,
+                    status,
+                    upstream,
+                });
+            }
+        };
+        let addr = backend.up.addr;
+        match attempt(&mut backend.conn, addr, &mut req, respond, &mut rbuf, t).await {
+            Ok(done) => {
+                if done.reusable {
+                    backend.up.put_idle(backend.conn, t.idle);
+                }
+                return Ok(done);
+            }
+            Err(Attempt::Stale(_)) if backend.reused && req.replayable() => fresh_only = true,
+            Err(Attempt::Stale(error)) | Err(Attempt::BeforeResponse(error)) => {
+                let status = fail(respond, error.status());
+                return Err(Failed {
+                    error,
+                    status,
+                    upstream: Some(addr),
+                });
+            }
+            Err(Attempt::AfterHead(error, status)) => {
+                return Err(Failed {
+                    error,
+                    status,
+                    upstream: Some(addr),
+                })
+            }
+        }
+    }
+}
+
+/// One attempt on one backend connection.
+async fn attempt(
+    backend: &mut TcpStream,
+    addr: SocketAddr,
+    req: &mut Request<'_>,
+    respond: &mut SendResponse<Bytes>,
+    rbuf: &mut Vec<u8>,
+    t: crate::config::Timeouts,
+) -> Result<Done, Attempt> {
+    send_head(backend, addr, req.head, &[], t.write).await?;
+    if let Some(body) = req.body.as_deref_mut() {
+        send_body(backend, addr, body, req.chunked, t.write).await?;
+    }
+
+    // The response head, after any interim 1xx ones (relayed as they come).
+    let mut filled = 0;
+    let mut received = false;
+    let head_request = *req.method == http::Method::HEAD;
+    let mut headers = HeaderMap::new();
+    let resp = loop {
+        headers.clear();
+        let emit = |l: Line<'_>| {
+            if let Line::Header(name, value) = l {
+                if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(value)) {
+                    headers.append(n, v);
+                }
+            }
+        };
+        let r = response_head(
+            backend,
+            addr,
+            rbuf,
+            &mut filled,
+            &mut received,
+            head_request,
+            req.extra,
+            t.read,
+            emit,
+        )
+        .await?;
+        if r.status >= 200 {
+            break r;
+        }
+        let mut interim = http::Response::new(());
+        *interim.status_mut() = status_code(r.status);
+        *interim.headers_mut() = std::mem::take(&mut headers);
+        // An interim response the client cannot take is dropped.
+        let _ = respond.send_informational(interim);
+        rbuf.copy_within(r.len..filled, 0);
+        filled -= r.len;
+    };
+    for (name, value) in req.extra {
+        headers.insert(*name, (*value).clone());
+    }
+    if !resp.date {
+        framing::with_date(|d| HeaderValue::from_bytes(d).map(|d| headers.insert(http::header::DATE, d))).ok();
+    }
+    let status = resp.status;
+    let mut response = http::Response::new(());
+    *response.status_mut() = status_code(status);
+    *response.headers_mut() = headers;
+    let empty = matches!(resp.body, Body::Empty | Body::Length(0));
+    let client_err = |e| Attempt::BeforeResponse(ExchangeError::H2(e));
+    let mut send = respond.send_response(response, empty).map_err(client_err)?;
+    let after_head = |e| Attempt::AfterHead(e, status);
+    let h2_err = |e| Attempt::AfterHead(ExchangeError::H2(e), status);
+
+    let mut reusable = resp.reusable;
+    let avail = &rbuf[resp.len..filled];
+    match resp.body {
+        Body::Empty => reusable &= avail.is_empty(),
+        Body::Length(n) => {
+            let first = usize::try_from(n).map_or(avail.len(), |n| n.min(avail.len()));
+            reusable &= first == avail.len();
+            let mut remaining = n - first as u64;
+            if first > 0 {
+                send_data(&mut send, Bytes::copy_from_slice(&avail[..first]), remaining == 0)
+                    .await
+                    .map_err(h2_err)?;
+            }
+            while remaining > 0 {
+                let want = usize::try_from(remaining).map_or(rbuf.len(), |r| r.min(rbuf.len()));
+                let got = read_backend(backend, addr, &mut rbuf[..want], t.read)
+                    .await
+                    .map_err(after_head)?;
+                if got == 0 {
+                    send.send_reset(h2::Reason::INTERNAL_ERROR);
+                    return Err(after_head(ExchangeError::Closed(addr)));
+                }
+                remaining -= got as u64;
+                send_data(&mut send, Bytes::copy_from_slice(&rbuf[..got]), remaining == 0)
+                    .await
+                    .map_err(h2_err)?;
+            }
+        }
+        // Unchunked: HTTP/2 frames the data itself.
+        Body::Chunked => {
+            let mut scan = Chunked::default();
+            let mut data = BytesMut::new();
+            let mut chunk = &rbuf[resp.len..filled];
+            loop {
+                let end = scan
+                    .feed(chunk, |d| data.extend_from_slice(d))
+                    .map_err(|source| after_head(ExchangeError::BadResponse { addr, source }))?;
+                if let Some(end) = end {
+                    reusable &= end == chunk.len();
+                    send_data(&mut send, data.split().freeze(), true)
+                        .await
+                        .map_err(h2_err)?;
+                    break;
+                }
+                if !data.is_empty() {
+                    send_data(&mut send, data.split().freeze(), false)
+                        .await
+                        .map_err(h2_err)?;
+                }
+                let got = read_backend(backend, addr, rbuf, t.read).await.map_err(after_head)?;
+                if got == 0 {
+                    send.send_reset(h2::Reason::INTERNAL_ERROR);
+                    return Err(after_head(ExchangeError::Closed(addr)));
+                }
+                chunk = &rbuf[..got];
+            }
+        }
+        Body::Close => {
+            let mut data = Bytes::copy_from_slice(avail);
+            loop {
+                let got = read_backend(backend, addr, rbuf, t.read).await.map_err(after_head)?;
+                send_data(&mut send, data, got == 0).await.map_err(h2_err)?;
+                if got == 0 {
+                    break;
+                }
+                data = Bytes::copy_from_slice(&rbuf[..got]);
+            }
+        }
+    }
+    Ok(Done {
+        upstream: addr,
+        status,
+        reusable,
+    })
+}
+
+/// Streams the client's body to the backend (chunked when it has no
+/// length), giving the client flow-control window back as it goes.
+async fn send_body(
+    backend: &mut TcpStream,
+    addr: SocketAddr,
+    body: &mut RecvStream,
+    chunked: bool,
+    timeout: std::time::Duration,
+) -> Result<(), Attempt> {
+    let upstream_err = |source| Attempt::BeforeResponse(ExchangeError::Upstream { addr, source });
+    loop {
+        let data = match tokio::time::timeout(super::CLIENT_TIMEOUT, body.data()).await {
+            Ok(Some(Ok(d))) => d,
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(Attempt::BeforeResponse(ExchangeError::H2(e))),
+            Err(_) => return Err(Attempt::BeforeResponse(ExchangeError::Client(timed_out()))),
+        };
+        let n = data.len();
+        let write = async {
+            if chunked && n > 0 {
+                backend.write_all(format!("{n:x}\r\n").as_bytes()).await?;
+                backend.write_all(&data).await?;
+                backend.write_all(b"\r\n").await
+            } else {
+                backend.write_all(&data).await
+            }
+        };
+        match tokio::time::timeout(timeout, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(upstream_err(e)),
+            Err(_) => return Err(upstream_err(timed_out())),
+        }
+        let _ = body.flow_control().release_capacity(n);
+    }
+    if chunked {
+        match tokio::time::timeout(timeout, backend.write_all(b"0\r\n\r\n")).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(upstream_err(e)),
+            Err(_) => return Err(upstream_err(timed_out())),
+        }
+    }
+    Ok(())
+}
+
+/// Sends `data`, no faster than the client's flow-control window allows,
+/// so at most one read of backend bytes is buffered per stream.
+async fn send_data(send: &mut SendStream<Bytes>, mut data: Bytes, end: bool) -> Result<(), h2::Error> {
+    if data.is_empty() {
+        return if end { send.send_data(data, true) } else { Ok(()) };
+    }
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let granted = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+            Some(Ok(n)) => n,
+            Some(Err(e)) => return Err(e),
+            None => return Err(h2::Error::from(h2::Reason::STREAM_CLOSED)),
+        };
+        let part = data.split_to(granted.min(data.len()));
+        send.send_data(part, end && data.is_empty())?;
+    }
+    Ok(())
+}
+
+/// Answers with the gateway's own response; `false` when the client is gone.
+fn answer(respond: &mut SendResponse<Bytes>, a: &Answer) -> bool {
+    let mut response = http::Response::new(());
+    *response.status_mut() = status_code(a.status);
+    let h = response.headers_mut();
+    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(a.content_type));
+    h.insert(CONTENT_LENGTH, HeaderValue::from(a.body.len()));
+    for (name, value) in &a.headers {
+        h.append(*name, value.clone());
+    }
+    match respond.send_response(response, a.body.is_empty()) {
+        // The body fits any window (the gateway's own answers are short).
+        Ok(mut send) => a.body.is_empty() || send.send_data(a.body.clone(), true).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Answers `status` (502 or 504) before any response went out; the status
+/// sent, or 0.
+fn fail(respond: &mut SendResponse<Bytes>, status: u16) -> u16 {
+    if status == 0 {
+        respond.send_reset(h2::Reason::CANCEL);
+        return 0;
+    }
+    let body = format!("{status} {}\n", super::reason(status));
+    let mut a = Answer::text(status, "", false);
+    a.body = body.into();
+    if answer(respond, &a) {
+        status
+    } else {
+        0
+    }
+}
+
+fn status_code(status: u16) -> http::StatusCode {
+    http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY)
+}

@@ -1,0 +1,456 @@
+//! tenantgate's own HTTP/1.1 and HTTP/2 paths in front of pingora's.
+//!
+//! pingora 0.9's proxy spends about 87k instructions and 93 allocations per
+//! HTTP/1 request (benches/results/perf-notes-2026-11-22.md), and its HTTP/2
+//! path is slower still. [`LeanApp`] serves the common requests itself and
+//! makes the same decisions as the pingora hooks (the [`Gateway`] methods:
+//! route, SNI check, redirect, limits, metrics and access log):
+//!
+//! - HTTP/1.1 ([`h1`]): a request with an origin-form target, no body or a
+//!   `Content-Length` one, no upgrade and no `Expect` is parsed in place
+//!   (httparse) and relayed by its framing. Any other request hands the
+//!   connection, with the bytes already read, to pingora's HTTP app for the
+//!   rest of its life.
+//! - HTTP/2 over TLS ([`h2`]): every stream, on the `h2` crate.
+//!
+//! Backends get HTTP/1.1 over idle connections kept per upstream
+//! ([`Upstream::take_idle`]). Client timeouts: a request head (or the wait
+//! for the next one) and each write to the client get [`CLIENT_TIMEOUT`];
+//! the backend gets the configured connect, read and write timeouts.
+
+mod framing;
+mod h1;
+mod h2;
+mod head;
+mod replay;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::tls::ALPN;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+use http::HeaderValue;
+
+use super::authority::BadAuthority;
+use super::pool::{Pool, Tried, Upstream};
+use super::{rejection_status, Gateway, Outcome, SNI_MISMATCH_BODY};
+use crate::limits::Admission;
+use crate::registry::{Snapshot, Tenant};
+use crate::telemetry::Rejection;
+use framing::BadResponse;
+
+pub use head::ACME_CHALLENGE_PREFIX;
+
+/// A client gets this long to send a request head, or to read a write.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The HTTP app of a listener: the lean paths, with pingora's `inner` app
+/// for whatever they do not take.
+pub struct LeanApp<A> {
+    gateway: Gateway,
+    inner: Arc<A>,
+}
+
+impl<A> LeanApp<A> {
+    /// `gateway` makes the decisions; `inner` gets the connections the lean
+    /// path hands off.
+    pub fn new(gateway: Gateway, inner: Arc<A>) -> Self {
+        LeanApp { gateway, inner }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for LeanApp<A> {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        let mut shutdown = shutdown.clone();
+        if stream.selected_alpn_proto() == Some(ALPN::H2) {
+            h2::serve(&self.gateway, stream, peer, &mut shutdown).await;
+            return None;
+        }
+        if let Some((rest, stream)) = h1::serve(&self.gateway, stream, peer, &mut shutdown).await {
+            let mut next: Option<Stream> = Some(Box::new(replay::Replay::new(rest, stream)));
+            while let Some(s) = next {
+                next = self.inner.process_new(s, &shutdown).await;
+            }
+        }
+        None
+    }
+}
+
+/// A relayed response.
+struct Done {
+    upstream: SocketAddr,
+    status: u16,
+    /// The backend connection can carry another request.
+    reusable: bool,
+}
+
+/// Why an exchange failed, the status the client got (0 if none), and the
+/// upstream that failed.
+struct Failed {
+    error: ExchangeError,
+    status: u16,
+    upstream: Option<SocketAddr>,
+}
+
+/// What went wrong while proxying (logged; the client sees only a status).
+#[derive(Debug, thiserror::Error)]
+enum ExchangeError {
+    #[error("every upstream of the pool failed to connect (last: {addr}: {source})")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no upstream in the pool")]
+    NoUpstream,
+    #[error("upstream {0} did not answer within the read timeout")]
+    ReadTimeout(SocketAddr),
+    #[error("upstream {addr}: {source}")]
+    Upstream {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("upstream {0} closed the connection before the response ended")]
+    Closed(SocketAddr),
+    #[error("upstream {addr}: {source}")]
+    BadResponse {
+        addr: SocketAddr,
+        #[source]
+        source: BadResponse,
+    },
+    #[error("client: {0}")]
+    Client(#[source] io::Error),
+    #[error("HTTP/2 client: {0}")]
+    H2(#[source] ::h2::Error),
+}
+
+impl ExchangeError {
+    fn client_gone(&self) -> bool {
+        matches!(self, ExchangeError::Client(_) | ExchangeError::H2(_))
+    }
+
+    /// The status for a failure before any response went out.
+    fn status(&self) -> u16 {
+        match self {
+            ExchangeError::ReadTimeout(_) => 504,
+            ExchangeError::Client(_) | ExchangeError::H2(_) => 0,
+            _ => 502,
+        }
+    }
+}
+
+/// How an attempt on one backend connection failed.
+enum Attempt {
+    /// Nothing came back and the connection broke: maybe a stale one.
+    Stale(ExchangeError),
+    /// Failed before any response was sent to the client.
+    BeforeResponse(ExchangeError),
+    /// Failed after the client got the response head with this status.
+    AfterHead(ExchangeError, u16),
+}
+
+/// A backend connection for one attempt.
+struct Backend<'p> {
+    up: &'p Arc<Upstream>,
+    conn: TcpStream,
+    /// Taken from the idle pool (it may have gone stale).
+    reused: bool,
+}
+
+/// The next backend connection to try: an idle one (unless `fresh_only`)
+/// or a new one. An upstream that fails to connect is marked down and the
+/// next one tried, as the pingora hooks do.
+async fn open<'p>(
+    snap: &Snapshot,
+    pool: &'p Pool,
+    tried: &mut Tried,
+    fresh_only: bool,
+) -> Result<Backend<'p>, (ExchangeError, Option<SocketAddr>)> {
+    let gw = &snap.config.gateway;
+    let limit = pool.upstreams.len().min(64) as u32;
+    loop {
+        let Some((index, up)) = pool.select(tried) else {
+            return Err((ExchangeError::NoUpstream, None));
+        };
+        if !fresh_only {
+            if let Some(conn) = up.take_idle(gw.timeouts.idle) {
+                return Ok(Backend { up, conn, reused: true });
+            }
+        }
+        match connect(up, gw.timeouts.connect).await {
+            Ok(conn) => {
+                return Ok(Backend {
+                    up,
+                    conn,
+                    reused: false,
+                })
+            }
+            Err(source) => {
+                up.mark_down(gw.upstream_down);
+                tried.add(index);
+                pool.metrics.connect_errors.inc();
+                if tried.count() >= limit {
+                    return Err((ExchangeError::Connect { addr: up.addr, source }, Some(up.addr)));
+                }
+            }
+        }
+    }
+}
+
+async fn connect(up: &Upstream, timeout: Duration) -> io::Result<TcpStream> {
+    let c = tokio::time::timeout(timeout, TcpStream::connect(up.addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    c.set_nodelay(true)?;
+    Ok(c)
+}
+
+/// One read from the backend, within the read timeout.
+async fn read_backend(
+    backend: &mut TcpStream,
+    addr: SocketAddr,
+    buf: &mut [u8],
+    timeout: Duration,
+) -> Result<usize, ExchangeError> {
+    match tokio::time::timeout(timeout, backend.read(buf)).await {
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(source)) => Err(ExchangeError::Upstream { addr, source }),
+        Err(_) => Err(ExchangeError::ReadTimeout(addr)),
+    }
+}
+
+fn timed_out() -> io::Error {
+    io::ErrorKind::TimedOut.into()
+}
+
+/// The canonical reason phrase of `status`.
+fn reason(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("")
+}
+
+/// A response of the gateway's own.
+struct Answer {
+    status: u16,
+    content_type: &'static str,
+    body: bytes::Bytes,
+    headers: Vec<(&'static str, HeaderValue)>,
+    /// Close the HTTP/1.1 connection after it (a malformed request).
+    close: bool,
+}
+
+impl Answer {
+    fn text(status: u16, body: &'static str, close: bool) -> Answer {
+        Answer {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: bytes::Bytes::from_static(body.as_bytes()),
+            headers: Vec::new(),
+            close,
+        }
+    }
+}
+
+/// What the gateway decided for one request.
+enum Decision<'s> {
+    Answer(Answer),
+    /// Forward to `pool`, as `tenant`, holding the limiter's admission.
+    Forward {
+        tenant: &'s Tenant,
+        pool: &'s Pool,
+        admission: Option<Admission>,
+    },
+}
+
+/// Routes a request and applies the tenant's rules, as the pingora hooks
+/// do (`request_filter`): the tenant from the authority, the TLS listener's
+/// SNI check, the plain listener's HTTPS redirect, then the limits.
+/// Records the route or the rejection in `o`.
+async fn decide<'s>(
+    gw: &Gateway,
+    snap: &'s Snapshot,
+    authority: Result<&str, BadAuthority>,
+    target: &str,
+    peer: Option<SocketAddr>,
+    o: &mut Outcome<'_>,
+) -> Decision<'s> {
+    let (host, m) = match gw.route(snap, authority) {
+        Ok(r) => r,
+        Err((rejection, body)) => return Decision::Answer(reject(gw, rejection, body, o)),
+    };
+    o.route = Some(m);
+    if let Some(host) = host.as_deref() {
+        if gw.https && !gw.sni_allows(peer, snap, host, m) {
+            return Decision::Answer(reject(gw, Rejection::SniMismatch, SNI_MISMATCH_BODY, o));
+        }
+        if !gw.https {
+            if let Some(location) = gw.redirect(snap, host, m, target) {
+                let mut a = Answer::text(308, "308 Permanent Redirect: use HTTPS\n", false);
+                a.headers
+                    .extend(HeaderValue::from_str(&location).ok().map(|l| ("location", l)));
+                return Decision::Answer(a);
+            }
+        }
+    }
+    let (Some(tenant), Some(pool)) = (
+        snap.tenant(m.tenant),
+        snap.tenant(m.tenant).and_then(|t| snap.pool_of(t)),
+    ) else {
+        tracing::error!("routed tenant or its pool missing from the snapshot");
+        return Decision::Answer(Answer::text(500, "500 Internal Server Error\n", true));
+    };
+    match gw.limit(snap, m, peer.map(|p| p.ip())).await {
+        Ok(admission) => Decision::Forward {
+            tenant,
+            pool,
+            admission,
+        },
+        Err(refusal) => {
+            let mut headers = vec![("retry-after", HeaderValue::from(refusal.retry_after))];
+            headers.extend(tenant.policy_header.clone().map(|p| ("ratelimit-policy", p)));
+            Decision::Answer(Answer {
+                status: refusal.status(),
+                content_type: "application/problem+json",
+                body: refusal.problem_body().into(),
+                headers,
+                close: false,
+            })
+        }
+    }
+}
+
+fn reject(gw: &Gateway, rejection: Rejection, body: &'static str, o: &mut Outcome<'_>) -> Answer {
+    gw.metrics.reject(rejection);
+    o.rejection = Some(rejection);
+    let (status, close) = rejection_status(rejection);
+    Answer::text(status, body, close)
+}
+
+/// The rate-limit headers a forwarded response gets.
+struct LimitHeaders {
+    policy: Option<HeaderValue>,
+    ratelimit: Option<HeaderValue>,
+}
+
+impl LimitHeaders {
+    fn new(tenant: &Tenant, admission: Option<&Admission>) -> Self {
+        LimitHeaders {
+            policy: tenant.policy_header.clone(),
+            ratelimit: admission.and_then(|a| a.header.clone()),
+        }
+    }
+
+    /// As `(name, value)` pairs, without an allocation: the first `n`.
+    fn pairs(&self) -> ([(&'static str, &HeaderValue); 2], usize) {
+        static NONE: HeaderValue = HeaderValue::from_static("");
+        let mut pairs = [("", &NONE); 2];
+        let mut n = 0;
+        for (name, value) in [("ratelimit-policy", &self.policy), ("ratelimit", &self.ratelimit)] {
+            if let Some(v) = value {
+                pairs[n] = (name, v);
+                n += 1;
+            }
+        }
+        (pairs, n)
+    }
+}
+
+/// Logs a failed exchange: a client that left is no operator's concern.
+fn log_failure(e: &ExchangeError, tenant: &Tenant, pool: &Pool) {
+    if e.client_gone() {
+        tracing::debug!(error = %e, "client gone during the exchange");
+    } else {
+        tracing::warn!(error = %e, tenant = &*tenant.id, pool = &*pool.name, "proxying failed");
+    }
+}
+
+/// Largest backend response head.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Room for backend bytes (and HTTP/1.1 request bodies) per connection.
+const BUF: usize = 16 * 1024;
+
+/// Reads from the backend until `rbuf[..*filled]` starts with a whole
+/// response head, and parses it ([`framing::parse`], which hands its lines
+/// to `emit`). `received` tracks whether anything came back at all: until
+/// then, a broken connection may be a stale kept-alive one.
+#[allow(clippy::too_many_arguments)]
+async fn response_head(
+    backend: &mut TcpStream,
+    addr: SocketAddr,
+    rbuf: &mut Vec<u8>,
+    filled: &mut usize,
+    received: &mut bool,
+    head_request: bool,
+    replaced: &[(&'static str, &HeaderValue)],
+    timeout: Duration,
+    mut emit: impl FnMut(framing::Line<'_>),
+) -> Result<framing::Response, Attempt> {
+    loop {
+        if *filled > 0 {
+            match framing::parse(&rbuf[..*filled], head_request, replaced, &mut emit) {
+                Ok(Some(r)) => return Ok(r),
+                Ok(None) => {}
+                Err(source) => return Err(Attempt::BeforeResponse(ExchangeError::BadResponse { addr, source })),
+            }
+        }
+        if *filled == rbuf.len() {
+            if rbuf.len() >= MAX_RESPONSE_HEAD {
+                let source = BadResponse::TooLarge;
+                return Err(Attempt::BeforeResponse(ExchangeError::BadResponse { addr, source }));
+            }
+            rbuf.resize((rbuf.len() * 2).max(BUF), 0);
+        }
+        let n = match tokio::time::timeout(timeout, backend.read(&mut rbuf[*filled..])).await {
+            Ok(Ok(0)) if !*received => return Err(Attempt::Stale(ExchangeError::Closed(addr))),
+            Ok(Ok(0)) => return Err(Attempt::BeforeResponse(ExchangeError::Closed(addr))),
+            Ok(Ok(n)) => n,
+            Ok(Err(source)) if !*received => return Err(Attempt::Stale(ExchangeError::Upstream { addr, source })),
+            Ok(Err(source)) => return Err(Attempt::BeforeResponse(ExchangeError::Upstream { addr, source })),
+            Err(_) => return Err(Attempt::BeforeResponse(ExchangeError::ReadTimeout(addr))),
+        };
+        *filled += n;
+        *received = true;
+    }
+}
+
+/// Writes the backend's request head (and the body bytes already at
+/// hand) within the write timeout. A failure may mean a stale connection.
+async fn send_head(
+    backend: &mut TcpStream,
+    addr: SocketAddr,
+    head: &[u8],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(), Attempt> {
+    use tokio::io::AsyncWriteExt;
+    let write = async {
+        backend.write_all(head).await?;
+        if !body.is_empty() {
+            backend.write_all(body).await?;
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(timeout, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(source)) => Err(Attempt::Stale(ExchangeError::Upstream { addr, source })),
+        Err(_) => Err(Attempt::BeforeResponse(ExchangeError::Upstream {
+            addr,
+            source: timed_out(),
+        })),
+    }
+}
