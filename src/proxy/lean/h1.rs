@@ -14,12 +14,10 @@ use tokio::net::TcpStream;
 use super::framing::{self, Body, Chunked};
 use super::head::{self, Head, Parsed, Trusted, MAX_HEADERS};
 use super::{
-    decide, log_failure, open, read_backend, response_head, send_head, timed_out, Answer, Attempt, Decision, Done,
-    ExchangeError, Failed, LimitHeaders, BUF, CLIENT_TIMEOUT,
+    decide, forward, log_failure, read_backend, response_head, send_head, timed_out, Answer, Attempt, Decision, Done,
+    Downstream, ExchangeError, LimitHeaders, BUF, CLIENT_TIMEOUT,
 };
-use crate::proxy::pool::{Pool, Tried};
 use crate::proxy::{Gateway, Outcome};
-use crate::registry::Snapshot;
 
 /// Largest request head (or buffered pipeline) read before pingora takes over.
 const MAX_HEAD: usize = 64 * 1024;
@@ -174,7 +172,17 @@ async fn exchange(
         body: &after[..in_buf],
         extra: &pairs[..n],
     };
-    let result = forward(&snap, pool, &req, io, out, rbuf).await;
+    if rbuf.len() < BUF {
+        rbuf.resize(BUF, 0);
+    }
+    let mut exchange = H1Exchange {
+        req: &req,
+        io,
+        out,
+        rbuf,
+        timeouts: snap.config.gateway.timeouts,
+    };
+    let result = forward(&snap, pool, &mut exchange).await;
     drop(admission);
     let keep_alive = match &result {
         Ok(done) => {
@@ -206,64 +214,29 @@ struct Request<'r, 'h, 'b> {
     extra: &'r [(&'static str, &'r HeaderValue)],
 }
 
-/// Sends `req` (its head is in `out`) to an upstream of `pool` and relays
-/// the response.
-async fn forward(
-    snap: &Snapshot,
-    pool: &Pool,
-    req: &Request<'_, '_, '_>,
-    io: &mut Stream,
-    out: &mut Vec<u8>,
-    rbuf: &mut Vec<u8>,
-) -> Result<Done, Failed> {
-    let t = snap.config.gateway.timeouts;
-    let mut tried = Tried::default();
-    let mut fresh_only = false;
-    if rbuf.len() < BUF {
-        rbuf.resize(BUF, 0);
+/// One request's exchange with the backend (its head is in `out`).
+struct H1Exchange<'a, 'r, 'h, 'b> {
+    req: &'a Request<'r, 'h, 'b>,
+    io: &'a mut Stream,
+    out: &'a mut Vec<u8>,
+    rbuf: &'a mut Vec<u8>,
+    timeouts: crate::config::Timeouts,
+}
+
+impl Downstream for H1Exchange<'_, '_, '_, '_> {
+    async fn attempt(&mut self, backend: &mut TcpStream, addr: SocketAddr) -> Result<Done, Attempt> {
+        attempt(backend, addr, self.req, self.io, self.out, self.rbuf, self.timeouts).await
     }
-    loop {
-        let mut backend = match open(snap, pool, &mut tried, fresh_only).await {
-            Ok(b) => b,
-            Err((error, upstream)) => {
-                let status = reply(io, out, error.status()).await;
-                return Err(Failed {
-                    error,
-                    status,
-                    upstream,
-                });
-            }
-        };
-        let addr = backend.up.addr;
-        match attempt(&mut backend.conn, addr, req, io, out, rbuf, t).await {
-            Ok(done) => {
-                if done.reusable {
-                    backend.up.put_idle(backend.conn, t.idle);
-                }
-                return Ok(done);
-            }
-            // A kept-alive connection the backend closed just before this
-            // request: send it again on a new one, if that is safe.
-            Err(Attempt::Stale(_)) if backend.reused && req.head.replayable() => fresh_only = true,
-            Err(Attempt::Stale(error)) | Err(Attempt::BeforeResponse(error)) => {
-                let status = match error.status() {
-                    0 => 0,
-                    s => reply(io, out, s).await,
-                };
-                return Err(Failed {
-                    error,
-                    status,
-                    upstream: Some(addr),
-                });
-            }
-            Err(Attempt::AfterHead(error, status)) => {
-                return Err(Failed {
-                    error,
-                    status,
-                    upstream: Some(addr),
-                })
-            }
+
+    async fn fail(&mut self, status: u16) -> u16 {
+        match status {
+            0 => 0,
+            s => reply(self.io, self.out, s).await,
         }
+    }
+
+    fn replayable(&self) -> bool {
+        self.req.head.replayable()
     }
 }
 

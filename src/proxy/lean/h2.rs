@@ -19,13 +19,11 @@ use tokio::net::TcpStream;
 use super::framing::{self, Body, Chunked, Line};
 use super::head::{self, digits, Trusted};
 use super::{
-    decide, log_failure, open, read_backend, response_head, send_head, timed_out, Answer, Attempt, Decision, Done,
-    ExchangeError, Failed, LimitHeaders, BUF, CLIENT_TIMEOUT,
+    decide, forward, log_failure, read_backend, response_head, send_head, timed_out, Answer, Attempt, Decision, Done,
+    Downstream, ExchangeError, LimitHeaders, BUF, CLIENT_TIMEOUT,
 };
 use crate::proxy::authority;
-use crate::proxy::pool::{Pool, Tried};
 use crate::proxy::{Gateway, Outcome};
-use crate::registry::Snapshot;
 
 /// Streams a client may have open at once (pingora's default too).
 const MAX_CONCURRENT_STREAMS: u32 = 100;
@@ -158,7 +156,13 @@ async fn stream(
         chunked,
         extra: &pairs[..n],
     };
-    let result = forward(&snap, pool, req, &mut respond).await;
+    let mut exchange = H2Exchange {
+        req,
+        respond: &mut respond,
+        rbuf: vec![0u8; BUF],
+        timeouts: snap.config.gateway.timeouts,
+    };
+    let result = forward(&snap, pool, &mut exchange).await;
     drop(admission);
     match &result {
         Ok(done) => {
@@ -202,53 +206,33 @@ impl Request<'_> {
     }
 }
 
-async fn forward(
-    snap: &Snapshot,
-    pool: &Pool,
-    mut req: Request<'_>,
-    respond: &mut SendResponse<Bytes>,
-) -> Result<Done, Failed> {
-    let t = snap.config.gateway.timeouts;
-    let mut tried = Tried::default();
-    let mut fresh_only = false;
-    let mut rbuf = vec![0u8; BUF];
-    loop {
-        let mut backend = match open(snap, pool, &mut tried, fresh_only).await {
-            Ok(b) => b,
-            Err((error, upstream)) => {
-                let status = fail(respond, error.status());
-                return Err(Failed {
-                    error,
-                    status,
-                    upstream,
-                });
-            }
-        };
-        let addr = backend.up.addr;
-        match attempt(&mut backend.conn, addr, &mut req, respond, &mut rbuf, t).await {
-            Ok(done) => {
-                if done.reusable {
-                    backend.up.put_idle(backend.conn, t.idle);
-                }
-                return Ok(done);
-            }
-            Err(Attempt::Stale(_)) if backend.reused && req.replayable() => fresh_only = true,
-            Err(Attempt::Stale(error)) | Err(Attempt::BeforeResponse(error)) => {
-                let status = fail(respond, error.status());
-                return Err(Failed {
-                    error,
-                    status,
-                    upstream: Some(addr),
-                });
-            }
-            Err(Attempt::AfterHead(error, status)) => {
-                return Err(Failed {
-                    error,
-                    status,
-                    upstream: Some(addr),
-                })
-            }
-        }
+/// One stream's exchange with the backend.
+struct H2Exchange<'r, 's> {
+    req: Request<'r>,
+    respond: &'s mut SendResponse<Bytes>,
+    rbuf: Vec<u8>,
+    timeouts: crate::config::Timeouts,
+}
+
+impl Downstream for H2Exchange<'_, '_> {
+    async fn attempt(&mut self, backend: &mut TcpStream, addr: SocketAddr) -> Result<Done, Attempt> {
+        attempt(
+            backend,
+            addr,
+            &mut self.req,
+            self.respond,
+            &mut self.rbuf,
+            self.timeouts,
+        )
+        .await
+    }
+
+    async fn fail(&mut self, status: u16) -> u16 {
+        fail(self.respond, status)
+    }
+
+    fn replayable(&self) -> bool {
+        self.req.replayable()
     }
 }
 

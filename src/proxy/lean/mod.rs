@@ -454,3 +454,59 @@ async fn send_head(
         })),
     }
 }
+
+/// The client side of one forwarded request: how to run an attempt on a
+/// backend connection, and how to answer a failure before any response.
+trait Downstream {
+    /// Sends the request on `backend` and relays the response.
+    async fn attempt(&mut self, backend: &mut TcpStream, addr: SocketAddr) -> Result<Done, Attempt>;
+    /// Answers `status` (0: just end); returns the status sent, or 0.
+    async fn fail(&mut self, status: u16) -> u16;
+    /// Whether a failed attempt on a reused connection may be sent again.
+    fn replayable(&self) -> bool;
+}
+
+/// Forwards to an upstream of `pool`: on a kept-alive connection that
+/// turns out stale, once more on a new one when `d` is replayable; a new
+/// connection that fails moves on to the next upstream ([`open`]).
+async fn forward(snap: &Snapshot, pool: &Pool, d: &mut impl Downstream) -> Result<Done, Failed> {
+    let idle = snap.config.gateway.timeouts.idle;
+    let mut tried = Tried::default();
+    let mut fresh_only = false;
+    loop {
+        let mut backend = match open(snap, pool, &mut tried, fresh_only).await {
+            Ok(b) => b,
+            Err((error, upstream)) => {
+                let status = d.fail(error.status()).await;
+                return Err(Failed {
+                    error,
+                    status,
+                    upstream,
+                });
+            }
+        };
+        let addr = backend.up.addr;
+        let (error, status) = match d.attempt(&mut backend.conn, addr).await {
+            Ok(done) => {
+                if done.reusable {
+                    backend.up.put_idle(backend.conn, idle);
+                }
+                return Ok(done);
+            }
+            Err(Attempt::Stale(_)) if backend.reused && d.replayable() => {
+                fresh_only = true;
+                continue;
+            }
+            Err(Attempt::Stale(error)) | Err(Attempt::BeforeResponse(error)) => {
+                let status = d.fail(error.status()).await;
+                (error, status)
+            }
+            Err(Attempt::AfterHead(error, status)) => (error, status),
+        };
+        return Err(Failed {
+            error,
+            status,
+            upstream: Some(addr),
+        });
+    }
+}
