@@ -51,6 +51,11 @@ pub(super) async fn serve(
         out: Vec::new(),
         rbuf: Vec::new(),
     };
+    // One registration with the shutdown signal for the connection's life,
+    // not one per request.
+    let mut signal = shutdown.clone();
+    let stop = signal.changed();
+    tokio::pin!(stop);
     loop {
         if *shutdown.borrow() {
             break;
@@ -79,7 +84,7 @@ pub(super) async fn serve(
                     let rest = conn.buf.split_off(conn.start);
                     return Some((rest, conn.io));
                 }
-                if !read_more(&mut conn, shutdown).await {
+                if !read_more(&mut conn, stop.as_mut()).await {
                     break;
                 }
             }
@@ -91,7 +96,10 @@ pub(super) async fn serve(
 
 /// Reads more of a request head. `false`: the client closed, failed, went
 /// silent, or the gateway is shutting down while the connection was idle.
-async fn read_more(conn: &mut Conn, shutdown: &mut ShutdownWatch) -> bool {
+async fn read_more(
+    conn: &mut Conn,
+    stop: std::pin::Pin<&mut impl std::future::Future<Output = Result<(), tokio::sync::watch::error::RecvError>>>,
+) -> bool {
     if conn.start > 0 {
         conn.buf.drain(..conn.start);
         conn.start = 0;
@@ -104,7 +112,7 @@ async fn read_more(conn: &mut Conn, shutdown: &mut ShutdownWatch) -> bool {
     let n = if idle {
         tokio::select! {
             r = read => r,
-            _ = shutdown.changed() => return false,
+            _ = stop => return false,
         }
     } else {
         read.await

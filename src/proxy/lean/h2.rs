@@ -46,14 +46,18 @@ pub(super) async fn serve(gw: &Gateway, io: Stream, peer: Option<SocketAddr>, sh
         }
         Err(_) => return,
     };
+    // Declared first: the streams borrow it.
+    let buffers = Buffers::default();
     let mut streams = FuturesUnordered::new();
     let mut closing = false;
+    let stop = shutdown.changed();
+    tokio::pin!(stop);
     let idle = tokio::time::sleep(CLIENT_TIMEOUT);
     tokio::pin!(idle);
     loop {
         tokio::select! {
             accepted = conn.accept() => match accepted {
-                Some(Ok((req, respond))) => streams.push(stream(gw, req, respond, peer)),
+                Some(Ok((req, respond))) => streams.push(stream(gw, req, respond, peer, &buffers)),
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
                     break;
@@ -65,7 +69,7 @@ pub(super) async fn serve(gw: &Gateway, io: Stream, peer: Option<SocketAddr>, sh
                     idle.as_mut().reset(tokio::time::Instant::now() + CLIENT_TIMEOUT);
                 }
             }
-            _ = shutdown.changed(), if !closing => {
+            _ = &mut stop, if !closing => {
                 conn.graceful_shutdown();
                 closing = true;
             }
@@ -83,6 +87,7 @@ async fn stream(
     req: http::Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     peer: Option<SocketAddr>,
+    buffers: &Buffers,
 ) {
     let snap = gw.registry.snapshot();
     let (parts, mut body) = req.into_parts();
@@ -159,10 +164,11 @@ async fn stream(
     let mut exchange = H2Exchange {
         req,
         respond: &mut respond,
-        rbuf: vec![0u8; BUF],
+        rbuf: buffers.take(),
         timeouts: snap.config.gateway.timeouts,
     };
     let result = forward(&snap, pool, &mut exchange).await;
+    buffers.give(exchange.rbuf);
     drop(admission);
     match &result {
         Ok(done) => {
@@ -203,6 +209,29 @@ impl Request<'_> {
                 *self.method,
                 http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
             )
+    }
+}
+
+/// Backend read buffers of one connection's streams, reused so that a
+/// stream does not allocate and zero a fresh one.
+#[derive(Default)]
+struct Buffers(std::sync::Mutex<Vec<Vec<u8>>>);
+
+impl Buffers {
+    /// Buffers kept for reuse per connection.
+    const KEEP: usize = 16;
+
+    fn take(&self) -> Vec<u8> {
+        let reused = self.0.lock().ok().and_then(|mut b| b.pop());
+        reused.unwrap_or_else(|| vec![0u8; BUF])
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        if let Ok(mut b) = self.0.lock() {
+            if b.len() < Self::KEEP {
+                b.push(buf);
+            }
+        }
     }
 }
 
