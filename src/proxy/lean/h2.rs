@@ -55,7 +55,16 @@ pub(super) async fn serve(gw: &Gateway, io: Stream, peer: Option<SocketAddr>, sh
     let idle = tokio::time::sleep(CLIENT_TIMEOUT);
     tokio::pin!(idle);
     loop {
+        // Biased to the streams: every stream that can finish does so before
+        // the connection is polled again, so their frames leave in one write
+        // (at most the 100 open streams finish in a row).
         tokio::select! {
+            biased;
+            Some(()) = streams.next(), if !streams.is_empty() => {
+                if streams.is_empty() {
+                    idle.as_mut().reset(tokio::time::Instant::now() + CLIENT_TIMEOUT);
+                }
+            }
             accepted = conn.accept() => match accepted {
                 Some(Ok((req, respond))) => streams.push(stream(gw, req, respond, peer, &buffers)),
                 Some(Err(e)) => {
@@ -64,11 +73,6 @@ pub(super) async fn serve(gw: &Gateway, io: Stream, peer: Option<SocketAddr>, sh
                 }
                 None => break,
             },
-            Some(()) = streams.next(), if !streams.is_empty() => {
-                if streams.is_empty() {
-                    idle.as_mut().reset(tokio::time::Instant::now() + CLIENT_TIMEOUT);
-                }
-            }
             _ = &mut stop, if !closing => {
                 conn.graceful_shutdown();
                 closing = true;
