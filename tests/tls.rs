@@ -550,3 +550,24 @@ async fn domain_lookup_reports_a_failing_acme_order_and_its_backoff() {
         json!({"source": "none", "detail": "no certificate covers this name: put one in certs_dir"})
     );
 }
+
+#[tokio::test]
+async fn the_first_handshakes_of_a_name_share_one_certificate() {
+    let (gw, root, _shared, _dedicated) = start("").await;
+    // 40 clients at once on a name with no certificate yet: one is issued
+    // (one blocking load, not 40), and every client gets that one.
+    let handshakes = (0..40).map(|_| handshake_full(gw.https, Some("portal.globex.example"), &root));
+    let leaves: Vec<Vec<u8>> = futures_util::future::join_all(handshakes)
+        .await
+        .into_iter()
+        .map(|r| r.expect("handshake").1)
+        .collect();
+    assert!(
+        leaves.iter().all(|l| *l == leaves[0]),
+        "every client saw the same certificate"
+    );
+    let threads = std::fs::read_dir(format!("/proc/{}/task", gw.pid()))
+        .expect("tasks")
+        .count();
+    assert!(threads < 40, "{threads} threads: a blocking thread per handshake");
+}

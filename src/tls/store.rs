@@ -100,7 +100,13 @@ pub struct CertStore {
     internal: Option<InternalCa>,
     provider: Arc<rustls::crypto::CryptoProvider>,
     sessions: Arc<dyn StoresServerSessions>,
+    /// One load (or internal issue) of a managed name at a time: the first
+    /// handshakes of a name wait for it instead of each loading (or
+    /// issuing) their own on a blocking thread of their own. By name hash.
+    loading: [tokio::sync::Mutex<()>; LOAD_SHARDS],
 }
+
+const LOAD_SHARDS: usize = 16;
 
 #[derive(Debug)]
 struct Fixed(Arc<CertifiedKey>);
@@ -122,6 +128,7 @@ impl CertStore {
             internal,
             provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
             sessions: ServerSessionMemoryCache::new(16 * 1024),
+            loading: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
         }
     }
 
@@ -266,11 +273,13 @@ impl CertStore {
             return Ok(e.clone());
         }
         let name = Self::managed_name(m.kind, sni);
-        if let Some(e) = self.cache.get(&name) {
-            if e.loaded.not_after > SystemTime::now() {
-                return Ok(e);
-            }
-            self.cache.remove(&name);
+        if let Some(e) = self.valid_cached(&name) {
+            return Ok(e);
+        }
+        let _turn = self.loading[load_shard(&name)].lock().await;
+        // Another handshake may have loaded it while this one waited.
+        if let Some(e) = self.valid_cached(&name) {
+            return Ok(e);
         }
         let store = self.clone();
         let loaded = tokio::task::spawn_blocking(move || store.load_managed(&name)).await;
@@ -279,6 +288,16 @@ impl CertStore {
             (_, Some(p)) => Ok(p),
             _ => Err(Refusal::NoCertificate),
         }
+    }
+
+    /// The cached managed certificate for `name`, while it is valid.
+    fn valid_cached(&self, name: &str) -> Option<Arc<Entry>> {
+        let e = self.cache.get(name)?;
+        if e.loaded.not_after > SystemTime::now() {
+            return Some(e);
+        }
+        self.cache.remove(name);
+        None
     }
 
     /// Loads a managed certificate from disk, or makes one with the
@@ -370,4 +389,12 @@ fn load_pair(path: &Path) -> Result<Loaded, CertError> {
         std::fs::read(path.with_extension("key"))?
     };
     Loaded::from_pem(&pem, &key)
+}
+
+/// The load lock of `name`.
+fn load_shard(name: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    (h.finish() % LOAD_SHARDS as u64) as usize
 }
