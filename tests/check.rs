@@ -493,3 +493,18 @@ fn templates_are_checked_once_and_every_tenant_needs_a_known_template_and_a_pool
     let (code, out, _) = check_files(&ok, &[("templates/edge.toml", "pool = \"other\"\n")]);
     assert_eq!(code, 0, "{out}");
 }
+
+#[test]
+fn gateway_timeouts_of_zero_are_refused() {
+    let text = HEAD.replace(
+        "base_domains",
+        "connect_timeout_ms = 0\nclient_timeout_ms = 0\nbase_domains",
+    );
+    refused(
+        &text,
+        &[
+            "gateway.connect_timeout_ms: \"0\" must be greater than zero",
+            "gateway.client_timeout_ms: \"0\" must be greater than zero",
+        ],
+    );
+}

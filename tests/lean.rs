@@ -708,3 +708,41 @@ async fn h2_request(addr: SocketAddr, root_pem: &[u8], sni: &str, uri: &str, chu
     }
     (status, String::from_utf8_lossy(&text).into_owned())
 }
+
+#[tokio::test]
+async fn a_client_gets_client_timeout_ms_for_a_whole_head_and_for_idling() {
+    let backend = scripted().await;
+    let echo = backend_echo().await;
+    let cfg = config(backend.addr, echo).replace(
+        "read_timeout_ms = 500",
+        "read_timeout_ms = 500\nclient_timeout_ms = 500",
+    );
+    let gw = Gateway::start(&cfg).await;
+
+    // A head trickled a byte every 100 ms: each read is quick, but the
+    // whole head is late, so the connection closes while it is still coming.
+    let mut c = Client::connect(&gw).await;
+    let head =
+        b"GET /slow-head HTTP/1.1\r\nHost: a.example\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut closed_at = None;
+    for (i, byte) in head.iter().enumerate() {
+        if c.conn.write_all(std::slice::from_ref(byte)).await.is_err() {
+            closed_at = Some(i);
+            break;
+        }
+        let mut one = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(100), c.conn.read(&mut one)).await {
+            closed_at = Some(i);
+            break;
+        }
+    }
+    let at = closed_at.expect("the connection was closed before the head was complete");
+    assert!(at < head.len() - 1, "closed after byte {at} of {}", head.len());
+
+    // An idle kept-alive connection is closed after the timeout.
+    let mut c = Client::connect(&gw).await;
+    c.send("GET /idle HTTP/1.1\r\nHost: a.example\r\n\r\n").await;
+    let (_, body) = c.response("GET /idle".len()).await;
+    assert_eq!(body, "GET /idle");
+    assert!(c.closed().await, "idle connection closed after client_timeout_ms");
+}

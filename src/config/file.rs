@@ -65,6 +65,7 @@ pub struct GatewaySection {
     pub read_timeout_ms: Option<u64>,
     pub write_timeout_ms: Option<u64>,
     pub upstream_idle_timeout_ms: Option<u64>,
+    pub client_timeout_ms: Option<u64>,
     pub upstream_down_ms: Option<u64>,
     pub threads: Option<usize>,
     pub watch_config: Option<bool>,

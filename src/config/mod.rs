@@ -144,6 +144,9 @@ pub struct Gateway {
     /// Common HTTP/1.1 requests and every HTTP/2 stream take tenantgate's
     /// own paths ([`crate::proxy::lean`]) instead of pingora's.
     pub lean_path: bool,
+    /// On the lean paths: how long a client may take to send a whole
+    /// request head, stay idle between requests, or take one write.
+    pub client_timeout: Duration,
     /// On SIGTERM: how long requests in flight may finish before exit.
     pub shutdown_grace: Duration,
 }
@@ -689,6 +692,7 @@ fn validate_gateway(g: file::GatewaySection, errs: &mut Vec<ConfigError>) -> Gat
         idle: ms("gateway.upstream_idle_timeout_ms", g.upstream_idle_timeout_ms, 60_000),
     };
     let upstream_down = ms("gateway.upstream_down_ms", g.upstream_down_ms, 10_000);
+    let client_timeout = ms("gateway.client_timeout_ms", g.client_timeout_ms, 60_000);
     let threads = match g.threads {
         Some(0) => {
             errs.push(err(None, "gateway.threads", Problem::Zero { value: "0".into() }));
@@ -711,6 +715,7 @@ fn validate_gateway(g: file::GatewaySection, errs: &mut Vec<ConfigError>) -> Gat
         threads,
         watch_config: g.watch_config.unwrap_or(true),
         lean_path: g.lean_path.unwrap_or(true),
+        client_timeout,
         shutdown_grace: Duration::from_secs(g.shutdown_grace_secs.unwrap_or(5).min(3600)),
     }
 }

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 use pingora_core::protocols::Stream;
@@ -15,24 +15,27 @@ use super::framing::{self, Body, Chunked};
 use super::head::{self, Head, Parsed, Trusted, MAX_HEADERS};
 use super::{
     decide, forward, log_failure, read_backend, response_head, send_head, timed_out, Answer, Attempt, Decision, Done,
-    Downstream, ExchangeError, LimitHeaders, BUF, CLIENT_TIMEOUT,
+    Downstream, ExchangeError, LimitHeaders, BUF,
 };
 use crate::proxy::{Gateway, Outcome};
 
 /// Largest request head (or buffered pipeline) read before pingora takes over.
 const MAX_HEAD: usize = 64 * 1024;
 
-/// One client connection's buffers.
+/// One client connection, and its buffers for heads and backend bytes.
 struct Conn {
     io: Stream,
     peer: Option<SocketAddr>,
-    /// Bytes read from the client; unread ones are `buf[start..]`.
-    buf: Vec<u8>,
-    start: usize,
     /// Heads being written.
     out: Vec<u8>,
     /// The backend's bytes.
     rbuf: Vec<u8>,
+}
+
+/// Bytes read from the client; the unread ones are `buf[start..]`.
+struct Input {
+    buf: Vec<u8>,
+    start: usize,
 }
 
 /// Serves requests until the connection closes (`None`) or a request needs
@@ -46,45 +49,54 @@ pub(super) async fn serve(
     let mut conn = Conn {
         io,
         peer,
-        buf: Vec::with_capacity(4096),
-        start: 0,
         out: Vec::new(),
         rbuf: Vec::new(),
+    };
+    let mut input = Input {
+        buf: Vec::with_capacity(4096),
+        start: 0,
     };
     // One registration with the shutdown signal for the connection's life,
     // not one per request.
     let mut signal = shutdown.clone();
     let stop = signal.changed();
     tokio::pin!(stop);
+    // The whole head of the next request must arrive by this deadline (a
+    // client trickling bytes gets no more time than a silent one).
+    let client_timeout = |gw: &Gateway| gw.registry.snapshot_guard().config.gateway.client_timeout;
+    let mut ct = client_timeout(gw);
+    let mut deadline = Instant::now() + ct;
     loop {
         if *shutdown.borrow() {
             break;
         }
         let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let data = &conn.buf[conn.start..];
+        let data = &input.buf[input.start..];
         match head::parse(data, &mut storage) {
             Parsed::Lean(h) => {
                 let after = &data[h.len..];
-                let used = exchange(gw, &h, after, &mut conn.io, &mut conn.out, &mut conn.rbuf, conn.peer).await;
+                let used = exchange(gw, &h, after, &mut conn, ct).await;
                 match used {
-                    Some(used) => conn.start += h.len + used,
+                    Some(used) => input.start += h.len + used,
                     None => break,
                 }
-                if conn.start == conn.buf.len() {
-                    conn.buf.clear();
-                    conn.start = 0;
+                ct = client_timeout(gw);
+                deadline = Instant::now() + ct;
+                if input.start == input.buf.len() {
+                    input.buf.clear();
+                    input.start = 0;
                 }
             }
             Parsed::Handoff => {
-                let rest = conn.buf.split_off(conn.start);
+                let rest = input.buf.split_off(input.start);
                 return Some((rest, conn.io));
             }
             Parsed::Partial => {
-                if conn.buf.len() - conn.start >= MAX_HEAD {
-                    let rest = conn.buf.split_off(conn.start);
+                if input.buf.len() - input.start >= MAX_HEAD {
+                    let rest = input.buf.split_off(input.start);
                     return Some((rest, conn.io));
                 }
-                if !read_more(&mut conn, stop.as_mut()).await {
+                if !read_more(&mut conn.io, &mut input, deadline, stop.as_mut()).await {
                     break;
                 }
             }
@@ -97,18 +109,20 @@ pub(super) async fn serve(
 /// Reads more of a request head. `false`: the client closed, failed, went
 /// silent, or the gateway is shutting down while the connection was idle.
 async fn read_more(
-    conn: &mut Conn,
+    io: &mut Stream,
+    input: &mut Input,
+    deadline: Instant,
     stop: std::pin::Pin<&mut impl std::future::Future<Output = Result<(), tokio::sync::watch::error::RecvError>>>,
 ) -> bool {
-    if conn.start > 0 {
-        conn.buf.drain(..conn.start);
-        conn.start = 0;
+    if input.start > 0 {
+        input.buf.drain(..input.start);
+        input.start = 0;
     }
-    if conn.buf.capacity() - conn.buf.len() < 1024 {
-        conn.buf.reserve(BUF);
+    if input.buf.capacity() - input.buf.len() < 1024 {
+        input.buf.reserve(BUF);
     }
-    let idle = conn.buf.is_empty();
-    let read = tokio::time::timeout(CLIENT_TIMEOUT, conn.io.read_buf(&mut conn.buf));
+    let idle = input.buf.is_empty();
+    let read = tokio::time::timeout_at(deadline.into(), io.read_buf(&mut input.buf));
     let n = if idle {
         tokio::select! {
             r = read => r,
@@ -123,15 +137,9 @@ async fn read_more(
 /// Proxies one request (or answers it). `Some(n)`: done, the connection
 /// may carry another request, and `n` bytes of `after` were this one's
 /// body. `None`: close the connection.
-async fn exchange(
-    gw: &Gateway,
-    h: &Head<'_, '_>,
-    after: &[u8],
-    io: &mut Stream,
-    out: &mut Vec<u8>,
-    rbuf: &mut Vec<u8>,
-    peer: Option<SocketAddr>,
-) -> Option<usize> {
+async fn exchange(gw: &Gateway, h: &Head<'_, '_>, after: &[u8], conn: &mut Conn, ct: Duration) -> Option<usize> {
+    let Conn { io, peer, out, rbuf } = conn;
+    let peer = *peer;
     let snap = gw.registry.snapshot();
     let in_buf = usize::try_from(h.content_length).map_or(after.len(), |cl| cl.min(after.len()));
     let body_buffered = in_buf as u64 == h.content_length;
@@ -157,7 +165,7 @@ async fn exchange(
             let close = a.close || !body_buffered || h.close;
             o.status = a.status;
             write_answer(out, &a, close);
-            let sent = send(io, out).await;
+            let sent = send(io, out, ct).await;
             gw.record(&snap, &o);
             return (sent.is_ok() && !close).then_some(in_buf);
         }
@@ -189,6 +197,7 @@ async fn exchange(
         out,
         rbuf,
         timeouts: snap.config.gateway.timeouts,
+        client_timeout: ct,
     };
     let result = forward(&snap, pool, &mut exchange).await;
     drop(admission);
@@ -229,17 +238,19 @@ struct H1Exchange<'a, 'r, 'h, 'b> {
     out: &'a mut Vec<u8>,
     rbuf: &'a mut Vec<u8>,
     timeouts: crate::config::Timeouts,
+    client_timeout: Duration,
 }
 
 impl Downstream for H1Exchange<'_, '_, '_, '_> {
     async fn attempt(&mut self, backend: &mut TcpStream, addr: SocketAddr) -> Result<Done, Attempt> {
-        attempt(backend, addr, self.req, self.io, self.out, self.rbuf, self.timeouts).await
+        let ct = self.client_timeout;
+        attempt(backend, addr, self.req, self.io, self.out, self.rbuf, self.timeouts, ct).await
     }
 
     async fn fail(&mut self, status: u16) -> u16 {
         match status {
             0 => 0,
-            s => reply(self.io, self.out, s).await,
+            s => reply(self.io, self.out, s, self.client_timeout).await,
         }
     }
 
@@ -258,6 +269,7 @@ async fn attempt(
     out: &mut Vec<u8>,
     rbuf: &mut Vec<u8>,
     t: crate::config::Timeouts,
+    ct: Duration,
 ) -> Result<Done, Attempt> {
     let h = req.head;
     send_head(backend, addr, out, req.body, t.write).await?;
@@ -265,7 +277,7 @@ async fn attempt(
     let mut remaining = h.content_length - req.body.len() as u64;
     while remaining > 0 {
         let want = usize::try_from(remaining).map_or(rbuf.len(), |r| r.min(rbuf.len()));
-        let n = match tokio::time::timeout(CLIENT_TIMEOUT, io.read(&mut rbuf[..want])).await {
+        let n = match tokio::time::timeout(ct, io.read(&mut rbuf[..want])).await {
             Ok(Ok(0)) => {
                 let eof = io::ErrorKind::UnexpectedEof.into();
                 return Err(Attempt::BeforeResponse(ExchangeError::Client(eof)));
@@ -312,7 +324,7 @@ async fn attempt(
             break r;
         }
         out.extend_from_slice(b"\r\n");
-        write_client(io, out).await.map_err(Attempt::BeforeResponse)?;
+        write_client(io, out, ct).await.map_err(Attempt::BeforeResponse)?;
         rbuf.copy_within(r.len..filled, 0);
         filled -= r.len;
     };
@@ -338,13 +350,13 @@ async fn attempt(
     match resp.body {
         Body::Empty => {
             reusable &= avail.is_empty();
-            write_client(io, out).await.map_err(after_head)?;
+            write_client(io, out, ct).await.map_err(after_head)?;
         }
         Body::Length(n) => {
             let first = usize::try_from(n).map_or(avail.len(), |n| n.min(avail.len()));
             reusable &= first == avail.len();
             out.extend_from_slice(&avail[..first]);
-            write_client(io, out).await.map_err(after_head)?;
+            write_client(io, out, ct).await.map_err(after_head)?;
             let mut remaining = n - first as u64;
             while remaining > 0 {
                 let want = usize::try_from(remaining).map_or(rbuf.len(), |r| r.min(rbuf.len()));
@@ -354,7 +366,7 @@ async fn attempt(
                 if got == 0 {
                     return Err(after_head(ExchangeError::Closed(addr)));
                 }
-                write_client(io, &rbuf[..got]).await.map_err(after_head)?;
+                write_client(io, &rbuf[..got], ct).await.map_err(after_head)?;
                 remaining -= got as u64;
             }
         }
@@ -366,7 +378,7 @@ async fn attempt(
             let take = end.unwrap_or(avail.len());
             reusable &= take == avail.len();
             out.extend_from_slice(&avail[..take]);
-            write_client(io, out).await.map_err(after_head)?;
+            write_client(io, out, ct).await.map_err(after_head)?;
             let mut done = end.is_some();
             while !done {
                 let got = read_backend(backend, addr, rbuf, t.read).await.map_err(after_head)?;
@@ -376,23 +388,23 @@ async fn attempt(
                 let end = scan.feed(&rbuf[..got], |_| ()).map_err(bad)?;
                 let take = end.unwrap_or(got);
                 reusable &= take == got;
-                write_client(io, &rbuf[..take]).await.map_err(after_head)?;
+                write_client(io, &rbuf[..take], ct).await.map_err(after_head)?;
                 done = end.is_some();
             }
         }
         // Re-chunked, so the client connection outlives the backend's.
         Body::Close => {
             chunk(out, avail);
-            write_client(io, out).await.map_err(after_head)?;
+            write_client(io, out, ct).await.map_err(after_head)?;
             loop {
                 let got = read_backend(backend, addr, rbuf, t.read).await.map_err(after_head)?;
                 if got == 0 {
-                    write_client(io, b"0\r\n\r\n").await.map_err(after_head)?;
+                    write_client(io, b"0\r\n\r\n", ct).await.map_err(after_head)?;
                     break;
                 }
                 out.clear();
                 chunk(out, &rbuf[..got]);
-                write_client(io, out).await.map_err(after_head)?;
+                write_client(io, out, ct).await.map_err(after_head)?;
             }
         }
     }
@@ -404,8 +416,8 @@ async fn attempt(
     })
 }
 
-async fn write_client(io: &mut Stream, bytes: &[u8]) -> Result<(), ExchangeError> {
-    match tokio::time::timeout(CLIENT_TIMEOUT, io.write_all(bytes)).await {
+async fn write_client(io: &mut Stream, bytes: &[u8], ct: Duration) -> Result<(), ExchangeError> {
+    match tokio::time::timeout(ct, io.write_all(bytes)).await {
         Ok(r) => r.map_err(ExchangeError::Client),
         Err(_) => Err(ExchangeError::Client(timed_out())),
     }
@@ -423,19 +435,19 @@ fn chunk(out: &mut Vec<u8>, data: &[u8]) {
 }
 
 /// Writes `out` to the client and flushes.
-async fn send(io: &mut Stream, out: &[u8]) -> Result<(), ExchangeError> {
-    write_client(io, out).await?;
+async fn send(io: &mut Stream, out: &[u8], ct: Duration) -> Result<(), ExchangeError> {
+    write_client(io, out, ct).await?;
     io.flush().await.map_err(ExchangeError::Client)
 }
 
 /// Answers `status` (a 502 or 504) before any response went out, and
 /// closes; returns the status sent (0 if the client is gone).
-async fn reply(io: &mut Stream, out: &mut Vec<u8>, status: u16) -> u16 {
+async fn reply(io: &mut Stream, out: &mut Vec<u8>, status: u16, ct: Duration) -> u16 {
     let body = format!("{status} {}\n", super::reason(status));
     let mut a = Answer::text(status, "", true);
     a.body = body.into();
     write_answer(out, &a, true);
-    match send(io, out).await {
+    match send(io, out, ct).await {
         Ok(()) => status,
         Err(_) => 0,
     }

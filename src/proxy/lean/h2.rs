@@ -20,7 +20,7 @@ use super::framing::{self, Body, Chunked, Line};
 use super::head::{self, digits, Trusted};
 use super::{
     decide, forward, log_failure, read_backend, response_head, send_head, timed_out, Answer, Attempt, Decision, Done,
-    Downstream, ExchangeError, LimitHeaders, BUF, CLIENT_TIMEOUT,
+    Downstream, ExchangeError, LimitHeaders, BUF,
 };
 use crate::proxy::authority;
 use crate::proxy::{Gateway, Outcome};
@@ -31,14 +31,15 @@ const MAX_CONCURRENT_STREAMS: u32 = 100;
 const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
 
 /// Serves an HTTP/2 connection until the client closes it, it stays idle
-/// for [`CLIENT_TIMEOUT`], or the gateway shuts down (then with GOAWAY,
+/// for `client_timeout_ms`, or the gateway shuts down (then with GOAWAY,
 /// letting streams in flight finish).
 pub(super) async fn serve(gw: &Gateway, io: Stream, peer: Option<SocketAddr>, shutdown: &mut ShutdownWatch) {
     let mut builder = h2::server::Builder::new();
     builder
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_header_list_size(MAX_HEADER_LIST_SIZE);
-    let mut conn = match tokio::time::timeout(CLIENT_TIMEOUT, builder.handshake::<_, Bytes>(io)).await {
+    let ct = gw.registry.snapshot_guard().config.gateway.client_timeout;
+    let mut conn = match tokio::time::timeout(ct, builder.handshake::<_, Bytes>(io)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "HTTP/2 handshake failed");
@@ -52,7 +53,7 @@ pub(super) async fn serve(gw: &Gateway, io: Stream, peer: Option<SocketAddr>, sh
     let mut closing = false;
     let stop = shutdown.changed();
     tokio::pin!(stop);
-    let idle = tokio::time::sleep(CLIENT_TIMEOUT);
+    let idle = tokio::time::sleep(ct);
     tokio::pin!(idle);
     loop {
         // Biased to the streams: every stream that can finish does so before
@@ -62,7 +63,7 @@ pub(super) async fn serve(gw: &Gateway, io: Stream, peer: Option<SocketAddr>, sh
             biased;
             Some(()) = streams.next(), if !streams.is_empty() => {
                 if streams.is_empty() {
-                    idle.as_mut().reset(tokio::time::Instant::now() + CLIENT_TIMEOUT);
+                    idle.as_mut().reset(tokio::time::Instant::now() + ct);
                 }
             }
             accepted = conn.accept() => match accepted {
@@ -164,6 +165,7 @@ async fn stream(
         body: has_body.then_some(&mut body),
         chunked,
         extra: &pairs[..n],
+        client_timeout: snap.config.gateway.client_timeout,
     };
     let mut exchange = H2Exchange {
         req,
@@ -203,6 +205,8 @@ struct Request<'r> {
     chunked: bool,
     /// Headers added to the response.
     extra: &'r [(&'static str, &'r HeaderValue)],
+    /// The longest wait for the client's next body bytes.
+    client_timeout: std::time::Duration,
 }
 
 impl Request<'_> {
@@ -280,7 +284,7 @@ async fn attempt(
 ) -> Result<Done, Attempt> {
     send_head(backend, addr, req.head, &[], t.write).await?;
     if let Some(body) = req.body.as_deref_mut() {
-        send_body(backend, addr, body, req.chunked, t.write).await?;
+        send_body(backend, addr, body, req.chunked, t.write, req.client_timeout).await?;
     }
 
     // The response head, after any interim 1xx ones (relayed as they come).
@@ -420,10 +424,11 @@ async fn send_body(
     body: &mut RecvStream,
     chunked: bool,
     timeout: std::time::Duration,
+    client_timeout: std::time::Duration,
 ) -> Result<(), Attempt> {
     let upstream_err = |source| Attempt::BeforeResponse(ExchangeError::Upstream { addr, source });
     loop {
-        let data = match tokio::time::timeout(super::CLIENT_TIMEOUT, body.data()).await {
+        let data = match tokio::time::timeout(client_timeout, body.data()).await {
             Ok(Some(Ok(d))) => d,
             Ok(None) => break,
             Ok(Some(Err(e))) => return Err(Attempt::BeforeResponse(ExchangeError::H2(e))),

@@ -14,9 +14,10 @@
 //! - HTTP/2 over TLS ([`h2`]): every stream, on the `h2` crate.
 //!
 //! Backends get HTTP/1.1 over idle connections kept per upstream
-//! ([`Upstream::take_idle`]). Client timeouts: a request head (or the wait
-//! for the next one) and each write to the client get [`CLIENT_TIMEOUT`];
-//! the backend gets the configured connect, read and write timeouts.
+//! ([`Upstream::take_idle`]). Clients get `client_timeout_ms` for a whole
+//! request head (or the wait for the next one), for each wait for body
+//! bytes, and for each write; the backend gets the configured connect,
+//! read and write timeouts.
 
 mod framing;
 mod h1;
@@ -48,9 +49,6 @@ use crate::telemetry::Rejection;
 use framing::BadResponse;
 
 pub use head::ACME_CHALLENGE_PREFIX;
-
-/// A client gets this long to send a request head, or to read a write.
-pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The HTTP app of a listener: the lean paths, with pingora's `inner` app
 /// for whatever they do not take.
