@@ -243,8 +243,7 @@ struct H1Exchange<'a, 'r, 'h, 'b> {
 
 impl Downstream for H1Exchange<'_, '_, '_, '_> {
     async fn attempt(&mut self, backend: &mut TcpStream, addr: SocketAddr) -> Result<Done, Attempt> {
-        let ct = self.client_timeout;
-        attempt(backend, addr, self.req, self.io, self.out, self.rbuf, self.timeouts, ct).await
+        attempt(self, backend, addr).await
     }
 
     async fn fail(&mut self, status: u16) -> u16 {
@@ -262,15 +261,12 @@ impl Downstream for H1Exchange<'_, '_, '_, '_> {
 /// One attempt on one backend connection: send the request (its head is
 /// in `out`), then relay the response.
 async fn attempt(
+    x: &mut H1Exchange<'_, '_, '_, '_>,
     backend: &mut TcpStream,
     addr: SocketAddr,
-    req: &Request<'_, '_, '_>,
-    io: &mut Stream,
-    out: &mut Vec<u8>,
-    rbuf: &mut Vec<u8>,
-    t: crate::config::Timeouts,
-    ct: Duration,
 ) -> Result<Done, Attempt> {
+    let (req, t, ct) = (x.req, x.timeouts, x.client_timeout);
+    let (io, out, rbuf) = (&mut *x.io, &mut *x.out, &mut *x.rbuf);
     let h = req.head;
     send_head(backend, addr, out, req.body, t.write).await?;
     // The rest of a body the client is still sending.
