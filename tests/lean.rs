@@ -477,6 +477,14 @@ async fn unusual_requests_are_served_by_pingora_with_the_same_rules() {
     assert_eq!(raw_status(&resp), 421, "{resp}");
     let resp = f.gw.raw("GET /x HTTP/1.1\r\nConnection: close\r\n\r\n").await;
     assert_eq!(raw_status(&resp), 400, "{resp}");
+    for reason in ["http10", "target"] {
+        let series = format!("tenantgate_lean_handoffs_total{{reason=\"{reason}\"}}");
+        assert!(f.gw.metric(&series).await >= 1.0, "{series}");
+    }
+    assert_eq!(
+        f.gw.metric("tenantgate_lean_handoffs_total{reason=\"upgrade\"}").await,
+        0.0
+    );
     // A spoofed tenant header never survives either path.
     let resp =
         f.gw.raw("GET /h HTTP/1.0\r\nHost: e.example\r\nX-Tenant-Id: evil\r\n\r\n")

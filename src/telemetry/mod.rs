@@ -49,6 +49,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     rejections: IntCounterVec,
+    handoffs: IntCounterVec,
     upstream_errors: IntCounterVec,
     pub config_generation: IntGauge,
     reloads: IntCounterVec,
@@ -210,6 +211,13 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let handoffs = IntCounterVec::new(
+            Opts::new(
+                "tenantgate_lean_handoffs_total",
+                "HTTP/1.1 connections the lean path handed to pingora's path, by the reason of the request that did.",
+            ),
+            &["reason"],
+        )?;
         let upstream_errors = IntCounterVec::new(
             Opts::new(
                 "tenantgate_upstream_errors_total",
@@ -235,6 +243,7 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
+        registry.register(Box::new(handoffs.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(config_generation.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
@@ -303,11 +312,15 @@ impl Metrics {
         for r in ["success", "failure"] {
             reloads.with_label_values(&[r]);
         }
+        for r in crate::proxy::lean::Handoff::ALL {
+            handoffs.with_label_values(&[r.as_str()]);
+        }
         Ok(Metrics {
             registry,
             requests,
             duration,
             rejections,
+            handoffs,
             upstream_errors,
             config_generation,
             reloads,
@@ -376,6 +389,11 @@ impl Metrics {
         for k in ["connect", "proxy"] {
             let _ = self.upstream_errors.remove_label_values(&[name, k]);
         }
+    }
+
+    /// Counts a connection the lean HTTP/1.1 path handed to pingora's.
+    pub fn handoff(&self, reason: crate::proxy::lean::Handoff) {
+        self.handoffs.with_label_values(&[reason.as_str()]).inc();
     }
 
     /// Counts a refused request.

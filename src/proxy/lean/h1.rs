@@ -87,12 +87,14 @@ pub(super) async fn serve(
                     input.start = 0;
                 }
             }
-            Parsed::Handoff => {
+            Parsed::Handoff(why) => {
+                gw.metrics.handoff(why);
                 let rest = input.buf.split_off(input.start);
                 return Some((rest, conn.io));
             }
             Parsed::Partial => {
                 if input.buf.len() - input.start >= MAX_HEAD {
+                    gw.metrics.handoff(head::Handoff::TooLarge);
                     let rest = input.buf.split_off(input.start);
                     return Some((rest, conn.io));
                 }

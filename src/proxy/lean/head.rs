@@ -39,10 +39,53 @@ pub enum Parsed<'h, 'b> {
     Lean(Head<'h, 'b>),
     /// Not a whole head yet: read more.
     Partial,
-    /// Anything else (HTTP/1.0, chunked or ambiguous bodies, upgrades,
-    /// `Expect`, absolute-form targets, ACME challenges, malformed heads):
-    /// pingora's HTTP/1 path takes the connection from here on.
-    Handoff,
+    /// Anything else: pingora's HTTP/1 path takes the connection from here
+    /// on.
+    Handoff(Handoff),
+}
+
+/// Why a request goes to pingora's path (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handoff {
+    /// Not a head httparse accepts (h2c's preface included).
+    Malformed,
+    /// A head larger than the lean path reads.
+    TooLarge,
+    Http10,
+    /// `CONNECT`, or a target that is not origin-form.
+    Target,
+    AcmeChallenge,
+    /// `Transfer-Encoding`, or more than one or a malformed `Content-Length`.
+    Body,
+    Upgrade,
+    Expect,
+}
+
+impl Handoff {
+    pub const ALL: [Handoff; 8] = [
+        Handoff::Malformed,
+        Handoff::TooLarge,
+        Handoff::Http10,
+        Handoff::Target,
+        Handoff::AcmeChallenge,
+        Handoff::Body,
+        Handoff::Upgrade,
+        Handoff::Expect,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Handoff::Malformed => "malformed",
+            Handoff::TooLarge => "too_large",
+            Handoff::Http10 => "http10",
+            Handoff::Target => "target",
+            Handoff::AcmeChallenge => "acme_challenge",
+            Handoff::Body => "body",
+            Handoff::Upgrade => "upgrade",
+            Handoff::Expect => "expect",
+        }
+    }
 }
 
 /// Parses the head at the front of `buf`.
@@ -51,13 +94,19 @@ pub fn parse<'h, 'b>(buf: &'b [u8], storage: &'h mut [httparse::Header<'b>; MAX_
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Handoff,
+        Err(_) => return Parsed::Handoff(Handoff::Malformed),
     };
-    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
-        return Parsed::Handoff;
+    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
+        return Parsed::Handoff(Handoff::Malformed);
     };
-    if method == "CONNECT" || !target.starts_with('/') || target.starts_with(ACME_CHALLENGE_PREFIX) {
-        return Parsed::Handoff;
+    if version != 1 {
+        return Parsed::Handoff(Handoff::Http10);
+    }
+    if method == "CONNECT" || !target.starts_with('/') {
+        return Parsed::Handoff(Handoff::Target);
+    }
+    if target.starts_with(ACME_CHALLENGE_PREFIX) {
+        return Parsed::Handoff(Handoff::AcmeChallenge);
     }
     let headers: &'h [httparse::Header<'b>] = req.headers;
     let mut host = Err(BadAuthority::Missing);
@@ -73,13 +122,14 @@ pub fn parse<'h, 'b>(buf: &'b [u8], storage: &'h mut [httparse::Header<'b>; MAX_
         } else if name.eq_ignore_ascii_case("content-length") {
             match (content_length, digits(h.value)) {
                 (None, Some(n)) => content_length = Some(n),
-                _ => return Parsed::Handoff,
+                _ => return Parsed::Handoff(Handoff::Body),
             }
-        } else if name.eq_ignore_ascii_case("transfer-encoding")
-            || name.eq_ignore_ascii_case("upgrade")
-            || name.eq_ignore_ascii_case("expect")
-        {
-            return Parsed::Handoff;
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Parsed::Handoff(Handoff::Body);
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            return Parsed::Handoff(Handoff::Upgrade);
+        } else if name.eq_ignore_ascii_case("expect") {
+            return Parsed::Handoff(Handoff::Expect);
         } else if name.eq_ignore_ascii_case("connection") {
             close |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"close"));
         }
@@ -254,8 +304,11 @@ mod tests {
         f(parse(raw, &mut storage))
     }
 
-    fn is_handoff(raw: &[u8]) -> bool {
-        with(raw, |p| matches!(p, Parsed::Handoff))
+    fn handoff(raw: &[u8]) -> Option<Handoff> {
+        with(raw, |p| match p {
+            Parsed::Handoff(h) => Some(h),
+            _ => None,
+        })
     }
 
     #[test]
@@ -281,20 +334,36 @@ mod tests {
 
     #[test]
     fn unusual_requests_go_to_pingora() {
-        for raw in [
-            &b"GET / HTTP/1.0\r\nHost: x\r\n\r\n"[..],
-            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
-            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
-            b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
-            b"GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
-            b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
-            b"GET /.well-known/acme-challenge/t HTTP/1.1\r\nHost: x\r\n\r\n",
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+        use Handoff::*;
+        for (raw, why) in [
+            (&b"GET / HTTP/1.0\r\nHost: x\r\n\r\n"[..], Http10),
+            (
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Body,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+                Body,
+            ),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\n", Body),
+            (
+                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+                Upgrade,
+            ),
+            (
+                b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+                Expect,
+            ),
+            (b"GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n", Target),
+            (b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n", Target),
+            (
+                b"GET /.well-known/acme-challenge/t HTTP/1.1\r\nHost: x\r\n\r\n",
+                AcmeChallenge,
+            ),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Malformed),
+            (b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", Malformed),
         ] {
-            assert!(is_handoff(raw), "{}", String::from_utf8_lossy(raw));
+            assert_eq!(handoff(raw), Some(why), "{}", String::from_utf8_lossy(raw));
         }
     }
 

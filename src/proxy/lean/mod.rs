@@ -48,7 +48,7 @@ use crate::registry::{Snapshot, Tenant};
 use crate::telemetry::Rejection;
 use framing::BadResponse;
 
-pub use head::ACME_CHALLENGE_PREFIX;
+pub use head::{Handoff, ACME_CHALLENGE_PREFIX};
 
 /// The HTTP app of a listener: the lean paths, with pingora's `inner` app
 /// for whatever they do not take.
