@@ -234,7 +234,12 @@ impl Buffers {
         reused.unwrap_or_else(|| vec![0u8; BUF])
     }
 
-    fn give(&self, buf: Vec<u8>) {
+    fn give(&self, mut buf: Vec<u8>) {
+        // A buffer grown for a large response head goes back to the usual size.
+        if buf.len() > BUF {
+            buf.truncate(BUF);
+            buf.shrink_to_fit();
+        }
         if let Ok(mut b) = self.0.lock() {
             if b.len() < Self::KEEP {
                 b.push(buf);
