@@ -181,28 +181,37 @@ pub fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// The current `Date` value (RFC 9110 section 6.6.1: a forwarded response
 /// without one gets one), formatted once a second per thread.
 pub fn with_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
-    DATE.with(|d| f(d.borrow_mut().now()))
+    DATE.with(|d| f(d.borrow_mut().now().as_bytes()))
+}
+
+/// [`with_date`] as a header value (shared, no copy per response).
+pub fn date() -> HeaderValue {
+    DATE.with(|d| d.borrow_mut().now().clone())
 }
 
 thread_local! {
-    static DATE: std::cell::RefCell<Date> = const { std::cell::RefCell::new(Date { second: 0, text: Vec::new() }) };
+    static DATE: std::cell::RefCell<Date> = const {
+        std::cell::RefCell::new(Date { second: 0, value: HeaderValue::from_static("") })
+    };
 }
 
 /// The `Date` value, formatted once a second per thread.
 struct Date {
     second: u64,
-    text: Vec<u8>,
+    value: HeaderValue,
 }
 
 impl Date {
-    fn now(&mut self) -> &[u8] {
+    fn now(&mut self) -> &HeaderValue {
         let now = std::time::SystemTime::now();
         let second = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        if second != self.second || self.text.is_empty() {
+        if second != self.second || self.value.is_empty() {
             self.second = second;
-            self.text = httpdate::fmt_http_date(now).into_bytes();
+            if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(now)) {
+                self.value = v;
+            }
         }
-        &self.text
+        &self.value
     }
 }
 

@@ -296,7 +296,7 @@ async fn attempt(
     let mut filled = 0;
     let mut received = false;
     let head_request = *req.method == http::Method::HEAD;
-    let mut headers = HeaderMap::new();
+    let mut headers = HeaderMap::with_capacity(16);
     let resp = loop {
         headers.clear();
         let emit = |l: Line<'_>| {
@@ -333,7 +333,7 @@ async fn attempt(
         headers.insert(*name, (*value).clone());
     }
     if !resp.date {
-        framing::with_date(|d| HeaderValue::from_bytes(d).map(|d| headers.insert(http::header::DATE, d))).ok();
+        headers.insert(http::header::DATE, framing::date());
     }
     let status = resp.status;
     let mut response = http::Response::new(());
