@@ -33,6 +33,11 @@ fn script(method: &str, path: &str) -> (Vec<u8>, bool) {
         ),
         "/malformed" => (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", true),
         "/two-lengths" => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok", true),
+        "/early-held" => (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate", false),
+        "/cl-listed" => (
+            b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nhello",
+            false,
+        ),
         "/early" => (
             b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
             false,
@@ -52,22 +57,25 @@ fn script(method: &str, path: &str) -> (Vec<u8>, bool) {
 struct Scripted {
     addr: SocketAddr,
     heads: Arc<Mutex<Vec<String>>>,
+    /// `/early-held` sends its 103, then waits for this before the 200.
+    release: Arc<tokio::sync::Notify>,
 }
 
 async fn scripted() -> Scripted {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let heads = Arc::new(Mutex::new(Vec::new()));
-    let seen = heads.clone();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (seen, held) = (heads.clone(), release.clone());
     tokio::spawn(async move {
         while let Ok((conn, _)) = listener.accept().await {
-            tokio::spawn(serve_scripted(conn, seen.clone()));
+            tokio::spawn(serve_scripted(conn, seen.clone(), held.clone()));
         }
     });
-    Scripted { addr, heads }
+    Scripted { addr, heads, release }
 }
 
-async fn serve_scripted(mut conn: TcpStream, seen: Arc<Mutex<Vec<String>>>) {
+async fn serve_scripted(mut conn: TcpStream, seen: Arc<Mutex<Vec<String>>>, release: Arc<tokio::sync::Notify>) {
     let mut buf = Vec::new();
     // After "/drop-next", the next request on this connection is read and
     // the connection closed without an answer: a kept-alive connection that
@@ -96,6 +104,12 @@ async fn serve_scripted(mut conn: TcpStream, seen: Arc<Mutex<Vec<String>>>) {
         drop_next = path == "/drop-next";
         let (resp, close) = script(method, path);
         seen.lock().expect("lock").push(head.clone());
+        if path == "/early-held" {
+            let _ = conn
+                .write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </b.css>\r\n\r\n")
+                .await;
+            release.notified().await;
+        }
         if path == "/slow" {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
@@ -753,4 +767,75 @@ async fn a_client_gets_client_timeout_ms_for_a_whole_head_and_for_idling() {
     let (_, body) = c.response("GET /idle".len()).await;
     assert_eq!(body, "GET /idle");
     assert!(c.closed().await, "idle connection closed after client_timeout_ms");
+}
+
+#[tokio::test]
+async fn connection_tokens_cannot_drop_framing_or_host_and_smuggle_a_request() {
+    let f = fixture().await;
+    let smuggled = "GET /admin HTTP/1.1\r\nHost: a.example\r\nX-Tenant-Id: victim\r\n\r\n";
+    let mut c = Client::connect(&f.gw).await;
+    c.send(&format!(
+        "POST /smuggle HTTP/1.1\r\nHost: a.example\r\nContent-Length: {}\r\nConnection: content-length, host\r\n\r\n{smuggled}",
+        smuggled.len()
+    ))
+    .await;
+    let (_, body) = c.response("POST /smuggle".len()).await;
+    assert_eq!(body, "POST /smuggle");
+    c.send("GET /after HTTP/1.1\r\nHost: a.example\r\n\r\n").await;
+    let (_, body) = c.response("GET /after".len()).await;
+    assert_eq!(body, "GET /after");
+    let heads = f.backend.heads.lock().expect("lock").clone();
+    let post = heads.iter().find(|h| h.starts_with("POST /smuggle")).expect("the POST");
+    assert_eq!(
+        header_of(post, "content-length"),
+        Some(smuggled.len().to_string().as_str()),
+        "{post}"
+    );
+    assert_eq!(header_of(post, "host"), Some("a.example"), "{post}");
+    assert!(
+        !heads.iter().any(|h| h.starts_with("GET /admin")),
+        "a request was smuggled: {heads:?}"
+    );
+
+    // A backend's Connection: content-length cannot unframe its response.
+    c.send("GET /cl-listed HTTP/1.1\r\nHost: a.example\r\n\r\n").await;
+    let (head, body) = c.response(5).await;
+    assert_eq!(
+        (header_of(&head, "content-length"), body.as_str()),
+        (Some("5"), "hello"),
+        "{head}"
+    );
+    c.send("GET /next HTTP/1.1\r\nHost: a.example\r\n\r\n").await;
+    let (_, body) = c.response("GET /next".len()).await;
+    assert_eq!(body, "GET /next");
+}
+
+#[tokio::test]
+async fn answers_to_head_requests_have_no_body_and_keep_the_connection_in_step() {
+    let f = fixture().await;
+    let mut c = Client::connect(&f.gw).await;
+    c.send("HEAD /x HTTP/1.1\r\nHost: nobody.example\r\n\r\n").await;
+    let (head, _) = c.response(0).await;
+    assert_eq!(raw_status(&head), 421);
+    assert!(header_of(&head, "content-length").is_some(), "{head}");
+    c.send("GET /length HTTP/1.1\r\nHost: a.example\r\n\r\n").await;
+    let (head, body) = c.response(5).await;
+    assert_eq!(
+        (raw_status(&head), body.as_str()),
+        (200, "hello"),
+        "no stray body before it"
+    );
+}
+
+#[tokio::test]
+async fn an_interim_response_reaches_the_client_before_the_backend_goes_on() {
+    let f = fixture().await;
+    let mut c = Client::connect(&f.gw).await;
+    c.send("GET /early-held HTTP/1.1\r\nHost: a.example\r\n\r\n").await;
+    // The backend holds its 200 until the client has seen the 103.
+    let (head, _) = c.response(0).await;
+    assert_eq!(raw_status(&head), 103);
+    f.backend.release.notify_one();
+    let (head, body) = c.response(4).await;
+    assert_eq!((raw_status(&head), body.as_str()), (200, "late"));
 }

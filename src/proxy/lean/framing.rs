@@ -70,6 +70,9 @@ pub fn parse(
         Err(_) => return Err(BadResponse::Head),
     };
     let status = resp.code.ok_or(BadResponse::Head)?;
+    if status < 100 {
+        return Err(BadResponse::Head);
+    }
     if status == 101 {
         return Err(BadResponse::Upgrade);
     }
@@ -121,7 +124,7 @@ pub fn parse(
         let dropped = hop_by_hop(name)
             || (chunked.is_some() && name.eq_ignore_ascii_case("content-length"))
             || replaced.iter().any(|(n, _)| name.eq_ignore_ascii_case(n))
-            || listed_in_connection(resp.headers, name);
+            || (!name.eq_ignore_ascii_case("content-length") && listed_in_connection(resp.headers, name));
         if !dropped {
             emit(Line::Header(name, h.value));
         }
@@ -313,7 +316,11 @@ impl Chunked {
                 }
                 State::TrailerStart => {
                     self.count = 0;
-                    self.state = if b == b'\r' { State::EndLf } else { State::Trailer };
+                    self.state = match b {
+                        b'\r' => State::EndLf,
+                        b'\n' => return Err(BadResponse::Chunked),
+                        _ => State::Trailer,
+                    };
                 }
                 State::Trailer => {
                     self.count += 1;
@@ -394,6 +401,7 @@ mod tests {
             (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", BadResponse::Upgrade),
             (b"HTTP/1.1 2000 OK\r\n\r\n", BadResponse::Head),
             (b"garbage\r\n\r\n", BadResponse::Head),
+            (b"HTTP/1.1 000 Zero\r\n\r\n", BadResponse::Head),
             (
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
                 BadResponse::Coding,
@@ -459,6 +467,7 @@ Transfer-Encoding: chunked\r\nContent-Length: 3\r\nServer: b\r\n\r\n",
             b"\r\n",
             b"1234567890abcdef0\r\n",
             b"0\r\nbad\n",
+            b"0\r\n\n",
         ] {
             assert_eq!(
                 Chunked::default().feed(bad, |_| ()),

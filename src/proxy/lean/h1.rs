@@ -166,7 +166,7 @@ async fn exchange(gw: &Gateway, h: &Head<'_, '_>, after: &[u8], conn: &mut Conn,
             // The connection stays only when this request's body is read.
             let close = a.close || !body_buffered || h.close;
             o.status = a.status;
-            write_answer(out, &a, close);
+            write_answer(out, &a, close, h.method == "HEAD");
             let sent = send(io, out, ct).await;
             gw.record(&snap, &o);
             return (sent.is_ok() && !close).then_some(in_buf);
@@ -251,7 +251,16 @@ impl Downstream for H1Exchange<'_, '_, '_, '_> {
     async fn fail(&mut self, status: u16) -> u16 {
         match status {
             0 => 0,
-            s => reply(self.io, self.out, s, self.client_timeout).await,
+            s => {
+                reply(
+                    self.io,
+                    self.out,
+                    s,
+                    self.client_timeout,
+                    self.req.head.method == "HEAD",
+                )
+                .await
+            }
         }
     }
 
@@ -322,7 +331,7 @@ async fn attempt(
             break r;
         }
         out.extend_from_slice(b"\r\n");
-        write_client(io, out, ct).await.map_err(Attempt::BeforeResponse)?;
+        send(io, out, ct).await.map_err(Attempt::BeforeResponse)?;
         rbuf.copy_within(r.len..filled, 0);
         filled -= r.len;
     };
@@ -356,6 +365,11 @@ async fn attempt(
             out.extend_from_slice(&avail[..first]);
             write_client(io, out, ct).await.map_err(after_head)?;
             let mut remaining = n - first as u64;
+            // The rest may be slow to come (a stream of events): what is
+            // here goes out now.
+            if remaining > 0 {
+                flush_client(io, ct).await.map_err(after_head)?;
+            }
             while remaining > 0 {
                 let want = usize::try_from(remaining).map_or(rbuf.len(), |r| r.min(rbuf.len()));
                 let got = read_backend(backend, addr, &mut rbuf[..want], t.read)
@@ -364,7 +378,7 @@ async fn attempt(
                 if got == 0 {
                     return Err(after_head(ExchangeError::Closed(addr)));
                 }
-                write_client(io, &rbuf[..got], ct).await.map_err(after_head)?;
+                send(io, &rbuf[..got], ct).await.map_err(after_head)?;
                 remaining -= got as u64;
             }
         }
@@ -378,6 +392,9 @@ async fn attempt(
             out.extend_from_slice(&avail[..take]);
             write_client(io, out, ct).await.map_err(after_head)?;
             let mut done = end.is_some();
+            if !done {
+                flush_client(io, ct).await.map_err(after_head)?;
+            }
             while !done {
                 let got = read_backend(backend, addr, rbuf, t.read).await.map_err(after_head)?;
                 if got == 0 {
@@ -386,14 +403,14 @@ async fn attempt(
                 let end = scan.feed(&rbuf[..got], |_| ()).map_err(bad)?;
                 let take = end.unwrap_or(got);
                 reusable &= take == got;
-                write_client(io, &rbuf[..take], ct).await.map_err(after_head)?;
+                send(io, &rbuf[..take], ct).await.map_err(after_head)?;
                 done = end.is_some();
             }
         }
         // Re-chunked, so the client connection outlives the backend's.
         Body::Close => {
             chunk(out, avail);
-            write_client(io, out, ct).await.map_err(after_head)?;
+            send(io, out, ct).await.map_err(after_head)?;
             loop {
                 let got = read_backend(backend, addr, rbuf, t.read).await.map_err(after_head)?;
                 if got == 0 {
@@ -402,11 +419,11 @@ async fn attempt(
                 }
                 out.clear();
                 chunk(out, &rbuf[..got]);
-                write_client(io, out, ct).await.map_err(after_head)?;
+                send(io, out, ct).await.map_err(after_head)?;
             }
         }
     }
-    io.flush().await.map_err(|e| after_head(ExchangeError::Client(e)))?;
+    flush_client(io, ct).await.map_err(after_head)?;
     Ok(Done {
         upstream: addr,
         status,
@@ -435,16 +452,25 @@ fn chunk(out: &mut Vec<u8>, data: &[u8]) {
 /// Writes `out` to the client and flushes.
 async fn send(io: &mut Stream, out: &[u8], ct: Duration) -> Result<(), ExchangeError> {
     write_client(io, out, ct).await?;
-    io.flush().await.map_err(ExchangeError::Client)
+    flush_client(io, ct).await
+}
+
+/// Sends what the client stream buffered (pingora's stream holds small
+/// writes back), within the client timeout.
+async fn flush_client(io: &mut Stream, ct: Duration) -> Result<(), ExchangeError> {
+    match tokio::time::timeout(ct, io.flush()).await {
+        Ok(r) => r.map_err(ExchangeError::Client),
+        Err(_) => Err(ExchangeError::Client(timed_out())),
+    }
 }
 
 /// Answers `status` (a 502 or 504) before any response went out, and
 /// closes; returns the status sent (0 if the client is gone).
-async fn reply(io: &mut Stream, out: &mut Vec<u8>, status: u16, ct: Duration) -> u16 {
+async fn reply(io: &mut Stream, out: &mut Vec<u8>, status: u16, ct: Duration, head_request: bool) -> u16 {
     let body = format!("{status} {}\n", super::reason(status));
     let mut a = Answer::text(status, "", true);
     a.body = body.into();
-    write_answer(out, &a, true);
+    write_answer(out, &a, true, head_request);
     match send(io, out, ct).await {
         Ok(()) => status,
         Err(_) => 0,
@@ -452,7 +478,8 @@ async fn reply(io: &mut Stream, out: &mut Vec<u8>, status: u16, ct: Duration) ->
 }
 
 /// A whole response of the gateway's own into `out`.
-fn write_answer(out: &mut Vec<u8>, a: &Answer, close: bool) {
+/// A HEAD request's answer has the headers and no body.
+fn write_answer(out: &mut Vec<u8>, a: &Answer, close: bool, head_request: bool) {
     out.clear();
     framing::write_line(out, framing::Line::Status(a.status, super::reason(a.status)));
     framing::header_line(out, b"content-type", a.content_type.as_bytes());
@@ -464,5 +491,7 @@ fn write_answer(out: &mut Vec<u8>, a: &Answer, close: bool) {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&a.body);
+    if !head_request {
+        out.extend_from_slice(&a.body);
+    }
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use http::header::CONTENT_LENGTH;
@@ -67,6 +68,13 @@ pub(super) async fn serve(gw: &Gateway, io: Stream, peer: Option<SocketAddr>, sh
                 }
             }
             accepted = conn.accept() => match accepted {
+                // Streams the client reset stop counting towards its
+                // concurrency limit, but their work goes on: at most 100 run
+                // here at once whatever the client does (rapid reset,
+                // CVE-2023-44487).
+                Some(Ok((_, mut respond))) if streams.len() >= MAX_CONCURRENT_STREAMS as usize => {
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                }
                 Some(Ok((req, respond))) => streams.push(stream(gw, req, respond, peer, &buffers)),
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
@@ -77,10 +85,17 @@ pub(super) async fn serve(gw: &Gateway, io: Stream, peer: Option<SocketAddr>, sh
             _ = &mut stop, if !closing => {
                 conn.graceful_shutdown();
                 closing = true;
+                idle.as_mut().reset(tokio::time::Instant::now() + ct);
             }
-            _ = &mut idle, if streams.is_empty() && !closing => {
+            // Idle: GOAWAY. Closing: a client that never acknowledges the
+            // GOAWAY is dropped.
+            _ = &mut idle, if closing || streams.is_empty() => {
+                if closing {
+                    break;
+                }
                 conn.graceful_shutdown();
                 closing = true;
+                idle.as_mut().reset(tokio::time::Instant::now() + ct);
             }
         }
     }
@@ -125,7 +140,12 @@ async fn stream(
             admission,
         } => (tenant, pool, admission),
         Decision::Answer(a) => {
-            o.status = if answer(&mut respond, &a) { a.status } else { 0 };
+            let head_request = parts.method == http::Method::HEAD;
+            o.status = if answer(&mut respond, &a, head_request) {
+                a.status
+            } else {
+                0
+            };
             gw.record(&snap, &o);
             return;
         }
@@ -140,18 +160,20 @@ async fn stream(
     };
     let mut out = Vec::with_capacity(512);
     let headers = || parts.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
+    // A body without a length goes to the backend chunked (h2 checks that
+    // the DATA frames add up to a length the client gave).
+    let has_body = !body.is_end_stream();
+    let length = parts.headers.get(CONTENT_LENGTH).and_then(|v| digits(v.as_bytes()));
+    let chunked = has_body && length.is_none();
     let request_id = head::write_upstream(
         &mut out,
         parts.method.as_str(),
         target,
         headers,
         Some(authority),
+        length,
         &trusted,
     );
-    // A body without a length goes to the backend chunked.
-    let has_body = !body.is_end_stream();
-    let length = parts.headers.get(CONTENT_LENGTH).and_then(|v| digits(v.as_bytes()));
-    let chunked = has_body && length.is_none();
     if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
@@ -173,7 +195,16 @@ async fn stream(
         rbuf: buffers.take(),
         timeouts: snap.config.gateway.timeouts,
     };
-    let result = forward(&snap, pool, &mut exchange).await;
+    // A stream the client reset at once (rapid reset) costs no backend work.
+    let reset = std::future::poll_fn(|cx| exchange.respond.poll_reset(cx)).now_or_never();
+    let result = match reset {
+        Some(_) => {
+            drop(admission);
+            gw.record(&snap, &o);
+            return;
+        }
+        None => forward(&snap, pool, &mut exchange).await,
+    };
     buffers.give(exchange.rbuf);
     drop(admission);
     match &result {
@@ -270,7 +301,7 @@ impl Downstream for H2Exchange<'_, '_> {
     }
 
     async fn fail(&mut self, status: u16) -> u16 {
-        fail(self.respond, status)
+        fail(self.respond, status, *self.req.method == http::Method::HEAD)
     }
 
     fn replayable(&self) -> bool {
@@ -287,6 +318,7 @@ async fn attempt(
     rbuf: &mut Vec<u8>,
     t: crate::config::Timeouts,
 ) -> Result<Done, Attempt> {
+    let ct = req.client_timeout;
     send_head(backend, addr, req.head, &[], t.write).await?;
     if let Some(body) = req.body.as_deref_mut() {
         send_body(backend, addr, body, req.chunked, t.write, req.client_timeout).await?;
@@ -354,7 +386,7 @@ async fn attempt(
             reusable &= first == avail.len();
             let mut remaining = n - first as u64;
             if first > 0 {
-                send_data(&mut send, Bytes::copy_from_slice(&avail[..first]), remaining == 0)
+                send_data(&mut send, Bytes::copy_from_slice(&avail[..first]), remaining == 0, ct)
                     .await
                     .map_err(h2_err)?;
             }
@@ -368,7 +400,7 @@ async fn attempt(
                     return Err(after_head(ExchangeError::Closed(addr)));
                 }
                 remaining -= got as u64;
-                send_data(&mut send, Bytes::copy_from_slice(&rbuf[..got]), remaining == 0)
+                send_data(&mut send, Bytes::copy_from_slice(&rbuf[..got]), remaining == 0, ct)
                     .await
                     .map_err(h2_err)?;
             }
@@ -384,13 +416,13 @@ async fn attempt(
                     .map_err(|source| after_head(ExchangeError::BadResponse { addr, source }))?;
                 if let Some(end) = end {
                     reusable &= end == chunk.len();
-                    send_data(&mut send, data.split().freeze(), true)
+                    send_data(&mut send, data.split().freeze(), true, ct)
                         .await
                         .map_err(h2_err)?;
                     break;
                 }
                 if !data.is_empty() {
-                    send_data(&mut send, data.split().freeze(), false)
+                    send_data(&mut send, data.split().freeze(), false, ct)
                         .await
                         .map_err(h2_err)?;
                 }
@@ -406,7 +438,7 @@ async fn attempt(
             let mut data = Bytes::copy_from_slice(avail);
             loop {
                 let got = read_backend(backend, addr, rbuf, t.read).await.map_err(after_head)?;
-                send_data(&mut send, data, got == 0).await.map_err(h2_err)?;
+                send_data(&mut send, data, got == 0, ct).await.map_err(h2_err)?;
                 if got == 0 {
                     break;
                 }
@@ -468,16 +500,26 @@ async fn send_body(
 
 /// Sends `data`, no faster than the client's flow-control window allows,
 /// so at most one read of backend bytes is buffered per stream.
-async fn send_data(send: &mut SendStream<Bytes>, mut data: Bytes, end: bool) -> Result<(), h2::Error> {
+async fn send_data(
+    send: &mut SendStream<Bytes>,
+    mut data: Bytes,
+    end: bool,
+    ct: std::time::Duration,
+) -> Result<(), h2::Error> {
     if data.is_empty() {
         return if end { send.send_data(data, true) } else { Ok(()) };
     }
     while !data.is_empty() {
         send.reserve_capacity(data.len());
-        let granted = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
-            Some(Ok(n)) => n,
-            Some(Err(e)) => return Err(e),
-            None => return Err(h2::Error::from(h2::Reason::STREAM_CLOSED)),
+        // A client that keeps its window shut is given up on.
+        let granted = match tokio::time::timeout(ct, std::future::poll_fn(|cx| send.poll_capacity(cx))).await {
+            Ok(Some(Ok(n))) => n,
+            Ok(Some(Err(e))) => return Err(e),
+            Ok(None) => return Err(h2::Error::from(h2::Reason::STREAM_CLOSED)),
+            Err(_) => {
+                send.send_reset(h2::Reason::CANCEL);
+                return Err(h2::Error::from(h2::Reason::CANCEL));
+            }
         };
         let part = data.split_to(granted.min(data.len()));
         send.send_data(part, end && data.is_empty())?;
@@ -486,7 +528,8 @@ async fn send_data(send: &mut SendStream<Bytes>, mut data: Bytes, end: bool) -> 
 }
 
 /// Answers with the gateway's own response; `false` when the client is gone.
-fn answer(respond: &mut SendResponse<Bytes>, a: &Answer) -> bool {
+/// A HEAD request's answer has the headers and no body.
+fn answer(respond: &mut SendResponse<Bytes>, a: &Answer, head_request: bool) -> bool {
     let mut response = http::Response::new(());
     *response.status_mut() = status_code(a.status);
     let h = response.headers_mut();
@@ -495,16 +538,17 @@ fn answer(respond: &mut SendResponse<Bytes>, a: &Answer) -> bool {
     for (name, value) in &a.headers {
         h.append(*name, value.clone());
     }
-    match respond.send_response(response, a.body.is_empty()) {
+    let no_body = head_request || a.body.is_empty();
+    match respond.send_response(response, no_body) {
         // The body fits any window (the gateway's own answers are short).
-        Ok(mut send) => a.body.is_empty() || send.send_data(a.body.clone(), true).is_ok(),
+        Ok(mut send) => no_body || send.send_data(a.body.clone(), true).is_ok(),
         Err(_) => false,
     }
 }
 
 /// Answers `status` (502 or 504) before any response went out; the status
 /// sent, or 0.
-fn fail(respond: &mut SendResponse<Bytes>, status: u16) -> u16 {
+fn fail(respond: &mut SendResponse<Bytes>, status: u16, head_request: bool) -> u16 {
     if status == 0 {
         respond.send_reset(h2::Reason::CANCEL);
         return 0;
@@ -512,7 +556,7 @@ fn fail(respond: &mut SendResponse<Bytes>, status: u16) -> u16 {
     let body = format!("{status} {}\n", super::reason(status));
     let mut a = Answer::text(status, "", false);
     a.body = body.into();
-    if answer(respond, &a) {
+    if answer(respond, &a, head_request) {
         status
     } else {
         0

@@ -25,6 +25,8 @@ pub struct Head<'h, 'b> {
     pub target: &'b str,
     pub host: Result<&'b str, BadAuthority>,
     pub content_length: u64,
+    /// The request had a `Content-Length` (`0` included).
+    pub has_length: bool,
     /// The client asked to close after this exchange (`Connection: close`).
     pub close: bool,
     /// Bytes of the head in the buffer.
@@ -139,6 +141,7 @@ pub fn parse<'h, 'b>(buf: &'b [u8], storage: &'h mut [httparse::Header<'b>; MAX_
         target,
         host,
         content_length: content_length.unwrap_or(0),
+        has_length: content_length.is_some(),
         close,
         len,
         headers,
@@ -160,7 +163,8 @@ impl Head<'_, '_> {
     /// The head for the backend, into `out` (see [`write_upstream`]).
     pub fn write_upstream(&self, out: &mut Vec<u8>, trusted: &Trusted<'_>) -> HeaderValue {
         let headers = || self.headers.iter().map(|h| (h.name, h.value));
-        write_upstream(out, self.method, self.target, headers, None, trusted)
+        let length = self.has_length.then_some(self.content_length);
+        write_upstream(out, self.method, self.target, headers, None, length, trusted)
     }
 }
 
@@ -176,11 +180,14 @@ pub struct Trusted<'a> {
 }
 
 /// Writes the head for the backend into `out`: the request line, `Host`
-/// (from the authority when `host` is set: HTTP/2 has none), the client's
-/// headers without hop-by-hop ones, the configured strip list and every
-/// copy of the trusted ones, then the trusted headers (tenant,
-/// `x-forwarded-{for,proto,host}`, `x-request-id`). Returns the request id
-/// sent. The caller adds any framing header and the blank line.
+/// (from the authority when `host` is set: HTTP/2 has none, and its split
+/// `cookie` fields are joined), the client's headers without hop-by-hop
+/// ones, the configured strip list and every copy of the trusted ones, the
+/// body's `content-length` when `length` is set (the client's own copies
+/// never pass: the gateway frames the body), then the trusted headers
+/// (tenant, `x-forwarded-{for,proto,host}`, `x-request-id`). A `Connection`
+/// header can drop none of these. Returns the request id sent. The caller
+/// adds `transfer-encoding` when it chunks, and the blank line.
 /// `headers` yields the client's headers (as often as needed).
 pub fn write_upstream<'h, I: Iterator<Item = (&'h str, &'h [u8])>>(
     out: &mut Vec<u8>,
@@ -188,6 +195,7 @@ pub fn write_upstream<'h, I: Iterator<Item = (&'h str, &'h [u8])>>(
     target: &str,
     headers: impl Fn() -> I,
     host: Option<&str>,
+    length: Option<u64>,
     t: &Trusted<'_>,
 ) -> HeaderValue {
     out.extend_from_slice(method.as_bytes());
@@ -210,13 +218,33 @@ pub fn write_upstream<'h, I: Iterator<Item = (&'h str, &'h [u8])>>(
             }
             continue;
         }
+        let is_host = name.eq_ignore_ascii_case("host");
         let skip = is_replaced(name, t.gw)
             || hop_by_hop(name)
-            || (host.is_some() && name.eq_ignore_ascii_case("host"))
-            || listed(name);
+            || name.eq_ignore_ascii_case("content-length")
+            || (host.is_some() && (is_host || name.eq_ignore_ascii_case("cookie")))
+            || (!is_host && listed(name));
         if !skip {
             header(out, name.as_bytes(), value);
         }
+    }
+    if host.is_some() {
+        // RFC 9113 section 8.2.3: HTTP/2 clients split cookies; HTTP/1.1
+        // wants one field.
+        let mut cookies = headers().filter(|(n, _)| n.eq_ignore_ascii_case("cookie"));
+        if let Some((_, first)) = cookies.next() {
+            out.extend_from_slice(b"cookie: ");
+            out.extend_from_slice(first);
+            for (_, more) in cookies {
+                out.extend_from_slice(b"; ");
+                out.extend_from_slice(more);
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    if let Some(n) = length {
+        use std::io::Write;
+        let _ = write!(out, "content-length: {n}\r\n");
     }
     header(out, t.gw.tenant_header.as_str().as_bytes(), t.tenant.as_bytes());
     if let Some(ip) = t.client_ip {
