@@ -688,26 +688,7 @@ async fn http2_request_bodies_reach_the_backend_with_and_without_a_length() {
 /// `chunks` is empty, else a POST of `chunks` as DATA frames with no
 /// content-length. Returns the status and the body.
 async fn h2_request(addr: SocketAddr, root_pem: &[u8], sni: &str, uri: &str, chunks: &[&[u8]]) -> (u16, String) {
-    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(root_pem) {
-        roots.add(c.expect("pem")).expect("root");
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let name = ServerName::try_from(sni.to_string()).expect("name");
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .expect("tls");
-    let (mut h2, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut h2 = h2_connect(addr, root_pem, sni).await;
     let method = if chunks.is_empty() { "GET" } else { "POST" };
     let req = http::Request::builder()
         .method(method)
@@ -729,6 +710,90 @@ async fn h2_request(addr: SocketAddr, root_pem: &[u8], sni: &str, uri: &str, chu
         text.extend_from_slice(&d);
     }
     (status, String::from_utf8_lossy(&text).into_owned())
+}
+
+/// An HTTP/2 connection (TLS with SNI `sni`, ALPN h2), driven in the
+/// background.
+async fn h2_connect(addr: SocketAddr, root_pem: &[u8], sni: &str) -> h2::client::SendRequest<bytes::Bytes> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(root_pem) {
+        roots.add(c.expect("pem")).expect("root");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::try_from(sni.to_string()).expect("name");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("tls");
+    let (h2, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    h2
+}
+
+#[tokio::test]
+async fn http2_streams_reset_after_they_started_still_count_towards_the_stream_cap() {
+    let (gw, root, scripted) = tls_fixture().await;
+    let mut h2 = h2_connect(gw.https, &root, "a.example").await;
+    let slow_heads = || {
+        scripted
+            .heads
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|h| h.starts_with("GET /slow"))
+            .count()
+    };
+    let mut open = Vec::new();
+    for _ in 0..100 {
+        h2 = h2.ready().await.expect("ready");
+        let req = http::Request::get("https://a.example/slow").body(()).expect("request");
+        open.push(h2.send_request(req, true).expect("send"));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while slow_heads() < 100 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} streams reached the backend",
+            slow_heads()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Reset all 100 while the gateway still works on them (the backend
+    // holds them 2 s, the read timeout is 500 ms): h2 stops counting them,
+    // the gateway does not, so the next 100 are refused, not forwarded
+    // (rapid reset, CVE-2023-44487).
+    for (_, send) in &mut open {
+        send.send_reset(h2::Reason::CANCEL);
+    }
+    let mut refused = 0;
+    for _ in 0..100 {
+        h2 = h2.ready().await.expect("ready");
+        let req = http::Request::get("https://a.example/slow").body(()).expect("request");
+        let (response, _) = h2.send_request(req, true).expect("send");
+        if let Err(e) = tokio::time::timeout(Duration::from_millis(400), response)
+            .await
+            .expect("answered in time")
+        {
+            assert_eq!(e.reason(), Some(h2::Reason::REFUSED_STREAM), "{e}");
+            refused += 1;
+        }
+    }
+    assert_eq!(
+        slow_heads(),
+        100,
+        "reset streams still running: no more work reached the backend"
+    );
+    assert_eq!(refused, 100);
+    let (status, body) = h2_request(gw.https, &root, "a.example", "https://a.example/fine", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "GET /fine"));
 }
 
 #[tokio::test]
