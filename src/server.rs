@@ -204,6 +204,14 @@ pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
             },
         ));
     }
+    if gw.lean_path {
+        server.add_service(background_service(
+            "tenantgate idle connections",
+            crate::proxy::pool::IdleReaper {
+                registry: registry.clone(),
+            },
+        ));
+    }
     server.add_service(background_service(
         "tenantgate quotas",
         QuotaFlusher {

@@ -59,6 +59,8 @@ struct Scripted {
     heads: Arc<Mutex<Vec<String>>>,
     /// `/early-held` sends its 103, then waits for this before the 200.
     release: Arc<tokio::sync::Notify>,
+    /// Connections the gateway closed (read end of file).
+    closed: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 async fn scripted() -> Scripted {
@@ -66,24 +68,45 @@ async fn scripted() -> Scripted {
     let addr = listener.local_addr().expect("addr");
     let heads = Arc::new(Mutex::new(Vec::new()));
     let release = Arc::new(tokio::sync::Notify::new());
-    let (seen, held) = (heads.clone(), release.clone());
+    let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (seen, held, ended) = (heads.clone(), release.clone(), closed.clone());
     tokio::spawn(async move {
         while let Ok((conn, _)) = listener.accept().await {
-            tokio::spawn(serve_scripted(conn, seen.clone(), held.clone()));
+            let ended = ended.clone();
+            let served = serve_scripted(conn, seen.clone(), held.clone());
+            tokio::spawn(async move {
+                if served.await {
+                    ended.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
         }
     });
-    Scripted { addr, heads, release }
+    Scripted {
+        addr,
+        heads,
+        release,
+        closed,
+    }
 }
 
-async fn serve_scripted(mut conn: TcpStream, seen: Arc<Mutex<Vec<String>>>, release: Arc<tokio::sync::Notify>) {
+/// Serves one connection; `true` when the gateway closed it.
+async fn serve_scripted(mut conn: TcpStream, seen: Arc<Mutex<Vec<String>>>, release: Arc<tokio::sync::Notify>) -> bool {
     let mut buf = Vec::new();
     // After "/drop-next", the next request on this connection is read and
     // the connection closed without an answer: a kept-alive connection that
     // the backend closed just as the gateway reused it.
     let mut drop_next = false;
     loop {
-        let Some(end) = read_until(&mut conn, &mut buf, b"\r\n\r\n").await else {
-            return;
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 65536];
+            match conn.read(&mut chunk).await {
+                Ok(0) => return true,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(_) => return false,
+            }
         };
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
         buf.drain(..end);
@@ -91,7 +114,7 @@ async fn serve_scripted(mut conn: TcpStream, seen: Arc<Mutex<Vec<String>>>, rele
         while buf.len() < length {
             let mut chunk = [0u8; 65536];
             match conn.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => return false,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         }
@@ -99,7 +122,7 @@ async fn serve_scripted(mut conn: TcpStream, seen: Arc<Mutex<Vec<String>>>, rele
         let mut words = head.split(' ');
         let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
         if drop_next {
-            return;
+            return false;
         }
         drop_next = path == "/drop-next";
         let (resp, close) = script(method, path);
@@ -114,7 +137,7 @@ async fn serve_scripted(mut conn: TcpStream, seen: Arc<Mutex<Vec<String>>>, rele
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
         if conn.write_all(&resp).await.is_err() || close {
-            return;
+            return false;
         }
     }
 }
@@ -903,4 +926,31 @@ async fn an_interim_response_reaches_the_client_before_the_backend_goes_on() {
     f.backend.release.notify_one();
     let (head, body) = c.response(4).await;
     assert_eq!((raw_status(&head), body.as_str()), (200, "late"));
+}
+
+#[tokio::test]
+async fn idle_backend_connections_are_closed_after_their_timeout_without_traffic() {
+    let backend = scripted().await;
+    let echo = backend_echo().await;
+    let cfg = config(backend.addr, echo).replace(
+        "read_timeout_ms = 500",
+        "read_timeout_ms = 500\nupstream_idle_timeout_ms = 300",
+    );
+    let gw = Gateway::start(&cfg).await;
+    let (status, body) = gw.get("a.example", "/once").await;
+    assert_eq!((status, body.as_str()), (200, "GET /once"));
+    assert_eq!(
+        backend.closed.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "kept for reuse"
+    );
+    // No more requests: the reaper closes it within a tick after 300 ms.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while backend.closed.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle backend connection stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

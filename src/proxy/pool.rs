@@ -62,12 +62,19 @@ impl Upstream {
         None
     }
 
-    /// Keeps `conn` for the next request (at most [`MAX_IDLE`] are kept),
-    /// and closes the ones idle for longer than `max_idle`.
-    pub fn put_idle(&self, conn: TcpStream, max_idle: Duration) {
+    /// Closes the idle connections older than `max_idle`.
+    pub fn reap(&self, max_idle: Duration) {
         if let Ok(mut idle) = self.idle.lock() {
             let stale = idle.iter().take_while(|(_, since)| since.elapsed() > max_idle).count();
             idle.drain(..stale);
+        }
+    }
+
+    /// Keeps `conn` for the next request (at most [`MAX_IDLE`] are kept),
+    /// and closes the ones idle for longer than `max_idle`.
+    pub fn put_idle(&self, conn: TcpStream, max_idle: Duration) {
+        self.reap(max_idle);
+        if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < MAX_IDLE {
                 idle.push((conn, Instant::now()));
             }
@@ -150,5 +157,31 @@ impl Pool {
         }
         let i = fallback?;
         Some((i, &self.upstreams[i]))
+    }
+}
+
+/// Closes the lean paths' idle backend connections once they are older
+/// than `upstream_idle_timeout_ms`, also while no request comes (a pingora
+/// background service; a tick a second).
+pub struct IdleReaper {
+    pub registry: Arc<crate::registry::Registry>,
+}
+
+#[async_trait::async_trait]
+impl pingora_core::services::background::BackgroundService for IdleReaper {
+    async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {
+                    let snap = self.registry.snapshot();
+                    let max_idle = snap.config.gateway.timeouts.idle;
+                    for up in snap.pools.iter().flat_map(|p| &p.upstreams) {
+                        up.reap(max_idle);
+                    }
+                }
+            }
+        }
     }
 }
