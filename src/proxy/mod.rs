@@ -521,6 +521,23 @@ struct Outcome<'a> {
     error: Option<&'a (dyn std::fmt::Display + Sync)>,
 }
 
+impl<'a> Outcome<'a> {
+    /// A request that starts now, with nothing decided yet.
+    fn begin(method: &'a str, path: &'a str) -> Self {
+        Outcome {
+            start: Instant::now(),
+            route: None,
+            rejection: None,
+            upstream: None,
+            status: 0,
+            method,
+            path,
+            request_id: None,
+            error: None,
+        }
+    }
+}
+
 /// The status of a rejection, and whether the connection closes after it.
 fn rejection_status(r: Rejection) -> (u16, bool) {
     match r {

@@ -65,16 +65,15 @@ impl Upstream {
     /// Closes the idle connections older than `max_idle`.
     pub fn reap(&self, max_idle: Duration) {
         if let Ok(mut idle) = self.idle.lock() {
-            let stale = idle.iter().take_while(|(_, since)| since.elapsed() > max_idle).count();
-            idle.drain(..stale);
+            drop_stale(&mut idle, max_idle);
         }
     }
 
     /// Keeps `conn` for the next request (at most [`MAX_IDLE`] are kept),
     /// and closes the ones idle for longer than `max_idle`.
     pub fn put_idle(&self, conn: TcpStream, max_idle: Duration) {
-        self.reap(max_idle);
         if let Ok(mut idle) = self.idle.lock() {
+            drop_stale(&mut idle, max_idle);
             if idle.len() < MAX_IDLE {
                 idle.push((conn, Instant::now()));
             }
@@ -91,6 +90,13 @@ impl Upstream {
     pub fn is_down(&self) -> bool {
         self.down_until.load(Ordering::Relaxed) > now_ms()
     }
+}
+
+/// Closes the connections at the front of `idle` (the oldest) that were
+/// idle for longer than `max_idle`.
+fn drop_stale(idle: &mut Vec<(TcpStream, Instant)>, max_idle: Duration) {
+    let stale = idle.iter().take_while(|(_, since)| since.elapsed() > max_idle).count();
+    idle.drain(..stale);
 }
 
 /// A named set of upstreams.

@@ -14,8 +14,8 @@ use tokio::net::TcpStream;
 use super::framing::{self, Body, Chunked};
 use super::head::{self, Head, Parsed, Trusted, MAX_HEADERS};
 use super::{
-    decide, forward, log_failure, read_backend, response_head, send_head, timed_out, Answer, Attempt, Decision, Done,
-    Downstream, ExchangeError, LimitHeaders, BUF,
+    decide, forward, limit_headers, read_backend, response_head, send_head, settle, timed_out, Answer, Attempt,
+    Decision, Done, Downstream, ExchangeError, BUF,
 };
 use crate::proxy::{Gateway, Outcome};
 
@@ -145,17 +145,7 @@ async fn exchange(gw: &Gateway, h: &Head<'_, '_>, after: &[u8], conn: &mut Conn,
     let snap = gw.registry.snapshot();
     let in_buf = usize::try_from(h.content_length).map_or(after.len(), |cl| cl.min(after.len()));
     let body_buffered = in_buf as u64 == h.content_length;
-    let mut o = Outcome {
-        start: Instant::now(),
-        route: None,
-        rejection: None,
-        upstream: None,
-        status: 0,
-        method: h.method,
-        path: h.path(),
-        request_id: None,
-        error: None,
-    };
+    let mut o = Outcome::begin(h.method, h.path());
     let (tenant, pool, admission) = match decide(gw, &snap, h.host, h.target, peer, &mut o).await {
         Decision::Forward {
             tenant,
@@ -183,8 +173,7 @@ async fn exchange(gw: &Gateway, h: &Head<'_, '_>, after: &[u8], conn: &mut Conn,
     let request_id = h.write_upstream(out, &trusted);
     out.extend_from_slice(b"\r\n");
     o.request_id = request_id.to_str().ok();
-    let limit_headers = LimitHeaders::new(tenant, admission.as_ref());
-    let (pairs, n) = limit_headers.pairs();
+    let (pairs, n) = limit_headers(tenant, admission.as_ref());
     let req = Request {
         head: h,
         body: &after[..in_buf],
@@ -203,25 +192,8 @@ async fn exchange(gw: &Gateway, h: &Head<'_, '_>, after: &[u8], conn: &mut Conn,
     };
     let result = forward(&snap, pool, &mut exchange).await;
     drop(admission);
-    let keep_alive = match &result {
-        Ok(done) => {
-            o.upstream = Some(done.upstream);
-            o.status = done.status;
-            !h.close
-        }
-        Err(e) => {
-            o.upstream = e.upstream;
-            o.status = e.status;
-            false
-        }
-    };
-    let error = result.as_ref().err().map(|e| &e.error);
-    o.error = error.map(|e| e as &(dyn std::fmt::Display + Sync));
-    if let Some(e) = error {
-        log_failure(e, tenant, pool);
-    }
-    gw.record(&snap, &o);
-    keep_alive.then_some(in_buf)
+    settle(gw, &snap, &mut o, &result, tenant, pool);
+    (result.is_ok() && !h.close).then_some(in_buf)
 }
 
 /// A lean request as it goes to the backend.
@@ -467,10 +439,7 @@ async fn flush_client(io: &mut Stream, ct: Duration) -> Result<(), ExchangeError
 /// Answers `status` (a 502 or 504) before any response went out, and
 /// closes; returns the status sent (0 if the client is gone).
 async fn reply(io: &mut Stream, out: &mut Vec<u8>, status: u16, ct: Duration, head_request: bool) -> u16 {
-    let body = format!("{status} {}\n", super::reason(status));
-    let mut a = Answer::text(status, "", true);
-    a.body = body.into();
-    write_answer(out, &a, true, head_request);
+    write_answer(out, &Answer::failure(status), true, head_request);
     match send(io, out, ct).await {
         Ok(()) => status,
         Err(_) => 0,

@@ -3,7 +3,6 @@
 //! connection run on its task, next to the connection itself.
 
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -20,8 +19,8 @@ use tokio::net::TcpStream;
 use super::framing::{self, Body, Chunked, Line};
 use super::head::{self, digits, Trusted};
 use super::{
-    decide, forward, log_failure, read_backend, response_head, send_head, timed_out, Answer, Attempt, Decision, Done,
-    Downstream, ExchangeError, LimitHeaders, BUF,
+    decide, forward, limit_headers, read_backend, response_head, send_head, settle, timed_out, Answer, Attempt,
+    Decision, Done, Downstream, ExchangeError, BUF,
 };
 use crate::proxy::authority;
 use crate::proxy::{Gateway, Outcome};
@@ -112,17 +111,7 @@ async fn stream(
     let snap = gw.registry.snapshot();
     let (parts, mut body) = req.into_parts();
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut o = Outcome {
-        start: Instant::now(),
-        route: None,
-        rejection: None,
-        upstream: None,
-        status: 0,
-        method: parts.method.as_str(),
-        path: parts.uri.path(),
-        request_id: None,
-        error: None,
-    };
+    let mut o = Outcome::begin(parts.method.as_str(), parts.uri.path());
     let authority = authority::of(&parts.headers, &parts.uri, true);
     let decision = if parts.method == http::Method::CONNECT {
         Decision::Answer(Answer::text(
@@ -179,8 +168,7 @@ async fn stream(
     }
     out.extend_from_slice(b"\r\n");
     o.request_id = request_id.to_str().ok();
-    let limit_headers = LimitHeaders::new(tenant, admission.as_ref());
-    let (pairs, n) = limit_headers.pairs();
+    let (pairs, n) = limit_headers(tenant, admission.as_ref());
     let req = Request {
         head: &out,
         method: &parts.method,
@@ -207,22 +195,7 @@ async fn stream(
     };
     buffers.give(exchange.rbuf);
     drop(admission);
-    match &result {
-        Ok(done) => {
-            o.upstream = Some(done.upstream);
-            o.status = done.status;
-        }
-        Err(e) => {
-            o.upstream = e.upstream;
-            o.status = e.status;
-        }
-    }
-    let error = result.as_ref().err().map(|e| &e.error);
-    o.error = error.map(|e| e as &(dyn std::fmt::Display + Sync));
-    if let Some(e) = error {
-        log_failure(e, tenant, pool);
-    }
-    gw.record(&snap, &o);
+    settle(gw, &snap, &mut o, &result, tenant, pool);
 }
 
 /// An HTTP/2 request as it goes to the backend.
@@ -553,10 +526,7 @@ fn fail(respond: &mut SendResponse<Bytes>, status: u16, head_request: bool) -> u
         respond.send_reset(h2::Reason::CANCEL);
         return 0;
     }
-    let body = format!("{status} {}\n", super::reason(status));
-    let mut a = Answer::text(status, "", false);
-    a.body = body.into();
-    if answer(respond, &a, head_request) {
+    if answer(respond, &Answer::failure(status), head_request) {
         status
     } else {
         0

@@ -7,6 +7,7 @@ use http::HeaderValue;
 
 use super::super::authority::BadAuthority;
 use super::super::forward::{acceptable_request_id, new_request_id, write_ip};
+use super::framing::header_line;
 use crate::config::Gateway;
 
 /// Header lines a request head may have on the lean path; more go to pingora.
@@ -203,7 +204,7 @@ pub fn write_upstream<'h, I: Iterator<Item = (&'h str, &'h [u8])>>(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if let Some(host) = host {
-        header(out, b"host", host.as_bytes());
+        header_line(out, b"host", host.as_bytes());
     }
     let listed = |name: &str| {
         headers()
@@ -225,7 +226,7 @@ pub fn write_upstream<'h, I: Iterator<Item = (&'h str, &'h [u8])>>(
             || (host.is_some() && (is_host || name.eq_ignore_ascii_case("cookie")))
             || (!is_host && listed(name));
         if !skip {
-            header(out, name.as_bytes(), value);
+            header_line(out, name.as_bytes(), value);
         }
     }
     if host.is_some() {
@@ -246,7 +247,7 @@ pub fn write_upstream<'h, I: Iterator<Item = (&'h str, &'h [u8])>>(
         use std::io::Write;
         let _ = write!(out, "content-length: {n}\r\n");
     }
-    header(out, t.gw.tenant_header.as_str().as_bytes(), t.tenant.as_bytes());
+    header_line(out, t.gw.tenant_header.as_str().as_bytes(), t.tenant.as_bytes());
     if let Some(ip) = t.client_ip {
         out.extend_from_slice(b"x-forwarded-for: ");
         write_ip(out, ip);
@@ -257,9 +258,9 @@ pub fn write_upstream<'h, I: Iterator<Item = (&'h str, &'h [u8])>>(
     } else {
         b"x-forwarded-proto: http\r\n"
     });
-    header(out, b"x-forwarded-host", t.authority.as_bytes());
+    header_line(out, b"x-forwarded-host", t.authority.as_bytes());
     let id = request_id.unwrap_or_else(new_request_id);
-    header(out, b"x-request-id", id.as_bytes());
+    header_line(out, b"x-request-id", id.as_bytes());
     id
 }
 
@@ -314,13 +315,6 @@ fn host_value(v: &[u8]) -> Result<&str, BadAuthority> {
         return Err(BadAuthority::NotAscii);
     }
     std::str::from_utf8(v).map_err(|_| BadAuthority::NotAscii)
-}
-
-fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]

@@ -262,6 +262,14 @@ impl Answer {
             close,
         }
     }
+
+    /// `status` with its reason phrase as the body (a 502 or 504 of the
+    /// gateway's own); the HTTP/1.1 connection closes after it.
+    fn failure(status: u16) -> Answer {
+        let mut a = Answer::text(status, "", true);
+        a.body = format!("{status} {}\n", reason(status)).into();
+        a
+    }
 }
 
 /// What the gateway decided for one request.
@@ -305,10 +313,7 @@ async fn decide<'s>(
             }
         }
     }
-    let (Some(tenant), Some(pool)) = (
-        snap.tenant(m.tenant),
-        snap.tenant(m.tenant).and_then(|t| snap.pool_of(t)),
-    ) else {
+    let Some((tenant, pool)) = snap.tenant(m.tenant).and_then(|t| Some((t, snap.pool_of(t)?))) else {
         tracing::error!("routed tenant or its pool missing from the snapshot");
         return Decision::Answer(Answer::text(500, "500 Internal Server Error\n", true));
     };
@@ -339,42 +344,55 @@ fn reject(gw: &Gateway, rejection: Rejection, body: &'static str, o: &mut Outcom
     Answer::text(status, body, close)
 }
 
-/// The rate-limit headers a forwarded response gets.
-struct LimitHeaders {
-    policy: Option<HeaderValue>,
-    ratelimit: Option<HeaderValue>,
-}
-
-impl LimitHeaders {
-    fn new(tenant: &Tenant, admission: Option<&Admission>) -> Self {
-        LimitHeaders {
-            policy: tenant.policy_header.clone(),
-            ratelimit: admission.and_then(|a| a.header.clone()),
+/// The rate-limit headers a forwarded response gets, as `(name, value)`
+/// pairs without an allocation or a copy: the first `n`.
+fn limit_headers<'a>(
+    tenant: &'a Tenant,
+    admission: Option<&'a Admission>,
+) -> ([(&'static str, &'a HeaderValue); 2], usize) {
+    static NONE: HeaderValue = HeaderValue::from_static("");
+    let mut pairs = [("", &NONE); 2];
+    let mut n = 0;
+    let ratelimit = admission.and_then(|a| a.header.as_ref());
+    for (name, value) in [
+        ("ratelimit-policy", tenant.policy_header.as_ref()),
+        ("ratelimit", ratelimit),
+    ] {
+        if let Some(v) = value {
+            pairs[n] = (name, v);
+            n += 1;
         }
     }
+    (pairs, n)
+}
 
-    /// As `(name, value)` pairs, without an allocation: the first `n`.
-    fn pairs(&self) -> ([(&'static str, &HeaderValue); 2], usize) {
-        static NONE: HeaderValue = HeaderValue::from_static("");
-        let mut pairs = [("", &NONE); 2];
-        let mut n = 0;
-        for (name, value) in [("ratelimit-policy", &self.policy), ("ratelimit", &self.ratelimit)] {
-            if let Some(v) = value {
-                pairs[n] = (name, v);
-                n += 1;
+/// Takes a forwarded request's result into `o`, logs a failure (a client
+/// that left is no operator's concern), and records the outcome.
+fn settle<'a>(
+    gw: &Gateway,
+    snap: &Snapshot,
+    o: &mut Outcome<'a>,
+    result: &'a Result<Done, Failed>,
+    tenant: &Tenant,
+    pool: &Pool,
+) {
+    match result {
+        Ok(done) => {
+            o.upstream = Some(done.upstream);
+            o.status = done.status;
+        }
+        Err(f) => {
+            o.upstream = f.upstream;
+            o.status = f.status;
+            o.error = Some(&f.error);
+            if f.error.client_gone() {
+                tracing::debug!(error = %f.error, "client gone during the exchange");
+            } else {
+                tracing::warn!(error = %f.error, tenant = &*tenant.id, pool = &*pool.name, "proxying failed");
             }
         }
-        (pairs, n)
     }
-}
-
-/// Logs a failed exchange: a client that left is no operator's concern.
-fn log_failure(e: &ExchangeError, tenant: &Tenant, pool: &Pool) {
-    if e.client_gone() {
-        tracing::debug!(error = %e, "client gone during the exchange");
-    } else {
-        tracing::warn!(error = %e, tenant = &*tenant.id, pool = &*pool.name, "proxying failed");
-    }
+    gw.record(snap, o);
 }
 
 /// Largest backend response head.
