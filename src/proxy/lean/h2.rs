@@ -39,7 +39,7 @@ pub(super) async fn serve(gw: &Gateway, io: Stream, peer: Option<SocketAddr>, sh
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_header_list_size(MAX_HEADER_LIST_SIZE);
     let ct = gw.registry.snapshot_guard().config.gateway.client_timeout;
-    let mut conn = match tokio::time::timeout(ct, builder.handshake::<_, Bytes>(io)).await {
+    let mut conn = match tokio::time::timeout(ct, builder.handshake::<_, Bytes>(Unvectored(io))).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "HTTP/2 handshake failed");
@@ -535,4 +535,161 @@ fn fail(respond: &mut SendResponse<Bytes>, status: u16, head_request: bool) -> u
 
 fn status_code(status: u16) -> http::StatusCode {
     http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY)
+}
+
+/// The client connection as h2 sees it. Without vectored writes, h2 copies
+/// DATA payloads under 1 KiB into its write buffer instead of flushing once
+/// per payload (256 bytes and up with vectored writes), so the responses of
+/// streams that finish together leave in one TLS record and one system call.
+struct Unvectored<S>(S);
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Unvectored<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+/// Every call but the vectored ones, which keep their defaults (one buffer
+/// at a time, and `is_write_vectored` false).
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Unvectored<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+
+    use super::Unvectored;
+
+    /// A server end that counts the writes reaching it, and offers vectored
+    /// writes as the TLS stream does.
+    struct Counted {
+        io: DuplexStream,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl AsyncRead for Counted {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Counted {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            Pin::new(&mut self.io).poll_write(cx, buf)
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            Pin::new(&mut self.io).poll_write(cx, &all)
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    /// Writes it takes a server connection to send the responses of 8
+    /// streams (400-byte bodies) that all finished before it was polled.
+    async fn writes_for_eight_responses<S>(wrap: impl FnOnce(Counted) -> S) -> usize
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (client_io, server_io) = tokio::io::duplex(1 << 20);
+        let writes = Arc::new(AtomicUsize::new(0));
+        let server_io = wrap(Counted {
+            io: server_io,
+            writes: writes.clone(),
+        });
+        let (client, server) = tokio::join!(h2::client::handshake(client_io), h2::server::handshake(server_io));
+        let (mut client, client_conn) = client.unwrap();
+        tokio::spawn(client_conn);
+        let mut server = server.unwrap();
+        let mut responses = Vec::new();
+        for _ in 0..8 {
+            let req = http::Request::get("https://t.example/").body(()).unwrap();
+            let (response, _) = client.send_request(req, true).unwrap();
+            responses.push(response);
+        }
+        let mut accepted = Vec::new();
+        while accepted.len() < 8 {
+            let (_, respond) = server.accept().await.unwrap().unwrap();
+            accepted.push(respond);
+        }
+        // Every stream answers before the connection is polled again.
+        writes.store(0, Ordering::Relaxed);
+        for mut respond in accepted {
+            let mut send = respond.send_response(http::Response::new(()), false).unwrap();
+            send.send_data(Bytes::from(vec![b'x'; 400]), true).unwrap();
+        }
+        std::future::poll_fn(|cx| {
+            let _ = server.poll_accept(cx);
+            Poll::Ready(())
+        })
+        .await;
+        let sent = writes.load(Ordering::Relaxed);
+        // The client got every response.
+        for response in responses {
+            let mut body = response.await.unwrap().into_body();
+            let mut n = 0;
+            while let Some(chunk) = body.data().await {
+                n += chunk.unwrap().len();
+            }
+            assert_eq!(n, 400);
+        }
+        sent
+    }
+
+    #[tokio::test]
+    async fn finished_streams_leave_in_one_write() {
+        let plain = writes_for_eight_responses(|io| io).await;
+        let unvectored = writes_for_eight_responses(Unvectored).await;
+        assert_eq!(unvectored, 1, "eight responses in one write");
+        assert!(
+            plain >= 8,
+            "h2 flushes per payload with vectored writes ({plain} writes)"
+        );
+    }
 }
