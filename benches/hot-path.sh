@@ -85,8 +85,13 @@ wrk_run() { wrk -t2 -c"$CONNS" "$@" -s "$ROOT/benches/peers/hosts.lua" "http://1
 wrk_run -d1s >/dev/null
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+user_sys() { awk '{ print $14, $15 }' "/proc/$1/stat"; }
+# Busy and idle ticks of the whole machine (all CPUs).
+machine() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $5 + $6 }' /proc/stat; }
 [ "$MODE" = callgrind ] && callgrind_control -i on "$PID_TG" >/dev/null
 T0=$(cpu_ticks "$PID_TG")
+read -r U0 S0 < <(user_sys "$PID_TG")
+read -r M0 I0 < <(machine)
 if [ "$MODE" = perf ]; then
   perf record -e cpu-clock -F 2000 -g --call-graph dwarf,16384 -p "$PID_TG" -o "$OUT/perf.data" -- sleep "$SECS" \
     >"$OUT/perf.log" 2>&1 &
@@ -97,6 +102,8 @@ elif [ "$MODE" = syscalls ]; then
 fi
 wrk_run -d"${SECS}s" --latency >"$OUT/wrk.txt"
 T1=$(cpu_ticks "$PID_TG")
+read -r U1 S1 < <(user_sys "$PID_TG")
+read -r M1 I1 < <(machine)
 RSS=$(awk '/VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$PID_TG/status")
 [ "$MODE" = perf ] && wait "$PERF"
 if [ "$MODE" = syscalls ]; then kill -INT "$PERF"; wait "$PERF" || true; fi
@@ -110,6 +117,10 @@ HZ=$(getconf CLK_TCK)
 echo "mode=$MODE threads=$THREADS conns=$CONNS secs=$SECS requests=$REQS req/s=$RPS p99=$P99 ${ERRS:+errors: $ERRS}"
 awk -v t0="$T0" -v t1="$T1" -v hz="$HZ" -v n="$REQS" \
   'BEGIN { printf "gateway CPU: %.2f s, %.1f us/request\n", (t1 - t0) / hz, (t1 - t0) / hz * 1e6 / n }'
+awk -v u="$((U1 - U0))" -v s="$((S1 - S0))" -v hz="$HZ" -v n="$REQS" \
+  'BEGIN { printf "gateway CPU split: user %.1f us, kernel %.1f us per request\n", u / hz * 1e6 / n, s / hz * 1e6 / n }'
+awk -v m="$((M1 - M0))" -v i="$((I1 - I0))" -v g="$((T1 - T0))" -v hz="$HZ" -v n="$REQS" \
+  'BEGIN { printf "rest of the machine (wrk, backends): %.1f us per request; machine idle %.1f %%\n", (m - g) / hz * 1e6 / n, 100 * i / (m + i) }'
 echo "gateway RSS after the run: $RSS MB"
 if [ "$MODE" = callgrind ]; then
   sleep 1
