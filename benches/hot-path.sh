@@ -84,13 +84,13 @@ wrk_run() { wrk -t2 -c"$CONNS" "$@" -s "$ROOT/benches/peers/hosts.lua" "http://1
 # Warm-up: upstream connections, allocator, caches.
 wrk_run -d1s >/dev/null
 
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# utime and stime of a process, in clock ticks.
 user_sys() { awk '{ print $14, $15 }' "/proc/$1/stat"; }
 # Busy and idle ticks of the whole machine (all CPUs).
 machine() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $5 + $6 }' /proc/stat; }
 [ "$MODE" = callgrind ] && callgrind_control -i on "$PID_TG" >/dev/null
-T0=$(cpu_ticks "$PID_TG")
 read -r U0 S0 < <(user_sys "$PID_TG")
+T0=$((U0 + S0))
 read -r M0 I0 < <(machine)
 if [ "$MODE" = perf ]; then
   perf record -e cpu-clock -F 2000 -g --call-graph dwarf,16384 -p "$PID_TG" -o "$OUT/perf.data" -- sleep "$SECS" \
@@ -101,8 +101,8 @@ elif [ "$MODE" = syscalls ]; then
   sleep 0.5
 fi
 wrk_run -d"${SECS}s" --latency >"$OUT/wrk.txt"
-T1=$(cpu_ticks "$PID_TG")
 read -r U1 S1 < <(user_sys "$PID_TG")
+T1=$((U1 + S1))
 read -r M1 I1 < <(machine)
 RSS=$(awk '/VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$PID_TG/status")
 [ "$MODE" = perf ] && wait "$PERF"

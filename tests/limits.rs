@@ -132,11 +132,7 @@ async fn concurrency_cap_refuses_the_request_over_the_cap() {
         })
         .collect();
     // Wait until both are in flight at the backend.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while pool.count() < 2 {
-        assert!(std::time::Instant::now() < deadline, "held requests never arrived");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_requests(&pool, 2, "held requests never arrived").await;
     let r = get(&gw, "acme.example.com", "/").await;
     assert_eq!(r.status, 429);
     assert!(r.body.contains("\"policy\":\"concurrency\""), "{}", r.body);

@@ -32,11 +32,7 @@ async fn sigterm_lets_requests_in_flight_finish_and_stops_accepting() {
             resp.text().await.map(|_| status)
         }
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while pool.count() < 1 {
-        assert!(std::time::Instant::now() < deadline, "the slow request never arrived");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::wait_requests(&pool, 1, "the slow request never arrived").await;
     gw.lock().await.signal("TERM");
     // New connections are refused soon after the signal.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -73,11 +69,7 @@ async fn sigterm_lets_http2_streams_in_flight_finish() {
             resp.text().await.map(|_| status)
         }
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while pool.count() < 2 {
-        assert!(std::time::Instant::now() < deadline, "the slow stream never arrived");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::wait_requests(&pool, 2, "the slow stream never arrived").await;
     let gw = Arc::new(Mutex::new(gw));
     gw.lock().await.signal("TERM");
     assert_eq!(slow.await.expect("task").expect("the stream in flight completes"), 200);

@@ -24,6 +24,16 @@ pub async fn backend(name: &str) -> EchoBackend {
         .expect("backend binds")
 }
 
+/// Waits until `pool` has received `n` requests; fails the test, saying
+/// `what`, if that takes over 10 s.
+pub async fn wait_requests(pool: &EchoBackend, n: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pool.count() < n {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")

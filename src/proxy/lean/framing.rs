@@ -272,19 +272,9 @@ impl Chunked {
                     b'\r' if self.count > 0 => self.state = State::SizeLf,
                     _ => return Err(BadResponse::Chunked),
                 },
-                State::Extension => {
-                    self.count += 1;
-                    if self.count > MAX_LINE || b == b'\n' {
-                        return Err(BadResponse::Chunked);
-                    }
-                    if b == b'\r' {
-                        self.state = State::SizeLf;
-                    }
-                }
+                State::Extension => self.line(b, State::SizeLf)?,
                 State::SizeLf => {
-                    if b != b'\n' {
-                        return Err(BadResponse::Chunked);
-                    }
+                    expect(b, b'\n')?;
                     self.count = 0;
                     self.state = if self.size == 0 {
                         State::TrailerStart
@@ -303,15 +293,11 @@ impl Chunked {
                     continue;
                 }
                 State::DataCr => {
-                    if b != b'\r' {
-                        return Err(BadResponse::Chunked);
-                    }
+                    expect(b, b'\r')?;
                     self.state = State::DataLf;
                 }
                 State::DataLf => {
-                    if b != b'\n' {
-                        return Err(BadResponse::Chunked);
-                    }
+                    expect(b, b'\n')?;
                     self.state = State::Size;
                 }
                 State::TrailerStart => {
@@ -322,25 +308,13 @@ impl Chunked {
                         _ => State::Trailer,
                     };
                 }
-                State::Trailer => {
-                    self.count += 1;
-                    if self.count > MAX_LINE || b == b'\n' {
-                        return Err(BadResponse::Chunked);
-                    }
-                    if b == b'\r' {
-                        self.state = State::TrailerLf;
-                    }
-                }
+                State::Trailer => self.line(b, State::TrailerLf)?,
                 State::TrailerLf => {
-                    if b != b'\n' {
-                        return Err(BadResponse::Chunked);
-                    }
+                    expect(b, b'\n')?;
                     self.state = State::TrailerStart;
                 }
                 State::EndLf => {
-                    if b != b'\n' {
-                        return Err(BadResponse::Chunked);
-                    }
+                    expect(b, b'\n')?;
                     self.state = State::Done;
                     return Ok(Some(i + 1));
                 }
@@ -349,6 +323,28 @@ impl Chunked {
             i += 1;
         }
         Ok(None)
+    }
+
+    /// One byte of an extension or trailer line: at most `MAX_LINE` of
+    /// them, no bare LF, and CR moves on to `lf`.
+    fn line(&mut self, b: u8, lf: State) -> Result<(), BadResponse> {
+        self.count += 1;
+        if self.count > MAX_LINE || b == b'\n' {
+            return Err(BadResponse::Chunked);
+        }
+        if b == b'\r' {
+            self.state = lf;
+        }
+        Ok(())
+    }
+}
+
+/// The byte a chunked body must have here.
+fn expect(b: u8, want: u8) -> Result<(), BadResponse> {
+    if b == want {
+        Ok(())
+    } else {
+        Err(BadResponse::Chunked)
     }
 }
 
