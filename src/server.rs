@@ -13,13 +13,12 @@ use crate::admin::{AdminApi, Certs};
 use crate::config::{Issuer, LoadError, Source, Store};
 use crate::limits::fleet::{Fleet, FleetSync, StoreError};
 use crate::limits::QuotaFlusher;
-use crate::proxy::lean::LeanApp;
-use crate::proxy::Gateway;
+use crate::proxy::{Capped, Engine, Policy};
 use crate::registry::{ConfigWatcher, Registry, RegistryStore, RegistrySync};
 use crate::telemetry::{self, Metrics, MetricsEndpoint, RegistryStoreMetrics, StoreMetrics};
 use crate::tls::certs::CertError;
 use crate::tls::internal_ca::InternalCa;
-use crate::tls::{CertStore, SniBook, TlsApp};
+use crate::tls::{CertStore, TlsApp};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -97,21 +96,11 @@ pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
     let mut certs = None;
 
     let https_port = snap.config.tls.as_ref().and(gw.https_listen).map(|a| a.port());
-    let plain_gateway = || Gateway::plain(registry.clone(), metrics.clone(), challenges.clone(), https_port);
-    let pingora_plain = pingora_proxy::http_proxy(&server.configuration, plain_gateway());
-    let http = gw.http_listen.to_string();
-    if gw.lean_path {
-        let mut s = Service::new(
-            "tenantgate http".to_string(),
-            LeanApp::new(plain_gateway(), Arc::new(pingora_plain)),
-        );
-        s.add_tcp(&http);
-        server.add_service(s);
-    } else {
-        let mut s = Service::new("tenantgate http".to_string(), pingora_plain);
-        s.add_tcp(&http);
-        server.add_service(s);
-    }
+    let policy = || Policy::new(registry.clone(), metrics.clone(), challenges.clone(), https_port);
+    let plain = Capped::new(Engine::new(policy()), registry.clone(), metrics.clone(), "http");
+    let mut http = Service::new("tenantgate http".to_string(), plain);
+    http.add_tcp(&gw.http_listen.to_string());
+    server.add_service(http);
 
     if let (Some(tls), Some(addr)) = (&snap.config.tls, gw.https_listen) {
         let internal = match tls.issuer {
@@ -122,21 +111,12 @@ pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
             tracing::info!(root = %ca.root_path().display(), "internal CA ready; trust this root to use HTTPS locally");
         }
         let store = Arc::new(CertStore::new(&tls.state_dir, internal, tls.cache_size));
-        let book = Arc::new(SniBook::default());
-        let tls_gateway = || Gateway::tls(registry.clone(), metrics.clone(), challenges.clone(), book.clone());
-        let pingora_tls = Arc::new(pingora_proxy::http_proxy(&server.configuration, tls_gateway()));
-        let name = "tenantgate https".to_string();
-        let addr = addr.to_string();
-        if gw.lean_path {
-            let lean = Arc::new(LeanApp::new(tls_gateway(), pingora_tls));
-            let mut https = Service::new(name, TlsApp::new(lean, &store, &registry, &book, &metrics));
-            https.add_tcp(&addr);
-            server.add_service(https);
-        } else {
-            let mut https = Service::new(name, TlsApp::new(pingora_tls, &store, &registry, &book, &metrics));
-            https.add_tcp(&addr);
-            server.add_service(https);
-        }
+        let engine = Arc::new(Engine::new(policy()));
+        let tls_app = TlsApp::new(engine, &store, &registry, &metrics);
+        let tls_app = Capped::new(tls_app, registry.clone(), metrics.clone(), "https");
+        let mut https = Service::new("tenantgate https".to_string(), tls_app);
+        https.add_tcp(&addr.to_string());
+        server.add_service(https);
         let manager = CertManager::new(registry.clone(), store.clone(), challenges, metrics.clone());
         manager.load_provided_now();
         certs = Some(Certs {
@@ -204,14 +184,12 @@ pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
             },
         ));
     }
-    if gw.lean_path {
-        server.add_service(background_service(
-            "tenantgate idle connections",
-            crate::proxy::pool::IdleReaper {
-                registry: registry.clone(),
-            },
-        ));
-    }
+    server.add_service(background_service(
+        "tenantgate idle connections",
+        crate::proxy::pool::IdleReaper {
+            registry: registry.clone(),
+        },
+    ));
     server.add_service(background_service(
         "tenantgate quotas",
         QuotaFlusher {

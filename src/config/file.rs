@@ -69,7 +69,9 @@ pub struct GatewaySection {
     pub upstream_down_ms: Option<u64>,
     pub threads: Option<usize>,
     pub watch_config: Option<bool>,
-    pub lean_path: Option<bool>,
+    pub max_connections: Option<usize>,
+    pub underscores_in_headers: Option<bool>,
+    pub tunnel_idle_timeout_ms: Option<u64>,
     pub shutdown_grace_secs: Option<u64>,
 }
 

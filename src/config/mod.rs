@@ -120,6 +120,9 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Default `[gateway] max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
 /// `[gateway]`, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Gateway {
@@ -141,12 +144,19 @@ pub struct Gateway {
     pub threads: usize,
     /// Reload when the config file changes (SIGHUP always reloads).
     pub watch_config: bool,
-    /// Common HTTP/1.1 requests and every HTTP/2 stream take tenantgate's
-    /// own paths ([`crate::proxy::lean`]) instead of pingora's.
-    pub lean_path: bool,
-    /// On the lean paths: how long a client may take to send a whole
-    /// request head, stay idle between requests, or take one write.
+    /// How long a client may take to send a whole request head, stay idle
+    /// between requests, wait between request-body reads, or take one
+    /// write; an HTTP/2 connection's handshake and idle time too.
     pub client_timeout: Duration,
+    /// An upgraded connection (WebSocket) with no bytes either way for this
+    /// long is closed.
+    pub tunnel_idle_timeout: Duration,
+    /// Client connections open at once on each proxy listener; more are
+    /// closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Forward client header names that contain `_` (dropped by default:
+    /// CGI-style backends read `X_Tenant_Id` as `X-Tenant-Id`).
+    pub underscores_in_headers: bool,
     /// On SIGTERM: how long requests in flight may finish before exit.
     pub shutdown_grace: Duration,
 }
@@ -693,6 +703,19 @@ fn validate_gateway(g: file::GatewaySection, errs: &mut Vec<ConfigError>) -> Gat
     };
     let upstream_down = ms("gateway.upstream_down_ms", g.upstream_down_ms, 10_000);
     let client_timeout = ms("gateway.client_timeout_ms", g.client_timeout_ms, 60_000);
+    let tunnel_idle_timeout = ms("gateway.tunnel_idle_timeout_ms", g.tunnel_idle_timeout_ms, 300_000);
+    let max_connections = match g.max_connections {
+        Some(0) => {
+            errs.push(err(
+                None,
+                "gateway.max_connections",
+                Problem::Zero { value: "0".into() },
+            ));
+            DEFAULT_MAX_CONNECTIONS
+        }
+        Some(n) => n,
+        None => DEFAULT_MAX_CONNECTIONS,
+    };
     let threads = match g.threads {
         Some(0) => {
             errs.push(err(None, "gateway.threads", Problem::Zero { value: "0".into() }));
@@ -714,8 +737,10 @@ fn validate_gateway(g: file::GatewaySection, errs: &mut Vec<ConfigError>) -> Gat
         upstream_down,
         threads,
         watch_config: g.watch_config.unwrap_or(true),
-        lean_path: g.lean_path.unwrap_or(true),
         client_timeout,
+        tunnel_idle_timeout,
+        max_connections,
+        underscores_in_headers: g.underscores_in_headers.unwrap_or(false),
         shutdown_grace: Duration::from_secs(g.shutdown_grace_secs.unwrap_or(5).min(3600)),
     }
 }

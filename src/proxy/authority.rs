@@ -1,7 +1,6 @@
 //! Which authority a request names, or why it names none we can trust.
 
 use http::header::HOST;
-use pingora_http::RequestHeader;
 
 /// Why the request's host is unusable (answered with 400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -18,14 +17,9 @@ pub enum BadAuthority {
     Mismatch,
 }
 
-/// Returns the authority (`host[:port]`) a request is for: the Host header,
-/// or for HTTP/2 the `:authority` pseudo-header. An absolute-form target
-/// must agree with Host.
-pub fn authority(req: &RequestHeader, http2: bool) -> Result<&str, BadAuthority> {
-    of(&req.headers, &req.uri, http2)
-}
-
-/// [`authority`] from a request's headers and target.
+/// Returns the authority (`host[:port]`) an HTTP/2 request is for: the
+/// Host header, or the `:authority` pseudo-header. An `:authority` must
+/// agree with Host. (HTTP/1.x heads are read by [`super::request`].)
 pub fn of<'r>(headers: &'r http::HeaderMap, uri: &'r http::Uri, http2: bool) -> Result<&'r str, BadAuthority> {
     let mut hosts = headers.get_all(HOST).iter();
     let host = hosts.next();
@@ -49,13 +43,16 @@ pub fn of<'r>(headers: &'r http::HeaderMap, uri: &'r http::Uri, http2: bool) -> 
 mod tests {
     use super::*;
 
-    fn req(target: &str, hosts: &[&[u8]]) -> RequestHeader {
-        let mut r = RequestHeader::build("GET", b"/", None).expect("request");
-        r.set_uri(target.parse().expect("uri"));
+    fn req(target: &str, hosts: &[&[u8]]) -> (http::HeaderMap, http::Uri) {
+        let mut headers = http::HeaderMap::new();
         for h in hosts {
-            r.append_header(HOST, *h).expect("header");
+            headers.append(HOST, http::HeaderValue::from_bytes(h).expect("header"));
         }
-        r
+        (headers, target.parse().expect("uri"))
+    }
+
+    fn authority(r: &(http::HeaderMap, http::Uri), http2: bool) -> Result<&str, BadAuthority> {
+        of(&r.0, &r.1, http2)
     }
 
     #[test]

@@ -232,11 +232,10 @@ impl Registry {
             || config.gateway.metrics_listen != old.config.gateway.metrics_listen
             || config.gateway.https_listen != old.config.gateway.https_listen
             || config.gateway.threads != old.config.gateway.threads
-            || config.gateway.lean_path != old.config.gateway.lean_path
             || config.tls.is_some() != old.config.tls.is_some()
             || config.store != old.config.store
         {
-            tracing::warn!("listen addresses, threads, lean_path, turning [tls] on or off and [store] change only on restart; the rest of the change applies");
+            tracing::warn!("listen addresses, threads, turning [tls] on or off and [store] change only on restart; the rest of the change applies");
         }
         if let Some(store) = self.store.get() {
             // The main file may have changed: retry a refused shared version.

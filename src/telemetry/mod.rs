@@ -29,6 +29,19 @@ pub enum Rejection {
     SniMismatch,
     /// An ACME challenge path with no pending token: 404.
     UnknownChallenge,
+    /// A request the HTTP parser refuses: malformed request line or header,
+    /// ambiguous framing (differing `Content-Length`s, `chunked` twice or
+    /// not last, both framings), a target that is neither origin-form,
+    /// absolute-form nor `*` for `OPTIONS`: 400, connection closed.
+    BadRequest,
+    /// A request head over the size limit: 431, connection closed.
+    TooLarge,
+    /// `CONNECT`: 405.
+    Method,
+    /// A transfer coding other than `chunked`: 501.
+    Coding,
+    /// An `Expect` other than `100-continue`: 417.
+    Expectation,
 }
 
 impl Rejection {
@@ -39,7 +52,46 @@ impl Rejection {
             Rejection::BadHost => "bad_host",
             Rejection::SniMismatch => "sni_mismatch",
             Rejection::UnknownChallenge => "unknown_challenge",
+            Rejection::BadRequest => "bad_request",
+            Rejection::TooLarge => "too_large",
+            Rejection::Method => "method",
+            Rejection::Coding => "coding",
+            Rejection::Expectation => "expectation",
         }
+    }
+
+    pub const ALL: [Rejection; 9] = [
+        Rejection::UnknownHost,
+        Rejection::BadHost,
+        Rejection::SniMismatch,
+        Rejection::UnknownChallenge,
+        Rejection::BadRequest,
+        Rejection::TooLarge,
+        Rejection::Method,
+        Rejection::Coding,
+        Rejection::Expectation,
+    ];
+
+    /// The status the client gets.
+    pub fn status(self) -> u16 {
+        match self {
+            Rejection::UnknownHost | Rejection::SniMismatch => 421,
+            Rejection::BadHost | Rejection::BadRequest => 400,
+            Rejection::UnknownChallenge => 404,
+            Rejection::TooLarge => 431,
+            Rejection::Method => 405,
+            Rejection::Coding => 501,
+            Rejection::Expectation => 417,
+        }
+    }
+
+    /// Whether an HTTP/1.1 connection closes after the answer: the request
+    /// could not be framed or trusted, so neither can what follows it.
+    pub fn closes(self) -> bool {
+        matches!(
+            self,
+            Rejection::BadHost | Rejection::BadRequest | Rejection::TooLarge | Rejection::Coding
+        )
     }
 }
 
@@ -49,7 +101,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     rejections: IntCounterVec,
-    handoffs: IntCounterVec,
+    connections_refused: IntCounterVec,
     upstream_errors: IntCounterVec,
     pub config_generation: IntGauge,
     reloads: IntCounterVec,
@@ -211,13 +263,16 @@ impl Metrics {
             ),
             &["reason"],
         )?;
-        let handoffs = IntCounterVec::new(
+        let connections_refused = IntCounterVec::new(
             Opts::new(
-                "tenantgate_lean_handoffs_total",
-                "HTTP/1.1 connections the lean path handed to pingora's path, by the reason of the request that did.",
+                "tenantgate_connections_refused_total",
+                "Connections closed at accept because the listener had max_connections open.",
             ),
-            &["reason"],
+            &["listener"],
         )?;
+        for l in ["http", "https"] {
+            connections_refused.with_label_values(&[l]);
+        }
         let upstream_errors = IntCounterVec::new(
             Opts::new(
                 "tenantgate_upstream_errors_total",
@@ -243,7 +298,7 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
-        registry.register(Box::new(handoffs.clone()))?;
+        registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(config_generation.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
@@ -301,26 +356,18 @@ impl Metrics {
         }
         registry.register(Box::new(tenants.clone()))?;
         registry.register(Box::new(domains.clone()))?;
-        for r in [
-            Rejection::UnknownHost,
-            Rejection::BadHost,
-            Rejection::SniMismatch,
-            Rejection::UnknownChallenge,
-        ] {
+        for r in Rejection::ALL {
             rejections.with_label_values(&[r.as_str()]);
         }
         for r in ["success", "failure"] {
             reloads.with_label_values(&[r]);
-        }
-        for r in crate::proxy::lean::Handoff::ALL {
-            handoffs.with_label_values(&[r.as_str()]);
         }
         Ok(Metrics {
             registry,
             requests,
             duration,
             rejections,
-            handoffs,
+            connections_refused,
             upstream_errors,
             config_generation,
             reloads,
@@ -391,9 +438,10 @@ impl Metrics {
         }
     }
 
-    /// Counts a connection the lean HTTP/1.1 path handed to pingora's.
-    pub fn handoff(&self, reason: crate::proxy::lean::Handoff) {
-        self.handoffs.with_label_values(&[reason.as_str()]).inc();
+    /// Counts a connection closed at accept because the listener was at
+    /// its `max_connections` cap.
+    pub fn connection_refused(&self, listener: &'static str) {
+        self.connections_refused.with_label_values(&[listener]).inc();
     }
 
     /// Counts a refused request.

@@ -1,12 +1,12 @@
-//! TLS termination in front of pingora's HTTP app.
+//! TLS termination in front of the HTTP engine.
 //!
 //! pingora 0.9's rustls listener serves one certificate and has no SNI
 //! resolver (cloudflare/pingora#594, #832). So the listener here is plain
 //! TCP, and [`TlsApp`] runs the handshake itself: it reads the ClientHello,
 //! picks the certificate for the SNI from the [`CertStore`] (loading it
 //! asynchronously if needed), completes the handshake, and passes the
-//! decrypted stream, wrapped in [`TlsIo`], to the inner HTTP app. `TlsIo`
-//! reports the negotiated ALPN, so pingora serves HTTP/2 when `h2` was chosen.
+//! decrypted stream, wrapped in [`TlsIo`], to the engine ([`Serve`]) with
+//! what the handshake chose ([`Negotiated`]: SNI, certificate names, ALPN).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,7 +25,6 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
-use super::sni::{Negotiated, SniBook};
 use super::store::{CertStore, Refusal};
 use crate::registry::Registry;
 use crate::routing::host;
@@ -34,22 +33,55 @@ use crate::telemetry::Metrics;
 /// A slow or silent client gets this long to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What a connection's handshake chose; travels with the connection to
+/// the engine, so the request path can refuse a Host that the handshake
+/// did not cover (421).
+#[derive(Debug)]
+pub struct Negotiated {
+    /// The normalised SNI, or the default-certificate name without SNI.
+    pub sni: Box<str>,
+    /// Names the served certificate covers.
+    pub cert_names: Vec<String>,
+    /// ALPN chose `h2`.
+    pub h2: bool,
+}
+
+/// What the HTTP engine knows about a client connection before its first
+/// request: travels with the connection, never through shared state.
+#[derive(Debug, Clone, Default)]
+pub struct ConnFacts {
+    pub peer: Option<std::net::SocketAddr>,
+    /// The TLS handshake's SNI, certificate names and ALPN; `None` on the
+    /// plain listener.
+    pub tls: Option<Arc<Negotiated>>,
+}
+
+/// The client's address, from the accepted socket.
+pub fn peer_of(stream: &Stream) -> Option<std::net::SocketAddr> {
+    stream
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
+}
+
+/// What serves a connection once its handshake is done: the HTTP engine.
+#[async_trait]
+pub trait Serve: Send + Sync + 'static {
+    async fn serve(&self, io: Stream, facts: ConnFacts, shutdown: &ShutdownWatch);
+}
+
 /// Terminates TLS, then hands the stream to `inner`.
-pub struct TlsApp<A> {
-    pub inner: Arc<A>,
+pub struct TlsApp<S> {
+    pub inner: Arc<S>,
     pub store: Arc<CertStore>,
     pub registry: Arc<Registry>,
-    pub book: Arc<SniBook>,
     pub metrics: Arc<Metrics>,
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for TlsApp<A> {
+impl<S: Serve> ServerApp for TlsApp<S> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let peer = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
-        let tls = match self.handshake(stream).await {
+        let peer = peer_of(&stream);
+        let (io, negotiated) = match self.handshake(stream).await {
             Ok(t) => t,
             Err(reason) => {
                 self.metrics.tls_handshake(Some(reason));
@@ -57,35 +89,22 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for TlsApp<A> {
             }
         };
         self.metrics.tls_handshake(None);
-        let (io, negotiated) = tls;
-        if let Some(p) = peer {
-            self.book.insert(p, negotiated);
-        }
-        let mut next: Option<Stream> = Some(Box::new(io));
-        while let Some(s) = next {
-            next = self.inner.process_new(s, shutdown).await;
-        }
-        if let Some(p) = peer {
-            self.book.remove(&p);
-        }
+        let facts = ConnFacts {
+            peer,
+            tls: Some(negotiated),
+        };
+        self.inner.serve(Box::new(io), facts, shutdown).await;
         None
     }
 }
 
-impl<A> TlsApp<A> {
+impl<S> TlsApp<S> {
     /// TLS in front of `inner`, with certificates from `store`.
-    pub fn new(
-        inner: Arc<A>,
-        store: &Arc<CertStore>,
-        registry: &Arc<Registry>,
-        book: &Arc<SniBook>,
-        metrics: &Arc<Metrics>,
-    ) -> Self {
+    pub fn new(inner: Arc<S>, store: &Arc<CertStore>, registry: &Arc<Registry>, metrics: &Arc<Metrics>) -> Self {
         TlsApp {
             inner,
             store: store.clone(),
             registry: registry.clone(),
-            book: book.clone(),
             metrics: metrics.clone(),
         }
     }
@@ -131,6 +150,7 @@ impl<A> TlsApp<A> {
         let negotiated = Arc::new(Negotiated {
             sni: sni.into(),
             cert_names: entry.loaded.names.clone(),
+            h2: alpn == Some(ALPN::H2),
         });
         Ok((
             TlsIo {

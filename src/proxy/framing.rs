@@ -3,7 +3,7 @@
 
 use http::HeaderValue;
 
-use super::head::{digits, hop_by_hop, tokens};
+use super::headers::{connection_level, digits, tokens};
 
 /// Why a backend's response cannot be relayed (answered 502).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -14,7 +14,7 @@ pub enum BadResponse {
     TooLarge,
     #[error("invalid or repeated Content-Length")]
     Length,
-    #[error("101 Switching Protocols to a request that did not ask to upgrade")]
+    #[error("101 Switching Protocols to a request that did not ask to upgrade, or without Upgrade")]
     Upgrade,
     #[error("malformed chunked body")]
     Chunked,
@@ -32,6 +32,9 @@ pub enum Body {
     Chunked,
     /// Until the backend closes (re-chunked for an HTTP/1.1 client).
     Close,
+    /// `101 Switching Protocols` to an upgrade the request asked for: the
+    /// connection becomes a tunnel.
+    Upgrade,
 }
 
 /// A parsed final (or interim) response head.
@@ -54,10 +57,13 @@ pub const MAX_HEADERS: usize = 100;
 /// Hands the status line's reason and every end-to-end header to `emit`:
 /// hop-by-hop and framing headers (`Connection` and what it names,
 /// `Keep-Alive`, `Transfer-Encoding`, a `Content-Length` beside chunked) and
-/// any header named in `replaced` are left out.
+/// any header named in `replaced` are left out. A `101` is taken only when
+/// `upgrade` (the request asked for one); its `Upgrade` header is kept, and
+/// the writer adds `connection: upgrade`.
 pub fn parse(
     buf: &[u8],
     head_request: bool,
+    upgrade: bool,
     replaced: &[(&'static str, &HeaderValue)],
     mut emit: impl FnMut(Line<'_>),
 ) -> Result<Option<Response>, BadResponse> {
@@ -73,7 +79,8 @@ pub fn parse(
     if status < 100 {
         return Err(BadResponse::Head);
     }
-    if status == 101 {
+    let switching = status == 101;
+    if switching && !(upgrade && resp.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"))) {
         return Err(BadResponse::Upgrade);
     }
     let http11 = resp.version == Some(1);
@@ -109,7 +116,9 @@ pub fn parse(
             }
         }
     }
-    let body = if head_request || status < 200 || status == 204 || status == 304 {
+    let body = if switching {
+        Body::Upgrade
+    } else if head_request || status < 200 || status == 204 || status == 304 {
         Body::Empty
     } else {
         match (chunked, length) {
@@ -121,10 +130,13 @@ pub fn parse(
     emit(Line::Status(status, resp.reason.unwrap_or("")));
     for h in resp.headers.iter() {
         let name = h.name;
-        let dropped = hop_by_hop(name)
+        let kept_upgrade = switching && name.eq_ignore_ascii_case("upgrade");
+        let dropped = (connection_level(name) && !kept_upgrade)
             || (chunked.is_some() && name.eq_ignore_ascii_case("content-length"))
             || replaced.iter().any(|(n, _)| name.eq_ignore_ascii_case(n))
-            || (!name.eq_ignore_ascii_case("content-length") && listed_in_connection(resp.headers, name));
+            || (!name.eq_ignore_ascii_case("content-length")
+                && !kept_upgrade
+                && listed_in_connection(resp.headers, name));
         if !dropped {
             emit(Line::Header(name, h.value));
         }
@@ -132,7 +144,7 @@ pub fn parse(
     Ok(Some(Response {
         status,
         body,
-        reusable: !close && body != Body::Close,
+        reusable: !close && !matches!(body, Body::Close | Body::Upgrade),
         date,
         len,
     }))
@@ -224,6 +236,8 @@ impl Date {
 #[derive(Debug, Default)]
 pub struct Chunked {
     state: State,
+    /// The trailer section's lines, when kept ([`Chunked::keeping_trailers`]).
+    trailers: Option<Vec<u8>>,
     /// Digits of the size line so far, or bytes of the current line.
     count: usize,
     size: u64,
@@ -252,6 +266,39 @@ enum State {
 const MAX_LINE: usize = 4096;
 
 impl Chunked {
+    /// A scanner that keeps the trailer section (for an HTTP/2 client).
+    pub fn keeping_trailers() -> Self {
+        Chunked {
+            trailers: Some(Vec::new()),
+            ..Chunked::default()
+        }
+    }
+
+    /// The trailer fields, once the body ended; none when not kept or empty.
+    pub fn trailers(&self) -> Option<http::HeaderMap> {
+        let raw = self.trailers.as_deref().filter(|t| !t.is_empty())?;
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut with_end = raw.to_vec();
+        with_end.extend_from_slice(b"\r\n");
+        let httparse::Status::Complete((_, fields)) = httparse::parse_headers(&with_end, &mut storage).ok()? else {
+            return None;
+        };
+        let mut map = http::HeaderMap::new();
+        for f in fields {
+            // Framing and connection fields are not allowed in trailers.
+            if connection_level(f.name) || f.name.eq_ignore_ascii_case("content-length") {
+                continue;
+            }
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(f.name.as_bytes()),
+                HeaderValue::from_bytes(f.value),
+            ) {
+                map.append(n, v);
+            }
+        }
+        (!map.is_empty()).then_some(map)
+    }
+
     /// Scans `buf`, handing each run of chunk data to `data`.
     /// `Ok(Some(n))`: the body ends after `buf[..n]`.
     pub fn feed(&mut self, buf: &[u8], mut data: impl FnMut(&[u8])) -> Result<Option<usize>, BadResponse> {
@@ -305,12 +352,19 @@ impl Chunked {
                     self.state = match b {
                         b'\r' => State::EndLf,
                         b'\n' => return Err(BadResponse::Chunked),
-                        _ => State::Trailer,
+                        _ => {
+                            self.keep(b);
+                            State::Trailer
+                        }
                     };
                 }
-                State::Trailer => self.line(b, State::TrailerLf)?,
+                State::Trailer => {
+                    self.line(b, State::TrailerLf)?;
+                    self.keep(b);
+                }
                 State::TrailerLf => {
                     expect(b, b'\n')?;
+                    self.keep(b);
                     self.state = State::TrailerStart;
                 }
                 State::EndLf => {
@@ -323,6 +377,15 @@ impl Chunked {
             i += 1;
         }
         Ok(None)
+    }
+
+    /// Keeps a byte of the trailer section, up to 64 KiB in all.
+    fn keep(&mut self, b: u8) {
+        if let Some(t) = &mut self.trailers {
+            if t.len() < 64 * 1024 {
+                t.push(b);
+            }
+        }
     }
 
     /// One byte of an extension or trailer line: at most `MAX_LINE` of
@@ -355,7 +418,9 @@ mod tests {
     fn head(raw: &[u8], head_request: bool) -> (Result<Option<Response>, BadResponse>, String) {
         let mut out = Vec::new();
         let v = HeaderValue::from_static("r=1");
-        let r = parse(raw, head_request, &[("ratelimit", &v)], |l| write_line(&mut out, l));
+        let r = parse(raw, head_request, false, &[("ratelimit", &v)], |l| {
+            write_line(&mut out, l)
+        });
         (r, String::from_utf8(out).expect("ascii"))
     }
 
@@ -412,6 +477,26 @@ mod tests {
     }
 
     #[test]
+    fn a_101_is_taken_only_for_an_upgrade_the_request_asked_for() {
+        let raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n";
+        let mut out = Vec::new();
+        let r = parse(raw, false, true, &[], |l| write_line(&mut out, l))
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(r.body, Body::Upgrade);
+        assert!(!r.reusable);
+        assert_eq!(
+            String::from_utf8(out).expect("ascii"),
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: x\r\n"
+        );
+        let no_upgrade = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
+        assert_eq!(
+            parse(no_upgrade, false, true, &[], |_| ()).err(),
+            Some(BadResponse::Upgrade)
+        );
+    }
+
+    #[test]
     fn the_client_head_drops_hop_by_hop_framing_and_replaced_headers() {
         let (r, out) = head(
             b"HTTP/1.1 200 OK\r\nConnection: close, x-hop\r\nX-Hop: 1\r\nKeep-Alive: 5\r\nRateLimit: spoof\r\n\
@@ -457,6 +542,11 @@ Transfer-Encoding: chunked\r\nContent-Length: 3\r\nServer: b\r\n\r\n",
         }
         assert_eq!(found, Some(end));
         assert_eq!(data, b"hello0123456789abcdef");
+        let mut kept = Chunked::keeping_trailers();
+        assert_eq!(kept.feed(body, |_| ()), Ok(Some(end)));
+        let trailers = kept.trailers().expect("trailers");
+        assert_eq!(trailers.get("x-t").map(|v| v.as_bytes()), Some(&b"1"[..]));
+        assert!(Chunked::default().trailers().is_none());
         for bad in [
             &b"x\r\n"[..],
             b"5\r\nhelloXX",
@@ -464,6 +554,8 @@ Transfer-Encoding: chunked\r\nContent-Length: 3\r\nServer: b\r\n\r\n",
             b"1234567890abcdef0\r\n",
             b"0\r\nbad\n",
             b"0\r\n\n",
+            b"5;a=1\nhello\r\n",
+            b"5\nhello\r\n",
         ] {
             assert_eq!(
                 Chunked::default().feed(bad, |_| ()),

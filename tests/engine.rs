@@ -1,9 +1,10 @@
-//! tenantgate's lean HTTP/1.1 and HTTP/2 paths, against a scripted backend
-//! that answers with exact bytes: response framing (length, chunked with
-//! trailers, until close, no body), pipelining, request bodies, hop-by-hop
-//! headers both ways, interim responses, bad and slow backends, stale
-//! kept-alive backend connections, the hand-off of unusual HTTP/1.1
-//! requests to pingora's path, and HTTP/2 streams over TLS.
+//! tenantgate's request engine (HTTP/1.x and HTTP/2), against a scripted
+//! backend that answers with exact bytes: response framing (length,
+//! chunked with trailers, until close, no body), pipelining, request
+//! bodies streamed both ways at once, hop-by-hop headers both ways,
+//! interim responses, bad and slow backends, stale kept-alive backend
+//! connections, HTTP/1.0, absolute-form, `Expect`, upgrades, strict
+//! parsing, and HTTP/2 streams over TLS.
 
 mod common;
 
@@ -494,16 +495,25 @@ async fn request_bodies_stream_through_both_paths() {
 }
 
 #[tokio::test]
-async fn unusual_requests_are_served_by_pingora_with_the_same_rules() {
+async fn unusual_requests_are_served_by_the_one_engine_with_the_same_rules() {
     let f = fixture().await;
-    // HTTP/1.0, absolute-form and Expect: 100-continue all take pingora's path.
     let resp = f.gw.raw("GET /old HTTP/1.0\r\nHost: a.example\r\n\r\n").await;
     assert_eq!(raw_status(&resp), 200, "{resp}");
     assert!(resp.ends_with("GET /old"), "{resp}");
+    assert_eq!(header_of(&resp, "connection"), Some("close"), "{resp}");
+    // HTTP/1.0 with keep-alive: a body without a length (chunked from the
+    // backend) comes unchunked, and the connection closes after it.
     let resp =
-        f.gw.raw("GET http://a.example/abs HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
+        f.gw.raw("GET /chunked HTTP/1.0\r\nHost: a.example\r\nConnection: keep-alive\r\n\r\n")
             .await;
     assert_eq!(raw_status(&resp), 200, "{resp}");
+    assert!(resp.ends_with("\r\n\r\nhello world"), "{resp}");
+    assert_eq!(header_of(&resp, "transfer-encoding"), None, "{resp}");
+    let resp =
+        f.gw.raw("GET http://a.example/abs?q=1 HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
+            .await;
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    assert!(resp.ends_with("GET /abs?q=1"), "forwarded in origin-form: {resp}");
     let resp =
         f.gw.raw("GET http://b.example/abs HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
             .await;
@@ -514,42 +524,45 @@ async fn unusual_requests_are_served_by_pingora_with_the_same_rules() {
     assert_eq!(raw_status(&resp), 421, "{resp}");
     let resp = f.gw.raw("GET /x HTTP/1.1\r\nConnection: close\r\n\r\n").await;
     assert_eq!(raw_status(&resp), 400, "{resp}");
-    for reason in ["http10", "target"] {
-        let series = format!("tenantgate_lean_handoffs_total{{reason=\"{reason}\"}}");
-        assert!(f.gw.metric(&series).await >= 1.0, "{series}");
-    }
-    assert_eq!(
-        f.gw.metric("tenantgate_lean_handoffs_total{reason=\"upgrade\"}").await,
-        0.0
-    );
-    // A spoofed tenant header never survives either path.
     let resp =
-        f.gw.raw("GET /h HTTP/1.0\r\nHost: e.example\r\nX-Tenant-Id: evil\r\n\r\n")
+        f.gw.raw("OPTIONS * HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
             .await;
-    let body = resp.split("\r\n\r\n").nth(1).expect("body");
-    assert_eq!(Echo::parse(body).header_all("x-tenant-id"), vec!["e".to_string()]);
-}
-
-#[tokio::test]
-async fn lean_path_off_serves_everything_through_pingora() {
-    let backend = scripted().await;
-    let echo = backend_echo().await;
-    let cfg = config(backend.addr, echo).replace("read_timeout_ms = 500", "read_timeout_ms = 500\nlean_path = false");
-    let gw = Gateway::start(&cfg).await;
-    let (status, body) = gw.get("e.example", "/p").await;
-    assert_eq!(status, 200);
-    assert_eq!(Echo::parse(&body).header("x-tenant-id").as_deref(), Some("e"));
-    let resp = gw
-        .raw("GET /x HTTP/1.1\r\nHost: nobody.example\r\nConnection: close\r\n\r\n")
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    assert!(resp.ends_with("OPTIONS *"), "{resp}");
+    let resp =
+        f.gw.raw("GET * HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
+            .await;
+    assert_eq!(raw_status(&resp), 400, "asterisk-form is for OPTIONS only: {resp}");
+    let resp =
+        f.gw.raw("CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n")
+            .await;
+    assert_eq!(raw_status(&resp), 405, "{resp}");
+    // Expect: 100-continue is answered by the gateway once the request is
+    // routed and admitted; the body follows.
+    let mut c = Client::connect(&f.gw).await;
+    c.send("PUT /up HTTP/1.1\r\nHost: e.example\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
         .await;
-    assert_eq!(raw_status(&resp), 421, "{resp}");
-    // pingora marks kept-alive responses with `Connection: keep-alive`; the
-    // lean path does not, which tells the two paths apart.
-    let mut c = Client::connect(&gw).await;
-    c.send("GET /length HTTP/1.1\r\nHost: a.example\r\n\r\n").await;
-    let (head, body) = c.response(5).await;
-    assert_eq!(body, "hello");
-    assert_eq!(header_of(&head, "connection"), Some("keep-alive"), "{head}");
+    let mut interim = vec![0u8; 25];
+    tokio::time::timeout(Duration::from_secs(5), c.conn.read_exact(&mut interim))
+        .await
+        .expect("100 in time")
+        .expect("read");
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    c.send("hello").await;
+    let (head, echoed) = c.sized_response().await;
+    assert_eq!(raw_status(&head), 200, "{head}");
+    let echo = Echo::parse(&echoed);
+    assert_eq!(echo.0["body_len"], 5);
+    assert_eq!(echo.header("expect"), None, "the backend is not asked to expect");
+    // A spoofed tenant header never survives, in any spelling.
+    let resp = f
+        .gw
+        .raw("GET /h HTTP/1.0\r\nHost: e.example\r\nX-Tenant-Id: evil\r\nX_Tenant_Id: evil\r\nX_Forwarded_For: 6.6.6.6\r\n\r\n")
+        .await;
+    let body = resp.split("\r\n\r\n").nth(1).expect("body");
+    let echo = Echo::parse(body);
+    assert_eq!(echo.header_all("x-tenant-id"), vec!["e".to_string()]);
+    assert!(!body.contains("evil") && !body.contains("6.6.6.6"), "{body}");
 }
 
 /// The scripted and echo backends behind HTTPS (internal CA) as well.
@@ -953,4 +966,321 @@ async fn idle_backend_connections_are_closed_after_their_timeout_without_traffic
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The fixture's config with one more tenant, `<id>.example`, on its own
+/// pool at `addr`.
+fn with_tenant(cfg: String, id: &str, addr: SocketAddr) -> String {
+    format!("{cfg}\n[pools.{id}]\nupstreams = [\"{addr}\"]\n\n[[tenants]]\nid = \"{id}\"\ndomains = [\"{id}.example\"]\npool = \"{id}\"\n")
+}
+
+/// A backend that answers every request with `101` (WebSocket) and then
+/// echoes every byte until the gateway closes.
+async fn upgrade_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let Some(end) = read_until(&mut conn, &mut buf, b"\r\n\r\n").await else {
+                    return;
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                assert!(
+                    head.contains("upgrade: websocket\r\n") && head.contains("connection: upgrade\r\n"),
+                    "{head}"
+                );
+                let accept = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+                if conn.write_all(accept).await.is_err() || conn.write_all(&buf[end..]).await.is_err() {
+                    return;
+                }
+                let (mut r, mut w) = conn.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn websocket_upgrades_relay_the_101_then_copy_both_ways_until_a_side_closes() {
+    let backend = scripted().await;
+    let echo = backend_echo().await;
+    let ws = upgrade_backend().await;
+    let cfg = with_tenant(config(backend.addr, echo), "w", ws).replace(
+        "read_timeout_ms = 500",
+        "read_timeout_ms = 500\ntunnel_idle_timeout_ms = 1000",
+    );
+    let gw = Gateway::start(&cfg).await;
+    const UPGRADE: &str =
+        "GET /chat HTTP/1.1\r\nHost: w.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: x\r\n\r\n";
+    // Many upgrades at once, each talking right after the 101: none is
+    // closed early.
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let addr = gw.http;
+        tasks.push(tokio::spawn(async move {
+            let mut c = TcpStream::connect(addr).await.expect("connect");
+            c.write_all(UPGRADE.as_bytes()).await.expect("write");
+            let mut buf = Vec::new();
+            let end = read_until(&mut c, &mut buf, b"\r\n\r\n").await.expect("101 head");
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            assert!(head.starts_with("http/1.1 101"), "{head}");
+            assert!(
+                head.contains("upgrade: websocket") && head.contains("connection: upgrade"),
+                "{head}"
+            );
+            let msg = format!("ping {i}");
+            c.write_all(msg.as_bytes()).await.expect("write");
+            let mut got = buf[end..].to_vec();
+            while got.len() < msg.len() {
+                let mut chunk = [0u8; 64];
+                let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut chunk))
+                    .await
+                    .expect("echo in time")
+                    .expect("read");
+                assert!(n > 0, "tunnel closed early after {} bytes", got.len());
+                got.extend_from_slice(&chunk[..n]);
+            }
+            assert_eq!(got, msg.as_bytes());
+        }));
+    }
+    for t in tasks {
+        t.await.expect("upgrade");
+    }
+    // Megabytes both ways at once.
+    let mut c = TcpStream::connect(gw.http).await.expect("connect");
+    c.write_all(UPGRADE.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let end = read_until(&mut c, &mut buf, b"\r\n\r\n").await.expect("101 head");
+    buf.drain(..end);
+    let payload: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
+    let (mut r, mut w) = c.into_split();
+    let sent = payload.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent).await.expect("upload");
+        w
+    });
+    let mut got = buf;
+    while got.len() < payload.len() {
+        let mut chunk = vec![0u8; 65536];
+        let n = tokio::time::timeout(Duration::from_secs(10), r.read(&mut chunk))
+            .await
+            .expect("echo in time")
+            .expect("read");
+        assert!(n > 0, "tunnel closed after {} bytes", got.len());
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(got == payload, "the echo differs");
+    // Idle for longer than tunnel_idle_timeout_ms: the gateway closes it.
+    let _w = writer.await.expect("writer");
+    let mut rest = [0u8; 16];
+    let idle = tokio::time::timeout(Duration::from_secs(5), r.read(&mut rest)).await;
+    assert!(
+        matches!(idle, Ok(Ok(0)) | Ok(Err(_))),
+        "an idle tunnel is closed: {idle:?}"
+    );
+}
+
+/// A backend that answers at once, before reading the chunked upload,
+/// then reads the upload to its end and reports its length on `done`.
+async fn early_answer_backend(done: tokio::sync::mpsc::Sender<usize>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let done = done.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let Some(end) = read_until(&mut conn, &mut buf, b"\r\n\r\n").await else {
+                    return;
+                };
+                buf.drain(..end);
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly")
+                    .await;
+                if read_until(&mut conn, &mut buf, b"0\r\n\r\n").await.is_some() {
+                    let _ = done.send(buf.len()).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn uploads_stream_both_ways_at_once_and_an_early_answer_does_not_stall() {
+    let backend = scripted().await;
+    let echo = backend_echo().await;
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel(1);
+    let early = early_answer_backend(done_tx).await;
+    let gw = Gateway::start(&with_tenant(config(backend.addr, echo), "u", early)).await;
+    // The answer comes while the upload is still going on.
+    let mut c = Client::connect(&gw).await;
+    c.send("POST /up HTTP/1.1\r\nHost: u.example\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        .await;
+    let (head, body) = c.response(5).await;
+    assert_eq!((raw_status(&head), body.as_str()), (200, "early"), "{head}");
+    c.send("6\r\n world\r\n0\r\n\r\n").await;
+    let seen = tokio::time::timeout(Duration::from_secs(5), done_rx.recv())
+        .await
+        .expect("the backend got the whole upload")
+        .expect("length");
+    assert!(seen > 0);
+
+    // A chunked upload that trickles in after the head, with the next
+    // request right behind its last chunk, on the echo backend.
+    let mut c = Client::connect(&gw).await;
+    c.send("POST /trickle HTTP/1.1\r\nHost: e.example\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.send("3\r\nabc\r\n").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.send("4;ext=1\r\ndefg\r\n0\r\nX-T: 1\r\n\r\nGET /next HTTP/1.1\r\nHost: e.example\r\n\r\n")
+        .await;
+    let (head, echoed) = c.sized_response().await;
+    assert_eq!(raw_status(&head), 200, "{head}");
+    assert_eq!(Echo::parse(&echoed).0["body_len"], 7);
+    let (head, echoed) = c.sized_response().await;
+    assert_eq!(raw_status(&head), 200, "{head}");
+    assert_eq!(Echo::parse(&echoed).0["path"], "/next");
+
+    // A malformed chunk after the head: 400, and the connection closes.
+    let mut c = Client::connect(&gw).await;
+    c.send("POST /bad HTTP/1.1\r\nHost: e.example\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.send("3;bare\nabc\r\n0\r\n\r\n").await;
+    let (head, _) = c.response(0).await;
+    assert_eq!(raw_status(&head), 400, "{head}");
+}
+
+#[tokio::test]
+async fn requests_other_parsers_autocorrect_are_refused_and_never_forwarded() {
+    let f = fixture().await;
+    for (raw, status) in [
+        ("Extra lineGET / HTTP/1.1\r\nHost: a.example\r\n\r\n", 400),
+        ("GET /a b HTTP/1.1\r\nHost: a.example\r\n\r\n", 400),
+        ("GET  /x HTTP/1.1\r\nHost: a.example\r\n\r\n", 400),
+        ("GET lineGET HTTP/1.1\r\nHost: a.example\r\n\r\n", 400),
+        (
+            "POST / HTTP/1.1\r\nHost: a.example\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+            400,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a.example\r\nContent-Length: 5, 6\r\n\r\nhello",
+            400,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            501,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\n3;x\nabc\r\n0\r\n\r\n",
+            400,
+        ),
+        ("GET / HTTP/1.1\r\nHost: a.example\r\n folded: 1\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: a.example\r\nExpect: nothing\r\n\r\n", 417),
+    ] {
+        let resp = f.gw.raw(raw).await;
+        assert_eq!(raw_status(&resp), status, "{raw:?} -> {resp}");
+        assert_eq!(header_of(&resp, "connection"), Some("close"), "{raw:?} -> {resp}");
+    }
+    assert!(
+        f.backend.heads.lock().expect("lock").is_empty(),
+        "nothing reached the backend"
+    );
+    assert!(f.gw.metric("tenantgate_rejections_total{reason=\"bad_request\"}").await >= 9.0);
+    assert_eq!(f.gw.metric("tenantgate_rejections_total{reason=\"coding\"}").await, 1.0);
+    // Equal lengths count as one, and the backend sees one.
+    let resp = f
+        .gw
+        .raw("POST /eq HTTP/1.1\r\nHost: a.example\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+        .await;
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    let heads = f.backend.heads.lock().expect("lock").clone();
+    assert_eq!(heads.len(), 1);
+    assert_eq!(heads[0].matches("content-length: 5\r\n").count(), 1, "{}", heads[0]);
+    assert!(
+        !heads[0].to_lowercase().contains("content-length: 5, 5"),
+        "{}",
+        heads[0]
+    );
+}
+
+#[tokio::test]
+async fn a_listener_at_max_connections_closes_new_connections_at_once() {
+    let backend = scripted().await;
+    let echo = backend_echo().await;
+    let cfg = config(backend.addr, echo).replace("read_timeout_ms = 500", "read_timeout_ms = 500\nmax_connections = 2");
+    let gw = Gateway::start(&cfg).await;
+    let held = [
+        TcpStream::connect(gw.http).await.expect("connect"),
+        TcpStream::connect(gw.http).await.expect("connect"),
+    ];
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut over = TcpStream::connect(gw.http).await.expect("connect");
+    let _ = over.write_all(b"GET / HTTP/1.1\r\nHost: e.example\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), over.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed unanswered: {read:?}");
+    assert!(
+        gw.metric("tenantgate_connections_refused_total{listener=\"http\"}")
+            .await
+            >= 1.0
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _) = gw.get("e.example", "/again").await;
+    assert_eq!(status, 200, "slots come back when connections close");
+}
+
+#[tokio::test]
+async fn http2_relays_response_trailers_and_drops_underscored_and_spoofed_headers() {
+    let (gw, root, _backend) = tls_fixture().await;
+    let mut h2 = h2_connect(gw.https, &root, "a.example").await;
+    let req = http::Request::get("https://a.example/chunked")
+        .body(())
+        .expect("request");
+    let (resp, _) = h2.send_request(req, true).expect("send");
+    let resp = resp.await.expect("response");
+    let mut body = resp.into_body();
+    let mut text = Vec::new();
+    while let Some(d) = body.data().await {
+        text.extend_from_slice(&d.expect("data"));
+    }
+    assert_eq!(text, b"hello world");
+    let trailers = body.trailers().await.expect("trailers").expect("some trailers");
+    assert_eq!(trailers.get("x-trailer").map(|v| v.as_bytes()), Some(&b"t"[..]));
+
+    let mut h2 = h2_connect(gw.https, &root, "e.example").await;
+    let req = http::Request::get("https://e.example/h")
+        .header("x_tenant_id", "evil")
+        .header("x-tenant-id", "evil")
+        .header("x_forwarded_for", "6.6.6.6")
+        .header("x_custom", "1")
+        .body(())
+        .expect("request");
+    let (resp, _) = h2.send_request(req, true).expect("send");
+    let mut body = resp.await.expect("response").into_body();
+    let mut text = Vec::new();
+    while let Some(d) = body.data().await {
+        text.extend_from_slice(&d.expect("data"));
+    }
+    let text = String::from_utf8_lossy(&text).into_owned();
+    let echo = Echo::parse(&text);
+    assert_eq!(echo.header_all("x-tenant-id"), vec!["e".to_string()]);
+    assert!(
+        !text.contains("evil") && !text.contains("6.6.6.6") && !text.contains("x_custom"),
+        "{text}"
+    );
 }

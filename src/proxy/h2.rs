@@ -1,6 +1,8 @@
-//! The lean HTTP/2 path: every stream of an HTTP/2 connection is routed and
-//! forwarded to an HTTP/1.1 backend connection. The streams of one
-//! connection run on its task, next to the connection itself.
+//! The HTTP/2 half: every stream of an HTTP/2 connection is decided by the
+//! policy and forwarded to an HTTP/1.1 backend connection, its body
+//! streamed, the response's chunked trailers relayed as HTTP/2 trailers
+//! (gRPC needs them). The streams of one connection run on its task, next
+//! to the connection itself.
 
 use std::net::SocketAddr;
 
@@ -16,14 +18,14 @@ use pingora_core::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::authority;
 use super::framing::{self, Body, Chunked, Line};
-use super::head::{self, digits, Trusted};
-use super::{
-    decide, forward, limit_headers, read_backend, response_head, send_head, settle, timed_out, Answer, Attempt,
-    Decision, Done, Downstream, ExchangeError, BUF,
+use super::headers::{self, digits, Outgoing};
+use super::policy::{Answer, Decision, Outcome, Policy, RequestFacts};
+use super::relay::{
+    forward, read_backend, response_head, send_head, settle, timed_out, Attempt, Done, Downstream, ExchangeError, BUF,
 };
-use crate::proxy::authority;
-use crate::proxy::{Gateway, Outcome};
+use super::ConnFacts;
 
 /// Streams a client may have open at once (pingora's default too).
 const MAX_CONCURRENT_STREAMS: u32 = 100;
@@ -33,12 +35,12 @@ const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
 /// Serves an HTTP/2 connection until the client closes it, it stays idle
 /// for `client_timeout_ms`, or the gateway shuts down (then with GOAWAY,
 /// letting streams in flight finish).
-pub(super) async fn serve(gw: &Gateway, io: Stream, peer: Option<SocketAddr>, shutdown: &mut ShutdownWatch) {
+pub(super) async fn serve(policy: &Policy, io: Stream, facts: &ConnFacts, shutdown: &mut ShutdownWatch) {
     let mut builder = h2::server::Builder::new();
     builder
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_header_list_size(MAX_HEADER_LIST_SIZE);
-    let ct = gw.registry.snapshot_guard().config.gateway.client_timeout;
+    let ct = policy.registry.snapshot_guard().config.gateway.client_timeout;
     let mut conn = match tokio::time::timeout(ct, builder.handshake::<_, Bytes>(Unvectored(io))).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
@@ -74,7 +76,7 @@ pub(super) async fn serve(gw: &Gateway, io: Stream, peer: Option<SocketAddr>, sh
                 Some(Ok((_, mut respond))) if streams.len() >= MAX_CONCURRENT_STREAMS as usize => {
                     respond.send_reset(h2::Reason::REFUSED_STREAM);
                 }
-                Some(Ok((req, respond))) => streams.push(stream(gw, req, respond, peer, &buffers)),
+                Some(Ok((req, respond))) => streams.push(stream(policy, req, respond, facts, &buffers)),
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
                     break;
@@ -100,34 +102,27 @@ pub(super) async fn serve(gw: &Gateway, io: Stream, peer: Option<SocketAddr>, sh
     }
 }
 
-/// Routes, forwards and relays one stream.
+/// Decides, forwards and relays one stream.
 async fn stream(
-    gw: &Gateway,
+    policy: &Policy,
     req: http::Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
-    peer: Option<SocketAddr>,
+    facts: &ConnFacts,
     buffers: &Buffers,
 ) {
-    let snap = gw.registry.snapshot();
+    let snap = policy.registry.snapshot();
     let (parts, mut body) = req.into_parts();
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut o = Outcome::begin(parts.method.as_str(), parts.uri.path());
     let authority = authority::of(&parts.headers, &parts.uri, true);
-    let decision = if parts.method == http::Method::CONNECT {
-        Decision::Answer(Answer::text(
-            405,
-            "405 Method Not Allowed: CONNECT is not proxied\n",
-            false,
-        ))
-    } else {
-        decide(gw, &snap, authority, target, peer, &mut o).await
+    let request = RequestFacts {
+        method: parts.method.as_str(),
+        target,
+        authority,
+        conn: facts,
     };
-    let (tenant, pool, admission) = match decision {
-        Decision::Forward {
-            tenant,
-            pool,
-            admission,
-        } => (tenant, pool, admission),
+    let f = match policy.decide(&snap, &request, &mut o).await {
+        Decision::Forward(f) => f,
         Decision::Answer(a) => {
             let head_request = parts.method == http::Method::HEAD;
             o.status = if answer(&mut respond, &a, head_request) {
@@ -135,40 +130,28 @@ async fn stream(
             } else {
                 0
             };
-            gw.record(&snap, &o);
+            policy.record(&snap, &o);
             return;
         }
     };
-    let authority = authority.unwrap_or_default();
-    let trusted = Trusted {
-        gw: &snap.config.gateway,
-        tenant: &tenant.header_value,
-        client_ip: peer.map(|p| p.ip()),
-        authority,
-        https: gw.https,
-    };
     let mut out = Vec::with_capacity(512);
-    let headers = || parts.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
     // A body without a length goes to the backend chunked (h2 checks that
     // the DATA frames add up to a length the client gave).
     let has_body = !body.is_end_stream();
     let length = parts.headers.get(CONTENT_LENGTH).and_then(|v| digits(v.as_bytes()));
     let chunked = has_body && length.is_none();
-    let request_id = head::write_upstream(
-        &mut out,
-        parts.method.as_str(),
+    let outgoing = Outgoing {
+        method: parts.method.as_str(),
         target,
-        headers,
-        Some(authority),
+        http2_host: Some(authority.unwrap_or_default()),
         length,
-        &trusted,
-    );
-    if chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+        chunked,
+        upgrade: None,
+    };
+    let headers = || parts.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
+    let request_id = headers::write_upstream(&mut out, &outgoing, headers, &f.trusted);
     o.request_id = request_id.to_str().ok();
-    let (pairs, n) = limit_headers(tenant, admission.as_ref());
+    let (pairs, n) = f.limit_headers();
     let req = Request {
         head: &out,
         method: &parts.method,
@@ -187,15 +170,15 @@ async fn stream(
     let reset = std::future::poll_fn(|cx| exchange.respond.poll_reset(cx)).now_or_never();
     let result = match reset {
         Some(_) => {
-            drop(admission);
-            gw.record(&snap, &o);
+            drop(f.admission);
+            policy.record(&snap, &o);
             return;
         }
-        None => forward(&snap, pool, &mut exchange).await,
+        None => forward(&snap, f.pool, &mut exchange).await,
     };
     buffers.give(exchange.rbuf);
-    drop(admission);
-    settle(gw, &snap, &mut o, &result, tenant, pool);
+    drop(f.admission);
+    settle(policy, &snap, &mut o, &result, f.tenant, f.pool);
 }
 
 /// An HTTP/2 request as it goes to the backend.
@@ -318,6 +301,7 @@ async fn attempt(
             &mut filled,
             &mut received,
             head_request,
+            false,
             req.extra,
             t.read,
             emit,
@@ -353,7 +337,7 @@ async fn attempt(
     let mut reusable = resp.reusable;
     let avail = &rbuf[resp.len..filled];
     match resp.body {
-        Body::Empty => reusable &= avail.is_empty(),
+        Body::Empty | Body::Upgrade => reusable &= avail.is_empty(),
         Body::Length(n) => {
             let first = usize::try_from(n).map_or(avail.len(), |n| n.min(avail.len()));
             reusable &= first == avail.len();
@@ -380,7 +364,7 @@ async fn attempt(
         }
         // Unchunked: HTTP/2 frames the data itself.
         Body::Chunked => {
-            let mut scan = Chunked::default();
+            let mut scan = Chunked::keeping_trailers();
             let mut data = BytesMut::new();
             let mut chunk = &rbuf[resp.len..filled];
             loop {
@@ -389,9 +373,13 @@ async fn attempt(
                     .map_err(|source| after_head(ExchangeError::BadResponse { addr, source }))?;
                 if let Some(end) = end {
                     reusable &= end == chunk.len();
-                    send_data(&mut send, data.split().freeze(), true, ct)
+                    let trailers = scan.trailers();
+                    send_data(&mut send, data.split().freeze(), trailers.is_none(), ct)
                         .await
                         .map_err(h2_err)?;
+                    if let Some(t) = trailers {
+                        send.send_trailers(t).map_err(h2_err)?;
+                    }
                     break;
                 }
                 if !data.is_empty() {
@@ -462,7 +450,18 @@ async fn send_body(
         let _ = body.flow_control().release_capacity(n);
     }
     if chunked {
-        match tokio::time::timeout(timeout, backend.write_all(b"0\r\n\r\n")).await {
+        // The client's trailers (gRPC sends none, but others may) close
+        // the chunked body.
+        let mut last = b"0\r\n".to_vec();
+        if let Ok(Ok(Some(trailers))) = tokio::time::timeout(client_timeout, body.trailers()).await {
+            for (name, value) in &trailers {
+                if !headers::connection_level(name.as_str()) {
+                    framing::header_line(&mut last, name.as_str().as_bytes(), value.as_bytes());
+                }
+            }
+        }
+        last.extend_from_slice(b"\r\n");
+        match tokio::time::timeout(timeout, backend.write_all(&last)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(upstream_err(e)),
             Err(_) => return Err(upstream_err(timed_out())),

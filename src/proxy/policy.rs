@@ -1,0 +1,609 @@
+//! The one policy: every request, HTTP/1.1 or HTTP/2, is decided here and
+//! nowhere else. It sees only protocol-neutral facts (method, target,
+//! authority, the connection's peer and TLS facts) and returns a
+//! [`Decision`]; the protocol halves (`h1`, `h2`) carry it out. No sockets
+//! here, so every rule is unit-tested without one.
+//!
+//! The order of the checks:
+//!
+//! 1. `CONNECT` → 405; a target that is not origin-form (or `*` for
+//!    `OPTIONS`) → 400.
+//! 2. Plain listener: `/.well-known/acme-challenge/<token>` → the key
+//!    authorization of a pending order, else 404.
+//! 3. The authority (Host, or `:authority`) → the tenant, or 400/421.
+//!    There is no default: an unknown host is never forwarded.
+//! 4. TLS listener: the Host must be covered by the connection's SNI or
+//!    certificate (same tenant), else 421. Plain listener: 308 to HTTPS
+//!    when the tenant (or `[tls] redirect_http`) wants it.
+//! 5. The tenant's limits: concurrency, client share, rate, quotas → 429
+//!    (503 for a fail-closed store outage).
+//! 6. Forward to the tenant's pool, with the trusted headers
+//!    ([`super::headers::Trusted`]).
+//!
+//! After the exchange, [`Policy::record`] counts it and writes the access
+//! log line.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::HeaderValue;
+
+use super::authority::BadAuthority;
+use super::headers::Trusted;
+use super::pool::Pool;
+use super::ConnFacts;
+use crate::acme::Challenges;
+use crate::limits::{Admission, Refusal, SystemClock};
+use crate::registry::{Registry, Snapshot, Tenant};
+use crate::routing::{self, HostError, Match, Unresolved};
+use crate::telemetry::{Metrics, Rejection};
+use crate::tls::certs::name_covers;
+
+/// The ACME HTTP-01 path prefix.
+pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// Decides requests for one listener.
+pub struct Policy {
+    pub(super) registry: Arc<Registry>,
+    pub(super) metrics: Arc<Metrics>,
+    challenges: Arc<Challenges>,
+    /// Port of the running TLS listener, the target of 308 redirects. Taken
+    /// at start-up: a reload cannot open a listener, so it cannot move this.
+    https_port: Option<u16>,
+}
+
+/// One request, as the policy sees it.
+pub struct RequestFacts<'a> {
+    pub method: &'a str,
+    /// The target as forwarded: origin-form (`/path?query`), or `*`.
+    pub target: &'a str,
+    /// Host (or HTTP/2 `:authority`), checked against an absolute-form
+    /// target.
+    pub authority: Result<&'a str, BadAuthority>,
+    pub conn: &'a ConnFacts,
+}
+
+impl RequestFacts<'_> {
+    /// The path without the query, for logs.
+    pub fn path(&self) -> &str {
+        self.target.split_once('?').map_or(self.target, |(p, _)| p)
+    }
+}
+
+/// A response of the gateway's own.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: bytes::Bytes,
+    pub headers: Vec<(&'static str, HeaderValue)>,
+    /// Close the HTTP/1.1 connection after it (a malformed request).
+    pub close: bool,
+}
+
+impl Answer {
+    pub fn text(status: u16, body: &'static str, close: bool) -> Answer {
+        Answer {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: bytes::Bytes::from_static(body.as_bytes()),
+            headers: Vec::new(),
+            close,
+        }
+    }
+
+    /// `status` with its reason phrase as the body (a 502 or 504 of the
+    /// gateway's own); the HTTP/1.1 connection closes after it.
+    pub fn failure(status: u16) -> Answer {
+        let mut a = Answer::text(status, "", true);
+        a.body = format!("{status} {}\n", reason(status)).into();
+        a
+    }
+
+    /// A refusal, counted under `rejection`.
+    fn rejection(rejection: Rejection, body: &'static str) -> Answer {
+        Answer::text(rejection.status(), body, rejection.closes())
+    }
+}
+
+/// The canonical reason phrase of `status`.
+pub fn reason(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("")
+}
+
+/// What the policy decided for one request.
+pub enum Decision<'s> {
+    Answer(Answer),
+    Forward(Forward<'s>),
+}
+
+/// Forward to `pool` as `tenant`, holding the limiter's admission until
+/// the exchange ends.
+pub struct Forward<'s> {
+    pub tenant: &'s Tenant,
+    pub pool: &'s Pool,
+    pub admission: Option<Admission>,
+    /// What the backend is told about the request ([`super::headers`]).
+    pub trusted: Trusted<'s>,
+}
+
+impl Forward<'_> {
+    /// The rate-limit headers a forwarded response gets, as `(name, value)`
+    /// pairs without an allocation or a copy: the first `n`.
+    pub fn limit_headers(&self) -> ([(&'static str, &HeaderValue); 2], usize) {
+        static NONE: HeaderValue = HeaderValue::from_static("");
+        let mut pairs = [("", &NONE); 2];
+        let mut n = 0;
+        let ratelimit = self.admission.as_ref().and_then(|a| a.header.as_ref());
+        for (name, value) in [
+            ("ratelimit-policy", self.tenant.policy_header.as_ref()),
+            ("ratelimit", ratelimit),
+        ] {
+            if let Some(v) = value {
+                pairs[n] = (name, v);
+                n += 1;
+            }
+        }
+        (pairs, n)
+    }
+}
+
+/// How one request ended, for metrics and the access log.
+pub struct Outcome<'a> {
+    pub start: Instant,
+    pub route: Option<Match>,
+    pub rejection: Option<Rejection>,
+    pub upstream: Option<SocketAddr>,
+    /// 0 when no response was written.
+    pub status: u16,
+    pub method: &'a str,
+    /// The target's path as received.
+    pub path: &'a str,
+    pub request_id: Option<&'a str>,
+    pub error: Option<&'a (dyn std::fmt::Display + Sync)>,
+}
+
+impl<'a> Outcome<'a> {
+    /// A request that starts now, with nothing decided yet.
+    pub fn begin(method: &'a str, path: &'a str) -> Self {
+        Outcome {
+            start: Instant::now(),
+            route: None,
+            rejection: None,
+            upstream: None,
+            status: 0,
+            method,
+            path,
+            request_id: None,
+            error: None,
+        }
+    }
+}
+
+impl Policy {
+    /// The policy of a listener; `https_port` is the running TLS listener's
+    /// port, if any (the target of redirects from the plain one).
+    pub fn new(
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        challenges: Arc<Challenges>,
+        https_port: Option<u16>,
+    ) -> Self {
+        Policy {
+            registry,
+            metrics,
+            challenges,
+            https_port,
+        }
+    }
+
+    /// A refusal the parser of a protocol half found before any routing
+    /// (counted and recorded in `o`).
+    pub fn refuse(&self, rejection: Rejection, body: &'static str, o: &mut Outcome<'_>) -> Answer {
+        self.metrics.reject(rejection);
+        o.rejection = Some(rejection);
+        Answer::rejection(rejection, body)
+    }
+
+    /// Decides one request. Records the route or the rejection in `o`.
+    pub async fn decide<'s>(&self, snap: &'s Snapshot, req: &RequestFacts<'s>, o: &mut Outcome<'_>) -> Decision<'s> {
+        if req.method == "CONNECT" {
+            return Decision::Answer(self.refuse(Rejection::Method, CONNECT_BODY, o));
+        }
+        if !(req.target.starts_with('/') || (req.target == "*" && req.method == "OPTIONS")) {
+            return Decision::Answer(self.refuse(Rejection::BadRequest, BAD_TARGET_BODY, o));
+        }
+        let https = req.conn.tls.is_some();
+        if !https {
+            if let Some(token) = req.target.strip_prefix(ACME_CHALLENGE_PREFIX) {
+                return Decision::Answer(self.challenge(req.authority, token, o));
+            }
+        }
+        let (host, m) = match self.route(snap, req.authority, https) {
+            Ok(r) => r,
+            Err((rejection, body)) => return Decision::Answer(self.refuse(rejection, body, o)),
+        };
+        o.route = Some(m);
+        if let Some(host) = host.as_deref() {
+            if https && !sni_allows(req.conn, snap, host, m) {
+                return Decision::Answer(self.refuse(Rejection::SniMismatch, SNI_MISMATCH_BODY, o));
+            }
+            if !https {
+                if let Some(location) = self.redirect(snap, host, m, req.target) {
+                    let mut a = Answer::text(308, "308 Permanent Redirect: use HTTPS\n", false);
+                    a.headers
+                        .extend(HeaderValue::from_str(&location).ok().map(|l| ("location", l)));
+                    return Decision::Answer(a);
+                }
+            }
+        }
+        let Some((tenant, pool)) = snap.tenant(m.tenant).and_then(|t| Some((t, snap.pool_of(t)?))) else {
+            tracing::error!("routed tenant or its pool missing from the snapshot");
+            return Decision::Answer(Answer::text(500, "500 Internal Server Error\n", true));
+        };
+        let peer = req.conn.peer;
+        match self.limit(snap, tenant, m, peer.map(|p| p.ip())).await {
+            Ok(admission) => Decision::Forward(Forward {
+                tenant,
+                pool,
+                admission,
+                trusted: Trusted {
+                    gw: &snap.config.gateway,
+                    tenant: &tenant.header_value,
+                    client_ip: peer.map(|p| p.ip()),
+                    authority: req.authority.unwrap_or_default(),
+                    https,
+                },
+            }),
+            Err(refusal) => Decision::Answer(limited(tenant, &refusal)),
+        }
+    }
+
+    /// Serves an HTTP-01 key authorization for a pending order, or 404.
+    fn challenge(&self, authority: Result<&str, BadAuthority>, token: &str, o: &mut Outcome<'_>) -> Answer {
+        let host = authority
+            .ok()
+            .and_then(|a| routing::request_host(a).ok().map(|h| h.into_owned()));
+        match host.and_then(|h| self.challenges.answer(token, &h)) {
+            Some(key_authorization) => {
+                let mut a = Answer::text(200, "", false);
+                a.content_type = "application/octet-stream";
+                a.body = key_authorization.into();
+                a
+            }
+            None => self.refuse(Rejection::UnknownChallenge, UNKNOWN_CHALLENGE_BODY, o),
+        }
+    }
+
+    /// On the plain listener: where to send a request the tenant (or
+    /// `[tls] redirect_http`) wants on HTTPS, if so.
+    fn redirect(&self, snap: &Snapshot, host: &str, m: Match, target: &str) -> Option<String> {
+        let (port, tls) = (self.https_port?, snap.config.tls.as_ref()?);
+        let redirect = snap
+            .config
+            .tenants
+            .get(m.tenant as usize)
+            .and_then(|t| t.redirect_https);
+        redirect
+            .unwrap_or(tls.redirect_http)
+            .then(|| https_location(host, port, target))
+    }
+
+    /// Resolves the tenant from the request's authority, or says why not.
+    /// The normalised host comes back only when the TLS rules need it
+    /// (no copy otherwise).
+    fn route(
+        &self,
+        snap: &Snapshot,
+        authority: Result<&str, BadAuthority>,
+        https: bool,
+    ) -> Result<(Option<String>, Match), (Rejection, &'static str)> {
+        let host = match authority {
+            Ok(a) => routing::request_host(a).map_err(unresolved_body)?,
+            Err(e) => return Err(bad_authority_body(e)),
+        };
+        let m = snap
+            .table
+            .lookup(&host)
+            .ok_or((Rejection::UnknownHost, UNKNOWN_HOST_BODY))?;
+        // The TLS rules hold on the TLS listener even after a reload
+        // removed [tls].
+        Ok(((https || snap.config.tls.is_some()).then(|| host.into_owned()), m))
+    }
+
+    /// The tenant's limits for one request: `Ok(None)` when it has none.
+    /// A refusal is counted here.
+    async fn limit(
+        &self,
+        snap: &Snapshot,
+        tenant: &Tenant,
+        m: Match,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Option<Admission>, Refusal> {
+        let (Some(state), Some(limits)) = (
+            &tenant.limiter,
+            snap.config
+                .tenants
+                .get(m.tenant as usize)
+                .and_then(|t| t.limits.as_ref()),
+        ) else {
+            return Ok(None);
+        };
+        let admitted = match self.registry.book().fleet() {
+            Some(fleet) => fleet.admit(&tenant.id, state, limits, client, &SystemClock).await,
+            None => state.admit(limits, client, &SystemClock),
+        };
+        admitted
+            .map(Some)
+            .inspect_err(|refusal| tenant.limit_counters.reject(refusal.violation))
+    }
+
+    /// Metrics and the access log line for one finished request.
+    pub fn record(&self, snap: &Snapshot, o: &Outcome<'_>) {
+        let elapsed = o.start.elapsed();
+        let access_log = snap.config.telemetry.access_log;
+        let (status, method, path) = (o.status, o.method, o.path);
+        let Some(route) = o.route else {
+            if access_log {
+                let reason = o.rejection.map_or("none", Rejection::as_str);
+                tracing::info!(target: "access", decision = "rejected", reason, status, method, path, duration_ms = elapsed.as_secs_f64() * 1e3);
+            }
+            return;
+        };
+        let Some(tenant) = snap.tenant(route.tenant) else {
+            return;
+        };
+        let pool = snap.pool_of(tenant);
+        if status > 0 {
+            tenant.counters.observe(status);
+        }
+        if let Some(p) = pool {
+            p.metrics.duration.observe(elapsed.as_secs_f64());
+            if o.error.is_some() && status >= 500 && o.upstream.is_some() {
+                p.metrics.proxy_errors.inc();
+            }
+        }
+        if access_log {
+            let decision = match o.rejection {
+                Some(_) => "rejected",
+                None => "routed",
+            };
+            tracing::info!(
+                target: "access",
+                decision,
+                reason = o.rejection.map(Rejection::as_str),
+                tenant = &*tenant.id,
+                match_kind = route.kind.as_str(),
+                pool = pool.map_or("", |p| &*p.name),
+                upstream = o.upstream.map(tracing::field::display),
+                status,
+                method,
+                path,
+                request_id = o.request_id,
+                generation = snap.generation,
+                duration_ms = elapsed.as_secs_f64() * 1e3,
+                error = o.error.map(tracing::field::display),
+            );
+        }
+    }
+}
+
+/// A limit refusal (429, or 503 for a fail-closed store outage) with
+/// `Retry-After`, the rate-limit policy and an RFC 9457 body.
+fn limited(tenant: &Tenant, refusal: &Refusal) -> Answer {
+    let mut headers = vec![("retry-after", HeaderValue::from(refusal.retry_after))];
+    headers.extend(tenant.policy_header.clone().map(|p| ("ratelimit-policy", p)));
+    Answer {
+        status: refusal.status(),
+        content_type: "application/problem+json",
+        body: refusal.problem_body().into(),
+        headers,
+        close: false,
+    }
+}
+
+/// On the TLS listener: whether `host` may be served on this connection,
+/// under `[tls] strict_sni_host` (on when `[tls]` is gone): the same name
+/// as the SNI, or a name the served certificate covers that routes to the
+/// same tenant.
+fn sni_allows(conn: &ConnFacts, snap: &Snapshot, host: &str, m: Match) -> bool {
+    let strict = snap.config.tls.as_ref().is_none_or(|t| t.strict_sni_host);
+    if !strict {
+        return true;
+    }
+    let Some(n) = &conn.tls else { return false };
+    if *n.sni == *host {
+        return true;
+    }
+    let same_tenant = snap.table.lookup(&n.sni).is_some_and(|s| s.tenant == m.tenant);
+    same_tenant && n.cert_names.iter().any(|c| name_covers(c, host))
+}
+
+const UNKNOWN_HOST_BODY: &str = "421 Misdirected Request: this host is not served here\n";
+const SNI_MISMATCH_BODY: &str = "421 Misdirected Request: Host is not covered by this connection's TLS name\n";
+const UNKNOWN_CHALLENGE_BODY: &str = "404 Not Found: no pending ACME challenge for this token\n";
+const CONNECT_BODY: &str = "405 Method Not Allowed: CONNECT is not proxied\n";
+const BAD_TARGET_BODY: &str = "400 Bad Request: the request target must be a path (or * for OPTIONS)\n";
+
+fn unresolved_body(e: Unresolved) -> (Rejection, &'static str) {
+    match e {
+        Unresolved::BadHost(e) => bad_host_body(e),
+        Unresolved::UnknownHost => (Rejection::UnknownHost, UNKNOWN_HOST_BODY),
+    }
+}
+
+/// `https://host[:port]/path`, the port omitted when it is 443.
+fn https_location(host: &str, port: u16, path_and_query: &str) -> String {
+    if port == 443 {
+        format!("https://{host}{path_and_query}")
+    } else {
+        format!("https://{host}:{port}{path_and_query}")
+    }
+}
+
+fn bad_authority_body(e: BadAuthority) -> (Rejection, &'static str) {
+    let body = match e {
+        BadAuthority::Missing => "400 Bad Request: missing Host header\n",
+        BadAuthority::Empty => "400 Bad Request: empty Host header\n",
+        BadAuthority::Several => "400 Bad Request: several Host headers\n",
+        BadAuthority::NotAscii => "400 Bad Request: Host header is not visible ASCII\n",
+        BadAuthority::Mismatch => "400 Bad Request: request target authority differs from Host\n",
+    };
+    (Rejection::BadHost, body)
+}
+
+fn bad_host_body(e: HostError) -> (Rejection, &'static str) {
+    let body = match e {
+        HostError::Empty => "400 Bad Request: empty host name\n",
+        HostError::Port => "400 Bad Request: malformed port in Host\n",
+        HostError::Path => "400 Bad Request: Host contains a path\n",
+        HostError::IpAddress => return (Rejection::UnknownHost, UNKNOWN_HOST_BODY),
+        HostError::TooLong => "400 Bad Request: host name too long\n",
+        HostError::BadLabel => "400 Bad Request: empty or over-long label in Host\n",
+        HostError::InvalidCharacters => "400 Bad Request: invalid characters in Host\n",
+    };
+    (Rejection::BadHost, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Source;
+
+    const CONFIG: &str = r#"
+[gateway]
+http_listen = "127.0.0.1:1"
+
+[pools.a]
+upstreams = ["127.0.0.1:2"]
+
+[[tenants]]
+id = "acme"
+domains = ["acme.example", "*.acme.example"]
+pool = "a"
+
+[[tenants]]
+id = "beta"
+domains = ["beta.example"]
+pool = "a"
+"#;
+
+    fn policy() -> (Policy, Arc<Challenges>) {
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let source = Source::Embedded {
+            name: "policy.toml",
+            text: CONFIG,
+        };
+        let registry = Arc::new(Registry::load(source, metrics.clone()).expect("config"));
+        let challenges = Arc::new(Challenges::default());
+        (Policy::new(registry, metrics, challenges.clone(), None), challenges)
+    }
+
+    /// The decision for one request: the status of an answer, or 0 for a
+    /// forward (with the tenant it goes to).
+    fn decide(
+        p: &Policy,
+        method: &str,
+        target: &str,
+        authority: Result<&str, BadAuthority>,
+        conn: &ConnFacts,
+    ) -> (u16, String) {
+        let snap = p.registry.snapshot();
+        let req = RequestFacts {
+            method,
+            target,
+            authority,
+            conn,
+        };
+        let mut o = Outcome::begin(method, target);
+        let decided =
+            futures_util::FutureExt::now_or_never(p.decide(&snap, &req, &mut o)).expect("no wait without limits");
+        match decided {
+            Decision::Answer(a) => (a.status, String::from_utf8_lossy(&a.body).into_owned()),
+            Decision::Forward(f) => (0, f.tenant.id.to_string()),
+        }
+    }
+
+    fn tls(sni: &str, names: &[&str]) -> ConnFacts {
+        ConnFacts {
+            peer: None,
+            tls: Some(Arc::new(crate::tls::Negotiated {
+                sni: sni.into(),
+                cert_names: names.iter().map(|n| n.to_string()).collect(),
+                h2: false,
+            })),
+        }
+    }
+
+    #[test]
+    fn known_hosts_forward_to_their_tenant_and_nothing_else_does() {
+        let (p, _) = policy();
+        let plain = ConnFacts::default();
+        assert_eq!(decide(&p, "GET", "/", Ok("acme.example"), &plain), (0, "acme".into()));
+        assert_eq!(
+            decide(&p, "GET", "/", Ok("X.Acme.Example:80"), &plain),
+            (0, "acme".into())
+        );
+        assert_eq!(
+            decide(&p, "OPTIONS", "*", Ok("beta.example"), &plain),
+            (0, "beta".into())
+        );
+        assert_eq!(decide(&p, "GET", "/", Ok("nobody.example"), &plain).0, 421);
+        assert_eq!(decide(&p, "GET", "/", Ok("127.0.0.1"), &plain).0, 421);
+        assert_eq!(decide(&p, "GET", "/", Err(BadAuthority::Missing), &plain).0, 400);
+        assert_eq!(decide(&p, "GET", "/", Err(BadAuthority::Mismatch), &plain).0, 400);
+        assert_eq!(decide(&p, "GET", "/", Ok("a b.example"), &plain).0, 400);
+    }
+
+    #[test]
+    fn connect_and_targets_that_are_not_paths_are_refused_before_routing() {
+        let (p, _) = policy();
+        let plain = ConnFacts::default();
+        assert_eq!(
+            decide(&p, "CONNECT", "acme.example:443", Ok("acme.example:443"), &plain).0,
+            405
+        );
+        assert_eq!(decide(&p, "GET", "*", Ok("acme.example"), &plain).0, 400);
+        assert_eq!(decide(&p, "GET", "acme.example", Ok("acme.example"), &plain).0, 400);
+    }
+
+    #[test]
+    fn on_tls_the_host_must_be_covered_by_the_handshake_of_the_same_tenant() {
+        let (p, _) = policy();
+        let same = tls("acme.example", &["acme.example"]);
+        assert_eq!(decide(&p, "GET", "/", Ok("acme.example"), &same), (0, "acme".into()));
+        let wildcard = tls("acme.example", &["acme.example", "*.acme.example"]);
+        assert_eq!(
+            decide(&p, "GET", "/", Ok("www.acme.example"), &wildcard),
+            (0, "acme".into())
+        );
+        // Another tenant's host on this connection: 421, never forwarded.
+        let (status, body) = decide(&p, "GET", "/", Ok("beta.example"), &same);
+        assert_eq!(status, 421, "{body}");
+        assert!(body.contains("TLS name"), "{body}");
+        // A name the certificate does not cover.
+        assert_eq!(decide(&p, "GET", "/", Ok("www.acme.example"), &same).0, 421);
+    }
+
+    #[test]
+    fn acme_challenges_are_answered_on_the_plain_listener_only() {
+        let (p, challenges) = policy();
+        challenges.insert("tok", "acme.example", "tok.key");
+        let plain = ConnFacts::default();
+        let path = format!("{ACME_CHALLENGE_PREFIX}tok");
+        assert_eq!(
+            decide(&p, "GET", &path, Ok("acme.example"), &plain),
+            (200, "tok.key".into())
+        );
+        assert_eq!(decide(&p, "GET", &path, Ok("beta.example"), &plain).0, 404);
+        let other = format!("{ACME_CHALLENGE_PREFIX}nope");
+        assert_eq!(decide(&p, "GET", &other, Ok("acme.example"), &plain).0, 404);
+        // Over TLS the path is the tenant's own.
+        let conn = tls("acme.example", &["acme.example"]);
+        assert_eq!(decide(&p, "GET", &path, Ok("acme.example"), &conn).0, 0);
+    }
+}
