@@ -103,12 +103,28 @@ impl Call {
                 Ok(((), edits))
             })
             .await?;
-        let diff: Vec<Value> = done.diff.iter().map(TenantDiff::to_json).collect();
-        Ok(json_response(
-            StatusCode::OK,
-            &json!({"applied": !dry_run && !done.unchanged, "generation": done.generation, "diff": diff}),
-        ))
+        outcome(!dry_run, done).await
     }
+}
+
+/// `{"applied", "generation", "diff"}` of a batch or import, with the
+/// registry's ETag; built off the runtime (a diff may list 100,000 tenants).
+async fn outcome(apply: bool, done: super::write::Done<()>) -> Result<Response<Body>, Problem> {
+    tokio::task::spawn_blocking(move || {
+        let diff: Vec<Value> = done.diff.iter().map(TenantDiff::to_json).collect();
+        let mut resp = json_response(
+            StatusCode::OK,
+            &json!({"applied": apply && !done.unchanged, "generation": done.generation, "diff": diff}),
+        );
+        if let Some(g) = done.generation {
+            if let Ok(v) = HeaderValue::from_str(&registry_etag(g)) {
+                resp.headers_mut().insert(header::ETAG, v);
+            }
+        }
+        resp
+    })
+    .await
+    .map_err(|_| Problem::internal())
 }
 
 /// The body of `POST /v1/import`, as `GET /v1/export` returns it, parsed
@@ -358,16 +374,6 @@ impl Call {
                 Ok(((), edits))
             })
             .await?;
-        let diff: Vec<Value> = done.diff.iter().map(TenantDiff::to_json).collect();
-        let mut resp = json_response(
-            StatusCode::OK,
-            &json!({"applied": !preview && !done.unchanged, "generation": done.generation, "diff": diff}),
-        );
-        if let Some(g) = done.generation {
-            if let Ok(v) = HeaderValue::from_str(&registry_etag(g)) {
-                resp.headers_mut().insert(header::ETAG, v);
-            }
-        }
-        Ok(resp)
+        outcome(!preview, done).await
     }
 }

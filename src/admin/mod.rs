@@ -8,6 +8,7 @@ mod audit;
 pub mod auth;
 mod changes;
 mod domains;
+mod idempotency;
 mod limit;
 mod patch;
 mod preview;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
@@ -68,6 +70,7 @@ impl BackgroundService for AdminApi {
             audit: self.audit.clone(),
             certs: self.certs.clone(),
             limiter: Arc::new(limit::TokenLimiter::default()),
+            keys: idempotency::Keys::default(),
             limits,
         });
         listener::serve("admin", listener, limits, api, shutdown).await;
@@ -80,7 +83,23 @@ struct Api {
     audit: Arc<Audit>,
     certs: Option<Certs>,
     limiter: Arc<limit::TokenLimiter>,
+    keys: idempotency::Keys,
     limits: Listening,
+}
+
+/// A claimed `Idempotency-Key` whose answer is not kept yet: freed if the
+/// request is dropped before it answers.
+struct Pending<'a> {
+    keys: &'a idempotency::Keys,
+    id: Option<(String, String)>,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = &self.id {
+            self.keys.abandon(id);
+        }
+    }
 }
 
 impl Handler for Api {
@@ -182,6 +201,24 @@ impl Api {
             Ok(b) => b,
             Err(p) => return self.refused(write, &caller.name, &request, &route, p).await,
         };
+        let mut pending = Pending {
+            keys: &self.keys,
+            id: None,
+        };
+        if write {
+            let key = match idempotency::key_of(&parts.headers) {
+                Ok(k) => k,
+                Err(p) => return p.response(),
+            };
+            if let Some(key) = key {
+                let print = idempotency::fingerprint(&request, parts.uri.query().unwrap_or(""), &body);
+                match self.keys.claim(&caller.name, key, print) {
+                    Ok(idempotency::Claim::Replay(resp)) => return resp,
+                    Ok(idempotency::Claim::Run(id)) => pending.id = Some(id),
+                    Err(p) => return p.response(),
+                }
+            }
+        }
         let call = tenants::Call {
             registry: self.registry.clone(),
             audit: self.audit.clone(),
@@ -193,10 +230,18 @@ impl Api {
             query,
             body,
         };
-        match call.route(route.clone()).await {
+        let resp = match call.route(route.clone()).await {
             Ok(resp) => resp,
             Err(p) => self.refused(write, &caller.name, &request, &route, p).await,
-        }
+        };
+        let Some(id) = pending.id.take() else { return resp };
+        let (parts, body) = resp.into_parts();
+        let bytes = match body.collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(never) => match never {},
+        };
+        self.keys.finish(id, parts.status, &parts.headers, &bytes);
+        Response::from_parts(parts, Body::new(bytes))
     }
 
     /// The request body, for the routes that take one: of the media type

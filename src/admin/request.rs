@@ -133,7 +133,10 @@ pub fn check_media_type(headers: &HeaderMap, want: &'static str) -> Result<(), P
         format!("send the body as Content-Type: {want}"),
     );
     Err(if want == MERGE_PATCH {
-        p.header(header::HeaderName::from_static("accept-patch"), HeaderValue::from_static(MERGE_PATCH))
+        p.header(
+            header::HeaderName::from_static("accept-patch"),
+            HeaderValue::from_static(MERGE_PATCH),
+        )
     } else {
         p
     })
@@ -187,7 +190,8 @@ impl Query {
             None | Some("false") => Ok(false),
             Some("true") => Ok(true),
             Some(_) => {
-                Err(Problem::bad_request(format!("{key} must be true or false")).with("parameter", serde_json::json!(key)))
+                Err(Problem::bad_request(format!("{key} must be true or false"))
+                    .with("parameter", serde_json::json!(key)))
             }
         }
     }
@@ -310,7 +314,10 @@ mod tests {
     fn media_types_ignore_parameters_and_case() {
         let mut h = HeaderMap::new();
         assert!(check_media_type(&h, JSON).is_err());
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("Application/JSON; charset=utf-8"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("Application/JSON; charset=utf-8"),
+        );
         assert!(check_media_type(&h, JSON).is_ok());
         assert_eq!(
             check_media_type(&h, MERGE_PATCH).map_err(|p| p.status),

@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 
 use super::problem::{json_response, Body, Problem};
 use super::tenants::{
-    body_object, check_if_match, check_if_none_match, etag, if_match, if_none_match, invalid, put_response,
-    set_etag, unless_main, Call,
+    body_object, check_if_match, check_if_none_match, etag, if_match, if_none_match, invalid, put_response, set_etag,
+    unless_main, Call,
 };
 use crate::config::file::TemplateSection;
 use crate::config::{templates, Texts};

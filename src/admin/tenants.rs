@@ -224,7 +224,10 @@ impl Call {
         // they can be, so they never queue in front of other writes.
         if let Scope::Tenant(_) = caller.scope {
             let texts = self.registry.texts();
-            let before = texts.tenants.get(&id).and_then(|t| toml::from_str::<TenantSection>(t).ok());
+            let before = texts
+                .tenants
+                .get(&id)
+                .and_then(|t| toml::from_str::<TenantSection>(t).ok());
             if before.is_none() {
                 return Err(Problem::forbidden("a tenant token cannot create its tenant"));
             }
@@ -278,8 +281,13 @@ fn refuse_operator_fields(before: &TenantSection, after: &TenantSection) -> Resu
             "a tenant token may not change the tenant's template; templates are the operator's",
         ));
     }
-    if (&before.pool, &before.plan, &before.limits, &before.timezone, &before.labels)
-        != (&after.pool, &after.plan, &after.limits, &after.timezone, &after.labels)
+    if (
+        &before.pool,
+        &before.plan,
+        &before.limits,
+        &before.timezone,
+        &before.labels,
+    ) != (&after.pool, &after.plan, &after.limits, &after.timezone, &after.labels)
     {
         return Err(Problem::forbidden(
             "a tenant token may change domains, subdomain and redirect_https only; pool, plan, limits, timezone and labels are the operator's",
@@ -304,9 +312,7 @@ impl Filter {
             .map(|l| {
                 l.split_once('=')
                     .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .ok_or_else(|| {
-                        Problem::bad_request("label must be key=value").with("parameter", json!("label"))
-                    })
+                    .ok_or_else(|| Problem::bad_request("label must be key=value").with("parameter", json!("label")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let domain = match q.get("domain") {
@@ -625,14 +631,14 @@ mod tests {
         }))
         .expect("tenant");
         let t = canonical(t).expect("canonical");
-        assert_eq!(
-            t.domains,
-            ["xn--shp-tna.acme.com", "a.dup.example", "*.wild.example"]
-        );
+        assert_eq!(t.domains, ["xn--shp-tna.acme.com", "a.dup.example", "*.wild.example"]);
         assert_eq!(t.subdomain.as_deref(), Some("acme"));
         let bad: TenantSection =
             serde_json::from_value(json!({"id": "a", "domains": ["a b.example"]})).expect("tenant");
-        assert_eq!(canonical(bad).map_err(|p| p.status), Err(StatusCode::UNPROCESSABLE_ENTITY));
+        assert_eq!(
+            canonical(bad).map_err(|p| p.status),
+            Err(StatusCode::UNPROCESSABLE_ENTITY)
+        );
     }
 
     #[test]

@@ -133,6 +133,11 @@ fn redact(mut e: Value, own: &str, who: &str) -> Value {
     e["tenants"] = json!([own]);
     if !mine {
         e["who"] = Value::Null;
+        // A refused attempt of someone else's is not the tenant's data
+        // (an operator's may name another tenant's host).
+        if e["result"] == "rejected" {
+            e["diff"] = json!([]);
+        }
         if !e["problem"].is_null() {
             e["problem"] = json!("refused; ask the operator for details");
         }

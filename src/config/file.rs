@@ -130,11 +130,7 @@ pub struct TenantSection {
     pub limits: Option<PlanSection>,
     /// Free-form `key = "value"` pairs (an external billing id, a region),
     /// for the admin API's list filters; they change nothing in routing.
-    #[serde(
-        default,
-        skip_serializing_if = "BTreeMap::is_empty",
-        deserialize_with = "unique_map"
-    )]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "unique_map")]
     pub labels: BTreeMap<String, String>,
 }
 
