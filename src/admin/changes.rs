@@ -138,11 +138,11 @@ struct Import {
     templates: Option<Vec<NamedTemplate>>,
     /// Informational members of an export, not imported.
     #[serde(rename = "main_file_tenants")]
-    _main_file_tenants: Option<serde::de::IgnoredAny>,
+    _main_file_tenants: Option<Vec<String>>,
     #[serde(rename = "main_file_templates")]
-    _main_file_templates: Option<serde::de::IgnoredAny>,
+    _main_file_templates: Option<Vec<String>>,
     #[serde(rename = "generation")]
-    _generation: Option<serde::de::IgnoredAny>,
+    _generation: Option<u64>,
 }
 
 /// A template with its name, as exported.

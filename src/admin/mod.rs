@@ -33,6 +33,7 @@ use serde_json::json;
 pub use audit::Audit;
 pub use domains::Certs;
 pub use problem::{Body, Problem};
+pub use request::{route_methods, PATHS};
 
 use crate::config::{Listening, Scope};
 use crate::listener::{self, BodyError, Handler};
@@ -174,10 +175,6 @@ impl Api {
             }
             _ => {}
         }
-        let query = match Query::parse(req.uri().query()) {
-            Ok(q) => q,
-            Err(p) => return p.response(),
-        };
         let caller = {
             let snap = self.registry.snapshot();
             match auth::authenticate(req.headers(), &snap.config.admin.tokens) {
@@ -187,6 +184,10 @@ impl Api {
         };
         let _slot = match self.limiter.admit(&caller.name, caller.limits) {
             Ok(s) => s,
+            Err(p) => return p.response(),
+        };
+        let query = match Query::parse(req.uri().query()) {
+            Ok(q) => q,
             Err(p) => return p.response(),
         };
         // HEAD is answered as GET; hyper sends the head only.

@@ -114,6 +114,50 @@ impl Route {
     }
 }
 
+/// Every route, as the OpenAPI document spells its path.
+pub const PATHS: &[&str] = &[
+    "/healthz",
+    "/readyz",
+    "/v1/openapi.json",
+    "/v1/tenants",
+    "/v1/tenants/{id}",
+    "/v1/tenants/{id}/domains/{name}",
+    "/v1/domains/{name}",
+    "/v1/templates",
+    "/v1/templates/{name}",
+    "/v1/changes",
+    "/v1/changes/preview",
+    "/v1/audit",
+    "/v1/versions",
+    "/v1/versions/{n}/rollback",
+    "/v1/export",
+    "/v1/import",
+];
+
+/// Each of [`PATHS`] with the methods the router answers on it (besides
+/// HEAD and OPTIONS), found by routing the path with sample parameters.
+pub fn route_methods() -> Vec<(&'static str, Vec<Method>)> {
+    PATHS
+        .iter()
+        .map(|p| {
+            let sample = p
+                .replace("{id}", "acme")
+                .replace("{name}", "a.example.com")
+                .replace("{n}", "1");
+            let methods = match Route::parse(&sample) {
+                Ok(Some(r)) => r
+                    .allow()
+                    .iter()
+                    .filter(|m| **m != Method::HEAD && **m != Method::OPTIONS)
+                    .cloned()
+                    .collect(),
+                _ => Vec::new(),
+            };
+            (*p, methods)
+        })
+        .collect()
+}
+
 pub const JSON: &str = "application/json";
 pub const MERGE_PATCH: &str = "application/merge-patch+json";
 
@@ -287,6 +331,36 @@ mod tests {
             Route::Tenant("a".into()).allow_header(),
             "GET, HEAD, PUT, PATCH, DELETE, OPTIONS"
         );
+    }
+
+    #[test]
+    fn the_openapi_document_has_exactly_the_routers_routes_and_methods() {
+        let doc: serde_json::Value = serde_json::from_str(super::super::OPENAPI).expect("document");
+        let paths = doc["paths"].as_object().expect("paths");
+        let mut documented: Vec<&str> = paths.keys().map(String::as_str).collect();
+        documented.sort_unstable();
+        let mut routed: Vec<&str> = PATHS.to_vec();
+        routed.sort_unstable();
+        assert_eq!(documented, routed);
+        for (path, methods) in route_methods() {
+            assert!(!methods.is_empty(), "{path} does not route");
+            let mut want: Vec<String> = methods.iter().map(|m| m.as_str().to_ascii_lowercase()).collect();
+            want.sort();
+            let mut have: Vec<String> = paths[path]
+                .as_object()
+                .expect("path item")
+                .keys()
+                .filter(|k| *k != "parameters")
+                .cloned()
+                .collect();
+            have.sort();
+            assert_eq!(have, want, "{path}");
+            for m in &have {
+                let op = &paths[path][m];
+                assert!(op["operationId"].is_string(), "{m} {path}: operationId");
+                assert!(op["responses"].as_object().is_some_and(|r| !r.is_empty()), "{m} {path}");
+            }
+        }
     }
 
     #[test]

@@ -153,8 +153,7 @@ pub(super) fn template_of_value(v: Value) -> Result<(String, TemplateSection), P
         )));
     }
     obj.remove("name");
-    obj.remove("source");
-    obj.remove("used_by");
+    super::tenants::drop_read_only(&mut obj)?;
     let t = serde_json::from_value(Value::Object(obj)).map_err(|e| invalid(format!("bad template: {e}")))?;
     Ok((name, t))
 }

@@ -141,21 +141,19 @@ impl Call {
     /// `PATCH /v1/tenants/{id}`: a JSON Merge Patch (RFC 7396) of the tenant.
     async fn patch(self, id: String) -> Result<Response<Body>, Problem> {
         self.caller.may_touch(&id)?;
-        let patch = request::json(&self.body)?;
-        if !patch.is_object() {
+        let Value::Object(mut members) = request::json(&self.body)? else {
             return Err(Problem::bad_request("a merge patch of a tenant is a JSON object"));
-        }
+        };
+        drop_read_only(&mut members)?;
+        let patch = Value::Object(members);
         let path_id = id.clone();
         self.write_tenant(id, move |before| {
             let before = before.ok_or_else(|| missing(&path_id))?;
             let mut doc = serde_json::to_value(&before).map_err(|_| Problem::internal())?;
             super::patch::merge(&mut doc, &patch);
-            let mut obj = match doc {
-                Value::Object(o) => o,
-                _ => return Err(invalid("the patched tenant is not an object")),
+            let Value::Object(obj) = doc else {
+                return Err(invalid("the patched tenant is not an object"));
             };
-            obj.remove("source");
-            obj.remove("used_by");
             tenant_from(&path_id, obj)
         })
         .await
@@ -311,6 +309,7 @@ impl Filter {
             .all("label")
             .map(|l| {
                 l.split_once('=')
+                    .filter(|(k, _)| !k.is_empty())
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .ok_or_else(|| Problem::bad_request("label must be key=value").with("parameter", json!("label")))
             })
@@ -531,8 +530,7 @@ pub(super) fn tenant_of_value(v: Value) -> Result<TenantSection, Problem> {
         return Err(invalid("a tenant is a JSON object"));
     };
     let id = obj.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-    obj.remove("source");
-    obj.remove("used_by");
+    drop_read_only(&mut obj)?;
     canonical(tenant_from(&id, obj)?)
 }
 
@@ -603,9 +601,25 @@ pub(super) fn body_object(body: &[u8], what: &str, key: &str) -> Result<serde_js
     let Value::Object(mut obj) = request::json(body)? else {
         return Err(Problem::bad_request("body must be a JSON object"));
     };
-    obj.remove("source");
-    obj.remove("used_by");
+    drop_read_only(&mut obj)?;
     Ok(obj)
+}
+
+/// Removes the read-only members a GET answer has (`source`, and a
+/// template's `used_by`), so that it can be sent back; other values of them
+/// are refused.
+pub(super) fn drop_read_only(obj: &mut serde_json::Map<String, Value>) -> Result<(), Problem> {
+    match obj.remove("source") {
+        None => {}
+        Some(Value::String(s)) if s == "file" || s == "main" => {}
+        Some(_) => return Err(invalid("source is read-only: \"file\" or \"main\", as GET returns it")),
+    }
+    match obj.remove("used_by") {
+        None => {}
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {}
+        Some(_) => return Err(invalid("used_by is read-only: a list of tenant ids, as GET returns it")),
+    }
+    Ok(())
 }
 
 fn bad_key(what: &str, key: &str) -> Problem {

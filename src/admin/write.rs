@@ -96,6 +96,9 @@ impl Call {
     /// concerns that tenant.
     pub(super) async fn audit_log(&self) -> Result<Response<Body>, Problem> {
         let tenant = self.query.get("tenant").map(str::to_string);
+        if tenant.as_deref().is_some_and(|t| !crate::config::valid_tenant_id(t)) {
+            return Err(Problem::bad_request("tenant must be a tenant id").with("parameter", json!("tenant")));
+        }
         match &tenant {
             Some(t) => self.caller.may_touch(t)?,
             None => self.caller.operator()?,

@@ -338,7 +338,7 @@ pub const MAX_LABELS: usize = 32;
 pub fn label_problem(key: &str, value: &str) -> Option<&'static str> {
     let key_ok = !key.is_empty()
         && key.len() <= 63
-        && key.as_bytes()[0].is_ascii_alphanumeric()
+        && (key.as_bytes()[0].is_ascii_lowercase() || key.as_bytes()[0].is_ascii_digit())
         && key
             .bytes()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-' | b'/'));
