@@ -50,6 +50,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod limits;
+pub mod listener;
 pub mod proxy;
 pub mod registry;
 pub mod routing;

@@ -33,6 +33,12 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("metrics: cannot listen on {addr}: {source}")]
+    MetricsListen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("internal CA: {0}")]
     InternalCa(#[from] CertError),
     #[error("{0}")]
@@ -127,20 +133,19 @@ pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
     }
 
     if let Some(addr) = gw.metrics_listen {
-        let mut svc = Service::new(
-            "tenantgate metrics".to_string(),
+        let listener = crate::listener::bind(addr).map_err(|source| StartError::MetricsListen { addr, source })?;
+        server.add_service(background_service(
+            "tenantgate metrics",
             MetricsEndpoint {
                 metrics: metrics.clone(),
+                listener: std::sync::Mutex::new(Some(listener)),
+                limits: snap.config.telemetry.metrics_listening,
             },
-        );
-        svc.add_tcp(&addr.to_string());
-        server.add_service(svc);
+        ));
     }
     if !snap.config.admin.tokens.is_empty() {
         let addr = gw.admin_listen;
-        let listener = std::net::TcpListener::bind(addr)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .map_err(|source| StartError::AdminListen { addr, source })?;
+        let listener = crate::listener::bind(addr).map_err(|source| StartError::AdminListen { addr, source })?;
         server.add_service(background_service(
             "tenantgate admin",
             AdminApi {

@@ -91,6 +91,11 @@ async fn exact_burst_then_refusal_while_another_tenant_on_the_pool_is_unaffected
     assert_eq!(header(&r, "content-type"), "application/problem+json");
     assert_eq!(header(&r, "retry-after"), "1");
     assert_eq!(header(&r, "ratelimit-policy"), "\"burst\";q=5;w=5");
+    assert_eq!(
+        header(&r, "ratelimit"),
+        "\"burst\";r=0;t=1",
+        "the refusing policy, nothing left"
+    );
     let problem: serde_json::Value = serde_json::from_str(&r.body).expect("problem json");
     assert_eq!(
         problem,

@@ -6,13 +6,14 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::problem::Problem;
-use crate::config::{Scope, Token};
+use crate::config::{Scope, Token, TokenLimits};
 
 /// Who is calling: the token's name (for the audit log) and its scope.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub name: String,
     pub scope: Scope,
+    pub limits: TokenLimits,
 }
 
 impl Caller {
@@ -34,14 +35,20 @@ impl Caller {
     }
 }
 
+/// The token of `Authorization: Bearer <token>`; the scheme is
+/// case-insensitive (RFC 9110 §11.1).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once([' ', '\t'])?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// Finds the token presented in `Authorization: Bearer <token>`.
 pub fn authenticate(headers: &HeaderMap, tokens: &[Token]) -> Result<Caller, Problem> {
     let presented = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+        .and_then(bearer)
         .ok_or_else(Problem::unauthorized)?;
     let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
     // Look at every token, so the time taken does not tell which one matched.
@@ -55,6 +62,7 @@ pub fn authenticate(headers: &HeaderMap, tokens: &[Token]) -> Result<Caller, Pro
         .map(|t| Caller {
             name: t.name.clone(),
             scope: t.scope.clone(),
+            limits: t.limits,
         })
         .ok_or_else(Problem::unauthorized)
 }
@@ -65,4 +73,19 @@ pub fn hash_hex(token: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for v in ["Bearer abc", "bearer abc", "BEARER abc", "BeArEr   abc  "] {
+            assert_eq!(bearer(v), Some("abc"), "{v}");
+        }
+        for v in ["Basic abc", "Bearer", "Bearer   ", "Bearerabc"] {
+            assert_eq!(bearer(v), None, "{v}");
+        }
+    }
 }

@@ -32,12 +32,12 @@ impl Call {
             .map_err(|e| Problem::bad_request(format!("{name:?} is not a valid host name: {e}")))?
             .into_owned();
         let snap = self.registry.snapshot();
-        let m = snap
-            .table
-            .lookup(&host)
-            .ok_or_else(|| Problem::not_found(format!("no tenant routes {host}")))?;
+        let unrouted = || Problem::not_found(format!("no tenant routes {host}"));
+        let m = snap.table.lookup(&host).ok_or_else(unrouted)?;
         let tenant = snap.tenant(m.tenant).ok_or_else(Problem::internal)?;
-        self.caller.may_touch(&tenant.id)?;
+        // A tenant token learns nothing of hosts it does not own: another
+        // tenant's host gets the same answer as an unrouted one.
+        self.caller.may_touch(&tenant.id).map_err(|_| unrouted())?;
         let body =
             json!({"name": host, "tenant": &*tenant.id, "match": m.kind.as_str(), "generation": snap.generation});
         let acme = matches!(snap.config.tls.as_ref().map(|t| &t.issuer), Some(Issuer::Acme(_)));

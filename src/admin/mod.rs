@@ -8,8 +8,12 @@ mod audit;
 pub mod auth;
 mod changes;
 mod domains;
+mod idempotency;
+mod limit;
+mod patch;
 mod preview;
 mod problem;
+mod request;
 mod templates;
 mod tenants;
 mod versions;
@@ -19,12 +23,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use serde_json::json;
@@ -32,9 +33,12 @@ use serde_json::json;
 pub use audit::Audit;
 pub use domains::Certs;
 pub use problem::{Body, Problem};
+pub use request::{route_methods, PATHS};
 
-use crate::config::Scope;
+use crate::config::{Listening, Scope};
+use crate::listener::{self, BodyError, Handler};
 use crate::registry::Registry;
+use request::{Query, Route};
 
 /// The largest request body from a tenant token.
 const MAX_BODY: usize = 1 << 20;
@@ -54,37 +58,79 @@ pub struct AdminApi {
 
 #[async_trait]
 impl BackgroundService for AdminApi {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let std = self.listener.lock().ok().and_then(|mut l| l.take());
-        let Some(listener) = std.and_then(|l| tokio::net::TcpListener::from_std(l).ok()) else {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let Some(listener) = listener::take(&self.listener) else {
             tracing::error!("admin API listener unavailable");
             return;
         };
-        loop {
-            let stream = tokio::select! {
-                _ = shutdown.changed() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((s, _)) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "admin API accept failed");
-                        continue;
-                    }
-                },
-            };
-            let registry = self.registry.clone();
-            let audit = self.audit.clone();
-            let certs = self.certs.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let (registry, audit, certs) = (registry.clone(), audit.clone(), certs.clone());
-                    async move { Ok::<_, std::convert::Infallible>(serve(&registry, &audit, certs, req).await) }
-                });
-                if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
-                    tracing::debug!(error = %e, "admin API connection ended");
-                }
-            });
+        let admin = self.registry.snapshot().config.admin.clone();
+        let limits = admin.listening;
+        self.audit.set_max_bytes(admin.audit_max_bytes);
+        let api = Arc::new(Api {
+            registry: self.registry.clone(),
+            audit: self.audit.clone(),
+            certs: self.certs.clone(),
+            limiter: Arc::new(limit::TokenLimiter::default()),
+            keys: idempotency::Keys::default(),
+            limits,
+        });
+        listener::serve("admin", listener, limits, api, shutdown).await;
+    }
+}
+
+/// What every request of the API shares.
+struct Api {
+    registry: Arc<Registry>,
+    audit: Arc<Audit>,
+    certs: Option<Certs>,
+    limiter: Arc<limit::TokenLimiter>,
+    keys: idempotency::Keys,
+    limits: Listening,
+}
+
+/// A claimed `Idempotency-Key` whose answer is not kept yet: freed if the
+/// request is dropped before it answers.
+struct Pending<'a> {
+    keys: &'a idempotency::Keys,
+    id: Option<(String, String)>,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = &self.id {
+            self.keys.abandon(id);
         }
     }
+}
+
+impl Handler for Api {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let read = matches!(*req.method(), Method::GET | Method::HEAD);
+        let none_match = req
+            .headers()
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let resp = self.serve(req).await;
+        match none_match {
+            Some(tags) if read && resp.status() == StatusCode::OK => not_modified(resp, &tags),
+            _ => resp,
+        }
+    }
+}
+
+/// `resp` as a `304 Not Modified` when its ETag is one of `tags` (or `tags` is `*`).
+fn not_modified(resp: Response<Body>, tags: &str) -> Response<Body> {
+    let Some(etag) = resp.headers().get(header::ETAG).cloned() else {
+        return resp;
+    };
+    if !tenants::tag_listed(tags, etag.to_str().unwrap_or_default()) {
+        return resp;
+    }
+    let mut out = Response::new(Body::default());
+    *out.status_mut() = StatusCode::NOT_MODIFIED;
+    out.headers_mut().insert(header::ETAG, etag);
+    out
 }
 
 /// The OpenAPI document, committed as `src/admin/openapi.json`.
@@ -92,93 +138,172 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 
 fn openapi() -> Response<Body> {
     let mut resp = Response::new(Body::new(bytes::Bytes::from_static(OPENAPI.as_bytes())));
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
-/// One request, end to end.
-async fn serve(
-    registry: &Arc<Registry>,
-    audit: &Arc<Audit>,
-    certs: Option<Certs>,
-    req: Request<Incoming>,
-) -> Response<Body> {
-    let path = req.uri().path().to_string();
-    match (req.method(), path.as_str()) {
-        (&Method::GET, "/v1/openapi.json") => return openapi(),
-        (&Method::GET, "/healthz") => return problem::json_response(StatusCode::OK, &json!({"status": "ok"})),
-        (&Method::GET, "/readyz") => {
-            let generation = registry.snapshot().generation;
-            return problem::json_response(StatusCode::OK, &json!({"status": "ready", "generation": generation}));
+impl Api {
+    /// One request, end to end.
+    async fn serve(&self, req: Request<Incoming>) -> Response<Body> {
+        let route = match Route::parse(req.uri().path()) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Problem::not_found("no such resource; see /v1/openapi.json").response(),
+            Err(p) => return p.response(),
+        };
+        if req.method() == Method::OPTIONS {
+            let mut resp = Response::new(Body::default());
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            resp.headers_mut().insert(header::ALLOW, route.allow_header());
+            return resp;
         }
-        _ => {}
-    }
-    let snap = registry.snapshot();
-    let caller = match auth::authenticate(req.headers(), &snap.config.admin.tokens) {
-        Ok(c) => c,
-        Err(p) => return p.response(),
-    };
-    drop(snap);
-    let (parts, body) = req.into_parts();
-    // Operators import and batch whole registries; a tenant edits one tenant.
-    let limit = match caller.scope {
-        Scope::Operator => MAX_OPERATOR_BODY,
-        Scope::Tenant(_) => MAX_BODY,
-    };
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            let detail = format!("the body must be at most {limit} bytes for this token");
-            return Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", detail).response();
+        if !route.allow().contains(req.method()) {
+            return Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                format!("{} is not allowed here; see the Allow header", req.method()),
+            )
+            .header(header::ALLOW, route.allow_header())
+            .response();
         }
-    };
-    let call = tenants::Call {
-        registry: registry.clone(),
-        audit: audit.clone(),
-        certs,
-        caller,
-        request: format!("{} {path}", parts.method),
-        method: parts.method,
-        headers: parts.headers,
-        query: parts.uri.query().unwrap_or("").to_string(),
-        body,
-    };
-    let (who, request, write) = (
-        call.caller.name.clone(),
-        call.request.clone(),
-        call.method != Method::GET,
-    );
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let tenants: Vec<String> = match segments.as_slice() {
-        ["v1", "tenants", id] => vec![id.to_string()],
-        _ => Vec::new(),
-    };
-    match call.route(&segments).await {
-        Ok(resp) => resp,
-        Err(p) => {
-            // Writes refused before reaching the registry (scope, body) are
-            // rejected attempts too.
-            if write && !p.audited && p.status != StatusCode::NOT_FOUND {
-                let (audit, status, detail) = (audit.clone(), p.status.as_u16(), p.detail.clone());
-                let recorded = tokio::task::spawn_blocking(move || {
-                    audit.record(&audit::Entry {
-                        who: &who,
-                        request: &request,
-                        tenants: &tenants,
-                        status: Some(status),
-                        generation: None,
-                        diff: &[],
-                        problem: Some(&detail),
-                    })
-                });
-                if recorded.await.is_err() {
-                    tracing::error!("audit task failed");
+        match route {
+            Route::OpenApi => return openapi(),
+            Route::Health => return problem::json_response(StatusCode::OK, &json!({"status": "ok"})),
+            Route::Ready => {
+                let generation = self.registry.snapshot().generation;
+                return problem::json_response(StatusCode::OK, &json!({"status": "ready", "generation": generation}));
+            }
+            _ => {}
+        }
+        let caller = {
+            let snap = self.registry.snapshot();
+            match auth::authenticate(req.headers(), &snap.config.admin.tokens) {
+                Ok(c) => c,
+                Err(p) => return p.response(),
+            }
+        };
+        let _slot = match self.limiter.admit(&caller.name, caller.limits) {
+            Ok(s) => s,
+            Err(p) => return p.response(),
+        };
+        let query = match Query::parse(req.uri().query()) {
+            Ok(q) => q,
+            Err(p) => return p.response(),
+        };
+        // HEAD is answered as GET; hyper sends the head only.
+        let method = match req.method() {
+            &Method::HEAD => Method::GET,
+            m => m.clone(),
+        };
+        let request = format!("{} {}", method, req.uri().path());
+        let write = method != Method::GET;
+        let (parts, body) = req.into_parts();
+        let body = match self.body(&route, &method, &parts.headers, &caller, body).await {
+            Ok(b) => b,
+            Err(p) => return self.refused(write, &caller.name, &request, &route, p).await,
+        };
+        let mut pending = Pending {
+            keys: &self.keys,
+            id: None,
+        };
+        if write {
+            let key = match idempotency::key_of(&parts.headers) {
+                Ok(k) => k,
+                Err(p) => return p.response(),
+            };
+            if let Some(key) = key {
+                let print = idempotency::fingerprint(&request, parts.uri.query().unwrap_or(""), &body);
+                match self.keys.claim(&caller.name, key, print) {
+                    Ok(idempotency::Claim::Replay(resp)) => return resp,
+                    Ok(idempotency::Claim::Run(id)) => pending.id = Some(id),
+                    Err(p) => return p.response(),
                 }
             }
-            p.response()
         }
+        let call = tenants::Call {
+            registry: self.registry.clone(),
+            audit: self.audit.clone(),
+            certs: self.certs.clone(),
+            caller: caller.clone(),
+            request: request.clone(),
+            method,
+            headers: parts.headers,
+            query,
+            body,
+        };
+        let resp = match call.route(route.clone()).await {
+            Ok(resp) => resp,
+            Err(p) => self.refused(write, &caller.name, &request, &route, p).await,
+        };
+        let Some(id) = pending.id.take() else { return resp };
+        let (parts, body) = resp.into_parts();
+        let bytes = match body.collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(never) => match never {},
+        };
+        self.keys.finish(id, parts.status, &parts.headers, &bytes);
+        Response::from_parts(parts, Body::new(bytes))
+    }
+
+    /// The request body, for the routes that take one: of the media type
+    /// they take, within the token's size limit and the body timeout.
+    async fn body(
+        &self,
+        route: &Route,
+        method: &Method,
+        headers: &http::HeaderMap,
+        caller: &auth::Caller,
+        body: Incoming,
+    ) -> Result<bytes::Bytes, Problem> {
+        let Some(want) = route.body_type(method) else {
+            return Ok(bytes::Bytes::new());
+        };
+        request::check_media_type(headers, want)?;
+        // Operators import and batch whole registries; a tenant edits one tenant.
+        let limit = match caller.scope {
+            Scope::Operator => MAX_OPERATOR_BODY,
+            Scope::Tenant(_) => MAX_BODY,
+        };
+        listener::read_body(body, limit, self.limits.body_timeout)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge(_) => Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too-large",
+                    format!("the body must be at most {limit} bytes for this token"),
+                ),
+                BodyError::Timeout(_) => Problem::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    "the body was not received in time",
+                )
+                .header(header::CONNECTION, HeaderValue::from_static("close")),
+                BodyError::Read(_) => Problem::bad_request("the body could not be read"),
+            })
+    }
+
+    /// The answer to a refused request. Writes refused before reaching the
+    /// registry (scope, body) are rejected attempts too, and audited.
+    async fn refused(&self, write: bool, who: &str, request: &str, route: &Route, p: Problem) -> Response<Body> {
+        if write && !p.audited && p.status != StatusCode::NOT_FOUND {
+            let tenants: Vec<String> = route.tenant().map(str::to_string).into_iter().collect();
+            let (audit, status, detail) = (self.audit.clone(), p.status.as_u16(), p.detail.clone());
+            let (who, request) = (who.to_string(), request.to_string());
+            let recorded = tokio::task::spawn_blocking(move || {
+                audit.record(&audit::Entry {
+                    who: &who,
+                    request: &request,
+                    tenants: &tenants,
+                    status: Some(status),
+                    generation: None,
+                    diff: &[],
+                    problem: Some(&detail),
+                })
+            });
+            if recorded.await.is_err() {
+                tracing::error!("audit task failed");
+            }
+        }
+        p.response()
     }
 }

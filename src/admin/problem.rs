@@ -19,6 +19,8 @@ pub struct Problem {
     pub extra: Vec<(&'static str, Value)>,
     /// Already in the audit log (refused by a write itself).
     pub audited: bool,
+    /// Headers of the answer (`Allow`, `Retry-After`, …).
+    pub headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
 impl Problem {
@@ -29,7 +31,14 @@ impl Problem {
             detail: detail.into(),
             extra: Vec::new(),
             audited: false,
+            headers: Vec::new(),
         }
+    }
+
+    /// Adds a header to the answer.
+    pub fn header(mut self, name: header::HeaderName, value: HeaderValue) -> Problem {
+        self.headers.push((name, value));
+        self
     }
 
     /// Adds a member to the body.
@@ -86,6 +95,9 @@ impl Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        for (k, v) in &self.headers {
+            resp.headers_mut().append(k.clone(), v.clone());
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

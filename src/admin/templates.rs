@@ -8,7 +8,10 @@ use http::{Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::problem::{json_response, Body, Problem};
-use super::tenants::{body_object, check_if_match, etag, if_match, invalid, put_response, set_etag, unless_main, Call};
+use super::tenants::{
+    body_object, check_if_match, check_if_none_match, etag, if_match, if_none_match, invalid, put_response, set_etag,
+    unless_main, Call,
+};
 use crate::config::file::TemplateSection;
 use crate::config::{templates, Texts};
 use crate::registry::{Snapshot, TenantEdit};
@@ -63,15 +66,14 @@ impl Call {
         self.caller.operator()?;
         let section = parse_template(&name, &self.body)?;
         let if_match = if_match(&self.headers);
+        let if_none_match = if_none_match(&self.headers);
         let sent = name.clone();
         let done = self
             .write(Vec::new(), false, move |texts, snap| {
                 let existing = editable(texts, snap, &sent)?;
-                check_if_match(
-                    TEMPLATE,
-                    if_match.as_deref(),
-                    existing.as_ref().map(|(_, e)| e.as_str()),
-                )?;
+                let tag = existing.as_ref().map(|(_, e)| e.as_str());
+                check_if_match(TEMPLATE, if_match.as_deref(), tag)?;
+                check_if_none_match(TEMPLATE, if_none_match.as_deref(), tag)?;
                 Ok((
                     existing.is_none(),
                     vec![TenantEdit::PutTemplate(sent, Box::new(section))],
@@ -81,7 +83,7 @@ impl Call {
         let texts = self.registry.texts();
         let snap = self.registry.snapshot();
         let (v, tag) = current(&texts, &snap, &name)?.ok_or_else(Problem::internal)?;
-        Ok(put_response(done.value, &v, &tag))
+        Ok(put_response(done.value && !done.unchanged, &v, &tag))
     }
 
     /// `DELETE /v1/templates/{name}`: 204, or 409 while a tenant names it.
@@ -137,6 +139,23 @@ pub(super) fn editable(texts: &Texts, snap: &Snapshot, name: &str) -> Result<Opt
 
 pub(super) fn missing(name: &str) -> Problem {
     Problem::not_found(format!("template {name:?} does not exist"))
+}
+
+/// A template of a batch: a JSON object with its `name`.
+pub(super) fn template_of_value(v: Value) -> Result<(String, TemplateSection), Problem> {
+    let Value::Object(mut obj) = v else {
+        return Err(invalid("a template is a JSON object"));
+    };
+    let name = obj.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+    if !crate::config::valid_tenant_id(&name) {
+        return Err(invalid(format!(
+            "{name:?} is not a valid template name: use 1 to 63 characters of a-z, 0-9, '-' and '_'"
+        )));
+    }
+    obj.remove("name");
+    super::tenants::drop_read_only(&mut obj)?;
+    let t = serde_json::from_value(Value::Object(obj)).map_err(|e| invalid(format!("bad template: {e}")))?;
+    Ok((name, t))
 }
 
 /// The PUT body: a template as JSON, its `name` (if any) equal to the path's.

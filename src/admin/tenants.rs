@@ -1,5 +1,7 @@
-//! Tenant and domain resources: `/v1/tenants[/{id}]`, `/v1/domains/{name}`.
+//! Tenant resources: `/v1/tenants[/{id}]`, its domains as a sub-resource
+//! (`/v1/tenants/{id}/domains/{name}`), and the request dispatch.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
@@ -9,13 +11,15 @@ use sha2::{Digest, Sha256};
 use super::audit::Audit;
 use super::auth::Caller;
 use super::problem::{json_response, Body, Problem};
+use super::request::{self, Query, Route};
 use crate::config::file::TenantSection;
-use crate::config::{valid_tenant_id, Scope, Texts};
+use crate::config::{parse_domain, valid_tenant_id, Scope, TenantSpec, Texts};
 use crate::registry::{Registry, Snapshot, TenantEdit};
+use crate::routing::host;
 
 /// Default and largest page of `GET /v1/tenants`.
-pub(super) const PAGE: usize = 100;
-const MAX_PAGE: usize = 1000;
+pub(super) const PAGE: u64 = 100;
+pub(super) const MAX_PAGE: u64 = 1000;
 
 /// An authenticated request.
 pub struct Call {
@@ -28,50 +32,92 @@ pub struct Call {
     pub request: String,
     pub method: Method,
     pub headers: HeaderMap,
-    pub query: String,
+    pub query: Query,
     pub body: bytes::Bytes,
 }
 
 impl Call {
-    pub async fn route(self, segments: &[&str]) -> Result<Response<Body>, Problem> {
-        match (&self.method, segments) {
-            (&Method::GET, ["v1", "tenants"]) => self.list(),
-            (&Method::GET, ["v1", "tenants", id]) => self.get(id),
-            (&Method::PUT, ["v1", "tenants", id]) => self.put(id.to_string()).await,
-            (&Method::DELETE, ["v1", "tenants", id]) => self.delete(id.to_string()).await,
-            (&Method::GET, ["v1", "domains", name]) => self.domain(name).await,
-            (&Method::GET, ["v1", "templates"]) => self.templates(),
-            (&Method::GET, ["v1", "templates", name]) => self.template(name),
-            (&Method::PUT, ["v1", "templates", name]) => self.put_template(name.to_string()).await,
-            (&Method::DELETE, ["v1", "templates", name]) => self.delete_template(name.to_string()).await,
-            (&Method::POST, ["v1", "changes"]) => self.changes(false).await,
-            (&Method::POST, ["v1", "changes", "preview"]) => self.changes(true).await,
-            (&Method::GET, ["v1", "audit"]) => self.audit_log().await,
-            (&Method::GET, ["v1", "versions"]) => self.versions().await,
-            (&Method::GET, ["v1", "export"]) => self.export(),
-            (&Method::POST, ["v1", "import"]) => self.import().await,
-            (&Method::POST, ["v1", "versions", n, "rollback"]) => self.rollback(n).await,
+    pub async fn route(self, route: Route) -> Result<Response<Body>, Problem> {
+        match (self.method.clone(), route) {
+            (Method::GET, Route::Tenants) => self.list().await,
+            (Method::GET, Route::Tenant(id)) => self.get(&id),
+            (Method::PUT, Route::Tenant(id)) => self.put(id).await,
+            (Method::PATCH, Route::Tenant(id)) => self.patch(id).await,
+            (Method::DELETE, Route::Tenant(id)) => self.delete(id).await,
+            (Method::PUT, Route::TenantDomain(id, name)) => self.put_domain(id, name).await,
+            (Method::DELETE, Route::TenantDomain(id, name)) => self.delete_domain(id, name).await,
+            (Method::GET, Route::Domain(name)) => self.domain(&name).await,
+            (Method::GET, Route::Templates) => self.templates(),
+            (Method::GET, Route::Template(name)) => self.template(&name),
+            (Method::PUT, Route::Template(name)) => self.put_template(name).await,
+            (Method::DELETE, Route::Template(name)) => self.delete_template(name).await,
+            (Method::POST, Route::Changes) => self.changes(false).await,
+            (Method::POST, Route::Preview) => self.changes(true).await,
+            (Method::GET, Route::Audit) => self.audit_log().await,
+            (Method::GET, Route::Versions) => self.versions().await,
+            (Method::GET, Route::Export) => self.export().await,
+            (Method::POST, Route::Import) => self.import().await,
+            (Method::POST, Route::Rollback(n)) => self.rollback(&n).await,
             _ => Err(Problem::not_found("no such resource; see /v1/openapi.json")),
         }
     }
 
-    fn list(&self) -> Result<Response<Body>, Problem> {
+    /// `GET /v1/tenants`: a page of tenants in id order, filtered by
+    /// `label=key=value` (repeatable), `domain`, `pool`, `plan`, `template`.
+    /// `cursor` continues after the last id of the previous page, so that
+    /// writes between pages never shift or repeat a tenant; `offset` is kept
+    /// for older clients.
+    async fn list(&self) -> Result<Response<Body>, Problem> {
         self.caller.operator()?;
-        let offset: usize = query_param(&self.query, "offset").unwrap_or(0);
-        let limit: usize = query_param(&self.query, "limit").unwrap_or(PAGE).clamp(1, MAX_PAGE);
-        let snap = self.registry.snapshot();
-        let tenants = &snap.config.tenants;
-        let page: Vec<Value> = tenants
-            .iter()
-            .skip(offset)
-            .take(limit)
-            .map(|t| json!({"id": t.id, "pool": pool_name(&snap, t.pool)}))
-            .collect();
-        let next = (offset + page.len() < tenants.len()).then_some(offset + page.len());
-        Ok(json_response(
-            StatusCode::OK,
-            &json!({"tenants": page, "total": tenants.len(), "next_offset": next, "generation": snap.generation}),
-        ))
+        let limit = self.query.number("limit", 1, MAX_PAGE, PAGE)? as usize;
+        let offset = self.query.number("offset", 0, u64::from(u32::MAX), 0)? as usize;
+        let filter = Filter::of(&self.query)?;
+        let after = match self.query.get("cursor") {
+            None => None,
+            Some(c) => Some(decode_cursor(c).ok_or_else(|| {
+                Problem::bad_request("cursor is not one this API returned").with("parameter", json!("cursor"))
+            })?),
+        };
+        let registry = self.registry.clone();
+        // Filtering and sorting 100,000 tenants is CPU work: off the runtime.
+        tokio::task::spawn_blocking(move || {
+            let snap = registry.snapshot();
+            let texts = registry.texts();
+            let mut matching: Vec<&TenantSpec> = snap
+                .config
+                .tenants
+                .iter()
+                .filter(|t| filter.matches(&snap, t))
+                .collect();
+            matching.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            let start = match &after {
+                Some(id) => matching.partition_point(|t| t.id.as_str() <= id.as_str()),
+                None => offset.min(matching.len()),
+            };
+            let page: Vec<Value> = matching[start..]
+                .iter()
+                .take(limit)
+                .map(|t| {
+                    let etag = match texts.tenants.get(&t.id) {
+                        Some(text) => etag(text),
+                        None => main_json(&snap, t).1,
+                    };
+                    json!({"id": t.id, "pool": pool_name(&snap, t.pool), "etag": etag})
+                })
+                .collect();
+            let end = start + page.len();
+            let more = end < matching.len();
+            let next_cursor = more
+                .then(|| matching.get(end.wrapping_sub(1)).map(|t| encode_cursor(&t.id)))
+                .flatten();
+            json_response(
+                StatusCode::OK,
+                &json!({"tenants": page, "total": matching.len(), "next_offset": more.then_some(end),
+                        "next_cursor": next_cursor, "generation": snap.generation}),
+            )
+        })
+        .await
+        .map_err(|_| Problem::internal())
     }
 
     fn get(&self, id: &str) -> Result<Response<Body>, Problem> {
@@ -84,42 +130,130 @@ impl Call {
         Ok(resp)
     }
 
+    /// `PUT /v1/tenants/{id}`: create (201) or replace (200). `If-None-Match: *`
+    /// makes it create-only.
     async fn put(self, id: String) -> Result<Response<Body>, Problem> {
         self.caller.may_touch(&id)?;
-        let section = parse_tenant(&id, &self.body)?;
+        let sent = parse_tenant(&id, &self.body)?;
+        self.write_tenant(id, move |_| Ok(sent)).await
+    }
+
+    /// `PATCH /v1/tenants/{id}`: a JSON Merge Patch (RFC 7396) of the tenant.
+    async fn patch(self, id: String) -> Result<Response<Body>, Problem> {
+        self.caller.may_touch(&id)?;
+        let Value::Object(mut members) = request::json(&self.body)? else {
+            return Err(Problem::bad_request("a merge patch of a tenant is a JSON object"));
+        };
+        drop_read_only(&mut members)?;
+        let patch = Value::Object(members);
+        let path_id = id.clone();
+        self.write_tenant(id, move |before| {
+            let before = before.ok_or_else(|| missing(&path_id))?;
+            let mut doc = serde_json::to_value(&before).map_err(|_| Problem::internal())?;
+            super::patch::merge(&mut doc, &patch);
+            let Value::Object(obj) = doc else {
+                return Err(invalid("the patched tenant is not an object"));
+            };
+            tenant_from(&path_id, obj)
+        })
+        .await
+    }
+
+    /// `PUT /v1/tenants/{id}/domains/{name}`: adds one domain (201), or
+    /// finds it already there (200), without a read-modify-write.
+    async fn put_domain(self, id: String, name: String) -> Result<Response<Body>, Problem> {
+        self.caller.may_touch(&id)?;
+        let name = canonical_domain(&name).map_err(|p| Problem::bad_request(p.to_string()))?;
+        let (path_id, added) = (id.clone(), name.clone());
+        let had = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = had.clone();
+        let mut resp = self
+            .write_tenant(id, move |before| {
+                let mut t = before.ok_or_else(|| missing(&path_id))?;
+                if t.domains.contains(&added) {
+                    seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    t.domains.push(added);
+                }
+                Ok(t)
+            })
+            .await?;
+        if !had.load(std::sync::atomic::Ordering::Relaxed) && resp.status() == StatusCode::OK {
+            *resp.status_mut() = StatusCode::CREATED;
+        }
+        Ok(resp)
+    }
+
+    /// `DELETE /v1/tenants/{id}/domains/{name}`: 204, or 404 when the
+    /// tenant does not have the domain.
+    async fn delete_domain(self, id: String, name: String) -> Result<Response<Body>, Problem> {
+        self.caller.may_touch(&id)?;
+        let name = canonical_domain(&name).map_err(|p| Problem::bad_request(p.to_string()))?;
+        let path_id = id.clone();
+        self.write_tenant(id, move |before| {
+            let mut t = before.ok_or_else(|| missing(&path_id))?;
+            let n = t.domains.len();
+            t.domains.retain(|d| *d != name);
+            if t.domains.len() == n {
+                return Err(Problem::not_found(format!("tenant {path_id:?} has no domain {name}")));
+            }
+            Ok(t)
+        })
+        .await?;
+        let mut resp = Response::new(Body::default());
+        *resp.status_mut() = StatusCode::NO_CONTENT;
+        Ok(resp)
+    }
+
+    /// Writes tenant `id` as `make` turns its current section (`None`:
+    /// absent) into the new one, under the writer lock, honouring
+    /// `If-Match` and `If-None-Match` and the token's scope. Answers the
+    /// tenant with its ETag: 201 if created, 200 otherwise (also when
+    /// nothing changed, which is neither recorded nor audited).
+    async fn write_tenant(
+        self,
+        id: String,
+        make: impl FnOnce(Option<TenantSection>) -> Result<TenantSection, Problem> + Send + 'static,
+    ) -> Result<Response<Body>, Problem> {
         let if_match = if_match(&self.headers);
+        let if_none_match = if_none_match(&self.headers);
         let caller = self.caller.clone();
-        let sent = section.clone();
+        // A tenant token's refusals are found before the writer lock when
+        // they can be, so they never queue in front of other writes.
+        if let Scope::Tenant(_) = caller.scope {
+            let texts = self.registry.texts();
+            let before = texts
+                .tenants
+                .get(&id)
+                .and_then(|t| toml::from_str::<TenantSection>(t).ok());
+            if before.is_none() {
+                return Err(Problem::forbidden("a tenant token cannot create its tenant"));
+            }
+        }
+        let written = id.clone();
         let done = self
             .write(vec![id.clone()], false, move |texts, snap| {
-                let existing = editable(texts, snap, &sent.id)?;
-                check_if_match(TENANT, if_match.as_deref(), existing.as_ref().map(|(_, e)| e.as_str()))?;
+                let existing = editable(texts, snap, &written)?;
+                let tag = existing.as_ref().map(|(_, e)| e.as_str());
+                check_if_match(TENANT, if_match.as_deref(), tag)?;
+                check_if_none_match(TENANT, if_none_match.as_deref(), tag)?;
+                let before = texts
+                    .tenants
+                    .get(&written)
+                    .map(|t| toml::from_str::<TenantSection>(t).map_err(|_| Problem::internal()))
+                    .transpose()?;
+                let after = canonical(make(before.clone())?)?;
                 if let Scope::Tenant(_) = caller.scope {
-                    let before = existing
-                        .as_ref()
-                        .and_then(|_| texts.tenants.get(&sent.id))
-                        .and_then(|t| toml::from_str::<TenantSection>(t).ok())
-                        .ok_or_else(|| Problem::forbidden("a tenant token cannot create its tenant"))?;
-                    if before.template != sent.template {
-                        return Err(Problem::forbidden(
-                            "a tenant token may not change the tenant's template; templates are the operator's",
-                        ));
-                    }
-                    if (&before.pool, &before.plan, &before.limits, &before.timezone)
-                        != (&sent.pool, &sent.plan, &sent.limits, &sent.timezone)
-                    {
-                        return Err(Problem::forbidden(
-                            "a tenant token may change domains, subdomain and redirect_https only; pool, plan, limits and timezone are the operator's",
-                        ));
-                    }
+                    let before = before.ok_or_else(|| Problem::forbidden("a tenant token cannot create its tenant"))?;
+                    refuse_operator_fields(&before, &after)?;
                 }
-                Ok((existing.is_none(), vec![TenantEdit::Put(Box::new(sent))]))
+                Ok((existing.is_none(), vec![TenantEdit::Put(Box::new(after))]))
             })
             .await?;
         let texts = self.registry.texts();
         let snap = self.registry.snapshot();
         let (tenant, etag) = current(&texts, &snap, &id)?.ok_or_else(Problem::internal)?;
-        Ok(put_response(done.value, &tenant, &etag))
+        Ok(put_response(done.value && !done.unchanged, &tenant, &etag))
     }
 
     async fn delete(self, id: String) -> Result<Response<Body>, Problem> {
@@ -137,6 +271,93 @@ impl Call {
     }
 }
 
+/// A tenant token may change its domains, subdomain and redirect_https
+/// only; the rest is the operator's.
+fn refuse_operator_fields(before: &TenantSection, after: &TenantSection) -> Result<(), Problem> {
+    if before.template != after.template {
+        return Err(Problem::forbidden(
+            "a tenant token may not change the tenant's template; templates are the operator's",
+        ));
+    }
+    if (
+        &before.pool,
+        &before.plan,
+        &before.limits,
+        &before.timezone,
+        &before.labels,
+    ) != (&after.pool, &after.plan, &after.limits, &after.timezone, &after.labels)
+    {
+        return Err(Problem::forbidden(
+            "a tenant token may change domains, subdomain and redirect_https only; pool, plan, limits, timezone and labels are the operator's",
+        ));
+    }
+    Ok(())
+}
+
+/// The list filters of `GET /v1/tenants`.
+struct Filter {
+    labels: Vec<(String, String)>,
+    domain: Option<String>,
+    pool: Option<String>,
+    plan: Option<String>,
+    template: Option<String>,
+}
+
+impl Filter {
+    fn of(q: &Query) -> Result<Filter, Problem> {
+        let labels = q
+            .all("label")
+            .map(|l| {
+                l.split_once('=')
+                    .filter(|(k, _)| !k.is_empty())
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .ok_or_else(|| Problem::bad_request("label must be key=value").with("parameter", json!("label")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let domain = match q.get("domain") {
+            Some(d) => Some(
+                canonical_domain(d)
+                    .map_err(|e| Problem::bad_request(e.to_string()).with("parameter", json!("domain")))?,
+            ),
+            None => None,
+        };
+        Ok(Filter {
+            labels,
+            domain,
+            pool: q.get("pool").map(str::to_string),
+            plan: q.get("plan").map(str::to_string),
+            template: q.get("template").map(str::to_string),
+        })
+    }
+
+    fn matches(&self, snap: &Snapshot, t: &TenantSpec) -> bool {
+        self.labels.iter().all(|(k, v)| t.labels.get(k) == Some(v))
+            && self
+                .domain
+                .as_ref()
+                .is_none_or(|d| t.domains.iter().any(|x| x.to_string() == *d))
+            && self.pool.as_ref().is_none_or(|p| pool_name(snap, t.pool) == p)
+            && self.plan.as_ref().is_none_or(|p| t.plan.as_ref() == Some(p))
+            && self.template.as_ref().is_none_or(|n| t.template.as_ref() == Some(n))
+    }
+}
+
+/// A cursor: the last id of a page, hex-encoded (opaque to clients).
+fn encode_cursor(id: &str) -> String {
+    id.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_cursor(c: &str) -> Option<String> {
+    if c.is_empty() || c.len() % 2 != 0 || c.len() > 128 {
+        return None;
+    }
+    let bytes = (0..c.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(c.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
 /// Like [`current`], refusing tenants of the main file (read-only here).
 pub(super) fn editable(texts: &Texts, snap: &Snapshot, id: &str) -> Result<Option<(Value, String)>, Problem> {
     unless_main(current(texts, snap, id)?, TENANT, id, "tenants")
@@ -151,15 +372,18 @@ pub(super) fn unless_main(
     folder: &str,
 ) -> Result<Option<(Value, String)>, Problem> {
     if found.as_ref().is_some_and(|(v, _)| v["source"] == "main") {
-        return Err(Problem::new(
-            StatusCode::CONFLICT,
-            "read-only",
-            format!(
-                "{what} {key:?} is defined in the main config file; move it to {folder}/{key}.toml to manage it here"
-            ),
-        ));
+        return Err(read_only(what, key, folder));
     }
     Ok(found)
+}
+
+/// 409 `read-only`: a `what` of the main file.
+pub(super) fn read_only(what: &str, key: &str, folder: &str) -> Problem {
+    Problem::new(
+        StatusCode::CONFLICT,
+        "read-only",
+        format!("{what} {key:?} is defined in the main config file; move it to {folder}/{key}.toml to manage it here"),
+    )
 }
 
 /// The tenant's JSON and ETag, from its tenant file, or from the main file's
@@ -171,21 +395,33 @@ pub(super) fn current(texts: &Texts, snap: &Snapshot, id: &str) -> Result<Option
         v["source"] = json!("file");
         return Ok(Some((v, etag(text))));
     }
-    let Some(t) = snap.config.tenants.iter().find(|t| t.id == id) else {
-        return Ok(None);
-    };
+    Ok(snap
+        .config
+        .tenants
+        .iter()
+        .find(|t| t.id == id)
+        .map(|t| main_json(snap, t)))
+}
+
+/// A main-file tenant's JSON and ETag.
+fn main_json(snap: &Snapshot, t: &TenantSpec) -> (Value, String) {
     let mut v = json!({
         "id": t.id,
-        "subdomain": t.subdomain,
         "domains": t.domains.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "pool": pool_name(snap, t.pool),
         "source": "main",
     });
+    if let Some(s) = &t.subdomain {
+        v["subdomain"] = json!(s);
+    }
     if let Some(template) = &t.template {
         v["template"] = json!(template);
     }
+    if !t.labels.is_empty() {
+        v["labels"] = json!(t.labels);
+    }
     let tag = etag(&v.to_string());
-    Ok(Some((v, tag)))
+    (v, tag)
 }
 
 fn pool_name(snap: &Snapshot, pool: u32) -> &str {
@@ -218,23 +454,37 @@ pub(super) fn set_etag(resp: &mut Response<Body>, etag: &str) {
     }
 }
 
-pub(super) fn if_match(headers: &HeaderMap) -> Option<String> {
+fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
     headers
-        .get(header::IF_MATCH)
+        .get(name)
         .and_then(|v| v.to_str().ok())
         .map(|s| s.trim().to_string())
 }
 
+pub(super) fn if_match(headers: &HeaderMap) -> Option<String> {
+    header_text(headers, header::IF_MATCH)
+}
+
+pub(super) fn if_none_match(headers: &HeaderMap) -> Option<String> {
+    header_text(headers, header::IF_NONE_MATCH)
+}
+
 /// What [`check_if_match`] names in its problem.
 pub(super) const TENANT: &str = "tenant";
+
+/// Whether `tag` is in the list `tags` of an `If-Match` or `If-None-Match`
+/// (`*` lists every tag; weak tags compare by their opaque part).
+pub(super) fn tag_listed(tags: &str, tag: &str) -> bool {
+    let bare = |t: &str| t.trim().trim_start_matches("W/").to_string();
+    tags.trim() == "*" || tags.split(',').any(|w| bare(w) == bare(tag))
+}
 
 /// `If-Match: *` needs the resource (a tenant or template: `what`) to
 /// exist; a tag must equal the current one.
 pub(super) fn check_if_match(what: &str, if_match: Option<&str>, current: Option<&str>) -> Result<(), Problem> {
     let ok = match (if_match, current) {
         (None, _) => true,
-        (Some("*"), c) => c.is_some(),
-        (Some(want), Some(c)) => want.split(',').any(|w| w.trim() == c),
+        (Some(want), Some(c)) => tag_listed(want, c),
         (Some(_), None) => false,
     };
     if ok {
@@ -249,13 +499,46 @@ pub(super) fn check_if_match(what: &str, if_match: Option<&str>, current: Option
     }
 }
 
+/// `If-None-Match: *` (create only) fails when the resource exists; a
+/// list of tags fails when the current one is in it.
+pub(super) fn check_if_none_match(what: &str, none_match: Option<&str>, current: Option<&str>) -> Result<(), Problem> {
+    match (none_match, current) {
+        (Some(tags), Some(c)) if tag_listed(tags, c) => Err(Problem::new(
+            StatusCode::PRECONDITION_FAILED,
+            "exists",
+            format!("the {what} exists (If-None-Match); GET it, or send If-Match to replace it"),
+        )
+        .with("current_etag", json!(c))),
+        _ => Ok(()),
+    }
+}
+
 pub(super) fn missing(id: &str) -> Problem {
     Problem::not_found(format!("tenant {id:?} does not exist"))
 }
 
-/// The PUT body: a tenant as JSON, its `id` (if any) equal to the path's.
+/// The PUT body: a tenant as JSON, its `id` (if any) equal to the path's,
+/// its names canonical.
 pub(super) fn parse_tenant(id: &str, body: &[u8]) -> Result<TenantSection, Problem> {
-    let mut obj = body_object(body, "tenant id", id)?;
+    let obj = body_object(body, "tenant id", id)?;
+    canonical(tenant_from(id, obj)?)
+}
+
+/// A tenant of a batch: a JSON object with its `id`, names canonical.
+pub(super) fn tenant_of_value(v: Value) -> Result<TenantSection, Problem> {
+    let Value::Object(mut obj) = v else {
+        return Err(invalid("a tenant is a JSON object"));
+    };
+    let id = obj.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+    drop_read_only(&mut obj)?;
+    canonical(tenant_from(&id, obj)?)
+}
+
+/// A tenant from a JSON object whose `id`, if any, must be `id`.
+fn tenant_from(id: &str, mut obj: serde_json::Map<String, Value>) -> Result<TenantSection, Problem> {
+    if !valid_tenant_id(id) {
+        return Err(bad_key("tenant id", id));
+    }
     match obj.get("id") {
         None => {
             obj.insert("id".into(), json!(id));
@@ -266,21 +549,83 @@ pub(super) fn parse_tenant(id: &str, body: &[u8]) -> Result<TenantSection, Probl
     serde_json::from_value(Value::Object(obj)).map_err(|e| invalid(format!("bad tenant: {e}")))
 }
 
-/// A PUT body as a JSON object, without the read-only `source` and
-/// `used_by`, once `key` (a tenant id or template name, as `what`) is valid.
+/// A tenant with its domains canonical (lowercase, no trailing dot,
+/// punycode: what routing matches) and each listed once, and its subdomain
+/// canonical. 422 listing every name that is not a host name.
+pub(super) fn canonical(mut t: TenantSection) -> Result<TenantSection, Problem> {
+    if !valid_tenant_id(&t.id) {
+        return Err(bad_key("tenant id", &t.id));
+    }
+    let mut errors = Vec::new();
+    let mut seen = HashSet::with_capacity(t.domains.len());
+    let mut domains = Vec::with_capacity(t.domains.len());
+    for (j, raw) in t.domains.iter().enumerate() {
+        match canonical_domain(raw) {
+            Ok(d) => {
+                if seen.insert(d.clone()) {
+                    domains.push(d);
+                }
+            }
+            Err(p) => errors.push(json!({"tenant": t.id, "field": format!("domains[{j}]"),
+                                         "problem": p.to_string(), "fix": p.fix()})),
+        }
+    }
+    t.domains = domains;
+    if let Some(s) = &t.subdomain {
+        match host::normalize(s) {
+            Ok(n) if !n.contains('.') => t.subdomain = Some(n.into_owned()),
+            _ => errors.push(json!({"tenant": t.id, "field": "subdomain",
+                                    "problem": format!("{s:?} is not a single DNS label"),
+                                    "fix": "use one label of a-z, 0-9 and '-', such as acme"})),
+        }
+    }
+    if errors.is_empty() {
+        Ok(t)
+    } else {
+        Err(invalid(format!("{} problem(s); nothing was applied", errors.len())).with("errors", Value::Array(errors)))
+    }
+}
+
+/// A domain as routing matches it: `name` or `*.parent`, normalised.
+pub(super) fn canonical_domain(raw: &str) -> Result<String, crate::config::Problem> {
+    parse_domain(raw).map(|d| d.to_string())
+}
+
+/// A PUT body as a JSON object (duplicate keys refused), without the
+/// read-only `source` and `used_by`, once `key` (a tenant id or template
+/// name, as `what`) is valid.
 pub(super) fn body_object(body: &[u8], what: &str, key: &str) -> Result<serde_json::Map<String, Value>, Problem> {
     if !valid_tenant_id(key) {
-        return Err(invalid(format!(
-            "{key:?} is not a valid {what}: use 1 to 63 characters of a-z, 0-9, '-' and '_'"
-        )));
+        return Err(bad_key(what, key));
     }
-    let v: Value = serde_json::from_slice(body).map_err(|e| Problem::bad_request(format!("body is not JSON: {e}")))?;
-    let Value::Object(mut obj) = v else {
+    let Value::Object(mut obj) = request::json(body)? else {
         return Err(Problem::bad_request("body must be a JSON object"));
     };
-    obj.remove("source");
-    obj.remove("used_by");
+    drop_read_only(&mut obj)?;
     Ok(obj)
+}
+
+/// Removes the read-only members a GET answer has (`source`, and a
+/// template's `used_by`), so that it can be sent back; other values of them
+/// are refused.
+pub(super) fn drop_read_only(obj: &mut serde_json::Map<String, Value>) -> Result<(), Problem> {
+    match obj.remove("source") {
+        None => {}
+        Some(Value::String(s)) if s == "file" || s == "main" => {}
+        Some(_) => return Err(invalid("source is read-only: \"file\" or \"main\", as GET returns it")),
+    }
+    match obj.remove("used_by") {
+        None => {}
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {}
+        Some(_) => return Err(invalid("used_by is read-only: a list of tenant ids, as GET returns it")),
+    }
+    Ok(())
+}
+
+fn bad_key(what: &str, key: &str) -> Problem {
+    invalid(format!(
+        "{key:?} is not a valid {what}: use 1 to 63 characters of a-z, 0-9, '-' and '_'"
+    ))
 }
 
 /// A 422 `invalid` problem.
@@ -288,10 +633,43 @@ pub(super) fn invalid(detail: impl Into<String>) -> Problem {
     Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", detail)
 }
 
-pub(super) fn query_param<T: std::str::FromStr>(query: &str, key: &str) -> Option<T> {
-    query
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == key)
-        .and_then(|(_, v)| v.parse().ok())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains_are_stored_canonical_and_once() {
+        let t: TenantSection = serde_json::from_value(json!({
+            "id": "a", "domains": ["shöp.acme.com", "A.dup.example.", "a.dup.example", "*.Wild.Example"],
+            "subdomain": "Acme"
+        }))
+        .expect("tenant");
+        let t = canonical(t).expect("canonical");
+        assert_eq!(t.domains, ["xn--shp-tna.acme.com", "a.dup.example", "*.wild.example"]);
+        assert_eq!(t.subdomain.as_deref(), Some("acme"));
+        let bad: TenantSection =
+            serde_json::from_value(json!({"id": "a", "domains": ["a b.example"]})).expect("tenant");
+        assert_eq!(
+            canonical(bad).map_err(|p| p.status),
+            Err(StatusCode::UNPROCESSABLE_ENTITY)
+        );
+    }
+
+    #[test]
+    fn cursors_round_trip_and_junk_is_refused() {
+        assert_eq!(decode_cursor(&encode_cursor("acme-1")).as_deref(), Some("acme-1"));
+        for junk in ["", "zz", "abc", "ff"] {
+            assert_eq!(decode_cursor(junk), None, "{junk}");
+        }
+    }
+
+    #[test]
+    fn preconditions() {
+        assert!(check_if_none_match(TENANT, Some("*"), Some("\"a\"")).is_err());
+        assert!(check_if_none_match(TENANT, Some("*"), None).is_ok());
+        assert!(check_if_none_match(TENANT, Some("\"b\""), Some("\"a\"")).is_ok());
+        assert!(check_if_match(TENANT, Some("*"), None).is_err());
+        assert!(check_if_match(TENANT, Some("\"x\", \"a\""), Some("\"a\"")).is_ok());
+        assert!(tag_listed("W/\"a\"", "\"a\""));
+    }
 }

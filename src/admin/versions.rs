@@ -43,7 +43,7 @@ impl Call {
         let n: u64 = n
             .parse()
             .map_err(|_| Problem::not_found(format!("{n:?} is not a version number")))?;
-        let dry_run = super::tenants::query_param::<bool>(&self.query, "dry_run").unwrap_or(false);
+        let dry_run = self.query.flag("dry_run")?;
         let (registry, audit) = (self.registry.clone(), self.audit.clone());
         let (who, request) = (self.caller.name.clone(), self.request.clone());
         tokio::task::spawn_blocking(move || {

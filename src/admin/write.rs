@@ -6,10 +6,10 @@ use std::collections::HashSet;
 use http::{Response, StatusCode};
 use serde_json::{json, Value};
 
-use super::audit::Entry;
+use super::audit::{Entry, MAX_READ};
 use super::preview;
 use super::problem::{json_response, Body, Problem};
-use super::tenants::{query_param, Call, PAGE};
+use super::tenants::{Call, PAGE};
 use crate::config::diff::TenantDiff;
 use crate::config::{LoadError, Problem as ConfigProblem, Scope, Texts};
 use crate::registry::{Snapshot, StoreError, TenantEdit, VersionError, WriteError};
@@ -38,6 +38,7 @@ impl Call {
             });
             let (diff, outcome) = match (result, out) {
                 (Ok(written), Some((value, diff))) => {
+                    let unchanged = written.as_ref().is_some_and(|w| w.unchanged);
                     let generation = written.map(|w| w.generation);
                     (
                         diff.clone(),
@@ -45,6 +46,7 @@ impl Call {
                             value,
                             diff,
                             generation,
+                            unchanged,
                         }),
                     )
                 }
@@ -55,7 +57,9 @@ impl Call {
                     Err(for_scope(&scope, write_problem(&who, &writing, e))),
                 ),
             };
-            if !dry_run {
+            // A write that changed nothing is not on record.
+            let unchanged = outcome.as_ref().is_ok_and(|d| d.unchanged);
+            if !dry_run && !unchanged {
                 let (status, problem) = match &outcome {
                     Ok(_) => (None, None),
                     Err(p) => (Some(p.status.as_u16()), Some(p.detail.as_str())),
@@ -87,31 +91,71 @@ impl Call {
         joined.map_err(|_| Problem::internal())?
     }
 
+    /// `GET /v1/audit?tenant=&limit=`: the last entries, oldest first. A
+    /// tenant token sees its own tenant's entries, and of each only what
+    /// concerns that tenant.
     pub(super) async fn audit_log(&self) -> Result<Response<Body>, Problem> {
-        let tenant = query_param::<String>(&self.query, "tenant");
+        let tenant = self.query.get("tenant").map(str::to_string);
+        if tenant.as_deref().is_some_and(|t| !crate::config::valid_tenant_id(t)) {
+            return Err(Problem::bad_request("tenant must be a tenant id").with("parameter", json!("tenant")));
+        }
         match &tenant {
             Some(t) => self.caller.may_touch(t)?,
             None => self.caller.operator()?,
         }
-        let limit = query_param(&self.query, "limit").unwrap_or(PAGE);
+        let limit = self.query.number("limit", 1, MAX_READ as u64, PAGE)? as usize;
         let audit = self.audit.clone();
-        let entries = tokio::task::spawn_blocking(move || audit.read(tenant.as_deref(), limit))
-            .await
-            .map_err(|_| Problem::internal())?
-            .map_err(|e| {
-                tracing::error!(error = %e, "cannot read the audit log");
-                Problem::internal()
-            })?;
+        let view = match &self.caller.scope {
+            Scope::Operator => None,
+            Scope::Tenant(own) => Some((own.clone(), self.caller.name.clone())),
+        };
+        let entries = tokio::task::spawn_blocking(move || {
+            audit.read(tenant.as_deref(), limit).map(|list| match view {
+                None => list,
+                Some((own, who)) => list.into_iter().map(|e| redact(e, &own, &who)).collect(),
+            })
+        })
+        .await
+        .map_err(|_| Problem::internal())?
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot read the audit log");
+            Problem::internal()
+        })?;
         Ok(json_response(StatusCode::OK, &json!({"entries": entries})))
     }
+}
+
+/// An audit entry as tenant `own`'s token `who` may see it: its own
+/// tenant's diff only, no other tenants, no other token's name, and no
+/// other token's problem detail (an operator's 409 names other owners).
+fn redact(mut e: Value, own: &str, who: &str) -> Value {
+    let mine = e["who"] == who;
+    if let Some(diff) = e["diff"].as_array_mut() {
+        diff.retain(|d| d["tenant"] == own);
+    }
+    e["tenants"] = json!([own]);
+    if !mine {
+        e["who"] = Value::Null;
+        // A refused attempt of someone else's is not the tenant's data
+        // (an operator's may name another tenant's host).
+        if e["result"] == "rejected" {
+            e["diff"] = json!([]);
+        }
+        if !e["problem"].is_null() {
+            e["problem"] = json!("refused; ask the operator for details");
+        }
+    }
+    e
 }
 
 /// An applied (or, in a dry run, validated) write.
 pub struct Done<T> {
     pub value: T,
     pub diff: Vec<TenantDiff>,
-    /// The new generation; `None` in a dry run.
+    /// The new generation (the live one if nothing changed); `None` in a dry run.
     pub generation: Option<u64>,
+    /// Every file stayed as it was.
+    pub unchanged: bool,
 }
 
 /// Why a write was refused: by the API's own checks, or by the registry.

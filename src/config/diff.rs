@@ -194,6 +194,7 @@ mod tests {
             plan: None,
             timezone: None,
             limits: None,
+            labels: Default::default(),
         }
     }
 

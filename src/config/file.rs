@@ -37,6 +37,11 @@ pub struct AdminSection {
     #[serde(default)]
     pub tokens: Vec<TokenSection>,
     pub history: Option<usize>,
+    pub header_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub body_timeout_ms: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub audit_max_bytes: Option<u64>,
 }
 
 /// One `[[admin.tokens]]` entry: only the SHA-256 of the secret is stored.
@@ -46,6 +51,12 @@ pub struct TokenSection {
     pub name: String,
     pub scope: String,
     pub sha256: String,
+    #[serde(default)]
+    pub requests_per_second: Option<u64>,
+    #[serde(default)]
+    pub burst: Option<u64>,
+    #[serde(default)]
+    pub max_concurrent: Option<u64>,
 }
 
 /// `[gateway]`
@@ -82,6 +93,9 @@ pub struct TelemetrySection {
     pub access_log: Option<bool>,
     pub log_format: Option<String>,
     pub tenant_label_limit: Option<usize>,
+    pub metrics_header_timeout_ms: Option<u64>,
+    pub metrics_idle_timeout_ms: Option<u64>,
+    pub metrics_max_connections: Option<usize>,
 }
 
 /// `[pools.<name>]`
@@ -116,6 +130,33 @@ pub struct TenantSection {
     pub timezone: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limits: Option<PlanSection>,
+    /// Free-form `key = "value"` pairs (an external billing id, a region),
+    /// for the admin API's list filters; they change nothing in routing.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "unique_map")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A map of strings that refuses a key given twice (serde's maps keep the
+/// last one silently).
+fn unique_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    struct Unique;
+    impl<'de> serde::de::Visitor<'de> for Unique {
+        type Value = BTreeMap<String, String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of strings")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((k, v)) = map.next_entry::<String, String>()? {
+                if out.contains_key(&k) {
+                    return Err(serde::de::Error::custom(format!("duplicate label {k:?}")));
+                }
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Unique)
 }
 
 /// `[templates.<name>]`, or one file under `templates/`: tenant defaults.

@@ -186,6 +186,69 @@ pub struct Telemetry {
     /// Tenants beyond this many (in config order) share the `_other` label in
     /// per-tenant metrics, which keeps label cardinality bounded.
     pub tenant_label_limit: usize,
+    /// Bounds of the `/metrics` listener.
+    pub metrics_listening: Listening,
+}
+
+/// Bounds of an operator listener (admin API, `/metrics`), so that idle or
+/// slow clients cannot hold its connections, or the process's descriptors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listening {
+    /// How long a client may take to send a request head.
+    pub header_timeout: Duration,
+    /// How long a connection may stay open with no request in progress.
+    pub idle_timeout: Duration,
+    /// How long a client may take to send a request body.
+    pub body_timeout: Duration,
+    /// Connections served at once; more are answered 503 and closed.
+    pub max_connections: usize,
+}
+
+impl Listening {
+    /// The admin API's defaults.
+    pub const ADMIN: Listening = Listening {
+        header_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(30),
+        body_timeout: Duration::from_secs(60),
+        max_connections: 64,
+    };
+    /// The metrics listener's defaults.
+    pub const METRICS: Listening = Listening {
+        header_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(30),
+        body_timeout: Duration::from_secs(10),
+        max_connections: 16,
+    };
+}
+
+impl Default for Listening {
+    fn default() -> Self {
+        Listening::ADMIN
+    }
+}
+
+/// A positive number of milliseconds (`0` refused), or `default`.
+fn positive_ms(field: &str, v: Option<u64>, default: Duration, errs: &mut Vec<ConfigError>) -> Duration {
+    match v {
+        Some(0) => {
+            errs.push(err(None, field, Problem::Zero { value: "0".into() }));
+            default
+        }
+        Some(ms) => Duration::from_millis(ms),
+        None => default,
+    }
+}
+
+/// A positive count (`0` refused), or `default`.
+fn positive_count(field: &str, v: Option<usize>, default: usize, errs: &mut Vec<ConfigError>) -> usize {
+    match v {
+        Some(0) => {
+            errs.push(err(None, field, Problem::Zero { value: "0".into() }));
+            default
+        }
+        Some(n) => n,
+        None => default,
+    }
 }
 
 /// `[admin]`, validated.
@@ -194,6 +257,30 @@ pub struct Admin {
     pub tokens: Vec<Token>,
     /// Applied versions kept for rollback.
     pub history: usize,
+    /// Bounds of the admin listener (read at start).
+    pub listening: Listening,
+    /// The audit log is rotated (to `audit.jsonl.1`) past this size.
+    pub audit_max_bytes: u64,
+}
+
+/// Default size at which the audit log is rotated.
+pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 64 << 20;
+
+/// A token's own request limits (`None`: unlimited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TokenLimits {
+    /// Sustained requests per second, and the burst above it.
+    pub rate: Option<(u32, u32)>,
+    /// Requests of this token in progress at once.
+    pub max_concurrent: Option<u32>,
+}
+
+impl TokenLimits {
+    /// What a tenant token gets unless its entry says otherwise.
+    pub const TENANT: TokenLimits = TokenLimits {
+        rate: Some((10, 20)),
+        max_concurrent: Some(2),
+    };
 }
 
 /// An admin API bearer token: its name, what it may touch, and the SHA-256
@@ -203,6 +290,7 @@ pub struct Token {
     pub name: String,
     pub scope: Scope,
     pub sha256: [u8; 32],
+    pub limits: TokenLimits,
 }
 
 impl std::fmt::Debug for Token {
@@ -210,6 +298,7 @@ impl std::fmt::Debug for Token {
         f.debug_struct("Token")
             .field("name", &self.name)
             .field("scope", &self.scope)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -247,6 +336,29 @@ pub struct TenantSpec {
     pub redirect_https: Option<bool>,
     /// Effective limits (plan plus overrides); `None` is unlimited.
     pub limits: Option<crate::limits::Limits>,
+    /// The plan named (by the tenant or its template), as written.
+    pub plan: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Labels a tenant may carry at most.
+pub const MAX_LABELS: usize = 32;
+
+/// Why a label is refused, if it is.
+pub fn label_problem(key: &str, value: &str) -> Option<&'static str> {
+    let key_ok = !key.is_empty()
+        && key.len() <= 63
+        && (key.as_bytes()[0].is_ascii_lowercase() || key.as_bytes()[0].is_ascii_digit())
+        && key
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-' | b'/'));
+    if !key_ok {
+        return Some("the key is not 1 to 63 characters of a-z, 0-9, '.', '_', '-' and '/'");
+    }
+    if value.chars().count() > 255 || value.chars().any(char::is_control) {
+        return Some("the value is longer than 255 characters or has control characters");
+    }
+    None
 }
 
 /// Where certificates for names no operator file covers come from.
@@ -455,6 +567,19 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
         let mut found = Vec::new();
         let limits = plans.resolve(i, &t, &mut found);
         errs.extend(found.into_iter().filter(|e| inherited.own(i, e)));
+        if t.labels.len() > MAX_LABELS {
+            let problem = Problem::BadLabel {
+                key: format!("({} labels)", t.labels.len()),
+                reason: "a tenant may have at most 32 labels",
+            };
+            errs.push(err(tenant, &format!("tenants[{i}].labels"), problem));
+        }
+        for (k, v) in &t.labels {
+            if let Some(reason) = label_problem(k, v) {
+                let problem = Problem::BadLabel { key: k.clone(), reason };
+                errs.push(err(tenant, &format!("tenants[{i}].labels.{k}"), problem));
+            }
+        }
         tenants.push(TenantSpec {
             id: t.id,
             subdomain,
@@ -463,6 +588,8 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
             pool,
             redirect_https: t.redirect_https,
             limits,
+            plan: t.plan,
+            labels: t.labels,
         });
     }
     let mut duplicates: Vec<(String, Vec<usize>)> = ids.into_iter().filter(|(_, at)| at.len() > 1).collect();
@@ -851,6 +978,9 @@ fn env_token_sections(value: &str) -> Vec<file::TokenSection> {
                 name: name.to_string(),
                 scope: scope.to_string(),
                 sha256: sha256.to_string(),
+                requests_per_second: None,
+                burst: None,
+                max_concurrent: None,
             }
         })
         .collect()
@@ -884,11 +1014,13 @@ fn validate_admin(a: file::AdminSection, from_config: usize, errs: &mut Vec<Conf
             let field = at("name");
             errs.push(err(None, &field, Problem::DuplicateTokenName { name: t.name.clone() }));
         }
+        let limits = token_limits(&t, scope.as_ref(), &at, errs);
         if let (Some(scope), Some(sha256)) = (scope, sha256) {
             tokens.push(Token {
                 name: t.name,
                 scope,
                 sha256,
+                limits,
             });
         }
     }
@@ -900,7 +1032,60 @@ fn validate_admin(a: file::AdminSection, from_config: usize, errs: &mut Vec<Conf
         Some(n) => n,
         None => 50,
     };
-    Admin { tokens, history }
+    let d = Listening::ADMIN;
+    let listening = Listening {
+        header_timeout: positive_ms("admin.header_timeout_ms", a.header_timeout_ms, d.header_timeout, errs),
+        idle_timeout: positive_ms("admin.idle_timeout_ms", a.idle_timeout_ms, d.idle_timeout, errs),
+        body_timeout: positive_ms("admin.body_timeout_ms", a.body_timeout_ms, d.body_timeout, errs),
+        max_connections: positive_count("admin.max_connections", a.max_connections, d.max_connections, errs),
+    };
+    let audit_max_bytes = match a.audit_max_bytes {
+        Some(0) => {
+            errs.push(err(None, "admin.audit_max_bytes", Problem::Zero { value: "0".into() }));
+            DEFAULT_AUDIT_MAX_BYTES
+        }
+        Some(n) => n,
+        None => DEFAULT_AUDIT_MAX_BYTES,
+    };
+    Admin {
+        tokens,
+        history,
+        listening,
+        audit_max_bytes,
+    }
+}
+
+/// A token's limits: its own keys, else the default of its scope (tenant
+/// tokens are limited, operator tokens are not). `0` is refused.
+fn token_limits(
+    t: &file::TokenSection,
+    scope: Option<&Scope>,
+    at: &dyn Fn(&str) -> String,
+    errs: &mut Vec<ConfigError>,
+) -> TokenLimits {
+    let default = match scope {
+        Some(Scope::Tenant(_)) => TokenLimits::TENANT,
+        _ => TokenLimits::default(),
+    };
+    let mut positive = |key: &str, v: Option<u64>| match v {
+        Some(0) => {
+            errs.push(err(None, &at(key), Problem::Zero { value: "0".into() }));
+            None
+        }
+        v => v.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+    };
+    let rps = positive("requests_per_second", t.requests_per_second);
+    let burst = positive("burst", t.burst);
+    let max_concurrent = positive("max_concurrent", t.max_concurrent);
+    let rate = match (rps, burst) {
+        (Some(r), b) => Some((r, b.unwrap_or(r).max(r))),
+        (None, Some(b)) => default.rate.map(|(r, _)| (r, b.max(r))),
+        (None, None) => default.rate,
+    };
+    TokenLimits {
+        rate,
+        max_concurrent: max_concurrent.or(default.max_concurrent),
+    }
 }
 
 /// 64 hex digits, either case.
@@ -936,6 +1121,27 @@ fn validate_telemetry(t: file::TelemetrySection, errs: &mut Vec<ConfigError>) ->
         access_log: t.access_log.unwrap_or(true),
         log_format,
         tenant_label_limit: t.tenant_label_limit.unwrap_or(1_000),
+        metrics_listening: Listening {
+            header_timeout: positive_ms(
+                "telemetry.metrics_header_timeout_ms",
+                t.metrics_header_timeout_ms,
+                Listening::METRICS.header_timeout,
+                errs,
+            ),
+            idle_timeout: positive_ms(
+                "telemetry.metrics_idle_timeout_ms",
+                t.metrics_idle_timeout_ms,
+                Listening::METRICS.idle_timeout,
+                errs,
+            ),
+            body_timeout: Listening::METRICS.body_timeout,
+            max_connections: positive_count(
+                "telemetry.metrics_max_connections",
+                t.metrics_max_connections,
+                Listening::METRICS.max_connections,
+                errs,
+            ),
+        },
     }
 }
 

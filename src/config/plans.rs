@@ -55,7 +55,13 @@ impl<'a> Plans<'a> {
             tenant.limits.as_ref(),
             tenant.timezone.as_deref(),
         );
-        let domains = tenant.domains.len();
+        // Spellings of one name (case, trailing dot, Unicode) count once.
+        let domains = tenant
+            .domains
+            .iter()
+            .map(|d| super::parse_domain(d).map_or_else(|_| d.clone(), |n| n.to_string()))
+            .collect::<std::collections::HashSet<String>>()
+            .len();
         let t = Some(tenant.id.as_str());
         let timezone = match timezone {
             None => TimeZone::UTC,
@@ -74,7 +80,9 @@ impl<'a> Plans<'a> {
             },
         };
         let base = match plan.or(self.default_plan) {
-            Some(UNLIMITED) => return None,
+            // No plan limits, but the tenant's own limits still apply and
+            // are checked like any others.
+            Some(UNLIMITED) => PlanSection::default(),
             Some(name) => match self.plans.get(name) {
                 Some(p) => p.clone(),
                 None => {

@@ -172,6 +172,19 @@ impl Refusal {
         })
         .to_string()
     }
+
+    /// The `RateLimit` field of the refusal (draft-ietf-httpapi-ratelimit-headers-10):
+    /// the refusing policy with nothing remaining and the seconds until a
+    /// retry can pass, `"burst";r=0;t=3`. `None` for a store outage (503),
+    /// which is no quota.
+    pub fn header(&self) -> Option<HeaderValue> {
+        if self.violation == Violation::Store {
+            return None;
+        }
+        let mut items = Items::default();
+        items.push(self.violation.as_str(), 0, Some(self.retry_after));
+        items.header()
+    }
 }
 
 /// Time sources, injectable for tests.
@@ -519,6 +532,20 @@ impl Book {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_refusal_carries_a_ratelimit_field_with_nothing_remaining() {
+        let r = |violation, retry_after| Refusal { violation, retry_after };
+        assert_eq!(
+            r(Violation::Rate, 3).header().as_ref().and_then(|v| v.to_str().ok()),
+            Some("\"burst\";r=0;t=3")
+        );
+        assert_eq!(
+            r(Violation::Day, 10800).header().as_ref().and_then(|v| v.to_str().ok()),
+            Some("\"day\";r=0;t=10800")
+        );
+        assert_eq!(r(Violation::Store, 1).header(), None);
+    }
+
     use super::*;
     use std::sync::atomic::AtomicU64;
 

@@ -393,10 +393,12 @@ impl Policy {
 }
 
 /// A limit refusal (429, or 503 for a fail-closed store outage) with
-/// `Retry-After`, the rate-limit policy and an RFC 9457 body.
+/// `Retry-After`, the rate-limit policy, the `RateLimit` field of the
+/// refusing policy (`r=0`, `t=` the seconds to wait) and an RFC 9457 body.
 fn limited(tenant: &Tenant, refusal: &Refusal) -> Answer {
     let mut headers = vec![("retry-after", HeaderValue::from(refusal.retry_after))];
     headers.extend(tenant.policy_header.clone().map(|p| ("ratelimit-policy", p)));
+    headers.extend(refusal.header().map(|r| ("ratelimit", r)));
     Answer {
         status: refusal.status(),
         content_type: "application/problem+json",

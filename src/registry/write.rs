@@ -70,6 +70,9 @@ pub enum WriteError {
 pub struct Written {
     pub generation: u64,
     pub changes: Changes,
+    /// The edits left every file as it was: nothing was recorded, the
+    /// generation is the live one.
+    pub unchanged: bool,
 }
 
 impl Registry {
@@ -146,7 +149,17 @@ impl Registry {
             None => None,
         };
         let live = self.texts.load_full();
-        let texts = plan(&live, &self.live.load())?;
+        let snap = self.live.load_full();
+        let texts = plan(&live, &snap)?;
+        // The live texts are valid: a write that leaves them as they are is
+        // neither compiled, recorded nor swapped.
+        if texts == *live {
+            return Ok((!dry_run).then(|| Written {
+                generation: snap.generation,
+                changes: Changes::default(),
+                unchanged: true,
+            }));
+        }
         let (config, table) = Snapshot::compile_texts(&self.source.path(), &texts).map_err(WriteError::from)?;
         if dry_run {
             return Ok(None);
@@ -174,7 +187,11 @@ impl Registry {
         // The old snapshot and the parse leave freed pages behind.
         crate::release_free_memory();
         tracing::info!(generation, who, "admin write applied");
-        Ok(Some(Written { generation, changes }))
+        Ok(Some(Written {
+            generation,
+            changes,
+            unchanged: false,
+        }))
     }
 }
 
