@@ -317,11 +317,19 @@ pub async fn read_body(mut body: Incoming, limit: usize, timeout: Duration) -> R
         .map_err(|_| BodyError::Timeout(timeout))?
 }
 
-/// Binds a non-blocking listener for [`serve`].
+/// Binds a non-blocking listener for [`serve`]. With `SO_REUSEPORT`, so
+/// that the new process of a graceful binary upgrade (`serve --upgrade`)
+/// can listen while the old one still drains; both accept until the old
+/// one exits.
 pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let l = std::net::TcpListener::bind(addr)?;
-    l.set_nonblocking(true)?;
-    Ok(l)
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// The listener handed over at start (bound in `server::serve`, so that a

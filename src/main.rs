@@ -29,6 +29,11 @@ enum Command {
     Serve {
         #[arg(long, short)]
         config: PathBuf,
+        /// Graceful binary upgrade: take the listening sockets from the
+        /// running gateway (send it SIGQUIT once this one has started), so
+        /// no connection is refused and no request fails.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file; prints every problem and exits 1 if any.
     Check { path: PathBuf },
@@ -74,7 +79,7 @@ fn main() -> ExitCode {
     // listener and the ACME client), whatever features other crates enable.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match Cli::parse().command {
-        Command::Serve { config } => run(Source::File(config)),
+        Command::Serve { config, upgrade } => run(Source::File(config), upgrade),
         Command::Check { path } => check(&path),
         Command::Diff { old, new, json } => diff(&old, &new, json),
         Command::Demo => demo(),
@@ -99,8 +104,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(source: Source) -> ExitCode {
-    match server::serve(source) {
+fn run(source: Source, upgrade: bool) -> ExitCode {
+    match server::serve(source, upgrade) {
         Ok(never) => match never {},
         Err(e) => {
             eprintln!("tenantgate: {e}");
@@ -207,8 +212,11 @@ fn demo() -> ExitCode {
     println!("{}\n", demo::instructions());
     // The runtime keeps serving the backends on its worker thread.
     let _keep = runtime;
-    run(Source::Embedded {
-        name: "<embedded demo config>",
-        text: demo::CONFIG,
-    })
+    run(
+        Source::Embedded {
+            name: "<embedded demo config>",
+            text: demo::CONFIG,
+        },
+        false,
+    )
 }

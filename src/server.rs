@@ -66,7 +66,9 @@ fn share_registry(registry: &Registry, store: &Store, metrics: &Metrics) -> Resu
 
 /// Loads the config and runs the gateway until a shutdown signal.
 /// Returns only on a start-up error.
-pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
+/// With `upgrade`, the listening sockets come from the running gateway
+/// (graceful binary upgrade: it hands them over on SIGQUIT).
+pub fn serve(source: Source, upgrade: bool) -> Result<std::convert::Infallible, StartError> {
     let metrics = Arc::new(Metrics::new()?);
     // An admin batch that a crash left half written is finished first, so
     // the files load as the whole batch or none of it.
@@ -94,9 +96,14 @@ pub fn serve(source: Source) -> Result<std::convert::Infallible, StartError> {
         grace_period_seconds: Some(gw.shutdown_grace.as_secs()),
         graceful_shutdown_timeout_seconds: Some(5),
         upstream_keepalive_pool_size: 1024,
+        upgrade_sock: gw.upgrade_sock.clone(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora_core::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
     let challenges = Arc::new(Challenges::default());
     let mut certs = None;

@@ -84,6 +84,7 @@ pub struct GatewaySection {
     pub underscores_in_headers: Option<bool>,
     pub tunnel_idle_timeout_ms: Option<u64>,
     pub shutdown_grace_secs: Option<u64>,
+    pub upgrade_sock: Option<String>,
 }
 
 /// `[telemetry]`

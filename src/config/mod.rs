@@ -159,6 +159,9 @@ pub struct Gateway {
     pub underscores_in_headers: bool,
     /// On SIGTERM: how long requests in flight may finish before exit.
     pub shutdown_grace: Duration,
+    /// The Unix socket a graceful binary upgrade hands the listening
+    /// sockets over.
+    pub upgrade_sock: String,
 }
 
 /// Upstream timeouts.
@@ -869,6 +872,9 @@ fn validate_gateway(g: file::GatewaySection, errs: &mut Vec<ConfigError>) -> Gat
         max_connections,
         underscores_in_headers: g.underscores_in_headers.unwrap_or(false),
         shutdown_grace: Duration::from_secs(g.shutdown_grace_secs.unwrap_or(5).min(3600)),
+        upgrade_sock: g
+            .upgrade_sock
+            .unwrap_or_else(|| "/tmp/tenantgate-upgrade.sock".to_string()),
     }
 }
 

@@ -76,16 +76,17 @@ pub(super) async fn serve(policy: &Policy, io: Stream, facts: &ConnFacts, shutdo
     let client_timeout = |p: &Policy| p.registry.snapshot_guard().config.gateway.client_timeout;
     let mut ct = client_timeout(policy);
     let mut deadline = Instant::now() + ct;
+    // Shutting down (SIGTERM, or SIGQUIT for a graceful upgrade): a request
+    // that arrives within a moment still gets its answer, with `Connection:
+    // close`, so a client sending back to back is not cut off mid-request.
+    let mut stopping = false;
     loop {
-        if *shutdown.borrow() {
-            break;
-        }
         let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let data = &input.buf[input.start..];
         match request::parse(data, &mut storage) {
             Parsed::Request(h) => {
                 let after = &data[h.len..];
-                let next = exchange(policy, &h, after, &mut conn, ct).await;
+                let next = exchange(policy, &h, after, &mut conn, ct, shutdown).await;
                 let len = h.len;
                 match next {
                     Next::Continue { used, more } => {
@@ -111,7 +112,7 @@ pub(super) async fn serve(policy: &Policy, io: Stream, facts: &ConnFacts, shutdo
                 break;
             }
             Parsed::Partial => {
-                if !read_more(&mut conn.io, &mut input, deadline, stop.as_mut()).await {
+                if !read_more(&mut conn.io, &mut input, deadline, stop.as_mut(), &mut stopping).await {
                     break;
                 }
             }
@@ -120,13 +121,19 @@ pub(super) async fn serve(policy: &Policy, io: Stream, facts: &ConnFacts, shutdo
     let _ = tokio::time::timeout(Duration::from_secs(1), conn.io.shutdown()).await;
 }
 
+/// How long an idle connection waits for one more request once the
+/// gateway is shutting down.
+const LAST_CALL: Duration = Duration::from_secs(1);
+
 /// Reads more of a request head. `false`: the client closed, failed, went
-/// silent, or the gateway is shutting down while the connection was idle.
+/// silent, or the gateway is shutting down and the connection stayed idle
+/// for [`LAST_CALL`].
 async fn read_more(
     io: &mut Stream,
     input: &mut Input,
     deadline: Instant,
     stop: std::pin::Pin<&mut impl std::future::Future<Output = Result<(), tokio::sync::watch::error::RecvError>>>,
+    stopping: &mut bool,
 ) -> bool {
     if input.start > 0 {
         input.buf.drain(..input.start);
@@ -136,11 +143,23 @@ async fn read_more(
         input.buf.reserve(BUF);
     }
     let idle = input.buf.is_empty();
+    let deadline = match *stopping && idle {
+        true => deadline.min(Instant::now() + LAST_CALL),
+        false => deadline,
+    };
     let read = tokio::time::timeout_at(deadline.into(), io.read_buf(&mut input.buf));
-    let n = if idle {
+    tokio::pin!(read);
+    let n = if idle && !*stopping {
         tokio::select! {
-            r = read => r,
-            _ = stop => return false,
+            r = &mut read => r,
+            _ = stop => {
+                *stopping = true;
+                let last_call = (Instant::now() + LAST_CALL).min(deadline);
+                match tokio::time::timeout_at(last_call.into(), read).await {
+                    Ok(r) => r,
+                    Err(_) => return false,
+                }
+            }
         }
     } else {
         read.await
@@ -157,7 +176,14 @@ enum Rest {
 }
 
 /// Proxies one request (or answers it).
-async fn exchange(policy: &Policy, h: &Head<'_, '_>, after: &[u8], conn: &mut Conn<'_>, ct: Duration) -> Next {
+async fn exchange(
+    policy: &Policy,
+    h: &Head<'_, '_>,
+    after: &[u8],
+    conn: &mut Conn<'_>,
+    ct: Duration,
+    shutdown: &ShutdownWatch,
+) -> Next {
     let snap = policy.registry.snapshot();
     let mut o = Outcome::begin(h.method, h.path());
     // The body bytes already read, and what is still to come.
@@ -196,7 +222,7 @@ async fn exchange(policy: &Policy, h: &Head<'_, '_>, after: &[u8], conn: &mut Co
         Decision::Forward(f) => f,
         Decision::Answer(a) => {
             // The connection stays only when this request's body is read.
-            let close = a.close || !body_done || !h.keep_alive;
+            let close = a.close || !body_done || !h.keep_alive || *shutdown.borrow();
             let sent = answer(conn, &a, close, h, ct, &mut o).await;
             policy.record(&snap, &o);
             return match sent && !close {
@@ -257,10 +283,12 @@ async fn exchange(policy: &Policy, h: &Head<'_, '_>, after: &[u8], conn: &mut Co
         more: Vec::new(),
         unfinished: false,
         upgraded: false,
+        said_close: true,
+        shutdown,
     };
     let result = forward(&snap, f.pool, &mut exchange).await;
     let (close, more) = (
-        exchange.unfinished || exchange.upgraded || !h.keep_alive,
+        exchange.unfinished || exchange.upgraded || exchange.said_close,
         std::mem::take(&mut exchange.more),
     );
     drop(f.admission);
@@ -313,6 +341,10 @@ struct H1Exchange<'a, 'h, 'b> {
     unfinished: bool,
     /// The connection became a tunnel, and is over now.
     upgraded: bool,
+    /// The response told the client the connection closes after it.
+    said_close: bool,
+    /// Set when the gateway shuts down: the response says `Connection: close`.
+    shutdown: &'a ShutdownWatch,
 }
 
 impl Downstream for H1Exchange<'_, '_, '_> {
@@ -360,6 +392,7 @@ async fn attempt(x: &mut H1Exchange<'_, '_, '_>, backend: &mut TcpStream, addr: 
             t,
             x.client_timeout,
             &head_sent,
+            x.shutdown,
         )
         .await?
     } else {
@@ -390,6 +423,7 @@ async fn attempt(x: &mut H1Exchange<'_, '_, '_>, backend: &mut TcpStream, addr: 
             t,
             x.client_timeout,
             &head_sent,
+            x.shutdown,
         );
         tokio::pin!(pump, relay);
         let mut pumping = true;
@@ -430,6 +464,7 @@ async fn attempt(x: &mut H1Exchange<'_, '_, '_>, backend: &mut TcpStream, addr: 
             }
         }
     };
+    x.said_close = relayed.close;
     let mut done = Done {
         upstream: addr,
         status: relayed.status,
@@ -503,6 +538,8 @@ struct Relayed {
     /// A `101`: the tunnel starts with `rbuf[from..filled]`.
     tunnel_from: Option<usize>,
     filled: usize,
+    /// The head said `Connection: close`.
+    close: bool,
 }
 
 /// Reads the response head (relaying interim ones as they come), writes
@@ -522,6 +559,7 @@ async fn relay(
     t: crate::config::Timeouts,
     ct: Duration,
     head_sent: &AtomicU16,
+    shutdown: &ShutdownWatch,
 ) -> Result<Relayed, Attempt> {
     let mut filled = 0;
     let mut received = false;
@@ -569,6 +607,7 @@ async fn relay(
             reusable: false,
             tunnel_from: Some(resp.len),
             filled,
+            close: true,
         });
     }
     for (name, value) in extra {
@@ -582,7 +621,8 @@ async fn relay(
     if matches!(resp.body, Body::Chunked | Body::Close) && !h.http10 {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
-    if !h.keep_alive || until_close {
+    let close = !h.keep_alive || until_close || *shutdown.borrow();
+    if close {
         out.extend_from_slice(b"connection: close\r\n");
     } else if h.http10 {
         out.extend_from_slice(b"connection: keep-alive\r\n");
@@ -691,6 +731,7 @@ async fn relay(
         reusable: reusable && !until_close,
         tunnel_from: None,
         filled,
+        close,
     })
 }
 

@@ -135,6 +135,42 @@ impl Gateway {
         gw
     }
 
+    /// A graceful binary upgrade: starts a second `tenantgate serve
+    /// --upgrade` on the same config, which takes the listening sockets
+    /// once this one gets SIGQUIT (sent here after `settle`). The new
+    /// gateway logs to `gateway-upgraded.log` in the same folder; keep this
+    /// one alive as long as the new one runs (it owns the folder).
+    pub async fn upgrade(&self, settle: Duration) -> Gateway {
+        let log_path = self.dir().join("gateway-upgraded.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new(BIN)
+            .args(["serve", "--upgrade", "--config"])
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tenantgate");
+        tokio::time::sleep(settle).await;
+        self.signal("QUIT");
+        Gateway {
+            child,
+            http: self.http,
+            metrics: self.metrics,
+            https: self.https,
+            admin: self.admin,
+            config_path: self.config_path.clone(),
+            log_path,
+            _dir: tempfile::tempdir().expect("tempdir"),
+            client: self.client.clone(),
+        }
+    }
+
+    /// Whether the gateway process has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// Stops the gateway and hands back its folder (config, certs, state),
     /// to start another gateway on the same state.
     pub fn stop(mut self) -> tempfile::TempDir {
