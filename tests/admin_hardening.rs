@@ -58,6 +58,20 @@ async fn start(extra: &str) -> (Gateway, EchoBackend) {
     (gw, p)
 }
 
+/// A gateway where the operator created tenant acme (`a.acme.com`).
+async fn with_acme() -> (Gateway, EchoBackend) {
+    let (gw, p) = start("").await;
+    let r = op(
+        &gw,
+        "PUT",
+        "/v1/tenants/acme",
+        Some(json!({"domains": ["a.acme.com"], "pool": "p"})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    (gw, p)
+}
+
 /// A response: status, headers, body text and JSON (`Null` if none).
 struct Resp {
     status: u16,
@@ -408,40 +422,10 @@ async fn a_big_import_is_linear_and_health_answers_throughout() {
     assert_eq!(gw.routed("t19999.example.com").await.1.as_deref(), Some("t19999"));
 }
 
-fn check_cli(main: &str, files: &[(&str, &str)]) -> (i32, String) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("tenantgate.toml");
-    std::fs::write(&path, main).expect("write");
-    for (name, body) in files {
-        let file = dir.path().join(name);
-        std::fs::create_dir_all(file.parent().expect("folder")).expect("mkdir");
-        std::fs::write(file, body).expect("write");
-    }
-    let out = Command::new(BIN).arg("check").arg(&path).output().expect("run check");
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), all)
-}
-
 // Defect 4: limits were ignored and unchecked on the `unlimited` plan.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_apply_and_are_checked_on_the_unlimited_plan() {
-    let main = "[gateway]\nhttp_listen = \"127.0.0.1:8080\"\n\n[pools.p]\nupstreams = [\"127.0.0.1:9001\"]\n\n[plans.pro]\nrequests_per_second = 10\n\n[limits]\ndefault_plan = \"unlimited\"\n";
-    for tenant in [
-        "id = \"neg\"\npool = \"p\"\nplan = \"unlimited\"\n\n[limits]\nrequests_per_second = -1\n",
-        "id = \"neg\"\npool = \"p\"\n\n[limits]\nmax_domains = -3\n",
-    ] {
-        let (code, out) = check_cli(main, &[("tenants/neg.toml", tenant)]);
-        assert_ne!(code, 0, "{out}");
-        assert!(out.contains("tenant \"neg\""), "{out}");
-        assert!(out.contains("limits."), "{out}");
-        assert!(out.contains("fix: use a value of 1 or more"), "{out}");
-        assert!(out.contains("tenantgate.toml"), "{out}");
-    }
-
+    // `tenantgate check` refuses negative limits there too: tests/check.rs.
     let (gw, _p) = start("[limits]\ndefault_plan = \"unlimited\"\n").await;
     // max_domains = 1 holds on the (default) unlimited plan.
     let r = op(
@@ -736,14 +720,7 @@ async fn queries_are_bounded_bearer_is_case_insensitive_and_duplicate_keys_refus
 // Defect 15: a tenant token probed who owns a host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_token_cannot_tell_another_tenants_host_from_an_unrouted_one() {
-    let (gw, _p) = start("").await;
-    op(
-        &gw,
-        "PUT",
-        "/v1/tenants/acme",
-        Some(json!({"domains": ["a.acme.com"], "pool": "p"})),
-    )
-    .await;
+    let (gw, _p) = with_acme().await;
     let owned = as_acme(&gw, "GET", "/v1/domains/stable.example.com", None).await;
     let unrouted = as_acme(&gw, "GET", "/v1/domains/nobody.example.com", None).await;
     owned.problem(404, "not-found");
@@ -782,14 +759,7 @@ async fn the_audit_log_is_rotated_by_size_and_read_from_its_end() {
 // Defect 17: an import of `{"tenants":[]}` deleted every tenant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_import_that_deletes_needs_prune_or_the_exports_etag() {
-    let (gw, _p) = start("").await;
-    op(
-        &gw,
-        "PUT",
-        "/v1/tenants/acme",
-        Some(json!({"domains": ["a.acme.com"], "pool": "p"})),
-    )
-    .await;
+    let (gw, _p) = with_acme().await;
     let empty = json!({"tenants": []});
     let r = op(&gw, "POST", "/v1/import", Some(empty.clone())).await;
     r.problem(428, "prune-required");
@@ -822,14 +792,7 @@ async fn an_import_that_deletes_needs_prune_or_the_exports_etag() {
 // Conventions: domains as a sub-resource, cursor pages, Idempotency-Key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn domains_sub_resource_cursor_pages_and_idempotent_retries() {
-    let (gw, _p) = start("").await;
-    op(
-        &gw,
-        "PUT",
-        "/v1/tenants/acme",
-        Some(json!({"domains": ["a.acme.com"], "pool": "p"})),
-    )
-    .await;
+    let (gw, _p) = with_acme().await;
     let r = as_acme(&gw, "PUT", "/v1/tenants/acme/domains/b.acme.com", None).await;
     assert_eq!(r.status, 201, "{}", r.text);
     assert_eq!(r.json["domains"], json!(["a.acme.com", "b.acme.com"]));

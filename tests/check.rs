@@ -508,3 +508,19 @@ fn gateway_timeouts_of_zero_are_refused() {
         ],
     );
 }
+
+#[test]
+fn limits_on_the_unlimited_plan_are_checked_too() {
+    let main = format!("{HEAD}\n[plans.pro]\nrequests_per_second = 10\n\n[limits]\ndefault_plan = \"unlimited\"\n");
+    for tenant in [
+        "id = \"neg\"\npool = \"shared\"\nplan = \"unlimited\"\n\n[limits]\nrequests_per_second = -1\n",
+        "id = \"neg\"\npool = \"shared\"\n\n[limits]\nmax_domains = -3\n",
+    ] {
+        let (code, out, path) = check_files(&main, &[("tenants/neg.toml", tenant)]);
+        assert_ne!(code, 0, "{out}");
+        assert!(out.contains(&path), "{out}");
+        assert!(out.contains("tenant \"neg\""), "{out}");
+        assert!(out.contains("limits."), "{out}");
+        assert!(out.contains("fix: use a value of 1 or more"), "{out}");
+    }
+}

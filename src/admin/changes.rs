@@ -201,9 +201,12 @@ fn registry_etag(generation: u64) -> String {
     format!("\"g{generation}\"")
 }
 
+/// An import's tenants, and its templates if it lists them.
+type Imported = (Vec<TenantSection>, Option<Vec<(String, TemplateSection)>>);
+
 /// An import's tenants and templates, checked and canonical. Blocking (a
 /// 100,000-tenant body is CPU work).
-fn parse_import(body: &[u8]) -> Result<(Vec<TenantSection>, Option<Vec<(String, TemplateSection)>>), Problem> {
+fn parse_import(body: &[u8]) -> Result<Imported, Problem> {
     let import: Import =
         serde_json::from_slice(body).map_err(|e| Problem::bad_request(format!("body is not an export: {e}")))?;
     let mut seen = HashSet::with_capacity(import.tenants.len());

@@ -348,7 +348,7 @@ fn encode_cursor(id: &str) -> String {
 }
 
 fn decode_cursor(c: &str) -> Option<String> {
-    if c.is_empty() || c.len() % 2 != 0 || c.len() > 128 {
+    if c.is_empty() || !c.len().is_multiple_of(2) || c.len() > 128 {
         return None;
     }
     let bytes = (0..c.len())
