@@ -20,10 +20,10 @@ fn now_ms() -> u64 {
     EPOCH.elapsed().as_millis() as u64
 }
 
-/// Idle kept-alive connections the lean HTTP/1 path keeps per upstream.
+/// Idle kept-alive backend connections the engine keeps per upstream.
 const MAX_IDLE: usize = 1024;
 
-/// One backend address, its passive health, and the lean HTTP/1 path's
+/// One backend address, its passive health, and the engine's
 /// idle connections to it (closed when a reload drops the address).
 #[derive(Debug)]
 pub struct Upstream {
@@ -166,7 +166,7 @@ impl Pool {
     }
 }
 
-/// Closes the lean paths' idle backend connections once they are older
+/// Closes the engine's idle backend connections once they are older
 /// than `upstream_idle_timeout_ms`, also while no request comes (a pingora
 /// background service; a tick a second).
 pub struct IdleReaper {
