@@ -1284,3 +1284,122 @@ async fn http2_relays_response_trailers_and_drops_underscored_and_spoofed_header
         "{text}"
     );
 }
+
+/// A backend that answers every request with a 64 MiB body and reports,
+/// on `ended`, when it could write no more (the gateway dropped it).
+async fn endless_backend(ended: tokio::sync::mpsc::Sender<()>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let ended = ended.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                if read_until(&mut conn, &mut buf, b"\r\n\r\n").await.is_none() {
+                    return;
+                }
+                let total = 64usize << 20;
+                let _ = conn
+                    .write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n").as_bytes())
+                    .await;
+                let block = vec![b'z'; 1 << 16];
+                for _ in 0..total / block.len() {
+                    if conn.write_all(&block).await.is_err() {
+                        let _ = ended.send(()).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn timeouts_hold_for_clients_that_stop_reading_or_stall_a_body_or_idle_after_http10() {
+    let backend = scripted().await;
+    let echo = backend_echo().await;
+    let (ended_tx, mut ended_rx) = tokio::sync::mpsc::channel(1);
+    let endless = endless_backend(ended_tx).await;
+    let cfg = with_tenant(config(backend.addr, echo), "big", endless).replace(
+        "read_timeout_ms = 500",
+        "read_timeout_ms = 500\nclient_timeout_ms = 800",
+    );
+    let gw = Gateway::start(&cfg).await;
+
+    // A client that stops reading: once its socket buffers are full, each
+    // write to it gets client_timeout_ms, then the gateway drops both sides
+    // and the backend connection is released.
+    let mut stuck = TcpStream::connect(gw.http).await.expect("connect");
+    stuck
+        .write_all(b"GET /huge HTTP/1.1\r\nHost: big.example\r\n\r\n")
+        .await
+        .expect("write");
+    tokio::time::timeout(Duration::from_secs(20), ended_rx.recv())
+        .await
+        .expect("the backend connection was released while the client kept not reading")
+        .expect("signal");
+    drop(stuck);
+
+    // A chunked upload that stops half way: client_timeout_ms between body
+    // reads (not the backend's shorter read timeout), then 408 and close.
+    let mut c = Client::connect(&gw).await;
+    c.send("POST /stall HTTP/1.1\r\nHost: e.example\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        .await;
+    let (head, _) = c.response(0).await;
+    assert_eq!(raw_status(&head), 408, "{head}");
+    assert_eq!(header_of(&head, "connection"), Some("close"), "{head}");
+
+    // HTTP/1.0 kept alive, after a chunked upload on HTTP/1.1 too: an idle
+    // connection closes after client_timeout_ms.
+    let mut c = Client::connect(&gw).await;
+    c.send("GET /ka HTTP/1.0\r\nHost: a.example\r\nConnection: keep-alive\r\n\r\n")
+        .await;
+    let (head, body) = c.response("GET /ka".len()).await;
+    assert_eq!(body, "GET /ka");
+    assert_eq!(header_of(&head, "connection"), Some("keep-alive"), "{head}");
+    assert!(c.closed().await, "idle HTTP/1.0 keep-alive connection closed");
+    let mut c = Client::connect(&gw).await;
+    c.send("POST /up HTTP/1.1\r\nHost: e.example\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+        .await;
+    let (head, _) = c.sized_response().await;
+    assert_eq!(raw_status(&head), 200, "{head}");
+    assert!(c.closed().await, "idle connection after a chunked upload closed");
+}
+
+#[tokio::test]
+async fn http2_uploads_stream_both_ways_at_once_and_an_early_answer_does_not_stall() {
+    let backend = scripted().await;
+    let echo = backend_echo().await;
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel(1);
+    let early = early_answer_backend(done_tx).await;
+    let cfg = with_tenant(config(backend.addr, echo), "u", early).replace(
+        "read_timeout_ms = 500",
+        "read_timeout_ms = 500\nhttps_listen = \"{https}\"\n\n[tls]\nissuer = \"internal\"\nredirect_http = false\n",
+    );
+    let gw = Gateway::start(&cfg).await;
+    let root = std::fs::read(gw.dir().join("state/internal-ca/root.pem")).expect("internal CA root");
+    let mut h2 = h2_connect(gw.https, &root, "u.example").await;
+    let req = http::Request::post("https://u.example/up").body(()).expect("request");
+    let (resp, mut send) = h2.send_request(req, false).expect("send");
+    send.send_data(bytes::Bytes::from_static(b"hello"), false)
+        .expect("data");
+    // The answer arrives while the stream's body is still open.
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .expect("the answer came before the upload ended")
+        .expect("response");
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut body = resp.into_body();
+    let mut text = Vec::new();
+    while let Some(d) = body.data().await {
+        text.extend_from_slice(&d.expect("data"));
+    }
+    assert_eq!(text, b"early");
+    send.send_data(bytes::Bytes::from_static(b" world"), true)
+        .expect("data");
+    tokio::time::timeout(Duration::from_secs(10), done_rx.recv())
+        .await
+        .expect("the backend got the whole upload")
+        .expect("length");
+}

@@ -6,7 +6,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use pingora_core::protocols::Stream;
@@ -380,6 +380,10 @@ async fn attempt(x: &mut H1Exchange<'_, '_, '_>, backend: &mut TcpStream, addr: 
     send_head(backend, addr, x.out, x.body, t.write).await?;
     let head_sent = AtomicU16::new(0);
     let rest = std::mem::replace(&mut x.rest, Rest::Nothing);
+    // While the body still flows, the wait for the response head is bounded
+    // by the body's own timeouts (client reads, backend writes), not by the
+    // backend read timeout.
+    let uploading = AtomicBool::new(!matches!(rest, Rest::Nothing));
     let relayed = if matches!(rest, Rest::Nothing) {
         relay(
             x.head,
@@ -392,6 +396,7 @@ async fn attempt(x: &mut H1Exchange<'_, '_, '_>, backend: &mut TcpStream, addr: 
             t,
             x.client_timeout,
             &head_sent,
+            &uploading,
             x.shutdown,
         )
         .await?
@@ -423,6 +428,7 @@ async fn attempt(x: &mut H1Exchange<'_, '_, '_>, backend: &mut TcpStream, addr: 
             t,
             x.client_timeout,
             &head_sent,
+            &uploading,
             x.shutdown,
         );
         tokio::pin!(pump, relay);
@@ -431,6 +437,7 @@ async fn attempt(x: &mut H1Exchange<'_, '_, '_>, backend: &mut TcpStream, addr: 
             tokio::select! {
                 pumped = &mut pump, if pumping => {
                     pumping = false;
+                    uploading.store(false, Ordering::Relaxed);
                     match pumped {
                         Ok(more) => x.more = more,
                         // The backend stopped reading: its answer may still come.
@@ -503,7 +510,7 @@ async fn pump(
             Ok(Ok(0)) => return Err(ExchangeError::Client(io::ErrorKind::UnexpectedEof.into())),
             Ok(Ok(n)) => n,
             Ok(Err(e)) => return Err(ExchangeError::Client(e)),
-            Err(_) => return Err(ExchangeError::Client(timed_out())),
+            Err(_) => return Err(ExchangeError::ClientTimeout),
         };
         let (take, more) = match &mut scan {
             None => {
@@ -559,6 +566,7 @@ async fn relay(
     t: crate::config::Timeouts,
     ct: Duration,
     head_sent: &AtomicU16,
+    uploading: &AtomicBool,
     shutdown: &ShutdownWatch,
 ) -> Result<Relayed, Attempt> {
     let mut filled = 0;
@@ -584,6 +592,7 @@ async fn relay(
             h.upgrade.is_some(),
             extra,
             t.read,
+            Some(uploading),
             emit,
         )
         .await?;

@@ -15,6 +15,8 @@ use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -274,16 +276,78 @@ async fn attempt(
     rbuf: &mut Vec<u8>,
     t: crate::config::Timeouts,
 ) -> Result<Done, Attempt> {
-    let ct = req.client_timeout;
     send_head(backend, addr, req.head, &[], t.write).await?;
-    if let Some(body) = req.body.as_deref_mut() {
-        send_body(backend, addr, body, req.chunked, t.write, req.client_timeout).await?;
-    }
+    let (method, extra, ct, chunked) = (req.method, req.extra, req.client_timeout, req.chunked);
+    let Some(body) = req.body.as_deref_mut() else {
+        return relay(backend, addr, method, extra, ct, respond, rbuf, t, None).await;
+    };
+    // Full duplex: the body keeps flowing to the backend while its response
+    // is relayed; the wait for the response head is not bounded by the
+    // backend read timeout while it does.
+    let uploading = AtomicBool::new(true);
+    let (mut backend_r, mut backend_w) = backend.split();
+    let pump = send_body(&mut backend_w, addr, body, chunked, t.write, ct);
+    let relay = relay(
+        &mut backend_r,
+        addr,
+        method,
+        extra,
+        ct,
+        respond,
+        rbuf,
+        t,
+        Some(&uploading),
+    );
+    tokio::pin!(pump, relay);
+    let mut pumping = true;
+    let mut unfinished = false;
+    let mut done = loop {
+        tokio::select! {
+            pumped = &mut pump, if pumping => {
+                pumping = false;
+                uploading.store(false, Ordering::Relaxed);
+                match pumped {
+                    Ok(()) => {}
+                    // The backend stopped reading: its answer may still come.
+                    Err(Attempt::BeforeResponse(e @ ExchangeError::Upstream { .. })) => {
+                        tracing::debug!(error = %e, "backend stopped reading the request body");
+                        unfinished = true;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            relayed = &mut relay => {
+                let relayed = relayed?;
+                if pumping && pump.await.is_err() {
+                    unfinished = true;
+                }
+                break relayed;
+            }
+        }
+    };
+    done.reusable &= !unfinished;
+    Ok(done)
+}
 
+/// Reads the response head (relaying interim ones as they come), sends the
+/// client's head, then relays the body by its framing: chunked trailers
+/// become HTTP/2 trailers.
+#[allow(clippy::too_many_arguments)]
+async fn relay(
+    backend: &mut (impl tokio::io::AsyncRead + Unpin),
+    addr: SocketAddr,
+    method: &http::Method,
+    extra: &[(&'static str, &HeaderValue)],
+    ct: std::time::Duration,
+    respond: &mut SendResponse<Bytes>,
+    rbuf: &mut Vec<u8>,
+    t: crate::config::Timeouts,
+    uploading: Option<&AtomicBool>,
+) -> Result<Done, Attempt> {
     // The response head, after any interim 1xx ones (relayed as they come).
     let mut filled = 0;
     let mut received = false;
-    let head_request = *req.method == http::Method::HEAD;
+    let head_request = *method == http::Method::HEAD;
     let mut headers = HeaderMap::with_capacity(16);
     let resp = loop {
         headers.clear();
@@ -302,8 +366,9 @@ async fn attempt(
             &mut received,
             head_request,
             false,
-            req.extra,
+            extra,
             t.read,
+            uploading,
             emit,
         )
         .await?;
@@ -318,7 +383,7 @@ async fn attempt(
         rbuf.copy_within(r.len..filled, 0);
         filled -= r.len;
     };
-    for (name, value) in req.extra {
+    for (name, value) in extra {
         headers.insert(*name, (*value).clone());
     }
     if !resp.date {
@@ -417,7 +482,7 @@ async fn attempt(
 /// Streams the client's body to the backend (chunked when it has no
 /// length), giving the client flow-control window back as it goes.
 async fn send_body(
-    backend: &mut TcpStream,
+    backend: &mut (impl tokio::io::AsyncWrite + Unpin),
     addr: SocketAddr,
     body: &mut RecvStream,
     chunked: bool,

@@ -65,6 +65,8 @@ pub enum ExchangeError {
     Client(#[source] io::Error),
     #[error("client sent a malformed chunked body")]
     ClientBody,
+    #[error("client sent no body bytes within client_timeout_ms")]
+    ClientTimeout,
     #[error("HTTP/2 client: {0}")]
     H2(#[source] ::h2::Error),
 }
@@ -79,6 +81,7 @@ impl ExchangeError {
         match self {
             ExchangeError::ReadTimeout(_) => 504,
             ExchangeError::ClientBody => 400,
+            ExchangeError::ClientTimeout => 408,
             ExchangeError::Client(_) | ExchangeError::H2(_) => 0,
             _ => 502,
         }
@@ -218,6 +221,7 @@ pub async fn response_head(
     upgrade: bool,
     replaced: &[(&'static str, &http::HeaderValue)],
     timeout: Duration,
+    uploading: Option<&std::sync::atomic::AtomicBool>,
     mut emit: impl FnMut(framing::Line<'_>),
 ) -> Result<framing::Response, Attempt> {
     loop {
@@ -241,6 +245,9 @@ pub async fn response_head(
             Ok(Ok(n)) => n,
             Ok(Err(source)) if !*received => return Err(Attempt::Stale(ExchangeError::Upstream { addr, source })),
             Ok(Err(source)) => return Err(Attempt::BeforeResponse(ExchangeError::Upstream { addr, source })),
+            // The request body is still flowing: the backend may wait for
+            // all of it before it answers.
+            Err(_) if uploading.is_some_and(|u| u.load(std::sync::atomic::Ordering::Relaxed)) => continue,
             Err(_) => return Err(Attempt::BeforeResponse(ExchangeError::ReadTimeout(addr))),
         };
         *filled += n;
