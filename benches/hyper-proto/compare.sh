@@ -15,8 +15,9 @@
 #
 # Env: TENANTS (10000), CONNS (64), BIN (target/release/tenantgate),
 # PROTO (benches/hyper-proto/target/release/hyper-proto), PROTO_ARGS (extra
-# prototype arguments, e.g. "--client legacy"), WARMUP (2 s), OUT (temp dir,
-# kept). Everything runs on 127.0.0.1 and is stopped by PID on exit.
+# prototype arguments, e.g. "--client legacy"), PROTO2_ARGS (when set, a
+# second prototype with these arguments joins the rotation as "hyper2":
+# lean hyper hyper2 lean ...), WARMUP (2 s), OUT (temp dir, kept). Everything runs on 127.0.0.1 and is stopped by PID on exit.
 set -euo pipefail
 
 SCEN="${1:-both}"
@@ -26,6 +27,7 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 BIN="${BIN:-$ROOT/target/release/tenantgate}"
 PROTO="${PROTO:-$ROOT/benches/hyper-proto/target/release/hyper-proto}"
 PROTO_ARGS="${PROTO_ARGS:-}"
+PROTO2_ARGS="${PROTO2_ARGS:-}"
 TENANTS="${TENANTS:-10000}"
 CONNS="${CONNS:-64}"
 WARMUP="${WARMUP:-2}"
@@ -47,7 +49,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-read -r P_A P_B P_TG P_TGS P_HY P_HYS < <(python3 - <<'PY'
+read -r P_A P_B P_TG P_TGS P_HY P_HYS P_HY2 P_HY2S < <(python3 - <<'PY'
 import random, socket
 held, ports = [], []
 for port in random.sample(range(20000, 32000), 400):
@@ -57,7 +59,7 @@ for port in random.sample(range(20000, 32000), 400):
     except OSError:
         s.close(); continue
     held.append(s); ports.append(port)
-    if len(ports) == 6: break
+    if len(ports) == 8: break
 print(*ports)
 PY
 )
@@ -93,8 +95,16 @@ cat "$OUT/tls/leaf.pem" "$OUT/tls/leaf.key" >"$OUT/tg-certs/wildcard.pem"
 declare -A PID=([lean]=$PID_TG [hyper]=$PID_HY)
 declare -A PORT=([lean]=$P_TG [hyper]=$P_HY)
 declare -A TLS_PORT=([lean]=$P_TGS [hyper]=$P_HYS)
+ENGINES=(lean hyper)
+if [ -n "$PROTO2_ARGS" ]; then
+  # shellcheck disable=SC2086
+  "$PROTO" --http "127.0.0.1:$P_HY2" --https "127.0.0.1:$P_HY2S" --pool-a "127.0.0.1:$P_A" --pool-b "127.0.0.1:$P_B" \
+    --tenants "$TENANTS" --threads 2 $PROTO2_ARGS >"$OUT/hyper2.log" 2>&1 & PID[hyper2]=$!; PIDS+=("${PID[hyper2]}")
+  PORT[hyper2]=$P_HY2; TLS_PORT[hyper2]=$P_HY2S
+  ENGINES+=(hyper2)
+fi
 
-for t in lean hyper; do
+for t in "${ENGINES[@]}"; do
   for _ in $(seq 1 600); do
     curl -s -o /dev/null -H "Host: t00001.example.test" "http://127.0.0.1:${PORT[$t]}/" && break
     kill -0 "${PID[$t]}" 2>/dev/null || { echo "compare.sh: $t exited" >&2; cat "$OUT"/*.log >&2; exit 1; }
@@ -155,29 +165,29 @@ PY
   fi
   awk -v s="$s" -v pair="$pair" -v t="$t" -v n="$reqs" -v rps="$rps" -v p99="$p99" -v e="${errs:-0}" \
     -v du="$((u1 - u0))" -v ds="$((s1 - s0))" -v dm="$((m1 - m0))" -v di="$((i1 - i0))" -v hz="$HZ" \
-    'BEGIN { printf "%s\t%s\t%s\t%d\t%.0f\t%s\t%.2f\t%.1f\t%.1f\t%.1f\t%s\n", s, pair, t, n, rps, p99, (du + ds) / hz,
-      (du + ds) / hz * 1e6 / n, du / hz * 1e6 / n, ds / hz * 1e6 / n, (dm + di) ? sprintf("%.1f", 100 * di / (dm + di)) : "-" }'
+    'BEGIN { printf "%s\t%s\t%s\t%d\t%.0f\t%s\t%.2f\t%.1f\t%.1f\t%.1f\t%s\t%d\n", s, pair, t, n, rps, p99, (du + ds) / hz,
+      (du + ds) / hz * 1e6 / n, du / hz * 1e6 / n, ds / hz * 1e6 / n, (dm + di) ? sprintf("%.1f", 100 * di / (dm + di)) : "-", e }'
 }
 
 scenarios=(h1 h2)
 [ "$SCEN" = both ] || scenarios=("$SCEN")
 RES="$OUT/runs.tsv"
-printf 'scenario\tpair\tengine\trequests\treq/s\tp99_ms\tcpu_s\tus/req\tuser_us\tkernel_us\tidle_%%\n' >"$RES"
+printf 'scenario\tpair\tengine\trequests\treq/s\tp99_ms\tcpu_s\tus/req\tuser_us\tkernel_us\tidle_%%\terrors\n' >"$RES"
 for s in "${scenarios[@]}"; do
   if [ "$WARMUP" -gt 0 ]; then
-    for t in lean hyper; do
+    for t in "${ENGINES[@]}"; do
       if [ "$s" = h1 ]; then load_h1 "$t" "$WARMUP" /dev/null; else load_h2 "$t" "$WARMUP" /dev/null; fi
     done
   fi
   for pair in $(seq 1 "$PAIRS"); do
-    for t in lean hyper; do
+    for t in "${ENGINES[@]}"; do
       row=$(run "$s" "$pair" "$t")
       printf '%s\n' "$row" >>"$RES"
       printf '%s  (load %s)\n' "$row" "$(cut -d' ' -f1 /proc/loadavg)" >&2
     done
   done
 done
-for t in lean hyper; do kill -0 "${PID[$t]}" 2>/dev/null || { echo "compare.sh: $t died during the load" >&2; exit 1; }; done
+for t in "${ENGINES[@]}"; do kill -0 "${PID[$t]}" 2>/dev/null || { echo "compare.sh: $t died during the load" >&2; exit 1; }; done
 
 python3 - "$RES" <<'PY'
 import csv, statistics, sys
@@ -185,21 +195,26 @@ rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 for s in sorted({r["scenario"] for r in rows}):
     rs = [r for r in rows if r["scenario"] == s]
     print(f"\n{s}: pair  engine  req/s  p99_ms  us/req (user+kernel)  idle%  errors")
-    ratios = []
+    ratios, ratios2 = [], []
     for p in sorted({r["pair"] for r in rs}, key=int):
         by = {r["engine"]: r for r in rs if r["pair"] == p}
-        for e in ("lean", "hyper"):
+        for e in ("lean", "hyper", "hyper2"):
             r = by.get(e)
             if r:
-                print(f"  {p}  {e:5}  {r['req/s']:>7}  {r['p99_ms']:>6}  {r['us/req']:>5} ({r['user_us']}+{r['kernel_us']})  {r['idle_%']}")
+                print(f"  {p}  {e:5}  {r['req/s']:>7}  {r['p99_ms']:>6}  {r['us/req']:>5} ({r['user_us']}+{r['kernel_us']})  {r['idle_%']}  {r['errors']}")
         if "lean" in by and "hyper" in by:
             ratios.append(float(by["hyper"]["us/req"]) / float(by["lean"]["us/req"]))
             print(f"     hyper/lean CPU per request: {ratios[-1]:.3f}")
+        if "lean" in by and "hyper2" in by:
+            ratios2.append(float(by["hyper2"]["us/req"]) / float(by["lean"]["us/req"]))
+            print(f"     hyper2/lean CPU per request: {ratios2[-1]:.3f}")
     med = lambda e, k: statistics.median(float(r[k]) for r in rs if r["engine"] == e)
-    for e in ("lean", "hyper"):
+    for e in sorted({r["engine"] for r in rs}, key=["lean", "hyper", "hyper2"].index):
         print(f"  median {e:5}: {med(e, 'req/s'):.0f} req/s, p99 {med(e, 'p99_ms'):.2f} ms, {med(e, 'us/req'):.1f} us/req"
               f" (user {med(e, 'user_us'):.1f}, kernel {med(e, 'kernel_us'):.1f})")
     if ratios:
         print(f"  median of pair ratios hyper/lean: {statistics.median(ratios):.3f}")
+    if ratios2:
+        print(f"  median of pair ratios hyper2/lean: {statistics.median(ratios2):.3f}")
 PY
 echo "kept: $OUT" >&2
