@@ -17,7 +17,11 @@
 # PROTO (benches/hyper-proto/target/release/hyper-proto), PROTO_ARGS (extra
 # prototype arguments, e.g. "--client legacy"), PROTO2_ARGS (when set, a
 # second prototype with these arguments joins the rotation as "hyper2":
-# lean hyper hyper2 lean ...), WARMUP (2 s), OUT (temp dir, kept). Everything runs on 127.0.0.1 and is stopped by PID on exit.
+# lean hyper hyper2 lean ...), WARMUP (2 s), OUT (temp dir, kept),
+# PROFILE=perf (a flat perf profile of the proxy per run, cpu-clock at
+# 999 Hz, into OUT/perf-SCENARIO-PAIR-ENGINE.data) or PROFILE=syscalls
+# (strace -c -f per run, system calls per request; strace slows the proxy
+# down, so that run's CPU figures mean nothing). Everything runs on 127.0.0.1 and is stopped by PID on exit.
 set -euo pipefail
 
 SCEN="${1:-both}"
@@ -137,6 +141,12 @@ load_h2() { # target seconds log [per-request log]
 # One measured run: prints a TSV row.
 run() { # scenario pair target
   local s=$1 pair=$2 t=$3 log="$OUT/$1-$2-$3.log" u0 s0 u1 s1 m0 i0 m1 i1 reqs rps p99 errs
+  local prof=""
+  case "${PROFILE:-}" in
+    perf) perf record -e cpu-clock -F 999 -p "${PID[$t]}" -o "$OUT/perf-$s-$pair-$t.data" -- sleep "$SECS" \
+      >"$OUT/perf-$s-$pair-$t.log" 2>&1 & prof=$! ;;
+    syscalls) strace -c -f -p "${PID[$t]}" -o "$OUT/strace-$s-$pair-$t.txt" 2>/dev/null & prof=$!; sleep 0.5 ;;
+  esac
   read -r u0 s0 < <(ticks "${PID[$t]}")
   read -r m0 i0 < <(machine)
   if [ "$s" = h1 ]; then
@@ -146,6 +156,10 @@ run() { # scenario pair target
   fi
   read -r u1 s1 < <(ticks "${PID[$t]}")
   read -r m1 i1 < <(machine)
+  if [ -n "$prof" ]; then
+    [ "$PROFILE" = syscalls ] && kill -INT "$prof" 2>/dev/null
+    wait "$prof" || true
+  fi
   if [ "$s" = h1 ]; then
     reqs=$(awk '/requests in/ { print $1 }' "$log")
     rps=$(awk '/Requests\/sec/ { print $2 }' "$log")
@@ -162,6 +176,10 @@ PY
 )
     rm -f "$OUT/$s-$pair-$t.req.tsv"
     errs=$(awk '/^requests:/ { for (i = 1; i < NF; i++) if ($(i + 1) ~ /^errored/) print $i + 0 }' "$log")
+  fi
+  if [ "${PROFILE:-}" = syscalls ]; then
+    awk -v n="$reqs" '$NF ~ /^[a-z_0-9]+$/ && $4 ~ /^[0-9]+$/ { printf "%-16s %6.2f per request\n", $NF, $4 / n }' \
+      "$OUT/strace-$s-$pair-$t.txt" | sort -k2 -rn | head -12 >"$OUT/syscalls-$s-$pair-$t.txt"
   fi
   awk -v s="$s" -v pair="$pair" -v t="$t" -v n="$reqs" -v rps="$rps" -v p99="$p99" -v e="${errs:-0}" \
     -v du="$((u1 - u0))" -v ds="$((s1 - s0))" -v dm="$((m1 - m0))" -v di="$((i1 - i0))" -v hz="$HZ" \

@@ -28,6 +28,12 @@
 //!
 //! Usage: hyper-proto --http ADDR [--https ADDR] --pool-a ADDR --pool-b ADDR
 //!        [--tenants N] [--client conn|legacy] [--threads N] [--vectored]
+//!        [--flat-writes]
+//!
+//! `--vectored`: the TLS stream offers h2 vectored writes (by default it does
+//! not, as tenantgate's `Unvectored`). `--flat-writes`: hyper's HTTP/1.1
+//! server and client connections without vectored writes (`writev(false)`:
+//! head and body copied into one buffer, one write per message).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -111,13 +117,15 @@ impl Upstream {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Incoming>, ()> {
+    async fn connect(&self, writev: bool) -> Result<SendRequest<Incoming>, ()> {
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
             .await
             .map_err(drop)?
             .map_err(drop)?;
         tcp.set_nodelay(true).map_err(drop)?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .writev(writev)
+            .handshake(TokioIo::new(tcp))
             .await
             .map_err(drop)?;
         tokio::spawn(async move {
@@ -137,6 +145,9 @@ struct Ctx {
     tenants: HashMap<Box<str>, Tenant, ahash::RandomState>,
     upstreams: Vec<Upstream>,
     mode: ClientMode,
+    /// hyper's vectored writes on HTTP/1.1 (off: one flattened buffer, one
+    /// write per message, as the lean path).
+    writev: bool,
     legacy: Client<HttpConnector, Incoming>,
 }
 
@@ -370,7 +381,7 @@ async fn handle(
                 let pq = parts.uri.path_and_query().cloned();
                 parts.uri = pq.map_or_else(|| Uri::from_static("/"), Uri::from);
             }
-            forward_conn(up, Request::from_parts(parts, body)).await
+            forward_conn(up, ctx.writev, Request::from_parts(parts, body)).await
         }
         ClientMode::Legacy => {
             let mut u = http::uri::Parts::default();
@@ -401,7 +412,7 @@ async fn handle(
 
 /// Sends `req` on a kept-alive connection to `up`, or a new one; a request
 /// the connection refused before sending it goes once more on a new one.
-async fn forward_conn(up: &'static Upstream, req: Request<Incoming>) -> Result<Response<ProxyBody>, StatusCode> {
+async fn forward_conn(up: &'static Upstream, writev: bool, req: Request<Incoming>) -> Result<Response<ProxyBody>, StatusCode> {
     let mut req = req;
     let mut fresh = false;
     loop {
@@ -409,7 +420,7 @@ async fn forward_conn(up: &'static Upstream, req: Request<Incoming>) -> Result<R
             Some(s) => s,
             None => {
                 fresh = true;
-                up.connect().await.map_err(|_| StatusCode::BAD_GATEWAY)?
+                up.connect(writev).await.map_err(|_| StatusCode::BAD_GATEWAY)?
             }
         };
         match tokio::time::timeout(READ_TIMEOUT, sender.try_send_request(req)).await {
@@ -473,6 +484,7 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(CLIENT_TIMEOUT)
         .keep_alive(true)
+        .writev(ctx.writev)
         .serve_connection(TokioIo::new(io), svc)
         .await;
 }
@@ -503,6 +515,7 @@ fn main() {
     let n: usize = arg(&args, "--tenants").map_or(10_000, |t| t.parse().expect("--tenants"));
     let threads: usize = arg(&args, "--threads").map_or(2, |t| t.parse().expect("--threads"));
     let vectored = args.iter().any(|a| a == "--vectored");
+    let writev = !args.iter().any(|a| a == "--flat-writes");
     let mode = match arg(&args, "--client").as_deref() {
         None | Some("conn") => ClientMode::Conn,
         Some("legacy") => ClientMode::Legacy,
@@ -550,6 +563,7 @@ fn main() {
                 })
                 .collect(),
             mode,
+            writev,
             legacy,
         }));
         let prefix = prefix();
