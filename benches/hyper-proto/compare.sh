@@ -21,7 +21,10 @@
 # PROFILE=perf (a flat perf profile of the proxy per run, cpu-clock at
 # 999 Hz, into OUT/perf-SCENARIO-PAIR-ENGINE.data) or PROFILE=syscalls
 # (strace -c -f per run, system calls per request; strace slows the proxy
-# down, so that run's CPU figures mean nothing). Everything runs on 127.0.0.1 and is stopped by PID on exit.
+# down, so that run's CPU figures mean nothing) or PROFILE=callgrind (both
+# proxies under valgrind's callgrind, instrumented during each measured run
+# only: user-space instructions per request, which contention does not move;
+# the kernel's share is not counted; use CONNS=8 and short runs). Everything runs on 127.0.0.1 and is stopped by PID on exit.
 set -euo pipefail
 
 SCEN="${1:-both}"
@@ -91,9 +94,13 @@ cat "$OUT/tls/leaf.pem" "$OUT/tls/leaf.key" >"$OUT/tg-certs/wildcard.pem"
 
 "$BIN" backend --listen "127.0.0.1:$P_A" --name a >"$OUT/backend-a.log" 2>&1 & PIDS+=($!)
 "$BIN" backend --listen "127.0.0.1:$P_B" --name b >"$OUT/backend-b.log" 2>&1 & PIDS+=($!)
-"$BIN" serve --config "$OUT/tenantgate.toml" >"$OUT/tenantgate.log" 2>&1 & PID_TG=$!; PIDS+=("$PID_TG")
+WRAP=()
+if [ "${PROFILE:-}" = callgrind ]; then
+  WRAP=(valgrind --tool=callgrind --instr-atstart=no --trace-children=no --callgrind-out-file="$OUT/callgrind-%p.out")
+fi
+"${WRAP[@]}" "$BIN" serve --config "$OUT/tenantgate.toml" >"$OUT/tenantgate.log" 2>&1 & PID_TG=$!; PIDS+=("$PID_TG")
 # shellcheck disable=SC2086
-"$PROTO" --http "127.0.0.1:$P_HY" --https "127.0.0.1:$P_HYS" --pool-a "127.0.0.1:$P_A" --pool-b "127.0.0.1:$P_B" \
+"${WRAP[@]}" "$PROTO" --http "127.0.0.1:$P_HY" --https "127.0.0.1:$P_HYS" --pool-a "127.0.0.1:$P_A" --pool-b "127.0.0.1:$P_B" \
   --tenants "$TENANTS" --threads 2 $PROTO_ARGS >"$OUT/hyper.log" 2>&1 & PID_HY=$!; PIDS+=("$PID_HY")
 
 declare -A PID=([lean]=$PID_TG [hyper]=$PID_HY)
@@ -102,14 +109,14 @@ declare -A TLS_PORT=([lean]=$P_TGS [hyper]=$P_HYS)
 ENGINES=(lean hyper)
 if [ -n "$PROTO2_ARGS" ]; then
   # shellcheck disable=SC2086
-  "$PROTO" --http "127.0.0.1:$P_HY2" --https "127.0.0.1:$P_HY2S" --pool-a "127.0.0.1:$P_A" --pool-b "127.0.0.1:$P_B" \
+  "${WRAP[@]}" "$PROTO" --http "127.0.0.1:$P_HY2" --https "127.0.0.1:$P_HY2S" --pool-a "127.0.0.1:$P_A" --pool-b "127.0.0.1:$P_B" \
     --tenants "$TENANTS" --threads 2 $PROTO2_ARGS >"$OUT/hyper2.log" 2>&1 & PID[hyper2]=$!; PIDS+=("${PID[hyper2]}")
   PORT[hyper2]=$P_HY2; TLS_PORT[hyper2]=$P_HY2S
   ENGINES+=(hyper2)
 fi
 
 for t in "${ENGINES[@]}"; do
-  for _ in $(seq 1 600); do
+  for _ in $(seq 1 1800); do
     curl -s -o /dev/null -H "Host: t00001.example.test" "http://127.0.0.1:${PORT[$t]}/" && break
     kill -0 "${PID[$t]}" 2>/dev/null || { echo "compare.sh: $t exited" >&2; cat "$OUT"/*.log >&2; exit 1; }
     sleep 0.1
@@ -146,6 +153,7 @@ run() { # scenario pair target
     perf) perf record -e cpu-clock -F 999 -p "${PID[$t]}" -o "$OUT/perf-$s-$pair-$t.data" -- sleep "$SECS" \
       >"$OUT/perf-$s-$pair-$t.log" 2>&1 & prof=$! ;;
     syscalls) strace -c -f -p "${PID[$t]}" -o "$OUT/strace-$s-$pair-$t.txt" 2>/dev/null & prof=$!; sleep 0.5 ;;
+    callgrind) callgrind_control -i on "${PID[$t]}" >/dev/null ;;
   esac
   read -r u0 s0 < <(ticks "${PID[$t]}")
   read -r m0 i0 < <(machine)
@@ -159,6 +167,10 @@ run() { # scenario pair target
   if [ -n "$prof" ]; then
     [ "$PROFILE" = syscalls ] && kill -INT "$prof" 2>/dev/null
     wait "$prof" || true
+  fi
+  if [ "${PROFILE:-}" = callgrind ]; then
+    callgrind_control -d "${PID[$t]}" >/dev/null
+    callgrind_control -i off "${PID[$t]}" >/dev/null
   fi
   if [ "$s" = h1 ]; then
     reqs=$(awk '/requests in/ { print $1 }' "$log")
@@ -176,6 +188,15 @@ PY
 )
     rm -f "$OUT/$s-$pair-$t.req.tsv"
     errs=$(awk '/^requests:/ { for (i = 1; i < NF; i++) if ($(i + 1) ~ /^errored/) print $i + 0 }' "$log")
+  fi
+  if [ "${PROFILE:-}" = callgrind ]; then
+    sleep 1
+    local f ir
+    f=$(ls -t "$OUT/callgrind-${PID[$t]}.out".* | head -n 1)
+    ir=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }')
+    mv "$f" "$OUT/callgrind-$s-$pair-$t.out"
+    awk -v ir="$ir" -v n="$reqs" -v t="$t" -v s="$s" 'BEGIN { printf "%s %s: %d instructions, %.0f per request\n", s, t, ir, ir / n }' \
+      | tee "$OUT/instructions-$s-$pair-$t.txt" >&2
   fi
   if [ "${PROFILE:-}" = syscalls ]; then
     awk -v n="$reqs" '$NF ~ /^[a-z_0-9]+$/ && $4 ~ /^[0-9]+$/ { printf "%-16s %6.2f per request\n", $NF, $4 / n }' \
