@@ -134,6 +134,8 @@ for t in "${ENGINES[@]}"; do
 done
 
 ticks() { awk '{ print $14, $15 }' "/proc/$1/stat"; }
+# Context switches of all a process's threads: voluntary, involuntary.
+ctxsw() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ { v += $2 } /^nonvoluntary_ctxt_switches/ { n += $2 } END { print v + 0, n + 0 }'; }
 machine() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat; }
 HZ=$(getconf CLK_TCK)
 
@@ -147,7 +149,7 @@ load_h2() { # target seconds log [per-request log]
 
 # One measured run: prints a TSV row.
 run() { # scenario pair target
-  local s=$1 pair=$2 t=$3 log="$OUT/$1-$2-$3.log" u0 s0 u1 s1 m0 i0 m1 i1 reqs rps p99 errs
+  local s=$1 pair=$2 t=$3 log="$OUT/$1-$2-$3.log" u0 s0 u1 s1 m0 i0 m1 i1 v0 n0 v1 n1 reqs rps p99 errs
   local prof=""
   case "${PROFILE:-}" in
     perf) perf record -e cpu-clock -F 999 -p "${PID[$t]}" -o "$OUT/perf-$s-$pair-$t.data" -- sleep "$SECS" \
@@ -157,6 +159,7 @@ run() { # scenario pair target
   esac
   read -r u0 s0 < <(ticks "${PID[$t]}")
   read -r m0 i0 < <(machine)
+  read -r v0 n0 < <(ctxsw "${PID[$t]}")
   if [ "$s" = h1 ]; then
     load_h1 "$t" "$SECS" "$log"
   else
@@ -164,6 +167,7 @@ run() { # scenario pair target
   fi
   read -r u1 s1 < <(ticks "${PID[$t]}")
   read -r m1 i1 < <(machine)
+  read -r v1 n1 < <(ctxsw "${PID[$t]}")
   if [ -n "$prof" ]; then
     [ "$PROFILE" = syscalls ] && kill -INT "$prof" 2>/dev/null
     wait "$prof" || true
@@ -203,15 +207,16 @@ PY
       "$OUT/strace-$s-$pair-$t.txt" | sort -k2 -rn | head -12 >"$OUT/syscalls-$s-$pair-$t.txt"
   fi
   awk -v s="$s" -v pair="$pair" -v t="$t" -v n="$reqs" -v rps="$rps" -v p99="$p99" -v e="${errs:-0}" \
-    -v du="$((u1 - u0))" -v ds="$((s1 - s0))" -v dm="$((m1 - m0))" -v di="$((i1 - i0))" -v hz="$HZ" \
-    'BEGIN { printf "%s\t%s\t%s\t%d\t%.0f\t%s\t%.2f\t%.1f\t%.1f\t%.1f\t%s\t%d\n", s, pair, t, n, rps, p99, (du + ds) / hz,
-      (du + ds) / hz * 1e6 / n, du / hz * 1e6 / n, ds / hz * 1e6 / n, (dm + di) ? sprintf("%.1f", 100 * di / (dm + di)) : "-", e }'
+    -v dv="$((v1 - v0))" -v dn="$((n1 - n0))" -v du="$((u1 - u0))" -v ds="$((s1 - s0))" -v dm="$((m1 - m0))" -v di="$((i1 - i0))" -v hz="$HZ" \
+    'BEGIN { printf "%s\t%s\t%s\t%d\t%.0f\t%s\t%.2f\t%.1f\t%.1f\t%.1f\t%s\t%d\t%.3f\t%.3f\n", s, pair, t, n, rps, p99, (du + ds) / hz,
+      (du + ds) / hz * 1e6 / n, du / hz * 1e6 / n, ds / hz * 1e6 / n, (dm + di) ? sprintf("%.1f", 100 * di / (dm + di)) : "-", e,
+      dv / n, dn / n }'
 }
 
 scenarios=(h1 h2)
 [ "$SCEN" = both ] || scenarios=("$SCEN")
 RES="$OUT/runs.tsv"
-printf 'scenario\tpair\tengine\trequests\treq/s\tp99_ms\tcpu_s\tus/req\tuser_us\tkernel_us\tidle_%%\terrors\n' >"$RES"
+printf 'scenario\tpair\tengine\trequests\treq/s\tp99_ms\tcpu_s\tus/req\tuser_us\tkernel_us\tidle_%%\terrors\tvol_cs/req\tinvol_cs/req\n' >"$RES"
 for s in "${scenarios[@]}"; do
   if [ "$WARMUP" -gt 0 ]; then
     for t in "${ENGINES[@]}"; do
