@@ -24,7 +24,9 @@
 # down, so that run's CPU figures mean nothing) or PROFILE=callgrind (both
 # proxies under valgrind's callgrind, instrumented during each measured run
 # only: user-space instructions per request, which contention does not move;
-# the kernel's share is not counted; use CONNS=8 and short runs). Everything runs on 127.0.0.1 and is stopped by PID on exit.
+# the kernel's share is not counted; use CONNS=8 and short runs).
+# ABBA=1: every second pair runs in the reverse order (B A), so an order
+# effect inside a pair cancels out. Everything runs on 127.0.0.1 and is stopped by PID on exit.
 set -euo pipefail
 
 SCEN="${1:-both}"
@@ -224,7 +226,11 @@ for s in "${scenarios[@]}"; do
     done
   fi
   for pair in $(seq 1 "$PAIRS"); do
-    for t in "${ENGINES[@]}"; do
+    order=("${ENGINES[@]}")
+    if [ "${ABBA:-0}" = 1 ] && [ $((pair % 2)) = 0 ]; then
+      order=(); for ((k = ${#ENGINES[@]} - 1; k >= 0; k--)); do order+=("${ENGINES[k]}"); done
+    fi
+    for t in "${order[@]}"; do
       row=$(run "$s" "$pair" "$t")
       printf '%s\n' "$row" >>"$RES"
       printf '%s  (load %s)\n' "$row" "$(cut -d' ' -f1 /proc/loadavg)" >&2
