@@ -18,7 +18,8 @@ use super::framing::{self, Body, Chunked};
 use super::headers::{self, Outgoing};
 use super::policy::{reason, Answer, Decision, Outcome, Policy, RequestFacts};
 use super::relay::{
-    forward, read_backend, response_head, send_head, settle, timed_out, Attempt, Done, Downstream, ExchangeError, BUF,
+    duplex, forward, read_backend, response_head, send_head, settle, timed_out, Attempt, Done, Downstream,
+    ExchangeError, BUF,
 };
 use super::request::{self, BodyKind, Head, Parsed, MAX_HEADERS};
 use super::tunnel;
@@ -431,45 +432,15 @@ async fn attempt(x: &mut H1Exchange<'_, '_, '_>, backend: &mut TcpStream, addr: 
             &uploading,
             x.shutdown,
         );
-        tokio::pin!(pump, relay);
-        let mut pumping = true;
-        loop {
-            tokio::select! {
-                pumped = &mut pump, if pumping => {
-                    pumping = false;
-                    uploading.store(false, Ordering::Relaxed);
-                    match pumped {
-                        Ok(more) => x.more = more,
-                        // The backend stopped reading: its answer may still come.
-                        Err(e @ ExchangeError::Upstream { .. }) => {
-                            tracing::debug!(error = %e, "backend stopped reading the request body");
-                            x.unfinished = true;
-                        }
-                        Err(e) => {
-                            x.unfinished = true;
-                            let status = head_sent.load(Ordering::Relaxed);
-                            return Err(if status > 0 { Attempt::AfterHead(e, status) } else { Attempt::BeforeResponse(e) });
-                        }
-                    }
-                }
-                relayed = &mut relay => {
-                    let relayed = relayed?;
-                    // Answered before the whole body came: the rest still
-                    // goes to the backend (within the timeouts), so that the
-                    // next request can be told from it.
-                    if pumping {
-                        match pump.await {
-                            Ok(more) => x.more = more,
-                            Err(e) => {
-                                tracing::debug!(error = %e, "request body unfinished after the response");
-                                x.unfinished = true;
-                            }
-                        }
-                    }
-                    break relayed;
-                }
-            }
+        let sent = || head_sent.load(Ordering::Relaxed);
+        let (relayed, pumped) = duplex(pump, relay, &uploading, sent)
+            .await
+            .inspect_err(|_| x.unfinished = true)?;
+        match pumped {
+            Ok(more) => x.more = more,
+            Err(_) => x.unfinished = true,
         }
+        relayed
     };
     x.said_close = relayed.close;
     let mut done = Done {

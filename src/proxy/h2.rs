@@ -15,7 +15,7 @@ use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -25,7 +25,8 @@ use super::framing::{self, Body, Chunked, Line};
 use super::headers::{self, digits, Outgoing};
 use super::policy::{Answer, Decision, Outcome, Policy, RequestFacts};
 use super::relay::{
-    forward, read_backend, response_head, send_head, settle, timed_out, Attempt, Done, Downstream, ExchangeError, BUF,
+    duplex, forward, read_backend, response_head, send_head, settle, timed_out, Attempt, Done, Downstream,
+    ExchangeError, BUF,
 };
 use super::ConnFacts;
 
@@ -298,34 +299,8 @@ async fn attempt(
         t,
         Some(&uploading),
     );
-    tokio::pin!(pump, relay);
-    let mut pumping = true;
-    let mut unfinished = false;
-    let mut done = loop {
-        tokio::select! {
-            pumped = &mut pump, if pumping => {
-                pumping = false;
-                uploading.store(false, Ordering::Relaxed);
-                match pumped {
-                    Ok(()) => {}
-                    // The backend stopped reading: its answer may still come.
-                    Err(Attempt::BeforeResponse(e @ ExchangeError::Upstream { .. })) => {
-                        tracing::debug!(error = %e, "backend stopped reading the request body");
-                        unfinished = true;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            relayed = &mut relay => {
-                let relayed = relayed?;
-                if pumping && pump.await.is_err() {
-                    unfinished = true;
-                }
-                break relayed;
-            }
-        }
-    };
-    done.reusable &= !unfinished;
+    let (mut done, pumped) = duplex(pump, relay, &uploading, || 0).await?;
+    done.reusable &= pumped.is_ok();
     Ok(done)
 }
 
@@ -488,14 +463,14 @@ async fn send_body(
     chunked: bool,
     timeout: std::time::Duration,
     client_timeout: std::time::Duration,
-) -> Result<(), Attempt> {
-    let upstream_err = |source| Attempt::BeforeResponse(ExchangeError::Upstream { addr, source });
+) -> Result<(), ExchangeError> {
+    let upstream_err = |source| ExchangeError::Upstream { addr, source };
     loop {
         let data = match tokio::time::timeout(client_timeout, body.data()).await {
             Ok(Some(Ok(d))) => d,
             Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(Attempt::BeforeResponse(ExchangeError::H2(e))),
-            Err(_) => return Err(Attempt::BeforeResponse(ExchangeError::Client(timed_out()))),
+            Ok(Some(Err(e))) => return Err(ExchangeError::H2(e)),
+            Err(_) => return Err(ExchangeError::ClientTimeout),
         };
         let n = data.len();
         let write = async {

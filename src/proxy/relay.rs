@@ -282,6 +282,54 @@ pub async fn send_head(
     }
 }
 
+/// Runs a request body's `pump` (client to backend) beside the response
+/// `relay` (backend to client), for both protocol halves. While the pump
+/// runs, `uploading` is set (the wait for the response head is then bounded
+/// by the body's own timeouts). A backend that stops reading does not end
+/// the exchange: its answer may still come. Any other pump failure does:
+/// after the head when `head_sent` says a status went out. When the relay
+/// ends first, the rest of the body still goes to the backend (within its
+/// timeouts). Returns the relay's result and the pump's (an `Err` means the
+/// body did not all reach the backend).
+pub async fn duplex<T, U>(
+    pump: impl std::future::Future<Output = Result<T, ExchangeError>>,
+    relay: impl std::future::Future<Output = Result<U, Attempt>>,
+    uploading: &std::sync::atomic::AtomicBool,
+    head_sent: impl Fn() -> u16,
+) -> Result<(U, Result<T, ExchangeError>), Attempt> {
+    use std::sync::atomic::Ordering;
+    tokio::pin!(pump, relay);
+    let mut pumped = None;
+    loop {
+        tokio::select! {
+            p = &mut pump, if pumped.is_none() => {
+                uploading.store(false, Ordering::Relaxed);
+                match p {
+                    Err(e @ ExchangeError::Upstream { .. }) => {
+                        tracing::debug!(error = %e, "backend stopped reading the request body");
+                        pumped = Some(Err(e));
+                    }
+                    Err(e) => {
+                        return Err(match head_sent() {
+                            0 => Attempt::BeforeResponse(e),
+                            status => Attempt::AfterHead(e, status),
+                        });
+                    }
+                    Ok(t) => pumped = Some(Ok(t)),
+                }
+            }
+            relayed = &mut relay => {
+                let relayed = relayed?;
+                let pumped = match pumped {
+                    Some(p) => p,
+                    None => pump.await,
+                };
+                return Ok((relayed, pumped));
+            }
+        }
+    }
+}
+
 /// The client side of one forwarded request: how to run an attempt on a
 /// backend connection, and how to answer a failure before any response.
 pub trait Downstream {
