@@ -1084,8 +1084,8 @@ async fn websocket_upgrades_relay_the_101_then_copy_both_ways_until_a_side_close
 }
 
 /// A backend that answers at once, before reading the chunked upload,
-/// then reads the upload to its end and reports its length on `done`.
-async fn early_answer_backend(done: tokio::sync::mpsc::Sender<usize>) -> SocketAddr {
+/// then reads the upload to its end and reports it, as received, on `done`.
+async fn early_answer_backend(done: tokio::sync::mpsc::Sender<String>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
@@ -1100,8 +1100,8 @@ async fn early_answer_backend(done: tokio::sync::mpsc::Sender<usize>) -> SocketA
                 let _ = conn
                     .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly")
                     .await;
-                if read_until(&mut conn, &mut buf, b"0\r\n\r\n").await.is_some() {
-                    let _ = done.send(buf.len()).await;
+                if let Some(end) = read_until(&mut conn, &mut buf, b"0\r\n\r\n").await {
+                    let _ = done.send(String::from_utf8_lossy(&buf[..end]).into_owned()).await;
                 }
             });
         }
@@ -1118,16 +1118,19 @@ async fn uploads_stream_both_ways_at_once_and_an_early_answer_does_not_stall() {
     let gw = Gateway::start(&with_tenant(config(backend.addr, echo), "u", early)).await;
     // The answer comes while the upload is still going on.
     let mut c = Client::connect(&gw).await;
-    c.send("POST /up HTTP/1.1\r\nHost: u.example\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    c.send("POST /up HTTP/1.1\r\nHost: u.example\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n")
         .await;
     let (head, body) = c.response(5).await;
     assert_eq!((raw_status(&head), body.as_str()), (200, "early"), "{head}");
-    c.send("6\r\n world\r\n0\r\n\r\n").await;
+    c.send("6\r\n world\r\n0\r\nX-Tenant-Id: victim\r\n\r\n").await;
     let seen = tokio::time::timeout(Duration::from_secs(5), done_rx.recv())
         .await
         .expect("the backend got the whole upload")
-        .expect("length");
-    assert!(seen > 0);
+        .expect("body");
+    assert_eq!(
+        seen, "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        "re-chunked: no extension, no trailer"
+    );
 
     // A chunked upload that trickles in after the head, with the next
     // request right behind its last chunk, on the echo backend.

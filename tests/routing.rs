@@ -476,7 +476,14 @@ async fn request_and_response_bodies_stream_through_without_buffering() {
         let mut seen = Vec::new();
         let mut buf = [0u8; 4096];
         let mut got_first = Some(got_first);
-        while !seen.ends_with(b"0\r\n\r\n") {
+        // The body's end: `0 CRLF CRLF` after the head (the head itself can
+        // end in `0 CRLF CRLF`: a request id ending in 0).
+        let body_ended = |seen: &[u8]| {
+            seen.windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .is_some_and(|h| seen[h + 4..].ends_with(b"0\r\n\r\n"))
+        };
+        while !body_ended(&seen) {
             let n = s.read(&mut buf).await.expect("read");
             assert!(n > 0, "request ended early: {}", String::from_utf8_lossy(&seen));
             seen.extend_from_slice(&buf[..n]);

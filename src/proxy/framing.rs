@@ -185,6 +185,20 @@ fn listed_in_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
         .any(|h| tokens(h.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
 }
 
+/// The last chunk of a chunked body, with no trailers.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Appends `data` as one chunk; nothing when it is empty (the last chunk
+/// is [`LAST_CHUNK`]).
+pub fn chunk(out: &mut Vec<u8>, data: &[u8]) {
+    use std::io::Write;
+    if !data.is_empty() {
+        let _ = write!(out, "{:x}\r\n", data.len());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// `name: value CRLF`.
 pub fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);

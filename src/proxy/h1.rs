@@ -187,6 +187,10 @@ async fn exchange(
 ) -> Next {
     let snap = policy.registry.snapshot();
     let mut o = Outcome::begin(h.method, h.path());
+    // A chunked body goes to the backend re-chunked: its data only, without
+    // the client's chunk extensions and trailers (no trailer field can
+    // smuggle a header to a backend that merges them).
+    let mut rechunked = Vec::new();
     // The body bytes already read, and what is still to come.
     let (in_buf, rest) = match h.body {
         BodyKind::None => (0, Rest::Nothing),
@@ -196,8 +200,11 @@ async fn exchange(
         },
         BodyKind::Chunked => {
             let mut scan = Chunked::default();
-            match scan.feed(after, |_| ()) {
-                Ok(Some(end)) => (end, Rest::Nothing),
+            match scan.feed(after, |d| framing::chunk(&mut rechunked, d)) {
+                Ok(Some(end)) => {
+                    rechunked.extend_from_slice(framing::LAST_CHUNK);
+                    (end, Rest::Nothing)
+                }
                 Ok(None) => (after.len(), Rest::Chunked(scan)),
                 Err(_) => {
                     let a = policy.refuse(
@@ -270,7 +277,10 @@ async fn exchange(
     }
     let mut exchange = H1Exchange {
         head: h,
-        body: &after[..in_buf],
+        body: match h.body {
+            BodyKind::Chunked => &rechunked,
+            _ => &after[..in_buf],
+        },
         beyond: &after[in_buf..],
         rest,
         extra: &pairs[..n],
@@ -475,6 +485,7 @@ async fn pump(
         Rest::Length(n) => (n, None),
         Rest::Chunked(c) => (u64::MAX, Some(c)),
     };
+    let mut rechunked = Vec::new();
     while remaining > 0 {
         let want = usize::try_from(remaining).map_or(buf.len(), |r| r.min(buf.len()));
         let got = match tokio::time::timeout(ct, client.read(&mut buf[..want])).await {
@@ -483,21 +494,28 @@ async fn pump(
             Ok(Err(e)) => return Err(ExchangeError::Client(e)),
             Err(_) => return Err(ExchangeError::ClientTimeout),
         };
-        let (take, more) = match &mut scan {
+        let (bytes, more) = match &mut scan {
             None => {
                 remaining -= got as u64;
-                (got, Vec::new())
+                (&buf[..got], Vec::new())
             }
-            Some(s) => match s.feed(&buf[..got], |_| ()).map_err(|_| ExchangeError::ClientBody)? {
-                Some(end) => {
-                    remaining = 0;
-                    (end, buf[end..got].to_vec())
+            Some(s) => {
+                rechunked.clear();
+                let end = s
+                    .feed(&buf[..got], |d| framing::chunk(&mut rechunked, d))
+                    .map_err(|_| ExchangeError::ClientBody)?;
+                match end {
+                    Some(end) => {
+                        remaining = 0;
+                        rechunked.extend_from_slice(framing::LAST_CHUNK);
+                        (&rechunked[..], buf[end..got].to_vec())
+                    }
+                    None => (&rechunked[..], Vec::new()),
                 }
-                None => (got, Vec::new()),
-            },
+            }
         };
         let upstream_err = |source| ExchangeError::Upstream { addr, source };
-        match tokio::time::timeout(write_timeout, backend.write_all(&buf[..take])).await {
+        match tokio::time::timeout(write_timeout, backend.write_all(bytes)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(upstream_err(e)),
             Err(_) => return Err(upstream_err(timed_out())),
@@ -686,7 +704,7 @@ async fn relay(
         Body::Close => {
             let frame = |out: &mut Vec<u8>, data: &[u8]| match until_close {
                 true => out.extend_from_slice(data),
-                false => chunk(out, data),
+                false => framing::chunk(out, data),
             };
             frame(out, avail);
             send(io, out, ct).await.map_err(after_head)?;
@@ -695,7 +713,7 @@ async fn relay(
                 let got = read_backend(backend, addr, rbuf, t.read).await.map_err(after_head)?;
                 if got == 0 {
                     if !until_close {
-                        write_client(io, b"0\r\n\r\n", ct).await.map_err(after_head)?;
+                        write_client(io, framing::LAST_CHUNK, ct).await.map_err(after_head)?;
                     }
                     break;
                 }
@@ -719,17 +737,6 @@ async fn write_client(io: &mut (impl AsyncWrite + Unpin), bytes: &[u8], ct: Dura
     match tokio::time::timeout(ct, io.write_all(bytes)).await {
         Ok(r) => r.map_err(ExchangeError::Client),
         Err(_) => Err(ExchangeError::Client(timed_out())),
-    }
-}
-
-/// Appends `data` as one chunk; nothing when it is empty (the last chunk,
-/// `0 CRLF CRLF`, is written apart).
-fn chunk(out: &mut Vec<u8>, data: &[u8]) {
-    use std::io::Write;
-    if !data.is_empty() {
-        let _ = write!(out, "{:x}\r\n", data.len());
-        out.extend_from_slice(data);
-        out.extend_from_slice(b"\r\n");
     }
 }
 

@@ -490,18 +490,10 @@ async fn send_body(
         let _ = body.flow_control().release_capacity(n);
     }
     if chunked {
-        // The client's trailers (gRPC sends none, but others may) close
-        // the chunked body.
-        let mut last = b"0\r\n".to_vec();
-        if let Ok(Ok(Some(trailers))) = tokio::time::timeout(client_timeout, body.trailers()).await {
-            for (name, value) in &trailers {
-                if !headers::connection_level(name.as_str()) {
-                    framing::header_line(&mut last, name.as_str().as_bytes(), value.as_bytes());
-                }
-            }
-        }
-        last.extend_from_slice(b"\r\n");
-        match tokio::time::timeout(timeout, backend.write_all(&last)).await {
+        // Client trailers are not forwarded (no trailer field can smuggle
+        // a header to a backend that merges them).
+        let last = framing::LAST_CHUNK;
+        match tokio::time::timeout(timeout, backend.write_all(last)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(upstream_err(e)),
             Err(_) => return Err(upstream_err(timed_out())),

@@ -35,11 +35,26 @@ pub async fn wait_requests(pool: &EchoBackend, n: usize, what: &str) {
 }
 
 /// A loopback port that was free a moment ago.
+///
+/// Ports come from 20000-32767, below the kernel's ephemeral range (where
+/// outgoing connections take theirs, and where a port freed by `bind(0)`
+/// can be handed to the next caller), each at most once per test process:
+/// two gateways of one test binary never race for a port.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_768;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Each test process starts at its own place in the range.
+    let start = std::process::id() * 7919 % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < SPAN, "no free port left in the test range");
+        let port = (FIRST + (start + n) % SPAN) as u16;
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A running gateway process; killed on drop.
