@@ -21,7 +21,7 @@ metrics_listen = "{{metrics}}"
 
 [store]
 redis_url = "{redis_url}"
-timeout_ms = 200
+timeout_ms = 1000
 
 [plans.standard]
 {plan}
