@@ -69,6 +69,33 @@ pub fn no_huge_pages() {
     }
 }
 
+/// Raises this process's soft limit on open files to its hard limit (as Go
+/// and nginx's `worker_rlimit_nofile` do) and returns the limit in force
+/// then; `None` if it cannot be read. Call at start, before any listener.
+pub fn raise_nofile() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `lim`, a valid
+    // rlimit on this stack.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    Some(lim.rlim_cur)
+}
+
 /// mimalloc's `mi_option_purge_delay` (the same index in its v2 and v3
 /// headers; libmimalloc-sys exports no constant for it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;

@@ -110,7 +110,8 @@ pub fn serve(source: Source, upgrade: bool) -> Result<std::convert::Infallible, 
 
     let https_port = snap.config.tls.as_ref().and(gw.https_listen).map(|a| a.port());
     let policy = || Policy::new(registry.clone(), metrics.clone(), challenges.clone(), https_port);
-    let plain = Capped::new(Engine::new(policy()), registry.clone(), metrics.clone(), "http");
+    let nofile = crate::raise_nofile();
+    let plain = Capped::new(Engine::new(policy()), registry.clone(), metrics.clone(), "http", nofile);
     let mut http = Service::new("tenantgate http".to_string(), plain);
     http.add_tcp(&gw.http_listen.to_string());
     server.add_service(http);
@@ -126,7 +127,7 @@ pub fn serve(source: Source, upgrade: bool) -> Result<std::convert::Infallible, 
         let store = Arc::new(CertStore::new(&tls.state_dir, internal, tls.cache_size));
         let engine = Arc::new(Engine::new(policy()));
         let tls_app = TlsApp::new(engine, &store, &registry, &metrics);
-        let tls_app = Capped::new(tls_app, registry.clone(), metrics.clone(), "https");
+        let tls_app = Capped::new(tls_app, registry.clone(), metrics.clone(), "https", nofile);
         let mut https = Service::new("tenantgate https".to_string(), tls_app);
         https.add_tcp(&addr.to_string());
         server.add_service(https);

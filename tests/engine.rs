@@ -1406,3 +1406,80 @@ async fn http2_uploads_stream_both_ways_at_once_and_an_early_answer_does_not_sta
         .expect("the backend got the whole upload")
         .expect("length");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_on_the_proxy_port_with_few_descriptors_starves_no_other_listener() {
+    let backend = scripted().await;
+    let echo = backend_echo().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = |_| SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let (http, metrics, https, admin) = (port(0), port(1), port(2), port(3));
+    let path = dir.path().join("tenantgate.toml");
+    std::fs::write(
+        &path,
+        common::fill(&config(backend.addr, echo), http, metrics, https, admin),
+    )
+    .expect("config");
+    let log_path = dir.path().join("gateway.log");
+    let log = std::fs::File::create(&log_path).expect("log");
+    // 256 descriptors: the proxy listener holds at most 64 clients.
+    let mut child = std::process::Command::new("prlimit")
+        .args([
+            "--nofile=256:256",
+            "--",
+            env!("CARGO_BIN_EXE_tenantgate"),
+            "serve",
+            "--config",
+        ])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(metrics).await.is_err() || TcpStream::connect(http).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        if let Ok(s) = TcpStream::connect(http).await {
+            held.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // /metrics still answers, and says how many were refused.
+    let text = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .expect("metrics answers during the flood")
+        .text()
+        .await
+        .expect("body");
+    let refused =
+        common::series_value(&text, "tenantgate_connections_refused_total{listener=\"http\"}").expect("series");
+    assert!(
+        refused >= 200.0,
+        "at most a quarter of 256 descriptors held: {refused} refused"
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut c = TcpStream::connect(http).await.expect("connect");
+    c.write_all(b"GET /after HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut resp = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut resp)).await;
+    assert_eq!(
+        raw_status(&String::from_utf8_lossy(&resp)),
+        200,
+        "the proxy serves again"
+    );
+    let logged = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(
+        !logged.contains("Too many open files"),
+        "no descriptor ran out:\n{logged}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

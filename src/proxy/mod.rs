@@ -85,22 +85,35 @@ impl ServerApp for Engine {
 }
 
 /// A listener's app behind a cap on open connections (`[gateway]
-/// max_connections`, read from the live config at each accept): a
-/// connection over the cap is closed at once, before any handshake, so a
-/// flood of idle connections cannot take every file descriptor.
+/// max_connections`, read from the live config at each accept, and never
+/// more than a quarter of the process's file descriptors, so that client
+/// connections on both listeners leave room for their backend connections
+/// and for the admin and `/metrics` listeners): a connection over the cap
+/// is closed at once, before any handshake, so a flood of idle connections
+/// cannot take every file descriptor.
 pub struct Capped<A> {
     inner: Arc<A>,
     open: AtomicUsize,
+    /// A quarter of the descriptors this process may open.
+    fd_share: usize,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     listener: &'static str,
 }
 
 impl<A> Capped<A> {
-    pub fn new(inner: A, registry: Arc<Registry>, metrics: Arc<Metrics>, listener: &'static str) -> Self {
+    /// `nofile`: the descriptors this process may open (`None`: unknown).
+    pub fn new(
+        inner: A,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        listener: &'static str,
+        nofile: Option<u64>,
+    ) -> Self {
         Capped {
             inner: Arc::new(inner),
             open: AtomicUsize::new(0),
+            fd_share: nofile.map_or(usize::MAX, |n| usize::try_from(n / 4).unwrap_or(usize::MAX).max(1)),
             registry,
             metrics,
             listener,
@@ -120,7 +133,9 @@ impl Drop for Slot<'_> {
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Capped<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let cap = self.registry.snapshot_guard().config.gateway.max_connections;
+        let cap = self
+            .fd_share
+            .min(self.registry.snapshot_guard().config.gateway.max_connections);
         if self.open.fetch_add(1, Ordering::Relaxed) >= cap {
             self.open.fetch_sub(1, Ordering::Relaxed);
             self.metrics.connection_refused(self.listener);

@@ -389,7 +389,7 @@ impl Gateway {
 }
 
 /// The value of `series` in a Prometheus text exposition, if present.
-fn series_value(text: &str, series: &str) -> Option<f64> {
+pub fn series_value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
