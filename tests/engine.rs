@@ -1226,11 +1226,16 @@ async fn a_listener_at_max_connections_closes_new_connections_at_once() {
     let echo = backend_echo().await;
     let cfg = config(backend.addr, echo).replace("read_timeout_ms = 500", "read_timeout_ms = 500\nmax_connections = 2");
     let gw = Gateway::start(&cfg).await;
-    let held = [
-        TcpStream::connect(gw.http).await.expect("connect"),
-        TcpStream::connect(gw.http).await.expect("connect"),
-    ];
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Two kept-alive connections, each known to the gateway (it answered
+    // a request on it).
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = Client::connect(&gw).await;
+        c.send("GET /length HTTP/1.1\r\nHost: a.example\r\n\r\n").await;
+        let (_, body) = c.response(5).await;
+        assert_eq!(body, "hello");
+        held.push(c);
+    }
     let mut over = TcpStream::connect(gw.http).await.expect("connect");
     let _ = over.write_all(b"GET / HTTP/1.1\r\nHost: e.example\r\n\r\n").await;
     let mut buf = [0u8; 64];
