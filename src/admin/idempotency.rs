@@ -20,6 +20,9 @@ const MAX_KEYS: usize = 10_000;
 const KEEP: Duration = Duration::from_secs(24 * 3600);
 /// Longest key accepted.
 const MAX_KEY_LEN: usize = 255;
+/// Answers bigger than this (a 100,000-tenant import's diff) are not kept:
+/// a retry runs again (an unchanged import is a no-op).
+const MAX_KEPT_BODY: usize = 1 << 20;
 
 /// Answers by (token name, key).
 #[derive(Default)]
@@ -119,13 +122,13 @@ impl Keys {
     }
 
     /// Keeps the answer of a claimed key; an answer worth retrying (5xx,
-    /// 408, 429) frees the key instead.
+    /// 408, 429), or too big to keep, frees the key instead.
     pub fn finish(&self, id: (String, String), status: StatusCode, headers: &HeaderMap, body: &Bytes) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let retry = status.is_server_error()
             || status == StatusCode::REQUEST_TIMEOUT
             || status == StatusCode::TOO_MANY_REQUESTS;
-        if retry {
+        if retry || body.len() > MAX_KEPT_BODY {
             map.remove(&id);
         } else if let Some(slot) = map.get_mut(&id) {
             slot.answer = Some((status, headers.clone(), body.clone()));

@@ -12,7 +12,7 @@ use super::problem::{json_response, Body, Problem};
 use super::tenants::{Call, PAGE};
 use crate::config::diff::TenantDiff;
 use crate::config::{LoadError, Problem as ConfigProblem, Scope, Texts};
-use crate::registry::{Snapshot, StoreError, TenantEdit, VersionError, WriteError};
+use crate::registry::{template_file, tenant_file, Snapshot, StoreError, TenantEdit, VersionError, WriteError};
 
 impl Call {
     /// Runs a write on a blocking thread (compiling a big config is CPU
@@ -33,32 +33,22 @@ impl Call {
             let mut out = None;
             let result = registry.write(dry_run, &who, |texts, snap| {
                 let (t, edits) = plan(texts, snap).map_err(Refusal::Problem)?;
+                let edits = changing(texts, edits);
                 out = Some((t, preview::diff_of(texts, snap, &edits)));
                 Ok::<_, Refusal>(edits)
             });
-            let (diff, outcome) = match (result, out) {
-                (Ok(written), Some((value, diff))) => {
-                    let unchanged = written.as_ref().is_some_and(|w| w.unchanged);
-                    let generation = written.map(|w| w.generation);
-                    (
-                        diff.clone(),
-                        Ok(Done {
-                            value,
-                            diff,
-                            generation,
-                            unchanged,
-                        }),
-                    )
-                }
-                (Ok(_), None) => (Vec::new(), Err(Problem::internal())),
-                (Err(Refusal::Problem(p)), out) => (out.map(|o| o.1).unwrap_or_default(), Err(p)),
-                (Err(Refusal::Write(e)), out) => (
-                    out.map(|o| o.1).unwrap_or_default(),
-                    Err(for_scope(&scope, write_problem(&who, &writing, e))),
-                ),
+            let (value, diff) = match out {
+                Some((v, d)) => (Some(v), d),
+                None => (None, Vec::new()),
+            };
+            let outcome = match (result, value) {
+                (Ok(written), Some(value)) => Ok((value, written)),
+                (Ok(_), None) => Err(Problem::internal()),
+                (Err(Refusal::Problem(p)), _) => Err(p),
+                (Err(Refusal::Write(e)), _) => Err(for_scope(&scope, write_problem(&who, &writing, e))),
             };
             // A write that changed nothing is not on record.
-            let unchanged = outcome.as_ref().is_ok_and(|d| d.unchanged);
+            let unchanged = matches!(&outcome, Ok((_, Some(w))) if w.unchanged);
             if !dry_run && !unchanged {
                 let (status, problem) = match &outcome {
                     Ok(_) => (None, None),
@@ -77,15 +67,26 @@ impl Call {
                     request: &request,
                     tenants: &tenants,
                     status,
-                    generation: outcome.as_ref().ok().and_then(|d| d.generation),
+                    generation: outcome
+                        .as_ref()
+                        .ok()
+                        .and_then(|(_, w)| w.as_ref().map(|w| w.generation)),
                     diff: &diff,
                     problem,
                 });
             }
-            outcome.map_err(|mut p| {
-                p.audited = !dry_run;
-                p
-            })
+            match outcome {
+                Ok((value, written)) => Ok(Done {
+                    value,
+                    diff,
+                    unchanged,
+                    generation: written.map(|w| w.generation),
+                }),
+                Err(mut p) => {
+                    p.audited = !dry_run;
+                    Err(p)
+                }
+            }
         })
         .await;
         joined.map_err(|_| Problem::internal())?
@@ -146,6 +147,18 @@ fn redact(mut e: Value, own: &str, who: &str) -> Value {
         }
     }
     e
+}
+
+/// `edits` without those that would leave a file as it is (a PUT of the
+/// text already there), so that an unchanged import neither diffs nor
+/// rewrites 100,000 tenants.
+fn changing(texts: &Texts, mut edits: Vec<TenantEdit>) -> Vec<TenantEdit> {
+    edits.retain(|e| match e {
+        TenantEdit::Put(t) => tenant_file(t).ok().as_ref() != texts.tenants.get(&t.id),
+        TenantEdit::PutTemplate(name, t) => template_file(name, t).ok().as_ref() != texts.templates.get(name),
+        TenantEdit::Delete(_) | TenantEdit::DeleteTemplate(_) => true,
+    });
+    edits
 }
 
 /// An applied (or, in a dry run, validated) write.
