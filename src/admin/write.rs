@@ -24,6 +24,31 @@ impl Call {
         dry_run: bool,
         plan: impl FnOnce(&Texts, &Snapshot) -> Result<(T, Vec<TenantEdit>), Problem> + Send + 'static,
     ) -> Result<Done<T>, Problem> {
+        let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
+        self.run(writing, mode, plan).await
+    }
+
+    /// [`Call::write`] for a tenant token: the write is first checked
+    /// without the writer lock ([`Registry::validate`]), and a refusal is
+    /// answered (and audited) from there, so a tenant's refused writes never
+    /// hold up the operator's.
+    pub async fn write_checked<T: Send + 'static>(
+        &self,
+        writing: Vec<String>,
+        plan: impl FnOnce(&Texts, &Snapshot) -> Result<(T, Vec<TenantEdit>), Problem> + Clone + Send + 'static,
+    ) -> Result<Done<T>, Problem> {
+        if let Scope::Tenant(_) = self.caller.scope {
+            self.run(writing.clone(), Mode::Precheck, plan.clone()).await?;
+        }
+        self.run(writing, Mode::Apply, plan).await
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        writing: Vec<String>,
+        mode: Mode,
+        plan: impl FnOnce(&Texts, &Snapshot) -> Result<(T, Vec<TenantEdit>), Problem> + Send + 'static,
+    ) -> Result<Done<T>, Problem> {
         let registry = self.registry.clone();
         let audit = self.audit.clone();
         let who = self.caller.name.clone();
@@ -31,12 +56,17 @@ impl Call {
         let request = self.request.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let mut out = None;
-            let result = registry.write(dry_run, &who, |texts, snap| {
+            let planned = |texts: &Texts, snap: &Snapshot| {
                 let (t, edits) = plan(texts, snap).map_err(Refusal::Problem)?;
                 let edits = changing(texts, edits);
                 out = Some((t, preview::diff_of(texts, snap, &edits)));
                 Ok::<_, Refusal>(edits)
-            });
+            };
+            let result = match mode {
+                Mode::Apply => registry.write(false, &who, planned),
+                Mode::DryRun => registry.write(true, &who, planned),
+                Mode::Precheck => registry.validate(planned).map(|()| None),
+            };
             let (value, diff) = match out {
                 Some((v, d)) => (Some(v), d),
                 None => (None, Vec::new()),
@@ -47,9 +77,15 @@ impl Call {
                 (Err(Refusal::Problem(p)), _) => Err(p),
                 (Err(Refusal::Write(e)), _) => Err(for_scope(&scope, write_problem(&who, &writing, e))),
             };
-            // A write that changed nothing is not on record.
+            // A write that changed nothing is not on record, nor one that
+            // passed its check (it is recorded when applied).
             let unchanged = matches!(&outcome, Ok((_, Some(w))) if w.unchanged);
-            if !dry_run && !unchanged {
+            let record = match mode {
+                Mode::Apply => !unchanged,
+                Mode::DryRun => false,
+                Mode::Precheck => outcome.is_err(),
+            };
+            if record {
                 let (status, problem) = match &outcome {
                     Ok(_) => (None, None),
                     Err(p) => (Some(p.status.as_u16()), Some(p.detail.as_str())),
@@ -83,7 +119,7 @@ impl Call {
                     generation: written.map(|w| w.generation),
                 }),
                 Err(mut p) => {
-                    p.audited = !dry_run;
+                    p.audited = record;
                     Err(p)
                 }
             }
@@ -159,6 +195,17 @@ fn changing(texts: &Texts, mut edits: Vec<TenantEdit>) -> Vec<TenantEdit> {
         TenantEdit::Delete(_) | TenantEdit::DeleteTemplate(_) => true,
     });
     edits
+}
+
+/// How [`Call::run`] goes through the registry.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Under the writer lock, applied.
+    Apply,
+    /// Under the writer lock, validated and diffed only.
+    DryRun,
+    /// Without the lock, validated only; recorded only if refused.
+    Precheck,
 }
 
 /// An applied (or, in a dry run, validated) write.
