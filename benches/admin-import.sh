@@ -2,8 +2,10 @@
 # Admin API at scale: on a gateway with N tenant files (default 100,000),
 # time GET /v1/export, a preview of that unchanged export, and its import
 # (a no-op), while /healthz is probed every 50 ms (slowest answer shown).
-# Then import the same export into an empty gateway (N creates) and show
-# its time and peak RSS (VmHWM) before and after, with the body size.
+# Then: operator PUTs on A alone, and while a tenant token sends writes
+# that fail validation (a name another tenant owns) from 4 loops. Then
+# import the same export into an empty gateway (N creates) and show its
+# time and peak RSS (VmHWM) before and after, with the body size.
 # Usage: benches/admin-import.sh [tenants=100000]
 #   BIN=/path/to/tenantgate SKIP_BUILD=1 benches/admin-import.sh   another build
 # Loopback only; everything it starts is stopped by PID.
@@ -25,6 +27,12 @@ main() { # $1: folder, $2: admin port, $3: http port, $4: metrics port
   printf '\n[[admin.tokens]]\nname = "bench"\nscope = "operator"\nsha256 = "%s"\n' "$SHA" >>"$1/tenantgate.toml"
 }
 main "$WORK/a" 19491 18480 19490
+TTOKEN="tenant-bench-secret-0123456789"
+TSHA=$(printf '%s' "$TTOKEN" | sha256sum | cut -d' ' -f1)
+# The tenant token has the default limits (10/s, burst 20, 2 at once);
+# NOLIMIT=1 lifts them, to see what the checks outside the lock do alone.
+printf '\n[[admin.tokens]]\nname = "t1"\nscope = "tenant:t000001"\nsha256 = "%s"\n' "$TSHA" >>"$WORK/a/tenantgate.toml"
+[ -z "${NOLIMIT:-}" ] || printf 'requests_per_second = 100000\nmax_concurrent = 100\n' >>"$WORK/a/tenantgate.toml"
 mkdir -p "$WORK/a/tenants"
 awk -v dir="$WORK/a/tenants" '
   /^\[\[tenants\]\]/ { if (f) close(f); f = ""; next }
@@ -72,6 +80,30 @@ timed 19491 -H "$AUTH" -H 'Content-Type: application/json' --data-binary @"$WORK
   "http://127.0.0.1:19491/v1/import?prune=true"
 echo "  $(head -c 120 "$WORK/out.json")"
 echo "gateway A: peak RSS $(hwm $A) MB"
+
+# Operator PUTs of tenant t000002, alone and under a tenant token's refused writes.
+puts() {
+  local i start total=0
+  for i in 1 2 3 4 5; do
+    start=$(date +%s.%N)
+    curl -s -o /dev/null -X PUT -H "$AUTH" -H 'Content-Type: application/json' \
+      --data "{\"pool\":\"shared\",\"domains\":[\"op$i.t000002.example.com\"]}" "http://127.0.0.1:19491/v1/tenants/t000002"
+    total=$(awk -v a="$total" -v b="$(since "$start")" 'BEGIN {print a + b}')
+  done
+  awk -v t="$total" 'BEGIN {printf "%.2f s per PUT", t / 5}'
+}
+echo "operator PUT alone: $(puts)"
+hammer() {
+  while :; do
+    curl -s -o /dev/null -X PUT -H "Authorization: Bearer $TTOKEN" -H 'Content-Type: application/json' \
+      --data '{"pool":"shared","subdomain":"t000001","domains":["d0.t000003.example.com"]}' "http://127.0.0.1:19491/v1/tenants/t000001"
+  done
+}
+HP=()
+for _ in 1 2 3 4; do hammer & HP+=($!); done
+sleep 1
+echo "operator PUT while a tenant token's conflicting writes run in 4 loops: $(puts)"
+kill "${HP[@]}" 2>/dev/null; wait "${HP[@]}" 2>/dev/null || true
 
 "$BIN" serve --config "$WORK/b/tenantgate.toml" 2>"$WORK/b.log" & B=$!; PIDS+=($B)
 wait_port 19493 "$B" "$WORK/b.log"

@@ -38,6 +38,9 @@ impl Call {
         plan: impl FnOnce(&Texts, &Snapshot) -> Result<(T, Vec<TenantEdit>), Problem> + Clone + Send + 'static,
     ) -> Result<Done<T>, Problem> {
         if let Scope::Tenant(_) = self.caller.scope {
+            // One check at a time for all tenant tokens: together they use
+            // at most one core, whatever their number.
+            let _turn = PRECHECKS.acquire().await.map_err(|_| Problem::internal())?;
             self.run(writing.clone(), Mode::Precheck, plan.clone()).await?;
         }
         self.run(writing, Mode::Apply, plan).await
@@ -196,6 +199,9 @@ fn changing(texts: &Texts, mut edits: Vec<TenantEdit>) -> Vec<TenantEdit> {
     });
     edits
 }
+
+/// Tenant tokens' lock-free checks ([`Call::write_checked`]) run one at a time.
+static PRECHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 /// How [`Call::run`] goes through the registry.
 #[derive(Clone, Copy)]
