@@ -7,6 +7,7 @@
 # import the same export into an empty gateway (N creates) and show its
 # time and peak RSS (VmHWM) before and after, with the body size.
 # Usage: benches/admin-import.sh [tenants=100000]
+#   IMPORT_ONLY=1 benches/admin-import.sh 185000   export, then only the import into B
 #   BIN=/path/to/tenantgate SKIP_BUILD=1 benches/admin-import.sh   another build
 # Loopback only; everything it starts is stopped by PID.
 set -euo pipefail
@@ -71,6 +72,7 @@ echo "gateway A: $N tenant files, RSS $(rss $A) MB"
 echo -n "export: "; timed 19491 -H "$AUTH" "http://127.0.0.1:19491/v1/export"
 cp "$WORK/out.json" "$WORK/export.json"
 echo "  export body $(( $(stat -c %s "$WORK/export.json") / 1024 )) KiB"
+if [ -z "${IMPORT_ONLY:-}" ]; then
 echo -n "preview of the unchanged export: "
 timed 19491 -H "$AUTH" -H 'Content-Type: application/json' --data-binary @"$WORK/export.json" \
   "http://127.0.0.1:19491/v1/import?preview=true"
@@ -97,6 +99,7 @@ hammer() {
   while :; do
     curl -s -o /dev/null -X PUT -H "Authorization: Bearer $TTOKEN" -H 'Content-Type: application/json' \
       --data '{"pool":"shared","subdomain":"t000001","domains":["d0.t000003.example.com"]}' "http://127.0.0.1:19491/v1/tenants/t000001"
+    sleep 0.05 # 20 attempts a second per loop, so that curl itself does not take the CPU
   done
 }
 HP=()
@@ -104,6 +107,8 @@ for _ in 1 2 3 4; do hammer & HP+=($!); done
 sleep 1
 echo "operator PUT while a tenant token's conflicting writes run in 4 loops: $(puts)"
 kill "${HP[@]}" 2>/dev/null; wait "${HP[@]}" 2>/dev/null || true
+fi
+kill "$A"
 
 "$BIN" serve --config "$WORK/b/tenantgate.toml" 2>"$WORK/b.log" & B=$!; PIDS+=($B)
 wait_port 19493 "$B" "$WORK/b.log"
