@@ -850,5 +850,5 @@ async fn domains_sub_resource_cursor_pages_and_idempotent_retries() {
     let other = json!({"changes": []}).to_string();
     call(&gw, "POST", "/v1/changes", &h, Some(&other))
         .await
-        .problem(422, "idempotency-key-reused");
+        .problem(409, "idempotency-key-reused");
 }

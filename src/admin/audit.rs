@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use serde_json::{json, Value};
+use serde_json::Value;
+
+use super::preview::Diffs;
 
 use crate::config::diff::TenantDiff;
 
@@ -21,6 +23,20 @@ pub struct Audit {
     /// Past this size the log is moved to `audit.jsonl.1` (replacing the
     /// one there) and a new one started.
     max_bytes: AtomicU64,
+}
+
+/// One line of the log (keys in alphabetical order, as before).
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    at: String,
+    diff: Diffs<'a>,
+    generation: Option<u64>,
+    problem: Option<&'a str>,
+    request: &'a str,
+    result: &'static str,
+    status: Option<u16>,
+    tenants: &'a [String],
+    who: &'a str,
 }
 
 /// One write attempt, for the log.
@@ -59,17 +75,24 @@ impl Audit {
     /// describes has already happened (or was refused).
     pub fn record(&self, e: &Entry<'_>) {
         let Some(path) = &self.path else { return };
-        let line = json!({
-            "at": jiff::Timestamp::now().to_string(),
-            "who": e.who,
-            "request": e.request,
-            "tenants": e.tenants,
-            "result": if e.problem.is_none() { "applied" } else { "rejected" },
-            "status": e.status,
-            "generation": e.generation,
-            "diff": e.diff.iter().map(TenantDiff::to_json).collect::<Vec<_>>(),
-            "problem": e.problem,
-        });
+        let line = Line {
+            at: jiff::Timestamp::now().to_string(),
+            diff: Diffs(e.diff),
+            generation: e.generation,
+            problem: e.problem,
+            request: e.request,
+            result: if e.problem.is_none() { "applied" } else { "rejected" },
+            status: e.status,
+            tenants: e.tenants,
+            who: e.who,
+        };
+        let line = match serde_json::to_string(&line) {
+            Ok(l) => l,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot write an audit entry");
+                return;
+            }
+        };
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let result = (|| {
             if let Some(dir) = path.parent() {

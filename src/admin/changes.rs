@@ -7,14 +7,14 @@ use http::{header, HeaderValue, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::problem::{json_response, Body, Problem};
+use super::preview::Diffs;
+use super::problem::{json_bytes, Body, Problem};
 use super::request;
 use super::templates::{self, refuse_in_use, template_of_value, TEMPLATE};
 use super::tenants::{
     canonical, check_if_match, editable, if_match, invalid, missing, read_only, tag_listed, tenant_of_value, Call,
     TENANT,
 };
-use crate::config::diff::TenantDiff;
 use crate::config::file::{PlanSection, TemplateSection, TenantSection};
 use crate::config::{valid_tenant_id, Texts};
 use crate::registry::{Snapshot, TenantEdit};
@@ -110,21 +110,31 @@ impl Call {
 /// `{"applied", "generation", "diff"}` of a batch or import, with the
 /// registry's ETag; built off the runtime (a diff may list 100,000 tenants).
 async fn outcome(apply: bool, done: super::write::Done<()>) -> Result<Response<Body>, Problem> {
+    #[derive(Serialize)]
+    struct Outcome<'a> {
+        applied: bool,
+        diff: Diffs<'a>,
+        generation: Option<u64>,
+    }
     tokio::task::spawn_blocking(move || {
-        let diff: Vec<Value> = done.diff.iter().map(TenantDiff::to_json).collect();
-        let mut resp = json_response(
+        let body = Outcome {
+            applied: apply && !done.unchanged,
+            diff: Diffs(&done.diff),
+            generation: done.generation,
+        };
+        let mut resp = json_bytes(
             StatusCode::OK,
-            &json!({"applied": apply && !done.unchanged, "generation": done.generation, "diff": diff}),
+            serde_json::to_vec(&body).map_err(|_| Problem::internal())?,
         );
         if let Some(g) = done.generation {
             if let Ok(v) = HeaderValue::from_str(&registry_etag(g)) {
                 resp.headers_mut().insert(header::ETAG, v);
             }
         }
-        resp
+        Ok(resp)
     })
     .await
-    .map_err(|_| Problem::internal())
+    .map_err(|_| Problem::internal())?
 }
 
 /// The body of `POST /v1/import`, as `GET /v1/export` returns it, parsed
@@ -279,9 +289,7 @@ impl Call {
         })
         .await
         .map_err(|_| Problem::internal())??;
-        let mut resp = Response::new(Body::new(bytes.into()));
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let mut resp = json_bytes(StatusCode::OK, bytes);
         if let Ok(v) = HeaderValue::from_str(&registry_etag(generation)) {
             resp.headers_mut().insert(header::ETAG, v);
         }

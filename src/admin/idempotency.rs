@@ -1,8 +1,9 @@
 //! `Idempotency-Key` on writes (draft-ietf-httpapi-idempotency-key-header):
 //! a retried write with the same key and the same request gets the first
 //! answer again (`Idempotent-Replayed: true`), so a batch that already
-//! applied is told apart from a real conflict. The same key with another
-//! request is 422; while the first is still running, 409.
+//! applied is told apart from a real conflict. Keys are per token, method
+//! and path; the same key with another body is 409 (as while the first is
+//! still running).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -20,8 +21,11 @@ const MAX_KEYS: usize = 10_000;
 const KEEP: Duration = Duration::from_secs(24 * 3600);
 /// Longest key accepted.
 const MAX_KEY_LEN: usize = 255;
+/// Answers bigger than this (a 100,000-tenant import's diff) are not kept:
+/// a retry runs again (an unchanged import is a no-op).
+const MAX_KEPT_BODY: usize = 1 << 20;
 
-/// Answers by (token name, key).
+/// Answers by ("<token name> <METHOD> <path>", key).
 #[derive(Default)]
 pub struct Keys {
     map: Mutex<HashMap<(String, String), Slot>>,
@@ -68,17 +72,18 @@ pub fn fingerprint(request: &str, query: &str, body: &[u8]) -> [u8; 32] {
 }
 
 impl Keys {
-    /// Claims `key` of token `who` for a request with `fingerprint`.
-    pub fn claim(&self, who: &str, key: String, fingerprint: [u8; 32]) -> Result<Claim, Problem> {
+    /// Claims `key` of token `who` for `request` (method and path) with a
+    /// body of `fingerprint`.
+    pub fn claim(&self, who: &str, request: &str, key: String, fingerprint: [u8; 32]) -> Result<Claim, Problem> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        let id = (who.to_string(), key);
+        let id = (format!("{who} {request}"), key);
         if let Some(slot) = map.get(&id).filter(|s| now.duration_since(s.at) < KEEP) {
             if slot.fingerprint != fingerprint {
                 return Err(Problem::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
+                    StatusCode::CONFLICT,
                     "idempotency-key-reused",
-                    "this Idempotency-Key was used for another request; use a new key",
+                    "this Idempotency-Key was used for this method and path with another body; use a new key",
                 ));
             }
             return match &slot.answer {
@@ -119,13 +124,13 @@ impl Keys {
     }
 
     /// Keeps the answer of a claimed key; an answer worth retrying (5xx,
-    /// 408, 429) frees the key instead.
+    /// 408, 429), or too big to keep, frees the key instead.
     pub fn finish(&self, id: (String, String), status: StatusCode, headers: &HeaderMap, body: &Bytes) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let retry = status.is_server_error()
             || status == StatusCode::REQUEST_TIMEOUT
             || status == StatusCode::TOO_MANY_REQUESTS;
-        if retry {
+        if retry || body.len() > MAX_KEPT_BODY {
             map.remove(&id);
         } else if let Some(slot) = map.get_mut(&id) {
             slot.answer = Some((status, headers.clone(), body.clone()));
@@ -148,21 +153,27 @@ mod tests {
     #[test]
     fn replays_the_same_request_and_refuses_another() {
         let keys = Keys::default();
-        let f = fingerprint("POST /v1/changes", "", b"{}");
-        let Ok(Claim::Run(id)) = keys.claim("ops", "k".into(), f) else {
+        let r = "POST /v1/changes";
+        let f = fingerprint(r, "", b"{}");
+        let Ok(Claim::Run(id)) = keys.claim("ops", r, "k".into(), f) else {
             panic!("first claim")
         };
-        assert!(matches!(keys.claim("ops", "k".into(), f), Err(p) if p.status == StatusCode::CONFLICT));
+        assert!(matches!(keys.claim("ops", r, "k".into(), f), Err(p) if p.status == StatusCode::CONFLICT));
         keys.finish(
             id,
             StatusCode::OK,
             &HeaderMap::new(),
             &Bytes::from_static(b"{\"ok\":1}"),
         );
-        assert!(matches!(keys.claim("ops", "k".into(), f), Ok(Claim::Replay(r)) if r.status() == StatusCode::OK));
-        let other = fingerprint("POST /v1/changes", "", b"{\"x\":1}");
-        assert!(matches!(keys.claim("ops", "k".into(), other), Err(p) if p.status == StatusCode::UNPROCESSABLE_ENTITY));
-        // Keys are per token.
-        assert!(matches!(keys.claim("other", "k".into(), other), Ok(Claim::Run(_))));
+        assert!(matches!(keys.claim("ops", r, "k".into(), f), Ok(Claim::Replay(r)) if r.status() == StatusCode::OK));
+        let other = fingerprint(r, "", b"{\"x\":1}");
+        assert!(matches!(keys.claim("ops", r, "k".into(), other), Err(p) if p.kind == "idempotency-key-reused"));
+        // Keys are per token, and per method and path.
+        assert!(matches!(keys.claim("other", r, "k".into(), other), Ok(Claim::Run(_))));
+        let put = "PUT /v1/tenants/a";
+        assert!(matches!(
+            keys.claim("ops", put, "k".into(), fingerprint(put, "", b"{}")),
+            Ok(Claim::Run(_))
+        ));
     }
 }

@@ -213,7 +213,7 @@ impl Api {
             };
             if let Some(key) = key {
                 let print = idempotency::fingerprint(&request, parts.uri.query().unwrap_or(""), &body);
-                match self.keys.claim(&caller.name, key, print) {
+                match self.keys.claim(&caller.name, &request, key, print) {
                     Ok(idempotency::Claim::Replay(resp)) => return resp,
                     Ok(idempotency::Claim::Run(id)) => pending.id = Some(id),
                     Err(p) => return p.response(),

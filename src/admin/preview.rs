@@ -53,6 +53,16 @@ fn apply(state: &mut State, edit: &TenantEdit) {
     }
 }
 
+/// A diff serialised entry by entry (each as [`TenantDiff::to_json`]), so
+/// that a 100,000-entry diff is never held as one JSON tree.
+pub(super) struct Diffs<'a>(pub &'a [TenantDiff]);
+
+impl serde::Serialize for Diffs<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(TenantDiff::to_json))
+    }
+}
+
 /// The tenants a diff shows as changed.
 pub(super) fn tenants_of(diff: &[TenantDiff]) -> impl Iterator<Item = &str> {
     diff.iter()

@@ -213,7 +213,7 @@ impl Call {
     async fn write_tenant(
         self,
         id: String,
-        make: impl FnOnce(Option<TenantSection>) -> Result<TenantSection, Problem> + Send + 'static,
+        make: impl FnOnce(Option<TenantSection>) -> Result<TenantSection, Problem> + Clone + Send + 'static,
     ) -> Result<Response<Body>, Problem> {
         let if_match = if_match(&self.headers);
         let if_none_match = if_none_match(&self.headers);
@@ -232,7 +232,7 @@ impl Call {
         }
         let written = id.clone();
         let done = self
-            .write(vec![id.clone()], false, move |texts, snap| {
+            .write_checked(vec![id.clone()], move |texts, snap| {
                 let existing = editable(texts, snap, &written)?;
                 let tag = existing.as_ref().map(|(_, e)| e.as_str());
                 check_if_match(TENANT, if_match.as_deref(), tag)?;

@@ -12,7 +12,7 @@ use super::problem::{json_response, Body, Problem};
 use super::tenants::{Call, PAGE};
 use crate::config::diff::TenantDiff;
 use crate::config::{LoadError, Problem as ConfigProblem, Scope, Texts};
-use crate::registry::{Snapshot, StoreError, TenantEdit, VersionError, WriteError};
+use crate::registry::{template_file, tenant_file, Snapshot, StoreError, TenantEdit, VersionError, WriteError};
 
 impl Call {
     /// Runs a write on a blocking thread (compiling a big config is CPU
@@ -24,6 +24,34 @@ impl Call {
         dry_run: bool,
         plan: impl FnOnce(&Texts, &Snapshot) -> Result<(T, Vec<TenantEdit>), Problem> + Send + 'static,
     ) -> Result<Done<T>, Problem> {
+        let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
+        self.run(writing, mode, plan).await
+    }
+
+    /// [`Call::write`] for a tenant token: the write is first checked
+    /// without the writer lock ([`Registry::validate`]), and a refusal is
+    /// answered (and audited) from there, so a tenant's refused writes never
+    /// hold up the operator's.
+    pub async fn write_checked<T: Send + 'static>(
+        &self,
+        writing: Vec<String>,
+        plan: impl FnOnce(&Texts, &Snapshot) -> Result<(T, Vec<TenantEdit>), Problem> + Clone + Send + 'static,
+    ) -> Result<Done<T>, Problem> {
+        if let Scope::Tenant(_) = self.caller.scope {
+            // One check at a time for all tenant tokens: together they use
+            // at most one core, whatever their number.
+            let _turn = PRECHECKS.acquire().await.map_err(|_| Problem::internal())?;
+            self.run(writing.clone(), Mode::Precheck, plan.clone()).await?;
+        }
+        self.run(writing, Mode::Apply, plan).await
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        writing: Vec<String>,
+        mode: Mode,
+        plan: impl FnOnce(&Texts, &Snapshot) -> Result<(T, Vec<TenantEdit>), Problem> + Send + 'static,
+    ) -> Result<Done<T>, Problem> {
         let registry = self.registry.clone();
         let audit = self.audit.clone();
         let who = self.caller.name.clone();
@@ -31,35 +59,36 @@ impl Call {
         let request = self.request.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let mut out = None;
-            let result = registry.write(dry_run, &who, |texts, snap| {
+            let planned = |texts: &Texts, snap: &Snapshot| {
                 let (t, edits) = plan(texts, snap).map_err(Refusal::Problem)?;
+                let edits = changing(texts, edits);
                 out = Some((t, preview::diff_of(texts, snap, &edits)));
                 Ok::<_, Refusal>(edits)
-            });
-            let (diff, outcome) = match (result, out) {
-                (Ok(written), Some((value, diff))) => {
-                    let unchanged = written.as_ref().is_some_and(|w| w.unchanged);
-                    let generation = written.map(|w| w.generation);
-                    (
-                        diff.clone(),
-                        Ok(Done {
-                            value,
-                            diff,
-                            generation,
-                            unchanged,
-                        }),
-                    )
-                }
-                (Ok(_), None) => (Vec::new(), Err(Problem::internal())),
-                (Err(Refusal::Problem(p)), out) => (out.map(|o| o.1).unwrap_or_default(), Err(p)),
-                (Err(Refusal::Write(e)), out) => (
-                    out.map(|o| o.1).unwrap_or_default(),
-                    Err(for_scope(&scope, write_problem(&who, &writing, e))),
-                ),
             };
-            // A write that changed nothing is not on record.
-            let unchanged = outcome.as_ref().is_ok_and(|d| d.unchanged);
-            if !dry_run && !unchanged {
+            let result = match mode {
+                Mode::Apply => registry.write(false, &who, planned),
+                Mode::DryRun => registry.write(true, &who, planned),
+                Mode::Precheck => registry.validate(planned).map(|()| None),
+            };
+            let (value, diff) = match out {
+                Some((v, d)) => (Some(v), d),
+                None => (None, Vec::new()),
+            };
+            let outcome = match (result, value) {
+                (Ok(written), Some(value)) => Ok((value, written)),
+                (Ok(_), None) => Err(Problem::internal()),
+                (Err(Refusal::Problem(p)), _) => Err(p),
+                (Err(Refusal::Write(e)), _) => Err(for_scope(&scope, write_problem(&who, &writing, e))),
+            };
+            // A write that changed nothing is not on record, nor one that
+            // passed its check (it is recorded when applied).
+            let unchanged = matches!(&outcome, Ok((_, Some(w))) if w.unchanged);
+            let record = match mode {
+                Mode::Apply => !unchanged,
+                Mode::DryRun => false,
+                Mode::Precheck => outcome.is_err(),
+            };
+            if record {
                 let (status, problem) = match &outcome {
                     Ok(_) => (None, None),
                     Err(p) => (Some(p.status.as_u16()), Some(p.detail.as_str())),
@@ -77,15 +106,26 @@ impl Call {
                     request: &request,
                     tenants: &tenants,
                     status,
-                    generation: outcome.as_ref().ok().and_then(|d| d.generation),
+                    generation: outcome
+                        .as_ref()
+                        .ok()
+                        .and_then(|(_, w)| w.as_ref().map(|w| w.generation)),
                     diff: &diff,
                     problem,
                 });
             }
-            outcome.map_err(|mut p| {
-                p.audited = !dry_run;
-                p
-            })
+            match outcome {
+                Ok((value, written)) => Ok(Done {
+                    value,
+                    diff,
+                    unchanged,
+                    generation: written.map(|w| w.generation),
+                }),
+                Err(mut p) => {
+                    p.audited = record;
+                    Err(p)
+                }
+            }
         })
         .await;
         joined.map_err(|_| Problem::internal())?
@@ -146,6 +186,32 @@ fn redact(mut e: Value, own: &str, who: &str) -> Value {
         }
     }
     e
+}
+
+/// `edits` without those that would leave a file as it is (a PUT of the
+/// text already there), so that an unchanged import neither diffs nor
+/// rewrites 100,000 tenants.
+fn changing(texts: &Texts, mut edits: Vec<TenantEdit>) -> Vec<TenantEdit> {
+    edits.retain(|e| match e {
+        TenantEdit::Put(t) => tenant_file(t).ok().as_ref() != texts.tenants.get(&t.id),
+        TenantEdit::PutTemplate(name, t) => template_file(name, t).ok().as_ref() != texts.templates.get(name),
+        TenantEdit::Delete(_) | TenantEdit::DeleteTemplate(_) => true,
+    });
+    edits
+}
+
+/// Tenant tokens' lock-free checks ([`Call::write_checked`]) run one at a time.
+static PRECHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// How [`Call::run`] goes through the registry.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Under the writer lock, applied.
+    Apply,
+    /// Under the writer lock, validated and diffed only.
+    DryRun,
+    /// Without the lock, validated only; recorded only if refused.
+    Precheck,
 }
 
 /// An applied (or, in a dry run, validated) write.

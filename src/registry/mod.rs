@@ -21,7 +21,7 @@ pub use fleet::{RegistryStore, RegistrySync, StoreError};
 pub use snapshot::{problems, Changes, Snapshot, Tenant};
 pub use versions::{FileChange, Version, VersionError, Versions};
 pub use watch::ConfigWatcher;
-pub use write::{recover, TenantEdit, WriteError, Written};
+pub use write::{recover, template_file, tenant_file, TenantEdit, WriteError, Written};
 
 use crate::config::{Changed, Config, LoadError, Source, Texts};
 use crate::limits::Book;
