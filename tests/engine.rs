@@ -356,6 +356,28 @@ async fn pipelined_requests_are_answered_in_order() {
         assert_eq!((raw_status(&head), body), (200, expected));
     }
     assert!(c.closed().await, "Connection: close is honoured after the last one");
+
+    // A hundred in one write, bodies of both framings among them (to the
+    // echo backend): every one answered, in order.
+    let mut c = Client::connect(&f.gw).await;
+    let mut burst = String::new();
+    for i in 0..100 {
+        burst.push_str(&match i % 3 {
+            0 => format!("GET /p{i} HTTP/1.1\r\nHost: e.example\r\n\r\n"),
+            1 => format!("POST /p{i} HTTP/1.1\r\nHost: e.example\r\nContent-Length: 3\r\n\r\nabc"),
+            _ => format!(
+                "POST /p{i} HTTP/1.1\r\nHost: e.example\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n"
+            ),
+        });
+    }
+    c.send(&burst).await;
+    for i in 0..100 {
+        let (head, body) = c.sized_response().await;
+        assert_eq!(raw_status(&head), 200, "request {i}: {head}");
+        let echo = Echo::parse(&body);
+        assert_eq!(echo.0["path"], format!("/p{i}"));
+        assert_eq!(echo.0["body_len"], [0, 3, 2][i % 3]);
+    }
 }
 
 #[tokio::test]
