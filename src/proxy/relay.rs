@@ -264,11 +264,18 @@ pub async fn send_head(
     body: &[u8],
     timeout: Duration,
 ) -> Result<(), Attempt> {
+    use std::io::IoSlice;
     use tokio::io::AsyncWriteExt;
+    // The head and the body bytes at hand leave in one write.
     let write = async {
-        backend.write_all(head).await?;
-        if !body.is_empty() {
-            backend.write_all(body).await?;
+        let mut bufs = [IoSlice::new(head), IoSlice::new(body)];
+        let mut left = &mut bufs[..];
+        while !left.is_empty() {
+            let n = backend.write_vectored(left).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut left, n);
         }
         Ok(())
     };
