@@ -15,6 +15,7 @@ use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
+use std::io::IoSlice;
 use std::sync::atomic::AtomicBool;
 
 use tokio::io::AsyncWriteExt;
@@ -25,8 +26,8 @@ use super::framing::{self, Body, Chunked, Line};
 use super::headers::{self, digits, Outgoing};
 use super::policy::{Answer, Decision, Outcome, Policy, RequestFacts};
 use super::relay::{
-    duplex, forward, read_backend, response_head, send_head, settle, timed_out, Attempt, Done, Downstream,
-    ExchangeError, BUF,
+    duplex, forward, read_backend, response_head, send_head, settle, timed_out, write_all_vectored, Attempt, Done,
+    Downstream, ExchangeError, BUF,
 };
 use super::ConnFacts;
 
@@ -473,15 +474,14 @@ async fn send_body(
             Err(_) => return Err(ExchangeError::ClientTimeout),
         };
         let n = data.len();
-        let write = async {
-            if chunked && n > 0 {
-                backend.write_all(format!("{n:x}\r\n").as_bytes()).await?;
-                backend.write_all(&data).await?;
-                backend.write_all(b"\r\n").await
-            } else {
-                backend.write_all(&data).await
-            }
-        };
+        let size = format!("{n:x}\r\n");
+        let mut chunk = [
+            IoSlice::new(size.as_bytes()),
+            IoSlice::new(&data),
+            IoSlice::new(b"\r\n"),
+        ];
+        let mut plain = [IoSlice::new(&data)];
+        let write = write_all_vectored(backend, if chunked && n > 0 { &mut chunk } else { &mut plain });
         match tokio::time::timeout(timeout, write).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(upstream_err(e)),

@@ -264,21 +264,9 @@ pub async fn send_head(
     body: &[u8],
     timeout: Duration,
 ) -> Result<(), Attempt> {
-    use std::io::IoSlice;
-    use tokio::io::AsyncWriteExt;
     // The head and the body bytes at hand leave in one write.
-    let write = async {
-        let mut bufs = [IoSlice::new(head), IoSlice::new(body)];
-        let mut left = &mut bufs[..];
-        while !left.is_empty() {
-            let n = backend.write_vectored(left).await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            IoSlice::advance_slices(&mut left, n);
-        }
-        Ok(())
-    };
+    let mut bufs = [std::io::IoSlice::new(head), std::io::IoSlice::new(body)];
+    let write = write_all_vectored(backend, &mut bufs);
     match tokio::time::timeout(timeout, write).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(source)) => Err(Attempt::Stale(ExchangeError::Upstream { addr, source })),
@@ -287,6 +275,23 @@ pub async fn send_head(
             source: timed_out(),
         })),
     }
+}
+
+/// Writes every byte of `bufs`, in as few system calls as the stream takes.
+pub async fn write_all_vectored(
+    w: &mut (impl AsyncWrite + Unpin),
+    mut bufs: &mut [std::io::IoSlice<'_>],
+) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    std::io::IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        let n = w.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        std::io::IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
 }
 
 /// Runs a request body's `pump` (client to backend) beside the response
