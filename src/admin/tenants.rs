@@ -237,15 +237,17 @@ impl Call {
         let done = self
             .write_checked(vec![id.clone()], move |texts, snap| {
                 let existing = editable(texts, snap, &written)?;
-                let tag = existing.as_ref().map(|(_, e)| e.as_str());
-                check_if_match(TENANT, if_match.as_deref(), tag)?;
-                check_if_none_match(TENANT, if_none_match.as_deref(), tag)?;
                 let before = texts
                     .tenants
                     .get(&written)
                     .map(|t| toml::from_str::<TenantSection>(t).map_err(|_| Problem::internal()))
                     .transpose()?;
+                // A change of a tenant that does not exist is 404 before
+                // any precondition is looked at.
                 let after = canonical(make(before.clone())?)?;
+                let tag = existing.as_ref().map(|(_, e)| e.as_str());
+                check_if_match(TENANT, if_match.as_deref(), tag)?;
+                check_if_none_match(TENANT, if_none_match.as_deref(), tag)?;
                 if let Scope::Tenant(_) = caller.scope {
                     let before = before.ok_or_else(|| Problem::forbidden("a tenant token cannot create its tenant"))?;
                     refuse_operator_fields(&before, &after)?;
@@ -459,11 +461,13 @@ pub(super) fn set_etag(resp: &mut Response<Body>, etag: &str) {
     }
 }
 
+/// A header's value, trimmed; `None` when absent or empty.
 fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 pub(super) fn if_match(headers: &HeaderMap) -> Option<String> {
