@@ -151,8 +151,8 @@ struct Import {
     _main_file_tenants: Option<Vec<String>>,
     #[serde(rename = "main_file_templates")]
     _main_file_templates: Option<Vec<String>>,
-    #[serde(rename = "generation")]
-    _generation: Option<u64>,
+    #[serde(default, rename = "generation", deserialize_with = "crate::config::file::whole")]
+    _generation: Option<i64>,
 }
 
 /// A template with its name, as exported.

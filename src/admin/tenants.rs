@@ -215,6 +215,9 @@ impl Call {
         id: String,
         make: impl FnOnce(Option<TenantSection>) -> Result<TenantSection, Problem> + Clone + Send + 'static,
     ) -> Result<Response<Body>, Problem> {
+        if !valid_tenant_id(&id) {
+            return Err(missing(&id));
+        }
         let if_match = if_match(&self.headers);
         let if_none_match = if_none_match(&self.headers);
         let caller = self.caller.clone();
@@ -234,15 +237,17 @@ impl Call {
         let done = self
             .write_checked(vec![id.clone()], move |texts, snap| {
                 let existing = editable(texts, snap, &written)?;
-                let tag = existing.as_ref().map(|(_, e)| e.as_str());
-                check_if_match(TENANT, if_match.as_deref(), tag)?;
-                check_if_none_match(TENANT, if_none_match.as_deref(), tag)?;
                 let before = texts
                     .tenants
                     .get(&written)
                     .map(|t| toml::from_str::<TenantSection>(t).map_err(|_| Problem::internal()))
                     .transpose()?;
+                // A change of a tenant that does not exist is 404 before
+                // any precondition is looked at.
                 let after = canonical(make(before.clone())?)?;
+                let tag = existing.as_ref().map(|(_, e)| e.as_str());
+                check_if_match(TENANT, if_match.as_deref(), tag)?;
+                check_if_none_match(TENANT, if_none_match.as_deref(), tag)?;
                 if let Scope::Tenant(_) = caller.scope {
                     let before = before.ok_or_else(|| Problem::forbidden("a tenant token cannot create its tenant"))?;
                     refuse_operator_fields(&before, &after)?;
@@ -347,6 +352,8 @@ fn encode_cursor(id: &str) -> String {
     id.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The id a cursor continues after; any hex string is one (ids sort as
+/// their bytes do, so a made-up cursor is just a starting point).
 fn decode_cursor(c: &str) -> Option<String> {
     if c.is_empty() || !c.len().is_multiple_of(2) || c.len() > 128 {
         return None;
@@ -355,7 +362,7 @@ fn decode_cursor(c: &str) -> Option<String> {
         .step_by(2)
         .map(|i| u8::from_str_radix(c.get(i..i + 2)?, 16).ok())
         .collect::<Option<Vec<u8>>>()?;
-    String::from_utf8(bytes).ok()
+    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// Like [`current`], refusing tenants of the main file (read-only here).
@@ -454,11 +461,13 @@ pub(super) fn set_etag(resp: &mut Response<Body>, etag: &str) {
     }
 }
 
+/// A header's value, trimmed; `None` when absent or empty.
 fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 pub(super) fn if_match(headers: &HeaderMap) -> Option<String> {
@@ -482,7 +491,8 @@ pub(super) fn tag_listed(tags: &str, tag: &str) -> bool {
 /// `If-Match: *` needs the resource (a tenant or template: `what`) to
 /// exist; a tag must equal the current one.
 pub(super) fn check_if_match(what: &str, if_match: Option<&str>, current: Option<&str>) -> Result<(), Problem> {
-    let ok = match (if_match, current) {
+    // An empty header lists no tag: as if it were absent.
+    let ok = match (if_match.filter(|t| !t.trim().is_empty()), current) {
         (None, _) => true,
         (Some(want), Some(c)) => tag_listed(want, c),
         (Some(_), None) => false,
@@ -502,7 +512,7 @@ pub(super) fn check_if_match(what: &str, if_match: Option<&str>, current: Option
 /// `If-None-Match: *` (create only) fails when the resource exists; a
 /// list of tags fails when the current one is in it.
 pub(super) fn check_if_none_match(what: &str, none_match: Option<&str>, current: Option<&str>) -> Result<(), Problem> {
-    match (none_match, current) {
+    match (none_match.filter(|t| !t.trim().is_empty()), current) {
         (Some(tags), Some(c)) if tag_listed(tags, c) => Err(Problem::new(
             StatusCode::PRECONDITION_FAILED,
             "exists",
@@ -658,7 +668,7 @@ mod tests {
     #[test]
     fn cursors_round_trip_and_junk_is_refused() {
         assert_eq!(decode_cursor(&encode_cursor("acme-1")).as_deref(), Some("acme-1"));
-        for junk in ["", "zz", "abc", "ff"] {
+        for junk in ["", "zz", "abc", "0g"] {
             assert_eq!(decode_cursor(junk), None, "{junk}");
         }
     }
@@ -671,5 +681,20 @@ mod tests {
         assert!(check_if_match(TENANT, Some("*"), None).is_err());
         assert!(check_if_match(TENANT, Some("\"x\", \"a\""), Some("\"a\"")).is_ok());
         assert!(tag_listed("W/\"a\"", "\"a\""));
+        // An empty header lists nothing: as if absent.
+        assert!(check_if_match(TENANT, Some(""), None).is_ok());
+        assert!(check_if_none_match(TENANT, Some(" "), Some("\"a\"")).is_ok());
+    }
+
+    #[test]
+    fn integers_may_be_written_with_a_zero_fraction() {
+        let t: TenantSection =
+            serde_json::from_value(json!({"id": "a", "limits": {"burst": 5.0, "max_domains": 2}})).expect("tenant");
+        let limits = t.limits.expect("limits");
+        assert_eq!(
+            (limits.burst, limits.max_domains, limits.requests_per_day),
+            (Some(5), Some(2), None)
+        );
+        assert!(serde_json::from_value::<TenantSection>(json!({"id": "a", "limits": {"burst": 5.5}})).is_err());
     }
 }
