@@ -413,44 +413,48 @@ async fn attempt(x: &mut H1Exchange<'_, '_, '_>, backend: &mut TcpStream, addr: 
         .await?
     } else {
         // Full duplex: the body keeps flowing to the backend while its
-        // response is relayed.
-        if x.bbuf.len() < BUF {
-            x.bbuf.resize(BUF, 0);
-        }
-        let (mut client_r, mut client_w) = tokio::io::split(&mut *x.io);
-        let (mut backend_r, mut backend_w) = backend.split();
-        let pump = pump(
-            &mut client_r,
-            &mut backend_w,
-            addr,
-            rest,
-            x.bbuf,
-            t.write,
-            x.client_timeout,
-        );
-        let relay = relay(
-            x.head,
-            x.extra,
-            &mut client_w,
-            &mut backend_r,
-            addr,
-            x.out,
-            x.rbuf,
-            t,
-            x.client_timeout,
-            &head_sent,
-            &uploading,
-            x.shutdown,
-        );
-        let sent = || head_sent.load(Ordering::Relaxed);
-        let (relayed, pumped) = duplex(pump, relay, &uploading, sent)
-            .await
-            .inspect_err(|_| x.unfinished = true)?;
-        match pumped {
-            Ok(more) => x.more = more,
-            Err(_) => x.unfinished = true,
-        }
-        relayed
+        // response is relayed. Boxed: the duplex machinery stays out of the
+        // future of every request without a body.
+        Box::pin(async {
+            if x.bbuf.len() < BUF {
+                x.bbuf.resize(BUF, 0);
+            }
+            let (mut client_r, mut client_w) = tokio::io::split(&mut *x.io);
+            let (mut backend_r, mut backend_w) = backend.split();
+            let pump = pump(
+                &mut client_r,
+                &mut backend_w,
+                addr,
+                rest,
+                x.bbuf,
+                t.write,
+                x.client_timeout,
+            );
+            let relay = relay(
+                x.head,
+                x.extra,
+                &mut client_w,
+                &mut backend_r,
+                addr,
+                x.out,
+                x.rbuf,
+                t,
+                x.client_timeout,
+                &head_sent,
+                &uploading,
+                x.shutdown,
+            );
+            let sent = || head_sent.load(Ordering::Relaxed);
+            let (relayed, pumped) = duplex(pump, relay, &uploading, sent)
+                .await
+                .inspect_err(|_| x.unfinished = true)?;
+            match pumped {
+                Ok(more) => x.more = more,
+                Err(_) => x.unfinished = true,
+            }
+            Ok::<_, Attempt>(relayed)
+        })
+        .await?
     };
     x.said_close = relayed.close;
     let mut done = Done {
@@ -462,7 +466,15 @@ async fn attempt(x: &mut H1Exchange<'_, '_, '_>, backend: &mut TcpStream, addr: 
         x.upgraded = true;
         done.reusable = false;
         let early = &x.rbuf[from..relayed.filled];
-        tunnel::run(x.io, backend, early, x.beyond, x.tunnel_idle, x.client_timeout).await;
+        Box::pin(tunnel::run(
+            x.io,
+            backend,
+            early,
+            x.beyond,
+            x.tunnel_idle,
+            x.client_timeout,
+        ))
+        .await;
     }
     Ok(done)
 }

@@ -283,9 +283,43 @@ async fn attempt(
     let Some(body) = req.body.as_deref_mut() else {
         return relay(backend, addr, method, extra, ct, respond, rbuf, t, None).await;
     };
-    // Full duplex: the body keeps flowing to the backend while its response
-    // is relayed; the wait for the response head is not bounded by the
-    // backend read timeout while it does.
+    // Boxed: the duplex machinery stays out of the future of every stream
+    // without a body (a larger future costs each stream its copies).
+    let sent = Sent {
+        method,
+        extra,
+        ct,
+        chunked,
+    };
+    Box::pin(upload(backend, addr, body, sent, respond, rbuf, t)).await
+}
+
+/// What [`upload`] needs of the request besides its body.
+struct Sent<'r> {
+    method: &'r http::Method,
+    extra: &'r [(&'static str, &'r HeaderValue)],
+    ct: std::time::Duration,
+    chunked: bool,
+}
+
+/// Full duplex: the body keeps flowing to the backend while its response is
+/// relayed; the wait for the response head is not bounded by the backend
+/// read timeout while it does.
+async fn upload(
+    backend: &mut TcpStream,
+    addr: SocketAddr,
+    body: &mut RecvStream,
+    req: Sent<'_>,
+    respond: &mut SendResponse<Bytes>,
+    rbuf: &mut Vec<u8>,
+    t: crate::config::Timeouts,
+) -> Result<Done, Attempt> {
+    let Sent {
+        method,
+        extra,
+        ct,
+        chunked,
+    } = req;
     let uploading = AtomicBool::new(true);
     let (mut backend_r, mut backend_w) = backend.split();
     let pump = send_body(&mut backend_w, addr, body, chunked, t.write, ct);

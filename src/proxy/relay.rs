@@ -265,8 +265,14 @@ pub async fn send_head(
     timeout: Duration,
 ) -> Result<(), Attempt> {
     // The head and the body bytes at hand leave in one write.
+    use tokio::io::AsyncWriteExt;
     let mut bufs = [std::io::IoSlice::new(head), std::io::IoSlice::new(body)];
-    let write = write_all_vectored(backend, &mut bufs);
+    let write = async {
+        match body.is_empty() {
+            true => backend.write_all(head).await,
+            false => write_all_vectored(backend, &mut bufs).await,
+        }
+    };
     match tokio::time::timeout(timeout, write).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(source)) => Err(Attempt::Stale(ExchangeError::Upstream { addr, source })),
