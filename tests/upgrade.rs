@@ -54,10 +54,15 @@ async fn a_graceful_binary_upgrade_under_load_fails_no_request() {
         Arc::new(AtomicBool::new(false)),
     );
     let mut load = Vec::new();
-    // Clients on kept-alive connections, back to back: a response that says
-    // `Connection: close` sends them to a new connection.
-    for _ in 0..6 {
+    // 6 clients on kept-alive connections, back to back, and 2 asking for a
+    // new connection per request: a response that says `Connection: close`
+    // sends a client to a new connection.
+    for i in 0..8 {
         let (ok, failed, stop, addr) = (ok.clone(), failed.clone(), stop.clone(), old.http);
+        let request: &[u8] = match i < 6 {
+            true => b"GET /load HTTP/1.1\r\nHost: t.example\r\n\r\n",
+            false => b"GET /once HTTP/1.1\r\nHost: t.example\r\nConnection: close\r\n\r\n",
+        };
         load.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let Ok(mut conn) = TcpStream::connect(addr).await else {
@@ -66,11 +71,7 @@ async fn a_graceful_binary_upgrade_under_load_fails_no_request() {
                 };
                 let mut buf = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
-                    if conn
-                        .write_all(b"GET /load HTTP/1.1\r\nHost: t.example\r\n\r\n")
-                        .await
-                        .is_err()
-                    {
+                    if conn.write_all(request).await.is_err() {
                         failed.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
@@ -87,26 +88,6 @@ async fn a_graceful_binary_upgrade_under_load_fails_no_request() {
                         }
                     }
                 }
-            }
-        }));
-    }
-    // And one new connection per request.
-    for _ in 0..2 {
-        let (ok, failed, stop, addr) = (ok.clone(), failed.clone(), stop.clone(), old.http);
-        load.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(mut conn) = TcpStream::connect(addr).await else {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                };
-                let mut buf = Vec::new();
-                let sent = conn
-                    .write_all(b"GET /once HTTP/1.1\r\nHost: t.example\r\nConnection: close\r\n\r\n")
-                    .await;
-                match (sent, response(&mut conn, &mut buf).await) {
-                    (Ok(()), Some((200, _))) => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
             }
         }));
     }

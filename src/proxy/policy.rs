@@ -64,13 +64,6 @@ pub struct RequestFacts<'a> {
     pub conn: &'a ConnFacts,
 }
 
-impl RequestFacts<'_> {
-    /// The path without the query, for logs.
-    pub fn path(&self) -> &str {
-        self.target.split_once('?').map_or(self.target, |(p, _)| p)
-    }
-}
-
 /// A response of the gateway's own.
 #[derive(Debug)]
 pub struct Answer {
