@@ -10,6 +10,7 @@
 #   benches/hot-path.sh syscalls [SECS]    system calls per request (strace -c; slows the gateway down)
 #
 # Env: TENANTS (10000), CONNS (64 cpu/perf, 8 callgrind), THREADS (2; callgrind: 1),
+# WORK_STEALING (unset: the gateway's default; true or false),
 # BIN (target/release/tenantgate), OUT (a temp dir; kept, path printed).
 # Everything runs on 127.0.0.1 and is stopped by PID on exit.
 set -euo pipefail
@@ -55,7 +56,9 @@ PY
 
 seq -f "t%05g.example.test" 1 "$TENANTS" >"$OUT/hosts.txt"
 {
-  printf '[gateway]\nhttp_listen = "127.0.0.1:%s"\nthreads = %s\n\n[telemetry]\naccess_log = false\n\n' "$P_TG" "$THREADS"
+  printf '[gateway]\nhttp_listen = "127.0.0.1:%s"\nthreads = %s\n' "$P_TG" "$THREADS"
+  [ -n "${WORK_STEALING:-}" ] && printf 'work_stealing = %s\n' "$WORK_STEALING"
+  printf '\n[telemetry]\naccess_log = false\n\n'
   printf '[pools.a]\nupstreams = ["127.0.0.1:%s"]\n\n[pools.b]\nupstreams = ["127.0.0.1:%s"]\n' "$P_A" "$P_B"
   awk '{ printf "\n[[tenants]]\nid = \"%s\"\ndomains = [\"%s\"]\npool = \"%s\"\n", substr($0, 1, 6), $0, (NR % 2 ? "a" : "b") }' "$OUT/hosts.txt"
 } >"$OUT/tenantgate.toml"

@@ -97,6 +97,7 @@ pub fn serve(source: Source, upgrade: bool) -> Result<std::convert::Infallible, 
         graceful_shutdown_timeout_seconds: Some(5),
         upstream_keepalive_pool_size: 1024,
         upgrade_sock: gw.upgrade_sock.clone(),
+        work_stealing: gw.work_stealing,
         ..ServerConf::default()
     };
     let opt = pingora_core::server::configuration::Opt {
@@ -111,7 +112,8 @@ pub fn serve(source: Source, upgrade: bool) -> Result<std::convert::Infallible, 
     let https_port = snap.config.tls.as_ref().and(gw.https_listen).map(|a| a.port());
     let policy = || Policy::new(registry.clone(), metrics.clone(), challenges.clone(), https_port);
     let nofile = crate::raise_nofile();
-    let plain = Capped::new(Engine::new(policy()), registry.clone(), metrics.clone(), "http", nofile);
+    let plain = Capped::new(Engine::new(policy()), registry.clone(), metrics.clone(), "http", nofile)
+        .rehomed(!gw.work_stealing);
     let mut http = Service::new("tenantgate http".to_string(), plain);
     http.add_tcp(&gw.http_listen.to_string());
     server.add_service(http);
@@ -127,7 +129,8 @@ pub fn serve(source: Source, upgrade: bool) -> Result<std::convert::Infallible, 
         let store = Arc::new(CertStore::new(&tls.state_dir, internal, tls.cache_size));
         let engine = Arc::new(Engine::new(policy()));
         let tls_app = TlsApp::new(engine, &store, &registry, &metrics);
-        let tls_app = Capped::new(tls_app, registry.clone(), metrics.clone(), "https", nofile);
+        let tls_app =
+            Capped::new(tls_app, registry.clone(), metrics.clone(), "https", nofile).rehomed(!gw.work_stealing);
         let mut https = Service::new("tenantgate https".to_string(), tls_app);
         https.add_tcp(&addr.to_string());
         server.add_service(https);

@@ -1510,3 +1510,50 @@ async fn a_flood_on_the_proxy_port_with_few_descriptors_starves_no_other_listene
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn thread_per_core_mode_keeps_connections_and_reuses_backends_per_thread() {
+    let echo = backend("echo").await;
+    let scripted = scripted().await;
+    let cfg = config(scripted.addr, echo.addr).replace(
+        "read_timeout_ms = 500",
+        "read_timeout_ms = 500\nthreads = 2\nwork_stealing = false\nhttps_listen = \"{https}\"\n\n[tls]\nissuer = \"internal\"\nredirect_http = false\n",
+    );
+    let gw = Gateway::start(&cfg).await;
+
+    // HTTP/1.1: 8 kept-alive connections, 25 requests each, in turn.
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(Client::connect(&gw).await);
+    }
+    for round in 0..25 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.send(&format!("GET /r{round}/c{i} HTTP/1.1\r\nHost: e.example\r\nX-Tenant-Id: evil\r\n\r\n"))
+                .await;
+            let (head, body) = c.sized_response().await;
+            assert_eq!(raw_status(&head), 200, "{head}");
+            let seen = Echo::parse(&body);
+            assert_eq!(seen.header_all("x-tenant-id"), vec!["e".to_string()]);
+            // The client address survives the socket's move to its thread.
+            assert_eq!(seen.header("x-forwarded-for").as_deref(), Some("127.0.0.1"), "{body}");
+        }
+    }
+    // Over HTTP/2 with TLS as well.
+    let root = std::fs::read(gw.dir().join("state/internal-ca/root.pem")).expect("internal CA root");
+    let client = https_client(&root, &["e.example"], gw.https, false);
+    for i in 0..50 {
+        let resp = client
+            .get(format!("https://e.example:{}/h2/{i}", gw.https.port()))
+            .send()
+            .await
+            .expect("h2");
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(resp.status().as_u16(), 200);
+    }
+    let requests = echo.count();
+    let conns = echo.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(requests, 250);
+    // Backend connections are kept per thread and reused: far fewer than
+    // one a request (at most a few per client connection and thread).
+    assert!(conns <= 20, "{conns} backend connections for {requests} requests");
+}

@@ -85,6 +85,7 @@ pub struct GatewaySection {
     pub tunnel_idle_timeout_ms: Option<u64>,
     pub shutdown_grace_secs: Option<u64>,
     pub upgrade_sock: Option<String>,
+    pub work_stealing: Option<bool>,
 }
 
 /// `[telemetry]`

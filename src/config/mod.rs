@@ -162,6 +162,11 @@ pub struct Gateway {
     /// The Unix socket a graceful binary upgrade hands the listening
     /// sockets over.
     pub upgrade_sock: String,
+    /// `true`: each listener's threads share one work-stealing scheduler.
+    /// `false`: each thread runs its own scheduler, a connection stays on
+    /// the thread that serves it, and backend connections are kept per
+    /// thread.
+    pub work_stealing: bool,
 }
 
 /// Upstream timeouts.
@@ -875,6 +880,7 @@ fn validate_gateway(g: file::GatewaySection, errs: &mut Vec<ConfigError>) -> Gat
         upgrade_sock: g
             .upgrade_sock
             .unwrap_or_else(|| "/tmp/tenantgate-upgrade.sock".to_string()),
+        work_stealing: g.work_stealing.unwrap_or(true),
     }
 }
 

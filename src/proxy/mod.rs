@@ -99,9 +99,21 @@ pub struct Capped<A> {
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     listener: &'static str,
+    /// Re-register each accepted socket with the thread that serves it
+    /// (thread-per-core mode: `[gateway] work_stealing = false`).
+    rehome: bool,
 }
 
 impl<A> Capped<A> {
+    /// Thread-per-core mode: pingora's accept loop runs on one thread and
+    /// hands each connection to a random one, so the socket stays registered
+    /// with the accepting thread's reactor; re-registering it with the
+    /// serving thread keeps every wake-up of the connection on that thread.
+    pub fn rehomed(mut self, rehome: bool) -> Self {
+        self.rehome = rehome;
+        self
+    }
+
     /// `nofile`: the descriptors this process may open (`None`: unknown).
     pub fn new(
         inner: A,
@@ -117,6 +129,7 @@ impl<A> Capped<A> {
             registry,
             metrics,
             listener,
+            rehome: false,
         }
     }
 }
@@ -142,10 +155,45 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Capped<A> {
             return None;
         }
         let _slot = Slot(&self.open);
+        let stream = if self.rehome { rehome(stream) } else { stream };
         let mut next = Some(stream);
         while let Some(s) = next {
             next = self.inner.process_new(s, shutdown).await;
         }
         None
     }
+}
+
+/// The same TCP connection, registered with the current thread's reactor
+/// (a duplicate descriptor; the original is closed when `stream` drops).
+/// Falls back to `stream` itself when the descriptor cannot be duplicated.
+fn rehome(stream: Stream) -> Stream {
+    use pingora_core::protocols::l4::stream::Stream as TcpConn;
+    use pingora_core::protocols::{GetSocketDigest, SocketDigest};
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    let Some(conn) = stream.as_any().downcast_ref::<TcpConn>() else {
+        return stream;
+    };
+    let peer = crate::tls::peer_of(&stream);
+    // SAFETY: the descriptor belongs to `stream`, which is alive (and keeps
+    // it open) for the whole borrow; the borrow ends within this statement,
+    // once the duplicate is made.
+    let owned = match unsafe { BorrowedFd::borrow_raw(conn.as_raw_fd()) }.try_clone_to_owned() {
+        Ok(owned) => owned,
+        Err(_) => return stream,
+    };
+    let std_stream = std::net::TcpStream::from(owned);
+    let tcp = match std_stream
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpStream::from_std(std_stream))
+    {
+        Ok(tcp) => tcp,
+        Err(_) => return stream,
+    };
+    drop(stream);
+    let mut moved = TcpConn::from(tcp);
+    let digest = SocketDigest::from_raw_fd(moved.as_raw_fd());
+    let _ = digest.peer_addr.set(peer.map(Into::into));
+    moved.set_socket_digest(digest);
+    Box::new(moved)
 }

@@ -4,9 +4,15 @@
 //! health lives in an [`Upstream`] shared across reloads (the registry hands
 //! the same `Arc` to the next snapshot when the address is unchanged), so a
 //! reload neither forgets a dead backend nor resets a live one.
+//!
+//! Idle kept-alive connections are kept per worker thread (one shard per
+//! thread), so a thread reuses the connections its own reactor drives;
+//! with work stealing on, a thread whose shard is empty takes one from
+//! another shard before it opens a new connection.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::cell::Cell;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,8 +26,26 @@ fn now_ms() -> u64 {
     EPOCH.elapsed().as_millis() as u64
 }
 
-/// Idle kept-alive backend connections the engine keeps per upstream.
+/// Idle kept-alive backend connections the engine keeps per upstream and
+/// worker thread.
 const MAX_IDLE: usize = 1024;
+
+/// Idle-connection shards per upstream; worker threads past this many
+/// share shards.
+const SHARDS: usize = 16;
+
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static SHARD: Cell<usize> = Cell::new(NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS);
+}
+
+/// This thread's idle-connection shard.
+fn shard() -> usize {
+    SHARD.with(Cell::get)
+}
+
+type Idle = Mutex<Vec<(TcpStream, Instant)>>;
 
 /// One backend address, its passive health, and the engine's
 /// idle connections to it (closed when a reload drops the address).
@@ -30,8 +54,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// Milliseconds since [`EPOCH`] until which the upstream is skipped.
     down_until: AtomicU64,
-    /// Most recently used last.
-    idle: Mutex<Vec<(TcpStream, Instant)>>,
+    /// Per worker thread, most recently used last.
+    idle: Box<[Idle]>,
 }
 
 impl Upstream {
@@ -39,40 +63,40 @@ impl Upstream {
         Upstream {
             addr,
             down_until: AtomicU64::new(0),
-            idle: Mutex::new(Vec::new()),
+            idle: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
         }
     }
 
     /// The most recently used idle connection that is younger than
-    /// `max_idle` and still open. A backend that closed a connection has
-    /// made it readable, so the check reads only then (no system call for
-    /// a healthy one).
-    pub fn take_idle(&self, max_idle: Duration) -> Option<TcpStream> {
-        let mut idle = self.idle.lock().ok()?;
-        while let Some((conn, since)) = idle.pop() {
-            if since.elapsed() > max_idle {
-                // Everything below is older still.
-                idle.clear();
-                return None;
-            }
-            if matches!(conn.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
-                return Some(conn);
-            }
+    /// `max_idle` and still open, from this thread's shard, or with
+    /// `any_thread` from another one when this thread has none. A backend
+    /// that closed a connection has made it readable, so the check reads
+    /// only then (no system call for a healthy one).
+    pub fn take_idle(&self, max_idle: Duration, any_thread: bool) -> Option<TcpStream> {
+        let own = shard();
+        if let Some(conn) = self.idle.get(own).and_then(|idle| take_from(idle, max_idle)) {
+            return Some(conn);
         }
-        None
+        if !any_thread {
+            return None;
+        }
+        (1..SHARDS).find_map(|k| self.idle.get((own + k) % SHARDS).and_then(|idle| take_from(idle, max_idle)))
     }
 
     /// Closes the idle connections older than `max_idle`.
     pub fn reap(&self, max_idle: Duration) {
-        if let Ok(mut idle) = self.idle.lock() {
-            drop_stale(&mut idle, max_idle);
+        for idle in self.idle.iter() {
+            if let Ok(mut idle) = idle.lock() {
+                drop_stale(&mut idle, max_idle);
+            }
         }
     }
 
-    /// Keeps `conn` for the next request (at most [`MAX_IDLE`] are kept),
-    /// and closes the ones idle for longer than `max_idle`.
+    /// Keeps `conn` in this thread's shard for the next request (at most
+    /// [`MAX_IDLE`] per shard), and closes the ones idle for longer than
+    /// `max_idle`.
     pub fn put_idle(&self, conn: TcpStream, max_idle: Duration) {
-        if let Ok(mut idle) = self.idle.lock() {
+        if let Some(Ok(mut idle)) = self.idle.get(shard()).map(Mutex::lock) {
             drop_stale(&mut idle, max_idle);
             if idle.len() < MAX_IDLE {
                 idle.push((conn, Instant::now()));
@@ -90,6 +114,23 @@ impl Upstream {
     pub fn is_down(&self) -> bool {
         self.down_until.load(Ordering::Relaxed) > now_ms()
     }
+}
+
+/// The most recently used connection of one shard that is younger than
+/// `max_idle` and still open.
+fn take_from(idle: &Idle, max_idle: Duration) -> Option<TcpStream> {
+    let mut idle = idle.lock().ok()?;
+    while let Some((conn, since)) = idle.pop() {
+        if since.elapsed() > max_idle {
+            // Everything below is older still.
+            idle.clear();
+            return None;
+        }
+        if matches!(conn.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
+            return Some(conn);
+        }
+    }
+    None
 }
 
 /// Closes the connections at the front of `idle` (the oldest) that were

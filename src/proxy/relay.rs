@@ -122,7 +122,7 @@ async fn open<'p>(
             return Err((ExchangeError::NoUpstream, None));
         };
         if !fresh_only {
-            if let Some(conn) = up.take_idle(gw.timeouts.idle) {
+            if let Some(conn) = up.take_idle(gw.timeouts.idle, gw.work_stealing) {
                 return Ok(Backend { up, conn, reused: true });
             }
         }
