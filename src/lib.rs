@@ -49,6 +49,7 @@ pub mod acme;
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod domains;
 pub mod limits;
 pub mod listener;
 pub mod proxy;

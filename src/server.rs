@@ -11,11 +11,12 @@ use pingora_core::services::listening::Service;
 use crate::acme::{CertManager, Challenges};
 use crate::admin::{AdminApi, Certs};
 use crate::config::{Issuer, LoadError, Source, Store};
+use crate::domains::verifier::{Lifecycle, Verifier};
 use crate::limits::fleet::{Fleet, FleetSync, StoreError};
 use crate::limits::QuotaFlusher;
 use crate::proxy::{Capped, Engine, Policy};
 use crate::registry::{ConfigWatcher, Registry, RegistryStore, RegistrySync};
-use crate::telemetry::{self, Metrics, MetricsEndpoint, RegistryStoreMetrics, StoreMetrics};
+use crate::telemetry::{self, DomainMetrics, Metrics, MetricsEndpoint, RegistryStoreMetrics, StoreMetrics};
 use crate::tls::certs::CertError;
 use crate::tls::internal_ca::InternalCa;
 use crate::tls::{CertStore, TlsApp};
@@ -110,7 +111,14 @@ pub fn serve(source: Source, upgrade: bool) -> Result<std::convert::Infallible, 
     let mut certs = None;
 
     let https_port = snap.config.tls.as_ref().and(gw.https_listen).map(|a| a.port());
-    let policy = || Policy::new(registry.clone(), metrics.clone(), challenges.clone(), https_port);
+    let lifecycle = Arc::new(Lifecycle::new(
+        registry.clone(),
+        gw.http_listen.port(),
+        Some(DomainMetrics::register(&metrics)?),
+    ));
+    let policy = || {
+        Policy::new(registry.clone(), metrics.clone(), challenges.clone(), https_port).with_lifecycle(lifecycle.clone())
+    };
     let nofile = crate::raise_nofile();
     let plain = Capped::new(Engine::new(policy()), registry.clone(), metrics.clone(), "http", nofile)
         .rehomed(!gw.work_stealing);
@@ -170,10 +178,17 @@ pub fn serve(source: Source, upgrade: bool) -> Result<std::convert::Infallible, 
                 )),
                 registry: registry.clone(),
                 certs,
+                lifecycle: lifecycle.clone(),
                 listener: std::sync::Mutex::new(Some(listener)),
             },
         ));
     }
+    server.add_service(background_service(
+        "tenantgate domain lifecycle",
+        Verifier {
+            lifecycle: lifecycle.clone(),
+        },
+    ));
     server.add_service(background_service(
         "tenantgate config watcher",
         ConfigWatcher {

@@ -1528,8 +1528,10 @@ async fn thread_per_core_mode_keeps_connections_and_reuses_backends_per_thread()
     }
     for round in 0..25 {
         for (i, c) in clients.iter_mut().enumerate() {
-            c.send(&format!("GET /r{round}/c{i} HTTP/1.1\r\nHost: e.example\r\nX-Tenant-Id: evil\r\n\r\n"))
-                .await;
+            c.send(&format!(
+                "GET /r{round}/c{i} HTTP/1.1\r\nHost: e.example\r\nX-Tenant-Id: evil\r\n\r\n"
+            ))
+            .await;
             let (head, body) = c.sized_response().await;
             assert_eq!(raw_status(&head), 200, "{head}");
             let seen = Echo::parse(&body);

@@ -32,14 +32,32 @@ impl Call {
             .map_err(|e| Problem::bad_request(format!("{name:?} is not a valid host name: {e}")))?
             .into_owned();
         let snap = self.registry.snapshot();
-        let unrouted = || Problem::not_found(format!("no tenant routes {host}"));
-        let m = snap.table.lookup(&host).ok_or_else(unrouted)?;
+        let claims = self.visible_claims(&host);
+        let unrouted = || {
+            if claims.is_empty() {
+                return Err(Problem::not_found(format!("no tenant routes {host}")));
+            }
+            // Claimed only: pending (or failed) until proven.
+            let pending = claims.iter().any(|c| c.state == crate::domains::ClaimState::Pending);
+            let views: Vec<Value> = claims.iter().map(|c| self.claim_view(c)).collect();
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({"name": host, "state": if pending { "pending" } else { "failed" }, "claims": views}),
+            ))
+        };
+        let Some(m) = snap.table.lookup(&host) else {
+            return unrouted();
+        };
         let tenant = snap.tenant(m.tenant).ok_or_else(Problem::internal)?;
         // A tenant token learns nothing of hosts it does not own: another
         // tenant's host gets the same answer as an unrouted one.
-        self.caller.may_touch(&tenant.id).map_err(|_| unrouted())?;
-        let body =
-            json!({"name": host, "tenant": &*tenant.id, "match": m.kind.as_str(), "generation": snap.generation});
+        if self.caller.may_touch(&tenant.id).is_err() {
+            return unrouted();
+        }
+        let mut body = json!({"name": host, "state": "active", "tenant": &*tenant.id, "match": m.kind.as_str(), "generation": snap.generation});
+        if !claims.is_empty() {
+            body["claims"] = Value::Array(claims.iter().map(|c| self.claim_view(c)).collect());
+        }
         let acme = matches!(snap.config.tls.as_ref().map(|t| &t.issuer), Some(Issuer::Acme(_)));
         let certs = match (&self.certs, &snap.config.tls) {
             (Some(c), Some(_)) => c.clone(),

@@ -9,6 +9,7 @@ pub mod auth;
 mod changes;
 mod domains;
 mod idempotency;
+mod lifecycle;
 mod limit;
 mod patch;
 mod preview;
@@ -52,6 +53,8 @@ pub struct AdminApi {
     pub audit: Arc<Audit>,
     /// The certificate store and ACME schedule; `None` without TLS.
     pub certs: Option<Certs>,
+    /// Domain claims and the event log.
+    pub lifecycle: Arc<crate::domains::verifier::Lifecycle>,
     /// Bound in `server::serve`, so that a taken port fails the start.
     pub listener: std::sync::Mutex<Option<std::net::TcpListener>>,
 }
@@ -70,6 +73,7 @@ impl BackgroundService for AdminApi {
             registry: self.registry.clone(),
             audit: self.audit.clone(),
             certs: self.certs.clone(),
+            lifecycle: self.lifecycle.clone(),
             limiter: Arc::new(limit::TokenLimiter::default()),
             keys: idempotency::Keys::default(),
             limits,
@@ -83,6 +87,7 @@ struct Api {
     registry: Arc<Registry>,
     audit: Arc<Audit>,
     certs: Option<Certs>,
+    lifecycle: Arc<crate::domains::verifier::Lifecycle>,
     limiter: Arc<limit::TokenLimiter>,
     keys: idempotency::Keys,
     limits: Listening,
@@ -224,6 +229,7 @@ impl Api {
             registry: self.registry.clone(),
             audit: self.audit.clone(),
             certs: self.certs.clone(),
+            lifecycle: self.lifecycle.clone(),
             caller: caller.clone(),
             request: request.clone(),
             method,

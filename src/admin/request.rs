@@ -20,6 +20,11 @@ pub enum Route {
     /// `/v1/tenants/{id}/domains/{name}`.
     TenantDomain(String, String),
     Domain(String),
+    /// `POST /v1/domains/{name}/verify`.
+    DomainVerify(String),
+    /// `GET /v1/domains/{name}/check`.
+    DomainCheck(String),
+    Events,
     Templates,
     Template(String),
     Changes,
@@ -58,6 +63,9 @@ impl Route {
             ["v1", "tenants", id] => Route::Tenant(owned(id)),
             ["v1", "tenants", id, "domains", name] => Route::TenantDomain(owned(id), owned(name)),
             ["v1", "domains", name] => Route::Domain(owned(name)),
+            ["v1", "domains", name, "verify"] => Route::DomainVerify(owned(name)),
+            ["v1", "domains", name, "check"] => Route::DomainCheck(owned(name)),
+            ["v1", "events"] => Route::Events,
             ["v1", "templates"] => Route::Templates,
             ["v1", "templates", name] => Route::Template(owned(name)),
             ["v1", "changes"] => Route::Changes,
@@ -84,7 +92,7 @@ impl Route {
             ],
             Route::Template(_) => &[Method::GET, Method::HEAD, Method::PUT, Method::DELETE, Method::OPTIONS],
             Route::TenantDomain(..) => &[Method::PUT, Method::DELETE, Method::OPTIONS],
-            Route::Changes | Route::Preview | Route::Rollback(_) | Route::Import => POST,
+            Route::Changes | Route::Preview | Route::Rollback(_) | Route::Import | Route::DomainVerify(_) => POST,
             _ => READ,
         }
     }
@@ -123,6 +131,9 @@ pub const PATHS: &[&str] = &[
     "/v1/tenants/{id}",
     "/v1/tenants/{id}/domains/{name}",
     "/v1/domains/{name}",
+    "/v1/domains/{name}/verify",
+    "/v1/domains/{name}/check",
+    "/v1/events",
     "/v1/templates",
     "/v1/templates/{name}",
     "/v1/changes",

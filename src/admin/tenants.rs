@@ -27,6 +27,8 @@ pub struct Call {
     pub audit: Arc<Audit>,
     /// The certificate store and ACME schedule; `None` without TLS.
     pub certs: Option<super::domains::Certs>,
+    /// Domain claims and the event log.
+    pub lifecycle: Arc<crate::domains::verifier::Lifecycle>,
     pub caller: Caller,
     /// `METHOD /path`, for the audit log.
     pub request: String,
@@ -47,6 +49,9 @@ impl Call {
             (Method::PUT, Route::TenantDomain(id, name)) => self.put_domain(id, name).await,
             (Method::DELETE, Route::TenantDomain(id, name)) => self.delete_domain(id, name).await,
             (Method::GET, Route::Domain(name)) => self.domain(&name).await,
+            (Method::POST, Route::DomainVerify(name)) => self.verify_domain(&name).await,
+            (Method::GET, Route::DomainCheck(name)) => self.check_domain(&name).await,
+            (Method::GET, Route::Events) => self.events().await,
             (Method::GET, Route::Templates) => self.templates(),
             (Method::GET, Route::Template(name)) => self.template(&name),
             (Method::PUT, Route::Template(name)) => self.put_template(name).await,
@@ -124,10 +129,21 @@ impl Call {
         self.caller.may_touch(id)?;
         let texts = self.registry.texts();
         let snap = self.registry.snapshot();
-        let (tenant, etag) = current(&texts, &snap, id)?.ok_or_else(|| missing(id))?;
+        let (mut tenant, etag) = current(&texts, &snap, id)?.ok_or_else(|| missing(id))?;
+        self.with_claims(&mut tenant, id);
         let mut resp = json_response(StatusCode::OK, &tenant);
         set_etag(&mut resp, &etag);
         Ok(resp)
+    }
+
+    /// `tenant` with `domain_claims`: the names it claims but has not
+    /// proven (or that failed), when there are any. Not part of the ETag:
+    /// they are not the tenant's config.
+    fn with_claims(&self, tenant: &mut Value, id: &str) {
+        let claims = self.lifecycle.claims.of(id);
+        if !claims.is_empty() {
+            tenant["domain_claims"] = Value::Array(claims.iter().map(|c| self.claim_view(c)).collect());
+        }
     }
 
     /// `PUT /v1/tenants/{id}`: create (201) or replace (200). `If-None-Match: *`
@@ -164,6 +180,11 @@ impl Call {
     async fn put_domain(self, id: String, name: String) -> Result<Response<Body>, Problem> {
         self.caller.may_touch(&id)?;
         let name = canonical_domain(&name).map_err(|p| Problem::bad_request(p.to_string()))?;
+        if self.needs_proof() {
+            if let Some(resp) = self.claim_domain(id.clone(), name.clone()).await? {
+                return Ok(resp);
+            }
+        }
         let (path_id, added) = (id.clone(), name.clone());
         let had = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let seen = had.clone();
@@ -189,6 +210,18 @@ impl Call {
     async fn delete_domain(self, id: String, name: String) -> Result<Response<Body>, Problem> {
         self.caller.may_touch(&id)?;
         let name = canonical_domain(&name).map_err(|p| Problem::bad_request(p.to_string()))?;
+        let active = self
+            .registry
+            .snapshot()
+            .config
+            .tenants
+            .iter()
+            .any(|t| t.id == id && t.domains.iter().any(|d| d.to_string() == name));
+        if !active {
+            if let Some(resp) = self.withdraw_claim(&id, &name).await {
+                return Ok(resp);
+            }
+        }
         let path_id = id.clone();
         self.write_tenant(id, move |before| {
             let mut t = before.ok_or_else(|| missing(&path_id))?;
@@ -234,6 +267,11 @@ impl Call {
             }
         }
         let written = id.clone();
+        // A tenant token's new custom domains wait for a proof: they are
+        // taken out of the write and claimed after it.
+        let proof = self.needs_proof() && matches!(caller.scope, Scope::Tenant(_));
+        let claimed = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let to_claim = claimed.clone();
         let done = self
             .write_checked(vec![id.clone()], move |texts, snap| {
                 let existing = editable(texts, snap, &written)?;
@@ -244,7 +282,20 @@ impl Call {
                     .transpose()?;
                 // A change of a tenant that does not exist is 404 before
                 // any precondition is looked at.
-                let after = canonical(make(before.clone())?)?;
+                let mut after = canonical(make(before.clone())?)?;
+                if let (true, Some(before)) = (proof, before.as_ref()) {
+                    let mut new = Vec::new();
+                    after.domains.retain(|d| {
+                        let had = before.domains.contains(d);
+                        if !had {
+                            new.push(d.clone());
+                        }
+                        had
+                    });
+                    if let Ok(mut c) = to_claim.lock() {
+                        *c = new;
+                    }
+                }
                 let tag = existing.as_ref().map(|(_, e)| e.as_str());
                 check_if_match(TENANT, if_match.as_deref(), tag)?;
                 check_if_none_match(TENANT, if_none_match.as_deref(), tag)?;
@@ -255,9 +306,15 @@ impl Call {
                 Ok((existing.is_none(), vec![TenantEdit::Put(Box::new(after))]))
             })
             .await?;
+        let names = claimed.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default();
+        for name in names {
+            // Each is refused or claimed as a PUT of the name alone would be.
+            let _ = self.claim_domain(id.clone(), name).await;
+        }
         let texts = self.registry.texts();
         let snap = self.registry.snapshot();
-        let (tenant, etag) = current(&texts, &snap, &id)?.ok_or_else(Problem::internal)?;
+        let (mut tenant, etag) = current(&texts, &snap, &id)?.ok_or_else(Problem::internal)?;
+        self.with_claims(&mut tenant, &id);
         Ok(put_response(done.value && !done.unchanged, &tenant, &etag))
     }
 

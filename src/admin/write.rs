@@ -238,7 +238,7 @@ impl From<WriteError> for Refusal {
 
 /// A tenant token does not learn who owns a name it cannot have: its
 /// conflicts name no other tenant.
-fn for_scope(scope: &Scope, p: Problem) -> Problem {
+pub(super) fn for_scope(scope: &Scope, p: Problem) -> Problem {
     match scope {
         Scope::Tenant(_) if p.kind == "conflict" => Problem::new(
             StatusCode::CONFLICT,

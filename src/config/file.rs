@@ -20,6 +20,9 @@ pub struct File {
     pub limits: Option<LimitsSection>,
     pub store: Option<StoreSection>,
     pub admin: Option<AdminSection>,
+    pub domains: Option<DomainsSection>,
+    #[serde(default)]
+    pub webhooks: Vec<WebhookSection>,
     /// `[templates.<name>]` of the main file.
     #[serde(default)]
     pub templates: BTreeMap<String, TemplateSection>,
@@ -28,6 +31,33 @@ pub struct File {
     pub template_files: BTreeMap<String, TemplateSection>,
     #[serde(default)]
     pub tenants: Vec<TenantSection>,
+}
+
+/// `[domains]`: the custom-domain lifecycle (ownership proof).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainsSection {
+    pub verify: Option<String>,
+    pub verification_prefix: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub pending_ttl_days: Option<u64>,
+    pub recheck_min_secs: Option<u64>,
+    pub recheck_max_secs: Option<u64>,
+    pub nameservers: Option<Vec<String>>,
+    pub dns_timeout_ms: Option<u64>,
+    pub targets: Option<Vec<String>>,
+    pub caa_issuers: Option<Vec<String>>,
+    pub state_dir: Option<String>,
+    pub max_pending_per_tenant: Option<usize>,
+}
+
+/// One `[[webhooks]]` receiver of events.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSection {
+    pub url: String,
+    pub secret: String,
+    pub events: Option<Vec<String>>,
 }
 
 /// `[admin]`

@@ -7,6 +7,7 @@
 //! built from this model.
 
 pub mod diff;
+pub mod domains;
 mod error;
 pub mod file;
 pub mod generate;
@@ -57,6 +58,8 @@ pub struct Config {
     pub gateway: Gateway,
     pub telemetry: Telemetry,
     pub admin: Admin,
+    /// `[domains]`: the custom-domain lifecycle.
+    pub domains: domains::Domains,
     /// `None` when the gateway serves plain HTTP only.
     pub tls: Option<Tls>,
     /// Fleet mode: limits shared through Redis. `None` on a single node.
@@ -453,6 +456,7 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
     let from_config = admin_section.tokens.len();
     admin_section.tokens.extend(env_token_sections(&env_tokens));
     let admin = validate_admin(admin_section, from_config, &mut errs);
+    let domains = domains::validate(file.domains, file.webhooks, base_dir, &mut errs);
     let tls = file.tls.map(|t| validate_tls(t, base_dir, &gateway, &mut errs));
     let plans = plans::Plans::new(&file.plans, file.limits.as_ref(), &mut errs);
     let store = file.store.map(|s| validate_store(s, base_dir, &mut errs));
@@ -619,6 +623,7 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
             gateway,
             telemetry,
             admin,
+            domains,
             tls,
             store,
             pools,

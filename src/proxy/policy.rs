@@ -34,6 +34,8 @@ use super::headers::Trusted;
 use super::pool::Pool;
 use super::ConnFacts;
 use crate::acme::Challenges;
+use crate::domains::verifier::Lifecycle;
+use crate::domains::HTTP_PROOF_PREFIX;
 use crate::limits::{Admission, Refusal, SystemClock};
 use crate::registry::{Registry, Snapshot, Tenant};
 use crate::routing::{self, HostError, Match, Unresolved};
@@ -48,6 +50,8 @@ pub struct Policy {
     pub(super) registry: Arc<Registry>,
     pub(super) metrics: Arc<Metrics>,
     challenges: Arc<Challenges>,
+    /// Pending domain claims, for the HTTP ownership proof.
+    lifecycle: Option<Arc<Lifecycle>>,
     /// Port of the running TLS listener, the target of 308 redirects. Taken
     /// at start-up: a reload cannot open a listener, so it cannot move this.
     https_port: Option<u16>,
@@ -190,8 +194,16 @@ impl Policy {
             registry,
             metrics,
             challenges,
+            lifecycle: None,
             https_port,
         }
+    }
+
+    /// With the domain lifecycle: answers the HTTP ownership proof of
+    /// pending claims (when `[domains] methods` allows it).
+    pub fn with_lifecycle(mut self, lifecycle: Arc<Lifecycle>) -> Self {
+        self.lifecycle = Some(lifecycle);
+        self
     }
 
     /// A refusal the parser of a protocol half found before any routing
@@ -214,6 +226,11 @@ impl Policy {
         if !https {
             if let Some(token) = req.target.strip_prefix(ACME_CHALLENGE_PREFIX) {
                 return Decision::Answer(self.challenge(req.authority, token, o));
+            }
+            if let Some(token) = req.target.strip_prefix(HTTP_PROOF_PREFIX) {
+                if let Some(a) = self.ownership_proof(snap, req.authority, token) {
+                    return Decision::Answer(a);
+                }
             }
         }
         let (host, m) = match self.route(snap, req.authority, https) {
@@ -270,6 +287,18 @@ impl Policy {
             }
             None => self.refuse(Rejection::UnknownChallenge, UNKNOWN_CHALLENGE_BODY, o),
         }
+    }
+
+    /// The token of a pending claim on the request's host, when HTTP proofs
+    /// are allowed: it shows the name points at this gateway.
+    fn ownership_proof(&self, snap: &Snapshot, authority: Result<&str, BadAuthority>, token: &str) -> Option<Answer> {
+        let lifecycle = self.lifecycle.as_ref().filter(|_| snap.config.domains.http)?;
+        let host = routing::request_host(authority.ok()?).ok()?;
+        lifecycle.claims.has_token(&host, token).then(|| {
+            let mut a = Answer::text(200, "", false);
+            a.body = token.to_string().into();
+            a
+        })
     }
 
     /// On the plain listener: where to send a request the tenant (or

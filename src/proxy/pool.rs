@@ -10,9 +10,9 @@
 //! with work stealing on, a thread whose shard is empty takes one from
 //! another shard before it opens a new connection.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::cell::Cell;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -80,7 +80,11 @@ impl Upstream {
         if !any_thread {
             return None;
         }
-        (1..SHARDS).find_map(|k| self.idle.get((own + k) % SHARDS).and_then(|idle| take_from(idle, max_idle)))
+        (1..SHARDS).find_map(|k| {
+            self.idle
+                .get((own + k) % SHARDS)
+                .and_then(|idle| take_from(idle, max_idle))
+        })
     }
 
     /// Closes the idle connections older than `max_idle`.

@@ -159,6 +159,32 @@ impl RegistryStoreMetrics {
     }
 }
 
+/// The custom-domain lifecycle's metrics.
+#[derive(Clone)]
+pub struct DomainMetrics {
+    /// `tenantgate_domain_claims{state}`: claims by state (pending, failed);
+    /// active names are `tenantgate_domains`.
+    pub claims: prometheus::IntGaugeVec,
+}
+
+impl DomainMetrics {
+    /// Creates and registers the lifecycle metrics in `metrics`' registry.
+    pub fn register(metrics: &Metrics) -> prometheus::Result<Self> {
+        let claims = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "tenantgate_domain_claims",
+                "Custom-domain claims waiting for an ownership proof (pending) or refused (failed).",
+            ),
+            &["state"],
+        )?;
+        for s in ["pending", "failed"] {
+            claims.with_label_values(&[s]);
+        }
+        metrics.registry.register(Box::new(claims.clone()))?;
+        Ok(DomainMetrics { claims })
+    }
+}
+
 impl StoreMetrics {
     /// Creates and registers the store metrics in `metrics`' registry.
     pub fn register(metrics: &Metrics) -> prometheus::Result<Self> {

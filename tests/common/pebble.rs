@@ -433,6 +433,28 @@ impl Pebble {
             .await
     }
 
+    /// Makes the mock DNS answer TXT queries for `host` with `value`.
+    pub async fn set_txt(&self, host: &str, value: &str) {
+        self.challtest_post("set-txt", serde_json::json!({ "host": fqdn(host), "value": value }))
+            .await
+    }
+
+    /// Removes the TXT records of `host`.
+    pub async fn clear_txt(&self, host: &str) {
+        self.challtest_post("clear-txt", serde_json::json!({ "host": fqdn(host) }))
+            .await
+    }
+
+    /// Makes the mock DNS answer CAA queries for `host` with one `issue`
+    /// record naming `issuer`.
+    pub async fn add_caa_issue(&self, host: &str, issuer: &str) {
+        self.challtest_post(
+            "add-caa",
+            serde_json::json!({ "host": fqdn(host), "policies": [{ "tag": "issue", "value": issuer }] }),
+        )
+        .await
+    }
+
     async fn challtest_post(&self, endpoint: &str, body: serde_json::Value) {
         let url = format!("http://127.0.0.1:{}/{endpoint}", self.challtest_mgmt_port);
         let resp = self
@@ -543,5 +565,13 @@ impl Pebble {
 impl Drop for Pebble {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+fn fqdn(host: &str) -> String {
+    if host.ends_with('.') {
+        host.to_string()
+    } else {
+        format!("{host}.")
     }
 }

@@ -1,0 +1,395 @@
+//! Checks pending claims: at once when asked (`POST
+//! /v1/domains/{name}/verify`), else on a schedule that backs off
+//! (`recheck_min_secs` × 1.05ⁿ, up to `recheck_max_secs`), until the proof
+//! is found (the name joins the tenant's domains through the registry, the
+//! one writer), another claimant wins, or the claim expires.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::dns::Dns;
+use super::events::Events;
+use super::{Claim, Claims, HTTP_PROOF_PREFIX};
+use crate::config::domains::Domains;
+use crate::config::file::TenantSection;
+use crate::config::TenantSpec;
+use crate::registry::{Registry, Snapshot, TenantEdit, WriteError};
+use crate::telemetry::DomainMetrics;
+
+/// Pending claims checked per pass (the rest wait for the next second).
+const BATCH: usize = 32;
+
+/// What a check of one claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Proven: the name is now the tenant's and routes.
+    Active,
+    /// Not proven yet; what was found.
+    Pending(String),
+    /// Refused for good, and why.
+    Failed(String),
+}
+
+impl Outcome {
+    pub fn state(&self) -> &'static str {
+        match self {
+            Outcome::Active => "active",
+            Outcome::Pending(_) => "pending",
+            Outcome::Failed(_) => "failed",
+        }
+    }
+}
+
+/// The lifecycle's moving parts, shared by the admin API, the policy (HTTP
+/// proof) and the background checks.
+pub struct Lifecycle {
+    pub claims: Claims,
+    pub events: Events,
+    dns: Option<Dns>,
+    registry: Arc<Registry>,
+    /// The gateway's plain HTTP port, where an HTTP proof is fetched.
+    http_port: u16,
+    metrics: Option<DomainMetrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PromoteError {
+    #[error("tenant {0:?} no longer exists")]
+    NoTenant(String),
+    #[error("tenant {0:?} is defined in the main config file; move it to tenants/{0}.toml")]
+    MainFile(String),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+impl Lifecycle {
+    pub fn new(registry: Arc<Registry>, http_port: u16, metrics: Option<DomainMetrics>) -> Lifecycle {
+        let snap = registry.snapshot();
+        let cfg = &snap.config.domains;
+        let dns = match Dns::new(cfg) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::error!(error = %e, "no DNS resolver: domain ownership can be proven over HTTP only");
+                None
+            }
+        };
+        let claims = Claims::load(&cfg.state_dir);
+        let events = Events::open(&cfg.state_dir);
+        drop(snap);
+        Lifecycle {
+            claims,
+            events,
+            dns,
+            registry,
+            http_port,
+            metrics,
+        }
+    }
+
+    pub fn config(&self) -> Domains {
+        self.registry.snapshot().config.domains.clone()
+    }
+
+    /// The DNS diagnosis of `name` (`GET /v1/domains/{name}/check`).
+    pub async fn diagnose(&self, name: &str, token: Option<&str>) -> Vec<super::dns::Check> {
+        let cfg = self.config();
+        match &self.dns {
+            Some(dns) => dns.diagnose(&cfg, name, token).await,
+            None => vec![super::dns::Check {
+                check: "dns",
+                ok: false,
+                found: "no DNS resolver could be set up".into(),
+                fix: "set [domains] nameservers, or fix /etc/resolv.conf, and restart".into(),
+            }],
+        }
+    }
+
+    /// Saves the claims off the async threads.
+    pub async fn save(self: &Arc<Self>) {
+        let me = self.clone();
+        match tokio::task::spawn_blocking(move || me.claims.save()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "domain claims not saved"),
+            Err(e) => tracing::error!(error = %e, "domain claims not saved"),
+        }
+    }
+
+    /// Checks one pending claim now, and acts on the result.
+    pub async fn check(self: &Arc<Self>, claim: &Claim) -> Outcome {
+        let cfg = self.config();
+        let mut found = Vec::new();
+        let mut proven = false;
+        if cfg.txt {
+            match &self.dns {
+                Some(dns) => match dns.proves(&cfg, &claim.name, &claim.token).await {
+                    Ok((true, _)) => proven = true,
+                    Ok((false, txt)) if txt.is_empty() => {
+                        found.push(format!("no TXT record at {}.{}", cfg.verification_prefix, claim.name))
+                    }
+                    Ok((false, txt)) => found.push(format!(
+                        "TXT at {}.{} holds {} but not this claim's token",
+                        cfg.verification_prefix,
+                        claim.name,
+                        txt.join(", ")
+                    )),
+                    Err(e) => found.push(e.to_string()),
+                },
+                None => found.push("no DNS resolver".into()),
+            }
+        }
+        if !proven && cfg.http {
+            match self.http_proof(&claim.name, &claim.token, cfg.dns_timeout).await {
+                Ok(()) => proven = true,
+                Err(e) => found.push(format!("HTTP proof: {e}")),
+            }
+        }
+        if !proven {
+            let found = found.join("; ");
+            self.claims.checked(&claim.name, &claim.tenant, &found, &cfg);
+            return Outcome::Pending(found);
+        }
+        self.events
+            .emit("domain.verified", Some(&claim.tenant), Some(&claim.name), None);
+        match self.promote(claim).await {
+            Ok(()) => {
+                let failed = self.claims.settle(
+                    &claim.name,
+                    &claim.tenant,
+                    "another tenant proved ownership of this name",
+                );
+                for f in failed {
+                    self.events
+                        .emit("domain.failed", Some(&f.tenant), Some(&f.name), f.detail.as_deref());
+                }
+                tracing::info!(tenant = %claim.tenant, domain = %claim.name, "domain ownership proven; the domain is active");
+                Outcome::Active
+            }
+            Err(why) => {
+                self.claims.fail(&claim.name, &claim.tenant, &why);
+                self.events
+                    .emit("domain.failed", Some(&claim.tenant), Some(&claim.name), Some(&why));
+                Outcome::Failed(why)
+            }
+        }
+    }
+
+    /// Adds the proven name to the tenant's domains (a registry write,
+    /// validated like any other: a name another tenant has active fails).
+    async fn promote(&self, claim: &Claim) -> Result<(), String> {
+        let registry = self.registry.clone();
+        let (id, name) = (claim.tenant.clone(), claim.name.clone());
+        let who = format!("domain-verifier (tenant {id})");
+        let res = tokio::task::spawn_blocking(move || {
+            registry.write::<PromoteError>(false, &who, |texts, snap| {
+                let Some(text) = texts.tenants.get(&id) else {
+                    return Err(if snap.tenants.iter().any(|t| *t.id == *id) {
+                        PromoteError::MainFile(id.clone())
+                    } else {
+                        PromoteError::NoTenant(id.clone())
+                    });
+                };
+                let mut t: TenantSection = toml::from_str(text).map_err(|_| PromoteError::NoTenant(id.clone()))?;
+                if !t.domains.contains(&name) {
+                    t.domains.push(name.clone());
+                }
+                Ok(vec![TenantEdit::Put(Box::new(t))])
+            })
+        })
+        .await;
+        match res {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("the registry write did not finish: {e}")),
+        }
+    }
+
+    /// Fetches `http://<name>/.well-known/tenantgate-challenge/<token>`
+    /// from the addresses DNS gives for `name` (on the gateway's HTTP port)
+    /// and wants the token back: it proves the name points here.
+    async fn http_proof(&self, name: &str, token: &str, timeout: Duration) -> Result<(), String> {
+        if name.starts_with("*.") {
+            return Err("a wildcard is proven by its TXT record only".into());
+        }
+        let dns = self.dns.as_ref().ok_or("no DNS resolver")?;
+        let ips = dns.addresses(name).await.map_err(|e| e.to_string())?;
+        let mut last = format!("{name} has no address");
+        for ip in ips.into_iter().take(4) {
+            let addr = std::net::SocketAddr::new(ip, self.http_port);
+            let fetch = async {
+                let mut conn = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+                let req =
+                    format!("GET {HTTP_PROOF_PREFIX}{token} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n");
+                conn.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+                let mut buf = Vec::with_capacity(512);
+                (&mut conn)
+                    .take(4096)
+                    .read_to_end(&mut buf)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let text = String::from_utf8_lossy(&buf);
+                let ok = text.starts_with("HTTP/1.1 200")
+                    && text
+                        .split_once("\r\n\r\n")
+                        .is_some_and(|(_, body)| body.trim() == token);
+                if ok {
+                    Ok(())
+                } else {
+                    Err(format!("{addr} did not answer the token"))
+                }
+            };
+            match tokio::time::timeout(timeout, fetch).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => last = e,
+                Err(_) => last = format!("{addr} timed out"),
+            }
+        }
+        Err(last)
+    }
+
+    /// One pass: expire old claims, check the due ones.
+    pub async fn pass(self: &Arc<Self>) {
+        let cfg = self.config();
+        let (due, expired) = self.claims.due(super::now(), cfg.pending_ttl);
+        let changed = !due.is_empty() || !expired.is_empty();
+        for c in expired {
+            let why = format!(
+                "not proven within {} days (pending_ttl_days)",
+                cfg.pending_ttl.as_secs() / 86_400
+            );
+            self.claims.fail(&c.name, &c.tenant, &why);
+            self.events
+                .emit("domain.failed", Some(&c.tenant), Some(&c.name), Some(&why));
+        }
+        for c in due.into_iter().take(BATCH) {
+            self.check(&c).await;
+        }
+        if let Some(m) = &self.metrics {
+            let (pending, failed) = self.claims.counts();
+            m.claims.with_label_values(&["pending"]).set(pending as i64);
+            m.claims.with_label_values(&["failed"]).set(failed as i64);
+        }
+        if changed {
+            self.save().await;
+        }
+    }
+}
+
+/// One write changing more tenants than this gets one summary event.
+const MAX_TENANT_EVENTS: usize = 1000;
+
+impl Lifecycle {
+    /// Events for what changed between two generations (tenants created,
+    /// updated, deleted; domains active and removed), and the claims the
+    /// change settles: a claimed name now active for its claimant is
+    /// fulfilled, for another tenant it fails. O(tenants), off the writer's
+    /// path.
+    pub async fn follow(self: &Arc<Self>, old: &Snapshot, new: &Snapshot) {
+        use std::collections::{HashMap, HashSet};
+        let before: HashMap<&str, &TenantSpec> = old.config.tenants.iter().map(|t| (t.id.as_str(), t)).collect();
+        let after: HashMap<&str, &TenantSpec> = new.config.tenants.iter().map(|t| (t.id.as_str(), t)).collect();
+        let mut tenant_events: Vec<(&str, &str)> = Vec::new();
+        let mut domain_events: Vec<(&'static str, &str, String)> = Vec::new();
+        let names = |t: Option<&&TenantSpec>| -> HashSet<String> {
+            t.map(|t| t.domains.iter().map(ToString::to_string).collect())
+                .unwrap_or_default()
+        };
+        for (id, t) in &after {
+            match before.get(id) {
+                None => tenant_events.push(("tenant.created", id)),
+                Some(b) if b != t => tenant_events.push(("tenant.updated", id)),
+                Some(_) => continue,
+            }
+            let (was, now) = (names(before.get(id)), names(Some(t)));
+            for n in now.difference(&was) {
+                domain_events.push(("domain.active", id, n.clone()));
+            }
+            for n in was.difference(&now) {
+                domain_events.push(("domain.removed", id, n.clone()));
+            }
+        }
+        for (id, b) in &before {
+            if !after.contains_key(id) {
+                tenant_events.push(("tenant.deleted", id));
+                for n in names(Some(b)) {
+                    domain_events.push(("domain.removed", id, n));
+                }
+            }
+        }
+        if tenant_events.len() + domain_events.len() > MAX_TENANT_EVENTS {
+            let detail = format!(
+                "{} tenant and {} domain changes in generation {}",
+                tenant_events.len(),
+                domain_events.len(),
+                new.generation
+            );
+            self.events.emit("tenants.changed", None, None, Some(&detail));
+        } else {
+            tenant_events.sort();
+            domain_events.sort();
+            for (kind, id) in tenant_events {
+                self.events.emit(kind, Some(id), None, None);
+            }
+            for (kind, id, name) in &domain_events {
+                self.events.emit(kind, Some(id), Some(name), None);
+            }
+        }
+        // Claims on names that are now active somewhere.
+        let pending = self.claims.pending();
+        let mut changed = false;
+        for c in pending {
+            let Some(owner) = new.table.lookup(&c.name).and_then(|m| new.tenant(m.tenant)) else {
+                continue;
+            };
+            changed = true;
+            if *owner.id == *c.tenant {
+                self.claims.withdraw(&c.name, &c.tenant);
+            } else {
+                let why = "the name is now active for another tenant";
+                self.claims.fail(&c.name, &c.tenant, why);
+                self.events
+                    .emit("domain.failed", Some(&c.tenant), Some(&c.name), Some(why));
+            }
+        }
+        if changed {
+            self.save().await;
+        }
+    }
+}
+
+/// The background service: [`Lifecycle::pass`] every second, and
+/// [`Lifecycle::follow`] at each new generation.
+pub struct Verifier {
+    pub lifecycle: Arc<Lifecycle>,
+}
+
+#[async_trait]
+impl BackgroundService for Verifier {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::spawn(super::webhooks::run(self.lifecycle.clone(), shutdown.clone()));
+        let mut generations = self.lifecycle.registry.subscribe();
+        let mut seen = self.lifecycle.registry.snapshot();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => self.lifecycle.pass().await,
+                r = generations.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let now = self.lifecycle.registry.snapshot();
+                    if now.generation != seen.generation {
+                        self.lifecycle.follow(&seen, &now).await;
+                        seen = now;
+                    }
+                }
+            }
+        }
+    }
+}
