@@ -142,7 +142,8 @@ pub fn serve(source: Source, upgrade: bool) -> Result<std::convert::Infallible, 
         let mut https = Service::new("tenantgate https".to_string(), tls_app);
         https.add_tcp(&addr.to_string());
         server.add_service(https);
-        let manager = CertManager::new(registry.clone(), store.clone(), challenges, metrics.clone());
+        let manager = CertManager::new(registry.clone(), store.clone(), challenges, metrics.clone())
+            .with_events(lifecycle.events.clone());
         manager.load_provided_now();
         certs = Some(Certs {
             store,

@@ -511,3 +511,120 @@ async fn webhooks_are_signed_filtered_and_retried_after_an_outage() {
     let other: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
     assert_ne!(want, other);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proven_domain_goes_live_over_https_with_a_pebble_certificate() {
+    let http: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().expect("addr");
+    let p = Pebble::start(http.port(), common::free_port(), 3600).await;
+    let pool = backend("a").await;
+    let cfg = format!(
+        r#"
+[gateway]
+http_listen = "{{http}}"
+https_listen = "{{https}}"
+metrics_listen = "{{metrics}}"
+admin_listen = "{{admin}}"
+
+[tls]
+issuer = "acme"
+
+[tls.acme]
+directory_url = "{dir}"
+ca_root = "{ca}"
+contact = "ops@example.com"
+retry_min_secs = 1
+retry_max_secs = 2
+
+[domains]
+nameservers = ["{dns}"]
+recheck_min_secs = 1
+
+[pools.a]
+upstreams = ["{pool}"]
+
+[[admin.tokens]]
+name = "ops"
+scope = "operator"
+sha256 = "{ops}"
+
+[[admin.tokens]]
+name = "a-admin"
+scope = "tenant:a"
+sha256 = "{ta}"
+"#,
+        dir = p.directory_url(),
+        ca = p.api_ca_pem_path().display(),
+        dns = p.dns_addr(),
+        pool = pool.addr,
+        ops = hash_hex(OPS),
+        ta = hash_hex(A),
+    );
+    let gw = Gateway::start_with_http(tempfile::tempdir().expect("dir"), &cfg, http).await;
+    let r = gw
+        .admin_call("PUT", "/v1/tenants/a", Some(OPS), Some(&json!({"pool": "a"})), &[])
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    let name = "live.a-owned.example";
+    let started = Instant::now();
+    let r = gw
+        .admin_call("PUT", &format!("/v1/tenants/a/domains/{name}"), Some(A), None, &[])
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.json);
+    let token = r.json["token"].as_str().expect("token").to_string();
+    // Pending: no certificate is ordered for it.
+    let root = p.issuing_root_pem().await;
+    assert!(common::handshake_full(gw.https, Some(name), root.as_bytes())
+        .await
+        .is_err());
+    p.set_txt(&format!("_tenantgate-challenge.{name}"), &token).await;
+    // Follow the event stream (long poll) until the certificate is issued.
+    let mut after = 0;
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|(k, n): &(String, String)| k == "certificate.issued" && n == name)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never live: {seen:?}\n{}",
+            gw.log()
+        );
+        let r = gw
+            .admin_call("GET", &format!("/v1/events?after={after}&wait=10"), Some(A), None, &[])
+            .await;
+        for e in r.json["events"].as_array().cloned().unwrap_or_default() {
+            after = e["seq"].as_u64().unwrap_or(after);
+            seen.push((
+                e["type"].as_str().unwrap_or("").to_string(),
+                e["name"].as_str().unwrap_or("").to_string(),
+            ));
+        }
+    }
+    eprintln!("PUT + TXT to certificate.issued: {:?}", started.elapsed());
+    let order: Vec<&str> = seen
+        .iter()
+        .filter(|(_, n)| n == name)
+        .map(|(k, _)| k.as_str())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "domain.pending",
+            "domain.verified",
+            "domain.active",
+            "certificate.issued"
+        ]
+    );
+    // Live over verified HTTPS with the Pebble certificate.
+    let (_, leaf) = common::handshake_full(gw.https, Some(name), root.as_bytes())
+        .await
+        .expect("a verified handshake");
+    assert!(!leaf.is_empty());
+    let client = common::https_client(root.as_bytes(), &[name], gw.https, true);
+    let resp = client
+        .get(format!("https://{name}:{}/", gw.https.port()))
+        .send()
+        .await
+        .expect("https request");
+    assert_eq!(resp.status().as_u16(), 200);
+}

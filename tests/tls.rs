@@ -541,7 +541,9 @@ async fn domain_lookup_reports_a_failing_acme_order_and_its_backoff() {
         .unwrap_or_else(|| panic!("next_attempt: {cert}"));
     let backoff = next.duration_since(jiff::Timestamp::try_from(started).expect("now"));
     assert!(
-        backoff.as_secs() > 3500 && backoff.as_secs() <= 3600,
+        // Counted from the test's clock, which starts before the order fails
+        // (seconds later on a busy machine).
+        backoff.as_secs() > 3500 && backoff.as_secs() <= 3660,
         "retry in about retry_min_secs: {cert}"
     );
     // Wildcards are not ordered: nothing covers them without an operator file.

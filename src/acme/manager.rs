@@ -196,9 +196,29 @@ pub struct CertManager {
     metrics: Arc<Metrics>,
     account: Arc<AccountSlot>,
     schedule: Arc<Schedule>,
+    /// Where certificate events go (`certificate.issued`, `.renewed`, `.failed`).
+    events: Option<Arc<crate::domains::events::Events>>,
 }
 
 impl CertManager {
+    /// Records each order's outcome in the event log.
+    pub fn with_events(mut self, events: Arc<crate::domains::events::Events>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    fn event(&self, kind: &str, name: &str, detail: Option<&str>) {
+        let Some(events) = &self.events else { return };
+        let host = name.strip_prefix("*.").unwrap_or(name);
+        let snap = self.registry.snapshot();
+        let tenant = snap
+            .table
+            .lookup(host)
+            .and_then(|m| snap.tenant(m.tenant))
+            .map(|t| t.id.to_string());
+        events.emit(kind, tenant.as_deref(), Some(name), detail);
+    }
+
     pub fn new(
         registry: Arc<Registry>,
         store: Arc<CertStore>,
@@ -212,6 +232,7 @@ impl CertManager {
             metrics,
             account: Arc::new(AccountSlot::default()),
             schedule: Arc::new(Schedule::default()),
+            events: None,
         }
     }
 
@@ -514,6 +535,14 @@ impl BackgroundService for CertManager {
                 Some(done) = done_rx.recv() => {
                     if !matches!(done.outcome, Outcome::NotYet(_)) {
                         self.metrics.acme_order(done.renewal, matches!(done.outcome, Outcome::Issued { .. }));
+                    }
+                    match &done.outcome {
+                        Outcome::Issued { .. } => {
+                            let kind = if done.renewal { "certificate.renewed" } else { "certificate.issued" };
+                            self.event(kind, &done.name, None);
+                        }
+                        Outcome::Failed(e) => self.event("certificate.failed", &done.name, Some(e.as_str())),
+                        Outcome::NotYet(_) => {}
                     }
                     let mut book = self.schedule.lock();
                     // Handled whatever the issuer is now: the order ran.

@@ -49,7 +49,7 @@ impl Outcome {
 /// proof) and the background checks.
 pub struct Lifecycle {
     pub claims: Claims,
-    pub events: Events,
+    pub events: Arc<Events>,
     dns: Option<Dns>,
     registry: Arc<Registry>,
     /// The gateway's plain HTTP port, where an HTTP proof is fetched.
@@ -79,7 +79,7 @@ impl Lifecycle {
             }
         };
         let claims = Claims::load(&cfg.state_dir);
-        let events = Events::open(&cfg.state_dir);
+        let events = Arc::new(Events::open(&cfg.state_dir));
         drop(snap);
         Lifecycle {
             claims,
