@@ -143,7 +143,7 @@ pub fn serve(source: Source, upgrade: bool) -> Result<std::convert::Infallible, 
         https.add_tcp(&addr.to_string());
         server.add_service(https);
         let manager = CertManager::new(registry.clone(), store.clone(), challenges, metrics.clone())
-            .with_events(lifecycle.events.clone());
+            .with_lifecycle(lifecycle.clone());
         manager.load_provided_now();
         certs = Some(Certs {
             store,

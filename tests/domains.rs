@@ -628,3 +628,39 @@ sha256 = "{ta}"
         .expect("https request");
     assert_eq!(resp.status().as_u16(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_domain_that_points_elsewhere_becomes_moved_and_back() {
+    let f = start("reverify_secs = 1\nmoved_grace_days = 0").await;
+    let r = f.call("PUT", "/v1/tenants/b/domains/gone.b.example", OPS, None).await;
+    assert_eq!(r.status, 201);
+    f.dns.add_a_record("gone.b.example", "10.9.9.9").await;
+    f.wait_state("gone.b.example", "moved").await;
+    // Still routed (removal is the operator's choice), but not renewed.
+    assert_eq!(f.gw.routed("gone.b.example").await.1.as_deref(), Some("b"));
+    f.dns.clear_a_record("gone.b.example").await;
+    f.wait_state("gone.b.example", "active").await;
+    let ks = kinds(&f.events(OPS, 0).await, "gone.b.example");
+    assert_eq!(
+        ks.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        ["domain.active", "domain.moved", "domain.active"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_moved_takes_a_moved_domain_off_its_tenant() {
+    let f = start("reverify_secs = 1\nmoved_grace_days = 0\nremove_moved = true").await;
+    let r = f.call("PUT", "/v1/tenants/b/domains/left.b.example", OPS, None).await;
+    assert_eq!(r.status, 201);
+    f.dns.add_a_record("left.b.example", "10.9.9.9").await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while f.gw.routed("left.b.example").await.0 != 421 {
+        assert!(Instant::now() < deadline, "a moved name was never removed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let t = f.call("GET", "/v1/tenants/b", OPS, None).await;
+    assert_eq!(t.json["domains"], json!([]));
+    let ks = kinds(&f.events(OPS, 0).await, "left.b.example");
+    assert!(ks.contains(&("domain.moved".into(), "b".into())), "{ks:?}");
+    assert!(ks.contains(&("domain.removed".into(), "b".into())), "{ks:?}");
+}

@@ -196,19 +196,23 @@ pub struct CertManager {
     metrics: Arc<Metrics>,
     account: Arc<AccountSlot>,
     schedule: Arc<Schedule>,
-    /// Where certificate events go (`certificate.issued`, `.renewed`, `.failed`).
-    events: Option<Arc<crate::domains::events::Events>>,
+    /// Where certificate events go (`certificate.issued`, `.renewed`,
+    /// `.failed`), and which names moved away (not renewed).
+    lifecycle: Option<Arc<crate::domains::verifier::Lifecycle>>,
 }
 
 impl CertManager {
-    /// Records each order's outcome in the event log.
-    pub fn with_events(mut self, events: Arc<crate::domains::events::Events>) -> Self {
-        self.events = Some(events);
+    /// Records each order's outcome in the event log, and stops ordering
+    /// for names that moved away.
+    pub fn with_lifecycle(mut self, lifecycle: Arc<crate::domains::verifier::Lifecycle>) -> Self {
+        self.lifecycle = Some(lifecycle);
         self
     }
 
     fn event(&self, kind: &str, name: &str, detail: Option<&str>) {
-        let Some(events) = &self.events else { return };
+        let Some(events) = self.lifecycle.as_ref().map(|l| &l.events) else {
+            return;
+        };
         let host = name.strip_prefix("*.").unwrap_or(name);
         let snap = self.registry.snapshot();
         let tenant = snap
@@ -232,7 +236,7 @@ impl CertManager {
             metrics,
             account: Arc::new(AccountSlot::default()),
             schedule: Arc::new(Schedule::default()),
-            events: None,
+            lifecycle: None,
         }
     }
 
@@ -263,6 +267,9 @@ impl CertManager {
             }
         }
         names.retain(|n| !self.store.provided_covers(n));
+        if let Some(l) = &self.lifecycle {
+            names.retain(|n| !l.is_moved(n));
+        }
         names
     }
 

@@ -54,7 +54,12 @@ impl Call {
         if self.caller.may_touch(&tenant.id).is_err() {
             return unrouted();
         }
-        let mut body = json!({"name": host, "state": "active", "tenant": &*tenant.id, "match": m.kind.as_str(), "generation": snap.generation});
+        let state = if self.lifecycle.is_moved(&host) {
+            "moved"
+        } else {
+            "active"
+        };
+        let mut body = json!({"name": host, "state": state, "tenant": &*tenant.id, "match": m.kind.as_str(), "generation": snap.generation});
         if !claims.is_empty() {
             body["claims"] = Value::Array(claims.iter().map(|c| self.claim_view(c)).collect());
         }

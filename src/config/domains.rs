@@ -48,6 +48,13 @@ pub struct Domains {
     /// Where claims and the event log are kept.
     pub state_dir: PathBuf,
     pub max_pending_per_tenant: usize,
+    /// How often active custom domains are checked to still point at
+    /// `targets`.
+    pub reverify: Duration,
+    /// A name that stopped pointing here for this long is `moved`.
+    pub moved_grace: Duration,
+    /// Remove a moved name from its tenant.
+    pub remove_moved: bool,
     /// `[[webhooks]]`: where events are POSTed.
     pub webhooks: Vec<Webhook>,
 }
@@ -184,6 +191,9 @@ impl Domains {
             caa_issuers: vec!["letsencrypt.org".into()],
             state_dir: base.join("state"),
             max_pending_per_tenant: 20,
+            reverify: Duration::from_secs(4 * 3600),
+            moved_grace: Duration::from_secs(3 * 86_400),
+            remove_moved: false,
             webhooks: Vec::new(),
         }
     }
@@ -314,6 +324,21 @@ pub(super) fn validate(
         let p = PathBuf::from(dir);
         out.state_dir = if p.is_absolute() { p } else { base.join(p) };
     }
+    if let Some(secs) = d.reverify_secs {
+        if (1..=7 * 86_400).contains(&secs) {
+            out.reverify = Duration::from_secs(secs);
+        } else {
+            bad("reverify_secs", secs.to_string(), "1 to 604800 seconds");
+        }
+    }
+    if let Some(days) = d.moved_grace_days {
+        if days <= 365 {
+            out.moved_grace = Duration::from_secs(days * 86_400);
+        } else {
+            bad("moved_grace_days", days.to_string(), "0 to 365 days");
+        }
+    }
+    out.remove_moved = d.remove_moved.unwrap_or(false);
     if let Some(n) = d.max_pending_per_tenant {
         if (1..=10_000).contains(&n) {
             out.max_pending_per_tenant = n;

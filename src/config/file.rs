@@ -49,6 +49,9 @@ pub struct DomainsSection {
     pub caa_issuers: Option<Vec<String>>,
     pub state_dir: Option<String>,
     pub max_pending_per_tenant: Option<usize>,
+    pub reverify_secs: Option<u64>,
+    pub moved_grace_days: Option<u64>,
+    pub remove_moved: Option<bool>,
 }
 
 /// One `[[webhooks]]` receiver of events.

@@ -89,6 +89,19 @@ impl Dns {
         Ok((found.iter().any(|t| t.trim() == token), found))
     }
 
+    /// Whether `name` points at one of `targets` (`None`: DNS did not
+    /// answer, or `targets` is empty).
+    pub async fn points_to(&self, cfg: &Domains, name: &str) -> Option<bool> {
+        if cfg.targets.is_empty() {
+            return None;
+        }
+        let (cnames, ips) = self.points(name).await.ok()?;
+        Some(
+            cnames.iter().any(|c| cfg.targets.contains(c))
+                || ips.iter().any(|ip| cfg.targets.contains(&ip.to_string())),
+        )
+    }
+
     /// The addresses `name` resolves to.
     pub async fn addresses(&self, name: &str) -> Result<Vec<IpAddr>, DnsError> {
         self.points(name).await.map(|(_, ips)| ips)

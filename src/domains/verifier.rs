@@ -4,7 +4,8 @@
 //! is found (the name joins the tenant's domains through the registry, the
 //! one writer), another claimant wins, or the claim expires.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -55,6 +56,11 @@ pub struct Lifecycle {
     /// The gateway's plain HTTP port, where an HTTP proof is fetched.
     http_port: u16,
     metrics: Option<DomainMetrics>,
+    /// Active names that stopped pointing at `targets`: since when (Unix
+    /// seconds), and whether the grace ran out (`moved`).
+    moved: Mutex<BTreeMap<String, (u64, bool)>>,
+    /// When active names were last re-checked.
+    last_reverify: Mutex<Option<tokio::time::Instant>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +94,108 @@ impl Lifecycle {
             registry,
             http_port,
             metrics,
+            moved: Mutex::new(BTreeMap::new()),
+            last_reverify: Mutex::new(None),
+        }
+    }
+
+    /// Whether `name` is `moved`: it stopped pointing here for longer than
+    /// `moved_grace_days` (its certificate is no longer renewed).
+    pub fn is_moved(&self, name: &str) -> bool {
+        self.moved
+            .lock()
+            .map(|m| m.get(name).is_some_and(|(_, moved)| *moved))
+            .unwrap_or(false)
+    }
+
+    /// Re-checks that active custom names still point at `targets`
+    /// (every `reverify_secs`; only when `targets` is set). A name that has
+    /// not for `moved_grace_days` becomes `moved`: an event, no more
+    /// renewals, and with `remove_moved` it leaves its tenant.
+    async fn reverify(self: &Arc<Self>, cfg: &Domains) {
+        let Some(dns) = &self.dns else { return };
+        if cfg.targets.is_empty() {
+            return;
+        }
+        {
+            let Ok(mut last) = self.last_reverify.lock() else {
+                return;
+            };
+            if last.is_some_and(|t| t.elapsed() < cfg.reverify) {
+                return;
+            }
+            *last = Some(tokio::time::Instant::now());
+        }
+        let snap = self.registry.snapshot();
+        let names: Vec<(String, String)> = snap
+            .config
+            .tenants
+            .iter()
+            .flat_map(|t| {
+                t.domains.iter().filter_map(move |d| match d {
+                    crate::config::DomainName::Exact(n) => Some((t.id.clone(), n.clone())),
+                    crate::config::DomainName::Wildcard(_) => None,
+                })
+            })
+            .collect();
+        drop(snap);
+        let now = super::now();
+        let mut remove = Vec::new();
+        for (tenant, name) in names {
+            let points = match dns.points_to(cfg, &name).await {
+                Some(p) => p,
+                None => continue, // DNS did not answer: no verdict
+            };
+            let Ok(mut moved) = self.moved.lock() else { return };
+            if points {
+                if moved.remove(&name).is_some_and(|(_, was)| was) {
+                    self.events.emit(
+                        "domain.active",
+                        Some(&tenant),
+                        Some(&name),
+                        Some("points at the platform again"),
+                    );
+                }
+                continue;
+            }
+            let entry = moved.entry(name.clone()).or_insert((now, false));
+            if !entry.1 && now.saturating_sub(entry.0) >= cfg.moved_grace.as_secs() {
+                entry.1 = true;
+                let why = format!("no longer points at {}", cfg.targets.join(", "));
+                self.events.emit("domain.moved", Some(&tenant), Some(&name), Some(&why));
+                tracing::warn!(tenant = %tenant, domain = %name, "domain moved away; its certificate is no longer renewed");
+                if cfg.remove_moved {
+                    remove.push((tenant, name));
+                }
+            }
+        }
+        for (tenant, name) in remove {
+            if let Err(e) = self.remove(&tenant, &name).await {
+                tracing::error!(tenant = %tenant, domain = %name, error = %e, "moved domain not removed");
+            }
+        }
+    }
+
+    /// Takes `name` out of `tenant`'s domains (a registry write).
+    async fn remove(&self, tenant: &str, name: &str) -> Result<(), String> {
+        let registry = self.registry.clone();
+        let (id, name) = (tenant.to_string(), name.to_string());
+        let res = tokio::task::spawn_blocking(move || {
+            registry.write::<PromoteError>(false, &format!("domain-verifier (tenant {id}, moved)"), |texts, _| {
+                let text = texts
+                    .tenants
+                    .get(&id)
+                    .ok_or_else(|| PromoteError::MainFile(id.clone()))?;
+                let mut t: TenantSection = toml::from_str(text).map_err(|_| PromoteError::NoTenant(id.clone()))?;
+                t.domains.retain(|d| *d != name);
+                Ok(vec![TenantEdit::Put(Box::new(t))])
+            })
+        })
+        .await;
+        match res {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -268,6 +376,7 @@ impl Lifecycle {
         for c in due.into_iter().take(BATCH) {
             self.check(&c).await;
         }
+        self.reverify(&cfg).await;
         if let Some(m) = &self.metrics {
             let (pending, failed) = self.claims.counts();
             m.claims.with_label_values(&["pending"]).set(pending as i64);
