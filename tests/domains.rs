@@ -512,8 +512,8 @@ async fn webhooks_are_signed_filtered_and_retried_after_an_outage() {
     assert_ne!(want, other);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_proven_domain_goes_live_over_https_with_a_pebble_certificate() {
+/// A gateway ordering certificates from Pebble, whose DNS is challtestsrv.
+async fn with_acme() -> (Gateway, Pebble, EchoBackend) {
     let http: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().expect("addr");
     let p = Pebble::start(http.port(), common::free_port(), 3600).await;
     let pool = backend("a").await;
@@ -564,6 +564,12 @@ sha256 = "{ta}"
         .admin_call("PUT", "/v1/tenants/a", Some(OPS), Some(&json!({"pool": "a"})), &[])
         .await;
     assert_eq!(r.status, 201, "{:?}", r.json);
+    (gw, p, pool)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proven_domain_goes_live_over_https_with_a_pebble_certificate() {
+    let (gw, p, _pool) = with_acme().await;
     let name = "live.a-owned.example";
     let started = Instant::now();
     let r = gw
@@ -663,4 +669,38 @@ async fn remove_moved_takes_a_moved_domain_off_its_tenant() {
     let ks = kinds(&f.events(OPS, 0).await, "left.b.example");
     assert!(ks.contains(&("domain.moved".into(), "b".into())), "{ks:?}");
     assert!(ks.contains(&("domain.removed".into(), "b".into())), "{ks:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_certificate_is_ordered_while_caa_excludes_the_ca() {
+    let (gw, p, _pool) = with_acme().await;
+    let name = "caa.a-owned.example";
+    p.add_caa_issue(name, "other-ca.example").await;
+    let r = gw
+        .admin_call("PUT", &format!("/v1/tenants/a/domains/{name}"), Some(OPS), None, &[])
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let acme = loop {
+        let r = gw
+            .admin_call("GET", &format!("/v1/domains/{name}"), Some(OPS), None, &[])
+            .await;
+        let acme = r.json["certificate"]["acme"].clone();
+        if acme["state"] == "failed" {
+            break acme;
+        }
+        assert!(Instant::now() < deadline, "{:?}", r.json);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let why = acme["last_error"].as_str().unwrap_or("");
+    assert!(
+        why.contains("caa_allows_ca") && why.contains("other-ca.example"),
+        "{acme:?}"
+    );
+    // Pebble never saw an order for it: no certificate is served.
+    let root = p.issuing_root_pem().await;
+    assert!(common::handshake_full(gw.https, Some(name), root.as_bytes())
+        .await
+        .is_err());
+    assert!(!p.pebble_log().contains(name), "an order reached the CA");
 }

@@ -516,7 +516,22 @@ impl BackgroundService for CertManager {
                     };
                     let (p, tx) = (p.clone(), done_tx.clone());
                     let running = self.metrics.acme_orders_in_flight.clone();
+                    let lifecycle = self.lifecycle.clone();
                     tokio::spawn(async move {
+                        // A first order waits until DNS no longer says no
+                        // (CAA, where the name points): a refused order
+                        // burns the CA's rate limits.
+                        if let (false, Some(l)) = (renewal, &lifecycle) {
+                            if let Some(why) = l.refuses_order(&name).await {
+                                let _ = tx.send(Done {
+                                    name,
+                                    order,
+                                    renewal,
+                                    outcome: Outcome::Failed(why),
+                                });
+                                return;
+                            }
+                        }
                         let _permit = p.acquire_owned().await;
                         running.inc();
                         let outcome = ctx.run(&name, renewal).await;

@@ -217,6 +217,21 @@ impl Lifecycle {
         }
     }
 
+    /// Why a certificate must not be ordered for `name` yet, when DNS says
+    /// so plainly: a CAA record that excludes every `caa_issuers`, or (with
+    /// `targets`) the name pointing elsewhere. A DNS server that does not
+    /// answer is no verdict: the order goes ahead.
+    pub async fn refuses_order(&self, name: &str) -> Option<String> {
+        let cfg = self.config();
+        let dns = self.dns.as_ref()?;
+        let checks = dns.diagnose(&cfg, name, None).await;
+        let refusal = checks.iter().find(|c| !c.ok && !c.found.starts_with("DNS lookup of"))?;
+        Some(format!(
+            "not ordered: {} ({}); fix: {}",
+            refusal.check, refusal.found, refusal.fix
+        ))
+    }
+
     /// Saves the claims off the async threads.
     pub async fn save(self: &Arc<Self>) {
         let me = self.clone();
