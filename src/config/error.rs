@@ -130,6 +130,8 @@ pub enum Problem {
     BadTemplateName { value: String },
     #[error("template {name:?} is defined both in the main file and in templates/{name}.toml")]
     DuplicateTemplate { name: String },
+    #[error(transparent)]
+    Profile(super::profile::ProfileProblem),
 }
 
 fn template_sets_none(template: &Option<String>) -> String {
@@ -213,6 +215,7 @@ impl Problem {
             }
             BadTemplateName { .. } => "use 1 to 63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit",
             DuplicateTemplate { .. } => "keep one definition: remove [templates.<name>] or the file",
+            Profile(p) => p.fix(),
         }
     }
 }
