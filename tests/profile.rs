@@ -437,6 +437,40 @@ async fn error_pages_are_branded_per_tenant_and_language_escaped_and_json_for_js
     let (status, body) = get("beta.example", vec![("accept", BROWSER)]).await;
     assert_eq!(status, 503);
     assert_eq!(body, "<p lang=\"en\">beta is under maintenance, back in 30 s</p>");
+
+    // The same answers over HTTP/2.
+    let root = std::fs::read(gw.dir().join("state/internal-ca/root.pem")).expect("internal CA root");
+    let client = https_client(&root, &["acme.example", "beta.example"], gw.https, false);
+    let url = |host: &str| format!("https://{host}:{}/", gw.https.port());
+    let resp = client
+        .get(url("acme.example"))
+        .header("accept", BROWSER)
+        .header("accept-language", "de")
+        .send()
+        .await
+        .expect("h2 502");
+    assert_eq!(
+        (resp.status().as_u16(), resp.version()),
+        (502, reqwest::Version::HTTP_2)
+    );
+    assert_eq!(
+        resp.headers().get("vary").and_then(|v| v.to_str().ok()),
+        Some("accept, accept-language")
+    );
+    assert!(resp.text().await.expect("body").contains("Dienst nicht erreichbar"));
+    let resp = client
+        .get(url("beta.example"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .expect("h2 503");
+    assert_eq!(resp.status().as_u16(), 503);
+    assert_eq!(
+        resp.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("30")
+    );
+    let v: Value = serde_json::from_str(&resp.text().await.expect("body")).expect("problem");
+    assert_eq!(v["type"], "tag:tenantgate,2026:maintenance");
 }
 
 #[tokio::test]

@@ -28,7 +28,7 @@ mod authority;
 mod framing;
 mod h1;
 mod h2;
-mod headers;
+pub mod headers;
 pub mod pages;
 pub mod policy;
 pub mod pool;

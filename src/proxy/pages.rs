@@ -101,6 +101,10 @@ impl Branded<'_> {
     /// `plain` (the usual answer for `status`), as the client asks for it.
     /// `retry_after` goes into the page and the problem's `retry_after`.
     pub fn answer(&self, page: Page, mut plain: Answer, retry_after: Option<u32>) -> Answer {
+        // Caches keep one answer per form and language.
+        plain
+            .headers
+            .push(("vary", HeaderValue::from_static("accept, accept-language")));
         match self.prefs.wants() {
             Wants::Other => plain,
             Wants::Json if plain.content_type == "application/problem+json" => plain,
