@@ -885,6 +885,68 @@ pub fn regions<'a>(profiles: impl Iterator<Item = &'a Profile>) -> HashMap<&'a s
 mod tests {
     use super::*;
 
+    fn config(text: &str) -> (crate::config::Config, Vec<ConfigError>) {
+        let file = crate::config::parse(Path::new("t.toml"), text).expect("parses");
+        crate::config::validate(file, Path::new("."))
+    }
+
+    const MERGE: &str = r##"
+[gateway]
+http_listen = "127.0.0.1:8080"
+[pools.p]
+upstreams = ["127.0.0.1:9001"]
+region = "eu"
+[plans.pro]
+features = ["sso", "audit"]
+locale = { language = "en", currency = "USD" }
+branding = { name = "Plan", primary_color = "#111" }
+labels = { tier = "pro" }
+[templates.t]
+plan = "pro"
+pool = "p"
+features = ["beta", "-audit"]
+locale = { language = "de" }
+region = "eu"
+labels = { tier = "template", team = "x" }
+[[tenants]]
+id = "a"
+template = "t"
+features = ["-sso"]
+branding = { name = "A" }
+labels = { team = "a" }
+"##;
+
+    #[test]
+    fn tenant_beats_template_beats_plan_for_every_profile_field() {
+        let (c, errs) = config(MERGE);
+        assert_eq!(errs, []);
+        let a = &c.tenants[0];
+        let p = &a.profile;
+        assert_eq!(p.features.iter().map(String::as_str).collect::<Vec<_>>(), ["beta"]);
+        assert_eq!(
+            (p.locale.language.as_deref(), p.locale.currency.as_deref()),
+            (Some("de"), Some("USD"))
+        );
+        assert_eq!(
+            (p.branding.name.as_deref(), p.branding.primary_color.as_deref()),
+            (Some("A"), Some("#111"))
+        );
+        assert_eq!(p.region.as_deref(), Some("eu"));
+        let labels: Vec<(&str, &str)> = a.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(labels, [("team", "a"), ("tier", "template")]);
+    }
+
+    #[test]
+    fn profile_keys_in_a_limits_table_and_oversized_labels_are_refused() {
+        let text = format!("{MERGE}[tenants.limits]\nfeatures = [\"x\"]\n");
+        let (_, errs) = config(&text);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].field, "tenants[0].limits.features");
+        let big = format!("{MERGE}\n[profile]\nmax_label_bytes = 10\n");
+        let (_, errs) = config(&big);
+        assert!(errs.iter().any(|e| e.field == "tenants[0].labels"), "{errs:?}");
+    }
+
     #[test]
     fn cidr_ranges_contain_their_addresses_only() {
         let c = Cidr::parse("10.1.0.0/16").expect("cidr");
