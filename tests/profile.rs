@@ -343,6 +343,24 @@ async fn maintenance_answers_503_with_retry_after_lets_the_allow_list_through_an
     assert_eq!(gw.get("shop.example", "/").await.0, 200);
     gw.wait_metric("tenantgate_rejections_total{reason=\"maintenance\"}", 2.0)
         .await;
+
+    // A switch: true is on with no end time (default Retry-After 300), false is off.
+    let r = put(json!({"domains": ["shop.example"], "pool": "any", "plan": "free", "maintenance": true})).await;
+    assert_eq!((r.status, &r.json["maintenance"]), (200, &json!({})));
+    let resp = reqwest::Client::new()
+        .get(format!("http://{}/", gw.http))
+        .header("host", "shop.example")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 503);
+    assert_eq!(
+        resp.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("300")
+    );
+    let r = put(json!({"domains": ["shop.example"], "pool": "any", "plan": "free", "maintenance": false})).await;
+    assert_eq!((r.status, &r.json["maintenance"]), (200, &Value::Null));
+    assert_eq!(gw.get("shop.example", "/").await.0, 200);
 }
 
 #[tokio::test]

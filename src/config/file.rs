@@ -118,6 +118,7 @@ pub struct PoolSection {
     /// The region the pool's backends are in (data residency).
     pub region: Option<String>,
     /// Maintenance of every tenant on the pool.
+    #[serde(default, deserialize_with = "super::profile::maintenance_value")]
     pub maintenance: Option<super::profile::MaintenanceSection>,
 }
 
@@ -159,7 +160,11 @@ pub struct TenantSection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub branding: Option<super::profile::BrandingSection>,
     /// Maintenance mode: present means on (until `until`, if set).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::profile::maintenance_value"
+    )]
     pub maintenance: Option<super::profile::MaintenanceSection>,
 }
 

@@ -82,6 +82,21 @@ pub struct MaintenanceSection {
     pub retry_after: Option<i64>,
 }
 
+/// `maintenance` as a table, or `true` (on, no end time) or `false` (off).
+pub fn maintenance_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<MaintenanceSection>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Value {
+        Switch(bool),
+        Table(MaintenanceSection),
+    }
+    Ok(match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Switch(false)) => None,
+        Some(Value::Switch(true)) => Some(MaintenanceSection::default()),
+        Some(Value::Table(t)) => Some(t),
+    })
+}
+
 /// `[profile]` of the main file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
