@@ -238,6 +238,7 @@ dns_timeout_ms = 300
 
 [pools.p]
 upstreams = ["{}"]
+region = "eu"
 
 [[admin.tokens]]
 name = "ops"
@@ -280,7 +281,11 @@ pool = "p"
         t,
         "/v1/templates/basic",
         op,
-        Some((J, json!({"pool": "p"}))),
+        Some((
+            J,
+            json!({"pool": "p", "features": ["beta"], "locale": {"language": "de", "currency": "EUR"},
+                   "region": "eu", "branding": {"name": "Basic"}, "labels": {"tier": "basic"}}),
+        )),
         &[],
         201,
     )
@@ -312,7 +317,9 @@ pool = "p"
     w.call("GET", t, "/v1/templates/none", op, None, &[], 404).await;
 
     let id = "/v1/tenants/{id}";
-    let acme = json!({"domains": ["a.acme.com"], "template": "basic", "labels": {"region": "eu"}});
+    let acme = json!({"domains": ["a.acme.com"], "template": "basic", "labels": {"region": "eu"},
+                      "features": ["-beta", "labs"], "branding": {"primary_color": "#0a7"},
+                      "maintenance": {"until": "2026-12-04T13:00:00Z"}});
     w.call("PUT", id, "/v1/tenants/acme", None, Some((J, acme.clone())), &[], 401)
         .await;
     w.call(

@@ -170,6 +170,16 @@ struct NamedTemplate {
     timezone: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     limits: Option<PlanSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    features: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    locale: Option<crate::config::profile::LocaleSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    branding: Option<crate::config::profile::BrandingSection>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    labels: std::collections::BTreeMap<String, String>,
 }
 
 impl NamedTemplate {
@@ -181,6 +191,11 @@ impl NamedTemplate {
             plan: t.plan,
             timezone: t.timezone,
             limits: t.limits,
+            features: t.features,
+            locale: t.locale,
+            region: t.region,
+            branding: t.branding,
+            labels: t.labels,
         }
     }
 
@@ -191,6 +206,11 @@ impl NamedTemplate {
             plan: self.plan,
             timezone: self.timezone,
             limits: self.limits,
+            features: self.features,
+            locale: self.locale,
+            region: self.region,
+            branding: self.branding,
+            labels: self.labels,
         };
         (self.name, t)
     }

@@ -302,6 +302,7 @@ impl Call {
                 if let Scope::Tenant(_) = caller.scope {
                     let before = before.ok_or_else(|| Problem::forbidden("a tenant token cannot create its tenant"))?;
                     refuse_operator_fields(&before, &after)?;
+                    refuse_profile_fields(&before, &after, &snap.config.profile)?;
                 }
                 Ok((existing.is_none(), vec![TenantEdit::Put(Box::new(after))]))
             })
@@ -333,6 +334,37 @@ impl Call {
     }
 }
 
+/// A tenant token may change the profile fields the operator lists in
+/// `[profile] tenant_editable`; `region` never (data residency is the
+/// operator's).
+fn refuse_profile_fields(
+    before: &TenantSection,
+    after: &TenantSection,
+    settings: &crate::config::profile::ProfileSettings,
+) -> Result<(), Problem> {
+    let changed = [
+        ("features", before.features != after.features),
+        ("locale", before.locale != after.locale),
+        ("branding", before.branding != after.branding),
+        ("maintenance", before.maintenance != after.maintenance),
+        ("labels", before.labels != after.labels),
+        ("region", before.region != after.region),
+    ];
+    match changed
+        .iter()
+        .find(|(field, changed)| *changed && !settings.tenant_may_edit(field))
+    {
+        Some((field, _)) => Err(Problem::forbidden(format!(
+            "a tenant token may not change {field}: the operator allows {} ([profile] tenant_editable)",
+            match settings.tenant_editable.is_empty() {
+                true => "no profile field".to_string(),
+                false => settings.tenant_editable.join(", "),
+            }
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// A tenant token may change its domains, subdomain and redirect_https
 /// only; the rest is the operator's.
 fn refuse_operator_fields(before: &TenantSection, after: &TenantSection) -> Result<(), Problem> {
@@ -341,13 +373,8 @@ fn refuse_operator_fields(before: &TenantSection, after: &TenantSection) -> Resu
             "a tenant token may not change the tenant's template; templates are the operator's",
         ));
     }
-    if (
-        &before.pool,
-        &before.plan,
-        &before.limits,
-        &before.timezone,
-        &before.labels,
-    ) != (&after.pool, &after.plan, &after.limits, &after.timezone, &after.labels)
+    if (&before.pool, &before.plan, &before.limits, &before.timezone)
+        != (&after.pool, &after.plan, &after.limits, &after.timezone)
     {
         return Err(Problem::forbidden(
             "a tenant token may change domains, subdomain and redirect_https only; pool, plan, limits, timezone and labels are the operator's",

@@ -195,6 +195,11 @@ mod tests {
             timezone: None,
             limits: None,
             labels: Default::default(),
+            features: None,
+            locale: None,
+            region: None,
+            branding: None,
+            maintenance: None,
         }
     }
 

@@ -132,6 +132,8 @@ pub enum Problem {
     DuplicateTemplate { name: String },
     #[error("{value:?} is not valid here: want {expected}")]
     BadSetting { value: String, expected: &'static str },
+    #[error(transparent)]
+    Profile(super::profile::ProfileProblem),
 }
 
 fn template_sets_none(template: &Option<String>) -> String {
@@ -216,6 +218,7 @@ impl Problem {
             BadTemplateName { .. } => "use 1 to 63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit",
             DuplicateTemplate { .. } => "keep one definition: remove [templates.<name>] or the file",
             BadSetting { .. } => "set the value the message names (see config/README.md), or remove the key for its default",
+            Profile(p) => p.fix(),
         }
     }
 }

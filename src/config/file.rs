@@ -31,6 +31,12 @@ pub struct File {
     pub template_files: BTreeMap<String, TemplateSection>,
     #[serde(default)]
     pub tenants: Vec<TenantSection>,
+    /// `[profile]`: trusted headers, `tenant.json`, error pages, maintenance.
+    #[serde(default)]
+    pub profile: super::profile::ProfileSection,
+    /// `[features.<name>]`: path prefixes gated by a feature.
+    #[serde(default)]
+    pub features: BTreeMap<String, super::profile::FeatureSection>,
 }
 
 /// `[domains]`: the custom-domain lifecycle (ownership proof).
@@ -119,6 +125,10 @@ pub struct GatewaySection {
     pub shutdown_grace_secs: Option<u64>,
     pub upgrade_sock: Option<String>,
     pub work_stealing: Option<bool>,
+    /// The region this replica serves (data residency).
+    pub region: Option<String>,
+    /// With `region`: refuse tenants of other regions with 421.
+    pub refuse_other_regions: Option<bool>,
 }
 
 /// `[telemetry]`
@@ -139,6 +149,11 @@ pub struct TelemetrySection {
 pub struct PoolSection {
     #[serde(default)]
     pub upstreams: Vec<String>,
+    /// The region the pool's backends are in (data residency).
+    pub region: Option<String>,
+    /// Maintenance of every tenant on the pool.
+    #[serde(default, deserialize_with = "super::profile::maintenance_value")]
+    pub maintenance: Option<super::profile::MaintenanceSection>,
 }
 
 /// One `[[tenants]]` entry, or one file under `tenants/`. Serialised as a
@@ -169,6 +184,22 @@ pub struct TenantSection {
     /// for the admin API's list filters; they change nothing in routing.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "unique_map")]
     pub labels: BTreeMap<String, String>,
+    /// Feature flags: names add, `-name` removes one the plan or template grants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<super::profile::LocaleSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branding: Option<super::profile::BrandingSection>,
+    /// Maintenance mode: present means on (until `until`, if set).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::profile::maintenance_value"
+    )]
+    pub maintenance: Option<super::profile::MaintenanceSection>,
 }
 
 /// A map of strings that refuses a key given twice (serde's maps keep the
@@ -211,6 +242,17 @@ pub struct TemplateSection {
     pub timezone: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limits: Option<PlanSection>,
+    /// Feature flags: names add, `-name` removes one the plan or template grants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<super::profile::LocaleSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branding: Option<super::profile::BrandingSection>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "unique_map")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// `[plans.<name>]`, and a tenant's `[tenants.limits]` overrides. Signed so
@@ -237,6 +279,18 @@ pub struct PlanSection {
     /// Custom domains a tenant may have (its platform subdomain not counted).
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "whole")]
     pub max_domains: Option<i64>,
+    // The profile a plan grants (refused in a `limits` table).
+    /// Feature flags: names add, `-name` removes one the plan or template grants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<super::profile::LocaleSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branding: Option<super::profile::BrandingSection>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "unique_map")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// An integer, also written as a number with no fraction (`5.0`: JSON

@@ -11,8 +11,10 @@ pub mod domains;
 mod error;
 pub mod file;
 pub mod generate;
+pub mod pages;
 mod parse;
 pub mod plans;
+pub mod profile;
 pub mod templates;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -70,6 +72,8 @@ pub struct Config {
     /// admin API and diffs.
     pub templates: Vec<TemplateSpec>,
     pub tenants: Vec<TenantSpec>,
+    /// `[profile]` and `[features]`: the edge profile's settings.
+    pub profile: profile::ProfileSettings,
 }
 
 /// A template, validated: the section as written and where it is.
@@ -170,6 +174,10 @@ pub struct Gateway {
     /// the thread that serves it, and backend connections are kept per
     /// thread.
     pub work_stealing: bool,
+    /// The region this replica serves (data residency).
+    pub region: Option<String>,
+    /// With `region`: tenants of another region get 421.
+    pub refuse_other_regions: bool,
 }
 
 /// Upstream timeouts.
@@ -328,6 +336,10 @@ pub enum Scope {
 pub struct PoolSpec {
     pub name: String,
     pub upstreams: Vec<SocketAddr>,
+    /// The region its backends are in.
+    pub region: Option<String>,
+    /// Maintenance of every tenant on the pool.
+    pub maintenance: Option<profile::Maintenance>,
 }
 
 /// Index of a pool in [`Config::pools`].
@@ -349,7 +361,12 @@ pub struct TenantSpec {
     pub limits: Option<crate::limits::Limits>,
     /// The plan named (by the tenant or its template), as written.
     pub plan: Option<String>,
+    /// Labels of the plan, template and tenant, merged.
     pub labels: BTreeMap<String, String>,
+    /// Features, locale, region and branding, merged plan < template < tenant.
+    pub profile: profile::Profile,
+    /// Maintenance mode, if on.
+    pub maintenance: Option<profile::Maintenance>,
 }
 
 /// Labels a tenant may carry at most.
@@ -460,6 +477,7 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
     let tls = file.tls.map(|t| validate_tls(t, base_dir, &gateway, &mut errs));
     let plans = plans::Plans::new(&file.plans, file.limits.as_ref(), &mut errs);
     let store = file.store.map(|s| validate_store(s, base_dir, &mut errs));
+    let profile_settings = profile::settings(file.profile, file.features, &gateway, base_dir, &mut errs);
     let quota_file = {
         let p = PathBuf::from(
             file.limits
@@ -493,7 +511,14 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
             })
             .collect();
         pool_ids.insert(name.clone(), pools.len() as PoolId);
-        pools.push(PoolSpec { name, upstreams });
+        let (region, maintenance) =
+            profile::pool_fields(&name, section.region.as_ref(), section.maintenance.as_ref(), &mut errs);
+        pools.push(PoolSpec {
+            name,
+            upstreams,
+            region,
+            maintenance,
+        });
     }
 
     let templates = templates::validate(file.templates, file.template_files, &pool_ids, &plans, &mut errs);
@@ -503,6 +528,7 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
     let mut ids: HashMap<String, Vec<usize>> = HashMap::with_capacity(file.tenants.len());
     let mut tenants = Vec::with_capacity(file.tenants.len());
     for (i, t) in file.tenants.into_iter().enumerate() {
+        profile::check_tenant(i, &t, &mut errs);
         let (t, inherited) = templates::resolve(i, t, &templates, &mut errs);
         let tenant = Some(t.id.as_str());
         if !valid_tenant_id(&t.id) {
@@ -579,6 +605,14 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
         let mut found = Vec::new();
         let limits = plans.resolve(i, &t, &mut found);
         errs.extend(found.into_iter().filter(|e| inherited.own(i, e)));
+        let (edge_profile, labels) =
+            profile::resolve(i, &t, plans.effective(t.plan.as_deref()), &profile_settings, &mut errs);
+        profile::check_residency(i, &t.id, &edge_profile, pools.get(pool as usize), &mut errs);
+        let maintenance = t.maintenance.as_ref().map(|m| {
+            let at = |k: &str| format!("tenants[{i}].maintenance.{k}");
+            // Checked (and reported) by profile::check_tenant.
+            profile::maintenance(tenant, m, &at, &mut Vec::new())
+        });
         if t.labels.len() > MAX_LABELS {
             let problem = Problem::BadLabel {
                 key: format!("({} labels)", t.labels.len()),
@@ -601,7 +635,9 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
             redirect_https: t.redirect_https,
             limits,
             plan: t.plan,
-            labels: t.labels,
+            labels,
+            profile: edge_profile,
+            maintenance,
         });
     }
     let mut duplicates: Vec<(String, Vec<usize>)> = ids.into_iter().filter(|(_, at)| at.len() > 1).collect();
@@ -629,6 +665,7 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
             pools,
             templates,
             tenants,
+            profile: profile_settings,
         },
         errs,
     )
@@ -886,6 +923,15 @@ fn validate_gateway(g: file::GatewaySection, errs: &mut Vec<ConfigError>) -> Gat
             .upgrade_sock
             .unwrap_or_else(|| "/tmp/tenantgate-upgrade.sock".to_string()),
         work_stealing: g.work_stealing.unwrap_or(true),
+        region: g.region.filter(|r| {
+            let ok = profile::valid_region(r);
+            if !ok {
+                let p = Problem::Profile(profile::ProfileProblem::BadRegion { value: r.clone() });
+                errs.push(err(None, "gateway.region", p));
+            }
+            ok
+        }),
+        refuse_other_regions: g.refuse_other_regions.unwrap_or(true),
     }
 }
 

@@ -26,6 +26,7 @@ impl<'a> Plans<'a> {
     ) -> Self {
         for (name, plan) in plans {
             check(plan, None, &format!("plans.{name}"), errs);
+            super::profile::check_plan(name, plan, errs);
         }
         let default_plan = limits.and_then(|l| l.default_plan.as_deref());
         if let Some(d) = default_plan {
@@ -38,6 +39,12 @@ impl<'a> Plans<'a> {
             }
         }
         Plans { plans, default_plan }
+    }
+
+    /// The plan a tenant naming `plan` (or none: the default) is on, if
+    /// it is a defined one.
+    pub fn effective(&self, plan: Option<&str>) -> Option<&'a PlanSection> {
+        self.plans.get(plan.or(self.default_plan)?)
     }
 
     /// Whether `name` is a defined plan or [`UNLIMITED`].
@@ -133,6 +140,16 @@ impl PlanSection {
             client_burst: self.client_burst.or(base.client_burst),
             on_store_failure: self.on_store_failure.clone().or_else(|| base.on_store_failure.clone()),
             max_domains: self.max_domains.or(base.max_domains),
+            // Profile keys are refused in limits tables; a plan's own stay.
+            features: self.features.clone().or_else(|| base.features.clone()),
+            locale: self.locale.clone().or_else(|| base.locale.clone()),
+            region: self.region.clone().or_else(|| base.region.clone()),
+            branding: self.branding.clone().or_else(|| base.branding.clone()),
+            labels: if self.labels.is_empty() {
+                base.labels.clone()
+            } else {
+                self.labels.clone()
+            },
         }
     }
 

@@ -83,6 +83,7 @@ fn check(t: &TemplateSpec, pools: &HashMap<String, PoolId>, plans: &Plans<'_>, e
     if let Some(limits) = &s.limits {
         plans::check_values(limits, &field(t, "limits"), errs);
     }
+    super::profile::check_template(s, &|key| field(t, key), errs);
 }
 
 /// The template `name` among `templates` (in name order).
@@ -104,6 +105,7 @@ pub fn apply(mut tenant: TenantSection, template: &TemplateSection) -> TenantSec
         (Some(own), Some(base)) => Some(own.over(base)),
         (own, base) => own.or_else(|| base.clone()),
     };
+    super::profile::apply_template(&mut tenant, template);
     tenant
 }
 

@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 
 use super::framing::{self, Body, Chunked};
 use super::headers::{self, Outgoing};
+use super::pages::{Branded, Prefs};
 use super::policy::{reason, Answer, Decision, Outcome, Policy, RequestFacts};
 use super::relay::{
     duplex, forward, read_backend, response_head, send_head, settle, timed_out, Attempt, Done, Downstream,
@@ -225,6 +226,7 @@ async fn exchange(
         target: h.forward_target,
         authority: h.host,
         conn: conn.facts,
+        prefs: Prefs::scan(h.headers.iter().map(|x| (x.name, x.value))),
     };
     let f = match policy.decide(&snap, &facts, &mut o).await {
         Decision::Forward(f) => f,
@@ -284,6 +286,7 @@ async fn exchange(
         beyond: &after[in_buf..],
         rest,
         extra: &pairs[..n],
+        branded: &f.branded,
         io,
         out,
         rbuf,
@@ -339,6 +342,8 @@ struct H1Exchange<'a, 'h, 'b> {
     rest: Rest,
     /// Headers added to the response.
     extra: &'a [(&'static str, &'a http::HeaderValue)],
+    /// The tenant's 502 and 504.
+    branded: &'a Branded<'a>,
     io: &'a mut Stream,
     out: &'a mut Vec<u8>,
     rbuf: &'a mut Vec<u8>,
@@ -369,7 +374,7 @@ impl Downstream for H1Exchange<'_, '_, '_> {
             s => {
                 self.unfinished = true;
                 let head_request = self.head.method == "HEAD";
-                write_answer(self.out, &Answer::failure(s), true, head_request);
+                write_answer(self.out, &self.branded.failure(s), true, head_request);
                 match send(self.io, self.out, self.client_timeout).await {
                     Ok(()) => s,
                     Err(_) => 0,
@@ -772,8 +777,12 @@ async fn flush_client(io: &mut (impl AsyncWrite + Unpin), ct: Duration) -> Resul
 fn write_answer(out: &mut Vec<u8>, a: &Answer, close: bool, head_request: bool) {
     out.clear();
     framing::write_line(out, framing::Line::Status(a.status, reason(a.status)));
-    framing::header_line(out, b"content-type", a.content_type.as_bytes());
-    framing::header_line(out, b"content-length", a.body.len().to_string().as_bytes());
+    // A 304 has neither a body nor the framing of one.
+    let not_modified = a.status == 304;
+    if !not_modified {
+        framing::header_line(out, b"content-type", a.content_type.as_bytes());
+        framing::header_line(out, b"content-length", a.body.len().to_string().as_bytes());
+    }
     framing::with_date(|d| framing::header_line(out, b"date", d));
     for (name, value) in &a.headers {
         framing::header_line(out, name.as_bytes(), value.as_bytes());
@@ -782,7 +791,7 @@ fn write_answer(out: &mut Vec<u8>, a: &Answer, close: bool, head_request: bool) 
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    if !head_request {
+    if !head_request && !not_modified {
         out.extend_from_slice(&a.body);
     }
 }

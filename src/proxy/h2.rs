@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use super::authority;
 use super::framing::{self, Body, Chunked, Line};
 use super::headers::{self, digits, Outgoing};
+use super::pages::{Branded, Prefs};
 use super::policy::{Answer, Decision, Outcome, Policy, RequestFacts};
 use super::relay::{
     duplex, forward, read_backend, response_head, send_head, settle, timed_out, write_all_vectored, Attempt, Done,
@@ -124,6 +125,7 @@ async fn stream(
         target,
         authority,
         conn: facts,
+        prefs: Prefs::scan(parts.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()))),
     };
     let f = match policy.decide(&snap, &request, &mut o).await {
         Decision::Forward(f) => f,
@@ -166,6 +168,7 @@ async fn stream(
     };
     let mut exchange = H2Exchange {
         req,
+        branded: &f.branded,
         respond: &mut respond,
         rbuf: buffers.take(),
         timeouts: snap.config.gateway.timeouts,
@@ -242,6 +245,8 @@ impl Buffers {
 /// One stream's exchange with the backend.
 struct H2Exchange<'r, 's> {
     req: Request<'r>,
+    /// The tenant's 502 and 504.
+    branded: &'r Branded<'r>,
     respond: &'s mut SendResponse<Bytes>,
     rbuf: Vec<u8>,
     timeouts: crate::config::Timeouts,
@@ -261,7 +266,12 @@ impl Downstream for H2Exchange<'_, '_> {
     }
 
     async fn fail(&mut self, status: u16) -> u16 {
-        fail(self.respond, status, *self.req.method == http::Method::HEAD)
+        fail(
+            self.respond,
+            status,
+            *self.req.method == http::Method::HEAD,
+            self.branded,
+        )
     }
 
     fn replayable(&self) -> bool {
@@ -571,12 +581,16 @@ fn answer(respond: &mut SendResponse<Bytes>, a: &Answer, head_request: bool) -> 
     let mut response = http::Response::new(());
     *response.status_mut() = status_code(a.status);
     let h = response.headers_mut();
-    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(a.content_type));
-    h.insert(CONTENT_LENGTH, HeaderValue::from(a.body.len()));
+    // A 304 has neither a body nor the framing of one.
+    let not_modified = a.status == 304;
+    if !not_modified {
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(a.content_type));
+        h.insert(CONTENT_LENGTH, HeaderValue::from(a.body.len()));
+    }
     for (name, value) in &a.headers {
         h.append(*name, value.clone());
     }
-    let no_body = head_request || a.body.is_empty();
+    let no_body = head_request || not_modified || a.body.is_empty();
     match respond.send_response(response, no_body) {
         // The body fits any window (the gateway's own answers are short).
         Ok(mut send) => no_body || send.send_data(a.body.clone(), true).is_ok(),
@@ -586,12 +600,12 @@ fn answer(respond: &mut SendResponse<Bytes>, a: &Answer, head_request: bool) -> 
 
 /// Answers `status` (502 or 504) before any response went out; the status
 /// sent, or 0.
-fn fail(respond: &mut SendResponse<Bytes>, status: u16, head_request: bool) -> u16 {
+fn fail(respond: &mut SendResponse<Bytes>, status: u16, head_request: bool, branded: &Branded<'_>) -> u16 {
     if status == 0 {
         respond.send_reset(h2::Reason::CANCEL);
         return 0;
     }
-    if answer(respond, &Answer::failure(status), head_request) {
+    if answer(respond, &branded.failure(status), head_request) {
         status
     } else {
         0

@@ -3,7 +3,8 @@
 //!
 //! Client copies of every header the gateway vouches for (the tenant
 //! header, `forwarded`, `x-real-ip`, the whole `x-forwarded-*` family,
-//! `x-request-id`, and every `strip_headers` entry) are removed in every
+//! `x-request-id`, every `strip_headers` entry and every `[profile.headers]`
+//! name) are removed in every
 //! spelling: case, and `_` for `-` (CGI, WSGI and Rack backends read
 //! `X_Tenant_Id` as `X-Tenant-Id`). Header names containing `_` are
 //! dropped altogether unless `underscores_in_headers` is on. Then the
@@ -13,9 +14,10 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
 use super::framing::header_line;
+use crate::config::profile::Carried;
 use crate::config::Gateway;
 
 /// What the gateway tells the backend about a request.
@@ -27,6 +29,11 @@ pub struct Trusted<'a> {
     /// The authority the client asked for.
     pub authority: &'a str,
     pub https: bool,
+    /// The tenant's profile headers (features, region, ...), precomputed.
+    pub profile: &'a [(HeaderName, HeaderValue)],
+    /// Every configured profile header name: client copies are dropped
+    /// even when this tenant has no value for one.
+    pub profile_names: &'a [(Carried, HeaderName)],
 }
 
 /// The request line and framing of the head a backend gets.
@@ -84,6 +91,9 @@ pub fn write_upstream<'h, I: Iterator<Item = (&'h str, &'h [u8])>>(
         let is_host = name.eq_ignore_ascii_case("host");
         let skip = (name.contains('_') && !t.gw.underscores_in_headers)
             || vouched_for(name, t.gw)
+            || t.profile_names
+                .iter()
+                .any(|(_, p)| same_name(name.as_bytes(), p.as_str().as_bytes()))
             || hop_by_hop(name)
             || (http2 && (is_host || name.eq_ignore_ascii_case("cookie")))
             || (!is_host && listed(name));
@@ -117,6 +127,9 @@ pub fn write_upstream<'h, I: Iterator<Item = (&'h str, &'h [u8])>>(
         out.extend_from_slice(b"connection: upgrade\r\n");
     }
     header_line(out, t.gw.tenant_header.as_str().as_bytes(), t.tenant.as_bytes());
+    for (name, value) in t.profile {
+        header_line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
     if let Some(ip) = t.client_ip {
         out.extend_from_slice(b"x-forwarded-for: ");
         write_ip(out, ip);
@@ -254,6 +267,8 @@ mod tests {
             client_ip: Some("10.0.0.1".parse().expect("ip")),
             authority: "a.example",
             https: false,
+            profile: &[],
+            profile_names: &gw_profile_names(),
         };
         let mut out = Vec::new();
         let id = write_upstream(
@@ -263,6 +278,53 @@ mod tests {
             &trusted,
         );
         (String::from_utf8(out).expect("ascii"), id)
+    }
+
+    fn gw_profile_names() -> Vec<(Carried, HeaderName)> {
+        crate::config::profile::ProfileSettings::default().headers
+    }
+
+    #[test]
+    fn profile_headers_are_the_gateways_in_every_spelling() {
+        let gw = gateway("");
+        let tenant = HeaderValue::from_static("t1");
+        let names = gw_profile_names();
+        let profile = [
+            (
+                HeaderName::from_static("x-tenant-features"),
+                HeaderValue::from_static("beta,sso"),
+            ),
+            (
+                HeaderName::from_static("x-tenant-region"),
+                HeaderValue::from_static("eu"),
+            ),
+        ];
+        let trusted = Trusted {
+            gw: &gw,
+            tenant: &tenant,
+            client_ip: None,
+            authority: "a.example",
+            https: true,
+            profile: &profile,
+            profile_names: &names,
+        };
+        let client = [
+            ("X-Tenant-Features", "admin,everything"),
+            ("x_tenant_features", "admin"),
+            ("X-TENANT-REGION", "us"),
+            ("X_Tenant_Region", "us"),
+        ];
+        let mut out = Vec::new();
+        write_upstream(
+            &mut out,
+            &plain(),
+            || client.iter().map(|(n, v)| (*n, v.as_bytes())),
+            &trusted,
+        );
+        let text = String::from_utf8(out).expect("ascii");
+        assert!(text.contains("x-tenant-features: beta,sso\r\n"), "{text}");
+        assert!(text.contains("x-tenant-region: eu\r\n"), "{text}");
+        assert!(!text.contains("admin") && !text.contains(": us"), "{text}");
     }
 
     fn plain<'a>() -> Outgoing<'a> {

@@ -15,10 +15,16 @@
 //! 4. TLS listener: the Host must be covered by the connection's SNI or
 //!    certificate (same tenant), else 421. Plain listener: 308 to HTTPS
 //!    when the tenant (or `[tls] redirect_http`) wants it.
-//! 5. The tenant's limits: concurrency, client share, rate, quotas → 429
+//! 5. The tenant's profile ([`super::profile`]): another region than
+//!    `[gateway] region` → 421; `tenant.json` → answered here; a path gated
+//!    by a feature it lacks → 404; maintenance → 503 (allow-list passes).
+//! 6. The tenant's limits: concurrency, client share, rate, quotas → 429
 //!    (503 for a fail-closed store outage).
-//! 6. Forward to the tenant's pool, with the trusted headers
+//! 7. Forward to the tenant's pool, with the trusted headers
 //!    ([`super::headers::Trusted`]).
+//!
+//! The gateway's own 429, 502, 503, 504 and maintenance answers are
+//! branded for the client that asks ([`super::pages`]).
 //!
 //! After the exchange, [`Policy::record`] counts it and writes the access
 //! log line.
@@ -31,9 +37,11 @@ use http::HeaderValue;
 
 use super::authority::BadAuthority;
 use super::headers::Trusted;
+use super::pages::{Branded, Prefs};
 use super::pool::Pool;
 use super::ConnFacts;
 use crate::acme::Challenges;
+use crate::config::pages::Page;
 use crate::domains::verifier::Lifecycle;
 use crate::domains::HTTP_PROOF_PREFIX;
 use crate::limits::{Admission, Refusal, SystemClock};
@@ -66,6 +74,8 @@ pub struct RequestFacts<'a> {
     /// target.
     pub authority: Result<&'a str, BadAuthority>,
     pub conn: &'a ConnFacts,
+    /// `Accept`, `Accept-Language`, `If-None-Match`.
+    pub prefs: Prefs<'a>,
 }
 
 /// A response of the gateway's own.
@@ -126,6 +136,8 @@ pub struct Forward<'s> {
     pub admission: Option<Admission>,
     /// What the backend is told about the request ([`super::headers`]).
     pub trusted: Trusted<'s>,
+    /// The tenant's 502 and 504, as the client asks for them.
+    pub branded: Branded<'s>,
 }
 
 impl Forward<'_> {
@@ -251,10 +263,21 @@ impl Policy {
                 }
             }
         }
-        let Some((tenant, pool)) = snap.tenant(m.tenant).and_then(|t| Some((t, snap.pool_of(t)?))) else {
+        let found = snap
+            .tenant(m.tenant)
+            .and_then(|t| Some((t, snap.pool_of(t)?, snap.config.tenants.get(m.tenant as usize)?)));
+        let Some((tenant, pool, spec)) = found else {
             tracing::error!("routed tenant or its pool missing from the snapshot");
             return Decision::Answer(Answer::text(500, "500 Internal Server Error\n", true));
         };
+        let branded = Branded {
+            tenant: spec,
+            pages: &snap.config.profile.pages,
+            prefs: req.prefs,
+        };
+        if let Some(a) = self.profile_answer(snap, tenant, spec, &branded, req, o) {
+            return Decision::Answer(a);
+        }
         let peer = req.conn.peer;
         match self.limit(snap, tenant, m, peer.map(|p| p.ip())).await {
             Ok(admission) => Decision::Forward(Forward {
@@ -267,9 +290,22 @@ impl Policy {
                     client_ip: peer.map(|p| p.ip()),
                     authority: req.authority.unwrap_or_default(),
                     https,
+                    profile: &tenant.edge.headers,
+                    profile_names: &snap.config.profile.headers,
                 },
+                branded,
             }),
-            Err(refusal) => Decision::Answer(limited(tenant, &refusal)),
+            Err(refusal) => {
+                let page = match refusal.status() {
+                    429 => Page::TooManyRequests,
+                    _ => Page::Unavailable,
+                };
+                Decision::Answer(branded.answer(
+                    page,
+                    limited(tenant, &refusal),
+                    u32::try_from(refusal.retry_after).ok(),
+                ))
+            }
         }
     }
 
@@ -383,6 +419,9 @@ impl Policy {
         if status > 0 {
             tenant.counters.observe(status);
         }
+        if let Some(c) = &tenant.edge.region_requests {
+            c.inc();
+        }
         if let Some(p) = pool {
             p.metrics.duration.observe(elapsed.as_secs_f64());
             if o.error.is_some() && status >= 500 && o.upstream.is_some() {
@@ -401,6 +440,7 @@ impl Policy {
                 tenant = &*tenant.id,
                 match_kind = route.kind.as_str(),
                 pool = pool.map_or("", |p| &*p.name),
+                region = snap.config.tenants.get(route.tenant as usize).and_then(|t| t.profile.region.as_deref()),
                 upstream = o.upstream.map(tracing::field::display),
                 status,
                 method,
@@ -542,6 +582,7 @@ pool = "a"
             target,
             authority,
             conn,
+            prefs: Prefs::default(),
         };
         let mut o = Outcome::begin(method, target);
         let decided =

@@ -6,6 +6,7 @@
 //! snapshot once and keep it for their whole life, so in-flight requests
 //! finish on the generation they started with.
 
+pub mod edge;
 mod fleet;
 mod snapshot;
 mod versions;

@@ -26,6 +26,8 @@ pub struct Tenant {
     /// `RateLimit-Policy`, ready to send.
     pub policy_header: Option<HeaderValue>,
     pub limit_counters: LimitCounters,
+    /// The profile as the request path needs it (`tenant.json`, headers).
+    pub edge: super::edge::Edge,
 }
 
 /// One generation of live state.
@@ -137,6 +139,7 @@ impl Snapshot {
                     } else {
                         other_limits.clone()
                     },
+                    edge: super::edge::Edge::build(spec, &config.profile, metrics),
                     id,
                 }
             })

@@ -42,6 +42,12 @@ pub enum Rejection {
     Coding,
     /// An `Expect` other than `100-continue`: 417.
     Expectation,
+    /// A tenant of another region than `[gateway] region`: 421.
+    OtherRegion,
+    /// A path gated by a feature the tenant lacks: 404.
+    FeatureOff,
+    /// The tenant or its pool is in maintenance: 503.
+    Maintenance,
 }
 
 impl Rejection {
@@ -57,10 +63,13 @@ impl Rejection {
             Rejection::Method => "method",
             Rejection::Coding => "coding",
             Rejection::Expectation => "expectation",
+            Rejection::OtherRegion => "other_region",
+            Rejection::FeatureOff => "feature_off",
+            Rejection::Maintenance => "maintenance",
         }
     }
 
-    pub const ALL: [Rejection; 9] = [
+    pub const ALL: [Rejection; 12] = [
         Rejection::UnknownHost,
         Rejection::BadHost,
         Rejection::SniMismatch,
@@ -70,12 +79,17 @@ impl Rejection {
         Rejection::Method,
         Rejection::Coding,
         Rejection::Expectation,
+        Rejection::OtherRegion,
+        Rejection::FeatureOff,
+        Rejection::Maintenance,
     ];
 
     /// The status the client gets.
     pub fn status(self) -> u16 {
         match self {
-            Rejection::UnknownHost | Rejection::SniMismatch => 421,
+            Rejection::UnknownHost | Rejection::SniMismatch | Rejection::OtherRegion => 421,
+            Rejection::FeatureOff => 404,
+            Rejection::Maintenance => 503,
             Rejection::BadHost | Rejection::BadRequest => 400,
             Rejection::UnknownChallenge => 404,
             Rejection::TooLarge => 431,
@@ -118,6 +132,7 @@ pub struct Metrics {
     /// ACME orders running now (bounded by `max_concurrent_orders`).
     pub acme_orders_in_flight: IntGauge,
     limit_rejections: IntCounterVec,
+    region_requests: IntCounterVec,
 }
 
 /// Fleet-mode metrics of the shared limit store (registered only in fleet mode).
@@ -369,6 +384,14 @@ impl Metrics {
             &["tenant", "reason"],
         )?;
         registry.register(Box::new(limit_rejections.clone()))?;
+        let region_requests = IntCounterVec::new(
+            Opts::new(
+                "tenantgate_region_requests_total",
+                "Requests of tenants with a region, by region (data residency).",
+            ),
+            &["region"],
+        )?;
+        registry.register(Box::new(region_requests.clone()))?;
         registry.register(Box::new(handshakes.clone()))?;
         registry.register(Box::new(certificates.clone()))?;
         registry.register(Box::new(acme_orders.clone()))?;
@@ -407,6 +430,7 @@ impl Metrics {
             acme_orders,
             acme_orders_in_flight,
             limit_rejections,
+            region_requests,
         })
     }
 
@@ -428,6 +452,12 @@ impl Metrics {
     /// Counter handles for a tenant's label value.
     pub fn tenant(&self, label: &str) -> TenantCounters {
         TenantCounters(STATUS_CLASSES.map(|c| self.requests.with_label_values(&[label, c])))
+    }
+
+    /// The request counter of a region (regions are the operator's, so
+    /// the label set is bounded by the config).
+    pub fn region(&self, region: &str) -> IntCounter {
+        self.region_requests.with_label_values(&[region])
     }
 
     /// Limit-rejection counters for a tenant's label value.
