@@ -704,3 +704,59 @@ async fn no_certificate_is_ordered_while_caa_excludes_the_ca() {
         .is_err());
     assert!(!p.pebble_log().contains(name), "an order reached the CA");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undelivered_webhook_event_is_delivered_after_a_restart() {
+    const SECRET: &str = "webhook-secret-0123456789";
+    // The receiver refuses the first three tries (1 s + 2 s of backoff).
+    let (addr, seen) = receiver(3).await;
+    let extra = format!("\n[[webhooks]]\nurl = \"http://{addr}/h\"\nsecret = \"{SECRET}\"\nevents = [\"domain.*\"]\n");
+    let f = start(&extra).await;
+    let r = f
+        .call("PUT", "/v1/tenants/a/domains/restart.a-owned.example", A, None)
+        .await;
+    assert_eq!(r.status, 202);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.lock().expect("lock").is_empty() {
+        assert!(Instant::now() < deadline, "never tried");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The gateway dies before the event got through.
+    let template = config(&f.dns, &f.a_pool, &f.b_pool, &extra);
+    let Fixture {
+        gw,
+        dns,
+        a_pool,
+        b_pool,
+    } = f;
+    let dir = gw.stop();
+    let tries_before = seen.lock().expect("lock").len();
+    assert!(seen.lock().expect("lock").iter().all(|(_, _, s)| *s == 503));
+    let gw = Gateway::start_in(dir, &template).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !seen.lock().expect("lock").iter().any(|(_, _, s)| *s == 200) {
+        assert!(
+            Instant::now() < deadline,
+            "not delivered after the restart: {:?}\n{}",
+            seen.lock().expect("lock"),
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = seen.lock().expect("lock").clone();
+    let id = |head: &str| {
+        head.lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("x-tenantgate-event-id:")
+                    .map(|v| v.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    assert!(got.len() > tries_before, "the new process tried again");
+    assert!(
+        got.iter().all(|(h, _, _)| id(h) == id(&got[0].0)),
+        "the same event, not skipped"
+    );
+    drop((dns, a_pool, b_pool));
+}

@@ -348,6 +348,25 @@ mod tests {
     }
 
     #[test]
+    fn claims_are_due_by_their_schedule_and_expire_after_the_ttl() {
+        let dir = tempfile::tempdir().expect("dir");
+        let claims = Claims::load(dir.path());
+        let c = cfg();
+        let (claim, _) = claims.claim("a.example", "t", &c).expect("claim");
+        let ttl = Duration::from_secs(7 * 86_400);
+        let (due, expired) = claims.due(claim.created, ttl);
+        assert_eq!((due.len(), expired.len()), (1, 0), "a new claim is checked at once");
+        claims.checked("a.example", "t", "no TXT record", &c);
+        let (due, _) = claims.due(claim.created + 59, ttl);
+        assert!(due.is_empty(), "not before recheck_min_secs");
+        let (due, _) = claims.due(claim.created + 61, ttl);
+        assert_eq!(due.len(), 1);
+        let (due, expired) = claims.due(claim.created + ttl.as_secs(), ttl);
+        assert_eq!((due.len(), expired.len()), (0, 1), "past the TTL it expires instead");
+        assert_eq!(expired[0].detail.as_deref(), Some("no TXT record"));
+    }
+
+    #[test]
     fn rechecks_back_off_by_five_percent_up_to_the_maximum() {
         let c = cfg();
         assert_eq!(c.recheck_after(0), Duration::from_secs(60));
