@@ -170,6 +170,8 @@ struct NamedTemplate {
     timezone: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     limits: Option<PlanSection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt: Option<crate::config::file::TenantJwtSection>,
 }
 
 impl NamedTemplate {
@@ -181,6 +183,7 @@ impl NamedTemplate {
             plan: t.plan,
             timezone: t.timezone,
             limits: t.limits,
+            jwt: t.jwt,
         }
     }
 
@@ -191,6 +194,7 @@ impl NamedTemplate {
             plan: self.plan,
             timezone: self.timezone,
             limits: self.limits,
+            jwt: self.jwt,
         };
         (self.name, t)
     }

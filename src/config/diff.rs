@@ -194,6 +194,9 @@ mod tests {
             plan: None,
             timezone: None,
             limits: None,
+            paths: Vec::new(),
+            strip_prefix: None,
+            jwt: None,
             labels: Default::default(),
         }
     }

@@ -225,6 +225,7 @@ async fn exchange(
         target: h.forward_target,
         authority: h.host,
         conn: conn.facts,
+        headers: &h.headers,
     };
     let f = match policy.decide(&snap, &facts, &mut o).await {
         Decision::Forward(f) => f,
@@ -248,7 +249,7 @@ async fn exchange(
     out.clear();
     let outgoing = Outgoing {
         method: h.method,
-        target: h.forward_target,
+        target: f.target.as_deref().unwrap_or(h.forward_target),
         http2_host: None,
         length: match h.body {
             BodyKind::Length(n) => Some(n),

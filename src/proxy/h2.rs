@@ -124,6 +124,7 @@ async fn stream(
         target,
         authority,
         conn: facts,
+        headers: &parts.headers,
     };
     let f = match policy.decide(&snap, &request, &mut o).await {
         Decision::Forward(f) => f,
@@ -146,7 +147,7 @@ async fn stream(
     let chunked = has_body && length.is_none();
     let outgoing = Outgoing {
         method: parts.method.as_str(),
-        target,
+        target: f.target.as_deref().unwrap_or(target),
         http2_host: Some(authority.unwrap_or_default()),
         length,
         chunked,
