@@ -786,3 +786,41 @@ async fn a_token_can_come_from_a_cookie() {
     let other = format!("session={}", es.sign(&claims("globex", "alice")));
     assert_eq!(call(&gw, "acme.example", None, &[("cookie", &other)]).await.0, 403);
 }
+
+#[tokio::test]
+async fn a_tenant_with_its_own_identity_provider_is_checked_without_a_global_one() {
+    // An HS256 key (kty oct) from the tenant's own JWKS; the default claim is `tenant`.
+    let secret = b"initech-shared-secret-0123456789";
+    let jwks = Jwks::serve(json!({"keys": [{"kty": "oct", "kid": "hs", "k": b64url(secret)}]})).await;
+    let a = backend("a").await;
+    let gw = Gateway::start(&format!(
+        r#"
+[gateway]
+http_listen = "{{http}}"
+metrics_listen = "{{metrics}}"
+[pools.a]
+upstreams = ["{}"]
+[[tenants]]
+id = "initech"
+domains = ["initech.example"]
+pool = "a"
+[tenants.jwt]
+jwks_url = "{}"
+"#,
+        a.addr, jwks.url
+    ))
+    .await;
+    let sign = |tenant: &str| {
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("hs".into());
+        let c = json!({"sub": "dave", "exp": now() + 60, "tenant": tenant});
+        jsonwebtoken::encode(&h, &c, &EncodingKey::from_secret(secret)).expect("sign")
+    };
+    let (status, challenge, _) = call(&gw, "initech.example", None, &[]).await;
+    assert_eq!((status, challenge.as_deref()), (401, Some("Bearer")));
+    let (status, _, body) = call(&gw, "initech.example", Some(&sign("initech")), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(Echo::parse(&body).header("x-tenant-user").as_deref(), Some("dave"));
+    assert_eq!(call(&gw, "initech.example", Some(&sign("acme")), &[]).await.0, 403);
+    assert_eq!(a.count(), 1);
+}

@@ -438,7 +438,8 @@ impl Policy {
             }
             None => snap.table.lookup(host),
         };
-        let by_header = match snap.config.identity.header_hosts.contains(host) {
+        let header_hosts = &snap.config.identity.header_hosts;
+        let by_header = match !header_hosts.is_empty() && header_hosts.contains(host) {
             true => Some(self.header_tenant(snap, req, o)?),
             false => None,
         };
@@ -519,11 +520,17 @@ impl Policy {
         m: Match,
         req: &RequestFacts<'_>,
     ) -> Result<Option<HeaderValue>, Answer> {
-        let (Some(verifier), Some(jwt)) = (&tenant.jwt, &snap.config.identity.jwt) else {
+        let Some(verifier) = &tenant.jwt else {
             return Ok(None);
         };
         let label = self.tenant_label(snap, m);
-        let token = match &jwt.token_from {
+        let token_from = snap
+            .config
+            .identity
+            .jwt
+            .as_ref()
+            .map_or(&TokenFrom::Authorization, |j| &j.token_from);
+        let token = match token_from {
             TokenFrom::Authorization => match single(req.headers, "authorization") {
                 Ok(v) => v.map(|v| jwt::bearer(v).ok_or(())).transpose(),
                 Err(()) => Err(()),

@@ -158,6 +158,9 @@ pub struct PathTable {
 impl PathTable {
     /// The shared host `host` (normalised), if it is one.
     pub fn shared(&self, host: &str) -> Option<Shared> {
+        if self.shared.is_empty() {
+            return None;
+        }
         self.shared.get(host).copied()
     }
 
