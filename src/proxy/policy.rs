@@ -253,6 +253,11 @@ impl Policy {
         }
     }
 
+    /// The registry this policy decides against.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// A refusal the parser of a protocol half found before any routing
     /// (counted and recorded in `o`).
     pub fn refuse(&self, rejection: Rejection, body: &'static str, o: &mut Outcome<'_>) -> Answer {
