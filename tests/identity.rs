@@ -824,3 +824,72 @@ jwks_url = "{}"
     assert_eq!(call(&gw, "initech.example", Some(&sign("acme")), &[]).await.0, 403);
     assert_eq!(a.count(), 1);
 }
+
+#[tokio::test]
+async fn shared_hosts_are_served_over_https_and_http2_decides_like_http1() {
+    let es = Signer::new(Algorithm::ES256, "k");
+    let jwks = Jwks::serve(json!({"keys": [es.jwk]})).await;
+    let (a, b) = (backend("a").await, backend("b").await);
+    let gw = Gateway::start(&format!(
+        r#"
+[gateway]
+http_listen = "{{http}}"
+https_listen = "{{https}}"
+metrics_listen = "{{metrics}}"
+shared_hosts = ["app.saas.example"]
+
+[tls]
+issuer = "internal"
+
+[identity.jwt]
+jwks_url = "{}"
+issuer = "{ISS}"
+audience = "tenantgate"
+claim = "/org/id"
+
+[pools.a]
+upstreams = ["{}"]
+[pools.b]
+upstreams = ["{}"]
+
+[[tenants]]
+id = "acme"
+paths = ["app.saas.example/acme"]
+strip_prefix = true
+pool = "a"
+jwt = "required"
+
+[[tenants]]
+id = "globex"
+paths = ["app.saas.example/globex"]
+pool = "b"
+jwt = "required"
+"#,
+        jwks.url, a.addr, b.addr
+    ))
+    .await;
+    let root = std::fs::read(gw.dir().join("state/internal-ca/root.pem")).expect("internal CA root");
+    let token = es.sign(&claims("acme", "alice"));
+    for http1 in [true, false] {
+        let client = common::https_client(&root, &["app.saas.example"], gw.https, http1);
+        let get = |path: &str| {
+            client
+                .get(format!("https://app.saas.example:{}{path}", gw.https.port()))
+                .header("authorization", bearer(&token))
+                .send()
+        };
+        let resp = get("/acme/orders?x=1")
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", gw.log()));
+        assert_eq!(resp.status(), 200, "http1={http1}");
+        let e = Echo::parse(&resp.text().await.expect("body"));
+        assert_eq!((e.backend(), e.0["path"].as_str()), ("a", Some("/orders?x=1")));
+        assert_eq!(e.header("x-tenant-user").as_deref(), Some("alice"));
+        assert_eq!(e.header("x-forwarded-prefix").as_deref(), Some("/acme"));
+        // acme's token on globex's path: 403, never forwarded.
+        let resp = get("/globex/orders").await.expect("sent");
+        assert_eq!(resp.status(), 403, "http1={http1}");
+        assert_eq!(get("/nobody").await.expect("sent").status(), 404);
+    }
+    assert_eq!(b.count(), 0);
+}

@@ -1032,6 +1032,58 @@ pool = "a"
     }
 
     #[test]
+    fn the_trusted_tenant_header_counts_only_from_listed_sources_on_header_hosts() {
+        let text = format!(
+            "{CONFIG}\n[identity]\nheader = \"x-org-id\"\nheader_hosts = [\"api.internal\", \"acme.example\"]\nheader_sources = [\"10.0.0.0/8\"]\n"
+        );
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let source = Source::Embedded {
+            name: "policy.toml",
+            text: Box::leak(text.into_boxed_str()),
+        };
+        let registry = Arc::new(Registry::load(source, metrics.clone()).expect("config"));
+        let p = Policy::new(registry, metrics, Arc::new(Challenges::default()), None);
+        let from = |ip: &str| ConnFacts {
+            peer: Some(SocketAddr::new(ip.parse().expect("ip"), 4000)),
+            tls: None,
+        };
+        let decide = |host: &str, conn: &ConnFacts, org: &[&str]| {
+            let snap = p.registry.snapshot();
+            let mut headers = http::HeaderMap::new();
+            for v in org {
+                headers.append("x-org-id", HeaderValue::from_str(v).expect("value"));
+            }
+            let req = RequestFacts {
+                method: "GET",
+                target: "/",
+                authority: Ok(host),
+                conn,
+                headers: &headers,
+            };
+            let mut o = Outcome::begin("GET", "/");
+            match futures_util::FutureExt::now_or_never(p.decide(&snap, &req, &mut o)).expect("no wait") {
+                Decision::Answer(a) => (a.status, String::new()),
+                Decision::Forward(f) => (0, f.tenant.map_or(String::new(), |t| t.id.to_string())),
+            }
+        };
+        let inside = from("10.1.2.3");
+        assert_eq!(decide("api.internal", &inside, &["beta"]), (0, "beta".into()));
+        assert_eq!(decide("api.internal", &inside, &[]).0, 400);
+        assert_eq!(decide("api.internal", &inside, &["beta", "acme"]).0, 400);
+        assert_eq!(decide("api.internal", &inside, &["nobody"]).0, 421);
+        assert_eq!(decide("api.internal", &from("192.168.1.1"), &["beta"]).0, 403);
+        assert_eq!(decide("api.internal", &ConnFacts::default(), &["beta"]).0, 403);
+        // A header host that is also a tenant's domain: both must agree.
+        assert_eq!(decide("acme.example", &inside, &["acme"]), (0, "acme".into()));
+        assert_eq!(decide("acme.example", &inside, &["beta"]).0, 403);
+        // Elsewhere the header names nothing (and is stripped on the way).
+        assert_eq!(
+            decide("beta.example", &from("192.168.1.1"), &["acme"]),
+            (0, "beta".into())
+        );
+    }
+
+    #[test]
     fn acme_challenges_are_answered_on_the_plain_listener_only() {
         let (p, challenges) = policy();
         challenges.insert("tok", "acme.example", "tok.key");
