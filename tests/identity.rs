@@ -893,3 +893,35 @@ jwt = "required"
     }
     assert_eq!(b.count(), 0);
 }
+
+#[tokio::test]
+async fn keys_are_refreshed_in_the_background_and_a_removed_key_stops_verifying() {
+    let k1 = Signer::new(Algorithm::ES256, "k1");
+    let k2 = Signer::new(Algorithm::ES256, "k2");
+    let jwks = Jwks::serve(json!({"keys": [k1.jwk]})).await;
+    let (a, b) = (backend("a").await, backend("b").await);
+    let text = jwt_config(&a, &b, &jwks.url, &jwks.url, "authorization")
+        .replace("leeway_secs = 30", "leeway_secs = 30\njwks_refresh_secs = 1");
+    let gw = Gateway::start(&text).await;
+    let token = k1.sign(&claims("acme", "alice"));
+    assert_eq!(call(&gw, "acme.example", Some(&token), &[]).await.0, 200);
+    // The IdP drops k1 (no new kid is ever asked for): the periodic refresh
+    // alone takes it away, and the cached verification of the token with it.
+    jwks.set(json!({"keys": [k2.jwk]}));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, _, _) = call(&gw, "acme.example", Some(&token), &[]).await;
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(std::time::Instant::now() < deadline, "k1 still accepted after 10 s");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        call(&gw, "acme.example", Some(&k2.sign(&claims("acme", "alice"))), &[])
+            .await
+            .0,
+        200
+    );
+}

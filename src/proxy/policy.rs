@@ -714,8 +714,14 @@ impl Policy {
         let (status, method, path) = (o.status, o.method, o.path);
         let Some(route) = o.route else {
             if access_log {
+                // Without a tenant, only a shared host's platform pool forwards.
+                let decision = match (o.rejection, o.upstream) {
+                    (None, Some(_)) => "platform",
+                    _ => "rejected",
+                };
                 let reason = o.rejection.map_or("none", Rejection::as_str);
-                tracing::info!(target: "access", decision = "rejected", reason, status, method, path, duration_ms = elapsed.as_secs_f64() * 1e3);
+                let upstream = o.upstream.map(tracing::field::display);
+                tracing::info!(target: "access", decision, reason, status, method, path, upstream, duration_ms = elapsed.as_secs_f64() * 1e3);
             }
             return;
         };

@@ -35,6 +35,8 @@ pub const UNKNOWN_KID_INTERVAL: Duration = Duration::from_secs(10);
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Verified tokens kept per verifier.
 const TOKEN_CACHE: usize = 100_000;
+/// Longer tokens are verified every time (bounds the cache's memory).
+const MAX_CACHED_TOKEN: usize = 4096;
 
 /// Why a token was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -466,7 +468,9 @@ impl Verifier {
             exp,
             generation: keys.generation,
         };
-        self.cache.insert(token.into(), verified.clone());
+        if token.len() <= MAX_CACHED_TOKEN {
+            self.cache.insert(token.into(), verified.clone());
+        }
         Ok(verified)
     }
 }
