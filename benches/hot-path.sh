@@ -11,6 +11,8 @@
 #
 # Env: TENANTS (10000), CONNS (64 cpu/perf, 8 callgrind), THREADS (2; callgrind: 1),
 # WORK_STEALING (unset: the gateway's default; true or false),
+# JWT (off; "required": every tenant checks an ES256 token, one per tenant,
+# from a jwks_file; needs python3-cryptography),
 # BIN (target/release/tenantgate), OUT (a temp dir; kept, path printed).
 # Everything runs on 127.0.0.1 and is stopped by PID on exit.
 set -euo pipefail
@@ -54,14 +56,39 @@ print(*ports)
 PY
 )
 
+JWT="${JWT:-off}"
 seq -f "t%05g.example.test" 1 "$TENANTS" >"$OUT/hosts.txt"
 {
   printf '[gateway]\nhttp_listen = "127.0.0.1:%s"\nthreads = %s\n' "$P_TG" "$THREADS"
   [ -n "${WORK_STEALING:-}" ] && printf 'work_stealing = %s\n' "$WORK_STEALING"
   printf '\n[telemetry]\naccess_log = false\n\n'
+  [ "$JWT" = off ] || printf '[identity.jwt]\njwks_file = "jwks.json"\naudience = "tenantgate"\n\n'
   printf '[pools.a]\nupstreams = ["127.0.0.1:%s"]\n\n[pools.b]\nupstreams = ["127.0.0.1:%s"]\n' "$P_A" "$P_B"
-  awk '{ printf "\n[[tenants]]\nid = \"%s\"\ndomains = [\"%s\"]\npool = \"%s\"\n", substr($0, 1, 6), $0, (NR % 2 ? "a" : "b") }' "$OUT/hosts.txt"
+  awk -v jwt="$JWT" '{ printf "\n[[tenants]]\nid = \"%s\"\ndomains = [\"%s\"]\npool = \"%s\"\njwt = \"%s\"\n", substr($0, 1, 6), $0, (NR % 2 ? "a" : "b"), jwt }' "$OUT/hosts.txt"
 } >"$OUT/tenantgate.toml"
+if [ "$JWT" != off ]; then
+  # One ES256 key in jwks.json, and one token per tenant beside its host.
+  python3 - "$OUT" <<'PY'
+import base64, json, sys, time
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+out = sys.argv[1]
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+key = ec.generate_private_key(ec.SECP256R1())
+n = key.public_key().public_numbers()
+jwk = {"kty": "EC", "crv": "P-256", "kid": "bench", "x": b64(n.x.to_bytes(32, "big")), "y": b64(n.y.to_bytes(32, "big"))}
+json.dump({"keys": [jwk]}, open(f"{out}/jwks.json", "w"))
+head = b64(json.dumps({"alg": "ES256", "kid": "bench", "typ": "JWT"}).encode())
+lines = []
+for host in open(f"{out}/hosts.txt").read().split():
+    claims = {"sub": "user-" + host[:6], "aud": "tenantgate", "exp": int(time.time()) + 86400, "tenant": host[:6]}
+    signing = head + "." + b64(json.dumps(claims).encode())
+    r, s = decode_dss_signature(key.sign(signing.encode(), ec.ECDSA(hashes.SHA256())))
+    lines.append(f"{host}\t{signing}.{b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}")
+open(f"{out}/hosts.txt", "w").write("\n".join(lines) + "\n")
+PY
+fi
 
 "$BIN" backend --listen "127.0.0.1:$P_A" --name a >"$OUT/backend-a.log" 2>&1 & PIDS+=($!)
 "$BIN" backend --listen "127.0.0.1:$P_B" --name b >"$OUT/backend-b.log" 2>&1 & PIDS+=($!)
@@ -80,7 +107,9 @@ for _ in $(seq 1 600); do
   kill -0 "$PID_TG" 2>/dev/null || { cat "$OUT/tenantgate.log" >&2; exit 1; }
   sleep 0.1
 done
-[ "$(curl -s -o /dev/null -w '%{http_code}' -H "Host: t00002.example.test" "http://127.0.0.1:$P_TG/")" = 200 ] ||
+AUTH=()
+[ "$JWT" = off ] || AUTH=(-H "Authorization: Bearer $(awk -F'\t' 'NR == 2 { print $2 }' "$OUT/hosts.txt")")
+[ "$(curl -s -o /dev/null -w '%{http_code}' "${AUTH[@]}" -H "Host: t00002.example.test" "http://127.0.0.1:$P_TG/")" = 200 ] ||
   { echo "hot-path.sh: gateway does not answer 200" >&2; exit 1; }
 
 wrk_run() { wrk -t2 -c"$CONNS" "$@" -s "$ROOT/benches/peers/hosts.lua" "http://127.0.0.1:$P_TG/" -- "$OUT/hosts.txt"; }

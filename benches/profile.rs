@@ -98,6 +98,7 @@ fn one(p: &Policy, registry: &Registry, conn: &ConnFacts, out: &mut Vec<u8>, pro
         authority: Ok("t054321.saas.example"),
         conn,
         prefs,
+        headers: &http::HeaderMap::new(),
     };
     let mut o = Outcome::begin("GET", "/app/dashboard");
     let Some(Decision::Forward(f)) = p.decide(&snap, &req, &mut o).now_or_never() else {
@@ -119,7 +120,7 @@ fn one(p: &Policy, registry: &Registry, conn: &ConnFacts, out: &mut Vec<u8>, pro
         &f.trusted,
     );
     black_box(id);
-    if let Some(c) = &f.tenant.edge.region_requests {
+    if let Some(c) = f.tenant.and_then(|t| t.edge.region_requests.as_ref()) {
         c.inc();
     }
 }
@@ -159,6 +160,7 @@ fn per_request(c: &mut Criterion) {
                         authority: Ok("t054321.saas.example"),
                         conn: &conn,
                         prefs: Prefs::default(),
+                        headers: &http::HeaderMap::new(),
                     };
                     let mut o = Outcome::begin("GET", "/.well-known/tenant.json");
                     let Some(Decision::Answer(a)) = p.decide(&snap, &req, &mut o).now_or_never() else {

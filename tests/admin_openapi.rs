@@ -626,6 +626,16 @@ fn the_checker_catches_what_the_document_forbids() {
         &json!({"id": "a", "domains": [], "source": "file", "extra": 1})
     ));
     assert!(!spec.valid(&s("Tenant"), &json!({"id": "a", "source": "file"})));
+    let identity = json!({"id": "a", "domains": [], "source": "file", "paths": ["app.example/a"],
+        "strip_prefix": true, "jwt": {"issuer": "https://idp.example", "jwks_url": "https://idp.example/jwks"}});
+    assert!(spec.valid(&s("Tenant"), &identity));
+    assert!(spec.valid(&s("TenantInput"), &json!({"jwt": "required", "paths": []})));
+    assert!(!spec.valid(&s("TenantInput"), &json!({"jwt": "maybe"})));
+    assert!(!spec.valid(&s("TenantInput"), &json!({"jwt": {"mode": "on"}})));
+    assert!(spec.valid(
+        &s("TenantPatch"),
+        &json!({"jwt": null, "paths": null, "strip_prefix": null})
+    ));
     assert!(!spec.valid(
         &s("TenantList"),
         &json!({"tenants": [], "total": -1, "next_offset": null, "next_cursor": null, "generation": 1})

@@ -1,5 +1,6 @@
 -- wrk script: rotate the Host header over the names in a file (one per line).
 --   wrk -t2 -c64 -d10s --latency -s hosts.lua http://127.0.0.1:PORT/ -- hosts.txt
+-- A line may be "host<TAB>token" to send a bearer token with that host.
 -- A file with one name gives a fixed Host through the same code path, so the
 -- load generator does the same work in every scenario.
 --
@@ -28,7 +29,10 @@ function init(args)
    end
    for line in io.lines(path) do
       if line ~= "" then
-         wrk.headers["Host"] = line
+         -- "host<TAB>token": the request also carries the bearer token.
+         local host, token = line:match("^([^\t]+)\t(.+)$")
+         wrk.headers["Host"] = host or line
+         wrk.headers["Authorization"] = token and ("Bearer " .. token) or nil
          n = n + 1
          requests[n] = wrk.format(nil, nil)
       end

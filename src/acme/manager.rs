@@ -266,6 +266,9 @@ impl CertManager {
                 names.extend(snap.config.gateway.base_domains.iter().map(|b| format!("{label}.{b}")));
             }
         }
+        // Shared hosts and header hosts belong to the platform, not a tenant.
+        names.extend(snap.config.shared_hosts.iter().map(|s| s.host.clone()));
+        names.extend(snap.config.identity.header_hosts.iter().cloned());
         names.retain(|n| !self.store.provided_covers(n));
         if let Some(l) = &self.lifecycle {
             names.retain(|n| !l.is_moved(n));

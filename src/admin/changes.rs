@@ -180,6 +180,8 @@ struct NamedTemplate {
     branding: Option<crate::config::profile::BrandingSection>,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     labels: std::collections::BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt: Option<crate::config::file::TenantJwtSection>,
 }
 
 impl NamedTemplate {
@@ -196,6 +198,7 @@ impl NamedTemplate {
             region: t.region,
             branding: t.branding,
             labels: t.labels,
+            jwt: t.jwt,
         }
     }
 
@@ -211,6 +214,7 @@ impl NamedTemplate {
             region: self.region,
             branding: self.branding,
             labels: self.labels,
+            jwt: self.jwt,
         };
         (self.name, t)
     }

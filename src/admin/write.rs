@@ -322,7 +322,10 @@ fn claimants(p: &ConfigProblem) -> &[String] {
         ConfigProblem::DuplicateDomain { tenants, .. }
         | ConfigProblem::DuplicateWildcard { tenants, .. }
         | ConfigProblem::DuplicateSubdomain { tenants, .. }
-        | ConfigProblem::UnderWildcard { tenants, .. } => tenants,
+        | ConfigProblem::UnderWildcard { tenants, .. }
+        | ConfigProblem::DuplicatePath { tenants, .. }
+        | ConfigProblem::NestedPath { tenants, .. }
+        | ConfigProblem::SharedHostClaimed { tenants, .. } => tenants,
         _ => &[],
     }
 }

@@ -134,6 +134,42 @@ pub enum Problem {
     BadSetting { value: String, expected: &'static str },
     #[error(transparent)]
     Profile(super::profile::ProfileProblem),
+    #[error("{value:?} is not a valid URL (want http:// or https://)")]
+    BadUrl { value: String },
+    #[error("shared host {name} is listed twice")]
+    DuplicateSharedHost { name: String },
+    #[error("{name} is not listed in [gateway] shared_hosts")]
+    NotSharedHost { name: String },
+    #[error("{value:?} is not an IP address or block (want such as 127.0.0.0/8)")]
+    BadCidr { value: String },
+    #[error("header_hosts is set but [identity] header is not")]
+    HeaderHostsWithoutHeader,
+    #[error("both jwks_file and jwks_url are set")]
+    TwoKeySources,
+    #[error("claim {value:?} is empty")]
+    BadClaim { value: String },
+    #[error("token_from {value:?} is neither \"authorization\" nor \"cookie:<name>\"")]
+    BadTokenFrom { value: String },
+    #[error("jwt {value:?} is not \"off\", \"optional\" or \"required\"")]
+    BadJwtMode { value: String },
+    #[error("JWT checking is on but no keys are configured")]
+    JwtWithoutKeys,
+    #[error("path claim {value:?} is not host/prefix with a normalised prefix")]
+    BadPath { value: String },
+    #[error("path claims need a shared host, and {host} is not in [gateway] shared_hosts")]
+    PathHostNotShared { host: String },
+    #[error("path prefix {path} is claimed by {}", claimants(.tenants))]
+    DuplicatePath { path: String, tenants: Vec<String> },
+    #[error("path prefix {inner} is inside prefix {outer} of {}", claimants(.tenants))]
+    NestedPath {
+        inner: String,
+        outer: String,
+        tenants: Vec<String>,
+    },
+    #[error("shared host {name} is also a domain of {}", claimants(.tenants))]
+    SharedHostClaimed { name: String, tenants: Vec<String> },
+    #[error("shared host {name} is inside the platform domain {base}, the tenant subdomain namespace")]
+    SharedHostInBase { name: String, base: String },
 }
 
 fn template_sets_none(template: &Option<String>) -> String {
@@ -219,6 +255,22 @@ impl Problem {
             DuplicateTemplate { .. } => "keep one definition: remove [templates.<name>] or the file",
             BadSetting { .. } => "set the value the message names (see config/README.md), or remove the key for its default",
             Profile(p) => p.fix(),
+            BadUrl { .. } => "write a URL such as https://idp.example/.well-known/jwks.json",
+            DuplicateSharedHost { .. } => "list each shared host once",
+            NotSharedHost { .. } => "add the host to [gateway] shared_hosts, or remove the section",
+            BadCidr { .. } => "write an address or a block such as 10.0.0.0/8 or ::1/128",
+            HeaderHostsWithoutHeader => "set [identity] header, such as \"x-org-id\"",
+            TwoKeySources => "keep one of jwks_file and jwks_url",
+            BadClaim { .. } => "name the claim (such as \"tenant\") or give a JSON pointer (such as \"/org/id\")",
+            BadTokenFrom { .. } => "use \"authorization\" or \"cookie:<name>\"",
+            BadJwtMode { .. } => "use \"off\", \"optional\" or \"required\"",
+            JwtWithoutKeys => "set [identity.jwt] jwks_file or jwks_url, or the tenant's [tenants.jwt] jwks_url, or jwt = \"off\"",
+            BadPath { .. } => "write a claim such as \"app.example.com/acme\": whole segments, no trailing /, no dot-segments or escapes",
+            PathHostNotShared { .. } => "add the host to [gateway] shared_hosts, or claim a prefix on a shared host",
+            DuplicatePath { .. } => "keep the prefix on exactly one tenant",
+            NestedPath { .. } => "claim prefixes that do not contain each other",
+            SharedHostClaimed { .. } => "remove the name from the tenant's domains, or from [gateway] shared_hosts",
+            SharedHostInBase { .. } => "use a shared host outside [gateway] base_domains",
         }
     }
 }

@@ -37,6 +37,10 @@ pub struct File {
     /// `[features.<name>]`: path prefixes gated by a feature.
     #[serde(default)]
     pub features: BTreeMap<String, super::profile::FeatureSection>,
+    /// `[shared_hosts."<host>"]`: settings of a `[gateway] shared_hosts` entry.
+    #[serde(default)]
+    pub shared_hosts: BTreeMap<String, SharedHostSection>,
+    pub identity: Option<IdentitySection>,
 }
 
 /// `[domains]`: the custom-domain lifecycle (ownership proof).
@@ -67,6 +71,79 @@ pub struct WebhookSection {
     pub url: String,
     pub secret: String,
     pub events: Option<Vec<String>>,
+}
+
+/// `[shared_hosts."<host>"]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedHostSection {
+    /// The pool that gets paths no tenant claims (with no tenant header).
+    pub platform_pool: Option<String>,
+}
+
+/// `[identity]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySection {
+    pub header: Option<String>,
+    #[serde(default)]
+    pub header_hosts: Vec<String>,
+    #[serde(default)]
+    pub header_sources: Vec<String>,
+    pub user_header: Option<String>,
+    pub max_tenants_per_subject: Option<usize>,
+    pub jwt: Option<JwtSection>,
+}
+
+/// `[identity.jwt]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSection {
+    pub jwks_file: Option<String>,
+    pub jwks_url: Option<String>,
+    pub jwks_refresh_secs: Option<u64>,
+    pub issuer: Option<String>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub audience: Vec<String>,
+    pub claim: Option<String>,
+    pub leeway_secs: Option<u64>,
+    pub token_from: Option<String>,
+}
+
+/// A string or a list of strings.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// A tenant's (or template's) `jwt`: `"off"`, `"optional"`, `"required"`,
+/// or a `[tenants.jwt]` table naming its own identity provider.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum TenantJwtSection {
+    Mode(String),
+    Own(TenantJwtTable),
+}
+
+/// `[tenants.jwt]`: the tenant's own identity provider.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantJwtTable {
+    /// `"off"`, `"optional"` or `"required"` (the default in this form).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
 }
 
 /// `[admin]`
@@ -110,6 +187,9 @@ pub struct GatewaySection {
     pub base_domains: Vec<String>,
     pub reserved_subdomains: Option<Vec<String>>,
     pub tenant_header: Option<String>,
+    /// Hosts on which the tenant is chosen by path.
+    #[serde(default)]
+    pub shared_hosts: Vec<String>,
     pub strip_headers: Option<Vec<String>>,
     pub connect_timeout_ms: Option<u64>,
     pub read_timeout_ms: Option<u64>,
@@ -180,6 +260,15 @@ pub struct TenantSection {
     pub timezone: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limits: Option<PlanSection>,
+    /// Path prefixes on shared hosts: `"app.example/acme"`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// Remove the claimed prefix toward the backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strip_prefix: Option<bool>,
+    /// JWT checking: a mode, or the tenant's own identity provider.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<TenantJwtSection>,
     /// Free-form `key = "value"` pairs (an external billing id, a region),
     /// for the admin API's list filters; they change nothing in routing.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "unique_map")]
@@ -253,6 +342,8 @@ pub struct TemplateSection {
     pub branding: Option<super::profile::BrandingSection>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "unique_map")]
     pub labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<TenantJwtSection>,
 }
 
 /// `[plans.<name>]`, and a tenant's `[tenants.limits]` overrides. Signed so

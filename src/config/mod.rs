@@ -11,6 +11,7 @@ pub mod domains;
 mod error;
 pub mod file;
 pub mod generate;
+pub mod identity;
 pub mod pages;
 mod parse;
 pub mod plans;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 pub use error::{ConfigError, LoadError, Problem};
+pub use identity::{Identity, JwtMode, PathClaim, SharedHost, TenantJwt};
 
 use crate::routing::host;
 
@@ -74,6 +76,10 @@ pub struct Config {
     pub tenants: Vec<TenantSpec>,
     /// `[profile]` and `[features]`: the edge profile's settings.
     pub profile: profile::ProfileSettings,
+    /// `[gateway] shared_hosts`, with their `[shared_hosts."<host>"]`.
+    pub shared_hosts: Vec<SharedHost>,
+    /// `[identity]`.
+    pub identity: Identity,
 }
 
 /// A template, validated: the section as written and where it is.
@@ -367,6 +373,11 @@ pub struct TenantSpec {
     pub profile: profile::Profile,
     /// Maintenance mode, if on.
     pub maintenance: Option<profile::Maintenance>,
+    /// Prefixes claimed on shared hosts.
+    pub paths: Vec<PathClaim>,
+    /// Remove the claimed prefix toward the backend.
+    pub strip_prefix: bool,
+    pub jwt: TenantJwt,
 }
 
 /// Labels a tenant may carry at most.
@@ -466,6 +477,8 @@ pub fn parse(path: &Path, text: &str) -> Result<file::File, LoadError> {
 /// every problem found, so that callers can report all problems at once.
 pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>) {
     let mut errs = Vec::new();
+    let mut file = file;
+    let shared_raw = std::mem::take(&mut file.gateway.shared_hosts);
     let gateway = validate_gateway(file.gateway, &mut errs);
     let telemetry = validate_telemetry(file.telemetry, &mut errs);
     let mut admin_section = file.admin.unwrap_or_default();
@@ -522,6 +535,8 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
     }
 
     let templates = templates::validate(file.templates, file.template_files, &pool_ids, &plans, &mut errs);
+    let shared_hosts = identity::validate_shared_hosts(&shared_raw, file.shared_hosts, &pool_ids, &mut errs);
+    let identity = identity::validate_identity(file.identity, base_dir, &mut errs);
 
     let reserved: HashSet<&str> = gateway.reserved_subdomains.iter().map(String::as_str).collect();
     // Positions of each id, to name every copy of a duplicate.
@@ -626,7 +641,12 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
                 errs.push(err(tenant, &format!("tenants[{i}].labels.{k}"), problem));
             }
         }
+        let paths = identity::validate_paths(i, &t.id, &t.paths, &shared_hosts, &mut errs);
+        let jwt = identity::validate_tenant_jwt(i, &t.id, t.jwt.as_ref(), &identity, &mut errs);
         tenants.push(TenantSpec {
+            paths,
+            strip_prefix: t.strip_prefix.unwrap_or(false),
+            jwt,
             id: t.id,
             subdomain,
             domains,
@@ -666,6 +686,8 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
             templates,
             tenants,
             profile: profile_settings,
+            shared_hosts,
+            identity,
         },
         errs,
     )

@@ -101,6 +101,7 @@ pub fn apply(mut tenant: TenantSection, template: &TemplateSection) -> TenantSec
     tenant.redirect_https = tenant.redirect_https.or(template.redirect_https);
     tenant.plan = tenant.plan.or_else(|| template.plan.clone());
     tenant.timezone = tenant.timezone.or_else(|| template.timezone.clone());
+    tenant.jwt = tenant.jwt.or_else(|| template.jwt.clone());
     tenant.limits = match (tenant.limits, &template.limits) {
         (Some(own), Some(base)) => Some(own.over(base)),
         (own, base) => own.or_else(|| base.clone()),

@@ -227,6 +227,7 @@ async fn exchange(
         authority: h.host,
         conn: conn.facts,
         prefs: Prefs::scan(h.headers.iter().map(|x| (x.name, x.value))),
+        headers: &h.headers,
     };
     let f = match policy.decide(&snap, &facts, &mut o).await {
         Decision::Forward(f) => f,
@@ -250,7 +251,7 @@ async fn exchange(
     out.clear();
     let outgoing = Outgoing {
         method: h.method,
-        target: h.forward_target,
+        target: f.target.as_deref().unwrap_or(h.forward_target),
         http2_host: None,
         length: match h.body {
             BodyKind::Length(n) => Some(n),
@@ -286,7 +287,7 @@ async fn exchange(
         beyond: &after[in_buf..],
         rest,
         extra: &pairs[..n],
-        branded: &f.branded,
+        branded: f.branded.as_ref(),
         io,
         out,
         rbuf,
@@ -343,7 +344,7 @@ struct H1Exchange<'a, 'h, 'b> {
     /// Headers added to the response.
     extra: &'a [(&'static str, &'a http::HeaderValue)],
     /// The tenant's 502 and 504.
-    branded: &'a Branded<'a>,
+    branded: Option<&'a Branded<'a>>,
     io: &'a mut Stream,
     out: &'a mut Vec<u8>,
     rbuf: &'a mut Vec<u8>,
@@ -374,7 +375,7 @@ impl Downstream for H1Exchange<'_, '_, '_> {
             s => {
                 self.unfinished = true;
                 let head_request = self.head.method == "HEAD";
-                write_answer(self.out, &self.branded.failure(s), true, head_request);
+                write_answer(self.out, &super::pages::failure(self.branded, s), true, head_request);
                 match send(self.io, self.out, self.client_timeout).await {
                     Ok(()) => s,
                     Err(_) => 0,

@@ -126,6 +126,7 @@ async fn stream(
         authority,
         conn: facts,
         prefs: Prefs::scan(parts.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()))),
+        headers: &parts.headers,
     };
     let f = match policy.decide(&snap, &request, &mut o).await {
         Decision::Forward(f) => f,
@@ -148,7 +149,7 @@ async fn stream(
     let chunked = has_body && length.is_none();
     let outgoing = Outgoing {
         method: parts.method.as_str(),
-        target,
+        target: f.target.as_deref().unwrap_or(target),
         http2_host: Some(authority.unwrap_or_default()),
         length,
         chunked,
@@ -168,7 +169,7 @@ async fn stream(
     };
     let mut exchange = H2Exchange {
         req,
-        branded: &f.branded,
+        branded: f.branded.as_ref(),
         respond: &mut respond,
         rbuf: buffers.take(),
         timeouts: snap.config.gateway.timeouts,
@@ -246,7 +247,7 @@ impl Buffers {
 struct H2Exchange<'r, 's> {
     req: Request<'r>,
     /// The tenant's 502 and 504.
-    branded: &'r Branded<'r>,
+    branded: Option<&'r Branded<'r>>,
     respond: &'s mut SendResponse<Bytes>,
     rbuf: Vec<u8>,
     timeouts: crate::config::Timeouts,
@@ -600,12 +601,12 @@ fn answer(respond: &mut SendResponse<Bytes>, a: &Answer, head_request: bool) -> 
 
 /// Answers `status` (502 or 504) before any response went out; the status
 /// sent, or 0.
-fn fail(respond: &mut SendResponse<Bytes>, status: u16, head_request: bool, branded: &Branded<'_>) -> u16 {
+fn fail(respond: &mut SendResponse<Bytes>, status: u16, head_request: bool, branded: Option<&Branded<'_>>) -> u16 {
     if status == 0 {
         respond.send_reset(h2::Reason::CANCEL);
         return 0;
     }
-    if answer(respond, &branded.failure(status), head_request) {
+    if answer(respond, &super::pages::failure(branded, status), head_request) {
         status
     } else {
         0

@@ -2,9 +2,9 @@
 //! HTTP/1.1 and HTTP/2 clients alike.
 //!
 //! Client copies of every header the gateway vouches for (the tenant
-//! header, `forwarded`, `x-real-ip`, the whole `x-forwarded-*` family,
-//! `x-request-id`, every `strip_headers` entry and every `[profile.headers]`
-//! name) are removed in every
+//! header, `[identity]`'s tenant and subject headers, `forwarded`, `x-real-ip`,
+//! the whole `x-forwarded-*` family, `x-request-id`, every `strip_headers`
+//! entry and every `[profile.headers]` name) are removed in every
 //! spelling: case, and `_` for `-` (CGI, WSGI and Rack backends read
 //! `X_Tenant_Id` as `X-Tenant-Id`). Header names containing `_` are
 //! dropped altogether unless `underscores_in_headers` is on. Then the
@@ -18,13 +18,20 @@ use http::{HeaderName, HeaderValue};
 
 use super::framing::header_line;
 use crate::config::profile::Carried;
-use crate::config::Gateway;
+use crate::config::{Gateway, Identity};
 
 /// What the gateway tells the backend about a request.
 pub struct Trusted<'a> {
     pub gw: &'a Gateway,
-    /// The tenant id, for the tenant header.
-    pub tenant: &'a HeaderValue,
+    pub identity: &'a Identity,
+    /// The tenant id, for the tenant header (none for a shared host's
+    /// platform pool).
+    pub tenant: Option<&'a HeaderValue>,
+    /// The verified token's subject, for `[identity] user_header`.
+    pub user: Option<HeaderValue>,
+    /// The claimed path prefix removed from the target (`strip_prefix`),
+    /// for `x-forwarded-prefix`.
+    pub prefix: Option<HeaderValue>,
     pub client_ip: Option<IpAddr>,
     /// The authority the client asked for.
     pub authority: &'a str,
@@ -90,7 +97,7 @@ pub fn write_upstream<'h, I: Iterator<Item = (&'h str, &'h [u8])>>(
         }
         let is_host = name.eq_ignore_ascii_case("host");
         let skip = (name.contains('_') && !t.gw.underscores_in_headers)
-            || vouched_for(name, t.gw)
+            || vouched_for(name, t.gw, t.identity)
             || t.profile_names
                 .iter()
                 .any(|(_, p)| same_name(name.as_bytes(), p.as_str().as_bytes()))
@@ -126,7 +133,15 @@ pub fn write_upstream<'h, I: Iterator<Item = (&'h str, &'h [u8])>>(
         header_line(out, b"upgrade", upgrade);
         out.extend_from_slice(b"connection: upgrade\r\n");
     }
-    header_line(out, t.gw.tenant_header.as_str().as_bytes(), t.tenant.as_bytes());
+    if let Some(tenant) = t.tenant {
+        header_line(out, t.gw.tenant_header.as_str().as_bytes(), tenant.as_bytes());
+    }
+    if let Some(user) = &t.user {
+        header_line(out, t.identity.user_header.as_str().as_bytes(), user.as_bytes());
+    }
+    if let Some(prefix) = &t.prefix {
+        header_line(out, b"x-forwarded-prefix", prefix.as_bytes());
+    }
     for (name, value) in t.profile {
         header_line(out, name.as_str().as_bytes(), value.as_bytes());
     }
@@ -154,12 +169,19 @@ fn same_name(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| fold(*x) == fold(*y))
 }
 
-/// Headers the gateway vouches for: every client copy is dropped.
-fn vouched_for(name: &str, gw: &Gateway) -> bool {
+/// Headers the gateway vouches for: every client copy is dropped (the
+/// trusted tenant header of `[identity]` too, once read, and the subject
+/// header).
+fn vouched_for(name: &str, gw: &Gateway, identity: &Identity) -> bool {
     let n = name.as_bytes();
     let x_forwarded = n.len() > 12 && same_name(&n[..12], b"x-forwarded-");
     x_forwarded
         || same_name(n, gw.tenant_header.as_str().as_bytes())
+        || same_name(n, identity.user_header.as_str().as_bytes())
+        || identity
+            .header
+            .as_ref()
+            .is_some_and(|h| same_name(n, h.as_str().as_bytes()))
         || same_name(n, b"x-request-id")
         || same_name(n, b"forwarded")
         || same_name(n, b"x-real-ip")
@@ -261,9 +283,13 @@ mod tests {
 
     fn head(gw: &Gateway, req: &Outgoing<'_>, headers: &[(&str, &str)]) -> (String, HeaderValue) {
         let tenant = HeaderValue::from_static("t1");
+        let identity = Identity::default();
         let trusted = Trusted {
             gw,
-            tenant: &tenant,
+            identity: &identity,
+            tenant: Some(&tenant),
+            user: None,
+            prefix: None,
             client_ip: Some("10.0.0.1".parse().expect("ip")),
             authority: "a.example",
             https: false,
@@ -299,9 +325,13 @@ mod tests {
                 HeaderValue::from_static("eu"),
             ),
         ];
+        let identity = crate::config::Identity::default();
         let trusted = Trusted {
             gw: &gw,
-            tenant: &tenant,
+            identity: &identity,
+            tenant: Some(&tenant),
+            user: None,
+            prefix: None,
             client_ip: None,
             authority: "a.example",
             https: true,

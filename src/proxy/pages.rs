@@ -89,6 +89,15 @@ fn weighted(v: &[u8]) -> impl Iterator<Item = (String, u16)> + '_ {
     })
 }
 
+/// The answer for a failed exchange (502, 504): branded when there is a
+/// tenant, plain for a shared host's platform pool.
+pub fn failure(branded: Option<&Branded<'_>>, status: u16) -> Answer {
+    match branded {
+        Some(b) => b.failure(status),
+        None => Answer::failure(status),
+    }
+}
+
 /// The tenant's error answers for one request.
 #[derive(Clone, Copy)]
 pub struct Branded<'s> {

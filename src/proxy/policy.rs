@@ -11,17 +11,28 @@
 //! 2. Plain listener: `/.well-known/acme-challenge/<token>` → the key
 //!    authorization of a pending order, else 404.
 //! 3. The authority (Host, or `:authority`) → the tenant, or 400/421.
-//!    There is no default: an unknown host is never forwarded.
+//!    There is no default: an unknown host is never forwarded. On a shared
+//!    host the normalised path's longest claimed prefix names the tenant
+//!    (an ambiguous path 400; an unclaimed one 404, or the host's
+//!    `platform_pool`). On a header host the trusted tenant header names
+//!    it (from a listed source only: 403; missing 400, unknown 421).
+//!    Host, path and header must agree, or 403 `tenant-mismatch`.
 //! 4. TLS listener: the Host must be covered by the connection's SNI or
 //!    certificate (same tenant), else 421. Plain listener: 308 to HTTPS
 //!    when the tenant (or `[tls] redirect_http`) wants it.
 //! 5. The tenant's profile ([`super::profile`]): another region than
 //!    `[gateway] region` → 421; `tenant.json` → answered here; a path gated
 //!    by a feature it lacks → 404; maintenance → 503 (allow-list passes).
-//! 6. The tenant's limits: concurrency, client share, rate, quotas → 429
+//! 6. The tenant's JWT (`jwt = "optional"|"required"`): an invalid token,
+//!    or none when required, 401 with `WWW-Authenticate: Bearer`; a valid
+//!    token whose tenant claim names another tenant, 403 `tenant-mismatch`.
+//!    Every identity refusal is counted and logged; subjects and addresses
+//!    seen on too many tenants are reported ([`Spread`]).
+//! 7. The tenant's limits: concurrency, client share, rate, quotas → 429
 //!    (503 for a fail-closed store outage).
-//! 7. Forward to the tenant's pool, with the trusted headers
-//!    ([`super::headers::Trusted`]).
+//! 8. Forward to the tenant's pool, with the trusted headers
+//!    ([`super::headers::Trusted`]): tenant, token subject, the stripped
+//!    prefix and the profile.
 //!
 //! The gateway's own 429, 502, 503, 504 and maintenance answers are
 //! branded for the client that asks ([`super::pages`]).
@@ -41,12 +52,19 @@ use super::pages::{Branded, Prefs};
 use super::pool::Pool;
 use super::ConnFacts;
 use crate::acme::Challenges;
+use crate::config::identity::{JwtMode, TokenFrom};
 use crate::config::pages::Page;
+use crate::config::PoolId;
 use crate::domains::verifier::Lifecycle;
 use crate::domains::HTTP_PROOF_PREFIX;
 use crate::limits::{Admission, Refusal, SystemClock};
 use crate::registry::{Registry, Snapshot, Tenant};
-use crate::routing::{self, HostError, Match, Unresolved};
+use crate::routing::jwt::{self, TokenError};
+use crate::routing::paths::{normalize_path, PathError};
+use crate::routing::MatchKind;
+use crate::routing::{self, HostError, Match, TenantIdx, Unresolved};
+use crate::telemetry::spread::Spread;
+use crate::telemetry::NO_TENANT;
 use crate::telemetry::{Metrics, Rejection};
 use crate::tls::certs::name_covers;
 
@@ -63,6 +81,41 @@ pub struct Policy {
     /// Port of the running TLS listener, the target of 308 redirects. Taken
     /// at start-up: a reload cannot open a listener, so it cannot move this.
     https_port: Option<u16>,
+    /// Subjects and client addresses seen on many tenants (outlives reloads).
+    spread: Spread,
+}
+
+/// A request's header fields, whatever the protocol.
+pub trait HeaderSource: Sync {
+    /// Every value of the field `name` (lowercase), in order.
+    fn all<'s>(&'s self, name: &'s str) -> Box<dyn Iterator<Item = &'s [u8]> + 's>;
+}
+
+impl HeaderSource for &[httparse::Header<'_>] {
+    fn all<'s>(&'s self, name: &'s str) -> Box<dyn Iterator<Item = &'s [u8]> + 's> {
+        Box::new(
+            self.iter()
+                .filter(move |h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value),
+        )
+    }
+}
+
+impl HeaderSource for http::HeaderMap {
+    fn all<'s>(&'s self, name: &'s str) -> Box<dyn Iterator<Item = &'s [u8]> + 's> {
+        Box::new(self.get_all(name).into_iter().map(HeaderValue::as_bytes))
+    }
+}
+
+/// The one value of field `name`: `Ok(None)` when absent, `Err` when given
+/// more than once.
+fn single<'h>(headers: &'h dyn HeaderSource, name: &'h str) -> Result<Option<&'h [u8]>, ()> {
+    let mut values = headers.all(name);
+    let first = values.next();
+    match values.next() {
+        Some(_) => Err(()),
+        None => Ok(first),
+    }
 }
 
 /// One request, as the policy sees it.
@@ -76,6 +129,8 @@ pub struct RequestFacts<'a> {
     pub conn: &'a ConnFacts,
     /// `Accept`, `Accept-Language`, `If-None-Match`.
     pub prefs: Prefs<'a>,
+    /// The client's header fields (tokens, the trusted tenant header).
+    pub headers: &'a dyn HeaderSource,
 }
 
 /// A response of the gateway's own.
@@ -123,21 +178,29 @@ pub fn reason(status: u16) -> &'static str {
 }
 
 /// What the policy decided for one request.
+// Forward is large (trusted headers, branded pages, the new target), but a
+// decision is made and moved once per request: boxing it would cost an
+// allocation per request for a short stack copy saved.
+#[allow(clippy::large_enum_variant)]
 pub enum Decision<'s> {
     Answer(Answer),
     Forward(Forward<'s>),
 }
 
-/// Forward to `pool` as `tenant`, holding the limiter's admission until
-/// the exchange ends.
+/// Forward to `pool` as `tenant` (none for a shared host's platform pool),
+/// holding the limiter's admission until the exchange ends.
 pub struct Forward<'s> {
-    pub tenant: &'s Tenant,
+    pub tenant: Option<&'s Tenant>,
     pub pool: &'s Pool,
     pub admission: Option<Admission>,
     /// What the backend is told about the request ([`super::headers`]).
     pub trusted: Trusted<'s>,
-    /// The tenant's 502 and 504, as the client asks for them.
-    pub branded: Branded<'s>,
+    /// The tenant's 502 and 504, as the client asks for them (none for a
+    /// shared host's platform pool: plain answers).
+    pub branded: Option<Branded<'s>>,
+    /// The target to send instead of the client's: on a shared host, the
+    /// normalised path (without the prefix under `strip_prefix`) and query.
+    pub target: Option<String>,
 }
 
 impl Forward<'_> {
@@ -149,7 +212,7 @@ impl Forward<'_> {
         let mut n = 0;
         let ratelimit = self.admission.as_ref().and_then(|a| a.header.as_ref());
         for (name, value) in [
-            ("ratelimit-policy", self.tenant.policy_header.as_ref()),
+            ("ratelimit-policy", self.tenant.and_then(|t| t.policy_header.as_ref())),
             ("ratelimit", ratelimit),
         ] {
             if let Some(v) = value {
@@ -208,6 +271,7 @@ impl Policy {
             challenges,
             lifecycle: None,
             https_port,
+            spread: Spread::default(),
         }
     }
 
@@ -216,6 +280,11 @@ impl Policy {
     pub fn with_lifecycle(mut self, lifecycle: Arc<Lifecycle>) -> Self {
         self.lifecycle = Some(lifecycle);
         self
+    }
+
+    /// The registry this policy decides against.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// A refusal the parser of a protocol half found before any routing
@@ -245,22 +314,34 @@ impl Policy {
                 }
             }
         }
-        let (host, m) = match self.route(snap, req.authority, https) {
-            Ok(r) => r,
+        let host = match req.authority {
+            Ok(a) => routing::request_host(a).map_err(unresolved_body),
+            Err(e) => Err(bad_authority_body(e)),
+        };
+        let host = match host {
+            Ok(h) => h,
             Err((rejection, body)) => return Decision::Answer(self.refuse(rejection, body, o)),
         };
+        let routed = match self.resolve(snap, &host, req, o) {
+            Ok(r) => r,
+            Err(a) => return Decision::Answer(a),
+        };
+        let (m, path) = match routed {
+            Routed::Tenant(m, path) => (m, path),
+            Routed::Platform(pool, target) => return self.platform(snap, req, &host, pool, target, o),
+        };
         o.route = Some(m);
-        if let Some(host) = host.as_deref() {
-            if https && !sni_allows(req.conn, snap, host, m) {
-                return Decision::Answer(self.refuse(Rejection::SniMismatch, SNI_MISMATCH_BODY, o));
-            }
-            if !https {
-                if let Some(location) = self.redirect(snap, host, m, req.target) {
-                    let mut a = Answer::text(308, "308 Permanent Redirect: use HTTPS\n", false);
-                    a.headers
-                        .extend(HeaderValue::from_str(&location).ok().map(|l| ("location", l)));
-                    return Decision::Answer(a);
-                }
+        // The TLS rules hold on the TLS listener even after a reload
+        // removed [tls].
+        if https && !sni_allows(req.conn, snap, &host, m) {
+            return Decision::Answer(self.refuse(Rejection::SniMismatch, SNI_MISMATCH_BODY, o));
+        }
+        if !https && snap.config.tls.is_some() {
+            if let Some(location) = self.redirect(snap, &host, m, req.target) {
+                let mut a = Answer::text(308, "308 Permanent Redirect: use HTTPS\n", false);
+                a.headers
+                    .extend(HeaderValue::from_str(&location).ok().map(|l| ("location", l)));
+                return Decision::Answer(a);
             }
         }
         let found = snap
@@ -278,22 +359,34 @@ impl Policy {
         if let Some(a) = self.profile_answer(snap, tenant, spec, &branded, req, o) {
             return Decision::Answer(a);
         }
+        let user = match self.check_token(snap, tenant, m, req).await {
+            Ok(user) => user,
+            Err(a) => return Decision::Answer(a),
+        };
+        let (target, prefix) = match path {
+            Some(p) => p.target(tenant.strip_prefix),
+            None => (None, None),
+        };
         let peer = req.conn.peer;
         match self.limit(snap, tenant, m, peer.map(|p| p.ip())).await {
             Ok(admission) => Decision::Forward(Forward {
-                tenant,
+                tenant: Some(tenant),
                 pool,
                 admission,
                 trusted: Trusted {
                     gw: &snap.config.gateway,
-                    tenant: &tenant.header_value,
+                    identity: &snap.config.identity,
+                    tenant: Some(&tenant.header_value),
+                    user,
+                    prefix,
                     client_ip: peer.map(|p| p.ip()),
                     authority: req.authority.unwrap_or_default(),
                     https,
                     profile: &tenant.edge.headers,
                     profile_names: &snap.config.profile.headers,
                 },
-                branded,
+                branded: Some(branded),
+                target,
             }),
             Err(refusal) => {
                 let page = match refusal.status() {
@@ -306,6 +399,315 @@ impl Policy {
                     u32::try_from(refusal.retry_after).ok(),
                 ))
             }
+        }
+    }
+
+    /// A shared host's unclaimed path: its platform pool (no tenant
+    /// header, no limits), or 404.
+    fn platform<'s>(
+        &self,
+        snap: &'s Snapshot,
+        req: &RequestFacts<'s>,
+        host: &str,
+        pool: Option<PoolId>,
+        target: String,
+        o: &mut Outcome<'_>,
+    ) -> Decision<'s> {
+        let https = req.conn.tls.is_some();
+        let strict = snap.config.tls.as_ref().is_none_or(|t| t.strict_sni_host);
+        if https && strict && req.conn.tls.as_ref().is_some_and(|n| *n.sni != *host) {
+            return Decision::Answer(self.refuse(Rejection::SniMismatch, SNI_MISMATCH_BODY, o));
+        }
+        let Some(pool) = pool.and_then(|p| snap.pools.get(p as usize)) else {
+            self.metrics.identity_refusal(NO_TENANT, "unclaimed_path");
+            return Decision::Answer(problem(
+                404,
+                "unclaimed-path",
+                "Not Found",
+                "no tenant claims this path on this host",
+            ));
+        };
+        Decision::Forward(Forward {
+            tenant: None,
+            pool,
+            admission: None,
+            trusted: Trusted {
+                gw: &snap.config.gateway,
+                identity: &snap.config.identity,
+                tenant: None,
+                user: None,
+                prefix: None,
+                client_ip: req.conn.peer.map(|p| p.ip()),
+                authority: req.authority.unwrap_or_default(),
+                https,
+                profile: &[],
+                profile_names: &snap.config.profile.headers,
+            },
+            branded: None,
+            target: Some(target),
+        })
+    }
+
+    /// The tenant named by the host (or, on a shared host, the path) and
+    /// by the trusted header on a header host: they must agree.
+    fn resolve(
+        &self,
+        snap: &Snapshot,
+        host: &str,
+        req: &RequestFacts<'_>,
+        o: &mut Outcome<'_>,
+    ) -> Result<Routed, Answer> {
+        let mut path = None;
+        let mut unclaimed = None;
+        let by_host = match snap.table.paths.shared(host) {
+            Some(shared) => {
+                let (p, query) = match req.target.split_once('?') {
+                    Some((p, q)) => (p, Some(q)),
+                    None => (req.target, None),
+                };
+                let normal = match normalize_path(p) {
+                    Ok(n) => n,
+                    // `*` (OPTIONS) names no path: nobody's.
+                    Err(PathError::NotAbsolute) => "*".into(),
+                    Err(PathError::Ambiguous) => {
+                        self.metrics.identity_refusal(NO_TENANT, "ambiguous_path");
+                        return Err(problem(
+                            400,
+                            "ambiguous-path",
+                            "Bad Request",
+                            "the path holds an escape or character that backends read differently",
+                        ));
+                    }
+                };
+                match snap.table.paths.lookup(host, &normal) {
+                    Some((tenant, prefix_len)) => {
+                        path = Some(PathRoute {
+                            normal: normal.into_owned(),
+                            prefix_len,
+                            query: query.map(str::to_string),
+                        });
+                        Some(Match {
+                            tenant,
+                            kind: MatchKind::Path,
+                        })
+                    }
+                    None => {
+                        let mut target = normal.into_owned();
+                        if let Some(q) = query {
+                            target.push('?');
+                            target.push_str(q);
+                        }
+                        unclaimed = Some((shared.platform_pool, target));
+                        None
+                    }
+                }
+            }
+            None => snap.table.lookup(host),
+        };
+        let header_hosts = &snap.config.identity.header_hosts;
+        let by_header = match !header_hosts.is_empty() && header_hosts.contains(host) {
+            true => Some(self.header_tenant(snap, req, o)?),
+            false => None,
+        };
+        match (by_host, by_header) {
+            (Some(m), Some(h)) if m.tenant != h => {
+                let resolved = snap.tenant(m.tenant).map_or("", |t| &t.id);
+                let claimed = snap.tenant(h).map_or("", |t| &t.id);
+                o.route = Some(m);
+                Err(self.mismatch(snap, m, resolved, claimed, None, req, "header"))
+            }
+            (Some(m), _) => Ok(Routed::Tenant(m, path)),
+            (None, Some(tenant)) => Ok(Routed::Tenant(
+                Match {
+                    tenant,
+                    kind: MatchKind::Header,
+                },
+                None,
+            )),
+            (None, None) => match unclaimed {
+                Some((pool, target)) => Ok(Routed::Platform(pool, target)),
+                None => Err(self.refuse(Rejection::UnknownHost, UNKNOWN_HOST_BODY, o)),
+            },
+        }
+    }
+
+    /// The tenant the trusted header names, on a header host.
+    fn header_tenant(&self, snap: &Snapshot, req: &RequestFacts<'_>, o: &mut Outcome<'_>) -> Result<TenantIdx, Answer> {
+        let identity = &snap.config.identity;
+        let Some(name) = &identity.header else {
+            return Err(self.refuse(Rejection::UnknownHost, UNKNOWN_HOST_BODY, o));
+        };
+        let from_source = req
+            .conn
+            .peer
+            .is_some_and(|p| identity.header_sources.iter().any(|c| c.contains(p.ip())));
+        if !from_source {
+            self.metrics.identity_refusal(NO_TENANT, "header_source");
+            return Err(problem(
+                403,
+                "untrusted-source",
+                "Forbidden",
+                "this host takes requests from the listed sources only",
+            ));
+        }
+        let value = match single(req.headers, name.as_str()) {
+            Ok(Some(v)) => v,
+            _ => {
+                self.metrics.identity_refusal(NO_TENANT, "header_missing");
+                return Err(problem(
+                    400,
+                    "tenant-header",
+                    "Bad Request",
+                    "exactly one tenant header naming the tenant is required on this host",
+                ));
+            }
+        };
+        let id = std::str::from_utf8(value).unwrap_or_default().trim();
+        match snap.table.by_id(id) {
+            Some(t) => Ok(t),
+            None => {
+                self.metrics.identity_refusal(NO_TENANT, "header_unknown");
+                Err(problem(
+                    421,
+                    "unknown-tenant",
+                    "Misdirected Request",
+                    "the tenant header names no tenant served here",
+                ))
+            }
+        }
+    }
+
+    /// The tenant's JWT check: the subject to forward (none without a
+    /// token), or the refusal.
+    async fn check_token(
+        &self,
+        snap: &Snapshot,
+        tenant: &Tenant,
+        m: Match,
+        req: &RequestFacts<'_>,
+    ) -> Result<Option<HeaderValue>, Answer> {
+        let Some(verifier) = &tenant.jwt else {
+            return Ok(None);
+        };
+        let label = self.tenant_label(snap, m);
+        let token_from = snap
+            .config
+            .identity
+            .jwt
+            .as_ref()
+            .map_or(&TokenFrom::Authorization, |j| &j.token_from);
+        let token = match token_from {
+            TokenFrom::Authorization => match single(req.headers, "authorization") {
+                Ok(v) => v.map(|v| jwt::bearer(v).ok_or(())).transpose(),
+                Err(()) => Err(()),
+            },
+            TokenFrom::Cookie(name) => Ok(req.headers.all("cookie").find_map(|v| jwt::cookie(v, name))),
+        };
+        let token = match token {
+            Ok(Some(t)) => t,
+            Ok(None) if tenant.jwt_mode == JwtMode::Optional => return Ok(None),
+            Ok(None) => {
+                self.metrics.identity_refusal(label, "missing_token");
+                return Err(unauthorized(None));
+            }
+            Err(()) => {
+                self.metrics.identity_refusal(label, "malformed");
+                return Err(unauthorized(Some(&TokenError::Malformed)));
+            }
+        };
+        let verified = match verifier.verify(token).await {
+            Ok(v) => v,
+            Err(TokenError::NoKeys) => {
+                self.metrics.identity_refusal(label, "no_keys");
+                tracing::warn!(target: "identity", tenant = &*tenant.id, "no JWT keys could be loaded; refusing tokens");
+                let mut a = problem(
+                    503,
+                    "identity-unavailable",
+                    "Service Unavailable",
+                    "the keys to check tokens with cannot be loaded",
+                );
+                a.headers.push(("retry-after", HeaderValue::from_static("10")));
+                return Err(a);
+            }
+            Err(e) => {
+                self.metrics.identity_refusal(label, e.as_str());
+                tracing::info!(target: "identity", tenant = &*tenant.id, reason = e.as_str(), client = req.conn.peer.map(tracing::field::display), "invalid token");
+                return Err(unauthorized(Some(&e)));
+            }
+        };
+        let subject = verified.subject.as_deref();
+        match verified.tenant.as_deref() {
+            Some(claimed) if claimed == &*tenant.id => {}
+            Some(claimed) => {
+                return Err(self.mismatch(snap, m, &tenant.id, claimed, subject, req, "jwt"));
+            }
+            None => {
+                self.metrics.identity_refusal(label, "no_tenant_claim");
+                return Err(unauthorized(Some(&TokenError::Claims("no tenant claim".into()))));
+            }
+        }
+        let limit = snap.config.identity.max_tenants_per_subject;
+        if let Some(sub) = subject {
+            if self.spread.observe(("sub", sub), &tenant.id, limit) {
+                self.metrics.identity_spread("subject");
+                tracing::warn!(target: "identity", subject = sub, tenant = &*tenant.id, limit, "token subject seen on more tenants than max_tenants_per_subject within the hour");
+            }
+        }
+        if let Some(peer) = req.conn.peer {
+            if self.spread.observe(("addr", peer.ip()), &tenant.id, limit) {
+                self.metrics.identity_spread("address");
+                tracing::warn!(target: "identity", client = %peer.ip(), tenant = &*tenant.id, limit, "client address seen on more tenants than max_tenants_per_subject within the hour");
+            }
+        }
+        match subject.map(HeaderValue::from_str) {
+            None => Ok(None),
+            Some(Ok(v)) => Ok(Some(v)),
+            Some(Err(_)) => {
+                self.metrics.identity_refusal(label, "bad_subject");
+                Err(unauthorized(Some(&TokenError::Claims(
+                    "subject is not a header value".into(),
+                ))))
+            }
+        }
+    }
+
+    /// A 403 `tenant-mismatch`: two sources name different tenants.
+    #[allow(clippy::too_many_arguments)]
+    fn mismatch(
+        &self,
+        snap: &Snapshot,
+        m: Match,
+        resolved: &str,
+        claimed: &str,
+        subject: Option<&str>,
+        req: &RequestFacts<'_>,
+        source: &'static str,
+    ) -> Answer {
+        self.metrics
+            .identity_refusal(self.tenant_label(snap, m), "tenant_mismatch");
+        tracing::warn!(
+            target: "identity",
+            resolved_tenant = resolved,
+            claimed_tenant = claimed,
+            subject,
+            client = req.conn.peer.map(tracing::field::display),
+            source,
+            "tenant mismatch: refused"
+        );
+        problem(
+            403,
+            "tenant-mismatch",
+            "Forbidden",
+            "the request's credentials belong to another tenant",
+        )
+    }
+
+    /// The metric label of a resolved tenant (bounded like every tenant label).
+    fn tenant_label<'s>(&self, snap: &'s Snapshot, m: Match) -> &'s str {
+        match snap.tenant(m.tenant) {
+            Some(t) if (m.tenant as usize) < snap.config.telemetry.tenant_label_limit => &t.id,
+            Some(_) => crate::telemetry::OTHER_TENANTS,
+            None => NO_TENANT,
         }
     }
 
@@ -351,28 +753,6 @@ impl Policy {
             .then(|| https_location(host, port, target))
     }
 
-    /// Resolves the tenant from the request's authority, or says why not.
-    /// The normalised host comes back only when the TLS rules need it
-    /// (no copy otherwise).
-    fn route(
-        &self,
-        snap: &Snapshot,
-        authority: Result<&str, BadAuthority>,
-        https: bool,
-    ) -> Result<(Option<String>, Match), (Rejection, &'static str)> {
-        let host = match authority {
-            Ok(a) => routing::request_host(a).map_err(unresolved_body)?,
-            Err(e) => return Err(bad_authority_body(e)),
-        };
-        let m = snap
-            .table
-            .lookup(&host)
-            .ok_or((Rejection::UnknownHost, UNKNOWN_HOST_BODY))?;
-        // The TLS rules hold on the TLS listener even after a reload
-        // removed [tls].
-        Ok(((https || snap.config.tls.is_some()).then(|| host.into_owned()), m))
-    }
-
     /// The tenant's limits for one request: `Ok(None)` when it has none.
     /// A refusal is counted here.
     async fn limit(
@@ -407,8 +787,14 @@ impl Policy {
         let (status, method, path) = (o.status, o.method, o.path);
         let Some(route) = o.route else {
             if access_log {
+                // Without a tenant, only a shared host's platform pool forwards.
+                let decision = match (o.rejection, o.upstream) {
+                    (None, Some(_)) => "platform",
+                    _ => "rejected",
+                };
                 let reason = o.rejection.map_or("none", Rejection::as_str);
-                tracing::info!(target: "access", decision = "rejected", reason, status, method, path, duration_ms = elapsed.as_secs_f64() * 1e3);
+                let upstream = o.upstream.map(tracing::field::display);
+                tracing::info!(target: "access", decision, reason, status, method, path, upstream, duration_ms = elapsed.as_secs_f64() * 1e3);
             }
             return;
         };
@@ -452,6 +838,79 @@ impl Policy {
             );
         }
     }
+}
+
+/// How the host, path and header resolved.
+enum Routed {
+    Tenant(Match, Option<PathRoute>),
+    /// A shared host's unclaimed path: its platform pool (or 404), and the
+    /// normalised target.
+    Platform(Option<PoolId>, String),
+}
+
+/// A request routed by a prefix on a shared host.
+struct PathRoute {
+    /// The normalised path.
+    normal: String,
+    /// Length of the claimed prefix in `normal`.
+    prefix_len: usize,
+    query: Option<String>,
+}
+
+impl PathRoute {
+    /// The target toward the backend, and `x-forwarded-prefix` when the
+    /// prefix is stripped.
+    fn target(self, strip: bool) -> (Option<String>, Option<HeaderValue>) {
+        let (path, prefix) = match strip {
+            true => {
+                let rest = &self.normal[self.prefix_len..];
+                let rest = if rest.is_empty() { "/" } else { rest };
+                (rest, HeaderValue::from_str(&self.normal[..self.prefix_len]).ok())
+            }
+            false => (self.normal.as_str(), None),
+        };
+        let mut target = path.to_string();
+        if let Some(q) = self.query {
+            target.push('?');
+            target.push_str(&q);
+        }
+        (Some(target), prefix)
+    }
+}
+
+/// An RFC 9457 problem answer of type `tag:tenantgate,2026:<kind>`.
+fn problem(status: u16, kind: &str, title: &str, detail: &str) -> Answer {
+    let body = serde_json::json!({
+        "type": format!("tag:tenantgate,2026:{kind}"),
+        "title": title,
+        "status": status,
+        "detail": detail,
+    });
+    Answer {
+        status,
+        content_type: "application/problem+json",
+        body: body.to_string().into(),
+        headers: Vec::new(),
+        close: false,
+    }
+}
+
+/// A 401 with `WWW-Authenticate: Bearer` (and `error="invalid_token"`
+/// for a token that was given but refused).
+fn unauthorized(e: Option<&TokenError>) -> Answer {
+    let (challenge, detail) = match e {
+        Some(e) => (
+            HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            format!("the token is not valid: {e}"),
+        ),
+        None => (
+            HeaderValue::from_static("Bearer"),
+            "a bearer token is required".to_string(),
+        ),
+    };
+    let mut a = problem(401, "unauthorized", "Unauthorized", &detail);
+    a.headers.push(("www-authenticate", challenge));
+    a
 }
 
 /// A limit refusal (429, or 503 for a fail-closed store outage) with
@@ -577,19 +1036,21 @@ pool = "a"
         conn: &ConnFacts,
     ) -> (u16, String) {
         let snap = p.registry.snapshot();
+        let headers = http::HeaderMap::new();
         let req = RequestFacts {
             method,
             target,
             authority,
             conn,
             prefs: Prefs::default(),
+            headers: &headers,
         };
         let mut o = Outcome::begin(method, target);
         let decided =
             futures_util::FutureExt::now_or_never(p.decide(&snap, &req, &mut o)).expect("no wait without limits");
         match decided {
             Decision::Answer(a) => (a.status, String::from_utf8_lossy(&a.body).into_owned()),
-            Decision::Forward(f) => (0, f.tenant.id.to_string()),
+            Decision::Forward(f) => (0, f.tenant.map_or(String::new(), |t| t.id.to_string())),
         }
     }
 
@@ -652,6 +1113,59 @@ pool = "a"
         assert!(body.contains("TLS name"), "{body}");
         // A name the certificate does not cover.
         assert_eq!(decide(&p, "GET", "/", Ok("www.acme.example"), &same).0, 421);
+    }
+
+    #[test]
+    fn the_trusted_tenant_header_counts_only_from_listed_sources_on_header_hosts() {
+        let text = format!(
+            "{CONFIG}\n[identity]\nheader = \"x-org-id\"\nheader_hosts = [\"api.internal\", \"acme.example\"]\nheader_sources = [\"10.0.0.0/8\"]\n"
+        );
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let source = Source::Embedded {
+            name: "policy.toml",
+            text: Box::leak(text.into_boxed_str()),
+        };
+        let registry = Arc::new(Registry::load(source, metrics.clone()).expect("config"));
+        let p = Policy::new(registry, metrics, Arc::new(Challenges::default()), None);
+        let from = |ip: &str| ConnFacts {
+            peer: Some(SocketAddr::new(ip.parse().expect("ip"), 4000)),
+            tls: None,
+        };
+        let decide = |host: &str, conn: &ConnFacts, org: &[&str]| {
+            let snap = p.registry.snapshot();
+            let mut headers = http::HeaderMap::new();
+            for v in org {
+                headers.append("x-org-id", HeaderValue::from_str(v).expect("value"));
+            }
+            let req = RequestFacts {
+                method: "GET",
+                target: "/",
+                authority: Ok(host),
+                conn,
+                prefs: Prefs::default(),
+                headers: &headers,
+            };
+            let mut o = Outcome::begin("GET", "/");
+            match futures_util::FutureExt::now_or_never(p.decide(&snap, &req, &mut o)).expect("no wait") {
+                Decision::Answer(a) => (a.status, String::new()),
+                Decision::Forward(f) => (0, f.tenant.map_or(String::new(), |t| t.id.to_string())),
+            }
+        };
+        let inside = from("10.1.2.3");
+        assert_eq!(decide("api.internal", &inside, &["beta"]), (0, "beta".into()));
+        assert_eq!(decide("api.internal", &inside, &[]).0, 400);
+        assert_eq!(decide("api.internal", &inside, &["beta", "acme"]).0, 400);
+        assert_eq!(decide("api.internal", &inside, &["nobody"]).0, 421);
+        assert_eq!(decide("api.internal", &from("192.168.1.1"), &["beta"]).0, 403);
+        assert_eq!(decide("api.internal", &ConnFacts::default(), &["beta"]).0, 403);
+        // A header host that is also a tenant's domain: both must agree.
+        assert_eq!(decide("acme.example", &inside, &["acme"]), (0, "acme".into()));
+        assert_eq!(decide("acme.example", &inside, &["beta"]).0, 403);
+        // Elsewhere the header names nothing (and is stripped on the way).
+        assert_eq!(
+            decide("beta.example", &from("192.168.1.1"), &["acme"]),
+            (0, "beta".into())
+        );
     }
 
     #[test]

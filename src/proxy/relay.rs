@@ -179,7 +179,7 @@ pub fn settle<'a>(
     snap: &Snapshot,
     o: &mut Outcome<'a>,
     result: &'a Result<Done, Failed>,
-    tenant: &Tenant,
+    tenant: Option<&Tenant>,
     pool: &Pool,
 ) {
     match result {
@@ -194,7 +194,7 @@ pub fn settle<'a>(
             if f.error.client_gone() {
                 tracing::debug!(error = %f.error, "client gone during the exchange");
             } else {
-                tracing::warn!(error = %f.error, tenant = &*tenant.id, pool = &*pool.name, "proxying failed");
+                tracing::warn!(error = %f.error, tenant = tenant.map(|t| &*t.id), pool = &*pool.name, "proxying failed");
             }
         }
     }

@@ -7,9 +7,11 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
+use crate::config::identity::{JwtMode, KeySource};
 use crate::config::{self, Config, ConfigError, LoadError, PoolId, Texts};
 use crate::limits::{Book, TenantState};
 use crate::proxy::pool::{Pool, Upstream};
+use crate::routing::jwt::Verifier;
 use crate::routing::{DomainTable, TenantIdx};
 use crate::telemetry::{LimitCounters, Metrics, TenantCounters, OTHER_TENANTS};
 
@@ -28,6 +30,13 @@ pub struct Tenant {
     pub limit_counters: LimitCounters,
     /// The profile as the request path needs it (`tenant.json`, headers).
     pub edge: super::edge::Edge,
+    /// How the tenant treats tokens.
+    pub jwt_mode: JwtMode,
+    /// The verifier of the tenant's tokens (its own issuer's, or
+    /// `[identity.jwt]`'s); `None` when `jwt_mode` is off.
+    pub jwt: Option<Arc<Verifier>>,
+    /// Remove the claimed path prefix toward the backend.
+    pub strip_prefix: bool,
 }
 
 /// One generation of live state.
@@ -113,6 +122,32 @@ impl Snapshot {
             })
             .collect();
 
+        // One verifier per (key source, issuer): tenants without their own
+        // identity provider share [identity.jwt]'s.
+        let mut verifiers: HashMap<(KeySource, Option<String>), Arc<Verifier>> = HashMap::new();
+        let mut verifier = |spec: &config::TenantSpec| -> Option<Arc<Verifier>> {
+            if spec.jwt.mode == JwtMode::Off {
+                return None;
+            }
+            let jwt = config.identity.jwt.clone().unwrap_or_else(|| config::identity::Jwt {
+                keys: None,
+                refresh: std::time::Duration::from_secs(config::identity::DEFAULT_JWKS_REFRESH_SECS),
+                issuer: None,
+                audience: Vec::new(),
+                claim: "/tenant".into(),
+                leeway_secs: config::identity::DEFAULT_LEEWAY_SECS,
+                token_from: config::identity::TokenFrom::Authorization,
+            });
+            let source = match &spec.jwt.jwks_url {
+                Some(url) => KeySource::Url(url.clone()),
+                None => jwt.keys.clone()?,
+            };
+            let issuer = spec.jwt.issuer.clone();
+            let v = verifiers
+                .entry((source.clone(), issuer.clone()))
+                .or_insert_with(|| Arc::new(Verifier::new(&jwt, &source, issuer.as_deref())));
+            Some(v.clone())
+        };
         let limit = config.telemetry.tenant_label_limit;
         let other = metrics.tenant(OTHER_TENANTS);
         let other_limits = metrics.tenant_limits(OTHER_TENANTS);
@@ -141,6 +176,9 @@ impl Snapshot {
                     },
                     edge: super::edge::Edge::build(spec, &config.profile, metrics),
                     id,
+                    jwt_mode: spec.jwt.mode,
+                    jwt: verifier(spec),
+                    strip_prefix: spec.strip_prefix,
                 }
             })
             .collect();

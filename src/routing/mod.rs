@@ -4,6 +4,8 @@
 //! nothing, and there is no default tenant or pool.
 
 pub mod host;
+pub mod jwt;
+pub mod paths;
 pub mod table;
 
 pub use host::HostError;

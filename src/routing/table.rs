@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 use ahash::RandomState;
 
+use super::paths::{PathTable, Shared};
 use crate::config::{Config, ConfigError, DomainName, Problem};
 
 /// Index of a tenant in the snapshot's tenant list.
@@ -24,6 +25,10 @@ pub enum MatchKind {
     Wildcard,
     /// `<subdomain>.<base domain>`.
     Subdomain,
+    /// A path prefix on a shared host.
+    Path,
+    /// The trusted tenant header on a header host.
+    Header,
 }
 
 impl MatchKind {
@@ -33,6 +38,8 @@ impl MatchKind {
             MatchKind::Exact => "exact",
             MatchKind::Wildcard => "wildcard",
             MatchKind::Subdomain => "subdomain",
+            MatchKind::Path => "path",
+            MatchKind::Header => "header",
         }
     }
 }
@@ -53,6 +60,11 @@ pub struct DomainTable {
     wildcard: Map,
     subdomain: Map,
     bases: HashSet<Box<str>, RandomState>,
+    /// Path-prefix claims on shared hosts.
+    pub paths: PathTable,
+    /// Tenant id → index, for the trusted tenant header (empty unless
+    /// `[identity] header` is set).
+    ids: Map,
 }
 
 impl DomainTable {
@@ -83,6 +95,11 @@ impl DomainTable {
         None
     }
 
+    /// The tenant with id `id`, when ids are indexed (`[identity] header`).
+    pub fn by_id(&self, id: &str) -> Option<TenantIdx> {
+        self.ids.get(id).copied()
+    }
+
     /// Number of names in the table (exact, wildcard, and subdomain × base).
     pub fn len(&self) -> usize {
         self.exact.len() + self.wildcard.len() + self.subdomain.len() * self.bases.len()
@@ -101,6 +118,13 @@ impl DomainTable {
         b.wildcards();
         b.exacts();
         b.under_wildcards();
+        b.shared_hosts();
+        b.paths();
+        if config.identity.header.is_some() {
+            for (i, t) in config.tenants.iter().enumerate() {
+                b.table.ids.insert(t.id.as_str().into(), i as TenantIdx);
+            }
+        }
         b.finish()
     }
 }
@@ -126,6 +150,8 @@ impl<'a> Builder<'a> {
             wildcard: Map::with_hasher(hasher.clone()),
             subdomain: Map::with_capacity_and_hasher(config.tenants.len(), hasher.clone()),
             bases: config.gateway.base_domains.iter().map(|b| b.as_str().into()).collect(),
+            paths: PathTable::default(),
+            ids: Map::with_hasher(hasher.clone()),
         };
         Builder {
             config,
@@ -291,6 +317,94 @@ impl<'a> Builder<'a> {
             let tenants = vec![self.tenant_id(w).to_string(), self.tenant_id(t).to_string()];
             self.errors
                 .push(self.err(None, field, Problem::UnderWildcard { name, parent, tenants }));
+        }
+    }
+
+    /// A shared host is nobody's domain, and outside the subdomain namespace.
+    fn shared_hosts(&mut self) {
+        for (i, shared) in self.config.shared_hosts.iter().enumerate() {
+            let field = format!("gateway.shared_hosts[{i}]");
+            let name = shared.host.as_str();
+            if let Some(base) = self.base_of(name) {
+                let problem = Problem::SharedHostInBase {
+                    name: name.to_string(),
+                    base: base.to_string(),
+                };
+                self.errors.push(self.err(None, field, problem));
+                continue;
+            }
+            let owner = self.table.exact.get(name).copied().or_else(|| {
+                let (_, parent) = name.split_once('.')?;
+                self.table.wildcard.get(parent).copied()
+            });
+            if let Some(owner) = owner {
+                let problem = Problem::SharedHostClaimed {
+                    name: name.to_string(),
+                    tenants: vec![self.tenant_id(owner).to_string()],
+                };
+                self.errors.push(self.err(None, field, problem));
+                continue;
+            }
+            let platform_pool = shared.platform_pool;
+            self.table.paths.add_shared(name, Shared { platform_pool });
+        }
+    }
+
+    /// Prefix claims: each prefix on one tenant, and no tenant's prefix
+    /// inside another's on the same host.
+    fn paths(&mut self) {
+        let mut dups: HashMap<String, Claims> = HashMap::new();
+        for (t, spec) in self.config.tenants.iter().enumerate() {
+            let t = t as TenantIdx;
+            for (j, c) in spec.paths.iter().enumerate() {
+                let field = format!("tenants[{t}].paths[{j}]");
+                match self.table.paths.claim(&c.host, &c.prefix, t) {
+                    None => {}
+                    Some(owner) if owner == t => {}
+                    Some(owner) => {
+                        let first = self.config.tenants[owner as usize]
+                            .paths
+                            .iter()
+                            .position(|x| x == c)
+                            .map_or_else(
+                                || format!("tenants[{owner}].paths"),
+                                |k| format!("tenants[{owner}].paths[{k}]"),
+                            );
+                        dups.entry(format!("{}{}", c.host, c.prefix))
+                            .or_insert_with(|| vec![(owner, first)])
+                            .push((t, field));
+                    }
+                }
+            }
+        }
+        self.errors
+            .extend(self.conflicts(&dups, |path, tenants| Problem::DuplicatePath { path, tenants }));
+        // Every proper ancestor of every claim, one probe each.
+        let mut nested = Vec::new();
+        for (t, spec) in self.config.tenants.iter().enumerate() {
+            for (j, c) in spec.paths.iter().enumerate() {
+                let mut end = c.prefix.len();
+                while let Some(at) = c.prefix[..end].rfind('/').filter(|&a| a > 0) {
+                    end = at;
+                    let outer = &c.prefix[..end];
+                    match self.table.paths.owner(&c.host, outer) {
+                        Some(o) if o as usize != t => {
+                            nested.push((t, j, format!("{}{outer}", c.host), o));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        for (t, j, outer, o) in nested {
+            let c = &self.config.tenants[t].paths[j];
+            let problem = Problem::NestedPath {
+                inner: format!("{}{}", c.host, c.prefix),
+                outer,
+                tenants: vec![self.tenant_id(o).to_string(), self.config.tenants[t].id.clone()],
+            };
+            self.errors
+                .push(self.err(None, format!("tenants[{t}].paths[{j}]"), problem));
         }
     }
 

@@ -3,6 +3,7 @@
 //! path never formats a label or looks one up.
 
 mod endpoint;
+pub mod spread;
 
 use prometheus::{Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tracing_subscriber::EnvFilter;
@@ -133,7 +134,36 @@ pub struct Metrics {
     pub acme_orders_in_flight: IntGauge,
     limit_rejections: IntCounterVec,
     region_requests: IntCounterVec,
+    identity_refusals: IntCounterVec,
+    identity_spread: IntCounterVec,
 }
+
+/// Label value of identity refusals before any tenant was resolved.
+pub const NO_TENANT: &str = "_none";
+
+/// Why an identity check refused a request: the only values of the
+/// `reason` label of `tenantgate_identity_refusals_total`.
+pub const IDENTITY_REASONS: [&str; 19] = [
+    "tenant_mismatch",
+    "missing_token",
+    "no_tenant_claim",
+    "malformed",
+    "unknown_kid",
+    "algorithm",
+    "signature",
+    "expired",
+    "not_yet_valid",
+    "issuer",
+    "audience",
+    "claims",
+    "no_keys",
+    "header_source",
+    "header_missing",
+    "header_unknown",
+    "unclaimed_path",
+    "ambiguous_path",
+    "bad_subject",
+];
 
 /// Fleet-mode metrics of the shared limit store (registered only in fleet mode).
 #[derive(Debug, Clone)]
@@ -392,6 +422,25 @@ impl Metrics {
             &["region"],
         )?;
         registry.register(Box::new(region_requests.clone()))?;
+        let identity_refusals = IntCounterVec::new(
+            Opts::new(
+                "tenantgate_identity_refusals_total",
+                "Requests refused by the tenant identity checks (path, trusted header, JWT), by resolved tenant and reason.",
+            ),
+            &["tenant", "reason"],
+        )?;
+        registry.register(Box::new(identity_refusals.clone()))?;
+        let identity_spread = IntCounterVec::new(
+            Opts::new(
+                "tenantgate_identity_subject_spread_total",
+                "Token subjects (kind=subject) or client addresses (kind=address) seen on more than [identity] max_tenants_per_subject tenants within an hour; each counted once per hour.",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(identity_spread.clone()))?;
+        for k in ["subject", "address"] {
+            identity_spread.with_label_values(&[k]);
+        }
         registry.register(Box::new(handshakes.clone()))?;
         registry.register(Box::new(certificates.clone()))?;
         registry.register(Box::new(acme_orders.clone()))?;
@@ -431,7 +480,19 @@ impl Metrics {
             acme_orders_in_flight,
             limit_rejections,
             region_requests,
+            identity_refusals,
+            identity_spread,
         })
+    }
+
+    /// Counts an identity refusal (`reason` from [`IDENTITY_REASONS`]).
+    pub fn identity_refusal(&self, tenant_label: &str, reason: &'static str) {
+        self.identity_refusals.with_label_values(&[tenant_label, reason]).inc();
+    }
+
+    /// Counts a subject or address seen on too many tenants.
+    pub fn identity_spread(&self, kind: &'static str) {
+        self.identity_spread.with_label_values(&[kind]).inc();
     }
 
     /// Counts a TLS handshake: `None` for success, else the failure reason
@@ -474,6 +535,9 @@ impl Metrics {
         }
         for v in crate::limits::Violation::ALL {
             let _ = self.limit_rejections.remove_label_values(&[label, v.as_str()]);
+        }
+        for r in IDENTITY_REASONS {
+            let _ = self.identity_refusals.remove_label_values(&[label, r]);
         }
     }
 

@@ -261,7 +261,15 @@ impl CertStore {
 
     /// Chooses the certificate for a handshake's SNI (already normalised).
     pub async fn select(self: &Arc<Self>, sni: &str, snap: &Snapshot) -> Result<Arc<Entry>, Refusal> {
-        let m = snap.table.lookup(sni).ok_or(Refusal::UnknownSni)?;
+        // Shared hosts and header hosts are served too: the policy chooses
+        // their tenant per request.
+        let kind = match snap.table.lookup(sni) {
+            Some(m) => m.kind,
+            None if snap.table.paths.shared(sni).is_some() || snap.config.identity.header_hosts.contains(sni) => {
+                MatchKind::Exact
+            }
+            None => return Err(Refusal::UnknownSni),
+        };
         // An operator certificate wins while it has time left; close to its
         // end, a managed one (once issued) takes over, and it serves only
         // while nothing else can.
@@ -272,7 +280,7 @@ impl CertStore {
         {
             return Ok(e.clone());
         }
-        let name = Self::managed_name(m.kind, sni);
+        let name = Self::managed_name(kind, sni);
         if let Some(e) = self.valid_cached(&name) {
             return Ok(e);
         }
