@@ -142,34 +142,51 @@ fn entries<T: Serialize + PartialEq>(
 ) -> Vec<TenantDiff> {
     let ids: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
     ids.into_iter()
-        .filter_map(|id| {
-            let (b, a) = (before.get(id), after.get(id));
-            let action = match (b, a) {
-                (None, Some(_)) => Action::Create,
-                (Some(_), None) => Action::Delete,
-                (Some(x), Some(y)) if x != y => Action::Update,
-                _ => return None,
-            };
-            let (b, a) = (fields(b), fields(a));
-            let names: std::collections::BTreeSet<&String> = b.keys().chain(a.keys()).collect();
-            let fields = names
-                .into_iter()
-                .filter_map(|n| {
-                    let (x, y) = (
-                        b.get(n).cloned().unwrap_or(Value::Null),
-                        a.get(n).cloned().unwrap_or(Value::Null),
-                    );
-                    (x != y).then(|| (n.clone(), (x, y)))
-                })
-                .collect();
-            Some(TenantDiff {
-                id: id.clone(),
-                subject,
-                action,
-                fields,
-            })
-        })
+        .filter_map(|id| entry(subject, id, before.get(id), after.get(id)))
         .collect()
+}
+
+/// The change of one tenant or template from `before` to `after` (`None`:
+/// absent), if there is one.
+pub fn entry<T: Serialize + PartialEq>(
+    subject: Subject,
+    id: &str,
+    before: Option<&T>,
+    after: Option<&T>,
+) -> Option<TenantDiff> {
+    let action = match (before, after) {
+        (None, Some(_)) => Action::Create,
+        (Some(_), None) => Action::Delete,
+        (Some(x), Some(y)) if x != y => Action::Update,
+        _ => return None,
+    };
+    let (b, a) = (fields(before), fields(after));
+    let names: std::collections::BTreeSet<&String> = b.keys().chain(a.keys()).collect();
+    let fields = names
+        .into_iter()
+        .filter_map(|n| {
+            let (x, y) = (
+                b.get(n).cloned().unwrap_or(Value::Null),
+                a.get(n).cloned().unwrap_or(Value::Null),
+            );
+            (x != y).then(|| (n.clone(), (x, y)))
+        })
+        .collect();
+    Some(TenantDiff {
+        id: id.to_string(),
+        subject,
+        action,
+        fields,
+    })
+}
+
+/// `t` with its template applied (as written when it names none, or an
+/// unknown one).
+pub fn effective<'a>(templates: &Templates, t: &'a TenantSection) -> std::borrow::Cow<'a, TenantSection> {
+    match t.template.as_ref().and_then(|n| templates.get(n)) {
+        Some(template) => std::borrow::Cow::Owned(templates::apply(t.clone(), template)),
+        None => std::borrow::Cow::Borrowed(t),
+    }
 }
 
 fn fields<T: Serialize>(t: Option<&T>) -> Map<String, Value> {

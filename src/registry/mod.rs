@@ -23,7 +23,7 @@ pub use snapshot::{problems, Changes, Snapshot, Tenant};
 pub use versions::{FileChange, Version, VersionError, Versions};
 pub use views::{View, KEPT_FOR, KEPT_VIEWS};
 pub use watch::ConfigWatcher;
-pub use write::{recover, template_file, tenant_file, TenantEdit, WriteError, Written};
+pub use write::{recover, template_file, tenant_file, Rendered, TenantEdit, WriteError, Written};
 
 use crate::config::{Changed, Config, LoadError, Source, Texts};
 use crate::limits::Book;
@@ -246,6 +246,7 @@ impl Registry {
         {
             tracing::error!(error = %e, "cannot record the version; rollback to it will not be possible");
         }
+        crate::phase("install: version recorded");
         let old = self.live.load_full();
         if config.gateway.http_listen != old.config.gateway.http_listen
             || config.gateway.metrics_listen != old.config.gateway.metrics_listen
