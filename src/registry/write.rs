@@ -394,8 +394,13 @@ pub(super) fn persist(main: &Path, dir: &Path, old: &Texts, new: &Texts) -> Resu
     persist_batch(main, dir, &Batch::between(old, new))
 }
 
-/// [`persist`] of changes already worked out.
+/// [`persist`] of changes already worked out. A batch is done, and
+/// survives a crash, once its journal is on disk and its files written;
+/// flushing the files and removing the journal (which takes seconds on a
+/// busy disk) happens after, on a thread of its own, and the next write
+/// waits for it before it touches a file ([`settle`]).
 fn persist_batch(main: &Path, dir: &Path, batch: &Batch) -> Result<(), WriteError> {
+    settle()?;
     let files = batch.tenants.files() + batch.templates.files() + usize::from(batch.main.is_some());
     let journal = journal(dir);
     if files > 1 {
@@ -408,9 +413,55 @@ fn persist_batch(main: &Path, dir: &Path, batch: &Batch) -> Result<(), WriteErro
     apply(main, batch, files <= 1)?;
     crate::phase("persist: files written");
     if files > 1 {
-        finish(dir, &journal)?;
+        finish_later(dir.to_path_buf(), journal);
     }
     Ok(())
+}
+
+/// The finish of the last batch ([`finish`]), running after its write
+/// returned: its folder, its journal, and the thread.
+type Finishing = (PathBuf, PathBuf, std::thread::JoinHandle<Result<(), WriteError>>);
+
+static FINISHING: std::sync::Mutex<Option<Finishing>> = std::sync::Mutex::new(None);
+
+/// Runs [`finish`] on a thread of its own; [`settle`] waits for it.
+fn finish_later(dir: PathBuf, journal: PathBuf) {
+    let spawned = {
+        let (dir, journal) = (dir.clone(), journal.clone());
+        std::thread::Builder::new()
+            .name("batch-sync".into())
+            .spawn(move || finish(&dir, &journal))
+    };
+    match spawned {
+        Ok(handle) => {
+            *FINISHING.lock().unwrap_or_else(|p| p.into_inner()) = Some((dir, journal, handle));
+        }
+        // No thread: finish here (the batch is safe either way).
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the batch sync thread; syncing here");
+            if let Err(e) = finish(&dir, &journal) {
+                tracing::error!(error = %e, "cannot flush a batch; its journal stays and the next start finishes it");
+            }
+        }
+    }
+}
+
+/// Waits until the last batch's files are on disk and its journal gone
+/// (finishing it here if its thread failed), so that no file is written
+/// while an older journal could still replay over it.
+fn settle() -> Result<(), WriteError> {
+    let pending = FINISHING.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let Some((dir, journal, handle)) = pending else {
+        return Ok(());
+    };
+    match handle.join() {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "flushing the last batch failed; trying again");
+            finish(&dir, &journal)
+        }
+        Err(_) => finish(&dir, &journal),
+    }
 }
 
 /// Writes every file of a batch.
@@ -425,7 +476,10 @@ fn apply(main: &Path, batch: &Batch, durable: bool) -> Result<(), WriteError> {
 /// Flushes the batch's files to disk, then removes its journal.
 fn finish(dir: &Path, journal: &Path) -> Result<(), WriteError> {
     sync_fs(dir).map_err(fail(dir))?;
-    std::fs::remove_file(journal).map_err(fail(journal))?;
+    match std::fs::remove_file(journal) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(journal)(e)),
+        _ => {}
+    }
     sync_dir(dir).map_err(fail(dir))
 }
 
