@@ -161,28 +161,3 @@ pub fn map_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -
         out
     })
 }
-
-/// TEMPORARY (measurement): prints the time and RSS at a phase when
-/// `TG_PHASES` is set.
-pub fn phase(what: &str) {
-    static ON: std::sync::OnceLock<Option<std::time::Instant>> = std::sync::OnceLock::new();
-    let Some(start) = ON.get_or_init(|| std::env::var_os("TG_PHASES").map(|_| std::time::Instant::now())) else {
-        return;
-    };
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = |k: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-            / 1024
-    };
-    eprintln!(
-        "PHASE {:>9.3} s rss {:>5} MB hwm {:>5} MB {what}",
-        start.elapsed().as_secs_f64(),
-        kb("VmRSS:"),
-        kb("VmHWM:")
-    );
-}

@@ -126,7 +126,6 @@ async fn outcome(apply: bool, done: super::write::Done<()>) -> Result<Response<B
             StatusCode::OK,
             serde_json::to_vec(&body).map_err(|_| Problem::internal())?,
         );
-        crate::phase("outcome serialised");
         if let Some(g) = done.generation {
             if let Ok(v) = HeaderValue::from_str(&registry_etag(g)) {
                 resp.headers_mut().insert(header::ETAG, v);
@@ -308,11 +307,9 @@ impl Call {
         let prune = self.query.flag("prune")?;
         let expected = if_match(&self.headers);
         let body = std::mem::take(&mut self.body);
-        crate::phase("import: start");
         let (sections, template_sections) = tokio::task::spawn_blocking(move || parse_import(&body))
             .await
             .map_err(|_| Problem::internal())??;
-        crate::phase("import: parsed");
         let mut ids: Vec<String> = sections.iter().map(|t| t.id.clone()).collect();
         {
             let live = self.registry.texts();

@@ -62,9 +62,7 @@ impl Call {
             let planned = |texts: &Texts, snap: &Snapshot| {
                 let (t, edits) = plan(texts, snap).map_err(Refusal::Problem)?;
                 let edits = Rendered::of(texts, edits)?;
-                crate::phase("plan + rendered");
                 out = Some((t, preview::diff_of(texts, snap, edits.edits())));
-                crate::phase("diff_of");
                 Ok::<_, Refusal>(edits)
             };
             let result = match mode {
@@ -90,7 +88,6 @@ impl Call {
                 Mode::DryRun => false,
                 Mode::Precheck => outcome.is_err(),
             };
-            crate::phase("registry write done");
             if record {
                 let (status, problem) = match &outcome {
                     Ok(_) => (None, None),
@@ -117,7 +114,6 @@ impl Call {
                     problem,
                 });
             }
-            crate::phase("audit recorded");
             match outcome {
                 Ok((value, written)) => Ok(Done {
                     value,

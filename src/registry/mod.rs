@@ -246,7 +246,6 @@ impl Registry {
         {
             tracing::error!(error = %e, "cannot record the version; rollback to it will not be possible");
         }
-        crate::phase("install: version recorded");
         let old = self.live.load_full();
         if config.gateway.http_listen != old.config.gateway.http_listen
             || config.gateway.metrics_listen != old.config.gateway.metrics_listen

@@ -150,7 +150,6 @@ impl Registry {
         let live = self.texts.load_full();
         let snap = self.live.load_full();
         let texts = plan(&live, &snap)?;
-        crate::phase("write_texts: planned (edited)");
         // The live texts are valid: a write that leaves them as they are is
         // neither compiled, recorded nor swapped.
         if texts == *live {
@@ -160,7 +159,6 @@ impl Registry {
                 unchanged: true,
             }));
         }
-        crate::phase("write_texts: compiled");
         let (config, table) = Snapshot::compile_texts(&self.source.path(), &texts).map_err(WriteError::from)?;
         if dry_run {
             return Ok(None);
@@ -180,12 +178,10 @@ impl Registry {
                 None
             }
         };
-        crate::phase("write_texts: persisted");
         let (generation, changes) = self.install(who, texts, config, table);
         if let Some((store, v)) = version {
             store.set_synced(v);
         }
-        crate::phase("write_texts: installed");
         self.metrics.reload_result(true);
         // The old snapshot and the parse leave freed pages behind.
         crate::release_free_memory();
@@ -409,9 +405,7 @@ fn persist_batch(main: &Path, dir: &Path, batch: &Batch) -> Result<(), WriteErro
             serde_json::to_writer(w, batch).map_err(std::io::Error::other)
         })?;
     }
-    crate::phase("persist: journal written");
     apply(main, batch, files <= 1)?;
-    crate::phase("persist: files written");
     if files > 1 {
         finish_later(dir.to_path_buf(), journal);
     }
