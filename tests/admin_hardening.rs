@@ -857,3 +857,137 @@ async fn domains_sub_resource_cursor_pages_and_idempotent_retries() {
         .await
         .problem(409, "idempotency-key-reused");
 }
+
+/// The ids of a `GET /v1/tenants` page.
+fn page_ids(r: &Resp) -> Vec<String> {
+    r.json["tenants"]
+        .as_array()
+        .expect("page")
+        .iter()
+        .map(|t| t["id"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+// Conventions: a snapshot-consistent cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_walk_sees_exactly_the_generation_it_started_on_while_another_client_writes() {
+    let (gw, _p) = start("").await;
+    let start_set: Vec<String> = (1..=12).map(|i| format!("t{i:02}")).collect();
+    let changes: Vec<Value> = start_set
+        .iter()
+        .map(|id| json!({"op": "put", "tenant": {"id": id, "pool": "p"}}))
+        .collect();
+    let r = op(&gw, "POST", "/v1/changes", Some(json!({"changes": changes}))).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let mut expected = start_set.clone();
+    expected.push("stable".into());
+    expected.sort();
+
+    // Another client writes all through the walk: creates tenants that sort
+    // before, between and after the walked ids, and deletes walked ones.
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (admin, writing) = (gw.admin, writing.clone());
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut n = 0;
+            while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                for id in [format!("a{n}"), format!("t05-{n}"), format!("z{n}")] {
+                    let r = client
+                        .put(format!("http://{admin}/v1/tenants/{id}"))
+                        .bearer_auth(OPS)
+                        .header("content-type", "application/json")
+                        .body(json!({"pool": "p"}).to_string())
+                        .send()
+                        .await
+                        .expect("sent");
+                    assert_eq!(r.status(), 201);
+                }
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut seen = Vec::new();
+    let first = op(&gw, "GET", "/v1/tenants?limit=3", None).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let generation = first.json["generation"].clone();
+    seen.extend(page_ids(&first));
+    let mut cursor = first.json["next_cursor"].as_str().map(str::to_string);
+    let mut pages = 1;
+    while let Some(c) = cursor {
+        // Besides the writer's, a change between every two pages: a walked
+        // tenant deleted, one created just after the cursor.
+        let victim = &start_set[pages * 3 - 1];
+        assert_eq!(
+            op(&gw, "DELETE", &format!("/v1/tenants/{victim}"), None).await.status,
+            204
+        );
+        let r = op(
+            &gw,
+            "PUT",
+            &format!("/v1/tenants/{victim}-new"),
+            Some(json!({"pool": "p"})),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        let page = op(&gw, "GET", &format!("/v1/tenants?limit=3&cursor={c}"), None).await;
+        assert_eq!(page.status, 200, "{}", page.text);
+        assert_eq!(
+            page.json["generation"], generation,
+            "every page lists the walk's generation"
+        );
+        assert_eq!(page.json["total"], first.json["total"]);
+        seen.extend(page_ids(&page));
+        cursor = page.json["next_cursor"].as_str().map(str::to_string);
+        pages += 1;
+    }
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let rounds = writer.await.expect("writer");
+    assert!(rounds > 0, "the other client wrote during the walk");
+    assert_eq!(
+        seen, expected,
+        "the walk lists exactly the starting tenants, once each, in order"
+    );
+
+    // A fresh listing shows the writes.
+    let now = op(&gw, "GET", "/v1/tenants?limit=1000", None).await;
+    let now = page_ids(&now);
+    assert!(now.contains(&"a0".to_string()) && !now.contains(&"t03".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_whose_generation_is_no_longer_kept_is_gone_and_junk_cursors_are_refused() {
+    let (gw, _p) = with_acme().await;
+    let walk = op(&gw, "GET", "/v1/tenants?limit=1", None).await;
+    let cursor = walk.json["next_cursor"].as_str().expect("cursor").to_string();
+    // Five later walks, each of a newer generation, push the first one's
+    // generation out of those kept (four older than the live one).
+    for i in 0..5 {
+        let r = op(&gw, "PUT", &format!("/v1/tenants/n{i}"), Some(json!({"pool": "p"}))).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        let r = op(&gw, "GET", "/v1/tenants?limit=1", None).await;
+        assert!(r.json["next_cursor"].is_string());
+    }
+    let gone = op(&gw, "GET", &format!("/v1/tenants?limit=1&cursor={cursor}"), None).await;
+    gone.problem(410, "cursor-expired");
+    assert!(
+        gone.json["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("without cursor")),
+        "{}",
+        gone.text
+    );
+    // A cursor of another gateway instance (as before a restart).
+    let other = format!("{:016x}{:016x}61636d65", 0, 1);
+    op(&gw, "GET", &format!("/v1/tenants?limit=1&cursor={other}"), None)
+        .await
+        .problem(410, "cursor-expired");
+    // A cursor as older versions made it (a bare id), and made-up ones.
+    let bare: String = "acme".bytes().map(|b| format!("{b:02x}")).collect();
+    for junk in [bare.as_str(), "zz", "00"] {
+        op(&gw, "GET", &format!("/v1/tenants?cursor={junk}"), None)
+            .await
+            .problem(400, "bad-request");
+    }
+}

@@ -395,6 +395,18 @@ pool = "p"
     .await;
     w.call("GET", "/v1/tenants", "/v1/tenants?limit=0", op, None, &[], 400)
         .await;
+    // A cursor of another gateway instance (as before a restart): 410.
+    let other = format!("{:016x}{:016x}61636d65", 0, 1);
+    w.call(
+        "GET",
+        "/v1/tenants",
+        &format!("/v1/tenants?cursor={other}"),
+        op,
+        None,
+        &[],
+        410,
+    )
+    .await;
     w.call("GET", "/v1/tenants", "/v1/tenants", Some(ACME), None, &[], 403)
         .await;
     let (_, tag) = w.call("GET", id, "/v1/tenants/acme", Some(ACME), None, &[], 200).await;

@@ -86,7 +86,7 @@ impl Audit {
             tenants: e.tenants,
             who: e.who,
         };
-        let line = match serde_json::to_string(&line) {
+        let mut line = match serde_json::to_string(&line) {
             Ok(l) => l,
             Err(err) => {
                 tracing::error!(error = %err, "cannot write an audit entry");
@@ -98,7 +98,7 @@ impl Audit {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            let line = format!("{line}\n");
+            line.push('\n');
             let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
             if size > 0 && size + line.len() as u64 > self.max_bytes.load(Ordering::Relaxed) {
                 std::fs::rename(path, rotated(path))?;

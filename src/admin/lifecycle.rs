@@ -101,8 +101,8 @@ impl Call {
         tenant.domains.push(name.clone());
         let registry = self.registry.clone();
         let check = tokio::task::spawn_blocking(move || {
-            registry.validate::<crate::registry::WriteError>(|_, _| {
-                Ok(vec![crate::registry::TenantEdit::Put(Box::new(tenant))])
+            registry.validate::<crate::registry::WriteError>(|live, _| {
+                crate::registry::Rendered::of(live, vec![crate::registry::TenantEdit::Put(Box::new(tenant))])
             })
         })
         .await

@@ -1,56 +1,66 @@
 //! The diff of a write: what its edits change, computed from the live state
 //! for the tenants it touches only, directly or through a template.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
-use crate::config::diff::{self, State, Subject, TenantDiff};
+use crate::config::diff::{self, Subject, Templates, TenantDiff};
 use crate::config::file::TenantSection;
 use crate::config::{TenantSpec, Texts};
 use crate::registry::{Snapshot, TenantEdit};
 
 /// The diff of `edits` against the live texts and snapshot: each edited
 /// template, then each tenant whose effective settings change (edited
-/// itself, or using an edited template).
+/// itself, or using an edited template). Worked out tenant by tenant: a
+/// 100,000-tenant import never holds more than one tenant's before and
+/// after at once.
 pub(super) fn diff_of(texts: &Texts, snap: &Snapshot, edits: &[TenantEdit]) -> Vec<TenantDiff> {
-    let mut before = State::default();
-    for t in &snap.config.templates {
-        before.templates.insert(t.name.clone(), t.section.clone());
+    let before: Templates = snap
+        .config
+        .templates
+        .iter()
+        .map(|t| (t.name.clone(), t.section.clone()))
+        .collect();
+    let mut after = before.clone();
+    let mut tenant_edits: HashMap<&str, &TenantEdit> = HashMap::new();
+    for e in edits {
+        match e {
+            TenantEdit::Put(t) => {
+                tenant_edits.insert(&t.id, e);
+            }
+            TenantEdit::Delete(id) => {
+                tenant_edits.insert(id, e);
+            }
+            TenantEdit::PutTemplate(name, t) => {
+                after.insert(name.clone(), (**t).clone());
+            }
+            TenantEdit::DeleteTemplate(name) => {
+                after.remove(name);
+            }
+        }
     }
-    let mut ids: BTreeSet<&str> = edits.iter().filter_map(TenantEdit::tenant).collect();
+    let mut ids: BTreeSet<&str> = tenant_edits.keys().copied().collect();
     let changed: BTreeSet<&str> = edits.iter().filter_map(TenantEdit::template).collect();
     if !changed.is_empty() {
         let using = |t: &&TenantSpec| t.template.as_deref().is_some_and(|n| changed.contains(n));
         ids.extend(snap.config.tenants.iter().filter(using).map(|t| t.id.as_str()));
     }
+    let names: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    let mut out: Vec<TenantDiff> = names
+        .into_iter()
+        .filter_map(|n| diff::entry(Subject::Template, n, before.get(n), after.get(n)))
+        .collect();
     let mut written = Written::new(texts, snap);
     for id in ids {
-        if let Some(t) = written.get(id) {
-            before.tenants.insert(id.to_string(), t);
-        }
+        let live = written.get(id);
+        let was = live.as_ref().map(|t| diff::effective(&before, t));
+        let now = match tenant_edits.get(id) {
+            Some(TenantEdit::Put(t)) => Some(diff::effective(&after, t)),
+            Some(_) => None,
+            None => live.as_ref().map(|t| diff::effective(&after, t)),
+        };
+        out.extend(diff::entry(Subject::Tenant, id, was.as_deref(), now.as_deref()));
     }
-    let mut after = before.clone();
-    for e in edits {
-        apply(&mut after, e);
-    }
-    diff::changes(&before, &after)
-}
-
-/// `state` with `edit` made.
-fn apply(state: &mut State, edit: &TenantEdit) {
-    match edit {
-        TenantEdit::Put(t) => {
-            state.tenants.insert(t.id.clone(), (**t).clone());
-        }
-        TenantEdit::Delete(id) => {
-            state.tenants.remove(id);
-        }
-        TenantEdit::PutTemplate(name, t) => {
-            state.templates.insert(name.clone(), (**t).clone());
-        }
-        TenantEdit::DeleteTemplate(name) => {
-            state.templates.remove(name);
-        }
-    }
+    out
 }
 
 /// A diff serialised entry by entry (each as [`TenantDiff::to_json`]), so

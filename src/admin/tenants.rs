@@ -69,31 +69,39 @@ impl Call {
 
     /// `GET /v1/tenants`: a page of tenants in id order, filtered by
     /// `label=key=value` (repeatable), `domain`, `pool`, `plan`, `template`.
-    /// `cursor` continues after the last id of the previous page, so that
-    /// writes between pages never shift or repeat a tenant; `offset` is kept
-    /// for older clients.
+    /// The first page comes from the live generation; its `cursor` carries
+    /// that generation, and every later page of the walk is served from it
+    /// (kept for a while, [`crate::registry::KEPT_FOR`]), so that a walk
+    /// sees exactly one generation's tenants whatever is written meanwhile;
+    /// a generation no longer kept answers 410. `offset` is kept for older
+    /// clients (pages of the live generation, shifting under writes).
     async fn list(&self) -> Result<Response<Body>, Problem> {
         self.caller.operator()?;
         let limit = self.query.number("limit", 1, MAX_PAGE, PAGE)? as usize;
         let offset = self.query.number("offset", 0, u64::from(u32::MAX), 0)? as usize;
         let filter = Filter::of(&self.query)?;
-        let after = match self.query.get("cursor") {
+        let cursor = match self.query.get("cursor") {
             None => None,
-            Some(c) => Some(decode_cursor(c).ok_or_else(|| {
+            Some(c) => Some(Cursor::decode(c).ok_or_else(|| {
                 Problem::bad_request("cursor is not one this API returned").with("parameter", json!("cursor"))
             })?),
         };
         let registry = self.registry.clone();
+        let (view, after) = match cursor {
+            None => (registry.view(), None),
+            Some(c) => {
+                let view = (c.epoch == registry.epoch())
+                    .then(|| registry.kept_view(c.generation))
+                    .flatten()
+                    .ok_or_else(|| cursor_gone(c.generation))?;
+                (view, Some(c.after))
+            }
+        };
         // Filtering and sorting 100,000 tenants is CPU work: off the runtime.
         tokio::task::spawn_blocking(move || {
-            let snap = registry.snapshot();
-            let texts = registry.texts();
-            let mut matching: Vec<&TenantSpec> = snap
-                .config
-                .tenants
-                .iter()
-                .filter(|t| filter.matches(&snap, t))
-                .collect();
+            let (snap, texts) = (&view.snapshot, &view.texts);
+            let mut matching: Vec<&TenantSpec> =
+                snap.config.tenants.iter().filter(|t| filter.matches(snap, t)).collect();
             matching.sort_unstable_by(|a, b| a.id.cmp(&b.id));
             let start = match &after {
                 Some(id) => matching.partition_point(|t| t.id.as_str() <= id.as_str()),
@@ -105,20 +113,31 @@ impl Call {
                 .map(|t| {
                     let etag = match texts.tenants.get(&t.id) {
                         Some(text) => etag(text),
-                        None => main_json(&snap, t).1,
+                        None => main_json(snap, t).1,
                     };
-                    json!({"id": t.id, "pool": pool_name(&snap, t.pool), "etag": etag})
+                    json!({"id": t.id, "pool": pool_name(snap, t.pool), "etag": etag})
                 })
                 .collect();
             let end = start + page.len();
             let more = end < matching.len();
-            let next_cursor = more
-                .then(|| matching.get(end.wrapping_sub(1)).map(|t| encode_cursor(&t.id)))
-                .flatten();
+            let next_cursor = match matching.get(end.wrapping_sub(1)) {
+                Some(last) if more => {
+                    registry.keep_view(&view);
+                    Some(
+                        Cursor {
+                            epoch: registry.epoch(),
+                            generation: view.generation(),
+                            after: last.id.clone(),
+                        }
+                        .encode(),
+                    )
+                }
+                _ => None,
+            };
             json_response(
                 StatusCode::OK,
                 &json!({"tenants": page, "total": matching.len(), "next_offset": more.then_some(end),
-                        "next_cursor": next_cursor, "generation": snap.generation}),
+                        "next_cursor": next_cursor, "generation": view.generation()}),
             )
         })
         .await
@@ -431,22 +450,59 @@ impl Filter {
     }
 }
 
-/// A cursor: the last id of a page, hex-encoded (opaque to clients).
-fn encode_cursor(id: &str) -> String {
-    id.bytes().map(|b| format!("{b:02x}")).collect()
+/// Where a page walk is: the registry instance and generation it lists,
+/// and the last id of the previous page. Sent hex-encoded (opaque to
+/// clients).
+#[derive(Debug, PartialEq, Eq)]
+struct Cursor {
+    epoch: u64,
+    generation: u64,
+    after: String,
 }
 
-/// The id a cursor continues after; any hex string is one (ids sort as
-/// their bytes do, so a made-up cursor is just a starting point).
-fn decode_cursor(c: &str) -> Option<String> {
-    if c.is_empty() || !c.len().is_multiple_of(2) || c.len() > 128 {
-        return None;
+impl Cursor {
+    fn encode(&self) -> String {
+        let mut out = format!("{:016x}{:016x}", self.epoch, self.generation);
+        for b in self.after.bytes() {
+            out.push_str(&format!("{b:02x}"));
+        }
+        out
     }
-    let bytes = (0..c.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(c.get(i..i + 2)?, 16).ok())
-        .collect::<Option<Vec<u8>>>()?;
-    Some(String::from_utf8_lossy(&bytes).into_owned())
+
+    /// `None` for what is not shaped like one (hex of the instance, the
+    /// generation, and at least one byte of id).
+    fn decode(c: &str) -> Option<Cursor> {
+        if c.len() < 34 || c.len() > 32 + 2 * 63 || !c.len().is_multiple_of(2) {
+            return None;
+        }
+        let epoch = u64::from_str_radix(c.get(..16)?, 16).ok()?;
+        let generation = u64::from_str_radix(c.get(16..32)?, 16).ok()?;
+        let rest = c.get(32..)?;
+        let bytes = (0..rest.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(rest.get(i..i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()?;
+        // Ids sort as their bytes do, so any text is a starting point.
+        let after = String::from_utf8_lossy(&bytes).into_owned();
+        Some(Cursor {
+            epoch,
+            generation,
+            after,
+        })
+    }
+}
+
+/// 410: the generation a cursor walks is no longer kept.
+fn cursor_gone(generation: u64) -> Problem {
+    Problem::new(
+        StatusCode::GONE,
+        "cursor-expired",
+        format!(
+            "this cursor lists generation {generation}, which is no longer kept (a walk's generation is kept {} s after its last page, at most {} older generations at once, and not across a restart); list again without cursor",
+            crate::registry::KEPT_FOR.as_secs(),
+            crate::registry::KEPT_VIEWS
+        ),
+    )
 }
 
 /// Like [`current`], refusing tenants of the main file (read-only here).
@@ -751,9 +807,16 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_junk_is_refused() {
-        assert_eq!(decode_cursor(&encode_cursor("acme-1")).as_deref(), Some("acme-1"));
-        for junk in ["", "zz", "abc", "0g"] {
-            assert_eq!(decode_cursor(junk), None, "{junk}");
+        let c = Cursor {
+            epoch: u64::MAX - 7,
+            generation: 42,
+            after: "acme-1".into(),
+        };
+        assert_eq!(Cursor::decode(&c.encode()), Some(c));
+        let old_style = "61636d652d31"; // an id only, as cursors were before
+        let no_id = format!("{:016x}{:016x}", 1, 2);
+        for junk in ["", "zz", "abc", "0g", old_style, &no_id] {
+            assert_eq!(Cursor::decode(junk), None, "{junk}");
         }
     }
 

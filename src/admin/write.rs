@@ -12,7 +12,7 @@ use super::problem::{json_response, Body, Problem};
 use super::tenants::{Call, PAGE};
 use crate::config::diff::TenantDiff;
 use crate::config::{LoadError, Problem as ConfigProblem, Scope, Texts};
-use crate::registry::{template_file, tenant_file, Snapshot, StoreError, TenantEdit, VersionError, WriteError};
+use crate::registry::{Rendered, Snapshot, StoreError, TenantEdit, VersionError, WriteError};
 
 impl Call {
     /// Runs a write on a blocking thread (compiling a big config is CPU
@@ -61,8 +61,8 @@ impl Call {
             let mut out = None;
             let planned = |texts: &Texts, snap: &Snapshot| {
                 let (t, edits) = plan(texts, snap).map_err(Refusal::Problem)?;
-                let edits = changing(texts, edits);
-                out = Some((t, preview::diff_of(texts, snap, &edits)));
+                let edits = Rendered::of(texts, edits)?;
+                out = Some((t, preview::diff_of(texts, snap, edits.edits())));
                 Ok::<_, Refusal>(edits)
             };
             let result = match mode {
@@ -186,18 +186,6 @@ fn redact(mut e: Value, own: &str, who: &str) -> Value {
         }
     }
     e
-}
-
-/// `edits` without those that would leave a file as it is (a PUT of the
-/// text already there), so that an unchanged import neither diffs nor
-/// rewrites 100,000 tenants.
-fn changing(texts: &Texts, mut edits: Vec<TenantEdit>) -> Vec<TenantEdit> {
-    edits.retain(|e| match e {
-        TenantEdit::Put(t) => tenant_file(t).ok().as_ref() != texts.tenants.get(&t.id),
-        TenantEdit::PutTemplate(name, t) => template_file(name, t).ok().as_ref() != texts.templates.get(name),
-        TenantEdit::Delete(_) | TenantEdit::DeleteTemplate(_) => true,
-    });
-    edits
 }
 
 /// Tenant tokens' lock-free checks ([`Call::write_checked`]) run one at a time.

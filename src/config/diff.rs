@@ -44,18 +44,17 @@ pub struct TenantDiff {
     pub id: String,
     pub subject: Subject,
     pub action: Action,
-    pub fields: BTreeMap<String, (Value, Value)>,
+    /// The JSON text of `{name: {"before", "after"}}`, in name order: one
+    /// string, not a tree of values, since a big import's diff has an
+    /// entry per tenant.
+    fields: Box<str>,
 }
 
 impl TenantDiff {
     /// `{"tenant", "action", "fields": {name: {"before", "after"}}}`, with
     /// `"template"` instead of `"tenant"` for a template.
     pub fn to_json(&self) -> Value {
-        let fields: Map<String, Value> = self
-            .fields
-            .iter()
-            .map(|(k, (b, a))| (k.clone(), json!({"before": b, "after": a})))
-            .collect();
+        let fields = self.fields();
         let key = match self.subject {
             Subject::Tenant => "tenant",
             Subject::Template => "template",
@@ -72,10 +71,11 @@ impl TenantDiff {
             Action::Delete => '-',
         };
         let fields: Vec<String> = self
-            .fields
+            .fields()
             .iter()
             .filter(|(k, _)| *k != "id")
-            .map(|(k, (b, a))| match self.action {
+            .map(|(k, v)| (k, &v["before"], &v["after"]))
+            .map(|(k, b, a)| match self.action {
                 Action::Create => format!("{k} {a}"),
                 Action::Delete => format!("{k} {b}"),
                 Action::Update => format!("{k} {b} -> {a}"),
@@ -86,6 +86,13 @@ impl TenantDiff {
             Subject::Template => "template ".to_string(),
         };
         format!("{sign} {what}{}: {}", self.id, fields.join(", "))
+    }
+}
+
+impl TenantDiff {
+    /// `{name: {"before", "after"}}` of each field that changes.
+    pub fn fields(&self) -> Map<String, Value> {
+        serde_json::from_str(&self.fields).unwrap_or_default()
     }
 }
 
@@ -142,34 +149,48 @@ fn entries<T: Serialize + PartialEq>(
 ) -> Vec<TenantDiff> {
     let ids: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
     ids.into_iter()
-        .filter_map(|id| {
-            let (b, a) = (before.get(id), after.get(id));
-            let action = match (b, a) {
-                (None, Some(_)) => Action::Create,
-                (Some(_), None) => Action::Delete,
-                (Some(x), Some(y)) if x != y => Action::Update,
-                _ => return None,
-            };
-            let (b, a) = (fields(b), fields(a));
-            let names: std::collections::BTreeSet<&String> = b.keys().chain(a.keys()).collect();
-            let fields = names
-                .into_iter()
-                .filter_map(|n| {
-                    let (x, y) = (
-                        b.get(n).cloned().unwrap_or(Value::Null),
-                        a.get(n).cloned().unwrap_or(Value::Null),
-                    );
-                    (x != y).then(|| (n.clone(), (x, y)))
-                })
-                .collect();
-            Some(TenantDiff {
-                id: id.clone(),
-                subject,
-                action,
-                fields,
-            })
-        })
+        .filter_map(|id| entry(subject, id, before.get(id), after.get(id)))
         .collect()
+}
+
+/// The change of one tenant or template from `before` to `after` (`None`:
+/// absent), if there is one.
+pub fn entry<T: Serialize + PartialEq>(
+    subject: Subject,
+    id: &str,
+    before: Option<&T>,
+    after: Option<&T>,
+) -> Option<TenantDiff> {
+    let action = match (before, after) {
+        (None, Some(_)) => Action::Create,
+        (Some(_), None) => Action::Delete,
+        (Some(x), Some(y)) if x != y => Action::Update,
+        _ => return None,
+    };
+    let (b, a) = (fields(before), fields(after));
+    let names: std::collections::BTreeSet<&String> = b.keys().chain(a.keys()).collect();
+    let fields: Map<String, Value> = names
+        .into_iter()
+        .filter_map(|n| {
+            let (x, y) = (b.get(n).unwrap_or(&Value::Null), a.get(n).unwrap_or(&Value::Null));
+            (x != y).then(|| (n.clone(), json!({"before": x, "after": y})))
+        })
+        .collect();
+    Some(TenantDiff {
+        id: id.to_string(),
+        subject,
+        action,
+        fields: Value::Object(fields).to_string().into_boxed_str(),
+    })
+}
+
+/// `t` with its template applied (as written when it names none, or an
+/// unknown one).
+pub fn effective<'a>(templates: &Templates, t: &'a TenantSection) -> std::borrow::Cow<'a, TenantSection> {
+    match t.template.as_ref().and_then(|n| templates.get(n)) {
+        Some(template) => std::borrow::Cow::Owned(templates::apply(t.clone(), template)),
+        None => std::borrow::Cow::Borrowed(t),
+    }
 }
 
 fn fields<T: Serialize>(t: Option<&T>) -> Map<String, Value> {

@@ -188,7 +188,10 @@ impl Lifecycle {
                     .ok_or_else(|| PromoteError::MainFile(id.clone()))?;
                 let mut t: TenantSection = toml::from_str(text).map_err(|_| PromoteError::NoTenant(id.clone()))?;
                 t.domains.retain(|d| *d != name);
-                Ok(vec![TenantEdit::Put(Box::new(t))])
+                Ok(crate::registry::Rendered::of(
+                    texts,
+                    vec![TenantEdit::Put(Box::new(t))],
+                )?)
             })
         })
         .await;
@@ -308,20 +311,27 @@ impl Lifecycle {
         let (id, name) = (claim.tenant.clone(), claim.name.clone());
         let who = format!("domain-verifier (tenant {id})");
         let res = tokio::task::spawn_blocking(move || {
-            registry.write::<PromoteError>(false, &who, |texts, snap| {
-                let Some(text) = texts.tenants.get(&id) else {
-                    return Err(if snap.tenants.iter().any(|t| *t.id == *id) {
-                        PromoteError::MainFile(id.clone())
-                    } else {
-                        PromoteError::NoTenant(id.clone())
-                    });
-                };
-                let mut t: TenantSection = toml::from_str(text).map_err(|_| PromoteError::NoTenant(id.clone()))?;
-                if !t.domains.contains(&name) {
-                    t.domains.push(name.clone());
-                }
-                Ok(vec![TenantEdit::Put(Box::new(t))])
-            })
+            registry.write::<PromoteError>(
+                false,
+                &who,
+                |texts, snap| -> Result<crate::registry::Rendered, PromoteError> {
+                    let Some(text) = texts.tenants.get(&id) else {
+                        return Err(if snap.tenants.iter().any(|t| *t.id == *id) {
+                            PromoteError::MainFile(id.clone())
+                        } else {
+                            PromoteError::NoTenant(id.clone())
+                        });
+                    };
+                    let mut t: TenantSection = toml::from_str(text).map_err(|_| PromoteError::NoTenant(id.clone()))?;
+                    if !t.domains.contains(&name) {
+                        t.domains.push(name.clone());
+                    }
+                    Ok(crate::registry::Rendered::of(
+                        texts,
+                        vec![TenantEdit::Put(Box::new(t))],
+                    )?)
+                },
+            )
         })
         .await;
         match res {

@@ -10,6 +10,7 @@ pub mod edge;
 mod fleet;
 mod snapshot;
 mod versions;
+mod views;
 mod watch;
 mod write;
 
@@ -21,8 +22,9 @@ use arc_swap::ArcSwap;
 pub use fleet::{RegistryStore, RegistrySync, StoreError};
 pub use snapshot::{problems, Changes, Snapshot, Tenant};
 pub use versions::{FileChange, Version, VersionError, Versions};
+pub use views::{View, KEPT_FOR, KEPT_VIEWS};
 pub use watch::ConfigWatcher;
-pub use write::{recover, template_file, tenant_file, TenantEdit, WriteError, Written};
+pub use write::{recover, template_file, tenant_file, Rendered, TenantEdit, WriteError, Written};
 
 use crate::config::{Changed, Config, LoadError, Source, Texts};
 use crate::limits::Book;
@@ -65,6 +67,12 @@ pub struct Registry {
     versions: Versions,
     /// Fleet mode: the shared registry in Redis.
     store: OnceLock<RegistryStore>,
+    /// The live snapshot and texts together (stored after both).
+    view: ArcSwap<views::View>,
+    /// Older views kept for page walks.
+    kept: views::Kept,
+    /// Tells this instance apart from one before a restart.
+    epoch: u64,
 }
 
 impl Registry {
@@ -79,16 +87,27 @@ impl Registry {
         publish_gauges(&metrics, &snap);
         let (generation, _) = tokio::sync::watch::channel(snap.generation);
         let versions = Versions::new(source.file());
+        let (snap, texts) = (Arc::new(snap), Arc::new(texts));
+        let view = views::View {
+            snapshot: snap.clone(),
+            texts: texts.clone(),
+        };
+        // Nanoseconds since the epoch, mixed with the process id: unique
+        // enough to tell restarts apart.
+        let epoch = (jiff::Timestamp::now().as_nanosecond() as u64) ^ (u64::from(std::process::id()) << 40);
         Ok(Registry {
             source,
-            live: ArcSwap::from_pointee(snap),
+            live: ArcSwap::new(snap),
             metrics,
             writer: Mutex::new(()),
-            texts: ArcSwap::from_pointee(texts),
+            texts: ArcSwap::new(texts),
             generation,
             book,
             versions,
             store: OnceLock::new(),
+            view: ArcSwap::from_pointee(view),
+            kept: views::Kept::default(),
+            epoch,
         })
     }
 
@@ -253,8 +272,11 @@ impl Registry {
         self.book.retain(&ids);
         let changes = self.forget_removed(&old, &snap);
         publish_gauges(&self.metrics, &snap);
-        self.live.store(Arc::new(snap));
-        self.texts.store(Arc::new(texts));
+        let (snap, texts) = (Arc::new(snap), Arc::new(texts));
+        self.live.store(snap.clone());
+        self.texts.store(texts.clone());
+        self.view.store(Arc::new(views::View { snapshot: snap, texts }));
+        self.prune_views();
         self.generation.send_replace(generation);
         (generation, changes)
     }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::write::write_atomic;
+use super::write::write_atomic_with;
 use crate::config::Texts;
 
 /// One file's text before and after a version (`None`: absent).
@@ -67,28 +67,32 @@ impl Versions {
     /// versions beyond `keep`. Blocking; call with the writer lock held.
     pub fn record(&self, who: &str, old: &Texts, new: &Texts, keep: usize) -> std::io::Result<Option<u64>> {
         let Some(dir) = &self.dir else { return Ok(None) };
+        // Borrows the texts and streams the record to its file: a
+        // 100,000-tenant import is neither copied nor held as one string.
         let tenants = changes(&old.tenants, &new.tenants);
         let templates = changes(&old.templates, &new.templates);
         let main_changed = old.main != new.main;
         let main_not_kept = main_changed && old.main.len().max(new.main.len()) > MAX_KEPT_MAIN;
-        let main = (main_changed && !main_not_kept).then(|| FileChange {
-            before: Some(old.main.clone()),
-            after: Some(new.main.clone()),
+        let main = (main_changed && !main_not_kept).then(|| ChangeRef {
+            before: Some(&old.main),
+            after: Some(&new.main),
         });
         std::fs::create_dir_all(dir)?;
         let numbers = self.numbers()?;
         let version = numbers.last().map_or(1, |n| n + 1);
-        let v = Version {
+        let v = VersionRef {
             version,
             at: jiff::Timestamp::now().to_string(),
-            who: who.to_string(),
+            who,
             tenants,
             templates,
             main,
             main_not_kept,
         };
-        let json = serde_json::to_vec(&v).map_err(std::io::Error::other)?;
-        write_atomic(&dir.join(format!("{version}.json")), &json).map_err(std::io::Error::other)?;
+        write_atomic_with(&dir.join(format!("{version}.json")), |w| {
+            serde_json::to_writer(w, &v).map_err(std::io::Error::other)
+        })
+        .map_err(std::io::Error::other)?;
         let excess = (numbers.len() + 1).saturating_sub(keep.max(1));
         for n in numbers.iter().take(excess) {
             let _ = std::fs::remove_file(dir.join(format!("{n}.json")));
@@ -152,17 +156,40 @@ impl Versions {
     }
 }
 
+/// [`Version`] as recorded, borrowing the texts (same JSON).
+#[derive(Serialize)]
+struct VersionRef<'a> {
+    version: u64,
+    at: String,
+    who: &'a str,
+    tenants: BTreeMap<&'a str, ChangeRef<'a>>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    templates: BTreeMap<&'a str, ChangeRef<'a>>,
+    main: Option<ChangeRef<'a>>,
+    main_not_kept: bool,
+}
+
+/// [`FileChange`], borrowed.
+#[derive(Serialize)]
+struct ChangeRef<'a> {
+    before: Option<&'a str>,
+    after: Option<&'a str>,
+}
+
 /// Each file that differs from `old` to `new`, by stem.
-fn changes(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> BTreeMap<String, FileChange> {
+fn changes<'a>(
+    old: &'a BTreeMap<String, String>,
+    new: &'a BTreeMap<String, String>,
+) -> BTreeMap<&'a str, ChangeRef<'a>> {
     let mut out = BTreeMap::new();
     for (stem, after) in new.iter().filter(|(s, t)| old.get(*s) != Some(*t)) {
-        let before = old.get(stem).cloned();
-        let after = Some(after.clone());
-        out.insert(stem.clone(), FileChange { before, after });
+        let before = old.get(stem).map(String::as_str);
+        let after = Some(after.as_str());
+        out.insert(stem.as_str(), ChangeRef { before, after });
     }
     for (stem, before) in old.iter().filter(|(s, _)| !new.contains_key(*s)) {
-        let before = Some(before.clone());
-        out.insert(stem.clone(), FileChange { before, after: None });
+        let before = Some(before.as_str());
+        out.insert(stem.as_str(), ChangeRef { before, after: None });
     }
     out
 }

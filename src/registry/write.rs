@@ -2,6 +2,7 @@
 //! writer lock, validated exactly like a load, persisted atomically, then
 //! swapped in.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -86,9 +87,9 @@ impl Registry {
         &self,
         dry_run: bool,
         who: &str,
-        plan: impl FnOnce(&Texts, &Snapshot) -> Result<Vec<TenantEdit>, E>,
+        plan: impl FnOnce(&Texts, &Snapshot) -> Result<Rendered, E>,
     ) -> Result<Option<Written>, E> {
-        self.write_texts(dry_run, who, |live, snap| Ok(edited(live, &plan(live, snap)?)?))
+        self.write_texts(dry_run, who, |live, snap| Ok(edited(live, plan(live, snap)?)))
     }
 
     /// Checks `plan`'s edits like [`Registry::write`] with `dry_run`, but
@@ -98,11 +99,11 @@ impl Registry {
     /// state may change in between). Blocking.
     pub fn validate<E: From<WriteError>>(
         &self,
-        plan: impl FnOnce(&Texts, &Snapshot) -> Result<Vec<TenantEdit>, E>,
+        plan: impl FnOnce(&Texts, &Snapshot) -> Result<Rendered, E>,
     ) -> Result<(), E> {
         let live = self.texts.load_full();
         let snap = self.live.load_full();
-        let texts = edited(&live, &plan(&live, &snap)?)?;
+        let texts = edited(&live, plan(&live, &snap)?);
         if texts != *live {
             Snapshot::compile_texts(&self.source.path(), &texts).map_err(WriteError::from)?;
         }
@@ -193,26 +194,74 @@ impl Registry {
     }
 }
 
+/// Edits with the text each one writes, rendered once (by several threads
+/// for a big batch), without those that would leave a file as it is (a PUT
+/// of the text already there), so that an unchanged import neither diffs
+/// nor rewrites 100,000 tenants.
+#[derive(Debug, Default)]
+pub struct Rendered {
+    edits: Vec<TenantEdit>,
+    /// For each edit, the new file's text (`None`: the file goes).
+    texts: Vec<Option<String>>,
+}
+
+impl Rendered {
+    /// Renders `edits` against the `live` texts.
+    pub fn of(live: &Texts, edits: Vec<TenantEdit>) -> Result<Rendered, WriteError> {
+        let texts = crate::map_parallel(&edits, |e| match e {
+            TenantEdit::Put(t) => tenant_file(t).map(Some),
+            TenantEdit::PutTemplate(name, t) => template_file(name, t).map(Some),
+            TenantEdit::Delete(_) | TenantEdit::DeleteTemplate(_) => Ok(None),
+        })
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+        let mut out = Rendered {
+            edits: Vec::with_capacity(edits.len()),
+            texts: Vec::with_capacity(edits.len()),
+        };
+        for (edit, text) in edits.into_iter().zip(texts) {
+            let now = match &edit {
+                TenantEdit::Put(t) => live.tenants.get(&t.id),
+                TenantEdit::PutTemplate(name, _) => live.templates.get(name),
+                TenantEdit::Delete(_) | TenantEdit::DeleteTemplate(_) => None,
+            };
+            if text.is_some() && now == text.as_ref() {
+                continue;
+            }
+            out.edits.push(edit);
+            out.texts.push(text);
+        }
+        Ok(out)
+    }
+
+    /// The edits that change a file.
+    pub fn edits(&self) -> &[TenantEdit] {
+        &self.edits
+    }
+}
+
 /// `live` with `edits` made.
-fn edited(live: &Texts, edits: &[TenantEdit]) -> Result<Texts, WriteError> {
+fn edited(live: &Texts, edits: Rendered) -> Texts {
     let mut texts = live.clone();
-    for edit in edits {
-        match edit {
-            TenantEdit::Put(t) => {
-                texts.tenants.insert(t.id.clone(), tenant_file(t)?);
+    for (edit, text) in edits.edits.into_iter().zip(edits.texts) {
+        match (edit, text) {
+            (TenantEdit::Put(t), Some(text)) => {
+                texts.tenants.insert(t.id, text);
             }
-            TenantEdit::Delete(id) => {
-                texts.tenants.remove(id);
+            (TenantEdit::PutTemplate(name, _), Some(text)) => {
+                texts.templates.insert(name, text);
             }
-            TenantEdit::PutTemplate(name, t) => {
-                texts.templates.insert(name.clone(), template_file(name, t)?);
+            (TenantEdit::Delete(id), _) => {
+                texts.tenants.remove(&id);
             }
-            TenantEdit::DeleteTemplate(name) => {
-                texts.templates.remove(name);
+            (TenantEdit::DeleteTemplate(name), _) => {
+                texts.templates.remove(&name);
             }
+            // Rendered::of gives every put its text.
+            (TenantEdit::Put(_) | TenantEdit::PutTemplate(..), None) => {}
         }
     }
-    Ok(texts)
+    texts
 }
 
 /// The text of `tenants/<id>.toml`.
@@ -234,20 +283,22 @@ pub fn template_file(name: &str, t: &TemplateSection) -> Result<String, WriteErr
 /// The files one write changes: written first as a journal, so that a
 /// crash part way through a batch is finished at the next start; in fleet
 /// mode, also what a write commits to the shared registry.
+/// It borrows the texts it writes (a 100,000-tenant batch is not copied);
+/// one read back from a journal owns them.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-pub(super) struct Batch {
+pub(super) struct Batch<'a> {
     /// The new main file, when it changes.
-    pub(super) main: Option<String>,
-    pub(super) tenants: FolderChange,
+    pub(super) main: Option<Cow<'a, str>>,
+    pub(super) tenants: FolderChange<'a>,
     #[serde(default)]
-    pub(super) templates: FolderChange,
+    pub(super) templates: FolderChange<'a>,
 }
 
-impl Batch {
+impl<'a> Batch<'a> {
     /// The files that differ from `old` to `new`.
-    pub(super) fn between(old: &Texts, new: &Texts) -> Batch {
+    pub(super) fn between(old: &Texts, new: &'a Texts) -> Batch<'a> {
         Batch {
-            main: (old.main != new.main).then(|| new.main.clone()),
+            main: (old.main != new.main).then_some(Cow::Borrowed(new.main.as_str())),
             tenants: FolderChange::between(&old.tenants, &new.tenants),
             templates: FolderChange::between(&old.templates, &new.templates),
         }
@@ -256,20 +307,20 @@ impl Batch {
 
 /// Changes to one folder of `<stem>.toml` files.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-pub(super) struct FolderChange {
+pub(super) struct FolderChange<'a> {
     /// Files to write, by stem.
-    pub(super) put: BTreeMap<String, String>,
+    pub(super) put: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
     /// Files to remove, by stem.
     pub(super) delete: Vec<String>,
 }
 
-impl FolderChange {
-    fn between(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> FolderChange {
+impl<'a> FolderChange<'a> {
+    fn between(old: &BTreeMap<String, String>, new: &'a BTreeMap<String, String>) -> FolderChange<'a> {
         FolderChange {
             put: new
                 .iter()
                 .filter(|(stem, text)| old.get(*stem) != Some(text))
-                .map(|(stem, text)| (stem.clone(), text.clone()))
+                .map(|(stem, text)| (Cow::Borrowed(stem.as_str()), Cow::Borrowed(text.as_str())))
                 .collect(),
             delete: old.keys().filter(|s| !new.contains_key(*s)).cloned().collect(),
         }
@@ -280,24 +331,42 @@ impl FolderChange {
     }
 
     /// Writes (each atomically; with `durable`, each fsynced) and removes
-    /// the files, then syncs `dir`.
+    /// the files, then syncs `dir`. A big batch (journaled, so not
+    /// `durable`) is written by several threads: creating a file is mostly
+    /// waiting on the file system, and 100,000 of them one after the other
+    /// took seconds.
     fn apply(&self, dir: &Path, durable: bool) -> Result<(), WriteError> {
         if self.files() == 0 {
             return Ok(());
         }
         std::fs::create_dir_all(dir).map_err(fail(dir))?;
-        for (stem, text) in &self.put {
-            write_file(&dir.join(format!("{stem}.toml")), text.as_bytes(), durable)?;
-        }
-        for stem in &self.delete {
+        let put: Vec<(&str, &str)> = self.put.iter().map(|(k, v)| (&**k, &**v)).collect();
+        let delete: Vec<&str> = self.delete.iter().map(String::as_str).collect();
+        in_parallel(&put, durable, |(stem, text)| {
+            write_file(&dir.join(format!("{stem}.toml")), text.as_bytes(), durable)
+        })?;
+        in_parallel(&delete, durable, |stem| {
             let path = dir.join(format!("{stem}.toml"));
             match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(&path)(e)),
-                _ => {}
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(fail(&path)(e)),
+                _ => Ok(()),
             }
-        }
+        })?;
         sync_dir(dir).map_err(fail(dir))
     }
+}
+
+/// Runs `f` on every item (on several threads when there are many, unless
+/// `serial`); the first error wins.
+fn in_parallel<T: Sync>(
+    items: &[T],
+    serial: bool,
+    f: impl Fn(&T) -> Result<(), WriteError> + Sync,
+) -> Result<(), WriteError> {
+    if serial {
+        return items.iter().try_for_each(f);
+    }
+    crate::map_parallel(items, f).into_iter().collect()
 }
 
 /// Maps an I/O error on `path` to a [`WriteError`].
@@ -321,23 +390,72 @@ pub(super) fn persist(main: &Path, dir: &Path, old: &Texts, new: &Texts) -> Resu
     persist_batch(main, dir, &Batch::between(old, new))
 }
 
-/// [`persist`] of changes already worked out.
+/// [`persist`] of changes already worked out. A batch is done, and
+/// survives a crash, once its journal is on disk and its files written;
+/// flushing the files and removing the journal (which takes seconds on a
+/// busy disk) happens after, on a thread of its own, and the next write
+/// waits for it before it touches a file ([`settle`]).
 fn persist_batch(main: &Path, dir: &Path, batch: &Batch) -> Result<(), WriteError> {
+    settle()?;
     let files = batch.tenants.files() + batch.templates.files() + usize::from(batch.main.is_some());
     let journal = journal(dir);
     if files > 1 {
         std::fs::create_dir_all(dir).map_err(fail(dir))?;
-        let bytes = serde_json::to_vec(batch).map_err(|e| WriteError::Serialize {
-            what: "the batch journal".into(),
-            message: e.to_string(),
+        write_atomic_with(&journal, |w| {
+            serde_json::to_writer(w, batch).map_err(std::io::Error::other)
         })?;
-        write_atomic(&journal, &bytes)?;
     }
     apply(main, batch, files <= 1)?;
     if files > 1 {
-        finish(dir, &journal)?;
+        finish_later(dir.to_path_buf(), journal);
     }
     Ok(())
+}
+
+/// The finish of the last batch ([`finish`]), running after its write
+/// returned: its folder, its journal, and the thread.
+type Finishing = (PathBuf, PathBuf, std::thread::JoinHandle<Result<(), WriteError>>);
+
+static FINISHING: std::sync::Mutex<Option<Finishing>> = std::sync::Mutex::new(None);
+
+/// Runs [`finish`] on a thread of its own; [`settle`] waits for it.
+fn finish_later(dir: PathBuf, journal: PathBuf) {
+    let spawned = {
+        let (dir, journal) = (dir.clone(), journal.clone());
+        std::thread::Builder::new()
+            .name("batch-sync".into())
+            .spawn(move || finish(&dir, &journal))
+    };
+    match spawned {
+        Ok(handle) => {
+            *FINISHING.lock().unwrap_or_else(|p| p.into_inner()) = Some((dir, journal, handle));
+        }
+        // No thread: finish here (the batch is safe either way).
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the batch sync thread; syncing here");
+            if let Err(e) = finish(&dir, &journal) {
+                tracing::error!(error = %e, "cannot flush a batch; its journal stays and the next start finishes it");
+            }
+        }
+    }
+}
+
+/// Waits until the last batch's files are on disk and its journal gone
+/// (finishing it here if its thread failed), so that no file is written
+/// while an older journal could still replay over it.
+fn settle() -> Result<(), WriteError> {
+    let pending = FINISHING.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let Some((dir, journal, handle)) = pending else {
+        return Ok(());
+    };
+    match handle.join() {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "flushing the last batch failed; trying again");
+            finish(&dir, &journal)
+        }
+        Err(_) => finish(&dir, &journal),
+    }
 }
 
 /// Writes every file of a batch.
@@ -352,7 +470,10 @@ fn apply(main: &Path, batch: &Batch, durable: bool) -> Result<(), WriteError> {
 /// Flushes the batch's files to disk, then removes its journal.
 fn finish(dir: &Path, journal: &Path) -> Result<(), WriteError> {
     sync_fs(dir).map_err(fail(dir))?;
-    std::fs::remove_file(journal).map_err(fail(journal))?;
+    match std::fs::remove_file(journal) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(journal)(e)),
+        _ => {}
+    }
     sync_dir(dir).map_err(fail(dir))
 }
 
@@ -389,13 +510,34 @@ pub fn recover(main: &Path) -> Result<bool, WriteError> {
     Ok(true)
 }
 
-/// Writes `bytes` to `path` via a temp file in the same folder, fsync and
-/// rename, so readers see the old file or the new one, never a part.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
-    write_file(path, bytes, true)
+/// Writes what `write` writes (through a buffer, so that a big file, a
+/// batch journal or a version record, is never held whole in memory) to
+/// `path` via a temp file in the same folder, fsync and rename, so readers
+/// see the old file or the new one, never a part.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> Result<(), WriteError> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(&tmp)?);
+        write(&mut w)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    result.map_err(|source| {
+        let _ = std::fs::remove_file(&tmp);
+        WriteError::Persist {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
 }
 
-/// [`write_atomic`] if `durable`. Otherwise the file is part of a journaled
+/// With `durable`: via a temp file, fsync and rename, like
+/// [`write_atomic_with`]. Otherwise the file is part of a journaled
 /// batch, which a crash part way through finishes from the journal at the
 /// next start, and which readers (reloads) only see once the writer lock is
 /// released: it is written in place, without temp file, fsync or rename
