@@ -1513,11 +1513,20 @@ async fn a_flood_on_the_proxy_port_with_few_descriptors_starves_no_other_listene
 
 #[tokio::test]
 async fn thread_per_core_mode_keeps_connections_and_reuses_backends_per_thread() {
+    kept_alive_connections_on_two_threads(false).await;
+}
+
+#[tokio::test]
+async fn work_stealing_mode_keeps_connections_and_reuses_backends() {
+    kept_alive_connections_on_two_threads(true).await;
+}
+
+async fn kept_alive_connections_on_two_threads(work_stealing: bool) {
     let echo = backend("echo").await;
     let scripted = scripted().await;
     let cfg = config(scripted.addr, echo.addr).replace(
         "read_timeout_ms = 500",
-        "read_timeout_ms = 500\nthreads = 2\nwork_stealing = false\nhttps_listen = \"{https}\"\n\n[tls]\nissuer = \"internal\"\nredirect_http = false\n",
+        &format!("read_timeout_ms = 500\nthreads = 2\nwork_stealing = {work_stealing}\nhttps_listen = \"{{https}}\"\n\n[tls]\nissuer = \"internal\"\nredirect_http = false\n"),
     );
     let gw = Gateway::start(&cfg).await;
 

@@ -826,6 +826,112 @@ jwks_url = "{}"
 }
 
 #[tokio::test]
+async fn a_plan_turns_the_check_on_for_its_tenants_and_a_tenant_or_template_setting_wins() {
+    let es = Signer::new(Algorithm::ES256, "k");
+    let jwks = Jwks::serve(json!({"keys": [es.jwk]})).await;
+    let a = backend("a").await;
+    let gw = Gateway::start(&format!(
+        r#"
+[gateway]
+http_listen = "{{http}}"
+metrics_listen = "{{metrics}}"
+[identity.jwt]
+jwks_url = "{}"
+issuer = "{ISS}"
+audience = "tenantgate"
+claim = "/org/id"
+[limits]
+default_plan = "free"
+[plans.free]
+requests_per_second = 1000
+[plans.business]
+requests_per_second = 1000
+jwt = "required"
+[templates.public]
+jwt = "off"
+[pools.a]
+upstreams = ["{}"]
+[[tenants]]
+id = "acme"
+domains = ["acme.example"]
+pool = "a"
+plan = "business"
+[[tenants]]
+id = "globex"
+domains = ["globex.example"]
+pool = "a"
+plan = "business"
+jwt = "optional"
+[[tenants]]
+id = "hooli"
+domains = ["hooli.example"]
+pool = "a"
+plan = "business"
+template = "public"
+[[tenants]]
+id = "umbrella"
+domains = ["umbrella.example"]
+pool = "a"
+"#,
+        jwks.url, a.addr
+    ))
+    .await;
+    // The business plan requires a token of the tenant's own.
+    assert_eq!(call(&gw, "acme.example", None, &[]).await.0, 401);
+    let (status, _, body) = call(&gw, "acme.example", Some(&es.sign(&claims("acme", "alice"))), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(Echo::parse(&body).header("x-tenant-user").as_deref(), Some("alice"));
+    assert_eq!(
+        call(&gw, "acme.example", Some(&es.sign(&claims("globex", "alice"))), &[])
+            .await
+            .0,
+        403
+    );
+    // The tenant's own `optional` wins over its plan's `required`.
+    assert_eq!(call(&gw, "globex.example", None, &[]).await.0, 200);
+    assert_eq!(
+        call(&gw, "globex.example", Some(&es.sign(&claims("acme", "bob"))), &[])
+            .await
+            .0,
+        403
+    );
+    // So does its template's `off`; and the default plan sets nothing.
+    assert_eq!(call(&gw, "hooli.example", None, &[]).await.0, 200);
+    assert_eq!(call(&gw, "umbrella.example", None, &[]).await.0, 200);
+}
+
+#[test]
+fn a_plan_jwt_is_checked_and_refused_in_a_limits_table() {
+    let (ok, out) = check(
+        r#"
+[gateway]
+http_listen = "127.0.0.1:0"
+[plans.business]
+requests_per_second = 10
+jwt = "sometimes"
+[pools.a]
+upstreams = ["127.0.0.1:9"]
+[[tenants]]
+id = "acme"
+domains = ["acme.example"]
+pool = "a"
+plan = "business"
+[[tenants]]
+id = "globex"
+domains = ["globex.example"]
+pool = "a"
+plan = "business"
+[tenants.limits]
+jwt = "required"
+"#,
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("plans.business.jwt"), "{out}");
+    assert!(out.contains("\"sometimes\""), "{out}");
+    assert!(out.contains("limits.jwt"), "{out}");
+}
+
+#[tokio::test]
 async fn shared_hosts_are_served_over_https_and_http2_decides_like_http1() {
     let es = Signer::new(Algorithm::ES256, "k");
     let jwks = Jwks::serve(json!({"keys": [es.jwk]})).await;

@@ -382,6 +382,10 @@ pub struct PlanSection {
     pub branding: Option<super::profile::BrandingSection>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "unique_map")]
     pub labels: BTreeMap<String, String>,
+    /// The plan's JWT check for its tenants (a tenant's or template's own
+    /// `jwt` wins); refused in a `limits` table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<TenantJwtSection>,
 }
 
 /// An integer, also written as a number with no fraction (`5.0`: JSON

@@ -364,19 +364,18 @@ fn validate_jwt(j: JwtSection, base: &Path, errs: &mut Vec<ConfigError>) -> Jwt 
 
 /// A tenant's `jwt`.
 pub fn validate_tenant_jwt(
-    i: usize,
+    field: &str,
     tenant: &str,
     s: Option<&TenantJwtSection>,
     identity: &Identity,
     errs: &mut Vec<ConfigError>,
 ) -> TenantJwt {
-    let field = format!("tenants[{i}].jwt");
     let mode = |v: &str, errs: &mut Vec<ConfigError>| match v {
         "off" => JwtMode::Off,
         "optional" => JwtMode::Optional,
         "required" => JwtMode::Required,
         other => {
-            errs.push(err(Some(tenant), &field, Problem::BadJwtMode { value: other.into() }));
+            errs.push(err(Some(tenant), field, Problem::BadJwtMode { value: other.into() }));
             JwtMode::Off
         }
     };
@@ -401,7 +400,7 @@ pub fn validate_tenant_jwt(
     };
     let has_keys = out.jwks_url.is_some() || identity.jwt.as_ref().is_some_and(|j| j.keys.is_some());
     if out.mode != JwtMode::Off && !has_keys {
-        errs.push(err(Some(tenant), &field, Problem::JwtWithoutKeys));
+        errs.push(err(Some(tenant), field, Problem::JwtWithoutKeys));
     }
     out
 }

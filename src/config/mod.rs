@@ -176,9 +176,9 @@ pub struct Gateway {
     /// sockets over.
     pub upgrade_sock: String,
     /// `true`: each listener's threads share one work-stealing scheduler.
-    /// `false`: each thread runs its own scheduler, a connection stays on
-    /// the thread that serves it, and backend connections are kept per
-    /// thread.
+    /// `false` (the default): each thread runs its own scheduler, a
+    /// connection stays on the thread that serves it, and backend
+    /// connections are kept per thread.
     pub work_stealing: bool,
     /// The region this replica serves (data residency).
     pub region: Option<String>,
@@ -642,7 +642,19 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
             }
         }
         let paths = identity::validate_paths(i, &t.id, &t.paths, &shared_hosts, &mut errs);
-        let jwt = identity::validate_tenant_jwt(i, &t.id, t.jwt.as_ref(), &identity, &mut errs);
+        // The tenant's (or its template's) own `jwt`, else its plan's.
+        let (jwt_section, jwt_field) = match (&t.jwt, plans.effective(t.plan.as_deref())) {
+            (Some(j), _) => (Some(j), format!("tenants[{i}].jwt")),
+            (None, Some(plan)) if plan.jwt.is_some() => {
+                let name = plans.effective_name(t.plan.as_deref()).unwrap_or_default();
+                (
+                    plan.jwt.as_ref(),
+                    format!("plans.{name}.jwt (the plan of tenants[{i}])"),
+                )
+            }
+            (None, _) => (None, format!("tenants[{i}].jwt")),
+        };
+        let jwt = identity::validate_tenant_jwt(&jwt_field, &t.id, jwt_section, &identity, &mut errs);
         tenants.push(TenantSpec {
             paths,
             strip_prefix: t.strip_prefix.unwrap_or(false),
@@ -944,7 +956,7 @@ fn validate_gateway(g: file::GatewaySection, errs: &mut Vec<ConfigError>) -> Gat
         upgrade_sock: g
             .upgrade_sock
             .unwrap_or_else(|| "/tmp/tenantgate-upgrade.sock".to_string()),
-        work_stealing: g.work_stealing.unwrap_or(true),
+        work_stealing: g.work_stealing.unwrap_or(false),
         region: g.region.filter(|r| {
             let ok = profile::valid_region(r);
             if !ok {

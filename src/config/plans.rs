@@ -47,6 +47,15 @@ impl<'a> Plans<'a> {
         self.plans.get(plan.or(self.default_plan)?)
     }
 
+    /// The name of the plan a tenant naming `plan` (or none: the default)
+    /// is on.
+    pub fn effective_name<'p>(&self, plan: Option<&'p str>) -> Option<&'p str>
+    where
+        'a: 'p,
+    {
+        plan.or(self.default_plan)
+    }
+
     /// Whether `name` is a defined plan or [`UNLIMITED`].
     pub fn has(&self, name: &str) -> bool {
         name == UNLIMITED || self.plans.contains_key(name)
@@ -150,6 +159,7 @@ impl PlanSection {
             } else {
                 self.labels.clone()
             },
+            jwt: self.jwt.clone().or_else(|| base.jwt.clone()),
         }
     }
 

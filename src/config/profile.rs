@@ -704,6 +704,7 @@ fn check_limits_table(
         ("region", l.region.is_some()),
         ("branding", l.branding.is_some()),
         ("labels", !l.labels.is_empty()),
+        ("jwt", l.jwt.is_some()),
     ] {
         if set {
             let p = ProfileProblem::ProfileInLimits { key };
