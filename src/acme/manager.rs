@@ -28,6 +28,7 @@ use pingora_core::services::background::BackgroundService;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::{mpsc, Mutex, Semaphore};
 
+use super::dns01::Rfc2136;
 use super::order::{self, OrderError};
 use super::Challenges;
 use crate::config::{Acme, DomainName, Issuer, Tls};
@@ -255,20 +256,35 @@ impl CertManager {
 
     /// Names that need a managed certificate from an ACME CA.
     fn wanted(&self, snap: &Snapshot) -> Vec<String> {
+        let dns01 = snap.config.tls.as_ref().and_then(|t| t.dns01());
+        let base_wildcard = dns01.is_some_and(|d| d.wildcard_base_domains);
+        let wildcards = dns01.is_some_and(|d| d.wildcard_domains);
         let mut names = Vec::new();
+        let mut any_subdomain = false;
         for t in &snap.config.tenants {
             for d in &t.domains {
-                if let DomainName::Exact(n) = d {
-                    names.push(n.clone());
+                match d {
+                    DomainName::Exact(n) => names.push(n.clone()),
+                    DomainName::Wildcard(_) if wildcards => names.push(d.to_string()),
+                    DomainName::Wildcard(_) => {}
                 }
             }
             if let Some(label) = &t.subdomain {
-                names.extend(snap.config.gateway.base_domains.iter().map(|b| format!("{label}.{b}")));
+                any_subdomain = true;
+                if !base_wildcard {
+                    names.extend(snap.config.gateway.base_domains.iter().map(|b| format!("{label}.{b}")));
+                }
             }
+        }
+        // One `*.<base>` + `<base>` certificate serves every platform host.
+        if base_wildcard && any_subdomain {
+            names.extend(snap.config.gateway.base_domains.iter().map(|b| format!("*.{b}")));
         }
         // Shared hosts and header hosts belong to the platform, not a tenant.
         names.extend(snap.config.shared_hosts.iter().map(|s| s.host.clone()));
         names.extend(snap.config.identity.header_hosts.iter().cloned());
+        names.sort_unstable();
+        names.dedup();
         names.retain(|n| !self.store.provided_covers(n));
         if let Some(l) = &self.lifecycle {
             names.retain(|n| !l.is_moved(n));
@@ -353,6 +369,8 @@ fn two_thirds(name: &str, l: &Loaded) -> Instant {
 #[derive(Clone)]
 struct OrderCtx {
     acme: Acme,
+    /// Base domains whose wildcard certificate also names the base.
+    bases: Vec<String>,
     state_dir: PathBuf,
     account: Arc<AccountSlot>,
     store: Arc<CertStore>,
@@ -408,9 +426,14 @@ impl OrderCtx {
     }
 
     async fn issue(&self, name: &str) -> Result<Loaded, OrderError> {
+        let mut names = vec![name.to_string()];
+        if let Some(base) = name.strip_prefix("*.").filter(|b| self.bases.iter().any(|x| x == b)) {
+            names.push(base.to_string());
+        }
+        let dns = self.acme.dns01.as_deref().map(Rfc2136::new).transpose()?;
         for attempt in 0..2 {
             let account = self.account.get(&self.acme, &self.state_dir).await?;
-            match order::order(&account, name, &self.challenges).await {
+            match order::order(&account, &names, &self.challenges, dns.as_ref()).await {
                 Ok((chain, key)) => {
                     // Chain then key in one file: one atomic rename replaces both.
                     let pem = format!("{}\n{}", chain.trim_end(), key);
@@ -512,6 +535,11 @@ impl BackgroundService for CertManager {
                 for (name, renewal, order) in due {
                     let ctx = OrderCtx {
                         acme: acme.clone(),
+                        bases: if tls.base_wildcard() {
+                            snap.config.gateway.base_domains.clone()
+                        } else {
+                            Vec::new()
+                        },
                         state_dir: tls.state_dir.clone(),
                         account: self.account.clone(),
                         store: self.store.clone(),
@@ -524,7 +552,11 @@ impl BackgroundService for CertManager {
                         // A first order waits until DNS no longer says no
                         // (CAA, where the name points): a refused order
                         // burns the CA's rate limits.
-                        if let (false, Some(l)) = (renewal, &lifecycle) {
+                        // The platform's own wildcard is the operator's zone.
+                        let platform = name
+                            .strip_prefix("*.")
+                            .is_some_and(|b| ctx.bases.iter().any(|x| x == b));
+                        if let (false, false, Some(l)) = (renewal, platform, &lifecycle) {
                             if let Some(why) = l.refuses_order(&name).await {
                                 let _ = tx.send(Done {
                                     name,

@@ -4,6 +4,7 @@
 //! certificates.
 
 mod challenges;
+pub mod dns01;
 mod manager;
 mod order;
 

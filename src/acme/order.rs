@@ -8,6 +8,7 @@ use instant_acme::{
     RetryPolicy,
 };
 
+use super::dns01::Rfc2136;
 use super::Challenges;
 use crate::config::Acme;
 use crate::tls::state::write_private;
@@ -25,6 +26,12 @@ pub enum OrderError {
     Authorization(AuthorizationStatus),
     #[error("the CA offered no HTTP-01 challenge")]
     NoHttp01,
+    #[error("the CA offered no DNS-01 challenge")]
+    NoDns01,
+    #[error("DNS-01: {0}")]
+    Dns01(#[from] super::dns01::Dns01Error),
+    #[error("{0} needs DNS-01, and [tls.acme.dns01] is not set")]
+    NeedsDns01(String),
 }
 
 impl OrderError {
@@ -76,11 +83,24 @@ pub async fn account(settings: &Acme, state_dir: &Path) -> Result<Account, Order
     Ok(account)
 }
 
-/// Orders a certificate for one name. Returns (chain PEM, key PEM).
-pub async fn order(account: &Account, name: &str, challenges: &Challenges) -> Result<(String, String), OrderError> {
-    let ids = [Identifier::Dns(name.to_string())];
+/// Orders a certificate for `names` (the first is the managed name; a
+/// base domain's wildcard also names the base). Wildcards are proven over
+/// DNS-01 (the whole order, through `dns`), the rest over HTTP-01 answered
+/// by this gateway. Returns (chain PEM, key PEM).
+pub async fn order(
+    account: &Account,
+    names: &[String],
+    challenges: &Challenges,
+    dns: Option<&Rfc2136>,
+) -> Result<(String, String), OrderError> {
+    let over_dns = names.iter().any(|n| n.starts_with("*."));
+    if over_dns && dns.is_none() {
+        return Err(OrderError::NeedsDns01(names.join(", ")));
+    }
+    let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
     let mut order = account.new_order(&NewOrder::new(&ids)).await?;
     let mut tokens = Vec::new();
+    let mut published = Vec::new();
     let result = async {
         let mut authzs = order.authorizations();
         while let Some(authz) = authzs.next().await {
@@ -90,11 +110,30 @@ pub async fn order(account: &Account, name: &str, challenges: &Challenges) -> Re
                 AuthorizationStatus::Valid => continue,
                 other => return Err(OrderError::Authorization(other)),
             }
-            let mut challenge = authz.challenge(ChallengeType::Http01).ok_or(OrderError::NoHttp01)?;
-            let key_authorization = challenge.key_authorization();
-            challenges.insert(&challenge.token, name, key_authorization.as_str());
-            tokens.push(challenge.token.clone());
-            challenge.set_ready().await?;
+            match dns.filter(|_| over_dns) {
+                Some(dns) => {
+                    let mut challenge = authz.challenge(ChallengeType::Dns01).ok_or(OrderError::NoDns01)?;
+                    let Identifier::Dns(domain) = challenge.identifier().identifier.clone() else {
+                        return Err(OrderError::NoDns01);
+                    };
+                    let value = challenge.key_authorization().dns_value();
+                    let p = dns.publish(&domain, &value).await?;
+                    tracing::info!(target: "acme", record = %p.record(), "DNS-01 record published");
+                    published.push(p);
+                    challenge.set_ready().await?;
+                }
+                None => {
+                    let mut challenge = authz.challenge(ChallengeType::Http01).ok_or(OrderError::NoHttp01)?;
+                    let domain = match &challenge.identifier().identifier {
+                        Identifier::Dns(d) => d.clone(),
+                        _ => names.first().cloned().unwrap_or_default(),
+                    };
+                    let key_authorization = challenge.key_authorization();
+                    challenges.insert(&challenge.token, &domain, key_authorization.as_str());
+                    tokens.push(challenge.token.clone());
+                    challenge.set_ready().await?;
+                }
+            }
         }
         let retry = RetryPolicy::new()
             .initial_delay(Duration::from_millis(250))
@@ -110,6 +149,13 @@ pub async fn order(account: &Account, name: &str, challenges: &Challenges) -> Re
     .await;
     for t in &tokens {
         challenges.remove(t);
+    }
+    if let Some(dns) = dns {
+        for p in &published {
+            if let Err(e) = dns.withdraw(p).await {
+                tracing::warn!(target: "acme", record = %p.record(), error = %e, "DNS-01 record not removed");
+            }
+        }
     }
     result
 }

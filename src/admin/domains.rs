@@ -64,6 +64,7 @@ impl Call {
             body["claims"] = Value::Array(claims.iter().map(|c| self.claim_view(c)).collect());
         }
         let acme = matches!(snap.config.tls.as_ref().map(|t| &t.issuer), Some(Issuer::Acme(_)));
+        let base_wildcard = snap.config.tls.as_ref().is_some_and(|t| t.base_wildcard());
         let certs = match (&self.certs, &snap.config.tls) {
             (Some(c), Some(_)) => c.clone(),
             (None, Some(_)) => {
@@ -76,11 +77,15 @@ impl Call {
         };
         drop(snap);
         let (store, for_store) = (certs.store.clone(), host.clone());
-        let served = tokio::task::spawn_blocking(move || store.served(&for_store, m.kind))
+        let served = tokio::task::spawn_blocking(move || store.served(&for_store, m.kind, base_wildcard))
             .await
             .map_err(|_| Problem::internal())?;
         let status = acme
-            .then(|| certs.schedule.status(&CertStore::managed_name(m.kind, &host)))
+            .then(|| {
+                certs
+                    .schedule
+                    .status(&CertStore::managed_name(m.kind, &host, base_wildcard))
+            })
             .flatten();
         let cert = match (served, status) {
             (Some(s), status) => with_acme(describe(&s, self.caller.scope == Scope::Operator), status),

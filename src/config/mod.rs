@@ -7,6 +7,7 @@
 //! built from this model.
 
 pub mod diff;
+pub mod dns01;
 pub mod domains;
 mod error;
 pub mod file;
@@ -436,6 +437,24 @@ pub struct Acme {
     pub max_concurrent_orders: usize,
     pub retry_min: Duration,
     pub retry_max: Duration,
+    /// `[tls.acme.dns01]`: DNS-01 through RFC 2136, for wildcards.
+    pub dns01: Option<Box<dns01::Dns01>>,
+}
+
+impl Tls {
+    /// The DNS-01 settings, when the issuer is ACME and has them.
+    pub fn dns01(&self) -> Option<&dns01::Dns01> {
+        match &self.issuer {
+            Issuer::Acme(a) => a.dns01.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Whether platform hosts (`<subdomain>.<base>`) share one
+    /// `*.<base>` certificate per base domain.
+    pub fn base_wildcard(&self) -> bool {
+        self.dns01().is_some_and(|d| d.wildcard_base_domains)
+    }
 }
 
 /// A normalised custom domain.
@@ -991,6 +1010,7 @@ fn validate_tls(t: file::TlsSection, base: &Path, gw: &Gateway, errs: &mut Vec<C
                 },
             ));
         }
+        let dns01 = a.dns01.and_then(|d| dns01::validate(d, base, errs)).map(Box::new);
         let mut positive = |field: &str, v: Option<u64>, default: u64| match v {
             Some(0) => {
                 errs.push(err(None, field, Problem::Zero { value: "0".into() }));
@@ -1014,6 +1034,7 @@ fn validate_tls(t: file::TlsSection, base: &Path, gw: &Gateway, errs: &mut Vec<C
             directory_url: a.directory_url,
             contact: a.contact,
             ca_root: a.ca_root.map(|p| path(Some(p), "")),
+            dns01,
         }
     });
     let issuer = match (t.issuer.as_deref(), acme) {

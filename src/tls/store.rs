@@ -230,10 +230,12 @@ impl CertStore {
             .cloned()
     }
 
-    /// The managed certificate name for a host matched as `kind`.
-    pub fn managed_name(kind: MatchKind, host: &str) -> String {
+    /// The managed certificate name for a host matched as `kind`; with
+    /// `base_wildcard`, platform hosts share their base domain's wildcard.
+    pub fn managed_name(kind: MatchKind, host: &str, base_wildcard: bool) -> String {
         match (kind, host.split_once('.')) {
             (MatchKind::Wildcard, Some((_, parent))) => format!("*.{parent}"),
+            (MatchKind::Subdomain, Some((_, parent))) if base_wildcard => format!("*.{parent}"),
             _ => host.to_string(),
         }
     }
@@ -280,7 +282,8 @@ impl CertStore {
         {
             return Ok(e.clone());
         }
-        let name = Self::managed_name(kind, sni);
+        let base_wildcard = snap.config.tls.as_ref().is_some_and(|t| t.base_wildcard());
+        let name = Self::managed_name(kind, sni, base_wildcard);
         if let Some(e) = self.valid_cached(&name) {
             return Ok(e);
         }
@@ -340,7 +343,7 @@ impl CertStore {
     /// caching or issuing anything; `None` when nothing would be served.
     /// Reads the managed certificate file when it is not in memory:
     /// blocking, call it off the async threads (never on the request path).
-    pub fn served(&self, host: &str, kind: MatchKind) -> Option<Served> {
+    pub fn served(&self, host: &str, kind: MatchKind, base_wildcard: bool) -> Option<Served> {
         let now = SystemTime::now();
         let provided = self.provided_for(host);
         let of = |e: &Arc<Entry>| Served {
@@ -350,7 +353,7 @@ impl CertStore {
         if let Some(e) = provided.as_ref().filter(|e| e.loaded.not_after > now + RENEW_BEFORE) {
             return Some(of(e));
         }
-        let name = Self::managed_name(kind, host);
+        let name = Self::managed_name(kind, host, base_wildcard);
         if let Some(e) = self.cache.peek(&name).filter(|e| e.loaded.not_after > now) {
             return Some(of(&e));
         }

@@ -37,6 +37,9 @@ pub struct Pebble {
     http01_port: u16,
     tlsalpn_port: u16,
     cert_validity_secs: u64,
+    /// The DNS server Pebble resolves and validates through, when not
+    /// challtestsrv (a real authoritative server, for DNS-01).
+    dns_server: Option<SocketAddr>,
     config_path: PathBuf,
     api_ca_path: PathBuf,
     pebble_log: PathBuf,
@@ -139,6 +142,17 @@ impl Pebble {
     /// `certificateValidityPeriod`. Waits (at most ~15 s) until the directory
     /// and the management API answer; panics with both logs otherwise.
     pub async fn start(http01_port: u16, tlsalpn_port: u16, cert_validity_secs: u64) -> Pebble {
+        Self::start_resolving_with(http01_port, tlsalpn_port, cert_validity_secs, None).await
+    }
+
+    /// Like [`Pebble::start`], with Pebble asking `dns` (when given) instead
+    /// of challtestsrv for every name it validates.
+    pub async fn start_resolving_with(
+        http01_port: u16,
+        tlsalpn_port: u16,
+        cert_validity_secs: u64,
+        dns: Option<SocketAddr>,
+    ) -> Pebble {
         for bin in [PEBBLE_BIN, CHALLTESTSRV_BIN] {
             assert!(
                 Path::new(bin).exists(),
@@ -170,6 +184,7 @@ impl Pebble {
             http01_port,
             tlsalpn_port,
             cert_validity_secs,
+            dns_server: dns,
             config_path: dir.path().join("pebble-config.json"),
             api_ca_path,
             pebble_log: dir.path().join("pebble.log"),
@@ -277,7 +292,10 @@ impl Pebble {
             .arg("-config")
             .arg(&self.config_path)
             .arg("-dnsserver")
-            .arg(format!("127.0.0.1:{}", self.dns_port))
+            .arg(
+                self.dns_server
+                    .map_or_else(|| format!("127.0.0.1:{}", self.dns_port), |a| a.to_string()),
+            )
             .arg("-strict=false")
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
