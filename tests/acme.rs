@@ -381,3 +381,59 @@ async fn domain_lookup_reports_the_issued_certificate_and_its_renewal() {
         })
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn_01_issues_through_the_https_listener_with_port_80_closed() {
+    // Pebble's HTTP-01 port has nothing behind it; TLS-ALPN-01 goes to the
+    // gateway's HTTPS listener.
+    let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let closed = free_port();
+    let p = Pebble::start(closed, https.port(), 3600).await;
+    let pool = backend("pool").await;
+    let cfg = config(&p, &pool, &["app.acme.com", "shop.acme.com"]).replace(
+        "retry_max_secs = 2\n",
+        "retry_max_secs = 2\nchallenge = \"tls-alpn-01\"\n",
+    );
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let gw = Gateway::start_with_listeners(tempfile::tempdir().expect("dir"), &cfg, http, https, &[]).await;
+    let root = p.issuing_root_pem().await;
+    for name in ["app.acme.com", "shop.acme.com"] {
+        wait_for_certificate(&gw, name, root.as_bytes(), &p).await;
+    }
+    assert_eq!(
+        gw.metric("tenantgate_acme_orders_total{kind=\"issue\",result=\"success\"}")
+            .await,
+        2.0
+    );
+    // The CA's validation handshakes were answered as challenges (Pebble's
+    // validator connects from several perspectives per name).
+    let answered = gw
+        .metric("tenantgate_tls_handshakes_total{result=\"acme_tls_alpn\"}")
+        .await;
+    assert!(answered >= 2.0, "{answered} challenge handshakes");
+    // With no order in flight, an `acme-tls/1` handshake gets nothing: the
+    // challenge certificates exist only while their order runs.
+    let err = alpn_handshake(gw.https, "app.acme.com").await;
+    assert!(err.is_err(), "an acme-tls/1 handshake was answered after the order");
+}
+
+/// A handshake offering only `acme-tls/1`, accepting any certificate.
+async fn alpn_handshake(addr: SocketAddr, sni: &str) -> Result<(), String> {
+    use rustls::pki_types::ServerName;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(common::AcceptAny))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
+    connector
+        .connect(name, tcp)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}

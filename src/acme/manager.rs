@@ -433,7 +433,8 @@ impl OrderCtx {
         let dns = self.acme.dns01.as_deref().map(Rfc2136::new).transpose()?;
         for attempt in 0..2 {
             let account = self.account.get(&self.acme, &self.state_dir).await?;
-            match order::order(&account, &names, &self.challenges, dns.as_ref()).await {
+            let alpn = self.acme.tls_alpn.then_some(&*self.store);
+            match order::order(&account, &names, &self.challenges, dns.as_ref(), alpn).await {
                 Ok((chain, key)) => {
                     // Chain then key in one file: one atomic rename replaces both.
                     let pem = format!("{}\n{}", chain.trim_end(), key);

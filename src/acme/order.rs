@@ -12,6 +12,7 @@ use super::dns01::Rfc2136;
 use super::Challenges;
 use crate::config::Acme;
 use crate::tls::state::write_private;
+use crate::tls::CertStore;
 
 /// Why an order failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,8 @@ pub enum OrderError {
     Authorization(AuthorizationStatus),
     #[error("the CA offered no HTTP-01 challenge")]
     NoHttp01,
+    #[error("the CA offered no TLS-ALPN-01 challenge")]
+    NoTlsAlpn01,
     #[error("the CA offered no DNS-01 challenge")]
     NoDns01,
     #[error("DNS-01: {0}")]
@@ -92,6 +95,7 @@ pub async fn order(
     names: &[String],
     challenges: &Challenges,
     dns: Option<&Rfc2136>,
+    alpn: Option<&CertStore>,
 ) -> Result<(String, String), OrderError> {
     let over_dns = names.iter().any(|n| n.starts_with("*."));
     if over_dns && dns.is_none() {
@@ -101,6 +105,7 @@ pub async fn order(
     let mut order = account.new_order(&NewOrder::new(&ids)).await?;
     let mut tokens = Vec::new();
     let mut published = Vec::new();
+    let mut alpn_names = Vec::new();
     let result = async {
         let mut authzs = order.authorizations();
         while let Some(authz) = authzs.next().await {
@@ -120,6 +125,22 @@ pub async fn order(
                     let p = dns.publish(&domain, &value).await?;
                     tracing::info!(target: "acme", record = %p.record(), "DNS-01 record published");
                     published.push(p);
+                    challenge.set_ready().await?;
+                }
+                None if alpn.is_some() => {
+                    let mut challenge = authz
+                        .challenge(ChallengeType::TlsAlpn01)
+                        .ok_or(OrderError::NoTlsAlpn01)?;
+                    let Identifier::Dns(domain) = challenge.identifier().identifier.clone() else {
+                        return Err(OrderError::NoTlsAlpn01);
+                    };
+                    if let Some(store) = alpn {
+                        let digest = challenge.key_authorization().digest();
+                        store
+                            .add_alpn_challenge(&domain, digest.as_ref())
+                            .map_err(|e| OrderError::State(e.to_string()))?;
+                        alpn_names.push(domain);
+                    }
                     challenge.set_ready().await?;
                 }
                 None => {
@@ -149,6 +170,11 @@ pub async fn order(
     .await;
     for t in &tokens {
         challenges.remove(t);
+    }
+    if let Some(store) = alpn {
+        for n in &alpn_names {
+            store.remove_alpn_challenge(n);
+        }
     }
     if let Some(dns) = dns {
         for p in &published {

@@ -461,4 +461,5 @@ pub struct AcmeSection {
     pub retry_min_secs: Option<u64>,
     pub retry_max_secs: Option<u64>,
     pub dns01: Option<super::dns01::Dns01Section>,
+    pub challenge: Option<String>,
 }

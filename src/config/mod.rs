@@ -439,6 +439,9 @@ pub struct Acme {
     pub retry_max: Duration,
     /// `[tls.acme.dns01]`: DNS-01 through RFC 2136, for wildcards.
     pub dns01: Option<Box<dns01::Dns01>>,
+    /// `challenge = "tls-alpn-01"`: exact names are proven on the HTTPS
+    /// listener (RFC 8737) instead of over HTTP-01.
+    pub tls_alpn: bool,
 }
 
 impl Tls {
@@ -1011,6 +1014,21 @@ fn validate_tls(t: file::TlsSection, base: &Path, gw: &Gateway, errs: &mut Vec<C
             ));
         }
         let dns01 = a.dns01.and_then(|d| dns01::validate(d, base, errs)).map(Box::new);
+        let tls_alpn = match a.challenge.as_deref() {
+            None | Some("http-01") => false,
+            Some("tls-alpn-01") => true,
+            Some(other) => {
+                errs.push(err(
+                    None,
+                    "tls.acme.challenge",
+                    Problem::BadSetting {
+                        value: other.to_string(),
+                        expected: "\"http-01\" or \"tls-alpn-01\"",
+                    },
+                ));
+                false
+            }
+        };
         let mut positive = |field: &str, v: Option<u64>, default: u64| match v {
             Some(0) => {
                 errs.push(err(None, field, Problem::Zero { value: "0".into() }));
@@ -1035,6 +1053,7 @@ fn validate_tls(t: file::TlsSection, base: &Path, gw: &Gateway, errs: &mut Vec<C
             contact: a.contact,
             ca_root: a.ca_root.map(|p| path(Some(p), "")),
             dns01,
+            tls_alpn,
         }
     });
     let issuer = match (t.issuer.as_deref(), acme) {

@@ -116,6 +116,25 @@ impl<S> TlsApp<S> {
             Ok(Err(_)) => return Err("bad_client_hello"),
             Err(_) => return Err("timeout"),
         };
+        // TLS-ALPN-01 (RFC 8737): the CA offers only `acme-tls/1`. Answered
+        // with the challenge certificate of an order in flight, then closed;
+        // never served by the engine.
+        let hello = start.client_hello();
+        if hello
+            .alpn()
+            .is_some_and(|mut p| p.any(|p| p == super::alpn::ACME_TLS_1))
+        {
+            let name = hello
+                .server_name()
+                .and_then(|n| host::normalize(n).ok().map(|n| n.into_owned()));
+            let config = name
+                .and_then(|n| self.store.alpn_challenge(&n))
+                .ok_or(Refusal::UnknownSni.as_str())?;
+            if let Ok(Ok(mut tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(config)).await {
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+            }
+            return Err("acme_tls_alpn");
+        }
         let snap = self.registry.snapshot();
         let sni = match start.client_hello().server_name() {
             Some(name) => host::normalize(name)

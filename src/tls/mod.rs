@@ -7,6 +7,7 @@
 //! tenant.
 
 pub mod acceptor;
+pub mod alpn;
 pub mod certs;
 pub mod internal_ca;
 pub mod state;

@@ -104,6 +104,8 @@ pub struct CertStore {
     /// handshakes of a name wait for it instead of each loading (or
     /// issuing) their own on a blocking thread of their own. By name hash.
     loading: [tokio::sync::Mutex<()>; LOAD_SHARDS],
+    /// TLS-ALPN-01 challenge certificates of the orders in flight.
+    alpn: super::alpn::AlpnChallenges,
 }
 
 const LOAD_SHARDS: usize = 16;
@@ -129,7 +131,23 @@ impl CertStore {
             provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
             sessions: ServerSessionMemoryCache::new(16 * 1024),
             loading: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
+            alpn: super::alpn::AlpnChallenges::default(),
         }
+    }
+
+    /// Answers TLS-ALPN-01 handshakes for `name` with a certificate for
+    /// `digest`, until [`CertStore::remove_alpn_challenge`].
+    pub fn add_alpn_challenge(&self, name: &str, digest: &[u8]) -> Result<(), super::alpn::AlpnError> {
+        self.alpn.insert(name, digest, &self.provider)
+    }
+
+    pub fn remove_alpn_challenge(&self, name: &str) {
+        self.alpn.remove(name);
+    }
+
+    /// The TLS-ALPN-01 handshake config for `name`, while an order wants it.
+    pub fn alpn_challenge(&self, name: &str) -> Option<Arc<rustls::server::ServerConfig>> {
+        self.alpn.config_for(name)
     }
 
     /// The internal CA, if this store issues from one.

@@ -109,8 +109,20 @@ impl Gateway {
         http: SocketAddr,
         env: &[(&str, &str)],
     ) -> Gateway {
-        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        Self::start_with_listeners(dir, template, http, https, env).await
+    }
+
+    /// Like [`Gateway::start_with_env`], on an HTTPS address chosen by the
+    /// caller too (Pebble's TLS-ALPN-01 validator connects to it).
+    pub async fn start_with_listeners(
+        dir: tempfile::TempDir,
+        template: &str,
+        http: SocketAddr,
+        https: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> Gateway {
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let config_path = dir.path().join("tenantgate.toml");
         std::fs::write(&config_path, fill(template, http, metrics, https, admin)).expect("write config");
@@ -475,7 +487,7 @@ pub async fn handshake_full(
 /// Accepts any server certificate (for the no-SNI case, where the
 /// certificate names a host the client did not ask for).
 #[derive(Debug)]
-struct AcceptAny;
+pub struct AcceptAny;
 
 impl rustls::client::danger::ServerCertVerifier for AcceptAny {
     fn verify_server_cert(
