@@ -15,7 +15,7 @@
 //! manager. A reload never aborts an order; a name removed and re-added while
 //! its order runs is not ordered twice.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,6 +70,9 @@ struct Book {
     managed: HashMap<String, Managed>,
     /// Orders running, by name, with their id: survives a name's removal.
     in_flight: HashMap<String, u64>,
+    /// Each tenant's configured names at the last sync (sorted), to see
+    /// which tenants' lists changed.
+    tenant_names: HashMap<String, Vec<String>>,
 }
 
 /// Where one managed name stands.
@@ -129,7 +132,7 @@ impl Schedule {
             (false, None, Some(t)) if t > SystemTime::now() => NameState::Valid,
             (false, None, _) => NameState::Pending,
         };
-        let wall = SystemTime::now() + m.due.saturating_duration_since(Instant::now());
+        let wall = wall_time(m.due);
         Some(NameStatus {
             state,
             not_after: m.not_after,
@@ -137,6 +140,32 @@ impl Schedule {
             failures: m.failures,
             last_error: m.last_error.clone(),
         })
+    }
+}
+
+impl Schedule {
+    /// Clears `name`'s backoff: its next order is due now (and a later
+    /// failure backs off from `retry_min_secs` again). Returns where the
+    /// name stands afterwards; `None` when the manager does not order it.
+    pub fn retry(&self, name: &str) -> Option<NameStatus> {
+        {
+            let mut book = self.lock();
+            let m = book.managed.get_mut(name)?;
+            m.failures = 0;
+            m.due = Instant::now();
+        }
+        self.status(name)
+    }
+}
+
+/// The wall-clock time of `due`, in the past when it is overdue.
+fn wall_time(due: Instant) -> SystemTime {
+    let now = Instant::now();
+    match due.checked_duration_since(now) {
+        Some(ahead) => SystemTime::now() + ahead,
+        None => SystemTime::now()
+            .checked_sub(now.saturating_duration_since(due))
+            .unwrap_or_else(SystemTime::now),
     }
 }
 
@@ -158,20 +187,22 @@ struct Done {
     outcome: Outcome,
 }
 
-/// The ACME account, opened once and shared by the order tasks.
+/// The ACME account of the configured CA, opened once per directory URL and
+/// shared by the order tasks; a reload that changes `directory_url` opens
+/// (or registers) that CA's own account.
 #[derive(Default)]
-struct AccountSlot(Mutex<Option<Account>>);
+struct AccountSlot(Mutex<Option<(String, Account)>>);
 
 impl AccountSlot {
     async fn get(&self, acme: &Acme, state_dir: &Path) -> Result<Account, OrderError> {
         let mut slot = self.0.lock().await;
-        if let Some(a) = slot.as_ref() {
+        if let Some((_, a)) = slot.as_ref().filter(|(dir, _)| *dir == acme.directory_url) {
             return Ok(a.clone());
         }
         let account = tokio::time::timeout(ACCOUNT_TIMEOUT, order::account(acme, state_dir))
             .await
             .map_err(|_| OrderError::State("the CA did not answer in time (account)".into()))??;
-        *slot = Some(account.clone());
+        *slot = Some((acme.directory_url.clone(), account.clone()));
         Ok(account)
     }
 
@@ -179,9 +210,9 @@ impl AccountSlot {
     /// task may already have registered a new one).
     async fn reset(&self, failed: &str, state_dir: &Path) -> bool {
         let mut slot = self.0.lock().await;
-        if slot.as_ref().is_some_and(|a| a.id() == failed) {
+        if let Some((dir, _)) = slot.as_ref().filter(|(_, a)| a.id() == failed) {
+            let _ = tokio::fs::remove_file(order::account_path(state_dir, dir)).await;
             *slot = None;
-            let _ = tokio::fs::remove_file(order::account_path(state_dir)).await;
             return true;
         }
         false
@@ -253,43 +284,87 @@ impl CertManager {
         }
     }
 
-    /// Names that need a managed certificate from an ACME CA.
-    fn wanted(&self, snap: &Snapshot) -> Vec<String> {
-        let mut names = Vec::new();
+    /// Names that need a managed certificate from an ACME CA, and every
+    /// configured name by tenant (before operator files and moved names are
+    /// left out), with the platform's names under `""`.
+    fn wanted(&self, snap: &Snapshot) -> (Vec<String>, HashMap<String, Vec<String>>) {
+        let mut by_tenant: HashMap<String, Vec<String>> = HashMap::new();
         for t in &snap.config.tenants {
-            for d in &t.domains {
-                if let DomainName::Exact(n) = d {
-                    names.push(n.clone());
-                }
-            }
+            let mut names: Vec<String> = t
+                .domains
+                .iter()
+                .filter_map(|d| match d {
+                    DomainName::Exact(n) => Some(n.clone()),
+                    DomainName::Wildcard(_) => None,
+                })
+                .collect();
             if let Some(label) = &t.subdomain {
                 names.extend(snap.config.gateway.base_domains.iter().map(|b| format!("{label}.{b}")));
             }
+            names.sort_unstable();
+            by_tenant.insert(t.id.to_string(), names);
         }
         // Shared hosts and header hosts belong to the platform, not a tenant.
-        names.extend(snap.config.shared_hosts.iter().map(|s| s.host.clone()));
-        names.extend(snap.config.identity.header_hosts.iter().cloned());
+        let platform: Vec<String> = snap
+            .config
+            .shared_hosts
+            .iter()
+            .map(|s| s.host.clone())
+            .chain(snap.config.identity.header_hosts.iter().cloned())
+            .collect();
+        let mut names: Vec<String> = by_tenant.values().flatten().chain(&platform).cloned().collect();
+        by_tenant.insert(String::new(), platform);
         names.retain(|n| !self.store.provided_covers(n));
         if let Some(l) = &self.lifecycle {
             names.retain(|n| !l.is_moved(n));
         }
-        names
+        (names, by_tenant)
     }
 
     /// Brings `managed` in line with the config: new names get scheduled
-    /// from their stored certificate (if any), removed names are dropped.
+    /// from their stored certificate (if any), removed names are dropped and
+    /// their stored certificate and private key deleted, and the names of a
+    /// tenant whose list changed lose their backoff.
     async fn sync(&self, snap: &Snapshot) {
-        let wanted = self.wanted(snap);
-        let fresh: Vec<String> = {
+        let (wanted, by_tenant) = self.wanted(snap);
+        let configured: HashSet<&str> = by_tenant.values().flatten().map(String::as_str).collect();
+        let (fresh, gone): (Vec<String>, Vec<String>) = {
             let mut book = self.schedule.lock();
-            let keep: std::collections::HashSet<&str> = wanted.iter().map(String::as_str).collect();
-            book.managed.retain(|name, _| keep.contains(name.as_str()));
-            wanted
+            let book = &mut *book;
+            let keep: HashSet<&str> = wanted.iter().map(String::as_str).collect();
+            let mut gone = Vec::new();
+            book.managed.retain(|name, _| {
+                let kept = keep.contains(name.as_str());
+                if !kept && !configured.contains(name.as_str()) {
+                    gone.push(name.clone());
+                }
+                kept
+            });
+            // A tenant whose names changed (a PUT, an edited file): its
+            // failed names are tried again now rather than after backoff.
+            let now = Instant::now();
+            for (tenant, names) in &by_tenant {
+                let changed = book.tenant_names.get(tenant).is_some_and(|old| old != names);
+                if changed {
+                    for n in names {
+                        if let Some(m) = book.managed.get_mut(n).filter(|m| m.failures > 0) {
+                            m.failures = 0;
+                            m.due = now;
+                        }
+                    }
+                }
+            }
+            book.tenant_names = by_tenant.clone();
+            let fresh = wanted
                 .iter()
                 .filter(|n| !book.managed.contains_key(*n))
                 .cloned()
-                .collect()
+                .collect();
+            (fresh, gone)
         };
+        if !gone.is_empty() {
+            self.forget(gone).await;
+        }
         if fresh.is_empty() {
             return;
         }
@@ -318,6 +393,24 @@ impl CertManager {
                 },
             );
         }
+    }
+
+    /// Deletes the stored certificates and private keys of names that left
+    /// the config, and stops serving them.
+    async fn forget(&self, names: Vec<String>) {
+        let store = self.store.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for name in &names {
+                match store.remove_managed(name) {
+                    Ok(true) => {
+                        tracing::info!(name = %name, "name left the config: its certificate and key were deleted")
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(name = %name, error = %e, "could not delete the key of a removed name"),
+                }
+            }
+        })
+        .await;
     }
 
     fn publish(&self) {
@@ -373,7 +466,7 @@ impl OrderCtx {
                 not_after: l.not_after,
                 due: two_thirds(name, &l),
             },
-            Ok(Err(e)) => Outcome::Failed(e.to_string()),
+            Ok(Err(e)) => Outcome::Failed(e.describe(&self.acme.directory_url)),
             Err(_) => Outcome::Failed(format!(
                 "the CA did not finish the order in {} s",
                 ORDER_TIMEOUT.as_secs()
@@ -594,5 +687,53 @@ impl BackgroundService for CertManager {
                 _ = tick.tick() => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule_with(name: &str, due: Instant, failures: u32) -> Schedule {
+        let s = Schedule::default();
+        s.lock().managed.insert(
+            name.to_string(),
+            Managed {
+                due,
+                failures,
+                not_after: None,
+                last_error: Some("refused".into()),
+            },
+        );
+        s
+    }
+
+    #[test]
+    fn an_overdue_retry_shows_when_it_was_due_not_now() {
+        let ago = Duration::from_secs(90);
+        let Some(due) = Instant::now().checked_sub(ago) else {
+            return; // a machine up for less than 90 s cannot express it
+        };
+        let s = schedule_with("a.example", due, 3);
+        let next = s
+            .status("a.example")
+            .and_then(|st| st.next_attempt)
+            .expect("next_attempt");
+        let late = SystemTime::now().duration_since(next).expect("in the past");
+        assert!(
+            late >= Duration::from_secs(89) && late <= Duration::from_secs(91),
+            "{late:?}"
+        );
+    }
+
+    #[test]
+    fn retry_makes_a_backed_off_name_due_now_and_resets_its_failures() {
+        let s = schedule_with("a.example", Instant::now() + Duration::from_secs(86_400), 5);
+        let st = s.retry("a.example").expect("managed");
+        assert_eq!(st.failures, 0);
+        let next = st.next_attempt.expect("next_attempt");
+        let off = next.duration_since(SystemTime::now()).unwrap_or_else(|e| e.duration());
+        assert!(off < Duration::from_secs(1), "{off:?}");
+        assert!(s.retry("unknown.example").is_none());
     }
 }
