@@ -28,6 +28,7 @@ use pingora_core::services::background::BackgroundService;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::{mpsc, Mutex, Semaphore};
 
+use super::fleet::{Lease, SharedAcme};
 use super::order::{self, OrderError};
 use super::Challenges;
 use crate::config::{Acme, DomainName, Issuer, Tls};
@@ -174,6 +175,12 @@ enum Outcome {
         not_after: SystemTime,
         due: Instant,
     },
+    /// Fleet mode: another replica's certificate, newer than this one's,
+    /// was installed; no order was sent.
+    Adopted {
+        not_after: SystemTime,
+        due: Instant,
+    },
     /// The CA's renewal window starts later: try again then.
     NotYet(Instant),
     Failed(String),
@@ -230,6 +237,8 @@ pub struct CertManager {
     /// Where certificate events go (`certificate.issued`, `.renewed`,
     /// `.failed`), and which names moved away (not renewed).
     lifecycle: Option<Arc<crate::domains::verifier::Lifecycle>>,
+    /// Fleet mode: orders, challenges and certificates shared through Redis.
+    shared: Option<Arc<SharedAcme>>,
 }
 
 impl CertManager {
@@ -237,6 +246,13 @@ impl CertManager {
     /// for names that moved away.
     pub fn with_lifecycle(mut self, lifecycle: Arc<crate::domains::verifier::Lifecycle>) -> Self {
         self.lifecycle = Some(lifecycle);
+        self
+    }
+
+    /// Shares orders, challenges and certificates with the other replicas
+    /// of the same Redis.
+    pub fn with_fleet(mut self, shared: Arc<SharedAcme>) -> Self {
+        self.shared = Some(shared);
         self
     }
 
@@ -268,6 +284,7 @@ impl CertManager {
             account: Arc::new(AccountSlot::default()),
             schedule: Arc::new(Schedule::default()),
             lifecycle: None,
+            shared: None,
         }
     }
 
@@ -398,6 +415,11 @@ impl CertManager {
     /// Deletes the stored certificates and private keys of names that left
     /// the config, and stops serving them.
     async fn forget(&self, names: Vec<String>) {
+        if let Some(shared) = &self.shared {
+            for name in &names {
+                shared.remove(name).await;
+            }
+        }
         let store = self.store.clone();
         let _ = tokio::task::spawn_blocking(move || {
             for name in &names {
@@ -450,18 +472,119 @@ struct OrderCtx {
     account: Arc<AccountSlot>,
     store: Arc<CertStore>,
     challenges: Arc<Challenges>,
+    shared: Option<Arc<SharedAcme>>,
 }
 
+/// Fleet mode: how soon a name whose order another replica holds is
+/// looked at again (its certificate usually arrives by notification first).
+const BUSY_RETRY: Duration = Duration::from_secs(2);
+
 impl OrderCtx {
-    /// One name: for a renewal, ask the CA's ARI window first; then order,
-    /// store and install, re-registering once if the CA forgot the account.
-    async fn run(&self, name: &str, renewal: bool) -> Outcome {
+    /// Fleet mode: one name under the fleet's order lease. A newer
+    /// certificate another replica stored is used instead of ordering; a
+    /// name another replica is ordering is looked at again shortly.
+    async fn run_shared(&self, shared: &Arc<SharedAcme>, name: &str, renewal: bool) -> Outcome {
+        match self.adopt(shared, name).await {
+            Ok(Some(l)) if two_thirds(name, &l) > Instant::now() => {
+                return Outcome::Adopted {
+                    not_after: l.not_after,
+                    due: two_thirds(name, &l),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => return Outcome::Failed(e),
+        }
         if renewal {
             if let Some(at) = self.ari_later(name).await {
                 return Outcome::NotYet(at);
             }
         }
-        match tokio::time::timeout(ORDER_TIMEOUT, self.issue(name)).await {
+        let lease = match shared.acquire(name).await {
+            Ok(Some(l)) => l,
+            Ok(None) => return Outcome::NotYet(Instant::now() + BUSY_RETRY),
+            Err(e) => return Outcome::Failed(e.to_string()),
+        };
+        let keeper = {
+            let (shared, lease) = (shared.clone(), lease.clone());
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(shared.lease / 3);
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    if !shared.renew(&lease).await {
+                        tracing::warn!(name = %lease.name, "order lease lost; another replica may take the order over");
+                        return;
+                    }
+                }
+            })
+        };
+        shared.count_order(name).await;
+        let result = tokio::time::timeout(ORDER_TIMEOUT, self.issue(name, Some(&lease))).await;
+        keeper.abort();
+        match result {
+            Ok(Ok(l)) => Outcome::Issued {
+                not_after: l.not_after,
+                due: two_thirds(name, &l),
+            },
+            Ok(Err(e)) => {
+                shared.release(&lease).await;
+                Outcome::Failed(e.describe(&self.acme.directory_url))
+            }
+            Err(_) => {
+                shared.release(&lease).await;
+                Outcome::Failed(format!(
+                    "the CA did not finish the order in {} s",
+                    ORDER_TIMEOUT.as_secs()
+                ))
+            }
+        }
+    }
+
+    /// Fleet mode: installs the certificate stored in Redis for `name` when
+    /// it ends later than the one this replica has (written to disk first:
+    /// the last-known-good copy). Returns it when installed.
+    async fn adopt(&self, shared: &SharedAcme, name: &str) -> Result<Option<Loaded>, String> {
+        let Some(stored) = shared.fetch(name).await.map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let loaded = Loaded::from_pem(stored.pem.as_bytes(), stored.pem.as_bytes())
+            .map_err(|e| format!("the fleet's certificate of {name} is unusable: {e}"))?;
+        let store = self.store.clone();
+        let (n, pem) = (name.to_string(), stored.pem);
+        let newer = loaded.not_after;
+        let installed = tokio::task::spawn_blocking(move || {
+            let current = store
+                .cached(&n)
+                .map(|e| e.loaded.not_after)
+                .or_else(|| stored_certificate(&store, &n).map(|l| l.not_after));
+            if current.is_some_and(|c| c >= newer) {
+                return Ok(None);
+            }
+            write_private(&store.managed_path(&n), pem.as_bytes()).map_err(|e| e.to_string())?;
+            Ok::<_, String>(Some(()))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        if installed.is_none() {
+            return Ok(None);
+        }
+        self.store.install(name, loaded.clone()).map_err(|e| e.to_string())?;
+        tracing::info!(name, fence = stored.fence, "certificate from the fleet installed");
+        Ok(Some(loaded))
+    }
+
+    /// One name: for a renewal, ask the CA's ARI window first; then order,
+    /// store and install, re-registering once if the CA forgot the account.
+    async fn run(&self, name: &str, renewal: bool) -> Outcome {
+        if let Some(shared) = &self.shared {
+            return self.run_shared(shared, name, renewal).await;
+        }
+        if renewal {
+            if let Some(at) = self.ari_later(name).await {
+                return Outcome::NotYet(at);
+            }
+        }
+        match tokio::time::timeout(ORDER_TIMEOUT, self.issue(name, None)).await {
             Ok(Ok(l)) => Outcome::Issued {
                 not_after: l.not_after,
                 due: two_thirds(name, &l),
@@ -500,11 +623,25 @@ impl OrderCtx {
         Some(instant_at(start + span.mul_f64(unit_random(name))))
     }
 
-    async fn issue(&self, name: &str) -> Result<Loaded, OrderError> {
+    async fn issue(&self, name: &str, lease: Option<&Lease>) -> Result<Loaded, OrderError> {
         for attempt in 0..2 {
             let account = self.account.get(&self.acme, &self.state_dir).await?;
-            match order::order(&account, name, &self.challenges).await {
+            let shared = self.shared.as_deref();
+            match order::order(&account, name, &self.challenges, shared).await {
                 Ok((chain, key)) => {
+                    if let (Some(shared), Some(lease)) = (shared, lease) {
+                        match shared.store(lease, &chain, &key).await {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                return Err(OrderError::State(format!(
+                                    "the order lease of {name} passed to another replica; its certificate is used"
+                                )))
+                            }
+                            Err(e) => {
+                                tracing::warn!(name, error = %e, "certificate not shared with the fleet; serving it here")
+                            }
+                        }
+                    }
                     // Chain then key in one file: one atomic rename replaces both.
                     let pem = format!("{}\n{}", chain.trim_end(), key);
                     let loaded = Loaded::from_pem(pem.as_bytes(), pem.as_bytes())
@@ -562,6 +699,13 @@ impl BackgroundService for CertManager {
         let mut permits: Option<Arc<Semaphore>> = None;
         let mut stale = true;
         let mut last_sync = Instant::now();
+        // Fleet mode: names whose certificate another replica stored.
+        let (fleet_tx, mut fleet_rx) = mpsc::unbounded_channel::<String>();
+        if let Some(shared) = &self.shared {
+            tokio::spawn(shared.clone().follow(self.challenges.clone(), fleet_tx));
+        } else {
+            drop(fleet_tx);
+        }
         loop {
             let snap = self.registry.snapshot();
             let acme = match snap.config.tls.as_ref().map(|t| &t.issuer) {
@@ -609,6 +753,7 @@ impl BackgroundService for CertManager {
                         account: self.account.clone(),
                         store: self.store.clone(),
                         challenges: self.challenges.clone(),
+                        shared: self.shared.clone(),
                     };
                     let (p, tx) = (p.clone(), done_tx.clone());
                     let running = self.metrics.acme_orders_in_flight.clone();
@@ -643,6 +788,7 @@ impl BackgroundService for CertManager {
                 self.publish();
             }
             let retry = acme.as_ref().map(|a| (a.retry_min, a.retry_max));
+            let state_dir = snap.config.tls.as_ref().map(|t| t.state_dir.clone());
             drop(snap);
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -650,8 +796,33 @@ impl BackgroundService for CertManager {
                     if changed.is_err() { return; }
                     stale = true;
                 }
+                Some(name) = fleet_rx.recv() => {
+                    let managed = self.schedule.lock().managed.contains_key(&name);
+                    if let (true, Some(acme), Some(state_dir), Some(shared)) = (managed, &acme, state_dir, &self.shared) {
+                        let ctx = OrderCtx {
+                            acme: acme.clone(),
+                            state_dir,
+                            account: self.account.clone(),
+                            store: self.store.clone(),
+                            challenges: self.challenges.clone(),
+                            shared: Some(shared.clone()),
+                        };
+                        let (tx, shared) = (done_tx.clone(), shared.clone());
+                        tokio::spawn(async move {
+                            let outcome = match ctx.adopt(&shared, &name).await {
+                                Ok(Some(l)) => Outcome::Adopted { not_after: l.not_after, due: two_thirds(&name, &l) },
+                                Ok(None) => return,
+                                Err(e) => {
+                                    tracing::warn!(name = %name, error = %e, "certificate from the fleet not installed");
+                                    return;
+                                }
+                            };
+                            let _ = tx.send(Done { name, order: 0, renewal: false, outcome });
+                        });
+                    }
+                }
                 Some(done) = done_rx.recv() => {
-                    if !matches!(done.outcome, Outcome::NotYet(_)) {
+                    if !matches!(done.outcome, Outcome::NotYet(_) | Outcome::Adopted { .. }) {
                         self.metrics.acme_order(done.renewal, matches!(done.outcome, Outcome::Issued { .. }));
                     }
                     match &done.outcome {
@@ -660,7 +831,7 @@ impl BackgroundService for CertManager {
                             self.event(kind, &done.name, None);
                         }
                         Outcome::Failed(e) => self.event("certificate.failed", &done.name, Some(e.as_str())),
-                        Outcome::NotYet(_) => {}
+                        Outcome::NotYet(_) | Outcome::Adopted { .. } => {}
                     }
                     let mut book = self.schedule.lock();
                     // Handled whatever the issuer is now: the order ran.
@@ -671,6 +842,9 @@ impl BackgroundService for CertManager {
                     match done.outcome {
                         Outcome::Issued { not_after, due } => {
                             tracing::info!(name = %done.name, renewal = done.renewal, "certificate issued");
+                            *m = Managed { due, failures: 0, not_after: Some(not_after), last_error: None };
+                        }
+                        Outcome::Adopted { not_after, due } => {
                             *m = Managed { due, failures: 0, not_after: Some(not_after), last_error: None };
                         }
                         Outcome::NotYet(at) => m.due = at,

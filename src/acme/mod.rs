@@ -4,6 +4,7 @@
 //! certificates.
 
 mod challenges;
+pub mod fleet;
 mod manager;
 mod order;
 

@@ -8,6 +8,7 @@ use instant_acme::{
     RetryPolicy,
 };
 
+use super::fleet::SharedAcme;
 use super::Challenges;
 use crate::config::Acme;
 use crate::tls::state::write_private;
@@ -147,8 +148,15 @@ pub async fn account(settings: &Acme, state_dir: &Path) -> Result<Account, Order
     Ok(account)
 }
 
-/// Orders a certificate for one name. Returns (chain PEM, key PEM).
-pub async fn order(account: &Account, name: &str, challenges: &Challenges) -> Result<(String, String), OrderError> {
+/// Orders a certificate for one name. Returns (chain PEM, key PEM). In
+/// fleet mode (`shared`), each challenge is shared with every replica
+/// before the CA is told to validate it.
+pub async fn order(
+    account: &Account,
+    name: &str,
+    challenges: &Challenges,
+    shared: Option<&SharedAcme>,
+) -> Result<(String, String), OrderError> {
     let ids = [Identifier::Dns(name.to_string())];
     let mut order = account.new_order(&NewOrder::new(&ids)).await?;
     let mut tokens = Vec::new();
@@ -165,6 +173,11 @@ pub async fn order(account: &Account, name: &str, challenges: &Challenges) -> Re
             let key_authorization = challenge.key_authorization();
             challenges.insert(&challenge.token, name, key_authorization.as_str());
             tokens.push(challenge.token.clone());
+            if let Some(s) = shared {
+                s.share_challenge(&challenge.token, name, key_authorization.as_str())
+                    .await
+                    .map_err(|e| OrderError::State(e.to_string()))?;
+            }
             challenge.set_ready().await?;
         }
         let retry = RetryPolicy::new()
@@ -181,6 +194,9 @@ pub async fn order(account: &Account, name: &str, challenges: &Challenges) -> Re
     .await;
     for t in &tokens {
         challenges.remove(t);
+        if let Some(s) = shared {
+            s.clear_challenge(t).await;
+        }
     }
     result
 }
