@@ -8,6 +8,7 @@ use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 
+use crate::acme::fleet::SharedAcme;
 use crate::acme::{CertManager, Challenges};
 use crate::admin::{AdminApi, Certs};
 use crate::config::{Issuer, LoadError, Source, Store};
@@ -46,6 +47,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("{0}")]
     RegistryStore(#[from] crate::registry::StoreError),
+    #[error("fleet ACME: {0}")]
+    SharedAcme(#[from] crate::acme::fleet::SharedError),
 }
 
 /// Fleet mode: shares the tenant files through Redis and catches up with
@@ -142,8 +145,15 @@ pub fn serve(source: Source, upgrade: bool) -> Result<std::convert::Infallible, 
         let mut https = Service::new("tenantgate https".to_string(), tls_app);
         https.add_tcp(&addr.to_string());
         server.add_service(https);
-        let manager = CertManager::new(registry.clone(), store.clone(), challenges, metrics.clone())
+        let mut manager = CertManager::new(registry.clone(), store.clone(), challenges, metrics.clone())
             .with_lifecycle(lifecycle.clone());
+        let fleet_acme = matches!(tls.issuer, Issuer::Acme(_));
+        if let (true, Some(fleet)) = (fleet_acme, &snap.config.store) {
+            if let Some(shared) = SharedAcme::new(fleet)? {
+                tracing::info!(prefix = %fleet.key_prefix, "fleet mode: ACME orders, challenges and certificates shared through Redis");
+                manager = manager.with_fleet(Arc::new(shared));
+            }
+        }
         manager.load_provided_now();
         certs = Some(Certs {
             store,

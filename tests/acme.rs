@@ -51,6 +51,11 @@ async fn pebble(validity_secs: u64) -> (Pebble, SocketAddr) {
     (p, http)
 }
 
+/// A gateway ordering `domains` from `p`, its plain listener on `http`.
+async fn start(p: &Pebble, pool: &EchoBackend, domains: &[&str], http: SocketAddr) -> Gateway {
+    Gateway::start_with_http(tempfile::tempdir().expect("dir"), &config(p, pool, domains), http).await
+}
+
 /// Polls TLS handshakes for `sni` until one verifies against `root`; returns the leaf.
 async fn wait_for_certificate(gw: &Gateway, sni: &str, root: &[u8], p: &Pebble) -> Vec<u8> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -73,12 +78,7 @@ async fn wait_for_certificate(gw: &Gateway, sni: &str, root: &[u8], p: &Pebble) 
 async fn domain_gets_a_certificate_over_http01_and_serves_http1_and_http2() {
     let (p, http) = pebble(3600).await;
     let pool = backend("pool").await;
-    let gw = Gateway::start_with_http(
-        tempfile::tempdir().expect("dir"),
-        &config(&p, &pool, &["app.acme.com"]),
-        http,
-    )
-    .await;
+    let gw = start(&p, &pool, &["app.acme.com"], http).await;
     let root = p.issuing_root_pem().await;
     wait_for_certificate(&gw, "app.acme.com", root.as_bytes(), &p).await;
 
@@ -102,9 +102,15 @@ async fn domain_gets_a_certificate_over_http01_and_serves_http1_and_http2() {
     }
     // Stored with private permissions, account included.
     use std::os::unix::fs::PermissionsExt;
-    for f in ["state/certs/app.acme.com.pem", "state/acme/account.json"] {
-        let mode = std::fs::metadata(gw.dir().join(f)).map(|m| m.permissions().mode() & 0o777);
-        assert_eq!(mode.ok(), Some(0o600), "{f}");
+    let accounts: Vec<_> = std::fs::read_dir(gw.dir().join("state/acme/accounts"))
+        .expect("accounts folder")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(accounts.len(), 1, "one account, for the one directory: {accounts:?}");
+    for f in [gw.dir().join("state/certs/app.acme.com.pem"), accounts[0].clone()] {
+        let mode = std::fs::metadata(&f).map(|m| m.permissions().mode() & 0o777);
+        assert_eq!(mode.ok(), Some(0o600), "{}", f.display());
     }
     assert_eq!(
         gw.metric("tenantgate_acme_orders_total{kind=\"issue\",result=\"success\"}")
@@ -120,12 +126,7 @@ async fn domain_gets_a_certificate_over_http01_and_serves_http1_and_http2() {
 async fn a_domain_added_by_reload_gets_its_certificate_without_restart() {
     let (p, http) = pebble(3600).await;
     let pool = backend("pool").await;
-    let gw = Gateway::start_with_http(
-        tempfile::tempdir().expect("dir"),
-        &config(&p, &pool, &["app.acme.com"]),
-        http,
-    )
-    .await;
+    let gw = start(&p, &pool, &["app.acme.com"], http).await;
     let root = p.issuing_root_pem().await;
     wait_for_certificate(&gw, "app.acme.com", root.as_bytes(), &p).await;
     // An SNI alone never orders: scanners cannot make the gateway issue.
@@ -155,12 +156,7 @@ async fn renewal_replaces_a_certificate_near_expiry_while_handshakes_continue() 
     // 24 s certificates: renewal is due after about two thirds of that.
     let (p, http) = pebble(24).await;
     let pool = backend("pool").await;
-    let gw = Gateway::start_with_http(
-        tempfile::tempdir().expect("dir"),
-        &config(&p, &pool, &["app.acme.com"]),
-        http,
-    )
-    .await;
+    let gw = start(&p, &pool, &["app.acme.com"], http).await;
     let root = p.issuing_root_pem().await;
     let first = wait_for_certificate(&gw, "app.acme.com", root.as_bytes(), &p).await;
     let deadline = Instant::now() + Duration::from_secs(40);
@@ -191,12 +187,7 @@ async fn renewal_replaces_a_certificate_near_expiry_while_handshakes_continue() 
 async fn with_the_ca_down_the_existing_certificate_keeps_serving_and_failures_are_counted() {
     let (mut p, http) = pebble(30).await;
     let pool = backend("pool").await;
-    let gw = Gateway::start_with_http(
-        tempfile::tempdir().expect("dir"),
-        &config(&p, &pool, &["app.acme.com"]),
-        http,
-    )
-    .await;
+    let gw = start(&p, &pool, &["app.acme.com"], http).await;
     let root = p.issuing_root_pem().await;
     let first = wait_for_certificate(&gw, "app.acme.com", root.as_bytes(), &p).await;
     p.stop_pebble();
@@ -229,12 +220,7 @@ async fn with_the_ca_down_the_existing_certificate_keeps_serving_and_failures_ar
 async fn a_ca_that_forgot_the_account_gets_a_new_registration() {
     let (mut p, http) = pebble(3600).await;
     let pool = backend("pool").await;
-    let gw = Gateway::start_with_http(
-        tempfile::tempdir().expect("dir"),
-        &config(&p, &pool, &["app.acme.com"]),
-        http,
-    )
-    .await;
+    let gw = start(&p, &pool, &["app.acme.com"], http).await;
     wait_for_certificate(&gw, "app.acme.com", p.issuing_root_pem().await.as_bytes(), &p).await;
     p.restart_pebble().await;
     gw.write_config(&config(&p, &pool, &["app.acme.com", "after.acme.com"]));
@@ -244,16 +230,11 @@ async fn a_ca_that_forgot_the_account_gets_a_new_registration() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_domain_removed_from_the_config_is_no_longer_renewed() {
+async fn a_domain_removed_from_the_config_is_no_longer_renewed_and_its_key_is_deleted() {
     // 24 s certificates: renewal is due after about two thirds of that.
     let (p, http) = pebble(24).await;
     let pool = backend("pool").await;
-    let gw = Gateway::start_with_http(
-        tempfile::tempdir().expect("dir"),
-        &config(&p, &pool, &["app.acme.com", "old.acme.com"]),
-        http,
-    )
-    .await;
+    let gw = start(&p, &pool, &["app.acme.com", "old.acme.com"], http).await;
     let root = p.issuing_root_pem().await;
     let first = wait_for_certificate(&gw, "app.acme.com", root.as_bytes(), &p).await;
     wait_for_certificate(&gw, "old.acme.com", root.as_bytes(), &p).await;
@@ -274,11 +255,15 @@ async fn a_domain_removed_from_the_config_is_no_longer_renewed() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        std::fs::read(&stored).expect("still stored"),
-        before,
-        "old.acme.com was renewed"
+    // Its certificate and private key were deleted when it left the config
+    // (so it was not renewed either).
+    assert!(!before.is_empty());
+    assert!(
+        !stored.exists(),
+        "the removed name's key is still on disk\n{}",
+        gw.log()
     );
+    assert!(gw.dir().join("state/certs/app.acme.com.pem").exists());
     assert!(
         handshake_full(gw.https, Some("old.acme.com"), root.as_bytes())
             .await
@@ -436,4 +421,28 @@ async fn alpn_handshake(addr: SocketAddr, sni: &str) -> Result<(), String> {
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_directory_url_registers_an_account_at_the_new_ca() {
+    let (p, http) = pebble(3600).await;
+    let pool = backend("pool").await;
+    let gw = start(&p, &pool, &["app.acme.com"], http).await;
+    wait_for_certificate(&gw, "app.acme.com", p.issuing_root_pem().await.as_bytes(), &p).await;
+    // A second CA on the same validation port; the first stays up, so an
+    // order sent to it with the old account would succeed there, silently.
+    let second = Pebble::start(http.port(), free_port(), 3600).await;
+    let moved = config(&second, &pool, &["app.acme.com", "next.acme.com"]);
+    gw.write_config(&moved);
+    let root = second.issuing_root_pem().await;
+    wait_for_certificate(&gw, "next.acme.com", root.as_bytes(), &second).await;
+    let accounts = std::fs::read_dir(gw.dir().join("state/acme/accounts"))
+        .expect("accounts")
+        .count();
+    assert_eq!(accounts, 2, "one account per directory URL\n{}", gw.log());
+    assert!(
+        !gw.log().contains("registering again"),
+        "the new CA never saw the old account: {}",
+        gw.log()
+    );
 }

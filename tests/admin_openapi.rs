@@ -229,7 +229,16 @@ async fn every_route_answers_as_the_openapi_document_says() {
 http_listen = "{{http}}"
 metrics_listen = "{{metrics}}"
 admin_listen = "{{admin}}"
+https_listen = "{{https}}"
 base_domains = ["saas.example"]
+
+# Nothing listens at the CA: orders fail and back off for an hour.
+[tls]
+issuer = "acme"
+
+[tls.acme]
+directory_url = "https://127.0.0.1:1/dir"
+retry_min_secs = 3600
 
 # Nothing answers DNS here: checks fail fast, claims stay pending.
 [domains]
@@ -484,6 +493,21 @@ pool = "p"
         404,
     )
     .await;
+    let r = "/v1/domains/{name}/retry";
+    w.call("POST", r, "/v1/domains/a.acme.com/retry", op, None, &[], 200)
+        .await;
+    w.call(
+        "POST",
+        r,
+        "/v1/domains/stable.example.com/retry",
+        Some(ACME),
+        None,
+        &[],
+        404,
+    )
+    .await;
+    w.call("POST", r, "/v1/domains/nobody.example.com/retry", op, None, &[], 404)
+        .await;
     let e = "/v1/events";
     w.call("GET", e, "/v1/events?after=0", op, None, &[], 200).await;
     w.call("GET", e, "/v1/events?after=-1", op, None, &[], 400).await;

@@ -524,3 +524,41 @@ fn limits_on_the_unlimited_plan_are_checked_too() {
         assert!(out.contains("fix: use a value of 1 or more"), "{out}");
     }
 }
+
+#[test]
+fn fleet_acme_needs_a_key_file_of_64_hex_digits() {
+    let acme = "\n[tls]\nissuer = \"acme\"\n\n[tls.acme]\ndirectory_url = \"https://acme.example/dir\"\n";
+    let head = HEAD.replace("base_domains", "https_listen = \"127.0.0.1:8443\"\nbase_domains");
+    let store = "\n[store]\nredis_url = \"redis://127.0.0.1:6379\"\n";
+    // The ACME issuer in fleet mode keeps private keys in Redis: refused
+    // without a key to seal them.
+    refused(
+        &format!("{head}{store}{acme}{}", tenant("a", "")),
+        &["store.key_file: fleet mode with the ACME issuer keeps certificates' private keys in Redis, and no key_file encrypts them; fix: set [store] key_file to a file of 64 hex digits"],
+    );
+    let keys = tempfile::tempdir().expect("tempdir");
+    let short = keys.path().join("short.key");
+    std::fs::write(&short, "abcd\n").expect("write");
+    refused(
+        &format!(
+            "{head}{store}key_file = {:?}\nlease_secs = 0\n{acme}{}",
+            short.display().to_string(),
+            tenant("a", "")
+        ),
+        &[
+            "short.key as the store key: it holds 4 characters, not 64 hex digits",
+            "store.lease_secs: \"0\" must be greater than zero",
+        ],
+    );
+    let good = keys.path().join("good.key");
+    std::fs::write(&good, format!("{}\n", "0a".repeat(32))).expect("write");
+    let ok = format!(
+        "{head}{store}key_file = {:?}\n{acme}{}",
+        good.display().to_string(),
+        tenant("a", "")
+    );
+    assert_eq!(check(&ok).0, 0, "{}", check(&ok).1);
+    // Without [store], or with another issuer, no key is needed.
+    let internal = format!("{head}{store}\n[tls]\nissuer = \"internal\"\n{}", tenant("a", ""));
+    assert_eq!(check(&internal).0, 0, "{}", check(&internal).1);
+}

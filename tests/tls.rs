@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{backend, handshake, handshake_full, https_client, raw_status, Echo, Gateway};
+use common::{backend, handshake, handshake_chain, handshake_full, https_client, raw_status, Echo, Gateway};
 use tenantgate::demo::EchoBackend;
 
 fn config(shared: &EchoBackend, dedicated: &EchoBackend, tls_extra: &str) -> String {
@@ -90,6 +90,25 @@ async fn internal_ca_serves_every_tenant_host_over_http1_and_http2() {
     }
     assert_eq!(dedicated.count(), 6);
     assert!(gw.metric("tenantgate_tls_handshakes_total{result=\"ok\"}").await >= 2.0);
+    // Leaves are signed by an intermediate, sent with them; the root
+    // (self-signed, the client's trust anchor) is never sent.
+    let (_, chain) = handshake_chain(gw.https, Some("app.acme.com"), &root)
+        .await
+        .expect("handshake");
+    assert_eq!(chain.len(), 2, "leaf and intermediate");
+    let names: Vec<(String, String)> = chain
+        .iter()
+        .map(|der| {
+            let (_, c) = x509_parser::parse_x509_certificate(der).expect("certificate");
+            (c.subject().to_string(), c.issuer().to_string())
+        })
+        .collect();
+    assert_eq!(
+        names[0].1, names[1].0,
+        "the leaf's issuer is the intermediate: {names:?}"
+    );
+    assert_eq!(names[1].1, "CN=tenantgate internal CA", "{names:?}");
+    assert_ne!(names[1].0, names[1].1, "no self-signed root in the chain: {names:?}");
     // One certificate per name: no certificate carries another host, so none
     // publishes one customer's domains to another.
     for host in HOSTS {
@@ -110,19 +129,42 @@ async fn unknown_or_missing_sni_gets_no_certificate() {
         handshake(gw.https, Some("app.acme.com"), &root).await,
         Ok(Some(b"h2".to_vec()))
     );
+    // Refused with a fatal unrecognized_name alert (RFC 6066), as both a
+    // rustls and an OpenSSL client read it, never a bare close.
     for sni in ["unknown.example", "x.y.acme.io", "saas.example", "other.saas.example"] {
         let r = handshake(gw.https, Some(sni), &root).await;
-        assert!(r.is_err(), "{sni} must be refused, got {r:?}");
+        assert!(
+            r.as_ref().is_err_and(|e| e.contains("UnrecognisedName")),
+            "{sni} must be refused with unrecognized_name, got {r:?}"
+        );
     }
+    let r = handshake(gw.https, None, &root).await;
     assert!(
-        handshake(gw.https, None, &root).await.is_err(),
-        "no SNI, no default: refused"
+        r.as_ref().is_err_and(|e| e.contains("UnrecognisedName")),
+        "no SNI, no default: refused, got {r:?}"
     );
+    let out = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &gw.https.to_string(),
+            "-servername",
+            "scanner.example",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("unrecognized name"), "openssl saw: {text}");
     assert_eq!(shared.count() + dedicated.count(), 0);
     assert_eq!(
         gw.metric("tenantgate_tls_handshakes_total{result=\"unknown_sni\"}")
             .await,
-        4.0
+        5.0
     );
     assert_eq!(
         gw.metric("tenantgate_tls_handshakes_total{result=\"no_sni\"}").await,
@@ -501,7 +543,11 @@ async fn domain_lookup_reports_the_certificate_served() {
         let served = certificate(&gw, OPS, host).await;
         assert_eq!(
             (&served["source"], &served["issuer_cn"], &served["sans"]),
-            (&json!("internal"), &json!("tenantgate internal CA"), &json!([san])),
+            (
+                &json!("internal"),
+                &json!("tenantgate internal intermediate"),
+                &json!([san])
+            ),
             "{host}"
         );
         let (_, leaf) = x509_parser::parse_x509_certificate(&leaf).expect("leaf");
@@ -546,10 +592,81 @@ async fn domain_lookup_reports_a_failing_acme_order_and_its_backoff() {
         backoff.as_secs() > 3500 && backoff.as_secs() <= 3660,
         "retry in about retry_min_secs: {cert}"
     );
+    // The CA's outage is named, not "client error (Connect)".
+    assert_eq!(
+        cert["acme"]["last_error"], "ACME directory https://127.0.0.1:1/dir unreachable: connection refused",
+        "{cert}"
+    );
     // Wildcards are not ordered: nothing covers them without an operator file.
     assert_eq!(
         certificate(&gw, OPS, "eu.acme.io").await,
         json!({"source": "none", "detail": "no certificate covers this name: put one in certs_dir"})
+    );
+
+    // Five names (acme 2, globex 2, plainco 1), each failed once.
+    let failed = "tenantgate_acme_orders_total{kind=\"issue\",result=\"failure\"}";
+    gw.wait_metric(failed, 5.0).await;
+    let retry = |host: &'static str, token: &'static str| {
+        let gw = &gw;
+        async move {
+            gw.admin_call("POST", &format!("/v1/domains/{host}/retry"), Some(token), None, &[])
+                .await
+        }
+    };
+    // Another tenant's host, an unrouted one: 404; a wildcard: nothing to retry.
+    assert_eq!(retry("portal.globex.example", ACME_TENANT).await.status, 404);
+    assert_eq!(retry("nobody.example", OPS).await.status, 404);
+    let r = retry("eu.acme.io", OPS).await;
+    assert_eq!(
+        (r.status, r.json["type"].as_str()),
+        (409, Some("tag:tenantgate,2026:not-managed")),
+        "{:?}",
+        r.json
+    );
+    // The tenant clears its own name's backoff: due now, answered so.
+    let before = jiff::Timestamp::now();
+    let r = retry("App.Acme.com", ACME_TENANT).await;
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    assert_eq!(
+        (r.json["name"].as_str(), r.json["tenant"].as_str()),
+        (Some("app.acme.com"), Some("acme"))
+    );
+    assert_eq!(r.json["acme"]["failures"], 0, "{:?}", r.json);
+    let next: jiff::Timestamp = r.json["acme"]["next_attempt"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("next_attempt: {:?}", r.json));
+    assert!(
+        next.duration_since(before).as_secs().abs() <= 2,
+        "due now: {:?}",
+        r.json
+    );
+    // The order runs at once (not an hour later), fails, and backs off again.
+    gw.wait_metric(failed, 6.0).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let cert = certificate(&gw, OPS, "app.acme.com").await;
+        if cert["acme"]["state"] == "failed" {
+            assert_eq!(cert["acme"]["failures"], 1, "{cert}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{cert}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // A change to acme's names (here a hand edit; a PUT alike) clears the
+    // backoff of acme's names only: its two old names and the new one are
+    // ordered now, globex's and plainco's wait for their backoff.
+    gw.write_config(&template.replace(
+        "\"app.acme.com\", \"*.acme.io\"",
+        "\"app.acme.com\", \"new.acme.com\", \"*.acme.io\"",
+    ));
+    gw.wait_metric(failed, 9.0).await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(
+        gw.metric(failed).await,
+        9.0,
+        "only acme's names were retried\n{}",
+        gw.log()
     );
 }
 

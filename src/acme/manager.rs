@@ -15,7 +15,7 @@
 //! manager. A reload never aborts an order; a name removed and re-added while
 //! its order runs is not ordered twice.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,6 +29,7 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::{mpsc, Mutex, Semaphore};
 
 use super::dns01::Rfc2136;
+use super::fleet::{Lease, SharedAcme};
 use super::order::{self, OrderError};
 use super::Challenges;
 use crate::config::{Acme, DomainName, Issuer, Tls};
@@ -71,6 +72,9 @@ struct Book {
     managed: HashMap<String, Managed>,
     /// Orders running, by name, with their id: survives a name's removal.
     in_flight: HashMap<String, u64>,
+    /// Each tenant's configured names at the last sync (sorted), to see
+    /// which tenants' lists changed.
+    tenant_names: HashMap<String, Vec<String>>,
 }
 
 /// Where one managed name stands.
@@ -130,7 +134,7 @@ impl Schedule {
             (false, None, Some(t)) if t > SystemTime::now() => NameState::Valid,
             (false, None, _) => NameState::Pending,
         };
-        let wall = SystemTime::now() + m.due.saturating_duration_since(Instant::now());
+        let wall = wall_time(m.due);
         Some(NameStatus {
             state,
             not_after: m.not_after,
@@ -141,8 +145,40 @@ impl Schedule {
     }
 }
 
+impl Schedule {
+    /// Clears `name`'s backoff: its next order is due now (and a later
+    /// failure backs off from `retry_min_secs` again). Returns where the
+    /// name stands afterwards; `None` when the manager does not order it.
+    pub fn retry(&self, name: &str) -> Option<NameStatus> {
+        {
+            let mut book = self.lock();
+            let m = book.managed.get_mut(name)?;
+            m.failures = 0;
+            m.due = Instant::now();
+        }
+        self.status(name)
+    }
+}
+
+/// The wall-clock time of `due`, in the past when it is overdue.
+fn wall_time(due: Instant) -> SystemTime {
+    let now = Instant::now();
+    match due.checked_duration_since(now) {
+        Some(ahead) => SystemTime::now() + ahead,
+        None => SystemTime::now()
+            .checked_sub(now.saturating_duration_since(due))
+            .unwrap_or_else(SystemTime::now),
+    }
+}
+
 enum Outcome {
     Issued {
+        not_after: SystemTime,
+        due: Instant,
+    },
+    /// Fleet mode: another replica's certificate, newer than this one's,
+    /// was installed; no order was sent.
+    Adopted {
         not_after: SystemTime,
         due: Instant,
     },
@@ -159,20 +195,22 @@ struct Done {
     outcome: Outcome,
 }
 
-/// The ACME account, opened once and shared by the order tasks.
+/// The ACME account of the configured CA, opened once per directory URL and
+/// shared by the order tasks; a reload that changes `directory_url` opens
+/// (or registers) that CA's own account.
 #[derive(Default)]
-struct AccountSlot(Mutex<Option<Account>>);
+struct AccountSlot(Mutex<Option<(String, Account)>>);
 
 impl AccountSlot {
     async fn get(&self, acme: &Acme, state_dir: &Path) -> Result<Account, OrderError> {
         let mut slot = self.0.lock().await;
-        if let Some(a) = slot.as_ref() {
+        if let Some((_, a)) = slot.as_ref().filter(|(dir, _)| *dir == acme.directory_url) {
             return Ok(a.clone());
         }
         let account = tokio::time::timeout(ACCOUNT_TIMEOUT, order::account(acme, state_dir))
             .await
             .map_err(|_| OrderError::State("the CA did not answer in time (account)".into()))??;
-        *slot = Some(account.clone());
+        *slot = Some((acme.directory_url.clone(), account.clone()));
         Ok(account)
     }
 
@@ -180,9 +218,9 @@ impl AccountSlot {
     /// task may already have registered a new one).
     async fn reset(&self, failed: &str, state_dir: &Path) -> bool {
         let mut slot = self.0.lock().await;
-        if slot.as_ref().is_some_and(|a| a.id() == failed) {
+        if let Some((dir, _)) = slot.as_ref().filter(|(_, a)| a.id() == failed) {
+            let _ = tokio::fs::remove_file(order::account_path(state_dir, dir)).await;
             *slot = None;
-            let _ = tokio::fs::remove_file(order::account_path(state_dir)).await;
             return true;
         }
         false
@@ -200,6 +238,8 @@ pub struct CertManager {
     /// Where certificate events go (`certificate.issued`, `.renewed`,
     /// `.failed`), and which names moved away (not renewed).
     lifecycle: Option<Arc<crate::domains::verifier::Lifecycle>>,
+    /// Fleet mode: orders, challenges and certificates shared through Redis.
+    shared: Option<Arc<SharedAcme>>,
 }
 
 impl CertManager {
@@ -207,6 +247,13 @@ impl CertManager {
     /// for names that moved away.
     pub fn with_lifecycle(mut self, lifecycle: Arc<crate::domains::verifier::Lifecycle>) -> Self {
         self.lifecycle = Some(lifecycle);
+        self
+    }
+
+    /// Shares orders, challenges and certificates with the other replicas
+    /// of the same Redis.
+    pub fn with_fleet(mut self, shared: Arc<SharedAcme>) -> Self {
+        self.shared = Some(shared);
         self
     }
 
@@ -238,6 +285,7 @@ impl CertManager {
             account: Arc::new(AccountSlot::default()),
             schedule: Arc::new(Schedule::default()),
             lifecycle: None,
+            shared: None,
         }
     }
 
@@ -254,58 +302,101 @@ impl CertManager {
         }
     }
 
-    /// Names that need a managed certificate from an ACME CA.
-    fn wanted(&self, snap: &Snapshot) -> Vec<String> {
+    /// Names that need a managed certificate from an ACME CA, and every
+    /// configured name by tenant (before operator files and moved names are
+    /// left out), with the platform's names under `""`.
+    fn wanted(&self, snap: &Snapshot) -> (Vec<String>, HashMap<String, Vec<String>>) {
         let dns01 = snap.config.tls.as_ref().and_then(|t| t.dns01());
         let base_wildcard = dns01.is_some_and(|d| d.wildcard_base_domains);
         let wildcards = dns01.is_some_and(|d| d.wildcard_domains);
-        let mut names = Vec::new();
         let mut any_subdomain = false;
+        let mut by_tenant: HashMap<String, Vec<String>> = HashMap::new();
         for t in &snap.config.tenants {
-            for d in &t.domains {
-                match d {
-                    DomainName::Exact(n) => names.push(n.clone()),
-                    DomainName::Wildcard(_) if wildcards => names.push(d.to_string()),
-                    DomainName::Wildcard(_) => {}
-                }
-            }
+            let mut names: Vec<String> = t
+                .domains
+                .iter()
+                .filter_map(|d| match d {
+                    DomainName::Exact(n) => Some(n.clone()),
+                    DomainName::Wildcard(_) if wildcards => Some(d.to_string()),
+                    DomainName::Wildcard(_) => None,
+                })
+                .collect();
             if let Some(label) = &t.subdomain {
                 any_subdomain = true;
                 if !base_wildcard {
                     names.extend(snap.config.gateway.base_domains.iter().map(|b| format!("{label}.{b}")));
                 }
             }
-        }
-        // One `*.<base>` + `<base>` certificate serves every platform host.
-        if base_wildcard && any_subdomain {
-            names.extend(snap.config.gateway.base_domains.iter().map(|b| format!("*.{b}")));
+            names.sort_unstable();
+            by_tenant.insert(t.id.to_string(), names);
         }
         // Shared hosts and header hosts belong to the platform, not a tenant.
-        names.extend(snap.config.shared_hosts.iter().map(|s| s.host.clone()));
-        names.extend(snap.config.identity.header_hosts.iter().cloned());
+        let mut platform: Vec<String> = snap
+            .config
+            .shared_hosts
+            .iter()
+            .map(|s| s.host.clone())
+            .chain(snap.config.identity.header_hosts.iter().cloned())
+            .collect();
+        // One `*.<base>` + `<base>` certificate serves every platform host.
+        if base_wildcard && any_subdomain {
+            platform.extend(snap.config.gateway.base_domains.iter().map(|b| format!("*.{b}")));
+        }
+        let mut names: Vec<String> = by_tenant.values().flatten().chain(&platform).cloned().collect();
+        by_tenant.insert(String::new(), platform);
         names.sort_unstable();
         names.dedup();
         names.retain(|n| !self.store.provided_covers(n));
         if let Some(l) = &self.lifecycle {
             names.retain(|n| !l.is_moved(n));
         }
-        names
+        (names, by_tenant)
     }
 
     /// Brings `managed` in line with the config: new names get scheduled
-    /// from their stored certificate (if any), removed names are dropped.
+    /// from their stored certificate (if any), removed names are dropped and
+    /// their stored certificate and private key deleted, and the names of a
+    /// tenant whose list changed lose their backoff.
     async fn sync(&self, snap: &Snapshot) {
-        let wanted = self.wanted(snap);
-        let fresh: Vec<String> = {
+        let (wanted, by_tenant) = self.wanted(snap);
+        let configured: HashSet<&str> = by_tenant.values().flatten().map(String::as_str).collect();
+        let (fresh, gone): (Vec<String>, Vec<String>) = {
             let mut book = self.schedule.lock();
-            let keep: std::collections::HashSet<&str> = wanted.iter().map(String::as_str).collect();
-            book.managed.retain(|name, _| keep.contains(name.as_str()));
-            wanted
+            let book = &mut *book;
+            let keep: HashSet<&str> = wanted.iter().map(String::as_str).collect();
+            let mut gone = Vec::new();
+            book.managed.retain(|name, _| {
+                let kept = keep.contains(name.as_str());
+                if !kept && !configured.contains(name.as_str()) {
+                    gone.push(name.clone());
+                }
+                kept
+            });
+            // A tenant whose names changed (a PUT, an edited file): its
+            // failed names are tried again now rather than after backoff.
+            let now = Instant::now();
+            for (tenant, names) in &by_tenant {
+                let changed = book.tenant_names.get(tenant).is_some_and(|old| old != names);
+                if changed {
+                    for n in names {
+                        if let Some(m) = book.managed.get_mut(n).filter(|m| m.failures > 0) {
+                            m.failures = 0;
+                            m.due = now;
+                        }
+                    }
+                }
+            }
+            book.tenant_names = by_tenant.clone();
+            let fresh = wanted
                 .iter()
                 .filter(|n| !book.managed.contains_key(*n))
                 .cloned()
-                .collect()
+                .collect();
+            (fresh, gone)
         };
+        if !gone.is_empty() {
+            self.forget(gone).await;
+        }
         if fresh.is_empty() {
             return;
         }
@@ -334,6 +425,29 @@ impl CertManager {
                 },
             );
         }
+    }
+
+    /// Deletes the stored certificates and private keys of names that left
+    /// the config, and stops serving them.
+    async fn forget(&self, names: Vec<String>) {
+        if let Some(shared) = &self.shared {
+            for name in &names {
+                shared.remove(name).await;
+            }
+        }
+        let store = self.store.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for name in &names {
+                match store.remove_managed(name) {
+                    Ok(true) => {
+                        tracing::info!(name = %name, "name left the config: its certificate and key were deleted")
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(name = %name, error = %e, "could not delete the key of a removed name"),
+                }
+            }
+        })
+        .await;
     }
 
     fn publish(&self) {
@@ -375,23 +489,124 @@ struct OrderCtx {
     account: Arc<AccountSlot>,
     store: Arc<CertStore>,
     challenges: Arc<Challenges>,
+    shared: Option<Arc<SharedAcme>>,
 }
 
+/// Fleet mode: how soon a name whose order another replica holds is
+/// looked at again (its certificate usually arrives by notification first).
+const BUSY_RETRY: Duration = Duration::from_secs(2);
+
 impl OrderCtx {
-    /// One name: for a renewal, ask the CA's ARI window first; then order,
-    /// store and install, re-registering once if the CA forgot the account.
-    async fn run(&self, name: &str, renewal: bool) -> Outcome {
+    /// Fleet mode: one name under the fleet's order lease. A newer
+    /// certificate another replica stored is used instead of ordering; a
+    /// name another replica is ordering is looked at again shortly.
+    async fn run_shared(&self, shared: &Arc<SharedAcme>, name: &str, renewal: bool) -> Outcome {
+        match self.adopt(shared, name).await {
+            Ok(Some(l)) if two_thirds(name, &l) > Instant::now() => {
+                return Outcome::Adopted {
+                    not_after: l.not_after,
+                    due: two_thirds(name, &l),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => return Outcome::Failed(e),
+        }
         if renewal {
             if let Some(at) = self.ari_later(name).await {
                 return Outcome::NotYet(at);
             }
         }
-        match tokio::time::timeout(ORDER_TIMEOUT, self.issue(name)).await {
+        let lease = match shared.acquire(name).await {
+            Ok(Some(l)) => l,
+            Ok(None) => return Outcome::NotYet(Instant::now() + BUSY_RETRY),
+            Err(e) => return Outcome::Failed(e.to_string()),
+        };
+        let keeper = {
+            let (shared, lease) = (shared.clone(), lease.clone());
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(shared.lease / 3);
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    if !shared.renew(&lease).await {
+                        tracing::warn!(name = %lease.name, "order lease lost; another replica may take the order over");
+                        return;
+                    }
+                }
+            })
+        };
+        shared.count_order(name).await;
+        let result = tokio::time::timeout(ORDER_TIMEOUT, self.issue(name, Some(&lease))).await;
+        keeper.abort();
+        match result {
             Ok(Ok(l)) => Outcome::Issued {
                 not_after: l.not_after,
                 due: two_thirds(name, &l),
             },
-            Ok(Err(e)) => Outcome::Failed(e.to_string()),
+            Ok(Err(e)) => {
+                shared.release(&lease).await;
+                Outcome::Failed(e.describe(&self.acme.directory_url))
+            }
+            Err(_) => {
+                shared.release(&lease).await;
+                Outcome::Failed(format!(
+                    "the CA did not finish the order in {} s",
+                    ORDER_TIMEOUT.as_secs()
+                ))
+            }
+        }
+    }
+
+    /// Fleet mode: installs the certificate stored in Redis for `name` when
+    /// it ends later than the one this replica has (written to disk first:
+    /// the last-known-good copy). Returns it when installed.
+    async fn adopt(&self, shared: &SharedAcme, name: &str) -> Result<Option<Loaded>, String> {
+        let Some(stored) = shared.fetch(name).await.map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let loaded = Loaded::from_pem(stored.pem.as_bytes(), stored.pem.as_bytes())
+            .map_err(|e| format!("the fleet's certificate of {name} is unusable: {e}"))?;
+        let store = self.store.clone();
+        let (n, pem) = (name.to_string(), stored.pem);
+        let newer = loaded.not_after;
+        let installed = tokio::task::spawn_blocking(move || {
+            let current = store
+                .cached(&n)
+                .map(|e| e.loaded.not_after)
+                .or_else(|| stored_certificate(&store, &n).map(|l| l.not_after));
+            if current.is_some_and(|c| c >= newer) {
+                return Ok(None);
+            }
+            write_private(&store.managed_path(&n), pem.as_bytes()).map_err(|e| e.to_string())?;
+            Ok::<_, String>(Some(()))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        if installed.is_none() {
+            return Ok(None);
+        }
+        self.store.install(name, loaded.clone()).map_err(|e| e.to_string())?;
+        tracing::info!(name, fence = stored.fence, "certificate from the fleet installed");
+        Ok(Some(loaded))
+    }
+
+    /// One name: for a renewal, ask the CA's ARI window first; then order,
+    /// store and install, re-registering once if the CA forgot the account.
+    async fn run(&self, name: &str, renewal: bool) -> Outcome {
+        if let Some(shared) = &self.shared {
+            return self.run_shared(shared, name, renewal).await;
+        }
+        if renewal {
+            if let Some(at) = self.ari_later(name).await {
+                return Outcome::NotYet(at);
+            }
+        }
+        match tokio::time::timeout(ORDER_TIMEOUT, self.issue(name, None)).await {
+            Ok(Ok(l)) => Outcome::Issued {
+                not_after: l.not_after,
+                due: two_thirds(name, &l),
+            },
+            Ok(Err(e)) => Outcome::Failed(e.describe(&self.acme.directory_url)),
             Err(_) => Outcome::Failed(format!(
                 "the CA did not finish the order in {} s",
                 ORDER_TIMEOUT.as_secs()
@@ -425,7 +640,7 @@ impl OrderCtx {
         Some(instant_at(start + span.mul_f64(unit_random(name))))
     }
 
-    async fn issue(&self, name: &str) -> Result<Loaded, OrderError> {
+    async fn issue(&self, name: &str, lease: Option<&Lease>) -> Result<Loaded, OrderError> {
         let mut names = vec![name.to_string()];
         if let Some(base) = name.strip_prefix("*.").filter(|b| self.bases.iter().any(|x| x == b)) {
             names.push(base.to_string());
@@ -433,9 +648,23 @@ impl OrderCtx {
         let dns = self.acme.dns01.as_deref().map(Rfc2136::new).transpose()?;
         for attempt in 0..2 {
             let account = self.account.get(&self.acme, &self.state_dir).await?;
+            let shared = self.shared.as_deref();
             let alpn = self.acme.tls_alpn.then_some(&*self.store);
-            match order::order(&account, &names, &self.challenges, dns.as_ref(), alpn).await {
+            match order::order(&account, &names, &self.challenges, dns.as_ref(), alpn, shared).await {
                 Ok((chain, key)) => {
+                    if let (Some(shared), Some(lease)) = (shared, lease) {
+                        match shared.store(lease, &chain, &key).await {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                return Err(OrderError::State(format!(
+                                    "the order lease of {name} passed to another replica; its certificate is used"
+                                )))
+                            }
+                            Err(e) => {
+                                tracing::warn!(name, error = %e, "certificate not shared with the fleet; serving it here")
+                            }
+                        }
+                    }
                     // Chain then key in one file: one atomic rename replaces both.
                     let pem = format!("{}\n{}", chain.trim_end(), key);
                     let loaded = Loaded::from_pem(pem.as_bytes(), pem.as_bytes())
@@ -493,6 +722,13 @@ impl BackgroundService for CertManager {
         let mut permits: Option<Arc<Semaphore>> = None;
         let mut stale = true;
         let mut last_sync = Instant::now();
+        // Fleet mode: names whose certificate another replica stored.
+        let (fleet_tx, mut fleet_rx) = mpsc::unbounded_channel::<String>();
+        if let Some(shared) = &self.shared {
+            tokio::spawn(shared.clone().follow(self.challenges.clone(), fleet_tx));
+        } else {
+            drop(fleet_tx);
+        }
         loop {
             let snap = self.registry.snapshot();
             let acme = match snap.config.tls.as_ref().map(|t| &t.issuer) {
@@ -545,6 +781,7 @@ impl BackgroundService for CertManager {
                         account: self.account.clone(),
                         store: self.store.clone(),
                         challenges: self.challenges.clone(),
+                        shared: self.shared.clone(),
                     };
                     let (p, tx) = (p.clone(), done_tx.clone());
                     let running = self.metrics.acme_orders_in_flight.clone();
@@ -583,6 +820,7 @@ impl BackgroundService for CertManager {
                 self.publish();
             }
             let retry = acme.as_ref().map(|a| (a.retry_min, a.retry_max));
+            let state_dir = snap.config.tls.as_ref().map(|t| t.state_dir.clone());
             drop(snap);
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -590,8 +828,34 @@ impl BackgroundService for CertManager {
                     if changed.is_err() { return; }
                     stale = true;
                 }
+                Some(name) = fleet_rx.recv() => {
+                    let managed = self.schedule.lock().managed.contains_key(&name);
+                    if let (true, Some(acme), Some(state_dir), Some(shared)) = (managed, &acme, state_dir, &self.shared) {
+                        let ctx = OrderCtx {
+                            acme: acme.clone(),
+                            bases: Vec::new(),
+                            state_dir,
+                            account: self.account.clone(),
+                            store: self.store.clone(),
+                            challenges: self.challenges.clone(),
+                            shared: Some(shared.clone()),
+                        };
+                        let (tx, shared) = (done_tx.clone(), shared.clone());
+                        tokio::spawn(async move {
+                            let outcome = match ctx.adopt(&shared, &name).await {
+                                Ok(Some(l)) => Outcome::Adopted { not_after: l.not_after, due: two_thirds(&name, &l) },
+                                Ok(None) => return,
+                                Err(e) => {
+                                    tracing::warn!(name = %name, error = %e, "certificate from the fleet not installed");
+                                    return;
+                                }
+                            };
+                            let _ = tx.send(Done { name, order: 0, renewal: false, outcome });
+                        });
+                    }
+                }
                 Some(done) = done_rx.recv() => {
-                    if !matches!(done.outcome, Outcome::NotYet(_)) {
+                    if !matches!(done.outcome, Outcome::NotYet(_) | Outcome::Adopted { .. }) {
                         self.metrics.acme_order(done.renewal, matches!(done.outcome, Outcome::Issued { .. }));
                     }
                     match &done.outcome {
@@ -600,7 +864,7 @@ impl BackgroundService for CertManager {
                             self.event(kind, &done.name, None);
                         }
                         Outcome::Failed(e) => self.event("certificate.failed", &done.name, Some(e.as_str())),
-                        Outcome::NotYet(_) => {}
+                        Outcome::NotYet(_) | Outcome::Adopted { .. } => {}
                     }
                     let mut book = self.schedule.lock();
                     // Handled whatever the issuer is now: the order ran.
@@ -611,6 +875,9 @@ impl BackgroundService for CertManager {
                     match done.outcome {
                         Outcome::Issued { not_after, due } => {
                             tracing::info!(name = %done.name, renewal = done.renewal, "certificate issued");
+                            *m = Managed { due, failures: 0, not_after: Some(not_after), last_error: None };
+                        }
+                        Outcome::Adopted { not_after, due } => {
                             *m = Managed { due, failures: 0, not_after: Some(not_after), last_error: None };
                         }
                         Outcome::NotYet(at) => m.due = at,
@@ -627,5 +894,53 @@ impl BackgroundService for CertManager {
                 _ = tick.tick() => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule_with(name: &str, due: Instant, failures: u32) -> Schedule {
+        let s = Schedule::default();
+        s.lock().managed.insert(
+            name.to_string(),
+            Managed {
+                due,
+                failures,
+                not_after: None,
+                last_error: Some("refused".into()),
+            },
+        );
+        s
+    }
+
+    #[test]
+    fn an_overdue_retry_shows_when_it_was_due_not_now() {
+        let ago = Duration::from_secs(90);
+        let Some(due) = Instant::now().checked_sub(ago) else {
+            return; // a machine up for less than 90 s cannot express it
+        };
+        let s = schedule_with("a.example", due, 3);
+        let next = s
+            .status("a.example")
+            .and_then(|st| st.next_attempt)
+            .expect("next_attempt");
+        let late = SystemTime::now().duration_since(next).expect("in the past");
+        assert!(
+            late >= Duration::from_secs(89) && late <= Duration::from_secs(91),
+            "{late:?}"
+        );
+    }
+
+    #[test]
+    fn retry_makes_a_backed_off_name_due_now_and_resets_its_failures() {
+        let s = schedule_with("a.example", Instant::now() + Duration::from_secs(86_400), 5);
+        let st = s.retry("a.example").expect("managed");
+        assert_eq!(st.failures, 0);
+        let next = st.next_attempt.expect("next_attempt");
+        let off = next.duration_since(SystemTime::now()).unwrap_or_else(|e| e.duration());
+        assert!(off < Duration::from_secs(1), "{off:?}");
+        assert!(s.retry("unknown.example").is_none());
     }
 }

@@ -5,6 +5,7 @@
 
 mod challenges;
 pub mod dns01;
+pub mod fleet;
 mod manager;
 mod order;
 

@@ -9,6 +9,7 @@ use instant_acme::{
 };
 
 use super::dns01::Rfc2136;
+use super::fleet::SharedAcme;
 use super::Challenges;
 use crate::config::Acme;
 use crate::tls::state::write_private;
@@ -38,6 +39,37 @@ pub enum OrderError {
 }
 
 impl OrderError {
+    /// What an operator reads: a CA that cannot be reached is named with
+    /// its directory and the transport's innermost reason ("ACME directory
+    /// https://… unreachable: connection refused"), never a bare "client
+    /// error (Connect)".
+    pub fn describe(&self, directory: &str) -> String {
+        let OrderError::Acme(e) = self else {
+            return self.to_string();
+        };
+        if !matches!(
+            e,
+            instant_acme::Error::Http(_) | instant_acme::Error::Hyper(_) | instant_acme::Error::Other(_)
+        ) {
+            return self.to_string();
+        }
+        let mut innermost: &(dyn std::error::Error + 'static) = e;
+        let mut io = None;
+        while let Some(next) = innermost.source() {
+            if let Some(i) = next.downcast_ref::<std::io::Error>() {
+                io = Some(i);
+            }
+            innermost = next;
+        }
+        let why = match io.map(std::io::Error::kind) {
+            Some(std::io::ErrorKind::ConnectionRefused) => "connection refused".to_string(),
+            Some(std::io::ErrorKind::ConnectionReset) => "connection reset".to_string(),
+            Some(std::io::ErrorKind::TimedOut) => "connection timed out".to_string(),
+            _ => innermost.to_string(),
+        };
+        format!("ACME directory {directory} unreachable: {why}")
+    }
+
     /// The CA forgot our account (a test CA restarted, or it was deactivated).
     pub fn account_missing(&self) -> bool {
         matches!(self, OrderError::Acme(instant_acme::Error::Api(p))
@@ -45,21 +77,61 @@ impl OrderError {
     }
 }
 
-/// Where the account credentials are kept.
-pub fn account_path(state_dir: &Path) -> PathBuf {
+/// Where the account of the CA at `directory` is kept: one file per
+/// directory URL (`acme/accounts/<sha-256 of the URL, 16 hex>.json`), so a
+/// changed `directory_url` never reuses another CA's account.
+pub fn account_path(state_dir: &Path, directory: &str) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(directory.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    state_dir.join("acme").join("accounts").join(format!("{hex}.json"))
+}
+
+/// The single account file of earlier versions; used only when the
+/// directory it names is the configured one.
+fn legacy_account_path(state_dir: &Path) -> PathBuf {
     state_dir.join("acme").join("account.json")
 }
 
-/// Loads the stored account, or registers a new one and stores it (0600).
+/// Stored credentials for `directory`: its own file, or the legacy file
+/// when that one was registered at the same directory.
+async fn stored_credentials(state_dir: &Path, directory: &str) -> Result<Option<AccountCredentials>, OrderError> {
+    let path = account_path(state_dir, directory);
+    if let Ok(bytes) = tokio::fs::read(&path).await {
+        let creds =
+            serde_json::from_slice(&bytes).map_err(|e| OrderError::State(format!("{}: {e}", path.display())))?;
+        return Ok(Some(creds));
+    }
+    let legacy = legacy_account_path(state_dir);
+    let Ok(bytes) = tokio::fs::read(&legacy).await else {
+        return Ok(None);
+    };
+    let same_ca = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .is_some_and(|v| v.get("directory").and_then(|d| d.as_str()) == Some(directory));
+    if !same_ca {
+        return Ok(None);
+    }
+    // Moved to its per-directory file, so a later reset forgets it for good.
+    let creds: Option<AccountCredentials> = serde_json::from_slice(&bytes).ok();
+    let moved = tokio::task::spawn_blocking(move || write_private(&path, &bytes))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if moved {
+        let _ = tokio::fs::remove_file(&legacy).await;
+    }
+    Ok(creds)
+}
+
+/// Loads the stored account of the configured CA, or registers a new one
+/// and stores it (0600).
 pub async fn account(settings: &Acme, state_dir: &Path) -> Result<Account, OrderError> {
     let builder = || match &settings.ca_root {
         Some(root) => Account::builder_with_root(root),
         None => Account::builder(),
     };
-    let path = account_path(state_dir);
-    if let Ok(bytes) = tokio::fs::read(&path).await {
-        let creds: AccountCredentials =
-            serde_json::from_slice(&bytes).map_err(|e| OrderError::State(format!("{}: {e}", path.display())))?;
+    let path = account_path(state_dir, &settings.directory_url);
+    if let Some(creds) = stored_credentials(state_dir, &settings.directory_url).await? {
         return Ok(builder()?.from_credentials(creds).await?);
     }
     let contact = settings.contact.as_ref().map(|c| {
@@ -82,20 +154,23 @@ pub async fn account(settings: &Acme, state_dir: &Path) -> Result<Account, Order
         .await
         .map_err(|e| OrderError::State(e.to_string()))?
         .map_err(|e| OrderError::State(format!("{}: {e}", path.display())))?;
-    tracing::info!(account = account.id(), "ACME account registered");
+    tracing::info!(account = account.id(), directory = %settings.directory_url, "ACME account registered");
     Ok(account)
 }
 
 /// Orders a certificate for `names` (the first is the managed name; a
 /// base domain's wildcard also names the base). Wildcards are proven over
 /// DNS-01 (the whole order, through `dns`), the rest over HTTP-01 answered
-/// by this gateway. Returns (chain PEM, key PEM).
+/// by this gateway (or TLS-ALPN-01, with `alpn`). In fleet mode
+/// (`shared`), each HTTP-01 challenge is shared with every replica before
+/// the CA is told to validate it. Returns (chain PEM, key PEM).
 pub async fn order(
     account: &Account,
     names: &[String],
     challenges: &Challenges,
     dns: Option<&Rfc2136>,
     alpn: Option<&CertStore>,
+    shared: Option<&SharedAcme>,
 ) -> Result<(String, String), OrderError> {
     let over_dns = names.iter().any(|n| n.starts_with("*."));
     if over_dns && dns.is_none() {
@@ -152,6 +227,11 @@ pub async fn order(
                     let key_authorization = challenge.key_authorization();
                     challenges.insert(&challenge.token, &domain, key_authorization.as_str());
                     tokens.push(challenge.token.clone());
+                    if let Some(s) = shared {
+                        s.share_challenge(&challenge.token, &domain, key_authorization.as_str())
+                            .await
+                            .map_err(|e| OrderError::State(e.to_string()))?;
+                    }
                     challenge.set_ready().await?;
                 }
             }
@@ -170,6 +250,9 @@ pub async fn order(
     .await;
     for t in &tokens {
         challenges.remove(t);
+        if let Some(s) = shared {
+            s.clear_challenge(t).await;
+        }
     }
     if let Some(store) = alpn {
         for n in &alpn_names {

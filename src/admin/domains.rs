@@ -96,6 +96,59 @@ impl Call {
     }
 }
 
+impl Call {
+    /// `POST /v1/domains/{name}/retry`: the name's next certificate order
+    /// is due now, whatever its backoff said; answered with the name's
+    /// ACME state and its new `next_attempt`. 404 for a host the caller
+    /// does not route, 409 when no ACME order is made for it.
+    pub(super) fn retry_domain(&self, name: &str) -> Result<Response<Body>, Problem> {
+        let host = routing::host::normalize(name)
+            .map_err(|e| Problem::bad_request(format!("{name:?} is not a valid host name: {e}")))?
+            .into_owned();
+        let snap = self.registry.snapshot();
+        let unrouted = || Problem::not_found(format!("no tenant routes {host}"));
+        let (kind, tenant) = match snap.table.lookup(&host) {
+            Some(m) => {
+                let tenant = snap.tenant(m.tenant).ok_or_else(Problem::internal)?;
+                self.caller.may_touch(&tenant.id).map_err(|_| unrouted())?;
+                (m.kind, Some(tenant.id.to_string()))
+            }
+            None if snap.table.paths.shared(&host).is_some() || snap.config.identity.header_hosts.contains(&host) => {
+                self.caller.operator()?;
+                (routing::MatchKind::Exact, None)
+            }
+            None => return Err(unrouted()),
+        };
+        let not_managed = |why: &str| {
+            Problem::new(
+                StatusCode::CONFLICT,
+                "not-managed",
+                format!("no certificate order is made for {host}: {why}"),
+            )
+        };
+        if !matches!(snap.config.tls.as_ref().map(|t| &t.issuer), Some(Issuer::Acme(_))) {
+            return Err(not_managed("the certificate issuer is not ACME"));
+        }
+        let certs = self
+            .certs
+            .as_ref()
+            .ok_or_else(|| not_managed("TLS is off until a restart"))?;
+        let status = certs
+            .schedule
+            .retry(&CertStore::managed_name(
+                kind,
+                &host,
+                snap.config.tls.as_ref().is_some_and(|t| t.base_wildcard()),
+            ))
+            .ok_or_else(|| {
+                not_managed("an operator certificate covers it, or it is a wildcard without [tls.acme.dns01]")
+            })?;
+        tracing::info!(name = %host, tenant = tenant.as_deref().unwrap_or(""), "certificate backoff cleared through the admin API");
+        let body = with_acme(json!({"name": host, "tenant": tenant}), Some(status));
+        Ok(json_response(StatusCode::OK, &body))
+    }
+}
+
 fn answer(mut body: Value, certificate: Value) -> Response<Body> {
     body["certificate"] = certificate;
     json_response(StatusCode::OK, &body)

@@ -24,6 +24,8 @@ pub enum Route {
     DomainVerify(String),
     /// `GET /v1/domains/{name}/check`.
     DomainCheck(String),
+    /// `POST /v1/domains/{name}/retry`.
+    DomainRetry(String),
     Events,
     Templates,
     Template(String),
@@ -65,6 +67,7 @@ impl Route {
             ["v1", "domains", name] => Route::Domain(owned(name)),
             ["v1", "domains", name, "verify"] => Route::DomainVerify(owned(name)),
             ["v1", "domains", name, "check"] => Route::DomainCheck(owned(name)),
+            ["v1", "domains", name, "retry"] => Route::DomainRetry(owned(name)),
             ["v1", "events"] => Route::Events,
             ["v1", "templates"] => Route::Templates,
             ["v1", "templates", name] => Route::Template(owned(name)),
@@ -92,7 +95,12 @@ impl Route {
             ],
             Route::Template(_) => &[Method::GET, Method::HEAD, Method::PUT, Method::DELETE, Method::OPTIONS],
             Route::TenantDomain(..) => &[Method::PUT, Method::DELETE, Method::OPTIONS],
-            Route::Changes | Route::Preview | Route::Rollback(_) | Route::Import | Route::DomainVerify(_) => POST,
+            Route::Changes
+            | Route::Preview
+            | Route::Rollback(_)
+            | Route::Import
+            | Route::DomainVerify(_)
+            | Route::DomainRetry(_) => POST,
             _ => READ,
         }
     }
@@ -133,6 +141,7 @@ pub const PATHS: &[&str] = &[
     "/v1/domains/{name}",
     "/v1/domains/{name}/verify",
     "/v1/domains/{name}/check",
+    "/v1/domains/{name}/retry",
     "/v1/events",
     "/v1/templates",
     "/v1/templates/{name}",

@@ -51,6 +51,7 @@ impl Call {
             (Method::GET, Route::Domain(name)) => self.domain(&name).await,
             (Method::POST, Route::DomainVerify(name)) => self.verify_domain(&name).await,
             (Method::GET, Route::DomainCheck(name)) => self.check_domain(&name).await,
+            (Method::POST, Route::DomainRetry(name)) => self.retry_domain(&name),
             (Method::GET, Route::Events) => self.events().await,
             (Method::GET, Route::Templates) => self.templates(),
             (Method::GET, Route::Template(name)) => self.template(&name),

@@ -106,6 +106,12 @@ pub enum Problem {
     BadRedisUrl { value: String, reason: String },
     #[error("cannot use {path} as the Redis CA: {reason}")]
     BadStoreCa { path: String, reason: String },
+    #[error("cannot use {path} as the store key: {reason}")]
+    BadStoreKey { path: String, reason: String },
+    #[error(
+        "fleet mode with the ACME issuer keeps certificates' private keys in Redis, and no key_file encrypts them"
+    )]
+    FleetAcmeWithoutKey,
     #[error("ca_file is set but redis_url is not rediss://")]
     StoreCaWithoutTls,
     #[error("key prefix {value:?} is not 1 to 32 characters of a-z, 0-9, '-' and '_'")]
@@ -240,6 +246,7 @@ impl Problem {
             BadRedisUrl { .. } => "write a URL such as redis://127.0.0.1:6379 or rediss://user:pass@host:6380/0",
             BadStoreCa { .. } => "point ca_file at a PEM file of the CA certificates that signed Redis' certificate (relative to this file), or remove it to trust the system's",
             StoreCaWithoutTls => "use a rediss:// URL, or remove ca_file",
+            BadStoreKey { .. } | FleetAcmeWithoutKey => "set [store] key_file to a file of 64 hex digits, the same on every replica (openssl rand -hex 32 > store.key; chmod 600 store.key)",
             BadKeyPrefix { .. } => "use a short name such as tenantgate",
             BadTokenHash { .. } => "store the SHA-256 of the token as hex: printf %s \"$TOKEN\" | sha256sum",
             BadTokenScope { .. } => "use scope = \"operator\" or scope = \"tenant:<tenant id>\"",

@@ -426,6 +426,8 @@ pub struct StoreSection {
     pub timeout_ms: Option<u64>,
     pub key_prefix: Option<String>,
     pub ca_file: Option<String>,
+    pub key_file: Option<String>,
+    pub lease_secs: Option<u64>,
 }
 
 /// `[limits]`

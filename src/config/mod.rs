@@ -105,6 +105,13 @@ pub struct Store {
     /// For `rediss://`: the CA certificates (PEM) to trust instead of the
     /// system's, and the file they came from.
     pub ca: Option<(PathBuf, Vec<u8>)>,
+    /// `key_file`: the AES-256 key that encrypts certificates' private keys
+    /// in Redis (fleet ACME), and the file it came from. Never logged.
+    pub key: Option<(PathBuf, [u8; 32])>,
+    /// How long a replica's hold on one name's certificate order lasts
+    /// without renewal (fleet ACME): a replica that dies mid-order loses it
+    /// after this, and another takes the order over.
+    pub lease: Duration,
 }
 
 impl Store {
@@ -130,6 +137,8 @@ impl std::fmt::Debug for Store {
             .field("timeout", &self.timeout)
             .field("key_prefix", &self.key_prefix)
             .field("ca_file", &self.ca.as_ref().map(|(p, _)| p))
+            .field("key_file", &self.key.as_ref().map(|(p, _)| p))
+            .field("lease", &self.lease)
             .finish()
     }
 }
@@ -512,6 +521,10 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
     let tls = file.tls.map(|t| validate_tls(t, base_dir, &gateway, &mut errs));
     let plans = plans::Plans::new(&file.plans, file.limits.as_ref(), &mut errs);
     let store = file.store.map(|s| validate_store(s, base_dir, &mut errs));
+    let fleet_acme = matches!(tls.as_ref().map(|t| &t.issuer), Some(Issuer::Acme(_)));
+    if store.as_ref().is_some_and(|s| s.key.is_none()) && fleet_acme {
+        errs.push(err(None, "store.key_file", Problem::FleetAcmeWithoutKey));
+    }
     let profile_settings = profile::settings(file.profile, file.features, &gateway, base_dir, &mut errs);
     let quota_file = {
         let p = PathBuf::from(
@@ -781,12 +794,54 @@ fn validate_store(s: file::StoreSection, base: &Path, errs: &mut Vec<ConfigError
     if ca.is_some() && !s.redis_url.starts_with("rediss://") {
         errs.push(err(None, "store.ca_file", Problem::StoreCaWithoutTls));
     }
+    let key = s.key_file.and_then(|f| {
+        let path = base.join(f);
+        match read_store_key(&path) {
+            Ok(key) => Some((path, key)),
+            Err(reason) => {
+                let problem = Problem::BadStoreKey {
+                    path: path.display().to_string(),
+                    reason,
+                };
+                errs.push(err(None, "store.key_file", problem));
+                None
+            }
+        }
+    });
+    let lease = match s.lease_secs {
+        Some(0) => {
+            errs.push(err(None, "store.lease_secs", Problem::Zero { value: "0".into() }));
+            Duration::from_secs(DEFAULT_LEASE_SECS)
+        }
+        Some(n) => Duration::from_secs(n),
+        None => Duration::from_secs(DEFAULT_LEASE_SECS),
+    };
     Store {
         redis_url: s.redis_url,
         timeout,
         key_prefix,
         ca,
+        key,
+        lease,
     }
+}
+
+/// Default `[store] lease_secs`.
+pub const DEFAULT_LEASE_SECS: u64 = 20;
+
+/// The 32-byte key of a `key_file`: 64 hex digits (surrounding whitespace
+/// ignored).
+fn read_store_key(path: &Path) -> Result<[u8; 32], String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let hex = text.trim();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("it holds {} characters, not 64 hex digits", hex.len()));
+    }
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+    }
+    Ok(key)
 }
 
 /// The PEM bytes of a file holding at least one certificate.

@@ -32,6 +32,8 @@ use crate::telemetry::Metrics;
 
 /// A slow or silent client gets this long to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A refused client gets this long to take its alert.
+const ALERT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What a connection's handshake chose; travels with the connection to
 /// the engine, so the request path can refuse a Host that the handshake
@@ -109,6 +111,28 @@ impl<S> TlsApp<S> {
         }
     }
 
+    /// The certificate for the ClientHello's SNI (or the default name), and
+    /// that name normalised.
+    async fn choose(
+        &self,
+        start: &tokio_rustls::StartHandshake<Stream>,
+    ) -> Result<(Arc<super::store::Entry>, String), Refusal> {
+        let snap = self.registry.snapshot();
+        let sni = match start.client_hello().server_name() {
+            Some(name) => host::normalize(name)
+                .map(|n| n.into_owned())
+                .map_err(|_| Refusal::UnknownSni)?,
+            None => snap
+                .config
+                .tls
+                .as_ref()
+                .and_then(|t| t.default_sni.clone())
+                .ok_or(Refusal::NoSni)?,
+        };
+        let entry = self.store.select(&sni, &snap).await?;
+        Ok((entry, sni))
+    }
+
     async fn handshake(&self, stream: Stream) -> Result<(TlsIo, Arc<Negotiated>), &'static str> {
         let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
         let start = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor).await {
@@ -135,19 +159,25 @@ impl<S> TlsApp<S> {
             }
             return Err("acme_tls_alpn");
         }
-        let snap = self.registry.snapshot();
-        let sni = match start.client_hello().server_name() {
-            Some(name) => host::normalize(name)
-                .map(|n| n.into_owned())
-                .map_err(|_| Refusal::UnknownSni.as_str())?,
-            None => snap
-                .config
-                .tls
-                .as_ref()
-                .and_then(|t| t.default_sni.clone())
-                .ok_or(Refusal::NoSni.as_str())?,
+        let mut start = start;
+        let entry = match self.choose(&start).await {
+            Ok(e) => e,
+            Err(refusal) => {
+                // A fatal alert, so the client learns why (RFC 6066:
+                // unrecognized_name) instead of seeing a bare close.
+                let alert = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, refusal.alert()];
+                let io = &mut start.io;
+                let _ = tokio::time::timeout(ALERT_TIMEOUT, async {
+                    use tokio::io::AsyncWriteExt;
+                    io.write_all(&alert).await?;
+                    io.flush().await
+                })
+                .await;
+                return Err(refusal.as_str());
+            }
         };
-        let entry = self.store.select(&sni, &snap).await.map_err(Refusal::as_str)?;
+        let sni = entry.1;
+        let entry = entry.0;
         let config = entry.config.clone();
         let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(config)).await {
             Ok(Ok(t)) => t,

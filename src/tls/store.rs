@@ -77,6 +77,16 @@ impl Refusal {
             Refusal::NoCertificate => "no_certificate",
         }
     }
+
+    /// The TLS alert description sent to the client: `unrecognized_name`
+    /// (112) for a name this gateway does not serve or no name at all,
+    /// `handshake_failure` (40) while a served name has no certificate yet.
+    pub fn alert(self) -> u8 {
+        match self {
+            Refusal::NoSni | Refusal::UnknownSni => 112,
+            Refusal::NoCertificate => 40,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -272,6 +282,17 @@ impl CertStore {
         let entry = self.entry(loaded, Origin::Managed(self.managed_path(name)))?;
         self.cache.insert(name.to_string(), entry);
         Ok(())
+    }
+
+    /// Deletes `name`'s stored certificate and private key and drops it from
+    /// memory; `Ok(false)` when there was no file. Blocking.
+    pub fn remove_managed(&self, name: &str) -> std::io::Result<bool> {
+        self.cache.remove(name);
+        match std::fs::remove_file(self.managed_path(name)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// The managed certificate for `name` currently served, if loaded.

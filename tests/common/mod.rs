@@ -2,6 +2,7 @@
 //! test, the real `tenantgate` binary on loopback, and small clients.
 #![allow(dead_code)]
 
+pub mod haproxy;
 pub mod knot;
 pub mod pebble;
 pub mod redis_server;
@@ -443,6 +444,17 @@ pub async fn handshake_full(
     sni: Option<&str>,
     root_pem: &[u8],
 ) -> Result<(Option<Vec<u8>>, Vec<u8>), String> {
+    let (alpn, chain) = handshake_chain(addr, sni, root_pem).await?;
+    Ok((alpn, chain.into_iter().next().unwrap_or_default()))
+}
+
+/// Like [`handshake`], also returning every certificate the server sent
+/// (DER, leaf first).
+pub async fn handshake_chain(
+    addr: SocketAddr,
+    sni: Option<&str>,
+    root_pem: &[u8],
+) -> Result<(Option<Vec<u8>>, Vec<Vec<u8>>), String> {
     use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(root_pem) {
@@ -476,12 +488,11 @@ pub async fn handshake_full(
         .map_err(|_| "handshake timed out".to_string())?
         .map_err(|e| e.to_string())?;
     let conn = tls.get_ref().1;
-    let leaf = conn
+    let chain = conn
         .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| c.to_vec())
+        .map(|c| c.iter().map(|c| c.to_vec()).collect())
         .unwrap_or_default();
-    Ok((conn.alpn_protocol().map(<[u8]>::to_vec), leaf))
+    Ok((conn.alpn_protocol().map(<[u8]>::to_vec), chain))
 }
 
 /// Accepts any server certificate (for the no-SNI case, where the

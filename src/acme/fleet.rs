@@ -1,0 +1,530 @@
+//! Fleet ACME: the certificate state every replica of one Redis shares.
+//!
+//! - **Challenges.** An order's HTTP-01 key authorizations are written to
+//!   Redis and announced; every replica adds them to its own
+//!   [`Challenges`] and acknowledges, and the ordering replica tells the CA
+//!   to validate only once every replica that heard it has acknowledged (or
+//!   after 2 s), so whichever replica the CA's request reaches answers it.
+//! - **One order per name.** An order (first issue or renewal) runs under a
+//!   lease: `SET NX PX` of `<replica>:<fence>`, the fence from one counter,
+//!   renewed while the order runs. A replica that dies loses the lease after
+//!   `lease_secs`, and another takes the order over; a certificate is
+//!   stored only while its replica still holds the lease (one Lua script), so
+//!   a replica that lost it cannot overwrite its successor's.
+//! - **Certificates.** Stored in Redis (chain in PEM, private key sealed with
+//!   AES-256-GCM under `[store] key_file`, the name as associated data) and
+//!   announced; every replica fetches, writes its own copy to disk (its
+//!   last-known-good, served with Redis down) and serves it. A sweep of the
+//!   index every few seconds catches a lost announcement.
+//!
+//! Never on the request path: the policy reads only the local challenges.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use tokio::sync::{mpsc, Mutex};
+
+use super::Challenges;
+use crate::config::Store;
+
+/// Bound on one Redis call made for ACME.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the ordering replica waits for every replica to hold a token.
+const ACK_WAIT: Duration = Duration::from_secs(2);
+/// How often the shared challenges are re-read (a lost announcement).
+const CHALLENGE_SWEEP: Duration = Duration::from_secs(1);
+/// How often the certificate index is compared with what this replica has.
+const CERT_SWEEP: Duration = Duration::from_secs(5);
+
+/// Why a shared ACME call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedError {
+    #[error("fleet store unreachable: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("fleet store unreachable: no answer in {} s", CALL_TIMEOUT.as_secs())]
+    Timeout,
+    #[error(
+        "a stored certificate of {0} cannot be decrypted with this key_file (a different key on another replica?)"
+    )]
+    Decrypt(String),
+    #[error("sealing a private key failed")]
+    Seal,
+}
+
+/// Redis keys, all in one hash slot (`{acme}`).
+struct Keys {
+    challenges: String,
+    fence: String,
+    index: String,
+    orders: String,
+    channel: String,
+    prefix: String,
+}
+
+impl Keys {
+    fn lease(&self, name: &str) -> String {
+        format!("{}:{{acme}}:lease:{name}", self.prefix)
+    }
+    fn cert(&self, name: &str) -> String {
+        format!("{}:{{acme}}:cert:{name}", self.prefix)
+    }
+    fn ack(&self, token: &str) -> String {
+        format!("{}:{{acme}}:ack:{token}", self.prefix)
+    }
+}
+
+/// A held order lease on one name.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub name: String,
+    value: String,
+    pub fence: u64,
+}
+
+/// A certificate as stored in Redis: its fence and PEM (chain, then key).
+pub struct Stored {
+    pub fence: u64,
+    pub pem: String,
+}
+
+/// Stores the certificate only while `KEYS[1]` (the lease) still holds
+/// `ARGV[1]`; then drops the lease and announces the name.
+const STORE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[2], 'chain', ARGV[2], 'key', ARGV[3], 'fence', ARGV[4])
+redis.call('HSET', KEYS[3], ARGV[5], ARGV[4])
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[6], 'cert\t' .. ARGV[5])
+return 1
+"#;
+
+/// Extends the lease `KEYS[1]` by `ARGV[2]` ms if it still holds `ARGV[1]`.
+const RENEW_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"#;
+
+/// Deletes the lease `KEYS[1]` if it still holds `ARGV[1]`.
+const RELEASE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+"#;
+
+/// One replica's handle on the fleet's ACME state.
+pub struct SharedAcme {
+    client: redis::Client,
+    conn: Mutex<Option<ConnectionManager>>,
+    keys: Keys,
+    cipher: LessSafeKey,
+    replica: String,
+    pub lease: Duration,
+    store: Script,
+    renew: Script,
+    release: Script,
+    up: AtomicBool,
+}
+
+impl SharedAcme {
+    /// The shared ACME state of `store`; `None` without a `key_file` (the
+    /// config refuses fleet ACME without one). Connects on first use.
+    pub fn new(store: &Store) -> Result<Option<SharedAcme>, SharedError> {
+        let Some((_, key)) = &store.key else {
+            return Ok(None);
+        };
+        let cipher = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).map_err(|_| SharedError::Seal)?);
+        let prefix = store.key_prefix.clone();
+        let mut id = [0u8; 6];
+        aws_lc_rs::rand::fill(&mut id).map_err(|_| SharedError::Seal)?;
+        let replica = format!(
+            "{}-{}",
+            std::process::id(),
+            id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        Ok(Some(SharedAcme {
+            client: store.client()?,
+            conn: Mutex::new(None),
+            keys: Keys {
+                challenges: format!("{prefix}:{{acme}}:challenges"),
+                fence: format!("{prefix}:{{acme}}:fence"),
+                index: format!("{prefix}:{{acme}}:certs"),
+                orders: format!("{prefix}:{{acme}}:orders"),
+                channel: format!("{prefix}:acme"),
+                prefix,
+            },
+            cipher,
+            replica,
+            lease: store.lease,
+            store: Script::new(STORE_LUA),
+            renew: Script::new(RENEW_LUA),
+            release: Script::new(RELEASE_LUA),
+            up: AtomicBool::new(true),
+        }))
+    }
+
+    /// The connection, opened if needed (bounded).
+    async fn conn(&self) -> Result<ConnectionManager, SharedError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CALL_TIMEOUT))
+            .set_response_timeout(Some(CALL_TIMEOUT))
+            .set_number_of_retries(1);
+        let c = tokio::time::timeout(
+            CALL_TIMEOUT,
+            ConnectionManager::new_with_config(self.client.clone(), config),
+        )
+        .await
+        .map_err(|_| SharedError::Timeout)??;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Runs one bounded call, recording whether the store answered.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, SharedError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let result = match self.conn().await {
+            Ok(c) => match tokio::time::timeout(CALL_TIMEOUT, f(c)).await {
+                Ok(r) => r.map_err(SharedError::from),
+                Err(_) => Err(SharedError::Timeout),
+            },
+            Err(e) => Err(e),
+        };
+        let up = result.is_ok();
+        if self.up.swap(up, Ordering::AcqRel) != up {
+            match &result {
+                Err(e) => {
+                    tracing::warn!(error = %e, "fleet ACME store unreachable: serving the certificates on disk, no new orders")
+                }
+                Ok(_) => tracing::info!("fleet ACME store reachable again"),
+            }
+        }
+        result
+    }
+
+    /// Shares a pending HTTP-01 challenge with every replica and waits (at
+    /// most 2 s) until each replica that heard of it holds it.
+    pub async fn share_challenge(&self, token: &str, domain: &str, key_authorization: &str) -> Result<(), SharedError> {
+        let value = format!("{domain}\n{key_authorization}");
+        let (hash, channel, ack) = (
+            self.keys.challenges.clone(),
+            self.keys.channel.clone(),
+            self.keys.ack(token),
+        );
+        let note = format!("challenge\t{token}");
+        let token_owned = token.to_string();
+        let heard: i64 = self
+            .call(|mut c| async move {
+                let _: () = c.hset(&hash, &token_owned, &value).await?;
+                let _: () = c.expire(&hash, 3600).await?;
+                c.publish(&channel, &note).await
+            })
+            .await?;
+        let deadline = Instant::now() + ACK_WAIT;
+        loop {
+            let key = ack.clone();
+            let held: i64 = self.call(|mut c| async move { c.scard(&key).await }).await?;
+            if held >= heard || Instant::now() >= deadline {
+                if held < heard {
+                    tracing::warn!(
+                        token,
+                        held,
+                        heard,
+                        "not every replica acknowledged the challenge in time"
+                    );
+                }
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Withdraws a challenge from every replica.
+    pub async fn clear_challenge(&self, token: &str) {
+        let (hash, channel, ack) = (
+            self.keys.challenges.clone(),
+            self.keys.channel.clone(),
+            self.keys.ack(token),
+        );
+        let (token, note) = (token.to_string(), format!("done\t{token}"));
+        let _ = self
+            .call(|mut c| async move {
+                let _: () = c.hdel(&hash, &token).await?;
+                let _: () = c.del(&ack).await?;
+                c.publish::<_, _, i64>(&channel, &note).await
+            })
+            .await;
+    }
+
+    /// Takes the order lease of `name`; `None` while another replica holds it.
+    pub async fn acquire(&self, name: &str) -> Result<Option<Lease>, SharedError> {
+        let (fence_key, lease_key) = (self.keys.fence.clone(), self.keys.lease(name));
+        let ms = self.lease.as_millis() as u64;
+        let replica = self.replica.clone();
+        let got: Option<(u64, String)> = self
+            .call(|mut c| async move {
+                let held: Option<String> = c.get(&lease_key).await?;
+                if held.is_some() {
+                    return Ok(None);
+                }
+                let fence: u64 = c.incr(&fence_key, 1).await?;
+                let value = format!("{replica}:{fence}");
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(&lease_key)
+                    .arg(&value)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async(&mut c)
+                    .await?;
+                Ok(set.map(|_| (fence, value)))
+            })
+            .await?;
+        Ok(got.map(|(fence, value)| Lease {
+            name: name.to_string(),
+            value,
+            fence,
+        }))
+    }
+
+    /// Extends a held lease; `false` once it is lost.
+    pub async fn renew(&self, lease: &Lease) -> bool {
+        let mut call = self.renew.prepare_invoke();
+        call.key(self.keys.lease(&lease.name))
+            .arg(&lease.value)
+            .arg(self.lease.as_millis() as u64);
+        self.call(|mut c| async move { call.invoke_async::<i64>(&mut c).await })
+            .await
+            .is_ok_and(|n| n == 1)
+    }
+
+    /// Gives a lease up (an order that failed), so another replica may try.
+    pub async fn release(&self, lease: &Lease) {
+        let mut call = self.release.prepare_invoke();
+        call.key(self.keys.lease(&lease.name)).arg(&lease.value);
+        let _ = self
+            .call(|mut c| async move { call.invoke_async::<i64>(&mut c).await })
+            .await;
+    }
+
+    /// Counts an order sent to the CA for `name` (`HINCRBY <prefix>:{acme}:orders`).
+    pub async fn count_order(&self, name: &str) {
+        let (key, name) = (self.keys.orders.clone(), name.to_string());
+        let _ = self
+            .call(|mut c| async move { c.hincr::<_, _, _, i64>(&key, &name, 1).await })
+            .await;
+    }
+
+    /// Stores an issued certificate (the key sealed) if `lease` still
+    /// holds, and announces it; `Ok(false)` when the lease was lost.
+    pub async fn store(&self, lease: &Lease, chain: &str, key_pem: &str) -> Result<bool, SharedError> {
+        let sealed = self.seal(&lease.name, key_pem.as_bytes())?;
+        let mut call = self.store.prepare_invoke();
+        call.key(self.keys.lease(&lease.name))
+            .key(self.keys.cert(&lease.name))
+            .key(&self.keys.index)
+            .arg(&lease.value)
+            .arg(chain)
+            .arg(sealed)
+            .arg(lease.fence)
+            .arg(&lease.name)
+            .arg(&self.keys.channel);
+        let stored: i64 = self
+            .call(|mut c| async move { call.invoke_async(&mut c).await })
+            .await?;
+        Ok(stored == 1)
+    }
+
+    /// The stored certificate of `name`, its key opened.
+    pub async fn fetch(&self, name: &str) -> Result<Option<Stored>, SharedError> {
+        let key = self.keys.cert(name);
+        let fields: HashMap<String, Vec<u8>> = self.call(|mut c| async move { c.hgetall(&key).await }).await?;
+        let (Some(chain), Some(sealed), Some(fence)) = (fields.get("chain"), fields.get("key"), fields.get("fence"))
+        else {
+            return Ok(None);
+        };
+        let key_pem = self.open(name, sealed)?;
+        let fence = std::str::from_utf8(fence)
+            .ok()
+            .and_then(|f| f.parse().ok())
+            .unwrap_or(0);
+        let pem = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(chain).trim_end(),
+            String::from_utf8_lossy(&key_pem)
+        );
+        Ok(Some(Stored { fence, pem }))
+    }
+
+    /// Removes a name's stored certificate (the name left the config).
+    pub async fn remove(&self, name: &str) {
+        let (cert, index, name) = (self.keys.cert(name), self.keys.index.clone(), name.to_string());
+        let _ = self
+            .call(|mut c| async move {
+                let _: () = c.del(&cert).await?;
+                c.hdel::<_, _, i64>(&index, &name).await
+            })
+            .await;
+    }
+
+    /// `nonce || ciphertext || tag`, the name as associated data.
+    fn seal(&self, name: &str, plain: &[u8]) -> Result<Vec<u8>, SharedError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| SharedError::Seal)?;
+        let mut data = plain.to_vec();
+        self.cipher
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(name.as_bytes()),
+                &mut data,
+            )
+            .map_err(|_| SharedError::Seal)?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&data);
+        Ok(out)
+    }
+
+    fn open(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>, SharedError> {
+        if sealed.len() < NONCE_LEN {
+            return Err(SharedError::Decrypt(name.to_string()));
+        }
+        let (nonce, data) = sealed.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| SharedError::Decrypt(name.to_string()))?;
+        let mut data = data.to_vec();
+        let plain = self
+            .cipher
+            .open_in_place(nonce, Aad::from(name.as_bytes()), &mut data)
+            .map_err(|_| SharedError::Decrypt(name.to_string()))?;
+        Ok(plain.to_vec())
+    }
+
+    /// Follows the fleet: shared challenges into `challenges` (acknowledged),
+    /// and the names of newly stored certificates to `changed`. Runs until
+    /// `changed` is closed; reconnects after a Redis outage.
+    pub async fn follow(self: Arc<Self>, challenges: Arc<Challenges>, changed: mpsc::UnboundedSender<String>) {
+        let mut known: HashMap<String, u64> = HashMap::new();
+        let mut ours: HashSet<String> = HashSet::new();
+        let mut notes: Option<redis::aio::PubSub> = None;
+        let mut challenge_sweep = tokio::time::interval(CHALLENGE_SWEEP);
+        let mut cert_sweep = tokio::time::interval(CERT_SWEEP);
+        for t in [&mut challenge_sweep, &mut cert_sweep] {
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        loop {
+            if changed.is_closed() {
+                return;
+            }
+            if notes.is_none() {
+                notes = self.subscribe().await;
+            }
+            tokio::select! {
+                note = next(&mut notes) => match note {
+                    None => notes = None,
+                    Some(msg) => {
+                        let text: String = msg.get_payload().unwrap_or_default();
+                        match text.split_once('\t') {
+                            Some(("challenge", token)) => {
+                                self.take_challenge(token, &challenges, &mut ours).await;
+                            }
+                            Some(("done", token)) if ours.remove(token) => challenges.remove(token),
+                            Some(("cert", name)) => {
+                                let _ = changed.send(name.to_string());
+                            }
+                            _ => {}
+                        }
+                    }
+                },
+                _ = challenge_sweep.tick() => self.sweep_challenges(&challenges, &mut ours).await,
+                _ = cert_sweep.tick() => {
+                    let index = self.keys.index.clone();
+                    if let Ok(now) = self.call(|mut c| async move { c.hgetall::<_, HashMap<String, u64>>(&index).await }).await {
+                        for (name, fence) in &now {
+                            if known.get(name) != Some(fence) {
+                                let _ = changed.send(name.clone());
+                            }
+                        }
+                        known = now;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn subscribe(&self) -> Option<redis::aio::PubSub> {
+        let channel = self.keys.channel.clone();
+        let connect = async {
+            let mut ps = self.client.get_async_pubsub().await?;
+            ps.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(ps)
+        };
+        tokio::time::timeout(CALL_TIMEOUT, connect).await.ok()?.ok()
+    }
+
+    /// Adds a shared challenge to this replica and acknowledges it.
+    async fn take_challenge(&self, token: &str, challenges: &Challenges, ours: &mut HashSet<String>) {
+        let (hash, tok) = (self.keys.challenges.clone(), token.to_string());
+        let Ok(Some(value)) = self
+            .call(|mut c| async move { c.hget::<_, _, Option<String>>(&hash, &tok).await })
+            .await
+        else {
+            return;
+        };
+        if let Some((domain, key_authorization)) = value.split_once('\n') {
+            challenges.insert(token, domain, key_authorization);
+            ours.insert(token.to_string());
+            let (ack, replica) = (self.keys.ack(token), self.replica.clone());
+            let _ = self
+                .call(|mut c| async move {
+                    let _: () = c.sadd(&ack, &replica).await?;
+                    c.expire::<_, i64>(&ack, 600).await
+                })
+                .await;
+        }
+    }
+
+    /// Brings this replica's shared challenges in line with Redis.
+    async fn sweep_challenges(&self, challenges: &Challenges, ours: &mut HashSet<String>) {
+        let hash = self.keys.challenges.clone();
+        let Ok(all) = self
+            .call(|mut c| async move { c.hgetall::<_, HashMap<String, String>>(&hash).await })
+            .await
+        else {
+            return;
+        };
+        for (token, value) in &all {
+            if let (false, Some((domain, key_authorization))) = (ours.contains(token), value.split_once('\n')) {
+                challenges.insert(token, domain, key_authorization);
+                ours.insert(token.clone());
+            }
+        }
+        ours.retain(|t| {
+            let keep = all.contains_key(t);
+            if !keep {
+                challenges.remove(t);
+            }
+            keep
+        });
+    }
+}
+
+/// The next notification; pending forever while unsubscribed (the sweeps
+/// still run, and the loop subscribes again on its next turn).
+async fn next(notes: &mut Option<redis::aio::PubSub>) -> Option<redis::Msg> {
+    use futures_util::StreamExt;
+    match notes {
+        Some(ps) => ps.on_message().next().await,
+        None => {
+            tokio::time::sleep(CHALLENGE_SWEEP).await;
+            None
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Fleet ACME end to end: three real gateway processes sharing one real
+//! `redis-server`, behind a real HAProxy in TCP mode (round robin), with the
+//! test CA Pebble validating HTTP-01 through the balancer. Each name gets
+//! exactly one order, every replica serves the same certificate within a
+//! second, a replica killed mid-order hands the order over, and with Redis
+//! gone every restarted replica serves from its own copy.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::haproxy::Haproxy;
+use common::pebble::Pebble;
+use common::redis_server::Redis;
+use common::{backend, free_port, handshake_full, Gateway};
+use tenantgate::demo::EchoBackend;
+
+const NAMES: [&str; 3] = ["a.fleet.example", "b.fleet.example", "c.fleet.example"];
+
+fn config(p: &Pebble, pool: &EchoBackend, redis: &str, key: &Path, names: &[&str]) -> String {
+    let list: Vec<String> = names.iter().map(|d| format!("{d:?}")).collect();
+    format!(
+        r#"
+[gateway]
+http_listen = "{{http}}"
+https_listen = "{{https}}"
+metrics_listen = "{{metrics}}"
+
+[store]
+redis_url = "{redis}"
+timeout_ms = 1000
+key_file = "{}"
+lease_secs = 3
+
+[tls]
+issuer = "acme"
+
+[tls.acme]
+directory_url = "{}"
+ca_root = "{}"
+retry_min_secs = 1
+retry_max_secs = 2
+
+[pools.p]
+upstreams = ["{}"]
+
+[[tenants]]
+id = "fleet"
+domains = [{}]
+pool = "p"
+"#,
+        key.display(),
+        p.directory_url(),
+        p.api_ca_pem_path().display(),
+        pool.addr,
+        list.join(", ")
+    )
+}
+
+fn redis_conn(r: &Redis) -> redis::Connection {
+    redis::Client::open(r.url())
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+        .expect("redis connection")
+}
+
+/// Orders sent to the CA, by name, as the replicas counted them.
+fn orders(r: &Redis) -> HashMap<String, u64> {
+    redis::cmd("HGETALL")
+        .arg("tenantgate:{acme}:orders")
+        .query(&mut redis_conn(r))
+        .expect("orders")
+}
+
+/// The leaf `gw` serves for `name`, if it verifies against `root`.
+async fn leaf(gw: &Gateway, name: &str, root: &str) -> Option<Vec<u8>> {
+    handshake_full(gw.https, Some(name), root.as_bytes())
+        .await
+        .ok()
+        .map(|(_, l)| l)
+}
+
+/// Waits until every replica serves one and the same certificate for
+/// `name`; returns it and the spread between the first and last replica.
+async fn all_serve(replicas: &[&Gateway], name: &str, root: &str, p: &Pebble) -> (Vec<u8>, Duration) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen: Vec<Option<(Vec<u8>, Instant)>> = vec![None; replicas.len()];
+    loop {
+        for (i, gw) in replicas.iter().enumerate() {
+            if seen[i].is_none() {
+                if let Some(l) = leaf(gw, name, root).await {
+                    seen[i] = Some((l, Instant::now()));
+                }
+            }
+        }
+        if seen.iter().all(Option::is_some) {
+            break;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = replicas.iter().map(|g| g.log()).collect();
+            panic!(
+                "{name} not served by every replica: {:?}\n{}\npebble:\n{}",
+                seen.iter().map(Option::is_some).collect::<Vec<_>>(),
+                logs.join("\n-----\n"),
+                p.pebble_log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen: Vec<(Vec<u8>, Instant)> = seen.into_iter().flatten().collect();
+    for (l, _) in &seen {
+        assert_eq!(l, &seen[0].0, "{name}: replicas serve different certificates");
+    }
+    let first = seen.iter().map(|(_, t)| *t).min().expect("first");
+    let last = seen.iter().map(|(_, t)| *t).max().expect("last");
+    (seen[0].0.clone(), last - first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_behind_haproxy_share_orders_challenges_and_certificates() {
+    let mut redis = Redis::start();
+    let lb: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let p = Pebble::start(lb.port(), free_port(), 3600).await;
+    let pool = backend("pool").await;
+    let keys = tempfile::tempdir().expect("dir");
+    let key = keys.path().join("store.key");
+    std::fs::write(&key, "3f".repeat(32)).expect("key");
+    let template = config(&p, &pool, &redis.url(), &key, &NAMES);
+    let http: Vec<SocketAddr> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()).parse().expect("addr"))
+        .collect();
+    let _lb = Haproxy::start(lb, &http);
+    let mut replicas = Vec::new();
+    for h in &http {
+        replicas.push(Gateway::start_with_http(tempfile::tempdir().expect("dir"), &template, *h).await);
+    }
+    let root = p.issuing_root_pem().await;
+
+    // Every replica serves the same certificate for each name, within a
+    // second of the first one serving it, and the CA saw one order per name.
+    let mut leaves = HashMap::new();
+    for name in NAMES {
+        let all: Vec<&Gateway> = replicas.iter().collect();
+        let (l, spread) = all_serve(&all, name, &root, &p).await;
+        assert!(spread <= Duration::from_secs(1), "{name}: spread {spread:?}");
+        leaves.insert(name, l);
+    }
+    let counted = orders(&redis);
+    for name in NAMES {
+        assert_eq!(counted.get(name), Some(&1), "one order for {name}: {counted:?}");
+    }
+    // At rest in Redis the private key is sealed: no PEM key, not the
+    // replica's key file bytes either.
+    let mut c = redis_conn(&redis);
+    let sealed: Vec<u8> = redis::cmd("HGET")
+        .arg("tenantgate:{acme}:cert:a.fleet.example")
+        .arg("key")
+        .query(&mut c)
+        .expect("sealed key");
+    assert!(sealed.len() > 100);
+    assert!(!String::from_utf8_lossy(&sealed).contains("PRIVATE KEY"));
+    let on_disk = std::fs::read_to_string(replicas[1].dir().join("state/certs/a.fleet.example.pem")).expect("copy");
+    assert!(on_disk.contains("PRIVATE KEY"), "each replica keeps a usable copy");
+
+    // A new name, known first to replica 0 only: it takes the lease and
+    // orders; killed mid-order, the lease lapses and another replica
+    // finishes the order.
+    let more: Vec<&str> = NAMES.iter().copied().chain(["d.fleet.example"]).collect();
+    let template2 = config(&p, &pool, &redis.url(), &key, &more);
+    replicas[0].write_config(&template2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let holder = loop {
+        let held: Option<String> = redis::cmd("GET")
+            .arg("tenantgate:{acme}:lease:d.fleet.example")
+            .query(&mut c)
+            .expect("lease");
+        if let Some(h) = held {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "no lease taken\n{}", replicas[0].log());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    replicas[0].signal("KILL");
+    assert!(
+        holder.starts_with(&format!("{}-", replicas[0].pid())),
+        "replica 0 holds the order: {holder}"
+    );
+    let stored: bool = redis::cmd("HEXISTS")
+        .arg("tenantgate:{acme}:certs")
+        .arg("d.fleet.example")
+        .query(&mut c)
+        .expect("hexists");
+    assert!(!stored, "killed before its order finished");
+    for gw in &replicas[1..] {
+        gw.write_config(&template2);
+    }
+    let survivors: Vec<&Gateway> = replicas[1..].iter().collect();
+    let (d_leaf, spread) = all_serve(&survivors, "d.fleet.example", &root, &p).await;
+    assert!(spread <= Duration::from_secs(1), "d: spread {spread:?}");
+    assert_eq!(
+        orders(&redis).get("d.fleet.example"),
+        Some(&2),
+        "the dead replica's order and its successor's"
+    );
+    leaves.insert("d.fleet.example", d_leaf);
+
+    // Redis gone, every replica restarted: each serves its own copies.
+    redis.kill();
+    let mut restarted = Vec::new();
+    for (gw, h) in replicas.into_iter().zip(&http) {
+        let dir = gw.stop();
+        restarted.push(Gateway::start_with_http(dir, &template2, *h).await);
+    }
+    for (i, gw) in restarted.iter().enumerate() {
+        for name in more.iter().filter(|n| i > 0 || **n != "d.fleet.example") {
+            let served = leaf(gw, name, &root)
+                .await
+                .unwrap_or_else(|| panic!("replica {i} does not serve {name} with Redis down\n{}", gw.log()));
+            assert_eq!(&served, &leaves[name], "replica {i}, {name}: its last-known-good copy");
+        }
+    }
+}
