@@ -22,14 +22,14 @@
   // series: [{name, points: [[t, v], ...]}]; opts: {unit}. Returns a
   // wrapper element holding the SVG and its legend.
   function line(series, opts) {
-    const W = 600, H = 180, L = 48, R = 8, T = 8, B = 22;
+    const W = 600, H = 220, L = 70, R = 10, T = 10, B = 28;
     const wrap = document.createElement('div');
     const svg = node('svg', { viewBox: '0 0 ' + W + ' ' + H, class: 'chart', role: 'img' });
     const all = series.flatMap(s => s.points);
     const unit = (opts && opts.unit) || '';
     if (all.length === 0) {
       const t = node('text', { x: W / 2, y: H / 2, 'text-anchor': 'middle', class: 'tick' });
-      t.textContent = 'no data yet (one point every 10 s)';
+      t.textContent = (opts && opts.empty) || 'no data yet (one point every 10 s)';
       svg.appendChild(t);
       wrap.appendChild(svg);
       return wrap;
@@ -46,7 +46,7 @@
       svg.appendChild(t);
     }
     for (const [tt, anchor] of [[t0, 'start'], [t1, 'end']]) {
-      const t = node('text', { x: x(tt), y: H - 6, 'text-anchor': anchor, class: 'tick' });
+      const t = node('text', { x: x(tt), y: H - 4, 'text-anchor': anchor, class: 'tick' });
       t.textContent = new Date(tt * 1000).toLocaleTimeString();
       svg.appendChild(t);
     }

@@ -43,6 +43,13 @@
       h('thead', {}, h('tr', {}, heads.map(x => h('th', { class: x.endsWith('#') ? 'num' : null }, x.replace(/#$/, ''))))),
       h('tbody', {}, rows));
   }
+  // The first few items of a long list, and how many more.
+  function summary(items, max) {
+    const n = max || 8;
+    return items.slice(0, n).join(', ') + (items.length > n ? ' and ' + (items.length - n) + ' more' : '');
+  }
+  // An RFC 3339 time without its fraction of a second.
+  function when(t) { return typeof t === 'string' ? t.replace(/\.\d+(Z|[+-])/, '$1').replace('T', ' ') : ''; }
   function td(v, cls) { return h('td', { class: cls || null }, v); }
   function status(text, bad) {
     const s = $('status');
@@ -179,7 +186,7 @@
         h('div', { class: 'panel' }, h('h2', {}, 'Requests per second, last hour'),
           TgChart.line([{ name: 'req/s', points: pts.map(p => [p.t, p.rps]) }, { name: '5xx/s', points: pts.map(p => [p.t, p.errors_per_sec]) }], {})),
         h('div', { class: 'panel' }, h('h2', {}, 'Refusals per second by reason'),
-          TgChart.line([...reasons].slice(0, 4).map(r => ({ name: r, points: pts.map(p => [p.t, p.refusals_per_sec[r] || 0]) })), {})),
+          TgChart.line([...reasons].slice(0, 4).map(r => ({ name: r, points: pts.map(p => [p.t, p.refusals_per_sec[r] || 0]) })), { empty: pts.length ? 'no refusals in the last hour' : '' })),
         h('div', { class: 'panel' }, h('h2', {}, 'Latency'),
           TgChart.line([{ name: 'p50', points: pts.map(p => [p.t, p.p50]) }, { name: 'p99', points: pts.map(p => [p.t, p.p99]) }], { unit: 's' })));
       const refusalRows = Object.entries(d.since_start.refusals).sort((a, b) => b[1] - a[1])
@@ -235,7 +242,7 @@
     const prev = h('button', { id: 'tenant-prev', type: 'button', class: 'secondary', disabled: true }, '← Previous');
     const next = h('button', { id: 'tenant-next', type: 'button', class: 'secondary', disabled: true }, 'Next →');
     const form = h('form', { class: 'row', id: 'tenant-form' }, field, q, h('button', { id: 'tenant-search', type: 'submit' }, 'Search'), count);
-    root.append(h('h1', {}, 'Tenants'), form, box, h('div', { class: 'row' }, prev, next));
+    root.append(h('h1', {}, 'Tenants'), form, h('div', { class: 'row' }, prev, next), box);
     let cursors = [];   // cursor of each page shown so far ('' = first)
     async function load(cursor) {
       const params = new URLSearchParams({ limit: String(PAGE) });
@@ -322,9 +329,9 @@
 
   function auditTable(a, id) {
     if (!a.ok) return refused(a);
-    const rows = a.data.entries.slice().reverse().map(e => h('tr', {}, td(e.at), td(e.who === null ? '(another token)' : e.who), td(e.request),
+    const rows = a.data.entries.slice().reverse().map(e => h('tr', {}, td(when(e.at)), td(e.who === null ? '(another token)' : e.who), td(e.request),
       td(e.result === 'applied' ? h('span', { class: 'badge good' }, 'applied') : h('span', { class: 'badge bad' }, 'rejected ' + (e.status || ''))),
-      td((e.diff || []).map(d => (d.tenant || d.template || '') + ' ' + d.action).join(', ') || (e.problem || ''))));
+      td(summary((e.diff || []).map(d => (d.tenant || d.template || '') + ' ' + d.action)) || (e.problem || ''))));
     return rows.length ? table(id, ['at', 'who', 'request', 'result', 'changes'], rows) : h('p', { class: 'muted' }, 'No entries.');
   }
 
@@ -397,7 +404,7 @@
     const preview = h('div', { class: 'panel', id: 'rollback-preview', hidden: true });
     const list = h('div', { class: 'panel' }, h('h2', {}, 'Versions'));
     const audit = h('div', { class: 'panel' }, h('h2', {}, 'Audit log (newest first)'));
-    root.append(list, preview, audit);
+    root.append(preview, list, audit);
     async function load() {
       const [v, a] = await Promise.all([api('GET', '/v1/versions'), api('GET', '/v1/audit?limit=100')]);
       if (!live()) return;
@@ -405,8 +412,8 @@
       while (audit.childNodes.length > 1) audit.removeChild(audit.lastChild);
       if (!v.ok) list.appendChild(refused(v));
       else list.appendChild(v.data.versions.length ? table('versions', ['version#', 'at', 'who', 'changed', ''],
-        v.data.versions.map(x => h('tr', { 'data-version': x.version }, td(String(x.version), 'num'), td(x.at), td(x.who),
-          td([...x.tenants.map(t => 'tenant ' + t), ...x.templates.map(t => 'template ' + t), x.main_file ? 'main file' : null].filter(Boolean).join(', ')),
+        v.data.versions.map(x => h('tr', { 'data-version': x.version }, td(String(x.version), 'num'), td(when(x.at)), td(x.who),
+          td(summary([...x.tenants.map(t => 'tenant ' + t), ...x.templates.map(t => 'template ' + t), x.main_file ? 'main file' : null].filter(Boolean))),
           h('td', {}, h('button', { type: 'button', class: 'secondary preview', onclick: () => showPreview(x.version) }, 'Preview rollback')))))
         : h('p', { class: 'muted' }, 'No versions kept yet.'));
       audit.appendChild(auditTable(a, 'audit'));
@@ -415,6 +422,7 @@
       preview.hidden = false;
       clear(preview);
       preview.appendChild(h('h2', {}, 'Roll back to version ' + n + ': preview'));
+      preview.scrollIntoView();
       const r = await api('POST', '/v1/versions/' + encodeURIComponent(n) + '/rollback?dry_run=true');
       if (!live()) return;
       if (!r.ok) { preview.appendChild(refused(r)); return; }
