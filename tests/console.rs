@@ -440,6 +440,7 @@ async fn a_top_tenants_value_past_the_cap_is_refused_naming_the_field() {
 
 // ---- the browser ---------------------------------------------------------
 
+const XSS: &str = "<img src=x onerror=window.__xss=1><script>window.__xss=2</script>";
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const PYTHON: &str = "/usr/bin/python3";
@@ -464,6 +465,8 @@ async fn a_real_browser_drives_the_console_end_to_end() {
         .map(|i| json!({"id": format!("t{i:05}"), "subdomain": format!("t{i:05}"), "pool": "p", "labels": {"tier": if i % 2 == 0 { "gold" } else { "free" }}}))
         .collect();
     list.push(json!({"id": "acme", "subdomain": "acme", "pool": "p"}));
+    // Markup in a label value must show as text, never run.
+    list[7777]["labels"]["note"] = json!(XSS);
     let export = gw.admin_call("GET", "/v1/export", Some(OPS), None, &[]).await;
     let tag = export.etag.clone().expect("etag");
     let import = gw
@@ -529,7 +532,7 @@ async fn a_real_browser_drives_the_console_end_to_end() {
         .args(["--admin", &format!("http://{}", gw.admin)])
         .args(["--proxy", &gw.http.to_string()])
         .args(["--token", OPS, "--tenant-token", ACME])
-        .args(["--find", "t07777"])
+        .args(["--find", "t07777", "--markup", XSS])
         .args(["--hot", "t00042", "--hotter", "t09999"])
         .args(["--rollback", &target.to_string()])
         .args(["--domain", "shop.console-test.example"])

@@ -38,7 +38,7 @@ def step(name, detail=""):
 def parse():
     p = argparse.ArgumentParser()
     for a in ["admin", "proxy", "token", "tenant-token", "find", "hot", "hotter", "rollback", "domain", "screenshots",
-              "dns-admin", "txt-name", "txt-value"]:
+              "dns-admin", "txt-name", "txt-value", "markup"]:
         p.add_argument("--" + a, required=True)
     return p.parse_args()
 
@@ -158,6 +158,10 @@ def main():
         wait.until(EC.visibility_of_element_located((By.ID, "tenant-facts")))
         assert "p" in d.find_element(By.ID, "tenant-facts").text
         wait.until(lambda _: d.find_elements(By.CSS_SELECTOR, "#tenant-audit table, #tenant-audit p"))
+        # A label holding markup is shown as text and never runs.
+        profile = d.find_element(By.ID, "tenant-profile").text
+        assert args.markup.replace('"', '\\"') in profile or args.markup in profile, profile
+        assert d.execute_script("return window.__xss === undefined && document.querySelectorAll('#main img, #main script').length === 0")
         shot("tenant")
         step("opened")
 
