@@ -48,6 +48,7 @@ macro_rules! forward_async_write {
 pub mod acme;
 pub mod admin;
 pub mod config;
+pub mod console;
 pub mod demo;
 pub mod domains;
 pub mod limits;

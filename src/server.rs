@@ -91,6 +91,7 @@ pub fn serve(source: Source, upgrade: bool) -> Result<std::convert::Infallible, 
     }
     crate::release_free_memory();
     let snap = registry.snapshot();
+    metrics.set_top_tenants(snap.config.telemetry.top_tenants);
     let gw = &snap.config.gateway;
 
     let conf = ServerConf {

@@ -677,9 +677,16 @@ async fn rollback_restores_earlier_routing_also_after_a_restart() {
     let dry = gw
         .admin_call("POST", "/v1/versions/1/rollback?dry_run=true", Some(OPS), None, &[])
         .await;
+    // The preview says what the rollback would change, field by field.
     assert_eq!(
         dry.json,
-        json!({"rolled_back_to": 1, "applied": false, "generation": null})
+        json!({"rolled_back_to": 1, "applied": false, "generation": null, "diff": [
+            {"tenant": "acme", "action": "update", "fields": {"pool": {"before": "q", "after": "p"}}},
+            {"tenant": "beta", "action": "delete", "fields": {
+                "domains": {"before": ["beta.example.com"], "after": null},
+                "id": {"before": "beta", "after": null},
+                "pool": {"before": "p", "after": null}}}
+        ]})
     );
     assert_eq!(routed(&gw, "app.acme.com").await.2, "q");
 

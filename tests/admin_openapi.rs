@@ -563,6 +563,35 @@ pool = "p"
     .await;
 
     w.call("GET", "/v1/versions", "/v1/versions", op, None, &[], 200).await;
+    w.call("GET", "/v1/session", "/v1/session", op, None, &[], 200).await;
+    w.call("GET", "/v1/session", "/v1/session", Some(ACME), None, &[], 200)
+        .await;
+    w.call("GET", "/v1/session", "/v1/session", None, None, &[], 401).await;
+    for by in ["rps", "5xx", "429", "p99"] {
+        let path = format!("/v1/stats/top?by={by}&limit=5");
+        w.call("GET", "/v1/stats/top", &path, op, None, &[], 200).await;
+    }
+    w.call("GET", "/v1/stats/top", "/v1/stats/top?by=bytes", op, None, &[], 400)
+        .await;
+    w.call("GET", "/v1/stats/top", "/v1/stats/top", Some(ACME), None, &[], 403)
+        .await;
+    for stat in ["overview", "series", "domains", "pools"] {
+        let path = format!("/v1/stats/{stat}");
+        w.call("GET", &path, &path, op, None, &[], 200).await;
+        w.call("GET", &path, &path, Some(ACME), None, &[], 403).await;
+    }
+    w.call(
+        "GET",
+        "/v1/stats/domains",
+        "/v1/stats/domains?limit=0",
+        op,
+        None,
+        &[],
+        400,
+    )
+    .await;
+    w.call("GET", "/v1/tenants", "/v1/tenants?id_prefix=ac", op, None, &[], 200)
+        .await;
     let r = "/v1/versions/{n}/rollback";
     w.call("POST", r, "/v1/versions/1/rollback?dry_run=true", op, None, &[], 200)
         .await;

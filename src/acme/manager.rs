@@ -171,6 +171,60 @@ fn wall_time(due: Instant) -> SystemTime {
     }
 }
 
+/// Every managed name at a glance: counts by state and by days left, and
+/// the names whose orders fail (at most `max_failing`, most failures first).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScheduleSummary {
+    /// Names by state, in [`NameState::as_str`] terms.
+    pub states: Vec<(&'static str, usize)>,
+    /// Names with a certificate by days left: `expired`, `lt7d`, `lt14d`,
+    /// `lt30d`, `ge30d`.
+    pub expiry: Vec<(&'static str, usize)>,
+    /// `(name, failures, last error)`.
+    pub failing: Vec<(String, u32, String)>,
+}
+
+impl Schedule {
+    /// Counts every name by state and expiry band. O(names): for operator
+    /// queries on a blocking thread, never the request path.
+    pub fn summary(&self, max_failing: usize) -> ScheduleSummary {
+        let now = SystemTime::now();
+        let book = self.lock();
+        let mut states = [("ordering", 0), ("pending", 0), ("failed", 0), ("valid", 0)];
+        let mut expiry = [("expired", 0), ("lt7d", 0), ("lt14d", 0), ("lt30d", 0), ("ge30d", 0)];
+        let mut failing = Vec::new();
+        for (name, m) in &book.managed {
+            let state = match (book.in_flight.contains_key(name), &m.last_error, m.not_after) {
+                (true, _, _) => 0,
+                (false, Some(_), _) => 2,
+                (false, None, Some(t)) if t > now => 3,
+                (false, None, _) => 1,
+            };
+            states[state].1 += 1;
+            if let Some(t) = m.not_after {
+                let band = match t.duration_since(now).map(|d| d.as_secs() / 86_400) {
+                    Err(_) => 0,
+                    Ok(d) if d < 7 => 1,
+                    Ok(d) if d < 14 => 2,
+                    Ok(d) if d < 30 => 3,
+                    Ok(_) => 4,
+                };
+                expiry[band].1 += 1;
+            }
+            if let Some(e) = &m.last_error {
+                failing.push((name.clone(), m.failures, e.clone()));
+            }
+        }
+        failing.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        failing.truncate(max_failing);
+        ScheduleSummary {
+            states: states.to_vec(),
+            expiry: expiry.to_vec(),
+            failing,
+        }
+    }
+}
+
 enum Outcome {
     Issued {
         not_after: SystemTime,

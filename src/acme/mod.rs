@@ -10,5 +10,5 @@ mod manager;
 mod order;
 
 pub use challenges::Challenges;
-pub use manager::{CertManager, NameState, NameStatus, Schedule};
+pub use manager::{CertManager, NameState, NameStatus, Schedule, ScheduleSummary};
 pub use order::OrderError;

@@ -15,6 +15,7 @@ mod patch;
 mod preview;
 mod problem;
 mod request;
+mod stats;
 mod templates;
 mod tenants;
 mod versions;
@@ -69,6 +70,18 @@ impl BackgroundService for AdminApi {
         let admin = self.registry.snapshot().config.admin.clone();
         let limits = admin.listening;
         self.audit.set_max_bytes(admin.audit_max_bytes);
+        // The console's time series: one point per window, whatever the traffic.
+        let top = self.registry.metrics().top.clone();
+        let mut sampler_stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => top.sample(),
+                    _ = sampler_stop.changed() => return,
+                }
+            }
+        });
         let api = Arc::new(Api {
             registry: self.registry.clone(),
             audit: self.audit.clone(),
@@ -110,13 +123,24 @@ impl Drop for Pending<'_> {
 
 impl Handler for Api {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        if crate::console::owns(req.uri().path()) {
+            let (parts, body) = crate::console::answer(req.method(), req.uri().path()).into_parts();
+            return Response::from_parts(parts, Body::new(body));
+        }
         let read = matches!(*req.method(), Method::GET | Method::HEAD);
         let none_match = req
             .headers()
             .get(header::IF_NONE_MATCH)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let resp = self.serve(req).await;
+        let mut resp = self.serve(req).await;
+        // JSON is never to be sniffed as a page, nor framed.
+        let h = resp.headers_mut();
+        h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        );
         match none_match {
             Some(tags) if read && resp.status() == StatusCode::OK => not_modified(resp, &tags),
             _ => resp,
@@ -179,6 +203,16 @@ impl Api {
                 return problem::json_response(StatusCode::OK, &json!({"status": "ready", "generation": generation}));
             }
             _ => {}
+        }
+        // A browser marks a request another site made it send: such a write
+        // is refused before its token is even looked at (CSRF defence in
+        // depth; the token is never a cookie, so a forged form has none).
+        let cross_site = req
+            .headers()
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+        if cross_site && !matches!(*req.method(), Method::GET | Method::HEAD) {
+            return Problem::forbidden("a write from another site is refused").response();
         }
         let caller = {
             let snap = self.registry.snapshot();

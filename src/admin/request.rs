@@ -36,6 +36,18 @@ pub enum Route {
     Rollback(String),
     Export,
     Import,
+    /// `GET /v1/session`: who the token is.
+    Session,
+    /// `GET /v1/stats/top`.
+    StatsTop,
+    /// `GET /v1/stats/overview`.
+    StatsOverview,
+    /// `GET /v1/stats/series`.
+    StatsSeries,
+    /// `GET /v1/stats/domains`.
+    StatsDomains,
+    /// `GET /v1/stats/pools`.
+    StatsPools,
 }
 
 const READ: &[Method] = &[Method::GET, Method::HEAD, Method::OPTIONS];
@@ -78,6 +90,12 @@ impl Route {
             ["v1", "versions", n, "rollback"] => Route::Rollback(owned(n)),
             ["v1", "export"] => Route::Export,
             ["v1", "import"] => Route::Import,
+            ["v1", "session"] => Route::Session,
+            ["v1", "stats", "top"] => Route::StatsTop,
+            ["v1", "stats", "overview"] => Route::StatsOverview,
+            ["v1", "stats", "series"] => Route::StatsSeries,
+            ["v1", "stats", "domains"] => Route::StatsDomains,
+            ["v1", "stats", "pools"] => Route::StatsPools,
             _ => return Ok(None),
         }))
     }
@@ -152,6 +170,12 @@ pub const PATHS: &[&str] = &[
     "/v1/versions/{n}/rollback",
     "/v1/export",
     "/v1/import",
+    "/v1/session",
+    "/v1/stats/top",
+    "/v1/stats/overview",
+    "/v1/stats/series",
+    "/v1/stats/domains",
+    "/v1/stats/pools",
 ];
 
 /// Each of [`PATHS`] with the methods the router answers on it (besides

@@ -64,6 +64,12 @@ impl Call {
             (Method::GET, Route::Export) => self.export().await,
             (Method::POST, Route::Import) => self.import().await,
             (Method::POST, Route::Rollback(n)) => self.rollback(&n).await,
+            (Method::GET, Route::Session) => Ok(self.session()),
+            (Method::GET, Route::StatsTop) => self.stats_top(),
+            (Method::GET, Route::StatsOverview) => self.stats_overview().await,
+            (Method::GET, Route::StatsSeries) => self.stats_series(),
+            (Method::GET, Route::StatsDomains) => self.stats_domains().await,
+            (Method::GET, Route::StatsPools) => self.stats_pools().await,
             _ => Err(Problem::not_found("no such resource; see /v1/openapi.json")),
         }
     }
@@ -405,6 +411,8 @@ fn refuse_operator_fields(before: &TenantSection, after: &TenantSection) -> Resu
 
 /// The list filters of `GET /v1/tenants`.
 struct Filter {
+    /// `id_prefix`: ids starting with it.
+    id_prefix: Option<String>,
     labels: Vec<(String, String)>,
     domain: Option<String>,
     pool: Option<String>,
@@ -431,6 +439,7 @@ impl Filter {
             None => None,
         };
         Ok(Filter {
+            id_prefix: q.get("id_prefix").map(str::to_string),
             labels,
             domain,
             pool: q.get("pool").map(str::to_string),
@@ -440,7 +449,8 @@ impl Filter {
     }
 
     fn matches(&self, snap: &Snapshot, t: &TenantSpec) -> bool {
-        self.labels.iter().all(|(k, v)| t.labels.get(k) == Some(v))
+        self.id_prefix.as_ref().is_none_or(|p| t.id.starts_with(p.as_str()))
+            && self.labels.iter().all(|(k, v)| t.labels.get(k) == Some(v))
             && self
                 .domain
                 .as_ref()

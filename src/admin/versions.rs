@@ -68,10 +68,13 @@ impl Call {
                     p
                 })?
                 .map(|w| w.generation);
-            Ok(json_response(
-                StatusCode::OK,
-                &json!({"rolled_back_to": n, "applied": !dry_run, "generation": generation}),
-            ))
+            let mut body = json!({"rolled_back_to": n, "applied": !dry_run, "generation": generation});
+            if dry_run {
+                // The preview shows what the rollback would change.
+                let diff = registry.rollback_diff(n).map_err(|e| write_problem(&who, &[], e))?;
+                body["diff"] = Value::Array(diff.iter().map(|d| d.to_json()).collect());
+            }
+            Ok(json_response(StatusCode::OK, &body))
         })
         .await
         .map_err(|_| Problem::internal())?

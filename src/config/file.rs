@@ -218,6 +218,7 @@ pub struct TelemetrySection {
     pub access_log: Option<bool>,
     pub log_format: Option<String>,
     pub tenant_label_limit: Option<usize>,
+    pub top_tenants: Option<usize>,
     pub metrics_header_timeout_ms: Option<u64>,
     pub metrics_idle_timeout_ms: Option<u64>,
     pub metrics_max_connections: Option<usize>,

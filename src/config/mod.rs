@@ -83,6 +83,14 @@ pub struct Config {
     pub identity: Identity,
 }
 
+impl Config {
+    /// Whether each tenant gets its own `tenant` label in per-tenant
+    /// metrics: only while there are at most `tenant_label_limit` tenants.
+    pub fn labels_tenants(&self) -> bool {
+        self.tenants.len() <= self.telemetry.tenant_label_limit
+    }
+}
+
 /// A template, validated: the section as written and where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplateSpec {
@@ -218,9 +226,13 @@ pub enum LogFormat {
 pub struct Telemetry {
     pub access_log: bool,
     pub log_format: LogFormat,
-    /// Tenants beyond this many (in config order) share the `_other` label in
-    /// per-tenant metrics, which keeps label cardinality bounded.
+    /// With at most this many tenants, each has its own label in per-tenant
+    /// metrics; with more, all share `_other` (the busiest are then named by
+    /// `tenantgate_top_tenant_*`), which keeps label cardinality bounded.
     pub tenant_label_limit: usize,
+    /// K of the top-tenant sketches: tenants ranked and exported as
+    /// `tenantgate_top_tenant_*` (read at start).
+    pub top_tenants: usize,
     /// Bounds of the `/metrics` listener.
     pub metrics_listening: Listening,
 }
@@ -1294,6 +1306,11 @@ fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// Default `[telemetry] top_tenants`.
+pub const DEFAULT_TOP_TENANTS: usize = 100;
+/// The largest `[telemetry] top_tenants`.
+pub const MAX_TOP_TENANTS: usize = 1_000;
+
 fn validate_telemetry(t: file::TelemetrySection, errs: &mut Vec<ConfigError>) -> Telemetry {
     let log_format = match t.log_format.as_deref() {
         None | Some("text") => LogFormat::Text,
@@ -1313,6 +1330,21 @@ fn validate_telemetry(t: file::TelemetrySection, errs: &mut Vec<ConfigError>) ->
         access_log: t.access_log.unwrap_or(true),
         log_format,
         tenant_label_limit: t.tenant_label_limit.unwrap_or(1_000),
+        top_tenants: match t.top_tenants {
+            Some(k) if k > MAX_TOP_TENANTS => {
+                errs.push(err(
+                    None,
+                    "telemetry.top_tenants",
+                    Problem::BadSetting {
+                        value: k.to_string(),
+                        expected: "a whole number from 0 to 1000",
+                    },
+                ));
+                DEFAULT_TOP_TENANTS
+            }
+            Some(k) => k,
+            None => DEFAULT_TOP_TENANTS,
+        },
         metrics_listening: Listening {
             header_timeout: positive_ms(
                 "telemetry.metrics_header_timeout_ms",

@@ -283,6 +283,11 @@ impl Claims {
             .collect()
     }
 
+    /// Every claim, pending and failed.
+    pub fn all(&self) -> Vec<Claim> {
+        self.lock().values().flatten().cloned().collect()
+    }
+
     /// Counts by state, for metrics.
     pub fn counts(&self) -> (usize, usize) {
         let map = self.lock();

@@ -64,6 +64,7 @@ use crate::routing::paths::{normalize_path, PathError};
 use crate::routing::MatchKind;
 use crate::routing::{self, HostError, Match, TenantIdx, Unresolved};
 use crate::telemetry::spread::Spread;
+use crate::telemetry::top;
 use crate::telemetry::NO_TENANT;
 use crate::telemetry::{Metrics, Rejection};
 use crate::tls::certs::name_covers;
@@ -705,7 +706,7 @@ impl Policy {
     /// The metric label of a resolved tenant (bounded like every tenant label).
     fn tenant_label<'s>(&self, snap: &'s Snapshot, m: Match) -> &'s str {
         match snap.tenant(m.tenant) {
-            Some(t) if (m.tenant as usize) < snap.config.telemetry.tenant_label_limit => &t.id,
+            Some(t) if snap.config.labels_tenants() => &t.id,
             Some(_) => crate::telemetry::OTHER_TENANTS,
             None => NO_TENANT,
         }
@@ -785,6 +786,14 @@ impl Policy {
         let elapsed = o.start.elapsed();
         let access_log = snap.config.telemetry.access_log;
         let (status, method, path) = (o.status, o.method, o.path);
+        let tenant = o.route.and_then(|r| snap.tenant(r.tenant));
+        self.metrics.top.record(&top::Sample {
+            tenant: tenant.map(|t| &t.id),
+            status,
+            refusal: refusal_reason(o),
+            start: o.start,
+            elapsed,
+        });
         let Some(route) = o.route else {
             if access_log {
                 // Without a tenant, only a shared host's platform pool forwards.
@@ -837,6 +846,23 @@ impl Policy {
                 error = o.error.map(tracing::field::display),
             );
         }
+    }
+}
+
+/// Why the gateway itself refused a request, as an index in
+/// [`top::REFUSAL_REASONS`]: its rejection, else its own 429 (limits) or
+/// 401/403 (identity); `None` for a request a backend answered.
+fn refusal_reason(o: &Outcome<'_>) -> Option<usize> {
+    if let Some(r) = o.rejection {
+        return Rejection::ALL.iter().position(|x| *x == r);
+    }
+    if o.upstream.is_some() {
+        return None;
+    }
+    match o.status {
+        429 => top::refusal_index("limit"),
+        401 | 403 => top::refusal_index("identity"),
+        _ => None,
     }
 }
 

@@ -114,6 +114,12 @@ impl Upstream {
             .store(now_ms() + period.as_millis() as u64, Ordering::Relaxed);
     }
 
+    /// How much longer it is skipped; `None` while it is not.
+    pub fn down_for(&self) -> Option<Duration> {
+        let left = self.down_until.load(Ordering::Relaxed).saturating_sub(now_ms());
+        (left > 0).then(|| Duration::from_millis(left))
+    }
+
     /// Whether it is currently skipped.
     pub fn is_down(&self) -> bool {
         self.down_until.load(Ordering::Relaxed) > now_ms()

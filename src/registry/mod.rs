@@ -76,6 +76,12 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// The metrics every snapshot's handles come from (also the console's
+    /// sketches and series).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Loads the first snapshot. Fails if the config is invalid.
     pub fn load(source: Source, metrics: Arc<Metrics>) -> Result<Registry, LoadError> {
         let texts = source.texts()?;

@@ -148,16 +148,14 @@ impl Snapshot {
                 .or_insert_with(|| Arc::new(Verifier::new(&jwt, &source, issuer.as_deref())));
             Some(v.clone())
         };
-        let limit = config.telemetry.tenant_label_limit;
+        let labelled = config.labels_tenants();
         let other = metrics.tenant(OTHER_TENANTS);
         let other_limits = metrics.tenant_limits(OTHER_TENANTS);
         let tenants = config
             .tenants
             .iter()
-            .enumerate()
-            .map(|(i, spec)| {
+            .map(|spec| {
                 let id: Arc<str> = spec.id.as_str().into();
-                let labelled = i < limit;
                 Tenant {
                     // Tenant ids are validated to [a-z0-9_-], always a valid header value.
                     header_value: HeaderValue::from_str(&spec.id).unwrap_or(HeaderValue::from_static("invalid")),
@@ -203,8 +201,8 @@ impl Snapshot {
 
     /// Ids of tenants with their own metric series.
     pub(crate) fn labelled_tenants(&self) -> impl Iterator<Item = &str> {
-        let limit = self.config.telemetry.tenant_label_limit;
-        self.tenants.iter().take(limit).map(|t| &*t.id)
+        let labelled = self.config.labels_tenants();
+        self.tenants.iter().take_while(move |_| labelled).map(|t| &*t.id)
     }
 }
 

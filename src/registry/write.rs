@@ -116,6 +116,21 @@ impl Registry {
         self.write_texts(dry_run, who, |live, _| Ok(self.versions.undo_to(n, live)?))
     }
 
+    /// What rolling back to version `n` would change, field by field (the
+    /// console shows it before the rollback). Parses both the live and
+    /// the restored files: for a blocking thread.
+    pub fn rollback_diff(&self, n: u64) -> Result<Vec<crate::config::diff::TenantDiff>, WriteError> {
+        let live = self.texts.load_full();
+        let undone = self.versions.undo_to(n, &live)?;
+        let path = self.source.path();
+        let (before, _) = live.parse(&path)?;
+        let (after, _) = undone.parse(&path)?;
+        Ok(crate::config::diff::changes(
+            &crate::config::diff::State::of(before),
+            &crate::config::diff::State::of(after),
+        ))
+    }
+
     /// The general write: `plan` turns the live texts into new ones.
     fn write_texts<E: From<WriteError>>(
         &self,

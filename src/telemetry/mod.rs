@@ -4,6 +4,7 @@
 
 mod endpoint;
 pub mod spread;
+pub mod top;
 
 use prometheus::{Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tracing_subscriber::EnvFilter;
@@ -136,6 +137,11 @@ pub struct Metrics {
     region_requests: IntCounterVec,
     identity_refusals: IntCounterVec,
     identity_spread: IntCounterVec,
+    /// The busiest tenants (heavy-hitter sketches), the platform totals and
+    /// the console's time series.
+    pub top: std::sync::Arc<top::Top>,
+    /// K: rows exported per `tenantgate_top_tenant_*` metric.
+    top_k: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Label value of identity refusals before any tenant was resolved.
@@ -460,6 +466,9 @@ impl Metrics {
         for r in ["success", "failure"] {
             reloads.with_label_values(&[r]);
         }
+        let top = std::sync::Arc::new(top::Top::default());
+        let top_k = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(top::DEFAULT_K));
+        registry.register(Box::new(top::Collector::new(top.clone(), top_k.clone())?))?;
         Ok(Metrics {
             registry,
             requests,
@@ -482,7 +491,21 @@ impl Metrics {
             region_requests,
             identity_refusals,
             identity_spread,
+            top,
+            top_k,
         })
+    }
+
+    /// Sizes the top-tenant sketches and exports to `k` tenants (`[telemetry]
+    /// top_tenants`, read at start).
+    pub fn set_top_tenants(&self, k: usize) {
+        self.top.set_capacity(k);
+        self.top_k.store(k, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// K of the top-tenant sketches.
+    pub fn top_tenants(&self) -> usize {
+        self.top_k.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Counts an identity refusal (`reason` from [`IDENTITY_REASONS`]).

@@ -1,0 +1,918 @@
+//! The tenants that carry the load now: bounded heavy-hitter sketches
+//! (space-saving, fixed capacity K) fed by `Policy::record`, plus the
+//! platform-wide counters and the in-memory time series the console charts.
+//!
+//! Memory and per-request cost are fixed whatever the tenant count: each
+//! of [`SHARDS`] shards (chosen by the tenant id's hash, so a tenant always
+//! lands in the same one) holds three sketches of at most K entries (by
+//! requests, by 5xx answers, by 429 refusals) for the current and the
+//! previous window of [`WINDOW`]. A tracked tenant's count is an upper bound
+//! of its true count, over by at most its `error`; any tenant with more than
+//! 1/K of its shard's requests is tracked.
+//!
+//! It never formats a label or allocates on the request path except when a
+//! new tenant takes an evicted slot (one `Arc` clone).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// Independent shards, so requests of different tenants rarely contend.
+pub const SHARDS: usize = 8;
+/// Length of one counting window; rates cover the previous window and the
+/// current one so far.
+pub const WINDOW: Duration = Duration::from_secs(10);
+/// Points the time series keeps: one per [`WINDOW`], one hour.
+pub const SERIES_POINTS: usize = 360;
+/// Default K (`[telemetry] top_tenants`).
+pub const DEFAULT_K: usize = crate::config::DEFAULT_TOP_TENANTS;
+/// Requests a tenant needs in the counted span to be ranked by p99.
+const P99_MIN_REQUESTS: u64 = 20;
+
+/// Latency buckets: two per power of two of microseconds, from 1 µs to
+/// about two minutes (the last bucket takes everything above).
+const BUCKETS: usize = 54;
+
+/// The bucket of a duration.
+fn bucket(d: Duration) -> usize {
+    let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
+    if us < 2 {
+        return 0;
+    }
+    let log = 63 - us.leading_zeros() as usize;
+    let half = ((us >> (log - 1)) & 1) as usize;
+    (2 * log + half - 1).min(BUCKETS - 1)
+}
+
+/// Upper bound of a bucket, in seconds.
+fn bucket_upper(i: usize) -> f64 {
+    let log = i.div_ceil(2);
+    let half = (i + 1) % 2;
+    let base = (1u64 << log) as f64;
+    (base + base * 0.5 * (half as f64 + 1.0)) / 1e6
+}
+
+/// The `q` quantile (0..1) of bucket counts, in seconds; 0 without data.
+fn quantile(counts: impl Iterator<Item = u64> + Clone, q: f64) -> f64 {
+    let total: u64 = counts.clone().sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, c) in counts.enumerate() {
+        seen += c;
+        if seen >= rank {
+            return bucket_upper(i);
+        }
+    }
+    bucket_upper(BUCKETS - 1)
+}
+
+/// What a slot of the request sketch carries besides its count.
+#[derive(Clone)]
+struct Detail {
+    errors: u64,
+    limited: u64,
+    latency: [u32; BUCKETS],
+}
+
+impl Default for Detail {
+    fn default() -> Self {
+        Detail {
+            errors: 0,
+            limited: 0,
+            latency: [0; BUCKETS],
+        }
+    }
+}
+
+/// One tracked key of a sketch.
+struct Slot<P> {
+    id: Arc<str>,
+    count: u64,
+    /// How much of `count` may belong to the keys this slot evicted.
+    error: u64,
+    extra: P,
+}
+
+/// A space-saving sketch of at most `cap` keys: a min-heap of slots by
+/// count, and an index from key to slot. O(log K) per hit.
+struct SpaceSaving<P> {
+    cap: usize,
+    index: HashMap<Arc<str>, u32, ahash::RandomState>,
+    slots: Vec<Slot<P>>,
+    /// Slot numbers, a min-heap by count.
+    heap: Vec<u32>,
+    /// Each slot's position in `heap`.
+    pos: Vec<u32>,
+}
+
+impl<P: Default> SpaceSaving<P> {
+    fn new(cap: usize, hasher: ahash::RandomState) -> Self {
+        SpaceSaving {
+            cap,
+            index: HashMap::with_capacity_and_hasher(cap, hasher),
+            slots: Vec::with_capacity(cap),
+            heap: Vec::with_capacity(cap),
+            pos: Vec::with_capacity(cap),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.index.clear();
+        self.slots.clear();
+        self.heap.clear();
+        self.pos.clear();
+    }
+
+    /// Counts `weight` for `id`; the slot's payload, or `None` with a
+    /// capacity of zero.
+    fn hit(&mut self, id: &Arc<str>, weight: u64) -> Option<&mut P> {
+        let slot = match self.index.get(&**id) {
+            Some(&s) => {
+                self.slots[s as usize].count += weight;
+                s
+            }
+            None if self.slots.len() < self.cap => {
+                let s = self.slots.len() as u32;
+                self.slots.push(Slot {
+                    id: id.clone(),
+                    count: weight,
+                    error: 0,
+                    extra: P::default(),
+                });
+                self.pos.push(self.heap.len() as u32);
+                self.heap.push(s);
+                self.index.insert(id.clone(), s);
+                self.sift_up(self.heap.len() - 1);
+                s
+            }
+            None => {
+                let s = *self.heap.first()?;
+                let old = &mut self.slots[s as usize];
+                self.index.remove(&old.id);
+                old.id = id.clone();
+                old.error = old.count;
+                old.count += weight;
+                old.extra = P::default();
+                self.index.insert(id.clone(), s);
+                s
+            }
+        };
+        self.sift_down(self.pos[slot as usize] as usize);
+        Some(&mut self.slots[slot as usize].extra)
+    }
+
+    fn count_at(&self, heap_pos: usize) -> u64 {
+        self.slots[self.heap[heap_pos] as usize].count
+    }
+
+    fn swap(&mut self, a: usize, b: usize) {
+        self.heap.swap(a, b);
+        self.pos[self.heap[a] as usize] = a as u32;
+        self.pos[self.heap[b] as usize] = b as u32;
+    }
+
+    fn sift_up(&mut self, mut i: usize) {
+        while i > 0 {
+            let parent = (i - 1) / 2;
+            if self.count_at(parent) <= self.count_at(i) {
+                break;
+            }
+            self.swap(parent, i);
+            i = parent;
+        }
+    }
+
+    fn sift_down(&mut self, mut i: usize) {
+        let n = self.heap.len();
+        loop {
+            let (l, r) = (2 * i + 1, 2 * i + 2);
+            let mut least = i;
+            if l < n && self.count_at(l) < self.count_at(least) {
+                least = l;
+            }
+            if r < n && self.count_at(r) < self.count_at(least) {
+                least = r;
+            }
+            if least == i {
+                return;
+            }
+            self.swap(i, least);
+            i = least;
+        }
+    }
+}
+
+/// The sketches of one window.
+struct Window {
+    requests: SpaceSaving<Detail>,
+    errors: SpaceSaving<()>,
+    limited: SpaceSaving<()>,
+}
+
+impl Window {
+    fn new(cap: usize, hasher: &ahash::RandomState) -> Self {
+        Window {
+            requests: SpaceSaving::new(cap, hasher.clone()),
+            errors: SpaceSaving::new(cap, hasher.clone()),
+            limited: SpaceSaving::new(cap, hasher.clone()),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.requests.clear();
+        self.errors.clear();
+        self.limited.clear();
+    }
+}
+
+struct Shard {
+    /// The window `cur` counts.
+    epoch: u64,
+    cur: Window,
+    prev: Window,
+}
+
+impl Shard {
+    /// Moves to `epoch`'s window: the current one becomes the previous one
+    /// (or both are emptied after a silent window).
+    fn roll(&mut self, epoch: u64) {
+        if epoch <= self.epoch {
+            return;
+        }
+        if epoch == self.epoch + 1 {
+            std::mem::swap(&mut self.cur, &mut self.prev);
+        } else {
+            self.prev.clear();
+        }
+        self.cur.clear();
+        self.epoch = epoch;
+    }
+}
+
+/// Why a request was refused, for the overview and the series: the
+/// gateway's own rejections (`Rejection::as_str`, in `Rejection::ALL`
+/// order), `limit` (its own 429) and `identity` (its own 401 or 403).
+pub const REFUSAL_REASONS: [&str; 14] = [
+    "unknown_host",
+    "bad_host",
+    "sni_mismatch",
+    "unknown_challenge",
+    "bad_request",
+    "too_large",
+    "method",
+    "coding",
+    "expectation",
+    "other_region",
+    "feature_off",
+    "maintenance",
+    "limit",
+    "identity",
+];
+
+/// The index in [`REFUSAL_REASONS`] of a reason.
+pub fn refusal_index(reason: &str) -> Option<usize> {
+    REFUSAL_REASONS.iter().position(|r| *r == reason)
+}
+
+/// Platform-wide counters since start.
+struct Totals {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    refusals: [AtomicU64; REFUSAL_REASONS.len()],
+    latency: [AtomicU64; BUCKETS],
+}
+
+/// One finished request, as the sketch counts it.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample<'a> {
+    /// The tenant, when one was resolved.
+    pub tenant: Option<&'a Arc<str>>,
+    pub status: u16,
+    /// Index in [`REFUSAL_REASONS`] when the gateway refused the request.
+    pub refusal: Option<usize>,
+    /// When the request started (chooses the window).
+    pub start: Instant,
+    pub elapsed: Duration,
+}
+
+/// A tenant's counts over both windows of its shard, while ranking.
+struct Merged {
+    requests: u64,
+    errors: u64,
+    limited: u64,
+    /// The count of the sketch ranked by (5xx or 429).
+    ranked: u64,
+    latency: [u32; BUCKETS],
+    /// Space-saving error of the ranked count.
+    bound: u64,
+}
+
+impl Default for Merged {
+    fn default() -> Self {
+        Merged {
+            requests: 0,
+            errors: 0,
+            limited: 0,
+            ranked: 0,
+            latency: [0; BUCKETS],
+            bound: 0,
+        }
+    }
+}
+
+/// One tenant in a ranking.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Ranked {
+    pub tenant: String,
+    /// Requests per second over the counted span (an upper bound).
+    pub rps: f64,
+    /// 5xx answers per second.
+    pub errors_per_sec: f64,
+    /// 429 refusals per second.
+    pub limited_per_sec: f64,
+    /// p99 latency in seconds (0 when the tenant is not tracked by requests).
+    pub p99: f64,
+    /// The ranked value may overcount by up to this many events (space-saving error).
+    pub error_bound: u64,
+}
+
+/// What to rank tenants by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RankBy {
+    Rps,
+    Errors,
+    Limited,
+    P99,
+}
+
+impl RankBy {
+    /// `rps`, `5xx`, `429` or `p99`.
+    pub fn parse(s: &str) -> Option<RankBy> {
+        match s {
+            "rps" => Some(RankBy::Rps),
+            "5xx" => Some(RankBy::Errors),
+            "429" => Some(RankBy::Limited),
+            "p99" => Some(RankBy::P99),
+            _ => None,
+        }
+    }
+}
+
+/// One point of the time series (one [`WINDOW`]).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Point {
+    /// Unix seconds at the end of the window.
+    pub t: u64,
+    pub rps: f64,
+    pub errors_per_sec: f64,
+    /// Refusals per second, by reason (only reasons seen in the window).
+    pub refusals_per_sec: Vec<(String, f64)>,
+    pub p50: f64,
+    pub p99: f64,
+}
+
+/// The counters at the last sample, to compute the next point's deltas.
+struct Sampled {
+    at: Instant,
+    requests: u64,
+    errors: u64,
+    refusals: [u64; REFUSAL_REASONS.len()],
+    latency: [u64; BUCKETS],
+    points: VecDeque<Point>,
+}
+
+/// The heavy-hitter sketches, the totals and the series.
+pub struct Top {
+    origin: Instant,
+    hasher: ahash::RandomState,
+    shards: Box<[Mutex<Shard>]>,
+    totals: Totals,
+    sampled: Mutex<Sampled>,
+}
+
+impl Default for Top {
+    fn default() -> Self {
+        Top::new(DEFAULT_K)
+    }
+}
+
+fn zeros<const N: usize>() -> [AtomicU64; N] {
+    std::array::from_fn(|_| AtomicU64::new(0))
+}
+
+impl Top {
+    /// Sketches of capacity `k` per shard (0 turns the rankings off; the
+    /// totals and series still count).
+    pub fn new(k: usize) -> Top {
+        // Fixed keys: shard choice and index hashing need no randomness
+        // against floods, since the keys are tenant ids from the config.
+        let hasher = ahash::RandomState::with_seeds(0x7e4a, 0x9a7e, 0x3c1d, 0x51f0);
+        let origin = Instant::now();
+        let shards = (0..SHARDS)
+            .map(|_| {
+                Mutex::new(Shard {
+                    epoch: 0,
+                    cur: Window::new(k, &hasher),
+                    prev: Window::new(k, &hasher),
+                })
+            })
+            .collect();
+        Top {
+            origin,
+            hasher,
+            shards,
+            totals: Totals {
+                requests: AtomicU64::new(0),
+                errors: AtomicU64::new(0),
+                refusals: zeros(),
+                latency: zeros(),
+            },
+            sampled: Mutex::new(Sampled {
+                at: origin,
+                requests: 0,
+                errors: 0,
+                refusals: [0; REFUSAL_REASONS.len()],
+                latency: [0; BUCKETS],
+                points: VecDeque::with_capacity(SERIES_POINTS),
+            }),
+        }
+    }
+
+    /// Re-sizes the sketches to `k` (at start; the rankings start over).
+    pub fn set_capacity(&self, k: usize) {
+        for shard in self.shards.iter() {
+            let mut s = lock(shard);
+            s.cur = Window::new(k, &self.hasher);
+            s.prev = Window::new(k, &self.hasher);
+        }
+    }
+
+    fn epoch(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.origin).as_secs() / WINDOW.as_secs()
+    }
+
+    /// Counts one finished request.
+    pub fn record(&self, s: &Sample<'_>) {
+        let t = &self.totals;
+        t.requests.fetch_add(1, Ordering::Relaxed);
+        let error = s.status >= 500 && s.refusal.is_none();
+        if error {
+            t.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(r) = s.refusal.and_then(|r| t.refusals.get(r)) {
+            r.fetch_add(1, Ordering::Relaxed);
+        }
+        let b = bucket(s.elapsed);
+        t.latency[b].fetch_add(1, Ordering::Relaxed);
+        let Some(id) = s.tenant else { return };
+        let limited = s.status == 429;
+        let shard = (self.hasher.hash_one(&**id) as usize) % SHARDS;
+        let mut sh = lock(&self.shards[shard]);
+        sh.roll(self.epoch(s.start));
+        if let Some(d) = sh.cur.requests.hit(id, 1) {
+            d.latency[b] = d.latency[b].saturating_add(1);
+            d.errors += u64::from(error);
+            d.limited += u64::from(limited);
+        }
+        if error {
+            sh.cur.errors.hit(id, 1);
+        }
+        if limited {
+            sh.cur.limited.hit(id, 1);
+        }
+    }
+
+    /// The top `n` tenants by `by`, over the previous window and the
+    /// current one so far.
+    pub fn rank(&self, by: RankBy, n: usize) -> Vec<Ranked> {
+        let now = Instant::now();
+        let epoch = self.epoch(now);
+        let since_window = now.saturating_duration_since(self.origin).as_secs_f64() % WINDOW.as_secs_f64();
+        let span = if epoch == 0 {
+            since_window
+        } else {
+            WINDOW.as_secs_f64() + since_window
+        }
+        .max(1.0);
+        let mut out: Vec<Ranked> = Vec::new();
+        for shard in self.shards.iter() {
+            let mut sh = lock(shard);
+            sh.roll(epoch);
+            let mut merged: HashMap<&str, Merged> = HashMap::new();
+            for w in [&sh.prev, &sh.cur] {
+                for slot in &w.requests.slots {
+                    let e = merged.entry(&slot.id).or_default();
+                    e.requests += slot.count;
+                    e.errors += slot.extra.errors;
+                    e.limited += slot.extra.limited;
+                    for (a, b) in e.latency.iter_mut().zip(slot.extra.latency.iter()) {
+                        *a = a.saturating_add(*b);
+                    }
+                    if by == RankBy::Rps {
+                        e.bound += slot.error;
+                    }
+                }
+                let extra = match by {
+                    RankBy::Errors => Some(&w.errors),
+                    RankBy::Limited => Some(&w.limited),
+                    _ => None,
+                };
+                for slot in extra.map(|s| s.slots.iter()).into_iter().flatten() {
+                    let e = merged.entry(&slot.id).or_default();
+                    e.ranked += slot.count;
+                    e.bound += slot.error;
+                }
+            }
+            for (id, m) in merged {
+                let (req, err, lim, ranked, lat, bound) =
+                    (m.requests, m.errors, m.limited, m.ranked, m.latency, m.bound);
+                let (errors, limited) = match by {
+                    RankBy::Errors => (ranked.max(err), lim),
+                    RankBy::Limited => (err, ranked.max(lim)),
+                    _ => (err, lim),
+                };
+                let p99 = if req >= P99_MIN_REQUESTS || by != RankBy::P99 {
+                    quantile(lat.iter().map(|c| u64::from(*c)), 0.99)
+                } else {
+                    0.0
+                };
+                out.push(Ranked {
+                    tenant: id.to_string(),
+                    rps: req as f64 / span,
+                    errors_per_sec: errors as f64 / span,
+                    limited_per_sec: limited as f64 / span,
+                    p99,
+                    error_bound: bound,
+                });
+            }
+        }
+        let key = |r: &Ranked| match by {
+            RankBy::Rps => r.rps,
+            RankBy::Errors => r.errors_per_sec,
+            RankBy::Limited => r.limited_per_sec,
+            RankBy::P99 => r.p99,
+        };
+        out.retain(|r| key(r) > 0.0);
+        out.sort_by(|a, b| key(b).total_cmp(&key(a)).then_with(|| a.tenant.cmp(&b.tenant)));
+        out.truncate(n);
+        out
+    }
+
+    /// Closes a point of the series when a window has passed since the
+    /// last one (called every second by the admin listener's task).
+    pub fn sample(&self) {
+        let now = Instant::now();
+        let mut s = lock(&self.sampled);
+        let span = now.saturating_duration_since(s.at);
+        if span < WINDOW {
+            return;
+        }
+        let t = &self.totals;
+        let requests = t.requests.load(Ordering::Relaxed);
+        let errors = t.errors.load(Ordering::Relaxed);
+        let refusals: [u64; REFUSAL_REASONS.len()] = std::array::from_fn(|i| t.refusals[i].load(Ordering::Relaxed));
+        let latency: [u64; BUCKETS] = std::array::from_fn(|i| t.latency[i].load(Ordering::Relaxed));
+        let secs = span.as_secs_f64();
+        let delta: Vec<u64> = latency
+            .iter()
+            .zip(s.latency.iter())
+            .map(|(a, b)| a.saturating_sub(*b))
+            .collect();
+        let point = Point {
+            t: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            rps: requests.saturating_sub(s.requests) as f64 / secs,
+            errors_per_sec: errors.saturating_sub(s.errors) as f64 / secs,
+            refusals_per_sec: REFUSAL_REASONS
+                .iter()
+                .zip(refusals.iter().zip(s.refusals.iter()))
+                .filter(|(_, (a, b))| a > b)
+                .map(|(r, (a, b))| (r.to_string(), (a - b) as f64 / secs))
+                .collect(),
+            p50: quantile(delta.iter().copied(), 0.5),
+            p99: quantile(delta.iter().copied(), 0.99),
+        };
+        if s.points.len() == SERIES_POINTS {
+            s.points.pop_front();
+        }
+        s.points.push_back(point);
+        s.at = now;
+        s.requests = requests;
+        s.errors = errors;
+        s.refusals = refusals;
+        s.latency = latency;
+    }
+
+    /// Time since the sketches were made (the process start).
+    pub fn uptime(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    /// The series, oldest first.
+    pub fn series(&self) -> Vec<Point> {
+        lock(&self.sampled).points.iter().cloned().collect()
+    }
+
+    /// Totals since start: requests, 5xx, refusals by reason, p50 and p99
+    /// (seconds).
+    pub fn totals(&self) -> Overall {
+        let t = &self.totals;
+        let latency: Vec<u64> = t.latency.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        Overall {
+            requests: t.requests.load(Ordering::Relaxed),
+            errors: t.errors.load(Ordering::Relaxed),
+            refusals: REFUSAL_REASONS
+                .iter()
+                .zip(t.refusals.iter())
+                .map(|(r, c)| (r.to_string(), c.load(Ordering::Relaxed)))
+                .filter(|(_, c)| *c > 0)
+                .collect(),
+            p50: quantile(latency.iter().copied(), 0.5),
+            p99: quantile(latency.iter().copied(), 0.99),
+        }
+    }
+}
+
+/// Counters since start.
+#[derive(Debug, Clone, Serialize)]
+pub struct Overall {
+    pub requests: u64,
+    pub errors: u64,
+    pub refusals: Vec<(String, u64)>,
+    pub p50: f64,
+    pub p99: f64,
+}
+
+/// A poisoned lock still holds consistent counts (no invariant spans an
+/// unwind), so it is used as is.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Exports the rankings as `tenantgate_top_tenant_*` gauges, computed at
+/// scrape time: at most K series per metric.
+pub struct Collector {
+    pub top: Arc<Top>,
+    pub k: Arc<std::sync::atomic::AtomicUsize>,
+    descs: Vec<prometheus::core::Desc>,
+}
+
+/// The exported metrics: name, help.
+const EXPORTED: [(&str, &str); 4] = [
+    (
+        "tenantgate_top_tenant_requests_per_second",
+        "Requests per second of the K busiest tenants (space-saving sketch, last 10-20 s; an upper bound).",
+    ),
+    (
+        "tenantgate_top_tenant_5xx_per_second",
+        "5xx answers per second of the K tenants with the most 5xx (last 10-20 s).",
+    ),
+    (
+        "tenantgate_top_tenant_429_per_second",
+        "429 refusals per second of the K tenants refused most (last 10-20 s).",
+    ),
+    (
+        "tenantgate_top_tenant_p99_seconds",
+        "p99 request duration of the K busiest tenants (last 10-20 s; bucket upper bound, within 50 %).",
+    ),
+];
+
+impl Collector {
+    pub fn new(top: Arc<Top>, k: Arc<std::sync::atomic::AtomicUsize>) -> prometheus::Result<Collector> {
+        let descs = EXPORTED
+            .iter()
+            .map(|(name, help)| {
+                prometheus::core::Desc::new(
+                    name.to_string(),
+                    help.to_string(),
+                    vec!["tenant".into()],
+                    HashMap::new(),
+                )
+            })
+            .collect::<prometheus::Result<Vec<_>>>()?;
+        Ok(Collector { top, k, descs })
+    }
+}
+
+impl prometheus::core::Collector for Collector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let k = self.k.load(Ordering::Relaxed);
+        let mut out = Vec::with_capacity(EXPORTED.len());
+        for ((name, help), by) in EXPORTED
+            .iter()
+            .zip([RankBy::Rps, RankBy::Errors, RankBy::Limited, RankBy::P99])
+        {
+            let Ok(vec) = prometheus::GaugeVec::new(prometheus::Opts::new(*name, *help), &["tenant"]) else {
+                continue;
+            };
+            for r in self.top.rank(by, k) {
+                let v = match by {
+                    RankBy::Rps => r.rps,
+                    RankBy::Errors => r.errors_per_sec,
+                    RankBy::Limited => r.limited_per_sec,
+                    RankBy::P99 => r.p99,
+                };
+                vec.with_label_values(&[&r.tenant]).set(v);
+            }
+            out.extend(prometheus::core::Collector::collect(&vec));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic Zipf(s) sampler over `n` keys (inverse CDF on a
+    /// xorshift stream).
+    struct Zipf {
+        cdf: Vec<f64>,
+        state: u64,
+    }
+
+    impl Zipf {
+        fn new(n: usize, s: f64, seed: u64) -> Zipf {
+            let weights: Vec<f64> = (1..=n).map(|k| 1.0 / (k as f64).powf(s)).collect();
+            let total: f64 = weights.iter().sum();
+            let mut acc = 0.0;
+            let cdf = weights
+                .iter()
+                .map(|w| {
+                    acc += w / total;
+                    acc
+                })
+                .collect();
+            Zipf { cdf, state: seed }
+        }
+
+        fn next(&mut self) -> usize {
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 7;
+            self.state ^= self.state << 17;
+            let u = (self.state >> 11) as f64 / (1u64 << 53) as f64;
+            self.cdf.partition_point(|c| *c < u).min(self.cdf.len() - 1)
+        }
+    }
+
+    #[test]
+    fn space_saving_bounds_hold_against_exact_counts_under_a_zipf_load() {
+        let n_keys = 10_000;
+        let k = 64;
+        let ids: Vec<Arc<str>> = (0..n_keys).map(|i| Arc::from(format!("t{i}").as_str())).collect();
+        let mut ss: SpaceSaving<()> = SpaceSaving::new(k, ahash::RandomState::new());
+        let mut exact = vec![0u64; n_keys];
+        let mut zipf = Zipf::new(n_keys, 1.1, 0x9e37_79b9_7f4a_7c15);
+        let total = 500_000u64;
+        for _ in 0..total {
+            let i = zipf.next();
+            exact[i] += 1;
+            ss.hit(&ids[i], 1);
+        }
+        assert_eq!(ss.slots.len(), k, "the sketch never grows past K");
+        assert_eq!(ss.index.len(), k);
+        // Every estimate bounds the truth: count - error <= true <= count.
+        for slot in &ss.slots {
+            let i: usize = slot.id[1..].parse().unwrap();
+            assert!(slot.count >= exact[i], "{} undercounted", slot.id);
+            assert!(slot.count - slot.error <= exact[i], "{} error bound broken", slot.id);
+        }
+        // Counts sum to the stream length (space-saving conserves mass).
+        assert_eq!(ss.slots.iter().map(|s| s.count).sum::<u64>(), total);
+        // Every key above total/K is tracked.
+        for (i, c) in exact.iter().enumerate() {
+            if *c > total / k as u64 {
+                assert!(ss.index.contains_key(&*ids[i]), "heavy key t{i} ({c}) lost");
+            }
+        }
+        // The top 10 by estimate are the exact top 10, in order.
+        let mut by_est: Vec<&Slot<()>> = ss.slots.iter().collect();
+        by_est.sort_by_key(|s| std::cmp::Reverse(s.count));
+        let mut by_exact: Vec<usize> = (0..n_keys).collect();
+        by_exact.sort_by(|a, b| exact[*b].cmp(&exact[*a]));
+        let est_top: Vec<String> = by_est.iter().take(10).map(|s| s.id.to_string()).collect();
+        let exact_top: Vec<String> = by_exact.iter().take(10).map(|i| format!("t{i}")).collect();
+        assert_eq!(est_top, exact_top);
+        // The heap invariant holds.
+        for i in 1..ss.heap.len() {
+            assert!(ss.count_at((i - 1) / 2) <= ss.count_at(i));
+        }
+    }
+
+    #[test]
+    fn top_ranks_tenants_by_requests_5xx_429_and_p99_with_at_most_n_rows() {
+        let top = Top::new(16);
+        let ids: Vec<Arc<str>> = (0..200).map(|i| Arc::from(format!("t{i}").as_str())).collect();
+        let start = Instant::now();
+        let mut zipf = Zipf::new(ids.len(), 1.2, 42);
+        let mut exact = vec![0u64; ids.len()];
+        for _ in 0..50_000 {
+            let i = zipf.next();
+            exact[i] += 1;
+            top.record(&Sample {
+                tenant: Some(&ids[i]),
+                status: 200,
+                refusal: None,
+                start,
+                elapsed: Duration::from_micros(100),
+            });
+        }
+        // t150 answers 5xx, t151 is refused with 429, t152 is slow.
+        for (id, status, refusal, ms) in [(150, 502, None, 1), (151, 429, Some(12), 1), (152, 200, None, 900)] {
+            for _ in 0..2_000 {
+                top.record(&Sample {
+                    tenant: Some(&ids[id]),
+                    status,
+                    refusal,
+                    start,
+                    elapsed: Duration::from_millis(ms),
+                });
+            }
+        }
+        let by_rps = top.rank(RankBy::Rps, 5);
+        assert_eq!(by_rps.len(), 5);
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        exact[150] += 2_000;
+        exact[151] += 2_000;
+        exact[152] += 2_000;
+        order.sort_by(|a, b| exact[*b].cmp(&exact[*a]));
+        assert_eq!(by_rps[0].tenant, format!("t{}", order[0]));
+        assert_eq!(by_rps[1].tenant, format!("t{}", order[1]));
+        assert_eq!(top.rank(RankBy::Errors, 3)[0].tenant, "t150");
+        assert_eq!(top.rank(RankBy::Errors, 3).len(), 1, "only t150 answered 5xx");
+        assert_eq!(top.rank(RankBy::Limited, 3)[0].tenant, "t151");
+        let slow = &top.rank(RankBy::P99, 3)[0];
+        assert_eq!(slow.tenant, "t152");
+        assert!(slow.p99 >= 0.9 && slow.p99 <= 1.4, "p99 {}", slow.p99);
+        let totals = top.totals();
+        assert_eq!(totals.requests, 56_000);
+        assert_eq!(totals.errors, 2_000);
+        assert_eq!(totals.refusals, vec![("limit".to_string(), 2_000)]);
+    }
+
+    #[test]
+    fn a_silent_window_empties_the_rankings() {
+        let top = Top::new(4);
+        let id: Arc<str> = Arc::from("acme");
+        let long_ago = Instant::now();
+        top.record(&Sample {
+            tenant: Some(&id),
+            status: 200,
+            refusal: None,
+            start: long_ago,
+            elapsed: Duration::from_millis(1),
+        });
+        assert_eq!(top.rank(RankBy::Rps, 10).len(), 1);
+        // Roll every shard two windows on: nothing is left.
+        for s in top.shards.iter() {
+            lock(s).roll(5);
+        }
+        let rows: Vec<String> = top
+            .shards
+            .iter()
+            .flat_map(|s| {
+                lock(s)
+                    .cur
+                    .requests
+                    .slots
+                    .iter()
+                    .map(|x| x.id.to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert!(rows.is_empty());
+    }
+
+    #[test]
+    fn latency_buckets_are_monotonic_and_bound_their_durations() {
+        let mut last = 0;
+        for us in [1u64, 2, 3, 4, 5, 7, 8, 100, 1_000, 65_000, 1_000_000, 60_000_000] {
+            let b = bucket(Duration::from_micros(us));
+            assert!(b >= last, "bucket of {us} went back");
+            assert!(bucket_upper(b) * 1e6 >= us as f64, "{us} above its bucket's bound");
+            last = b;
+        }
+    }
+
+    #[test]
+    fn the_series_keeps_at_most_an_hour() {
+        let top = Top::new(4);
+        for _ in 0..(SERIES_POINTS + 5) {
+            lock(&top.sampled).at = Instant::now() - WINDOW;
+            top.sample();
+        }
+        assert_eq!(top.series().len(), SERIES_POINTS);
+    }
+}
