@@ -234,6 +234,17 @@ pub struct PoolSection {
     /// Maintenance of every tenant on the pool.
     #[serde(default, deserialize_with = "super::profile::maintenance_value")]
     pub maintenance: Option<super::profile::MaintenanceSection>,
+    /// TLS to the backends.
+    #[serde(default)]
+    pub tls: bool,
+    pub tls_server_name: Option<String>,
+    pub tls_ca_file: Option<String>,
+    pub tls_verify: Option<bool>,
+    pub tls_client_cert: Option<String>,
+    pub tls_client_key: Option<String>,
+    /// HTTP/2 to the backends (ALPN h2 with TLS, prior knowledge without).
+    #[serde(default)]
+    pub http2: bool,
 }
 
 /// One `[[tenants]]` entry, or one file under `tenants/`. Serialised as a

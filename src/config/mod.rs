@@ -17,6 +17,7 @@ mod parse;
 pub mod plans;
 pub mod profile;
 pub mod templates;
+pub mod upstream_tls;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -346,6 +347,10 @@ pub struct PoolSpec {
     pub region: Option<String>,
     /// Maintenance of every tenant on the pool.
     pub maintenance: Option<profile::Maintenance>,
+    /// TLS to the backends (`tls = true`).
+    pub tls: Option<upstream_tls::UpstreamTls>,
+    /// HTTP/2 to the backends, for clients that speak HTTP/2.
+    pub http2: bool,
 }
 
 /// Index of a pool in [`Config::pools`].
@@ -526,11 +531,22 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
         pool_ids.insert(name.clone(), pools.len() as PoolId);
         let (region, maintenance) =
             profile::pool_fields(&name, section.region.as_ref(), section.maintenance.as_ref(), &mut errs);
+        let raw = upstream_tls::Raw {
+            tls: section.tls,
+            server_name: section.tls_server_name.as_deref(),
+            ca_file: section.tls_ca_file.as_deref(),
+            verify: section.tls_verify,
+            client_cert: section.tls_client_cert.as_deref(),
+            client_key: section.tls_client_key.as_deref(),
+        };
+        let tls = upstream_tls::validate(&name, &raw, base_dir, &mut errs);
         pools.push(PoolSpec {
             name,
             upstreams,
             region,
             maintenance,
+            tls,
+            http2: section.http2,
         });
     }
 

@@ -18,8 +18,8 @@ use pingora_core::server::ShutdownWatch;
 use std::io::IoSlice;
 use std::sync::atomic::AtomicBool;
 
+use super::upstream_tls::Conn;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::authority;
 use super::framing::{self, Body, Chunked, Line};
@@ -254,7 +254,7 @@ struct H2Exchange<'r, 's> {
 }
 
 impl Downstream for H2Exchange<'_, '_> {
-    async fn attempt(&mut self, backend: &mut TcpStream, addr: SocketAddr) -> Result<Done, Attempt> {
+    async fn attempt(&mut self, backend: &mut Conn, addr: SocketAddr) -> Result<Done, Attempt> {
         attempt(
             backend,
             addr,
@@ -282,7 +282,7 @@ impl Downstream for H2Exchange<'_, '_> {
 
 /// One attempt on one backend connection.
 async fn attempt(
-    backend: &mut TcpStream,
+    backend: &mut Conn,
     addr: SocketAddr,
     req: &mut Request<'_>,
     respond: &mut SendResponse<Bytes>,
@@ -317,7 +317,7 @@ struct Sent<'r> {
 /// relayed; the wait for the response head is not bounded by the backend
 /// read timeout while it does.
 async fn upload(
-    backend: &mut TcpStream,
+    backend: &mut Conn,
     addr: SocketAddr,
     body: &mut RecvStream,
     req: Sent<'_>,
@@ -526,7 +526,10 @@ async fn send_body(
             IoSlice::new(b"\r\n"),
         ];
         let mut plain = [IoSlice::new(&data)];
-        let write = write_all_vectored(backend, if chunked && n > 0 { &mut chunk } else { &mut plain });
+        let write = async {
+            write_all_vectored(backend, if chunked && n > 0 { &mut chunk } else { &mut plain }).await?;
+            backend.flush().await
+        };
         match tokio::time::timeout(timeout, write).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(upstream_err(e)),
@@ -538,7 +541,11 @@ async fn send_body(
         // Client trailers are not forwarded (no trailer field can smuggle
         // a header to a backend that merges them).
         let last = framing::LAST_CHUNK;
-        match tokio::time::timeout(timeout, backend.write_all(last)).await {
+        let write = async {
+            backend.write_all(last).await?;
+            backend.flush().await
+        };
+        match tokio::time::timeout(timeout, write).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(upstream_err(e)),
             Err(_) => return Err(upstream_err(timed_out())),

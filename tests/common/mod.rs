@@ -4,6 +4,7 @@
 
 pub mod pebble;
 pub mod redis_server;
+pub mod upstream;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
