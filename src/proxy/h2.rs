@@ -146,7 +146,8 @@ async fn stream(
     // the DATA frames add up to a length the client gave).
     let has_body = !body.is_end_stream();
     let length = parts.headers.get(CONTENT_LENGTH).and_then(|v| digits(v.as_bytes()));
-    let chunked = has_body && length.is_none();
+    // (An HTTP/2 backend gets DATA frames as they come.)
+    let chunked = has_body && length.is_none() && !f.pool.http2;
     let outgoing = Outgoing {
         method: parts.method.as_str(),
         target: f.target.as_deref().unwrap_or(target),
@@ -159,6 +160,23 @@ async fn stream(
     let request_id = headers::write_upstream(&mut out, &outgoing, headers, &f.trusted);
     o.request_id = request_id.to_str().ok();
     let (pairs, n) = f.limit_headers();
+    if f.pool.http2 {
+        let te = parts.headers.get_all(http::header::TE).iter();
+        let req = super::upstream_h2::Request {
+            head: &out,
+            method: &parts.method,
+            te_trailers: te
+                .flat_map(|v| headers::tokens(v.as_bytes()))
+                .any(|t| t.eq_ignore_ascii_case(b"trailers")),
+            body: has_body.then_some(&mut body),
+            extra: &pairs[..n],
+            branded: f.branded.as_ref(),
+        };
+        let result = super::upstream_h2::forward(&snap, f.pool, req, &mut respond).await;
+        drop(f.admission);
+        settle(policy, &snap, &mut o, &result, f.tenant, f.pool);
+        return;
+    }
     let req = Request {
         head: &out,
         method: &parts.method,
@@ -556,7 +574,7 @@ async fn send_body(
 
 /// Sends `data`, no faster than the client's flow-control window allows,
 /// so at most one read of backend bytes is buffered per stream.
-async fn send_data(
+pub(super) async fn send_data(
     send: &mut SendStream<Bytes>,
     mut data: Bytes,
     end: bool,
@@ -608,7 +626,12 @@ fn answer(respond: &mut SendResponse<Bytes>, a: &Answer, head_request: bool) -> 
 
 /// Answers `status` (502 or 504) before any response went out; the status
 /// sent, or 0.
-fn fail(respond: &mut SendResponse<Bytes>, status: u16, head_request: bool, branded: Option<&Branded<'_>>) -> u16 {
+pub(super) fn fail(
+    respond: &mut SendResponse<Bytes>,
+    status: u16,
+    head_request: bool,
+    branded: Option<&Branded<'_>>,
+) -> u16 {
     if status == 0 {
         respond.send_reset(h2::Reason::CANCEL);
         return 0;

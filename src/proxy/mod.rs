@@ -36,6 +36,7 @@ mod profile;
 mod relay;
 mod request;
 mod tunnel;
+pub mod upstream_h2;
 pub mod upstream_tls;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -59,6 +59,8 @@ pub struct Upstream {
     down_until: AtomicU64,
     /// Per worker thread, most recently used last.
     idle: Box<[Idle]>,
+    /// The multiplexed HTTP/2 connection (pools with `http2 = true`).
+    pub h2: super::upstream_h2::Shared,
 }
 
 impl Upstream {
@@ -73,6 +75,7 @@ impl Upstream {
             tls,
             down_until: AtomicU64::new(0),
             idle: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
+            h2: Default::default(),
         }
     }
 
@@ -158,6 +161,8 @@ fn drop_stale(idle: &mut Vec<(Conn, Instant)>, max_idle: Duration) {
 pub struct Pool {
     pub name: Arc<str>,
     pub upstreams: Vec<Arc<Upstream>>,
+    /// HTTP/2 clients' streams go to the backends over HTTP/2.
+    pub http2: bool,
     next: AtomicUsize,
     pub metrics: PoolMetrics,
 }
@@ -188,6 +193,7 @@ impl Pool {
         Pool {
             name,
             upstreams,
+            http2: false,
             next: AtomicUsize::new(0),
             metrics,
         }

@@ -125,7 +125,9 @@ impl Snapshot {
                         known.entry(key).or_insert_with(new).clone()
                     })
                     .collect();
-                Pool::new(spec.name.as_str().into(), upstreams, metrics.pool(&spec.name))
+                let mut pool = Pool::new(spec.name.as_str().into(), upstreams, metrics.pool(&spec.name));
+                pool.http2 = spec.http2;
+                pool
             })
             .collect();
 
