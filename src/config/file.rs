@@ -209,6 +209,12 @@ pub struct GatewaySection {
     pub region: Option<String>,
     /// With `region`: refuse tenants of other regions with 421.
     pub refuse_other_regions: Option<bool>,
+    /// PROXY protocol on the proxy listeners (`true` or listener names).
+    pub proxy_protocol: Option<super::proxy_protocol::Listeners>,
+    /// The load balancers whose PROXY headers are believed.
+    pub trusted_sources: Option<Vec<String>>,
+    pub proxy_protocol_required: Option<bool>,
+    pub proxy_protocol_timeout_ms: Option<u64>,
 }
 
 /// `[telemetry]`

@@ -16,6 +16,7 @@ pub mod pages;
 mod parse;
 pub mod plans;
 pub mod profile;
+pub mod proxy_protocol;
 pub mod templates;
 pub mod upstream_tls;
 
@@ -185,6 +186,8 @@ pub struct Gateway {
     pub region: Option<String>,
     /// With `region`: tenants of another region get 421.
     pub refuse_other_regions: bool,
+    /// PROXY protocol on the proxy listeners.
+    pub proxy_protocol: proxy_protocol::ProxyProtocol,
 }
 
 /// Upstream timeouts.
@@ -970,6 +973,13 @@ fn validate_gateway(g: file::GatewaySection, errs: &mut Vec<ConfigError>) -> Gat
             ok
         }),
         refuse_other_regions: g.refuse_other_regions.unwrap_or(true),
+        proxy_protocol: proxy_protocol::validate(
+            g.proxy_protocol,
+            g.trusted_sources,
+            g.proxy_protocol_required,
+            g.proxy_protocol_timeout_ms,
+            errs,
+        ),
     }
 }
 
