@@ -289,3 +289,33 @@ fn bad_tls_files_fail_check_naming_file_pool_field_and_fix() {
     let (ok, out) = check("tls = true\ntls_verfy = false", &[]);
     assert!(!ok && out.contains("tls_verfy"), "{out}");
 }
+
+#[tokio::test]
+async fn a_reload_with_new_tls_files_takes_effect_and_a_bad_one_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pki, server) = pki(dir.path());
+    // The pool trusts another CA at first: refused.
+    Pki::new("old CA").write_ca(dir.path(), "ca.pem");
+    let backend = TlsBackend::spawn(&server, Some(&pki.ca_pem)).await;
+    let cfg = config(backend.addr, MTLS);
+    let gw = Gateway::start_in(dir, &cfg).await;
+    assert_eq!(gw.get("acme.saas.example", "/").await.0, 502);
+    // The right CA under a new name, and a reload: the new settings open
+    // new connections.
+    pki.write_ca(gw.dir(), "ca-new.pem");
+    gw.write_config(&cfg.replace("ca.pem", "ca-new.pem"));
+    gw.wait_status("acme.saas.example", 200).await;
+    // A reload naming an unreadable client key is refused: the pool
+    // keeps working on what it had.
+    gw.write_config(&cfg.replace("ca.pem", "ca-new.pem").replace("client.key", "missing.key"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !gw.log().contains("missing.key") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bad reload was not logged: {}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gw.get("acme.saas.example", "/").await.0, 200);
+}
