@@ -79,6 +79,16 @@ pub fn serve(source: Source, upgrade: bool) -> Result<std::convert::Infallible, 
     let recovered = source.file().map(crate::registry::recover);
     let registry = Arc::new(Registry::load(source, metrics.clone())?);
     telemetry::init_logging(registry.snapshot().config.telemetry.log_format);
+    // Said at every load too, but the first load comes before logging.
+    for pool in registry
+        .snapshot()
+        .config
+        .pools
+        .iter()
+        .filter(|p| p.tls.as_ref().is_some_and(|t| t.insecure))
+    {
+        tracing::warn!(pool = %pool.name, "pools.{}.tls_verify = false: the backends' certificates are NOT verified", pool.name);
+    }
     match recovered {
         Some(Ok(true)) => tracing::warn!("finished writing an admin batch that a crash interrupted"),
         Some(Err(e)) => {

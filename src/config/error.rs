@@ -40,6 +40,12 @@ pub enum Problem {
     BadWildcard { value: String },
     #[error("{value:?} must be greater than zero")]
     Zero { value: String },
+    #[error("{}{reason}", .file.as_ref().map(|f| format!("file {f}: ")).unwrap_or_default())]
+    UpstreamTls {
+        file: Option<String>,
+        reason: String,
+        fix: &'static str,
+    },
     #[error("label {key:?}: {reason}")]
     BadLabel { key: String, reason: &'static str },
     #[error("unknown log format {value:?}")]
@@ -216,6 +222,7 @@ impl Problem {
             BadSubdomain { .. } => "use one label of a-z, 0-9 and '-', such as acme",
             BadWildcard { .. } => "write a wildcard as *.example.com; it covers exactly one extra label",
             Zero { .. } => "set a positive value or remove the key to use the default",
+            UpstreamTls { fix, .. } => fix,
             BadLabel { .. } => "use keys of 1 to 63 characters of a-z, 0-9, '.', '_', '-' and '/', values of at most 255 printable characters, and at most 32 labels",
             BadLogFormat { .. } => "use \"text\" or \"json\"",
             DuplicateTenantId { .. } => "give each tenant a unique id",

@@ -209,6 +209,12 @@ pub struct GatewaySection {
     pub region: Option<String>,
     /// With `region`: refuse tenants of other regions with 421.
     pub refuse_other_regions: Option<bool>,
+    /// PROXY protocol on the proxy listeners (`true` or listener names).
+    pub proxy_protocol: Option<super::proxy_protocol::Listeners>,
+    /// The load balancers whose PROXY headers are believed.
+    pub trusted_sources: Option<Vec<String>>,
+    pub proxy_protocol_required: Option<bool>,
+    pub proxy_protocol_timeout_ms: Option<u64>,
 }
 
 /// `[telemetry]`
@@ -235,6 +241,17 @@ pub struct PoolSection {
     /// Maintenance of every tenant on the pool.
     #[serde(default, deserialize_with = "super::profile::maintenance_value")]
     pub maintenance: Option<super::profile::MaintenanceSection>,
+    /// TLS to the backends.
+    #[serde(default)]
+    pub tls: bool,
+    pub tls_server_name: Option<String>,
+    pub tls_ca_file: Option<String>,
+    pub tls_verify: Option<bool>,
+    pub tls_client_cert: Option<String>,
+    pub tls_client_key: Option<String>,
+    /// HTTP/2 to the backends (ALPN h2 with TLS, prior knowledge without).
+    #[serde(default)]
+    pub http2: bool,
 }
 
 /// One `[[tenants]]` entry, or one file under `tenants/`. Serialised as a

@@ -17,7 +17,9 @@ pub mod pages;
 mod parse;
 pub mod plans;
 pub mod profile;
+pub mod proxy_protocol;
 pub mod templates;
+pub mod upstream_tls;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -202,6 +204,8 @@ pub struct Gateway {
     pub region: Option<String>,
     /// With `region`: tenants of another region get 421.
     pub refuse_other_regions: bool,
+    /// PROXY protocol on the proxy listeners.
+    pub proxy_protocol: proxy_protocol::ProxyProtocol,
 }
 
 /// Upstream timeouts.
@@ -368,6 +372,10 @@ pub struct PoolSpec {
     pub region: Option<String>,
     /// Maintenance of every tenant on the pool.
     pub maintenance: Option<profile::Maintenance>,
+    /// TLS to the backends (`tls = true`).
+    pub tls: Option<upstream_tls::UpstreamTls>,
+    /// HTTP/2 to the backends, for clients that speak HTTP/2.
+    pub http2: bool,
 }
 
 /// Index of a pool in [`Config::pools`].
@@ -573,11 +581,22 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
         pool_ids.insert(name.clone(), pools.len() as PoolId);
         let (region, maintenance) =
             profile::pool_fields(&name, section.region.as_ref(), section.maintenance.as_ref(), &mut errs);
+        let raw = upstream_tls::Raw {
+            tls: section.tls,
+            server_name: section.tls_server_name.as_deref(),
+            ca_file: section.tls_ca_file.as_deref(),
+            verify: section.tls_verify,
+            client_cert: section.tls_client_cert.as_deref(),
+            client_key: section.tls_client_key.as_deref(),
+        };
+        let tls = upstream_tls::validate(&name, &raw, base_dir, &mut errs);
         pools.push(PoolSpec {
             name,
             upstreams,
             region,
             maintenance,
+            tls,
+            http2: section.http2,
         });
     }
 
@@ -1055,6 +1074,13 @@ fn validate_gateway(g: file::GatewaySection, errs: &mut Vec<ConfigError>) -> Gat
             ok
         }),
         refuse_other_regions: g.refuse_other_regions.unwrap_or(true),
+        proxy_protocol: proxy_protocol::validate(
+            g.proxy_protocol,
+            g.trusted_sources,
+            g.proxy_protocol_required,
+            g.proxy_protocol_timeout_ms,
+            errs,
+        ),
     }
 }
 

@@ -9,10 +9,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
+use super::upstream_tls::Conn as Backend;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::framing::{self, Body, Chunked};
 use super::headers::{self, Outgoing};
@@ -365,7 +365,7 @@ struct H1Exchange<'a, 'h, 'b> {
 }
 
 impl Downstream for H1Exchange<'_, '_, '_> {
-    async fn attempt(&mut self, backend: &mut TcpStream, addr: SocketAddr) -> Result<Done, Attempt> {
+    async fn attempt(&mut self, backend: &mut Backend, addr: SocketAddr) -> Result<Done, Attempt> {
         attempt(self, backend, addr).await
     }
 
@@ -392,7 +392,7 @@ impl Downstream for H1Exchange<'_, '_, '_> {
 /// One attempt on one backend connection: send the request, stream the
 /// rest of its body while the response is relayed, and tunnel after a
 /// `101`.
-async fn attempt(x: &mut H1Exchange<'_, '_, '_>, backend: &mut TcpStream, addr: SocketAddr) -> Result<Done, Attempt> {
+async fn attempt(x: &mut H1Exchange<'_, '_, '_>, backend: &mut Backend, addr: SocketAddr) -> Result<Done, Attempt> {
     let t = x.timeouts;
     send_head(backend, addr, x.out, x.body, t.write).await?;
     let head_sent = AtomicU16::new(0);
@@ -533,7 +533,11 @@ async fn pump(
             }
         };
         let upstream_err = |source| ExchangeError::Upstream { addr, source };
-        match tokio::time::timeout(write_timeout, backend.write_all(bytes)).await {
+        let write = async {
+            backend.write_all(bytes).await?;
+            backend.flush().await
+        };
+        match tokio::time::timeout(write_timeout, write).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(upstream_err(e)),
             Err(_) => return Err(upstream_err(timed_out())),

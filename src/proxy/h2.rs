@@ -18,8 +18,8 @@ use pingora_core::server::ShutdownWatch;
 use std::io::IoSlice;
 use std::sync::atomic::AtomicBool;
 
+use super::upstream_tls::Conn;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::authority;
 use super::framing::{self, Body, Chunked, Line};
@@ -146,7 +146,8 @@ async fn stream(
     // the DATA frames add up to a length the client gave).
     let has_body = !body.is_end_stream();
     let length = parts.headers.get(CONTENT_LENGTH).and_then(|v| digits(v.as_bytes()));
-    let chunked = has_body && length.is_none();
+    // (An HTTP/2 backend gets DATA frames as they come.)
+    let chunked = has_body && length.is_none() && !f.pool.http2;
     let outgoing = Outgoing {
         method: parts.method.as_str(),
         target: f.target.as_deref().unwrap_or(target),
@@ -159,6 +160,23 @@ async fn stream(
     let request_id = headers::write_upstream(&mut out, &outgoing, headers, &f.trusted);
     o.request_id = request_id.to_str().ok();
     let (pairs, n) = f.limit_headers();
+    if f.pool.http2 {
+        let te = parts.headers.get_all(http::header::TE).iter();
+        let req = super::upstream_h2::Request {
+            head: &out,
+            method: &parts.method,
+            te_trailers: te
+                .flat_map(|v| headers::tokens(v.as_bytes()))
+                .any(|t| t.eq_ignore_ascii_case(b"trailers")),
+            body: has_body.then_some(&mut body),
+            extra: &pairs[..n],
+            branded: f.branded.as_ref(),
+        };
+        let result = super::upstream_h2::forward(&snap, f.pool, req, &mut respond).await;
+        drop(f.admission);
+        settle(policy, &snap, &mut o, &result, f.tenant, f.pool);
+        return;
+    }
     let req = Request {
         head: &out,
         method: &parts.method,
@@ -254,7 +272,7 @@ struct H2Exchange<'r, 's> {
 }
 
 impl Downstream for H2Exchange<'_, '_> {
-    async fn attempt(&mut self, backend: &mut TcpStream, addr: SocketAddr) -> Result<Done, Attempt> {
+    async fn attempt(&mut self, backend: &mut Conn, addr: SocketAddr) -> Result<Done, Attempt> {
         attempt(
             backend,
             addr,
@@ -282,7 +300,7 @@ impl Downstream for H2Exchange<'_, '_> {
 
 /// One attempt on one backend connection.
 async fn attempt(
-    backend: &mut TcpStream,
+    backend: &mut Conn,
     addr: SocketAddr,
     req: &mut Request<'_>,
     respond: &mut SendResponse<Bytes>,
@@ -317,7 +335,7 @@ struct Sent<'r> {
 /// relayed; the wait for the response head is not bounded by the backend
 /// read timeout while it does.
 async fn upload(
-    backend: &mut TcpStream,
+    backend: &mut Conn,
     addr: SocketAddr,
     body: &mut RecvStream,
     req: Sent<'_>,
@@ -526,7 +544,10 @@ async fn send_body(
             IoSlice::new(b"\r\n"),
         ];
         let mut plain = [IoSlice::new(&data)];
-        let write = write_all_vectored(backend, if chunked && n > 0 { &mut chunk } else { &mut plain });
+        let write = async {
+            write_all_vectored(backend, if chunked && n > 0 { &mut chunk } else { &mut plain }).await?;
+            backend.flush().await
+        };
         match tokio::time::timeout(timeout, write).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(upstream_err(e)),
@@ -538,7 +559,11 @@ async fn send_body(
         // Client trailers are not forwarded (no trailer field can smuggle
         // a header to a backend that merges them).
         let last = framing::LAST_CHUNK;
-        match tokio::time::timeout(timeout, backend.write_all(last)).await {
+        let write = async {
+            backend.write_all(last).await?;
+            backend.flush().await
+        };
+        match tokio::time::timeout(timeout, write).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(upstream_err(e)),
             Err(_) => return Err(upstream_err(timed_out())),
@@ -549,7 +574,7 @@ async fn send_body(
 
 /// Sends `data`, no faster than the client's flow-control window allows,
 /// so at most one read of backend bytes is buffered per stream.
-async fn send_data(
+pub(super) async fn send_data(
     send: &mut SendStream<Bytes>,
     mut data: Bytes,
     end: bool,
@@ -601,7 +626,12 @@ fn answer(respond: &mut SendResponse<Bytes>, a: &Answer, head_request: bool) -> 
 
 /// Answers `status` (502 or 504) before any response went out; the status
 /// sent, or 0.
-fn fail(respond: &mut SendResponse<Bytes>, status: u16, head_request: bool, branded: Option<&Branded<'_>>) -> u16 {
+pub(super) fn fail(
+    respond: &mut SendResponse<Bytes>,
+    status: u16,
+    head_request: bool,
+    branded: Option<&Branded<'_>>,
+) -> u16 {
     if status == 0 {
         respond.send_reset(h2::Reason::CANCEL);
         return 0;

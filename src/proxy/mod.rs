@@ -33,9 +33,12 @@ pub mod pages;
 pub mod policy;
 pub mod pool;
 mod profile;
+pub mod proxy_protocol;
 mod relay;
 mod request;
 mod tunnel;
+pub mod upstream_h2;
+pub mod upstream_tls;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -158,6 +161,20 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Capped<A> {
         }
         let _slot = Slot(&self.open);
         let stream = if self.rehome { rehome(stream) } else { stream };
+        let proxied = self
+            .registry
+            .snapshot_guard()
+            .config
+            .gateway
+            .proxy_protocol
+            .on(self.listener);
+        let stream = if proxied {
+            // The snapshot is let go once the header is read.
+            let snap = self.registry.snapshot();
+            proxy_protocol::accept(stream, &snap.config.gateway, &self.metrics, self.listener).await?
+        } else {
+            stream
+        };
         let mut next = Some(stream);
         while let Some(s) = next {
             next = self.inner.process_new(s, shutdown).await;

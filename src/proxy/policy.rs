@@ -231,6 +231,8 @@ pub struct Outcome<'a> {
     pub route: Option<Match>,
     pub rejection: Option<Rejection>,
     pub upstream: Option<SocketAddr>,
+    /// The client's address (a trusted PROXY header's source).
+    pub client: Option<SocketAddr>,
     /// 0 when no response was written.
     pub status: u16,
     pub method: &'a str,
@@ -248,6 +250,7 @@ impl<'a> Outcome<'a> {
             route: None,
             rejection: None,
             upstream: None,
+            client: None,
             status: 0,
             method,
             path,
@@ -298,6 +301,7 @@ impl Policy {
 
     /// Decides one request. Records the route or the rejection in `o`.
     pub async fn decide<'s>(&self, snap: &'s Snapshot, req: &RequestFacts<'s>, o: &mut Outcome<'_>) -> Decision<'s> {
+        o.client = req.conn.peer;
         if req.method == "CONNECT" {
             return Decision::Answer(self.refuse(Rejection::Method, CONNECT_BODY, o));
         }
@@ -803,7 +807,8 @@ impl Policy {
                 };
                 let reason = o.rejection.map_or("none", Rejection::as_str);
                 let upstream = o.upstream.map(tracing::field::display);
-                tracing::info!(target: "access", decision, reason, status, method, path, upstream, duration_ms = elapsed.as_secs_f64() * 1e3);
+                let client = o.client.map(tracing::field::display);
+                tracing::info!(target: "access", decision, reason, status, method, path, upstream, client, duration_ms = elapsed.as_secs_f64() * 1e3);
             }
             return;
         };
@@ -837,6 +842,7 @@ impl Policy {
                 pool = pool.map_or("", |p| &*p.name),
                 region = snap.config.tenants.get(route.tenant as usize).and_then(|t| t.profile.region.as_deref()),
                 upstream = o.upstream.map(tracing::field::display),
+                client = o.client.map(tracing::field::display),
                 status,
                 method,
                 path,

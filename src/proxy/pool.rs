@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpStream;
-
+use super::upstream_tls::Conn;
+use crate::config::upstream_tls::UpstreamTls;
 use crate::telemetry::PoolMetrics;
 
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
@@ -45,25 +45,37 @@ fn shard() -> usize {
     SHARD.with(Cell::get)
 }
 
-type Idle = Mutex<Vec<(TcpStream, Instant)>>;
+type Idle = Mutex<Vec<(Conn, Instant)>>;
 
 /// One backend address, its passive health, and the engine's
 /// idle connections to it (closed when a reload drops the address).
 #[derive(Debug)]
 pub struct Upstream {
     pub addr: SocketAddr,
+    /// TLS to it (its pool's `tls = true`); idle connections are kept
+    /// per address and TLS settings.
+    pub tls: Option<UpstreamTls>,
     /// Milliseconds since [`EPOCH`] until which the upstream is skipped.
     down_until: AtomicU64,
     /// Per worker thread, most recently used last.
     idle: Box<[Idle]>,
+    /// The multiplexed HTTP/2 connection (pools with `http2 = true`).
+    pub h2: super::upstream_h2::Shared,
 }
 
 impl Upstream {
     pub fn new(addr: SocketAddr) -> Self {
+        Self::with_tls(addr, None)
+    }
+
+    /// An upstream reached over TLS when `tls` is set.
+    pub fn with_tls(addr: SocketAddr, tls: Option<UpstreamTls>) -> Self {
         Upstream {
             addr,
+            tls,
             down_until: AtomicU64::new(0),
             idle: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
+            h2: Default::default(),
         }
     }
 
@@ -72,7 +84,7 @@ impl Upstream {
     /// `any_thread` from another one when this thread has none. A backend
     /// that closed a connection has made it readable, so the check reads
     /// only then (no system call for a healthy one).
-    pub fn take_idle(&self, max_idle: Duration, any_thread: bool) -> Option<TcpStream> {
+    pub fn take_idle(&self, max_idle: Duration, any_thread: bool) -> Option<Conn> {
         let own = shard();
         if let Some(conn) = self.idle.get(own).and_then(|idle| take_from(idle, max_idle)) {
             return Some(conn);
@@ -99,7 +111,7 @@ impl Upstream {
     /// Keeps `conn` in this thread's shard for the next request (at most
     /// [`MAX_IDLE`] per shard), and closes the ones idle for longer than
     /// `max_idle`.
-    pub fn put_idle(&self, conn: TcpStream, max_idle: Duration) {
+    pub fn put_idle(&self, conn: Conn, max_idle: Duration) {
         if let Some(Ok(mut idle)) = self.idle.get(shard()).map(Mutex::lock) {
             drop_stale(&mut idle, max_idle);
             if idle.len() < MAX_IDLE {
@@ -128,7 +140,7 @@ impl Upstream {
 
 /// The most recently used connection of one shard that is younger than
 /// `max_idle` and still open.
-fn take_from(idle: &Idle, max_idle: Duration) -> Option<TcpStream> {
+fn take_from(idle: &Idle, max_idle: Duration) -> Option<Conn> {
     let mut idle = idle.lock().ok()?;
     while let Some((conn, since)) = idle.pop() {
         if since.elapsed() > max_idle {
@@ -136,7 +148,7 @@ fn take_from(idle: &Idle, max_idle: Duration) -> Option<TcpStream> {
             idle.clear();
             return None;
         }
-        if matches!(conn.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
+        if conn.idle_and_open() {
             return Some(conn);
         }
     }
@@ -145,7 +157,7 @@ fn take_from(idle: &Idle, max_idle: Duration) -> Option<TcpStream> {
 
 /// Closes the connections at the front of `idle` (the oldest) that were
 /// idle for longer than `max_idle`.
-fn drop_stale(idle: &mut Vec<(TcpStream, Instant)>, max_idle: Duration) {
+fn drop_stale(idle: &mut Vec<(Conn, Instant)>, max_idle: Duration) {
     let stale = idle.iter().take_while(|(_, since)| since.elapsed() > max_idle).count();
     idle.drain(..stale);
 }
@@ -155,6 +167,8 @@ fn drop_stale(idle: &mut Vec<(TcpStream, Instant)>, max_idle: Duration) {
 pub struct Pool {
     pub name: Arc<str>,
     pub upstreams: Vec<Arc<Upstream>>,
+    /// HTTP/2 clients' streams go to the backends over HTTP/2.
+    pub http2: bool,
     next: AtomicUsize,
     pub metrics: PoolMetrics,
 }
@@ -185,6 +199,7 @@ impl Pool {
         Pool {
             name,
             upstreams,
+            http2: false,
             next: AtomicUsize::new(0),
             metrics,
         }

@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::upstream_tls::{self, Conn, ConnectError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::TcpStream;
 
 use super::framing::{self, BadResponse};
 use super::policy::{Outcome, Policy};
@@ -41,7 +41,7 @@ pub enum ExchangeError {
     Connect {
         addr: SocketAddr,
         #[source]
-        source: io::Error,
+        source: ConnectError,
     },
     #[error("no upstream in the pool")]
     NoUpstream,
@@ -101,7 +101,7 @@ pub enum Attempt {
 /// A backend connection for one attempt.
 struct Backend<'p> {
     up: &'p Arc<Upstream>,
-    conn: TcpStream,
+    conn: Conn,
     /// Taken from the idle pool (it may have gone stale).
     reused: bool,
 }
@@ -126,7 +126,7 @@ async fn open<'p>(
                 return Ok(Backend { up, conn, reused: true });
             }
         }
-        match connect(up, gw.timeouts.connect).await {
+        match upstream_tls::connect(up, gw.timeouts.connect, false).await {
             Ok(conn) => {
                 return Ok(Backend {
                     up,
@@ -144,14 +144,6 @@ async fn open<'p>(
             }
         }
     }
-}
-
-async fn connect(up: &Upstream, timeout: Duration) -> io::Result<TcpStream> {
-    let c = tokio::time::timeout(timeout, TcpStream::connect(up.addr))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    c.set_nodelay(true)?;
-    Ok(c)
 }
 
 /// One read from the backend, within the read timeout.
@@ -269,9 +261,11 @@ pub async fn send_head(
     let mut bufs = [std::io::IoSlice::new(head), std::io::IoSlice::new(body)];
     let write = async {
         match body.is_empty() {
-            true => backend.write_all(head).await,
-            false => write_all_vectored(backend, &mut bufs).await,
+            true => backend.write_all(head).await?,
+            false => write_all_vectored(backend, &mut bufs).await?,
         }
+        // A TLS connection may hold the last record back until flushed.
+        backend.flush().await
     };
     match tokio::time::timeout(timeout, write).await {
         Ok(Ok(())) => Ok(()),
@@ -352,7 +346,7 @@ pub async fn duplex<T, U>(
 /// backend connection, and how to answer a failure before any response.
 pub trait Downstream {
     /// Sends the request on `backend` and relays the response.
-    async fn attempt(&mut self, backend: &mut TcpStream, addr: SocketAddr) -> Result<Done, Attempt>;
+    async fn attempt(&mut self, backend: &mut Conn, addr: SocketAddr) -> Result<Done, Attempt>;
     /// Answers `status` (0: just end); returns the status sent, or 0.
     async fn fail(&mut self, status: u16) -> u16;
     /// Whether a failed attempt on a reused connection may be sent again.

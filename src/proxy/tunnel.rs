@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
+use super::upstream_tls::Conn;
 use pingora_core::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Bytes one read may carry.
 const BUF: usize = 16 * 1024;
@@ -17,7 +17,7 @@ const BUF: usize = 16 * 1024;
 /// its peer's write side shut, and the tunnel ends when both have closed.
 pub async fn run(
     client: &mut Stream,
-    backend: &mut TcpStream,
+    backend: &mut Conn,
     early_backend: &[u8],
     early_client: &[u8],
     idle: Duration,

@@ -103,10 +103,13 @@ impl Snapshot {
         metrics: &Metrics,
         book: &Book,
     ) -> Snapshot {
-        let mut known: HashMap<SocketAddr, Arc<Upstream>> = HashMap::new();
+        // Kept per address and TLS settings: a kept-alive connection is
+        // reused only as what it was opened as.
+        let tls_key = |u: &Upstream| u.tls.as_ref().map(|t| t.key.clone());
+        let mut known: HashMap<(SocketAddr, Option<Arc<str>>), Arc<Upstream>> = HashMap::new();
         if let Some(prev) = previous {
             for u in prev.pools.iter().flat_map(|p| &p.upstreams) {
-                known.entry(u.addr).or_insert_with(|| u.clone());
+                known.entry((u.addr, tls_key(u))).or_insert_with(|| u.clone());
             }
         }
         let pools = config
@@ -116,9 +119,15 @@ impl Snapshot {
                 let upstreams = spec
                     .upstreams
                     .iter()
-                    .map(|a| known.entry(*a).or_insert_with(|| Arc::new(Upstream::new(*a))).clone())
+                    .map(|a| {
+                        let key = (*a, spec.tls.as_ref().map(|t| t.key.clone()));
+                        let new = || Arc::new(Upstream::with_tls(*a, spec.tls.clone()));
+                        known.entry(key).or_insert_with(new).clone()
+                    })
                     .collect();
-                Pool::new(spec.name.as_str().into(), upstreams, metrics.pool(&spec.name))
+                let mut pool = Pool::new(spec.name.as_str().into(), upstreams, metrics.pool(&spec.name));
+                pool.http2 = spec.http2;
+                pool
             })
             .collect();
 

@@ -118,6 +118,7 @@ pub struct Metrics {
     duration: HistogramVec,
     rejections: IntCounterVec,
     connections_refused: IntCounterVec,
+    proxy_protocol: IntCounterVec,
     upstream_errors: IntCounterVec,
     pub config_generation: IntGauge,
     reloads: IntCounterVec,
@@ -350,6 +351,13 @@ impl Metrics {
         for l in ["http", "https"] {
             connections_refused.with_label_values(&[l]);
         }
+        let proxy_protocol = IntCounterVec::new(
+            Opts::new(
+                "tenantgate_proxy_protocol_total",
+                "Connections on listeners with proxy_protocol, by how their PROXY header step ended: accepted, local, absent, direct (untrusted peer, no header) or refused: untrusted, missing, invalid, timeout.",
+            ),
+            &["listener", "result"],
+        )?;
         let upstream_errors = IntCounterVec::new(
             Opts::new(
                 "tenantgate_upstream_errors_total",
@@ -376,6 +384,7 @@ impl Metrics {
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
+        registry.register(Box::new(proxy_protocol.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(config_generation.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
@@ -475,6 +484,7 @@ impl Metrics {
             duration,
             rejections,
             connections_refused,
+            proxy_protocol,
             upstream_errors,
             config_generation,
             reloads,
@@ -585,6 +595,11 @@ impl Metrics {
     /// its `max_connections` cap.
     pub fn connection_refused(&self, listener: &'static str) {
         self.connections_refused.with_label_values(&[listener]).inc();
+    }
+
+    /// Counts a connection's PROXY protocol step (`result`: a fixed set).
+    pub fn proxy_protocol(&self, listener: &'static str, result: &'static str) {
+        self.proxy_protocol.with_label_values(&[listener, result]).inc();
     }
 
     /// Counts a refused request.

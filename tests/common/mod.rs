@@ -6,6 +6,7 @@ pub mod haproxy;
 pub mod knot;
 pub mod pebble;
 pub mod redis_server;
+pub mod upstream;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
@@ -221,6 +222,19 @@ impl Gateway {
     }
 
     /// The gateway's log so far.
+    /// The log once it contains every one of `needles` (it is written
+    /// asynchronously), or as it is after 5 s.
+    pub async fn log_with(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.log();
+            if needles.iter().all(|n| log.contains(n)) || Instant::now() > deadline {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
