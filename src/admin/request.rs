@@ -34,6 +34,8 @@ pub enum Route {
     Rollback(String),
     Export,
     Import,
+    Pools,
+    Pool(String),
 }
 
 const READ: &[Method] = &[Method::GET, Method::HEAD, Method::OPTIONS];
@@ -75,6 +77,8 @@ impl Route {
             ["v1", "versions", n, "rollback"] => Route::Rollback(owned(n)),
             ["v1", "export"] => Route::Export,
             ["v1", "import"] => Route::Import,
+            ["v1", "pools"] => Route::Pools,
+            ["v1", "pools", name] => Route::Pool(owned(name)),
             _ => return Ok(None),
         }))
     }
@@ -143,6 +147,8 @@ pub const PATHS: &[&str] = &[
     "/v1/versions/{n}/rollback",
     "/v1/export",
     "/v1/import",
+    "/v1/pools",
+    "/v1/pools/{name}",
 ];
 
 /// Each of [`PATHS`] with the methods the router answers on it (besides

@@ -63,6 +63,8 @@ impl Call {
             (Method::GET, Route::Export) => self.export().await,
             (Method::POST, Route::Import) => self.import().await,
             (Method::POST, Route::Rollback(n)) => self.rollback(&n).await,
+            (Method::GET, Route::Pools) => self.pools(),
+            (Method::GET, Route::Pool(name)) => self.pool(&name),
             _ => Err(Problem::not_found("no such resource; see /v1/openapi.json")),
         }
     }

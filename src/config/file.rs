@@ -234,6 +234,13 @@ pub struct PoolSection {
     /// Maintenance of every tenant on the pool.
     #[serde(default, deserialize_with = "super::profile::maintenance_value")]
     pub maintenance: Option<super::profile::MaintenanceSection>,
+    /// Active health checks (`[pools.<name>.health]`).
+    pub health: Option<super::upstream::HealthSection>,
+    /// Passive outlier ejection (`[pools.<name>.outlier]`).
+    pub outlier: Option<super::upstream::OutlierSection>,
+    pub retries: Option<u32>,
+    pub retry_budget_percent: Option<u32>,
+    pub retry_min_per_second: Option<u32>,
 }
 
 /// One `[[tenants]]` entry, or one file under `tenants/`. Serialised as a

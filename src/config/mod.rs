@@ -17,6 +17,7 @@ mod parse;
 pub mod plans;
 pub mod profile;
 pub mod templates;
+pub mod upstream;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -346,6 +347,10 @@ pub struct PoolSpec {
     pub region: Option<String>,
     /// Maintenance of every tenant on the pool.
     pub maintenance: Option<profile::Maintenance>,
+    /// Active health checks; `None`: off.
+    pub health: Option<upstream::HealthCheck>,
+    pub outlier: upstream::Outlier,
+    pub retries: upstream::Retries,
 }
 
 /// Index of a pool in [`Config::pools`].
@@ -526,11 +531,23 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
         pool_ids.insert(name.clone(), pools.len() as PoolId);
         let (region, maintenance) =
             profile::pool_fields(&name, section.region.as_ref(), section.maintenance.as_ref(), &mut errs);
+        let health = section.health.as_ref().map(|h| upstream::health(&name, h, &mut errs));
+        let outlier = upstream::outlier(&name, section.outlier.as_ref(), &mut errs);
+        let retries = upstream::retries(
+            &name,
+            section.retries,
+            section.retry_budget_percent,
+            section.retry_min_per_second,
+            &mut errs,
+        );
         pools.push(PoolSpec {
             name,
             upstreams,
             region,
             maintenance,
+            health,
+            outlier,
+            retries,
         });
     }
 

@@ -29,6 +29,7 @@ mod framing;
 mod h1;
 mod h2;
 pub mod headers;
+pub mod health;
 pub mod pages;
 pub mod policy;
 pub mod pool;

@@ -1,8 +1,11 @@
-//! Backend pools: round-robin selection with passive health.
+//! Backend pools: round-robin selection over the available upstreams.
 //!
-//! An upstream that fails to connect is skipped for `upstream_down`. Its
-//! health lives in an [`Upstream`] shared across reloads (the registry hands
-//! the same `Arc` to the next snapshot when the address is unchanged), so a
+//! An upstream that fails to connect is skipped for `upstream_down`; one
+//! that fails its active checks or is ejected for a run of failed requests
+//! ([`crate::upstream::Health`]) is skipped too. When none is left the
+//! pool has nothing to offer and the relay answers 503 at once. Health
+//! lives in an [`Upstream`] shared across reloads (the registry hands the
+//! same `Arc` to the next snapshot when the pool keeps the address), so a
 //! reload neither forgets a dead backend nor resets a live one.
 //!
 //! Idle kept-alive connections are kept per worker thread (one shard per
@@ -18,7 +21,10 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
+use crate::config::upstream::{HealthCheck, Outlier, Retries};
+use crate::config::PoolSpec;
 use crate::telemetry::PoolMetrics;
+use crate::upstream::{Budget, Health};
 
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
@@ -56,6 +62,8 @@ pub struct Upstream {
     down_until: AtomicU64,
     /// Per worker thread, most recently used last.
     idle: Box<[Idle]>,
+    /// Active-check verdict and passive ejection.
+    pub health: Health,
 }
 
 impl Upstream {
@@ -64,6 +72,7 @@ impl Upstream {
             addr,
             down_until: AtomicU64::new(0),
             idle: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
+            health: Health::default(),
         }
     }
 
@@ -114,9 +123,20 @@ impl Upstream {
             .store(now_ms() + period.as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// Whether it is currently skipped.
+    /// Whether it is currently skipped after a failed connect.
     pub fn is_down(&self) -> bool {
         self.down_until.load(Ordering::Relaxed) > now_ms()
+    }
+
+    /// Ends a connect mark-down early (an active check reached it).
+    pub fn clear_down(&self) {
+        self.down_until.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether requests may go to it: not marked down, passing its active
+    /// checks, not ejected.
+    pub fn available(&self) -> bool {
+        self.health.available() && !self.is_down()
     }
 }
 
@@ -151,12 +171,17 @@ pub struct Pool {
     pub upstreams: Vec<Arc<Upstream>>,
     next: AtomicUsize,
     pub metrics: PoolMetrics,
+    /// Active health checks; `None`: off.
+    pub health: Option<HealthCheck>,
+    pub outlier: Outlier,
+    pub retries: Retries,
+    pub budget: Budget,
 }
 
-/// Which upstreams of a pool failed to connect for this request (bit i =
-/// upstream i; pools past 64 upstreams reuse bits, which only weakens the
-/// skip). An upstream whose reused connection broke is not in here: the
-/// retry may pick it again, on a fresh connection.
+/// Which upstreams of a pool failed for this request (bit i = upstream i;
+/// pools past 64 upstreams reuse bits, which only weakens the skip). An
+/// upstream whose reused connection broke is not in here: the retry may
+/// pick it again, on a fresh connection.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Tried(u64);
 
@@ -164,7 +189,7 @@ impl Tried {
     fn has(self, i: usize) -> bool {
         self.0 & (1 << (i % 64)) != 0
     }
-    /// Records that upstream `i` failed to connect.
+    /// Records that upstream `i` failed for this request.
     pub fn add(&mut self, i: usize) {
         self.0 |= 1 << (i % 64);
     }
@@ -181,33 +206,64 @@ impl Pool {
             upstreams,
             next: AtomicUsize::new(0),
             metrics,
+            health: None,
+            outlier: Outlier::default(),
+            retries: Retries::default(),
+            budget: Budget::default(),
         }
     }
 
-    /// Picks the next upstream in round-robin order that is neither down nor
-    /// failed for this request, with its index. When every remaining
-    /// upstream is down, the next one is returned anyway, so a pool whose
-    /// backends all failed recently still gets a chance to recover. `None`
-    /// once every upstream failed to connect for this request.
+    /// The pool's health checks, outlier ejection and retries from `spec`.
+    pub fn with_policy(mut self, spec: &PoolSpec) -> Self {
+        self.health = spec.health.clone();
+        self.outlier = spec.outlier.clone();
+        self.retries = spec.retries.clone();
+        self
+    }
+
+    /// Picks the next available upstream in round-robin order that did not
+    /// fail for this request, with its index. `None` when there is none:
+    /// every upstream is marked down, failing its checks, ejected, or
+    /// already failed for this request.
     pub fn select(&self, tried: &Tried) -> Option<(usize, &Arc<Upstream>)> {
         let n = self.upstreams.len();
         if n == 0 {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut fallback = None;
-        for k in 0..n {
-            let i = (start + k) % n;
-            if tried.has(i) {
-                continue;
-            }
-            if !self.upstreams[i].is_down() {
-                return Some((i, &self.upstreams[i]));
-            }
-            fallback.get_or_insert(i);
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| !tried.has(i) && self.upstreams[i].available())
+            .map(|i| (i, &self.upstreams[i]))
+    }
+
+    /// Whether an available upstream did not fail for this request yet.
+    pub fn any_untried(&self, tried: &Tried) -> bool {
+        self.upstreams
+            .iter()
+            .enumerate()
+            .any(|(i, u)| !tried.has(i) && u.available())
+    }
+
+    /// Whether an upstream other than `except` is available.
+    pub fn others_available(&self, except: &Upstream) -> bool {
+        self.upstreams
+            .iter()
+            .any(|u| !std::ptr::eq(&**u, except) && u.available())
+    }
+
+    /// A request failed on `up` (a 5xx answer, a reset, a timeout, a broken
+    /// response): counts it toward ejection, and logs and counts an
+    /// ejection.
+    pub fn upstream_failed(&self, up: &Upstream) {
+        if let Some(period) = up.health.record_failure(&self.outlier, || self.others_available(up)) {
+            tracing::warn!(
+                pool = &*self.name,
+                upstream = %up.addr,
+                ejected_ms = period.as_millis() as u64,
+                "upstream ejected after consecutive failures"
+            );
         }
-        let i = fallback?;
-        Some((i, &self.upstreams[i]))
     }
 }
 

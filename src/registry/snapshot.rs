@@ -103,10 +103,14 @@ impl Snapshot {
         metrics: &Metrics,
         book: &Book,
     ) -> Snapshot {
-        let mut known: HashMap<SocketAddr, Arc<Upstream>> = HashMap::new();
+        // Health is per pool and upstream: the same address in two pools
+        // (with their own checks) has two states.
+        let mut known: HashMap<(&str, SocketAddr), Arc<Upstream>> = HashMap::new();
         if let Some(prev) = previous {
-            for u in prev.pools.iter().flat_map(|p| &p.upstreams) {
-                known.entry(u.addr).or_insert_with(|| u.clone());
+            for p in prev.pools.iter() {
+                for u in &p.upstreams {
+                    known.entry((&p.name, u.addr)).or_insert_with(|| u.clone());
+                }
             }
         }
         let pools = config
@@ -116,9 +120,14 @@ impl Snapshot {
                 let upstreams = spec
                     .upstreams
                     .iter()
-                    .map(|a| known.entry(*a).or_insert_with(|| Arc::new(Upstream::new(*a))).clone())
+                    .map(|a| {
+                        known
+                            .entry((spec.name.as_str(), *a))
+                            .or_insert_with(|| Arc::new(Upstream::new(*a)))
+                            .clone()
+                    })
                     .collect();
-                Pool::new(spec.name.as_str().into(), upstreams, metrics.pool(&spec.name))
+                Pool::new(spec.name.as_str().into(), upstreams, metrics.pool(&spec.name)).with_policy(spec)
             })
             .collect();
 

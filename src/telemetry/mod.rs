@@ -2,6 +2,7 @@
 //! crate holds handles to them, resolved once per reload, so the request
 //! path never formats a label or looks one up.
 
+pub mod backends;
 mod endpoint;
 pub mod spread;
 
@@ -118,6 +119,8 @@ pub struct Metrics {
     rejections: IntCounterVec,
     connections_refused: IntCounterVec,
     upstream_errors: IntCounterVec,
+    /// Upstream health and retries.
+    pub backends: backends::BackendMetrics,
     pub config_generation: IntGauge,
     reloads: IntCounterVec,
     pub config_last_reload_success: IntGauge,
@@ -304,6 +307,7 @@ pub struct PoolMetrics {
     pub duration: Histogram,
     pub connect_errors: IntCounter,
     pub proxy_errors: IntCounter,
+    pub retries: backends::RetryCounters,
 }
 
 impl Metrics {
@@ -460,7 +464,9 @@ impl Metrics {
         for r in ["success", "failure"] {
             reloads.with_label_values(&[r]);
         }
+        let backends = backends::BackendMetrics::new(&registry)?;
         Ok(Metrics {
+            backends,
             registry,
             requests,
             duration,
@@ -547,6 +553,7 @@ impl Metrics {
             duration: self.duration.with_label_values(&[name]),
             connect_errors: self.upstream_errors.with_label_values(&[name, "connect"]),
             proxy_errors: self.upstream_errors.with_label_values(&[name, "proxy"]),
+            retries: self.backends.retries(name),
         }
     }
 
@@ -556,6 +563,7 @@ impl Metrics {
         for k in ["connect", "proxy"] {
             let _ = self.upstream_errors.remove_label_values(&[name, k]);
         }
+        self.backends.forget_pool(name);
     }
 
     /// Counts a connection closed at accept because the listener was at
