@@ -224,6 +224,13 @@ pub fn serve(source: Source, upgrade: bool) -> Result<std::convert::Infallible, 
         },
     ));
     server.add_service(background_service(
+        "tenantgate upstream names",
+        crate::proxy::resolve::UpstreamNames {
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+        },
+    ));
+    server.add_service(background_service(
         "tenantgate idle connections",
         crate::proxy::pool::IdleReaper {
             registry: registry.clone(),

@@ -371,3 +371,96 @@ async fn the_retry_budget_caps_retries_during_an_outage() {
     assert_eq!(ok + failed, n);
     assert!(failed > 0, "the budget ran out during the outage");
 }
+
+#[tokio::test]
+async fn hostname_upstreams_are_resolved_in_the_background_and_follow_dns() {
+    // challtestsrv: a real DNS server answering A queries with 127.0.0.1
+    // unless told otherwise.
+    let dns = common::pebble::Pebble::start(common::free_port(), common::free_port(), 3600).await;
+    let a = Flaky::start("a").await;
+    // b on the same port at another loopback address.
+    let b = Flaky::start_at("b", format!("127.0.0.2:{}", a.addr.port()).parse().expect("addr")).await;
+    let template = format!(
+        r#"
+[gateway]
+http_listen = "{{http}}"
+metrics_listen = "{{metrics}}"
+admin_listen = "{{admin}}"
+upstream_nameservers = ["{dns}"]
+upstream_dns_min_ttl_ms = 100
+upstream_dns_max_ttl_ms = 300
+
+[[admin.tokens]]
+name = "ops"
+scope = "operator"
+sha256 = "{ops}"
+
+[pools.p]
+upstreams = ["backend.internal:{port}"]
+
+[[tenants]]
+id = "t"
+domains = ["t.example"]
+pool = "p"
+"#,
+        dns = dns.dns_addr(),
+        ops = hash_hex(OPS),
+        port = a.addr.port()
+    );
+    let gw = Gateway::start(&template).await;
+    let c = client();
+    let answered_by = |who: &'static str| {
+        let (gw, c) = (&gw, &c);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let (status, body) = send(c, gw, "GET", "/who", None).await;
+                if status == 200 && body.starts_with(&format!("{who} ")) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "never answered by {who}: {status} {body}\n{}",
+                    gw.log()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    answered_by("a").await;
+    let pool = pool_state(&gw).await;
+    assert_eq!(
+        pool["names"][0],
+        format!("backend.internal:{}", a.addr.port()),
+        "{pool}"
+    );
+    assert_eq!(pool["upstreams"][0]["address"], a.addr.to_string(), "{pool}");
+    assert_eq!(
+        pool["upstreams"][0]["name"],
+        format!("backend.internal:{}", a.addr.port())
+    );
+
+    // The record moves: so do requests, within the TTL ceiling.
+    dns.add_a_record("backend.internal", "127.0.0.2").await;
+    answered_by("b").await;
+    for _ in 0..5 {
+        let (status, body) = send(&c, &gw, "GET", "/who", None).await;
+        assert_eq!((status, body.as_str()), (200, "b GET /who"));
+    }
+    let pool = pool_state(&gw).await;
+    let addrs: Vec<&str> = pool["upstreams"]
+        .as_array()
+        .map_or(vec![], |l| l.iter().filter_map(|u| u["address"].as_str()).collect());
+    assert_eq!(addrs, [b.addr.to_string().as_str()], "the old address left the pool");
+
+    // The DNS server goes away: lookups fail (logged), and the last good
+    // addresses keep serving.
+    drop(dns);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !gw.log().contains("lookup failed") {
+        assert!(Instant::now() < deadline, "no failed lookup logged:\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = send(&c, &gw, "GET", "/who", None).await;
+    assert_eq!((status, body.as_str()), (200, "b GET /who"));
+}

@@ -50,14 +50,12 @@ fn pool_json(p: &Pool) -> Value {
             "fall": h.fall,
         })
     });
-    let upstreams: Vec<Value> = p
-        .upstreams
-        .iter()
-        .map(|u| upstream_json(u, p.health.is_some()))
-        .collect();
+    let members = p.members();
+    let upstreams: Vec<Value> = members.iter().map(|u| upstream_json(u, p.health.is_some())).collect();
     json!({
         "name": &*p.name,
-        "available": p.upstreams.iter().filter(|u| u.available()).count(),
+        "available": members.iter().filter(|u| u.available()).count(),
+        "names": p.names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
         "upstreams": upstreams,
         "health": health,
         "outlier": {
@@ -96,6 +94,7 @@ fn upstream_json(u: &Upstream, checked: bool) -> Value {
     });
     json!({
         "address": u.addr.to_string(),
+        "name": u.origin.as_deref(),
         "state": state,
         "available": u.available(),
         "last_probe": last_probe,

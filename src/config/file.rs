@@ -197,6 +197,10 @@ pub struct GatewaySection {
     pub upstream_idle_timeout_ms: Option<u64>,
     pub client_timeout_ms: Option<u64>,
     pub upstream_down_ms: Option<u64>,
+    /// Resolvers of upstream host names (default: the system's).
+    pub upstream_nameservers: Option<Vec<String>>,
+    pub upstream_dns_min_ttl_ms: Option<u64>,
+    pub upstream_dns_max_ttl_ms: Option<u64>,
     pub threads: Option<usize>,
     pub watch_config: Option<bool>,
     pub max_connections: Option<usize>,

@@ -155,6 +155,8 @@ pub struct Gateway {
     pub timeouts: Timeouts,
     /// How long an upstream that failed to connect is skipped.
     pub upstream_down: Duration,
+    /// How upstream host names are resolved.
+    pub resolver: upstream::Resolver,
     pub threads: usize,
     /// Reload when the config file changes (SIGHUP always reloads).
     pub watch_config: bool,
@@ -342,7 +344,10 @@ pub enum Scope {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSpec {
     pub name: String,
+    /// The `IP:port` entries.
     pub upstreams: Vec<SocketAddr>,
+    /// The `host:port` entries, resolved in the background.
+    pub names: Vec<upstream::UpstreamName>,
     /// The region its backends are in.
     pub region: Option<String>,
     /// Maintenance of every tenant on the pool.
@@ -517,17 +522,17 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
         if section.upstreams.is_empty() {
             errs.push(err(None, &field, Problem::EmptyPool { pool: name.clone() }));
         }
-        let upstreams = section
-            .upstreams
-            .iter()
-            .filter_map(|u| match u.parse::<SocketAddr>() {
-                Ok(a) => Some(a),
-                Err(_) => {
-                    errs.push(err(None, &field, Problem::BadUpstream { value: u.clone() }));
-                    None
-                }
-            })
-            .collect();
+        let mut upstreams = Vec::with_capacity(section.upstreams.len());
+        let mut names = Vec::new();
+        for u in &section.upstreams {
+            if let Ok(a) = u.parse::<SocketAddr>() {
+                upstreams.push(a);
+            } else if let Some(n) = upstream::parse_name(u) {
+                names.push(n);
+            } else {
+                errs.push(err(None, &field, Problem::BadUpstream { value: u.clone() }));
+            }
+        }
         pool_ids.insert(name.clone(), pools.len() as PoolId);
         let (region, maintenance) =
             profile::pool_fields(&name, section.region.as_ref(), section.maintenance.as_ref(), &mut errs);
@@ -543,6 +548,7 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
         pools.push(PoolSpec {
             name,
             upstreams,
+            names,
             region,
             maintenance,
             health,
@@ -940,6 +946,12 @@ fn validate_gateway(g: file::GatewaySection, errs: &mut Vec<ConfigError>) -> Gat
         Some(n) => n,
         None => std::thread::available_parallelism().map(usize::from).unwrap_or(1),
     };
+    let resolver = upstream::resolver(
+        g.upstream_nameservers.as_deref(),
+        g.upstream_dns_min_ttl_ms,
+        g.upstream_dns_max_ttl_ms,
+        errs,
+    );
     Gateway {
         http_listen,
         https_listen,
@@ -951,6 +963,7 @@ fn validate_gateway(g: file::GatewaySection, errs: &mut Vec<ConfigError>) -> Gat
         strip_headers,
         timeouts,
         upstream_down,
+        resolver,
         threads,
         watch_config: g.watch_config.unwrap_or(true),
         client_timeout,

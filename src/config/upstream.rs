@@ -1,5 +1,7 @@
-//! A pool's backend policy, validated: active health checks
-//! (`[pools.<name>.health]`), passive outlier ejection
+//! A pool's backends and their policy, validated: upstream entries
+//! (`IP:port`, or `host:port` resolved in the background), the resolver of
+//! those names (`[gateway] upstream_nameservers`, TTL floor and ceiling),
+//! active health checks (`[pools.<name>.health]`), passive outlier ejection
 //! (`[pools.<name>.outlier]`) and retries with a budget (`retries`,
 //! `retry_budget_percent`, `retry_min_per_second`). Never looks at
 //! tenants.
@@ -297,6 +299,114 @@ pub fn retries(
     }
 }
 
+/// An upstream given by name: resolved (A and AAAA) and re-resolved in
+/// the background; requests go to the addresses it resolved to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamName {
+    /// Lower case, without a trailing dot.
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for UpstreamName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// `host:port` with a DNS host name (letters, digits, `-`, `_`, dots;
+/// labels of 1 to 63 characters, not all digits at the end; a single label
+/// such as a container name is fine) and a port from 1.
+pub fn parse_name(entry: &str) -> Option<UpstreamName> {
+    let (host, port) = entry.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    let labels: Vec<&str> = host.split('.').collect();
+    let label_ok = |l: &&str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let last_numeric = labels.last().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+    (host.len() <= 253 && labels.iter().all(label_ok) && !last_numeric).then_some(UpstreamName { host, port })
+}
+
+/// How upstream names are resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolver {
+    /// Empty: the system's (`/etc/resolv.conf`, `/etc/hosts`).
+    pub nameservers: Vec<std::net::SocketAddr>,
+    /// A name is looked up again after its record's TTL, but never sooner
+    /// than this (and after a failed lookup, this long).
+    pub min_ttl: Duration,
+    /// … and never later than this.
+    pub max_ttl: Duration,
+}
+
+pub const DEFAULT_MIN_TTL_MS: u64 = 5_000;
+pub const DEFAULT_MAX_TTL_MS: u64 = 300_000;
+
+/// Validates `[gateway] upstream_nameservers`, `upstream_dns_min_ttl_ms`
+/// and `upstream_dns_max_ttl_ms`.
+pub fn resolver(
+    nameservers: Option<&[String]>,
+    min_ttl_ms: Option<u64>,
+    max_ttl_ms: Option<u64>,
+    errs: &mut Vec<ConfigError>,
+) -> Resolver {
+    let mut servers = Vec::new();
+    for (i, ns) in nameservers.unwrap_or_default().iter().enumerate() {
+        match ns
+            .parse::<std::net::SocketAddr>()
+            .or_else(|_| ns.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+        {
+            Ok(a) => servers.push(a),
+            Err(_) => errs.push(super::err(
+                None,
+                &format!("gateway.upstream_nameservers[{i}]"),
+                Problem::BadSetting {
+                    value: ns.clone(),
+                    expected: "an IP address, or IP:port, such as \"10.0.0.2\" or \"127.0.0.1:5353\"",
+                },
+            )),
+        }
+    }
+    let mut ms = |key: &str, v: Option<u64>, default: u64| match v {
+        None => default,
+        Some(v) if (100..=86_400_000).contains(&v) => v,
+        Some(v) => {
+            errs.push(super::err(
+                None,
+                &format!("gateway.{key}"),
+                Problem::BadSetting {
+                    value: v.to_string(),
+                    expected: "milliseconds from 100 to 86400000",
+                },
+            ));
+            default
+        }
+    };
+    let min = ms("upstream_dns_min_ttl_ms", min_ttl_ms, DEFAULT_MIN_TTL_MS);
+    let mut max = ms("upstream_dns_max_ttl_ms", max_ttl_ms, DEFAULT_MAX_TTL_MS.max(min));
+    if max < min {
+        errs.push(super::err(
+            None,
+            "gateway.upstream_dns_max_ttl_ms",
+            Problem::BadSetting {
+                value: max.to_string(),
+                expected: "at least upstream_dns_min_ttl_ms",
+            },
+        ));
+        max = min;
+    }
+    Resolver {
+        nameservers: servers,
+        min_ttl: Duration::from_millis(min),
+        max_ttl: Duration::from_millis(max),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,5 +453,45 @@ mod tests {
         );
         assert_eq!(o.max_ejection, o.ejection);
         assert_eq!(errs.len(), 3);
+    }
+
+    #[test]
+    fn upstream_names_are_dns_names_with_a_port() {
+        let n = parse_name("Backend.Internal.:9000").expect("a name");
+        assert_eq!(
+            (n.host.as_str(), n.port, n.to_string().as_str()),
+            ("backend.internal", 9000, "backend.internal:9000")
+        );
+        assert!(parse_name("localhost:80").is_some());
+        assert!(parse_name("proj_backend_1:8080").is_some());
+        for bad in [
+            "backend",
+            "backend:0",
+            "backend:http",
+            "-a.example:1",
+            "a..b:1",
+            "10.0.0.300:80",
+            "http://a.example:1",
+            ":80",
+            "[::1]:80",
+            "a b:1",
+        ] {
+            assert_eq!(parse_name(bad), None, "{bad}");
+        }
+        let mut errs = Vec::new();
+        let r = resolver(
+            Some(&["10.0.0.2".into(), "127.0.0.1:5353".into(), "dns.example".into()]),
+            Some(1000),
+            Some(500),
+            &mut errs,
+        );
+        assert_eq!(r.nameservers.len(), 2);
+        assert_eq!(r.nameservers[0].port(), 53);
+        assert_eq!(r.max_ttl, r.min_ttl);
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["gateway.upstream_nameservers[2]", "gateway.upstream_dns_max_ttl_ms"]
+        );
     }
 }

@@ -64,9 +64,11 @@ impl pingora_core::services::background::BackgroundService for HealthChecks {
                 }
                 _ = tick.tick() => {
                     let snap = self.registry.snapshot();
+                    // Resolved addresses come and go between generations.
+                    reconcile(&snap.pools, &mut loops);
                     for pool in snap.pools.iter() {
                         pool.budget.rotate();
-                        for up in &pool.upstreams {
+                        for up in &pool.members() {
                             if pool.health.is_none() && !up.health.probed_up() {
                                 // Checks were turned off: their verdict goes.
                                 up.health.reset_probe();
@@ -87,10 +89,10 @@ impl pingora_core::services::background::BackgroundService for HealthChecks {
 
 /// Starts the loops `pools` need and stops the others.
 fn reconcile(pools: &[Pool], loops: &mut Loops) {
-    let mut wanted: HashMap<Key, (&HealthCheck, &Arc<Upstream>)> = HashMap::new();
+    let mut wanted: HashMap<Key, (&HealthCheck, Arc<Upstream>)> = HashMap::new();
     for pool in pools {
         if let Some(check) = &pool.health {
-            for up in &pool.upstreams {
+            for up in pool.members() {
                 wanted.insert((pool.name.clone(), up.addr), (check, up));
             }
         }

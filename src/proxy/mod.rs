@@ -36,6 +36,7 @@ pub mod pool;
 mod profile;
 mod relay;
 mod request;
+pub mod resolve;
 mod tunnel;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

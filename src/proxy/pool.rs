@@ -13,6 +13,7 @@
 //! with work stealing on, a thread whose shard is empty takes one from
 //! another shard before it opens a new connection.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-use crate::config::upstream::{HealthCheck, Outlier, Retries};
+use crate::config::upstream::{HealthCheck, Outlier, Retries, UpstreamName};
 use crate::config::PoolSpec;
 use crate::telemetry::PoolMetrics;
 use crate::upstream::{Budget, Health};
@@ -64,6 +65,8 @@ pub struct Upstream {
     idle: Box<[Idle]>,
     /// Active-check verdict and passive ejection.
     pub health: Health,
+    /// The `host:port` entry it was resolved from; `None` for an `IP:port`.
+    pub origin: Option<Arc<str>>,
 }
 
 impl Upstream {
@@ -73,6 +76,15 @@ impl Upstream {
             down_until: AtomicU64::new(0),
             idle: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
             health: Health::default(),
+            origin: None,
+        }
+    }
+
+    /// An address `origin` (a `host:port` entry) resolved to.
+    pub fn resolved(addr: SocketAddr, origin: Arc<str>) -> Self {
+        Upstream {
+            origin: Some(origin),
+            ..Upstream::new(addr)
         }
     }
 
@@ -168,7 +180,13 @@ fn drop_stale(idle: &mut Vec<(TcpStream, Instant)>, max_idle: Duration) {
 #[derive(Debug)]
 pub struct Pool {
     pub name: Arc<str>,
+    /// The `IP:port` entries.
     pub upstreams: Vec<Arc<Upstream>>,
+    /// The `host:port` entries ...
+    pub names: Vec<UpstreamName>,
+    /// ... and the addresses they resolved to, replaced whole by the
+    /// resolver service (`proxy::resolve`); carried over by a reload.
+    pub resolved: arc_swap::ArcSwap<Vec<Arc<Upstream>>>,
     next: AtomicUsize,
     pub metrics: PoolMetrics,
     /// Active health checks; `None`: off.
@@ -204,6 +222,8 @@ impl Pool {
         Pool {
             name,
             upstreams,
+            names: Vec::new(),
+            resolved: arc_swap::ArcSwap::from_pointee(Vec::new()),
             next: AtomicUsize::new(0),
             metrics,
             health: None,
@@ -215,6 +235,7 @@ impl Pool {
 
     /// The pool's health checks, outlier ejection and retries from `spec`.
     pub fn with_policy(mut self, spec: &PoolSpec) -> Self {
+        self.names = spec.names.clone();
         self.health = spec.health.clone();
         self.outlier = spec.outlier.clone();
         self.retries = spec.retries.clone();
@@ -222,24 +243,44 @@ impl Pool {
     }
 
     /// Picks the next available upstream in round-robin order that did not
-    /// fail for this request, with its index. `None` when there is none:
-    /// every upstream is marked down, failing its checks, ejected, or
-    /// already failed for this request.
-    pub fn select(&self, tried: &Tried) -> Option<(usize, &Arc<Upstream>)> {
-        let n = self.upstreams.len();
+    /// fail for this request, with its index (over the `IP:port` entries,
+    /// then the resolved ones). `None` when there is none: every upstream is
+    /// marked down, failing its checks, ejected, or already failed for this
+    /// request (or no name resolved yet).
+    pub fn select(&self, tried: &Tried) -> Option<(usize, Cow<'_, Arc<Upstream>>)> {
+        let fixed = self.upstreams.len();
+        // Pools without names never touch the resolved set.
+        let resolved = (!self.names.is_empty()).then(|| self.resolved.load());
+        let dynamic: &[Arc<Upstream>] = resolved.as_deref().map_or(&[], |v| v.as_slice());
+        let n = fixed + dynamic.len();
         if n == 0 {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|k| (start + k) % n)
-            .find(|&i| !tried.has(i) && self.upstreams[i].available())
-            .map(|i| (i, &self.upstreams[i]))
+        (0..n).map(|k| (start + k) % n).find_map(|i| {
+            if tried.has(i) {
+                return None;
+            }
+            match self.upstreams.get(i) {
+                Some(u) => u.available().then_some((i, Cow::Borrowed(u))),
+                None => dynamic
+                    .get(i - fixed)
+                    .filter(|u| u.available())
+                    .map(|u| (i, Cow::Owned(u.clone()))),
+            }
+        })
+    }
+
+    /// Every upstream: the `IP:port` entries, then the resolved ones.
+    pub fn members(&self) -> Vec<Arc<Upstream>> {
+        let mut all = self.upstreams.clone();
+        all.extend(self.resolved.load().iter().cloned());
+        all
     }
 
     /// Whether an available upstream did not fail for this request yet.
     pub fn any_untried(&self, tried: &Tried) -> bool {
-        self.upstreams
+        self.members()
             .iter()
             .enumerate()
             .any(|(i, u)| !tried.has(i) && u.available())
@@ -247,7 +288,7 @@ impl Pool {
 
     /// Whether an upstream other than `except` is available.
     pub fn others_available(&self, except: &Upstream) -> bool {
-        self.upstreams
+        self.members()
             .iter()
             .any(|u| !std::ptr::eq(&**u, except) && u.available())
     }
@@ -284,7 +325,7 @@ impl pingora_core::services::background::BackgroundService for IdleReaper {
                 _ = tick.tick() => {
                     let snap = self.registry.snapshot();
                     let max_idle = snap.config.gateway.timeouts.idle;
-                    for up in snap.pools.iter().flat_map(|p| &p.upstreams) {
+                    for up in snap.pools.iter().flat_map(|p| p.members()) {
                         up.reap(max_idle);
                     }
                 }

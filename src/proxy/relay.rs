@@ -115,7 +115,7 @@ pub enum Attempt {
 /// A backend connection for one attempt.
 struct Backend<'p> {
     index: usize,
-    up: &'p Arc<Upstream>,
+    up: std::borrow::Cow<'p, Arc<Upstream>>,
     conn: TcpStream,
     /// Taken from the idle pool (it may have gone stale).
     reused: bool,
@@ -147,7 +147,7 @@ async fn open<'p>(
                 });
             }
         }
-        match connect(up, gw.timeouts.connect).await {
+        match connect(&up, gw.timeouts.connect).await {
             Ok(conn) => {
                 return Ok(Backend {
                     index,
@@ -427,7 +427,7 @@ pub async fn forward(snap: &Snapshot, pool: &Pool, d: &mut impl Downstream) -> R
         let (error, status) = match d.attempt(&mut backend.conn, addr).await {
             Ok(done) => {
                 match done.status {
-                    500..=599 => pool.upstream_failed(backend.up),
+                    500..=599 => pool.upstream_failed(&backend.up),
                     _ => backend.up.health.record_success(),
                 }
                 if done.reusable {
@@ -442,7 +442,7 @@ pub async fn forward(snap: &Snapshot, pool: &Pool, d: &mut impl Downstream) -> R
             }
             Err(Attempt::Stale(error)) => {
                 if !backend.reused {
-                    pool.upstream_failed(backend.up);
+                    pool.upstream_failed(&backend.up);
                 }
                 tried.add(backend.index);
                 if d.replayable() && may_retry(pool, &tried, &mut retries) {
@@ -454,14 +454,14 @@ pub async fn forward(snap: &Snapshot, pool: &Pool, d: &mut impl Downstream) -> R
             }
             Err(Attempt::BeforeResponse(error)) => {
                 if error.upstream_fault() {
-                    pool.upstream_failed(backend.up);
+                    pool.upstream_failed(&backend.up);
                 }
                 let status = d.fail(error.status()).await;
                 (error, status)
             }
             Err(Attempt::AfterHead(error, status)) => {
                 if error.upstream_fault() {
-                    pool.upstream_failed(backend.up);
+                    pool.upstream_failed(&backend.up);
                 }
                 (error, status)
             }

@@ -296,8 +296,8 @@ impl Registry {
             if kept.is_none() {
                 self.metrics.forget_pool(&p.name);
             }
-            for u in &p.upstreams {
-                if !kept.is_some_and(|n| n.upstreams.iter().any(|k| k.addr == u.addr)) {
+            for u in p.members() {
+                if !kept.is_some_and(|n| n.members().iter().any(|k| k.addr == u.addr)) {
                     self.metrics.backends.forget_upstream(&p.name, &u.addr.to_string());
                 }
             }

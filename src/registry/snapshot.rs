@@ -127,7 +127,21 @@ impl Snapshot {
                             .clone()
                     })
                     .collect();
-                Pool::new(spec.name.as_str().into(), upstreams, metrics.pool(&spec.name)).with_policy(spec)
+                let pool = Pool::new(spec.name.as_str().into(), upstreams, metrics.pool(&spec.name)).with_policy(spec);
+                // What the pool's names resolved to stays until the resolver
+                // looks them up again.
+                if let Some(prev) = previous.and_then(|p| p.pools.iter().find(|p| p.name == pool.name)) {
+                    let names: Vec<String> = spec.names.iter().map(|n| n.to_string()).collect();
+                    let carried: Vec<Arc<Upstream>> = prev
+                        .resolved
+                        .load()
+                        .iter()
+                        .filter(|u| u.origin.as_deref().is_some_and(|o| names.iter().any(|n| n == o)))
+                        .cloned()
+                        .collect();
+                    pool.resolved.store(Arc::new(carried));
+                }
+                pool
             })
             .collect();
 

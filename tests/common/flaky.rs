@@ -58,7 +58,12 @@ pub struct Flaky {
 impl Flaky {
     /// Starts on a free loopback port, answering (health: 200).
     pub async fn start(name: &str) -> Flaky {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::start_at(name, "127.0.0.1:0".parse().expect("addr")).await
+    }
+
+    /// Starts on `addr` (port 0: a free one).
+    pub async fn start_at(name: &str, addr: SocketAddr) -> Flaky {
+        let listener = TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shared = Arc::new(Shared::default());
         shared.health_status.store(200, Ordering::Relaxed);
