@@ -120,7 +120,11 @@ fn reconcile(pools: &[Pool], loops: &mut Loops) {
 
 /// Probes `up` every `check.interval` (the first after a spread-out delay,
 /// so the upstreams of a big pool are not probed all at once).
-async fn probe_loop(pool: Arc<str>, up: Arc<Upstream>, check: HealthCheck) {
+async fn probe_loop(pool: Arc<str>, up: Arc<Upstream>, mut check: HealthCheck) {
+    // An address resolved from a name is probed with that name as Host.
+    if check.host.is_none() {
+        check.host = up.origin.as_deref().map(str::to_string);
+    }
     let spread = spread(up.addr, check.interval);
     tokio::time::sleep(spread).await;
     let mut tick = tokio::time::interval(check.interval);

@@ -333,3 +333,65 @@ impl pingora_core::services::background::BackgroundService for IdleReaper {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(n: usize) -> Pool {
+        let metrics = crate::telemetry::Metrics::new().expect("metrics");
+        let ups = (0..n)
+            .map(|i| Arc::new(Upstream::new(SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)))))
+            .collect();
+        Pool::new("p".into(), ups, metrics.pool("p"))
+    }
+
+    #[test]
+    fn selection_skips_unavailable_and_tried_upstreams_and_ends_with_none() {
+        let p = pool(3);
+        let outlier = Outlier {
+            consecutive_failures: 1,
+            eject_last: true,
+            ..Outlier::default()
+        };
+        p.upstreams[0].mark_down(Duration::from_secs(60));
+        p.upstreams[1].health.record_failure(&outlier, || true);
+        for _ in 0..6 {
+            let (i, u) = p.select(&Tried::default()).expect("one is left");
+            assert_eq!((i, u.addr.port()), (2, 9002));
+        }
+        assert!(p.others_available(&p.upstreams[0]));
+        assert!(!p.others_available(&p.upstreams[2]));
+        let mut tried = Tried::default();
+        tried.add(2);
+        assert!(p.select(&tried).is_none(), "the only available one failed already");
+        assert!(!p.any_untried(&tried));
+        p.upstreams[2].mark_down(Duration::from_secs(60));
+        assert!(
+            p.select(&Tried::default()).is_none(),
+            "nothing available: the relay answers 503"
+        );
+        p.upstreams[0].clear_down();
+        assert_eq!(p.select(&Tried::default()).map(|(i, _)| i), Some(0));
+    }
+
+    #[test]
+    fn resolved_addresses_follow_the_fixed_ones_in_the_rotation() {
+        let mut p = pool(1);
+        p.names = vec![UpstreamName {
+            host: "backend.internal".into(),
+            port: 9100,
+        }];
+        let origin: Arc<str> = "backend.internal:9100".into();
+        p.resolved.store(Arc::new(vec![Arc::new(Upstream::resolved(
+            SocketAddr::from(([127, 0, 0, 2], 9100)),
+            origin,
+        ))]));
+        let mut seen: Vec<u16> = (0..4)
+            .filter_map(|_| p.select(&Tried::default()).map(|(_, u)| u.addr.port()))
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, [9000, 9000, 9100, 9100]);
+        assert_eq!(p.members().len(), 2);
+    }
+}
