@@ -464,3 +464,35 @@ pool = "p"
     let (status, body) = send(&c, &gw, "GET", "/who", None).await;
     assert_eq!((status, body.as_str()), (200, "b GET /who"));
 }
+
+#[tokio::test]
+async fn without_checks_a_dead_backend_costs_one_trial_a_second_and_recovers_within_seconds() {
+    let mut a = Flaky::start("a").await;
+    let gw = Gateway::start(&config(&[&a], "")).await;
+    let c = client();
+    assert_eq!(send(&c, &gw, "GET", "/", None).await.0, 200);
+    a.die();
+    // The first request finds it refusing (502) and marks it down for
+    // upstream_down_ms (10 s); then one trial a second, 503 for the rest.
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(send(&c, &gw, "GET", "/", None).await.0);
+    }
+    assert_eq!(statuses[0], 502, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 502 || *s == 503), "{statuses:?}");
+    assert!(statuses.iter().filter(|s| **s == 503).count() >= 15, "{statuses:?}");
+    a.revive().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = send(&c, &gw, "GET", "/again", None).await;
+        if status == 200 {
+            assert_eq!(body, "a GET /again");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not back within 5 s of the backend (mark-down is 10 s): {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -37,6 +37,12 @@ fn now_ms() -> u64 {
 /// worker thread.
 const MAX_IDLE: usize = 1024;
 
+/// While every upstream of a pool is marked down after failed connects,
+/// one request this often tries each again (the others get 503 at once),
+/// so a pool recovers within a second of its backend, and a black-holed one
+/// holds up one request a second, not all of them.
+const TRIAL_EVERY_MS: u64 = 1000;
+
 /// Idle-connection shards per upstream; worker threads past this many
 /// share shards.
 const SHARDS: usize = 16;
@@ -61,6 +67,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// Milliseconds since [`EPOCH`] until which the upstream is skipped.
     down_until: AtomicU64,
+    /// While it is marked down: when the next trial request may go to it.
+    next_trial: AtomicU64,
     /// Per worker thread, most recently used last.
     idle: Box<[Idle]>,
     /// Active-check verdict and passive ejection.
@@ -74,6 +82,7 @@ impl Upstream {
         Upstream {
             addr,
             down_until: AtomicU64::new(0),
+            next_trial: AtomicU64::new(0),
             idle: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
             health: Health::default(),
             origin: None,
@@ -143,6 +152,21 @@ impl Upstream {
     /// Ends a connect mark-down early (an active check reached it).
     pub fn clear_down(&self) {
         self.down_until.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether a trial request may go to it while it is marked down (and
+    /// otherwise healthy): at most one every [`TRIAL_EVERY_MS`].
+    fn try_trial(&self) -> bool {
+        if !self.health.available() {
+            return false;
+        }
+        let now = now_ms();
+        let next = self.next_trial.load(Ordering::Relaxed);
+        now >= next
+            && self
+                .next_trial
+                .compare_exchange(next, now + TRIAL_EVERY_MS, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Whether requests may go to it: not marked down, passing its active
@@ -244,9 +268,10 @@ impl Pool {
 
     /// Picks the next available upstream in round-robin order that did not
     /// fail for this request, with its index (over the `IP:port` entries,
-    /// then the resolved ones). `None` when there is none: every upstream is
-    /// marked down, failing its checks, ejected, or already failed for this
-    /// request (or no name resolved yet).
+    /// then the resolved ones); when none is, a marked-down one due for its
+    /// trial. `None` when there is none: every upstream is failing its
+    /// checks, ejected, marked down (and tried within the last second), or
+    /// already failed for this request (or no name resolved yet).
     pub fn select(&self, tried: &Tried) -> Option<(usize, Cow<'_, Arc<Upstream>>)> {
         let fixed = self.upstreams.len();
         // Pools without names never touch the resolved set.
@@ -257,18 +282,21 @@ impl Pool {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n).map(|k| (start + k) % n).find_map(|i| {
-            if tried.has(i) {
-                return None;
-            }
-            match self.upstreams.get(i) {
-                Some(u) => u.available().then_some((i, Cow::Borrowed(u))),
-                None => dynamic
-                    .get(i - fixed)
-                    .filter(|u| u.available())
-                    .map(|u| (i, Cow::Owned(u.clone()))),
-            }
-        })
+        let pick = |ok: &dyn Fn(&Upstream) -> bool| {
+            (0..n).map(|k| (start + k) % n).find_map(|i| {
+                if tried.has(i) {
+                    return None;
+                }
+                match self.upstreams.get(i) {
+                    Some(u) => ok(u).then_some((i, Cow::Borrowed(u))),
+                    None => dynamic
+                        .get(i - fixed)
+                        .filter(|u| ok(u))
+                        .map(|u| (i, Cow::Owned(u.clone()))),
+                }
+            })
+        };
+        pick(&Upstream::available).or_else(|| pick(&Upstream::try_trial))
     }
 
     /// Every upstream: the `IP:port` entries, then the resolved ones.
@@ -364,13 +392,14 @@ mod tests {
         assert!(!p.others_available(&p.upstreams[2]));
         let mut tried = Tried::default();
         tried.add(2);
-        assert!(p.select(&tried).is_none(), "the only available one failed already");
         assert!(!p.any_untried(&tried));
+        // The only available one failed already: the marked-down one gets
+        // its trial, once a second; the ejected one none.
+        assert_eq!(p.select(&tried).map(|(i, _)| i), Some(0), "a trial");
+        assert!(p.select(&tried).is_none(), "nothing left: the relay answers 503");
         p.upstreams[2].mark_down(Duration::from_secs(60));
-        assert!(
-            p.select(&Tried::default()).is_none(),
-            "nothing available: the relay answers 503"
-        );
+        assert_eq!(p.select(&Tried::default()).map(|(i, _)| i), Some(2), "its trial");
+        assert!(p.select(&Tried::default()).is_none());
         p.upstreams[0].clear_down();
         assert_eq!(p.select(&Tried::default()).map(|(i, _)| i), Some(0));
     }

@@ -231,6 +231,10 @@ pub fn settle<'a>(
             o.error = Some(&f.error);
             if f.error.client_gone() {
                 tracing::debug!(error = %f.error, "client gone during the exchange");
+            } else if matches!(f.error, ExchangeError::NoUpstream) {
+                // Said once when each upstream went (health, ejection, mark-down
+                // logs); the access log has each 503.
+                tracing::debug!(error = %f.error, tenant = tenant.map(|t| &*t.id), pool = &*pool.name, "no upstream available");
             } else {
                 tracing::warn!(error = %f.error, tenant = tenant.map(|t| &*t.id), pool = &*pool.name, "proxying failed");
             }
