@@ -282,21 +282,33 @@ impl Pool {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let pick = |ok: &dyn Fn(&Upstream) -> bool| {
-            (0..n).map(|k| (start + k) % n).find_map(|i| {
-                if tried.has(i) {
-                    return None;
-                }
-                match self.upstreams.get(i) {
-                    Some(u) => ok(u).then_some((i, Cow::Borrowed(u))),
-                    None => dynamic
-                        .get(i - fixed)
-                        .filter(|u| ok(u))
-                        .map(|u| (i, Cow::Owned(u.clone()))),
-                }
-            })
-        };
-        pick(&Upstream::available).or_else(|| pick(&Upstream::try_trial))
+        self.pick(tried, start, dynamic, Upstream::available)
+            .or_else(|| self.pick(tried, start, dynamic, Upstream::try_trial))
+    }
+
+    /// The first upstream from `start` on (round robin over the fixed ones,
+    /// then `dynamic`) that is not in `tried` and passes `ok`.
+    fn pick<'p>(
+        &'p self,
+        tried: &Tried,
+        start: usize,
+        dynamic: &[Arc<Upstream>],
+        ok: impl Fn(&Upstream) -> bool,
+    ) -> Option<(usize, Cow<'p, Arc<Upstream>>)> {
+        let fixed = self.upstreams.len();
+        let n = fixed + dynamic.len();
+        (0..n).map(|k| (start + k) % n).find_map(|i| {
+            if tried.has(i) {
+                return None;
+            }
+            match self.upstreams.get(i) {
+                Some(u) => ok(u).then_some((i, Cow::Borrowed(u))),
+                None => dynamic
+                    .get(i - fixed)
+                    .filter(|u| ok(u))
+                    .map(|u| (i, Cow::Owned(u.clone()))),
+            }
+        })
     }
 
     /// Every upstream: the `IP:port` entries, then the resolved ones.
