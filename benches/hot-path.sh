@@ -13,6 +13,8 @@
 # WORK_STEALING (unset: the gateway's default; true or false),
 # JWT (off; "required": every tenant checks an ES256 token, one per tenant,
 # from a jwks_file; needs python3-cryptography),
+# HEALTH (off; "on": active health checks on both pools, every HEALTH_INTERVAL_MS
+# (1000) ms, on the backends' /healthz),
 # BIN (target/release/tenantgate), OUT (a temp dir; kept, path printed).
 # Everything runs on 127.0.0.1 and is stopped by PID on exit.
 set -euo pipefail
@@ -64,6 +66,11 @@ seq -f "t%05g.example.test" 1 "$TENANTS" >"$OUT/hosts.txt"
   printf '\n[telemetry]\naccess_log = false\n\n'
   [ "$JWT" = off ] || printf '[identity.jwt]\njwks_file = "jwks.json"\naudience = "tenantgate"\n\n'
   printf '[pools.a]\nupstreams = ["127.0.0.1:%s"]\n\n[pools.b]\nupstreams = ["127.0.0.1:%s"]\n' "$P_A" "$P_B"
+  if [ "${HEALTH:-off}" = on ]; then
+    for p in a b; do
+      printf '\n[pools.%s.health]\npath = "/healthz"\ninterval_ms = %s\ntimeout_ms = 500\n' "$p" "${HEALTH_INTERVAL_MS:-1000}"
+    done
+  fi
   awk -v jwt="$JWT" '{ printf "\n[[tenants]]\nid = \"%s\"\ndomains = [\"%s\"]\npool = \"%s\"\njwt = \"%s\"\n", substr($0, 1, 6), $0, (NR % 2 ? "a" : "b"), jwt }' "$OUT/hosts.txt"
 } >"$OUT/tenantgate.toml"
 if [ "$JWT" != off ]; then

@@ -59,6 +59,7 @@ pub mod routing;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+pub mod upstream;
 
 /// Keeps the process off transparent huge pages. mimalloc (the binary's
 /// allocator, see `main.rs`) asks for them with `madvise`, and each touched

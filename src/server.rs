@@ -238,6 +238,20 @@ pub fn serve(source: Source, upgrade: bool) -> Result<std::convert::Infallible, 
         ));
     }
     server.add_service(background_service(
+        "tenantgate backend health",
+        crate::proxy::health::HealthChecks {
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "tenantgate upstream names",
+        crate::proxy::resolve::UpstreamNames {
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+        },
+    ));
+    server.add_service(background_service(
         "tenantgate idle connections",
         crate::proxy::pool::IdleReaper {
             registry: registry.clone(),

@@ -324,6 +324,12 @@ pool = "p"
     )
     .await;
     w.call("GET", t, "/v1/templates/none", op, None, &[], 404).await;
+    let (pools, _) = w.call("GET", "/v1/pools", "/v1/pools", op, None, &[], 200).await;
+    assert_eq!(pools["pools"][0]["upstreams"][0]["state"], "healthy", "{pools}");
+    let pt = "/v1/pools/{name}";
+    w.call("GET", pt, "/v1/pools/p", op, None, &[], 200).await;
+    w.call("GET", pt, "/v1/pools/none", op, None, &[], 404).await;
+    w.call("GET", pt, "/v1/pools/p", Some(ACME), None, &[], 403).await;
 
     let id = "/v1/tenants/{id}";
     let acme = json!({"domains": ["a.acme.com"], "template": "basic", "labels": {"region": "eu"},

@@ -200,7 +200,7 @@ fn malformed_names_are_refused_with_the_reason() {
 #[test]
 fn tenant_ids_subdomains_and_pools_are_checked() {
     let text = format!(
-        "{HEAD}\n[pools.empty]\nupstreams = []\n\n[pools.bad]\nupstreams = [\"localhost:80\"]\n{}{}{}{}{}{}",
+        "{HEAD}\n[pools.empty]\nupstreams = []\n\n[pools.bad]\nupstreams = [\"http://localhost:80\"]\n{}{}{}{}{}{}",
         tenant("dup", r#"subdomain = "one""#),
         tenant("dup", r#"subdomain = "two""#),
         tenant("x", r#"subdomain = "ONE""#),
@@ -217,7 +217,7 @@ fn tenant_ids_subdomains_and_pools_are_checked() {
             r#""Bad Id" is not a valid tenant id"#,
             r#"tenant "z": tenants[5].pool: pool "missing" is not defined"#,
             r#"pools.empty.upstreams: pool "empty" has no upstreams"#,
-            r#""localhost:80" is not a valid upstream address"#,
+            r#""http://localhost:80" is not a valid upstream address (want IP:port or host:port)"#,
         ],
     );
 }

@@ -401,10 +401,15 @@ async fn error_pages_are_branded_per_tenant_and_language_escaped_and_json_for_js
         "<p lang=\"{{ language }}\">{{ name }} is under maintenance, back in {{ retry_after }} s</p>",
     )
     .expect("write");
-    // A closed port: every exchange fails with 502.
+    // A closed port: every exchange fails with 502 (marked down for 1 ms
+    // only, so each request tries it again rather than getting the 503 of a
+    // pool with nothing available).
     let closed = format!("127.0.0.1:{}", common::free_port());
-    let text = format!("{}\n[profile]\npages_dir = \"pages\"\n", config(&closed, ""))
-        .replace("[pools.us]\n", "[pools.us]\nmaintenance = { retry_after = 30 }\n");
+    let text = format!(
+        "{}\n[profile]\npages_dir = \"pages\"\n",
+        config(&closed, "upstream_down_ms = 1")
+    )
+    .replace("[pools.us]\n", "[pools.us]\nmaintenance = { retry_after = 30 }\n");
     let gw = Gateway::start_in(dir, &text).await;
 
     let get = |host: &'static str, headers: Vec<(&'static str, &'static str)>| {

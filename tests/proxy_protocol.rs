@@ -160,7 +160,8 @@ async fn haproxy_send_proxy_v2_sets_the_client_address_on_plain_and_tls_listener
     )
     .await;
     // The access log carries the client's address too.
-    assert!(gw.log().contains("client=127.0.0.2:"), "{}", gw.log());
+    let log = gw.log_with(&["client=127.0.0.2:"]).await;
+    assert!(log.contains("client=127.0.0.2:"), "{log}");
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@ mod idempotency;
 mod lifecycle;
 mod limit;
 mod patch;
+mod pools;
 mod preview;
 mod problem;
 mod request;

@@ -48,6 +48,8 @@ pub enum Route {
     StatsDomains,
     /// `GET /v1/stats/pools`.
     StatsPools,
+    Pools,
+    Pool(String),
 }
 
 const READ: &[Method] = &[Method::GET, Method::HEAD, Method::OPTIONS];
@@ -96,6 +98,8 @@ impl Route {
             ["v1", "stats", "series"] => Route::StatsSeries,
             ["v1", "stats", "domains"] => Route::StatsDomains,
             ["v1", "stats", "pools"] => Route::StatsPools,
+            ["v1", "pools"] => Route::Pools,
+            ["v1", "pools", name] => Route::Pool(owned(name)),
             _ => return Ok(None),
         }))
     }
@@ -176,6 +180,8 @@ pub const PATHS: &[&str] = &[
     "/v1/stats/series",
     "/v1/stats/domains",
     "/v1/stats/pools",
+    "/v1/pools",
+    "/v1/pools/{name}",
 ];
 
 /// Each of [`PATHS`] with the methods the router answers on it (besides

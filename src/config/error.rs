@@ -24,7 +24,7 @@ pub enum Problem {
     BadName { value: String, reason: HostError },
     #[error("{value:?} is not a valid listen address (want IP:port)")]
     BadListen { value: String },
-    #[error("{value:?} is not a valid upstream address (want IP:port)")]
+    #[error("{value:?} is not a valid upstream address (want IP:port or host:port)")]
     BadUpstream { value: String },
     #[error("{value:?} is not a valid HTTP header name")]
     BadHeader { value: String },
@@ -214,7 +214,7 @@ impl Problem {
         match self {
             BadName { .. } => "write a plain DNS name such as app.example.com, without scheme, port or path",
             BadListen { .. } => "write an address such as 127.0.0.1:8080",
-            BadUpstream { .. } => "write an upstream as IP:port, such as 127.0.0.1:9001",
+            BadUpstream { .. } => "write an upstream as IP:port or host:port, such as 127.0.0.1:9001 or backend.internal:9001",
             BadHeader { .. } => "use a lowercase token such as x-tenant-id",
             ReservedHeader { .. } => "pick another header name, such as x-tenant-id",
             WildcardCoversBase { .. } => "claim exact names instead, or move the platform domain",

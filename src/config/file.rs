@@ -197,6 +197,10 @@ pub struct GatewaySection {
     pub upstream_idle_timeout_ms: Option<u64>,
     pub client_timeout_ms: Option<u64>,
     pub upstream_down_ms: Option<u64>,
+    /// Resolvers of upstream host names (default: the system's).
+    pub upstream_nameservers: Option<Vec<String>>,
+    pub upstream_dns_min_ttl_ms: Option<u64>,
+    pub upstream_dns_max_ttl_ms: Option<u64>,
     pub threads: Option<usize>,
     pub watch_config: Option<bool>,
     pub max_connections: Option<usize>,
@@ -252,6 +256,13 @@ pub struct PoolSection {
     /// HTTP/2 to the backends (ALPN h2 with TLS, prior knowledge without).
     #[serde(default)]
     pub http2: bool,
+    /// Active health checks (`[pools.<name>.health]`).
+    pub health: Option<super::upstream::HealthSection>,
+    /// Passive outlier ejection (`[pools.<name>.outlier]`).
+    pub outlier: Option<super::upstream::OutlierSection>,
+    pub retries: Option<u32>,
+    pub retry_budget_percent: Option<u32>,
+    pub retry_min_per_second: Option<u32>,
 }
 
 /// One `[[tenants]]` entry, or one file under `tenants/`. Serialised as a

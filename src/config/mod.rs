@@ -19,6 +19,7 @@ pub mod plans;
 pub mod profile;
 pub mod proxy_protocol;
 pub mod templates;
+pub mod upstream;
 pub mod upstream_tls;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -174,6 +175,8 @@ pub struct Gateway {
     pub timeouts: Timeouts,
     /// How long an upstream that failed to connect is skipped.
     pub upstream_down: Duration,
+    /// How upstream host names are resolved.
+    pub resolver: upstream::Resolver,
     pub threads: usize,
     /// Reload when the config file changes (SIGHUP always reloads).
     pub watch_config: bool,
@@ -367,7 +370,10 @@ pub enum Scope {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSpec {
     pub name: String,
+    /// The `IP:port` entries.
     pub upstreams: Vec<SocketAddr>,
+    /// The `host:port` entries, resolved in the background.
+    pub names: Vec<upstream::UpstreamName>,
     /// The region its backends are in.
     pub region: Option<String>,
     /// Maintenance of every tenant on the pool.
@@ -376,6 +382,10 @@ pub struct PoolSpec {
     pub tls: Option<upstream_tls::UpstreamTls>,
     /// HTTP/2 to the backends, for clients that speak HTTP/2.
     pub http2: bool,
+    /// Active health checks; `None`: off.
+    pub health: Option<upstream::HealthCheck>,
+    pub outlier: upstream::Outlier,
+    pub retries: upstream::Retries,
 }
 
 /// Index of a pool in [`Config::pools`].
@@ -567,17 +577,17 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
         if section.upstreams.is_empty() {
             errs.push(err(None, &field, Problem::EmptyPool { pool: name.clone() }));
         }
-        let upstreams = section
-            .upstreams
-            .iter()
-            .filter_map(|u| match u.parse::<SocketAddr>() {
-                Ok(a) => Some(a),
-                Err(_) => {
-                    errs.push(err(None, &field, Problem::BadUpstream { value: u.clone() }));
-                    None
-                }
-            })
-            .collect();
+        let mut upstreams = Vec::with_capacity(section.upstreams.len());
+        let mut names = Vec::new();
+        for u in &section.upstreams {
+            if let Ok(a) = u.parse::<SocketAddr>() {
+                upstreams.push(a);
+            } else if let Some(n) = upstream::parse_name(u) {
+                names.push(n);
+            } else {
+                errs.push(err(None, &field, Problem::BadUpstream { value: u.clone() }));
+            }
+        }
         pool_ids.insert(name.clone(), pools.len() as PoolId);
         let (region, maintenance) =
             profile::pool_fields(&name, section.region.as_ref(), section.maintenance.as_ref(), &mut errs);
@@ -590,13 +600,26 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
             client_key: section.tls_client_key.as_deref(),
         };
         let tls = upstream_tls::validate(&name, &raw, base_dir, &mut errs);
+        let health = section.health.as_ref().map(|h| upstream::health(&name, h, &mut errs));
+        let outlier = upstream::outlier(&name, section.outlier.as_ref(), &mut errs);
+        let retries = upstream::retries(
+            &name,
+            section.retries,
+            section.retry_budget_percent,
+            section.retry_min_per_second,
+            &mut errs,
+        );
         pools.push(PoolSpec {
             name,
             upstreams,
+            names,
             region,
             maintenance,
             tls,
             http2: section.http2,
+            health,
+            outlier,
+            retries,
         });
     }
 
@@ -1043,6 +1066,12 @@ fn validate_gateway(g: file::GatewaySection, errs: &mut Vec<ConfigError>) -> Gat
         Some(n) => n,
         None => std::thread::available_parallelism().map(usize::from).unwrap_or(1),
     };
+    let resolver = upstream::resolver(
+        g.upstream_nameservers.as_deref(),
+        g.upstream_dns_min_ttl_ms,
+        g.upstream_dns_max_ttl_ms,
+        errs,
+    );
     Gateway {
         http_listen,
         https_listen,
@@ -1054,6 +1083,7 @@ fn validate_gateway(g: file::GatewaySection, errs: &mut Vec<ConfigError>) -> Gat
         strip_headers,
         timeouts,
         upstream_down,
+        resolver,
         threads,
         watch_config: g.watch_config.unwrap_or(true),
         client_timeout,

@@ -1,9 +1,11 @@
-//! Forwarding to a backend, for both protocol halves: pick an upstream of
-//! the pool (an idle kept-alive connection, or a new one; an upstream that
-//! fails to connect is marked down and the next one tried), run the
-//! half's [`Downstream::attempt`] on it, and retry once on a new
-//! connection when a kept-alive one turns out stale and the request may be
-//! replayed. Backends get HTTP/1.1.
+//! Forwarding to a backend, for both protocol halves: pick an available
+//! upstream of the pool (an idle kept-alive connection, or a new one; none
+//! available: 503 at once), run the half's [`Downstream::attempt`] on it,
+//! and retry when nothing can have reached the backend's application (a
+//! failed connect) or the request may be replayed and no response byte
+//! came back (a stale kept-alive connection, a reset): within the pool's
+//! `retries` and retry budget. Every outcome feeds the upstream's passive
+//! ejection. Backends get HTTP/1.1.
 
 use std::io;
 use std::net::SocketAddr;
@@ -43,7 +45,7 @@ pub enum ExchangeError {
         #[source]
         source: ConnectError,
     },
-    #[error("no upstream in the pool")]
+    #[error("no healthy upstream in the pool")]
     NoUpstream,
     #[error("upstream {0} did not answer within the read timeout")]
     ReadTimeout(SocketAddr),
@@ -76,9 +78,21 @@ impl ExchangeError {
         matches!(self, ExchangeError::Client(_) | ExchangeError::H2(_))
     }
 
+    /// Whether the backend caused it (counted toward its ejection).
+    pub fn upstream_fault(&self) -> bool {
+        matches!(
+            self,
+            ExchangeError::Upstream { .. }
+                | ExchangeError::Closed(_)
+                | ExchangeError::ReadTimeout(_)
+                | ExchangeError::BadResponse { .. }
+        )
+    }
+
     /// The status for a failure before any response went out.
     pub fn status(&self) -> u16 {
         match self {
+            ExchangeError::NoUpstream => 503,
             ExchangeError::ReadTimeout(_) => 504,
             ExchangeError::ClientBody => 400,
             ExchangeError::ClientTimeout => 408,
@@ -100,7 +114,8 @@ pub enum Attempt {
 
 /// A backend connection for one attempt.
 struct Backend<'p> {
-    up: &'p Arc<Upstream>,
+    index: usize,
+    up: std::borrow::Cow<'p, Arc<Upstream>>,
     conn: Conn,
     /// Taken from the idle pool (it may have gone stale).
     reused: bool,
@@ -108,27 +123,34 @@ struct Backend<'p> {
 
 /// The next backend connection to try: an idle one (unless `fresh_only`)
 /// or a new one. An upstream that fails to connect is marked down and the
-/// next one tried, as the pingora hooks do.
+/// next one tried (nothing was sent: always safe), while the pool's retry
+/// budget and `retries` allow. `NoUpstream` when no upstream is available.
 async fn open<'p>(
     snap: &Snapshot,
     pool: &'p Pool,
     tried: &mut Tried,
+    retries: &mut u32,
     fresh_only: bool,
 ) -> Result<Backend<'p>, (ExchangeError, Option<SocketAddr>)> {
     let gw = &snap.config.gateway;
-    let limit = pool.upstreams.len().min(64) as u32;
     loop {
         let Some((index, up)) = pool.select(tried) else {
             return Err((ExchangeError::NoUpstream, None));
         };
         if !fresh_only {
             if let Some(conn) = up.take_idle(gw.timeouts.idle, gw.work_stealing) {
-                return Ok(Backend { up, conn, reused: true });
+                return Ok(Backend {
+                    index,
+                    up,
+                    conn,
+                    reused: true,
+                });
             }
         }
-        match upstream_tls::connect(up, gw.timeouts.connect, false).await {
+        match upstream_tls::connect(&up, gw.timeouts.connect, false).await {
             Ok(conn) => {
                 return Ok(Backend {
+                    index,
                     up,
                     conn,
                     reused: false,
@@ -138,12 +160,28 @@ async fn open<'p>(
                 up.mark_down(gw.upstream_down);
                 tried.add(index);
                 pool.metrics.connect_errors.inc();
-                if tried.count() >= limit {
+                if !may_retry(pool, tried, retries) {
                     return Err((ExchangeError::Connect { addr: up.addr, source }, Some(up.addr)));
                 }
             }
         }
     }
+}
+
+/// Whether a failed request may go to another upstream: one is available
+/// that this request has not tried, `retries` has room, and the pool's
+/// retry budget grants it (counted either way).
+fn may_retry(pool: &Pool, tried: &Tried, retries: &mut u32) -> bool {
+    if *retries >= pool.retries.max || !pool.any_untried(tried) {
+        return false;
+    }
+    if !pool.budget.try_retry(&pool.retries) {
+        pool.metrics.retries.refused.inc();
+        return false;
+    }
+    *retries += 1;
+    pool.metrics.retries.sent.inc();
+    true
 }
 
 /// One read from the backend, within the read timeout.
@@ -185,6 +223,10 @@ pub fn settle<'a>(
             o.error = Some(&f.error);
             if f.error.client_gone() {
                 tracing::debug!(error = %f.error, "client gone during the exchange");
+            } else if matches!(f.error, ExchangeError::NoUpstream) {
+                // Said once when each upstream went (health, ejection, mark-down
+                // logs); the access log has each 503.
+                tracing::debug!(error = %f.error, tenant = tenant.map(|t| &*t.id), pool = &*pool.name, "no upstream available");
             } else {
                 tracing::warn!(error = %f.error, tenant = tenant.map(|t| &*t.id), pool = &*pool.name, "proxying failed");
             }
@@ -353,15 +395,22 @@ pub trait Downstream {
     fn replayable(&self) -> bool;
 }
 
-/// Forwards to an upstream of `pool`: on a kept-alive connection that
-/// turns out stale, once more on a new one when `d` is replayable; a new
-/// connection that fails moves on to the next upstream ([`open`]).
+/// Forwards to an upstream of `pool`. A kept-alive connection that turns
+/// out stale is replaced once by a new one when `d` is replayable (no body,
+/// a method without side effects); a new connection that fails to connect,
+/// or breaks before any response byte on a replayable request, moves on to
+/// another upstream within the pool's `retries` and retry budget. Nothing
+/// is sent twice once the backend may have acted on it: a request with a
+/// body, or one that got any response byte or timed out, is never retried.
+/// Each attempt's outcome feeds the upstream's passive ejection.
 pub async fn forward(snap: &Snapshot, pool: &Pool, d: &mut impl Downstream) -> Result<Done, Failed> {
     let idle = snap.config.gateway.timeouts.idle;
+    pool.budget.request();
     let mut tried = Tried::default();
+    let mut retries = 0;
     let mut fresh_only = false;
     loop {
-        let mut backend = match open(snap, pool, &mut tried, fresh_only).await {
+        let mut backend = match open(snap, pool, &mut tried, &mut retries, fresh_only).await {
             Ok(b) => b,
             Err((error, upstream)) => {
                 let status = d.fail(error.status()).await;
@@ -375,20 +424,45 @@ pub async fn forward(snap: &Snapshot, pool: &Pool, d: &mut impl Downstream) -> R
         let addr = backend.up.addr;
         let (error, status) = match d.attempt(&mut backend.conn, addr).await {
             Ok(done) => {
+                match done.status {
+                    500..=599 => pool.upstream_failed(&backend.up),
+                    _ => backend.up.health.record_success(),
+                }
                 if done.reusable {
                     backend.up.put_idle(backend.conn, idle);
                 }
                 return Ok(done);
             }
-            Err(Attempt::Stale(_)) if backend.reused && d.replayable() => {
+            // The usual race of keep-alive: not the backend's failure.
+            Err(Attempt::Stale(_)) if backend.reused && !fresh_only && d.replayable() => {
                 fresh_only = true;
                 continue;
             }
-            Err(Attempt::Stale(error)) | Err(Attempt::BeforeResponse(error)) => {
+            Err(Attempt::Stale(error)) => {
+                if !backend.reused {
+                    pool.upstream_failed(&backend.up);
+                }
+                tried.add(backend.index);
+                if d.replayable() && may_retry(pool, &tried, &mut retries) {
+                    fresh_only = true;
+                    continue;
+                }
                 let status = d.fail(error.status()).await;
                 (error, status)
             }
-            Err(Attempt::AfterHead(error, status)) => (error, status),
+            Err(Attempt::BeforeResponse(error)) => {
+                if error.upstream_fault() {
+                    pool.upstream_failed(&backend.up);
+                }
+                let status = d.fail(error.status()).await;
+                (error, status)
+            }
+            Err(Attempt::AfterHead(error, status)) => {
+                if error.upstream_fault() {
+                    pool.upstream_failed(&backend.up);
+                }
+                (error, status)
+            }
         };
         return Err(Failed {
             error,

@@ -154,10 +154,10 @@ pub async fn forward(
 /// A ready sender on an upstream's HTTP/2 connection: its kept one, else a
 /// new one (an upstream that fails to connect is marked down, the next
 /// one tried, as for HTTP/1.1).
-async fn open<'p>(
+async fn open(
     snap: &Snapshot,
-    pool: &'p Pool,
-) -> Result<(&'p Arc<Upstream>, SendRequest<Bytes>), (ExchangeError, Option<SocketAddr>)> {
+    pool: &Pool,
+) -> Result<(Arc<Upstream>, SendRequest<Bytes>), (ExchangeError, Option<SocketAddr>)> {
     let gw = &snap.config.gateway;
     let limit = pool.upstreams.len().min(64) as u32;
     let mut tried = Tried::default();
@@ -167,15 +167,15 @@ async fn open<'p>(
         };
         if let Some(kept) = up.h2.get() {
             match tokio::time::timeout(gw.timeouts.connect, kept.ready()).await {
-                Ok(Ok(ready)) => return Ok((up, ready)),
+                Ok(Ok(ready)) => return Ok((up.into_owned(), ready)),
                 // Closed (GOAWAY, reset) or saturated: a new connection.
                 _ => up.h2.set(None),
             }
         }
-        match connect(up, gw.timeouts.connect).await {
+        match connect(&up, gw.timeouts.connect).await {
             Ok(sender) => {
                 up.h2.set(Some(sender.clone()));
-                return Ok((up, sender));
+                return Ok((up.into_owned(), sender));
             }
             Err(source) => {
                 up.mark_down(gw.upstream_down);

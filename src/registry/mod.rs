@@ -298,8 +298,14 @@ impl Registry {
             }
         }
         for p in &old.pools {
-            if !new.pools.iter().any(|n| n.name == p.name) {
+            let kept = new.pools.iter().find(|n| n.name == p.name);
+            if kept.is_none() {
                 self.metrics.forget_pool(&p.name);
+            }
+            for u in p.members() {
+                if !kept.is_some_and(|n| n.members().iter().any(|k| k.addr == u.addr)) {
+                    self.metrics.backends.forget_upstream(&p.name, &u.addr.to_string());
+                }
             }
         }
         Changes {

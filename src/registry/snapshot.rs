@@ -49,6 +49,9 @@ pub struct Snapshot {
     pub pools: Vec<Pool>,
 }
 
+/// An upstream's identity across reloads: pool, address, TLS settings.
+type UpstreamKey<'a> = (&'a str, SocketAddr, Option<Arc<str>>);
+
 impl Snapshot {
     /// Parses, validates and compiles config text. Every problem is reported,
     /// not just the first. `path` is only used in messages.
@@ -103,13 +106,17 @@ impl Snapshot {
         metrics: &Metrics,
         book: &Book,
     ) -> Snapshot {
-        // Kept per address and TLS settings: a kept-alive connection is
-        // reused only as what it was opened as.
+        // Kept per pool, address and TLS settings: health is per pool and
+        // upstream (the same address in two pools, with their own checks,
+        // has two states), and a kept-alive connection is reused only as
+        // what it was opened as.
         let tls_key = |u: &Upstream| u.tls.as_ref().map(|t| t.key.clone());
-        let mut known: HashMap<(SocketAddr, Option<Arc<str>>), Arc<Upstream>> = HashMap::new();
+        let mut known: HashMap<UpstreamKey, Arc<Upstream>> = HashMap::new();
         if let Some(prev) = previous {
-            for u in prev.pools.iter().flat_map(|p| &p.upstreams) {
-                known.entry((u.addr, tls_key(u))).or_insert_with(|| u.clone());
+            for p in prev.pools.iter() {
+                for u in &p.upstreams {
+                    known.entry((&p.name, u.addr, tls_key(u))).or_insert_with(|| u.clone());
+                }
             }
         }
         let pools = config
@@ -120,13 +127,27 @@ impl Snapshot {
                     .upstreams
                     .iter()
                     .map(|a| {
-                        let key = (*a, spec.tls.as_ref().map(|t| t.key.clone()));
+                        let key = (spec.name.as_str(), *a, spec.tls.as_ref().map(|t| t.key.clone()));
                         let new = || Arc::new(Upstream::with_tls(*a, spec.tls.clone()));
                         known.entry(key).or_insert_with(new).clone()
                     })
                     .collect();
-                let mut pool = Pool::new(spec.name.as_str().into(), upstreams, metrics.pool(&spec.name));
+                let mut pool =
+                    Pool::new(spec.name.as_str().into(), upstreams, metrics.pool(&spec.name)).with_policy(spec);
                 pool.http2 = spec.http2;
+                // What the pool's names resolved to stays until the resolver
+                // looks them up again.
+                if let Some(prev) = previous.and_then(|p| p.pools.iter().find(|p| p.name == pool.name)) {
+                    let names: Vec<String> = spec.names.iter().map(|n| n.to_string()).collect();
+                    let carried: Vec<Arc<Upstream>> = prev
+                        .resolved
+                        .load()
+                        .iter()
+                        .filter(|u| u.origin.as_deref().is_some_and(|o| names.iter().any(|n| n == o)))
+                        .cloned()
+                        .collect();
+                    pool.resolved.store(Arc::new(carried));
+                }
                 pool
             })
             .collect();

@@ -2,6 +2,7 @@
 //! crate holds handles to them, resolved once per reload, so the request
 //! path never formats a label or looks one up.
 
+pub mod backends;
 mod endpoint;
 pub mod spread;
 pub mod top;
@@ -120,6 +121,8 @@ pub struct Metrics {
     connections_refused: IntCounterVec,
     proxy_protocol: IntCounterVec,
     upstream_errors: IntCounterVec,
+    /// Upstream health and retries.
+    pub backends: backends::BackendMetrics,
     pub config_generation: IntGauge,
     reloads: IntCounterVec,
     pub config_last_reload_success: IntGauge,
@@ -311,6 +314,7 @@ pub struct PoolMetrics {
     pub duration: Histogram,
     pub connect_errors: IntCounter,
     pub proxy_errors: IntCounter,
+    pub retries: backends::RetryCounters,
 }
 
 impl Metrics {
@@ -478,7 +482,9 @@ impl Metrics {
         let top = std::sync::Arc::new(top::Top::default());
         let top_k = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(top::DEFAULT_K));
         registry.register(Box::new(top::Collector::new(top.clone(), top_k.clone())?))?;
+        let backends = backends::BackendMetrics::new(&registry)?;
         Ok(Metrics {
+            backends,
             registry,
             requests,
             duration,
@@ -580,6 +586,7 @@ impl Metrics {
             duration: self.duration.with_label_values(&[name]),
             connect_errors: self.upstream_errors.with_label_values(&[name, "connect"]),
             proxy_errors: self.upstream_errors.with_label_values(&[name, "proxy"]),
+            retries: self.backends.retries(name),
         }
     }
 
@@ -589,6 +596,7 @@ impl Metrics {
         for k in ["connect", "proxy"] {
             let _ = self.upstream_errors.remove_label_values(&[name, k]);
         }
+        self.backends.forget_pool(name);
     }
 
     /// Counts a connection closed at accept because the listener was at

@@ -2,6 +2,7 @@
 //! test, the real `tenantgate` binary on loopback, and small clients.
 #![allow(dead_code)]
 
+pub mod flaky;
 pub mod haproxy;
 pub mod knot;
 pub mod pebble;
