@@ -390,3 +390,67 @@ async fn a_changed_directory_url_registers_an_account_at_the_new_ca() {
         gw.log()
     );
 }
+
+/// The External Account Binding key of the EAB test CA (Pebble's example).
+const EAB_HMAC: &str = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuers_fall_back_to_the_next_ca_after_repeated_failures_and_bind_external_accounts() {
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let p = Pebble::start_with_eab(http.port(), 3600, "kid-1", EAB_HMAC).await;
+    let pool = backend("pool").await;
+    let issuers = |eab: &str| {
+        format!(
+            "fallback_after = 2\n\n[[tls.acme.issuers]]\ndirectory_url = \"https://127.0.0.1:1/dir\"\n\n\
+             [[tls.acme.issuers]]\ndirectory_url = \"{}\"\nca_root = \"{}\"\n{eab}\n",
+            p.directory_url(),
+            p.api_ca_pem_path().display()
+        )
+    };
+    let template = |eab: &str| {
+        config(&p, &pool, &["app.acme.com"])
+            .replace(&format!("directory_url = \"{}\"\n", p.directory_url()), "")
+            .replace(&format!("ca_root = \"{}\"\n", p.api_ca_pem_path().display()), "")
+            .replace("retry_max_secs = 2\n", &format!("retry_max_secs = 1\n{}", issuers(eab)))
+    };
+    let good = template(&format!("eab_kid = \"kid-1\"\neab_hmac_key = \"{EAB_HMAC}\""));
+    let gw = Gateway::start_with_http(tempfile::tempdir().expect("dir"), &good, http).await;
+    // The first CA is down: two failed orders, then the second CA issues,
+    // its account bound to the external account.
+    let root = p.issuing_root_pem().await;
+    wait_for_certificate(&gw, "app.acme.com", root.as_bytes(), &p).await;
+    let failed = gw
+        .metric("tenantgate_acme_orders_total{kind=\"issue\",result=\"failure\"}")
+        .await;
+    assert_eq!(
+        failed,
+        2.0,
+        "fallback after exactly fallback_after failures\n{}",
+        gw.log()
+    );
+    assert!(
+        gw.log().contains("ACME directory https://127.0.0.1:1/dir unreachable"),
+        "{}",
+        gw.log()
+    );
+
+    // Without the binding (or with another key) the EAB CA refuses the
+    // account: nothing is issued.
+    let unbound = template("");
+    let other = Gateway::start_in(
+        tempfile::tempdir().expect("dir"),
+        &unbound.replace("app.acme.com", "other.acme.com"),
+    )
+    .await;
+    other
+        .wait_metric("tenantgate_acme_orders_total{kind=\"issue\",result=\"failure\"}", 3.0)
+        .await;
+    assert!(
+        other.log().contains("externalAccountRequired"),
+        "the CA's refusal is reported\n{}",
+        other.log()
+    );
+    assert!(handshake_full(other.https, Some("other.acme.com"), root.as_bytes())
+        .await
+        .is_err());
+}

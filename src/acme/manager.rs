@@ -194,22 +194,22 @@ struct Done {
     outcome: Outcome,
 }
 
-/// The ACME account of the configured CA, opened once per directory URL and
-/// shared by the order tasks; a reload that changes `directory_url` opens
-/// (or registers) that CA's own account.
+/// The ACME accounts, one per CA directory URL, each opened once and
+/// shared by the order tasks; a changed `directory_url`, or a fallback to
+/// the next CA, opens (or registers) that CA's own account.
 #[derive(Default)]
-struct AccountSlot(Mutex<Option<(String, Account)>>);
+struct AccountSlot(Mutex<HashMap<String, Account>>);
 
 impl AccountSlot {
     async fn get(&self, acme: &Acme, state_dir: &Path) -> Result<Account, OrderError> {
         let mut slot = self.0.lock().await;
-        if let Some((_, a)) = slot.as_ref().filter(|(dir, _)| *dir == acme.directory_url) {
+        if let Some(a) = slot.get(&acme.directory_url) {
             return Ok(a.clone());
         }
         let account = tokio::time::timeout(ACCOUNT_TIMEOUT, order::account(acme, state_dir))
             .await
             .map_err(|_| OrderError::State("the CA did not answer in time (account)".into()))??;
-        *slot = Some((acme.directory_url.clone(), account.clone()));
+        slot.insert(acme.directory_url.clone(), account.clone());
         Ok(account)
     }
 
@@ -217,12 +217,12 @@ impl AccountSlot {
     /// task may already have registered a new one).
     async fn reset(&self, failed: &str, state_dir: &Path) -> bool {
         let mut slot = self.0.lock().await;
-        if let Some((dir, _)) = slot.as_ref().filter(|(_, a)| a.id() == failed) {
-            let _ = tokio::fs::remove_file(order::account_path(state_dir, dir)).await;
-            *slot = None;
-            return true;
-        }
-        false
+        let Some(dir) = slot.iter().find(|(_, a)| a.id() == failed).map(|(d, _)| d.clone()) else {
+            return false;
+        };
+        let _ = tokio::fs::remove_file(order::account_path(state_dir, &dir)).await;
+        slot.remove(&dir);
+        true
     }
 }
 
@@ -729,26 +729,27 @@ impl BackgroundService for CertManager {
                     .get_or_insert_with(|| Arc::new(Semaphore::new(acme.max_concurrent_orders)))
                     .clone();
                 let now = Instant::now();
-                let due: Vec<(String, bool, u64)> = {
+                let due: Vec<(String, bool, u32, u64)> = {
                     let mut guard = self.schedule.lock();
                     let book = &mut *guard;
-                    let due: Vec<(String, bool)> = book
+                    let due: Vec<(String, bool, u32)> = book
                         .managed
                         .iter()
                         .filter(|(n, m)| m.due <= now && !book.in_flight.contains_key(*n))
-                        .map(|(n, m)| (n.clone(), m.not_after.is_some()))
+                        .map(|(n, m)| (n.clone(), m.not_after.is_some(), m.failures))
                         .collect();
                     due.into_iter()
-                        .map(|(name, renewal)| {
+                        .map(|(name, renewal, failures)| {
                             next_order += 1;
                             book.in_flight.insert(name.clone(), next_order);
-                            (name, renewal, next_order)
+                            (name, renewal, failures, next_order)
                         })
                         .collect()
                 };
-                for (name, renewal, order) in due {
+                for (name, renewal, failures, order) in due {
+                    // After `fallback_after` failures in a row, the next CA.
                     let ctx = OrderCtx {
-                        acme: acme.clone(),
+                        acme: acme.for_attempt(failures),
                         state_dir: tls.state_dir.clone(),
                         account: self.account.clone(),
                         store: self.store.clone(),

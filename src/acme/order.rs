@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
-    RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
 };
 
 use super::fleet::SharedAcme;
@@ -137,7 +137,13 @@ pub async fn account(settings: &Acme, state_dir: &Path) -> Result<Account, Order
         terms_of_service_agreed: true,
         only_return_existing: false,
     };
-    let (account, creds) = builder()?.create(&new, settings.directory_url.clone(), None).await?;
+    let eab = settings
+        .eab
+        .as_ref()
+        .map(|e| ExternalAccountKey::new(e.kid.clone(), &e.hmac_key));
+    let (account, creds) = builder()?
+        .create(&new, settings.directory_url.clone(), eab.as_ref())
+        .await?;
     let json = serde_json::to_vec(&creds).map_err(|e| OrderError::State(e.to_string()))?;
     let p = path.clone();
     tokio::task::spawn_blocking(move || write_private(&p, &json))
