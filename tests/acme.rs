@@ -454,3 +454,52 @@ async fn issuers_fall_back_to_the_next_ca_after_repeated_failures_and_bind_exter
         .await
         .is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_past_the_ca_budgets_queue_and_show_when_they_will_run() {
+    use tenantgate::admin::auth::hash_hex;
+    let (p, http) = pebble(3600).await;
+    let pool = backend("pool").await;
+    let names = ["a.acme.com", "b.acme.com", "c.acme.com", "x.other.com", "y.other.com"];
+    let template = config(&p, &pool, &names)
+        .replace("[tls]\n", "admin_listen = \"{admin}\"\n\n[tls]\n")
+        .replace(
+            "retry_max_secs = 2\n",
+            "retry_max_secs = 2\nbudget_per_registered_domain = 2\nbudget_per_account = 3\n",
+        )
+        + &format!(
+            "\n[[admin.tokens]]\nname = \"ops\"\nscope = \"operator\"\nsha256 = \"{}\"\n",
+            hash_hex("ops-secret")
+        );
+    let started = jiff::Timestamp::now();
+    let gw = Gateway::start_with_http(tempfile::tempdir().expect("dir"), &template, http).await;
+    let root = p.issuing_root_pem().await;
+    // Oldest (then alphabetical) first: a and b fill acme.com's budget, x
+    // the account's; c waits a week for acme.com, y three hours.
+    for name in ["a.acme.com", "b.acme.com", "x.other.com"] {
+        wait_for_certificate(&gw, name, root.as_bytes(), &p).await;
+    }
+    for (name, wait) in [("c.acme.com", 7 * 24 * 3600), ("y.other.com", 3 * 3600)] {
+        let r = gw
+            .admin_call("GET", &format!("/v1/domains/{name}"), Some("ops-secret"), None, &[])
+            .await;
+        let acme = &r.json["certificate"]["acme"];
+        assert_eq!(acme["state"], "queued", "{name}: {:?}", r.json);
+        let next: jiff::Timestamp = acme["next_attempt"]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("next_attempt: {:?}", r.json));
+        let secs = next.duration_since(started).as_secs();
+        assert!(
+            (wait..wait + 120).contains(&secs),
+            "{name} runs in {secs} s, want about {wait}"
+        );
+        assert!(handshake_full(gw.https, Some(name), root.as_bytes()).await.is_err());
+    }
+    assert_eq!(
+        gw.metric("tenantgate_acme_orders_total{kind=\"issue\",result=\"success\"}")
+            .await,
+        3.0,
+        "no order past the budgets reached the CA"
+    );
+}

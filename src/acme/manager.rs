@@ -58,6 +58,8 @@ struct Managed {
     not_after: Option<SystemTime>,
     /// Why the last order failed; `None` once one succeeds.
     last_error: Option<String>,
+    /// Held back by an order budget until `due`.
+    queued: bool,
 }
 
 /// The names the manager keeps certificates for, and where each stands.
@@ -74,6 +76,54 @@ struct Book {
     /// Each tenant's configured names at the last sync (sorted), to see
     /// which tenants' lists changed.
     tenant_names: HashMap<String, Vec<String>>,
+    /// When first orders were sent, per registered domain and per account.
+    budgets: Budgets,
+}
+
+/// The CA's rate budgets, kept here so that orders past them wait in a
+/// queue instead of being refused by the CA: first orders per registered
+/// domain in any 7 days, and per account (CA directory) in any 3 hours.
+#[derive(Default)]
+struct Budgets {
+    by_domain: HashMap<String, std::collections::VecDeque<Instant>>,
+    by_account: HashMap<String, std::collections::VecDeque<Instant>>,
+}
+
+const DOMAIN_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+const ACCOUNT_WINDOW: Duration = Duration::from_secs(3 * 3600);
+
+impl Budgets {
+    /// Spends one first order of `name` at `account`, or returns when the
+    /// budget that is used up frees a slot.
+    fn spend(&mut self, name: &str, account: &str, acme: &Acme, now: Instant) -> Result<(), Instant> {
+        let domain = psl::domain(name.as_bytes())
+            .and_then(|d| std::str::from_utf8(d.as_bytes()).ok())
+            .unwrap_or(name)
+            .to_string();
+        let free_at = |sent: &mut std::collections::VecDeque<Instant>, window: Duration, limit: u64| {
+            while sent
+                .front()
+                .is_some_and(|t| now.saturating_duration_since(*t) >= window)
+            {
+                sent.pop_front();
+            }
+            if sent.len() as u64 >= limit {
+                return sent.front().map(|t| *t + window);
+            }
+            None
+        };
+        let d = self.by_domain.entry(domain).or_default();
+        if let Some(at) = free_at(d, DOMAIN_WINDOW, acme.budget_per_registered_domain) {
+            return Err(at);
+        }
+        let a = self.by_account.entry(account.to_string()).or_default();
+        if let Some(at) = free_at(a, ACCOUNT_WINDOW, acme.budget_per_account) {
+            return Err(at);
+        }
+        a.push_back(now);
+        d.push_back(now);
+        Ok(())
+    }
 }
 
 /// Where one managed name stands.
@@ -101,6 +151,9 @@ pub enum NameState {
     Failed,
     /// A certificate is current; it is renewed from `next_attempt` on.
     Valid,
+    /// Held back by the CA's order budget (per registered domain or per
+    /// account); the order runs at `next_attempt`.
+    Queued,
 }
 
 impl NameState {
@@ -111,6 +164,7 @@ impl NameState {
             NameState::Pending => "pending",
             NameState::Failed => "failed",
             NameState::Valid => "valid",
+            NameState::Queued => "queued",
         }
     }
 }
@@ -129,6 +183,7 @@ impl Schedule {
         let ordering = book.in_flight.contains_key(name);
         let state = match (ordering, &m.last_error, m.not_after) {
             (true, _, _) => NameState::Ordering,
+            (false, _, _) if m.queued => NameState::Queued,
             (false, Some(_), _) => NameState::Failed,
             (false, None, Some(t)) if t > SystemTime::now() => NameState::Valid,
             (false, None, _) => NameState::Pending,
@@ -407,6 +462,7 @@ impl CertManager {
                     failures: 0,
                     not_after,
                     last_error: None,
+                    queued: false,
                 },
             );
         }
@@ -732,19 +788,36 @@ impl BackgroundService for CertManager {
                 let due: Vec<(String, bool, u32, u64)> = {
                     let mut guard = self.schedule.lock();
                     let book = &mut *guard;
-                    let due: Vec<(String, bool, u32)> = book
+                    let mut due: Vec<(Instant, String, bool, u32)> = book
                         .managed
                         .iter()
                         .filter(|(n, m)| m.due <= now && !book.in_flight.contains_key(*n))
-                        .map(|(n, m)| (n.clone(), m.not_after.is_some(), m.failures))
+                        .map(|(n, m)| (m.due, n.clone(), m.not_after.is_some(), m.failures))
                         .collect();
-                    due.into_iter()
-                        .map(|(name, renewal, failures)| {
-                            next_order += 1;
-                            book.in_flight.insert(name.clone(), next_order);
-                            (name, renewal, failures, next_order)
-                        })
-                        .collect()
+                    // Oldest first, so a queue drains in order.
+                    due.sort_unstable();
+                    let mut go = Vec::with_capacity(due.len());
+                    for (_, name, renewal, failures) in due {
+                        // First orders spend the CA's budgets; renewals do not
+                        // count against them (Let's Encrypt exempts them).
+                        if !renewal {
+                            let account = acme.for_attempt(failures).directory_url;
+                            if let Err(at) = book.budgets.spend(&name, &account, acme, now) {
+                                if let Some(m) = book.managed.get_mut(&name) {
+                                    m.due = at;
+                                    m.queued = true;
+                                }
+                                continue;
+                            }
+                        }
+                        if let Some(m) = book.managed.get_mut(&name) {
+                            m.queued = false;
+                        }
+                        next_order += 1;
+                        book.in_flight.insert(name.clone(), next_order);
+                        go.push((name, renewal, failures, next_order));
+                    }
+                    go
                 };
                 for (name, renewal, failures, order) in due {
                     // After `fallback_after` failures in a row, the next CA.
@@ -843,10 +916,10 @@ impl BackgroundService for CertManager {
                     match done.outcome {
                         Outcome::Issued { not_after, due } => {
                             tracing::info!(name = %done.name, renewal = done.renewal, "certificate issued");
-                            *m = Managed { due, failures: 0, not_after: Some(not_after), last_error: None };
+                            *m = Managed { due, failures: 0, not_after: Some(not_after), last_error: None, queued: false };
                         }
                         Outcome::Adopted { not_after, due } => {
-                            *m = Managed { due, failures: 0, not_after: Some(not_after), last_error: None };
+                            *m = Managed { due, failures: 0, not_after: Some(not_after), last_error: None, queued: false };
                         }
                         Outcome::NotYet(at) => m.due = at,
                         Outcome::Failed(e) => {
@@ -878,6 +951,7 @@ mod tests {
                 failures,
                 not_after: None,
                 last_error: Some("refused".into()),
+                queued: false,
             },
         );
         s

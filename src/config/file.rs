@@ -469,6 +469,8 @@ pub struct AcmeSection {
     pub eab_hmac_key: Option<String>,
     pub issuers: Option<Vec<AcmeIssuerSection>>,
     pub fallback_after: Option<u32>,
+    pub budget_per_registered_domain: Option<u64>,
+    pub budget_per_account: Option<u64>,
     pub max_concurrent_orders: Option<usize>,
     pub retry_min_secs: Option<u64>,
     pub retry_max_secs: Option<u64>,

@@ -410,6 +410,8 @@ pub fn label_problem(key: &str, value: &str) -> Option<&'static str> {
 }
 
 /// Where certificates for names no operator file covers come from.
+// One per config (not per request or tenant): its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Issuer {
     /// Operator files only.
@@ -453,6 +455,10 @@ pub struct Acme {
     pub cas: Vec<AcmeCa>,
     /// Failed orders of one name in a row after which it moves to the next CA.
     pub fallback_after: u32,
+    /// First orders per registered domain in any 7 days (Let's Encrypt: 50).
+    pub budget_per_registered_domain: u64,
+    /// First orders per account (CA directory) in any 3 hours (Let's Encrypt: 300).
+    pub budget_per_account: u64,
 }
 
 /// One ACME CA of the ordered list.
@@ -1167,6 +1173,12 @@ fn validate_tls(t: file::TlsSection, base: &Path, gw: &Gateway, errs: &mut Vec<C
             ca_root: first.ca_root,
             eab: first.eab,
             fallback_after: positive("tls.acme.fallback_after", a.fallback_after.map(u64::from), 3).min(1000) as u32,
+            budget_per_registered_domain: positive(
+                "tls.acme.budget_per_registered_domain",
+                a.budget_per_registered_domain,
+                50,
+            ),
+            budget_per_account: positive("tls.acme.budget_per_account", a.budget_per_account, 300),
             cas,
         }
     });
