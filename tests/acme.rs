@@ -176,6 +176,15 @@ async fn renewal_replaces_a_certificate_near_expiry_while_handshakes_continue() 
         handshakes > 10,
         "handshakes kept succeeding before the swap ({handshakes})"
     );
+    // A renewal names the certificate it replaces (RFC 9773) where the CA
+    // offers ARI; Debian's Pebble 2.4 has no renewalInfo in its directory,
+    // so the renewal went ahead without the field instead of failing.
+    let log = gw.log();
+    assert!(
+        log.contains("renewal order without replaces")
+            && log.contains("does not support: ACME renewal information (ARI)"),
+        "{log}"
+    );
     assert!(
         gw.metric("tenantgate_acme_orders_total{kind=\"renew\",result=\"success\"}")
             .await

@@ -683,7 +683,15 @@ impl OrderCtx {
         for attempt in 0..2 {
             let account = self.account.get(&self.acme, &self.state_dir).await?;
             let shared = self.shared.as_deref();
-            match order::order(&account, name, &self.challenges, shared).await {
+            // A renewal names the certificate it replaces.
+            let store = self.store.clone();
+            let n = name.to_string();
+            let current = tokio::task::spawn_blocking(move || stored_certificate(&store, &n))
+                .await
+                .ok()
+                .flatten();
+            let replaces = current.as_ref().and_then(|l| l.key.cert.first());
+            match order::order(&account, name, &self.challenges, shared, replaces).await {
                 Ok((chain, key)) => {
                     if let (Some(shared), Some(lease)) = (shared, lease) {
                         match shared.store(lease, &chain, &key).await {

@@ -4,9 +4,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey, Identifier, NewAccount,
-    NewOrder, OrderStatus, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType, ExternalAccountKey,
+    Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
+
+use rustls::pki_types::CertificateDer;
 
 use super::fleet::SharedAcme;
 use super::Challenges;
@@ -156,15 +158,32 @@ pub async fn account(settings: &Acme, state_dir: &Path) -> Result<Account, Order
 
 /// Orders a certificate for one name. Returns (chain PEM, key PEM). In
 /// fleet mode (`shared`), each challenge is shared with every replica
-/// before the CA is told to validate it.
+/// before the CA is told to validate it. A renewal names the certificate
+/// it `replaces` (RFC 9773), so the CA can exempt it from rate limits; a
+/// CA without ARI, or one that refuses the field (a certificate of another
+/// CA), gets the order without it.
 pub async fn order(
     account: &Account,
     name: &str,
     challenges: &Challenges,
     shared: Option<&SharedAcme>,
+    replaces: Option<&CertificateDer<'_>>,
 ) -> Result<(String, String), OrderError> {
     let ids = [Identifier::Dns(name.to_string())];
-    let mut order = account.new_order(&NewOrder::new(&ids)).await?;
+    let replaced = replaces.and_then(|der| CertificateIdentifier::try_from(der).ok());
+    let mut order = match replaced {
+        Some(id) => match account.new_order(&NewOrder::new(&ids).replaces(id)).await {
+            Ok(o) => {
+                tracing::info!(name, "renewal order names the certificate it replaces");
+                o
+            }
+            Err(e) => {
+                tracing::info!(name, error = %e, "renewal order without replaces");
+                account.new_order(&NewOrder::new(&ids)).await?
+            }
+        },
+        None => account.new_order(&NewOrder::new(&ids)).await?,
+    };
     let mut tokens = Vec::new();
     let result = async {
         let mut authzs = order.authorizations();
