@@ -176,6 +176,15 @@ async fn renewal_replaces_a_certificate_near_expiry_while_handshakes_continue() 
         handshakes > 10,
         "handshakes kept succeeding before the swap ({handshakes})"
     );
+    // A renewal names the certificate it replaces (RFC 9773) where the CA
+    // offers ARI; Debian's Pebble 2.4 has no renewalInfo in its directory,
+    // so the renewal went ahead without the field instead of failing.
+    let log = gw.log();
+    assert!(
+        log.contains("renewal order without replaces")
+            && log.contains("does not support: ACME renewal information (ARI)"),
+        "{log}"
+    );
     assert!(
         gw.metric("tenantgate_acme_orders_total{kind=\"renew\",result=\"success\"}")
             .await
@@ -444,5 +453,119 @@ async fn a_changed_directory_url_registers_an_account_at_the_new_ca() {
         !gw.log().contains("registering again"),
         "the new CA never saw the old account: {}",
         gw.log()
+    );
+}
+
+/// The External Account Binding key of the EAB test CA (Pebble's example).
+const EAB_HMAC: &str = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuers_fall_back_to_the_next_ca_after_repeated_failures_and_bind_external_accounts() {
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let p = Pebble::start_with_eab(http.port(), 3600, "kid-1", EAB_HMAC).await;
+    let pool = backend("pool").await;
+    let issuers = |eab: &str| {
+        format!(
+            "fallback_after = 2\n\n[[tls.acme.issuers]]\ndirectory_url = \"https://127.0.0.1:1/dir\"\n\n\
+             [[tls.acme.issuers]]\ndirectory_url = \"{}\"\nca_root = \"{}\"\n{eab}\n",
+            p.directory_url(),
+            p.api_ca_pem_path().display()
+        )
+    };
+    let template = |eab: &str| {
+        config(&p, &pool, &["app.acme.com"])
+            .replace(&format!("directory_url = \"{}\"\n", p.directory_url()), "")
+            .replace(&format!("ca_root = \"{}\"\n", p.api_ca_pem_path().display()), "")
+            .replace("retry_max_secs = 2\n", &format!("retry_max_secs = 1\n{}", issuers(eab)))
+    };
+    let good = template(&format!("eab_kid = \"kid-1\"\neab_hmac_key = \"{EAB_HMAC}\""));
+    let gw = Gateway::start_with_http(tempfile::tempdir().expect("dir"), &good, http).await;
+    // The first CA is down: two failed orders, then the second CA issues,
+    // its account bound to the external account.
+    let root = p.issuing_root_pem().await;
+    wait_for_certificate(&gw, "app.acme.com", root.as_bytes(), &p).await;
+    let failed = gw
+        .metric("tenantgate_acme_orders_total{kind=\"issue\",result=\"failure\"}")
+        .await;
+    assert_eq!(
+        failed,
+        2.0,
+        "fallback after exactly fallback_after failures\n{}",
+        gw.log()
+    );
+    assert!(
+        gw.log().contains("ACME directory https://127.0.0.1:1/dir unreachable"),
+        "{}",
+        gw.log()
+    );
+
+    // Without the binding (or with another key) the EAB CA refuses the
+    // account: nothing is issued.
+    let unbound = template("");
+    let other = Gateway::start_in(
+        tempfile::tempdir().expect("dir"),
+        &unbound.replace("app.acme.com", "other.acme.com"),
+    )
+    .await;
+    other
+        .wait_metric("tenantgate_acme_orders_total{kind=\"issue\",result=\"failure\"}", 3.0)
+        .await;
+    assert!(
+        other.log().contains("externalAccountRequired"),
+        "the CA's refusal is reported\n{}",
+        other.log()
+    );
+    assert!(handshake_full(other.https, Some("other.acme.com"), root.as_bytes())
+        .await
+        .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_past_the_ca_budgets_queue_and_show_when_they_will_run() {
+    use tenantgate::admin::auth::hash_hex;
+    let (p, http) = pebble(3600).await;
+    let pool = backend("pool").await;
+    let names = ["a.acme.com", "b.acme.com", "c.acme.com", "x.other.com", "y.other.com"];
+    let template = config(&p, &pool, &names)
+        .replace("[tls]\n", "admin_listen = \"{admin}\"\n\n[tls]\n")
+        .replace(
+            "retry_max_secs = 2\n",
+            "retry_max_secs = 2\nbudget_per_registered_domain = 2\nbudget_per_account = 3\n",
+        )
+        + &format!(
+            "\n[[admin.tokens]]\nname = \"ops\"\nscope = \"operator\"\nsha256 = \"{}\"\n",
+            hash_hex("ops-secret")
+        );
+    let started = jiff::Timestamp::now();
+    let gw = Gateway::start_with_http(tempfile::tempdir().expect("dir"), &template, http).await;
+    let root = p.issuing_root_pem().await;
+    // Oldest (then alphabetical) first: a and b fill acme.com's budget, x
+    // the account's; c waits a week for acme.com, y three hours.
+    for name in ["a.acme.com", "b.acme.com", "x.other.com"] {
+        wait_for_certificate(&gw, name, root.as_bytes(), &p).await;
+    }
+    for (name, wait) in [("c.acme.com", 7 * 24 * 3600), ("y.other.com", 3 * 3600)] {
+        let r = gw
+            .admin_call("GET", &format!("/v1/domains/{name}"), Some("ops-secret"), None, &[])
+            .await;
+        let acme = &r.json["certificate"]["acme"];
+        assert_eq!(acme["state"], "queued", "{name}: {:?}", r.json);
+        let next: jiff::Timestamp = acme["next_attempt"]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("next_attempt: {:?}", r.json));
+        let secs = next.duration_since(started).as_secs();
+        assert!(
+            // next_attempt is written to the second: up to 1 s early.
+            (wait - 2..wait + 120).contains(&secs),
+            "{name} runs in {secs} s, want about {wait}"
+        );
+        assert!(handshake_full(gw.https, Some(name), root.as_bytes()).await.is_err());
+    }
+    assert_eq!(
+        gw.metric("tenantgate_acme_orders_total{kind=\"issue\",result=\"success\"}")
+            .await,
+        3.0,
+        "no order past the budgets reached the CA"
     );
 }

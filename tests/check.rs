@@ -562,3 +562,33 @@ fn fleet_acme_needs_a_key_file_of_64_hex_digits() {
     let internal = format!("{head}{store}\n[tls]\nissuer = \"internal\"\n{}", tenant("a", ""));
     assert_eq!(check(&internal).0, 0, "{}", check(&internal).1);
 }
+
+#[test]
+fn acme_issuers_and_external_account_binding_are_checked() {
+    let head = HEAD.replace("base_domains", "https_listen = \"127.0.0.1:8443\"\nbase_domains");
+    refused(
+        &format!(
+            "{head}\n[tls]\nissuer = \"acme\"\n\n[tls.acme]\neab_kid = \"kid\"\n\n\
+             [[tls.acme.issuers]]\ndirectory_url = \"http://ca.example/dir\"\neab_hmac_key = \"!!not base64!!\"\neab_kid = \"k\"\n\n\
+             [[tls.acme.issuers]]\ndirectory_url = \"https://ca2.example/dir\"\neab_hmac_key = \"abc\"\n{}",
+            tenant("a", "")
+        ),
+        &[
+            "tls.acme.eab_hmac_key: External Account Binding needs both eab_kid and eab_hmac_key",
+            "tls.acme.issuers[0].directory_url: \"http://ca.example/dir\" is not a valid ACME directory URL",
+            "tls.acme.issuers[0].eab_hmac_key: the External Account Binding HMAC key is not base64url",
+            "tls.acme.issuers[1].eab_kid: External Account Binding needs both",
+        ],
+    );
+    refused(
+        &format!("{head}\n[tls]\nissuer = \"acme\"\n\n[tls.acme]\ncontact = \"ops@example.com\"\n{}", tenant("a", "")),
+        &["tls.acme.directory_url: no ACME CA: neither directory_url nor [[tls.acme.issuers]] is set; fix: set directory_url"],
+    );
+    let ok = format!(
+        "{head}\n[tls]\nissuer = \"acme\"\n\n[tls.acme]\nfallback_after = 5\n\n[[tls.acme.issuers]]\ndirectory_url = \"https://a.example/dir\"\n\n\
+         [[tls.acme.issuers]]\ndirectory_url = \"https://b.example/dir\"\neab_kid = \"k\"\neab_hmac_key = \"{}\"\n{}",
+        "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W",
+        tenant("a", "")
+    );
+    assert_eq!(check(&ok).0, 0, "{}", check(&ok).1);
+}

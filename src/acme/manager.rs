@@ -59,6 +59,8 @@ struct Managed {
     not_after: Option<SystemTime>,
     /// Why the last order failed; `None` once one succeeds.
     last_error: Option<String>,
+    /// Held back by an order budget until `due`.
+    queued: bool,
 }
 
 /// The names the manager keeps certificates for, and where each stands.
@@ -75,6 +77,54 @@ struct Book {
     /// Each tenant's configured names at the last sync (sorted), to see
     /// which tenants' lists changed.
     tenant_names: HashMap<String, Vec<String>>,
+    /// When first orders were sent, per registered domain and per account.
+    budgets: Budgets,
+}
+
+/// The CA's rate budgets, kept here so that orders past them wait in a
+/// queue instead of being refused by the CA: first orders per registered
+/// domain in any 7 days, and per account (CA directory) in any 3 hours.
+#[derive(Default)]
+struct Budgets {
+    by_domain: HashMap<String, std::collections::VecDeque<Instant>>,
+    by_account: HashMap<String, std::collections::VecDeque<Instant>>,
+}
+
+const DOMAIN_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+const ACCOUNT_WINDOW: Duration = Duration::from_secs(3 * 3600);
+
+impl Budgets {
+    /// Spends one first order of `name` at `account`, or returns when the
+    /// budget that is used up frees a slot.
+    fn spend(&mut self, name: &str, account: &str, acme: &Acme, now: Instant) -> Result<(), Instant> {
+        let domain = psl::domain(name.as_bytes())
+            .and_then(|d| std::str::from_utf8(d.as_bytes()).ok())
+            .unwrap_or(name)
+            .to_string();
+        let free_at = |sent: &mut std::collections::VecDeque<Instant>, window: Duration, limit: u64| {
+            while sent
+                .front()
+                .is_some_and(|t| now.saturating_duration_since(*t) >= window)
+            {
+                sent.pop_front();
+            }
+            if sent.len() as u64 >= limit {
+                return sent.front().map(|t| *t + window);
+            }
+            None
+        };
+        let d = self.by_domain.entry(domain).or_default();
+        if let Some(at) = free_at(d, DOMAIN_WINDOW, acme.budget_per_registered_domain) {
+            return Err(at);
+        }
+        let a = self.by_account.entry(account.to_string()).or_default();
+        if let Some(at) = free_at(a, ACCOUNT_WINDOW, acme.budget_per_account) {
+            return Err(at);
+        }
+        a.push_back(now);
+        d.push_back(now);
+        Ok(())
+    }
 }
 
 /// Where one managed name stands.
@@ -102,6 +152,9 @@ pub enum NameState {
     Failed,
     /// A certificate is current; it is renewed from `next_attempt` on.
     Valid,
+    /// Held back by the CA's order budget (per registered domain or per
+    /// account); the order runs at `next_attempt`.
+    Queued,
 }
 
 impl NameState {
@@ -112,6 +165,7 @@ impl NameState {
             NameState::Pending => "pending",
             NameState::Failed => "failed",
             NameState::Valid => "valid",
+            NameState::Queued => "queued",
         }
     }
 }
@@ -130,6 +184,7 @@ impl Schedule {
         let ordering = book.in_flight.contains_key(name);
         let state = match (ordering, &m.last_error, m.not_after) {
             (true, _, _) => NameState::Ordering,
+            (false, _, _) if m.queued => NameState::Queued,
             (false, Some(_), _) => NameState::Failed,
             (false, None, Some(t)) if t > SystemTime::now() => NameState::Valid,
             (false, None, _) => NameState::Pending,
@@ -249,22 +304,22 @@ struct Done {
     outcome: Outcome,
 }
 
-/// The ACME account of the configured CA, opened once per directory URL and
-/// shared by the order tasks; a reload that changes `directory_url` opens
-/// (or registers) that CA's own account.
+/// The ACME accounts, one per CA directory URL, each opened once and
+/// shared by the order tasks; a changed `directory_url`, or a fallback to
+/// the next CA, opens (or registers) that CA's own account.
 #[derive(Default)]
-struct AccountSlot(Mutex<Option<(String, Account)>>);
+struct AccountSlot(Mutex<HashMap<String, Account>>);
 
 impl AccountSlot {
     async fn get(&self, acme: &Acme, state_dir: &Path) -> Result<Account, OrderError> {
         let mut slot = self.0.lock().await;
-        if let Some((_, a)) = slot.as_ref().filter(|(dir, _)| *dir == acme.directory_url) {
+        if let Some(a) = slot.get(&acme.directory_url) {
             return Ok(a.clone());
         }
         let account = tokio::time::timeout(ACCOUNT_TIMEOUT, order::account(acme, state_dir))
             .await
             .map_err(|_| OrderError::State("the CA did not answer in time (account)".into()))??;
-        *slot = Some((acme.directory_url.clone(), account.clone()));
+        slot.insert(acme.directory_url.clone(), account.clone());
         Ok(account)
     }
 
@@ -272,12 +327,12 @@ impl AccountSlot {
     /// task may already have registered a new one).
     async fn reset(&self, failed: &str, state_dir: &Path) -> bool {
         let mut slot = self.0.lock().await;
-        if let Some((dir, _)) = slot.as_ref().filter(|(_, a)| a.id() == failed) {
-            let _ = tokio::fs::remove_file(order::account_path(state_dir, dir)).await;
-            *slot = None;
-            return true;
-        }
-        false
+        let Some(dir) = slot.iter().find(|(_, a)| a.id() == failed).map(|(d, _)| d.clone()) else {
+            return false;
+        };
+        let _ = tokio::fs::remove_file(order::account_path(state_dir, &dir)).await;
+        slot.remove(&dir);
+        true
     }
 }
 
@@ -476,6 +531,7 @@ impl CertManager {
                     failures: 0,
                     not_after,
                     last_error: None,
+                    queued: false,
                 },
             );
         }
@@ -704,7 +760,15 @@ impl OrderCtx {
             let account = self.account.get(&self.acme, &self.state_dir).await?;
             let shared = self.shared.as_deref();
             let alpn = self.acme.tls_alpn.then_some(&*self.store);
-            match order::order(&account, &names, &self.challenges, dns.as_ref(), alpn, shared).await {
+            // A renewal names the certificate it replaces.
+            let store = self.store.clone();
+            let n = name.to_string();
+            let current = tokio::task::spawn_blocking(move || stored_certificate(&store, &n))
+                .await
+                .ok()
+                .flatten();
+            let replaces = current.as_ref().and_then(|l| l.key.cert.first());
+            match order::order(&account, &names, &self.challenges, dns.as_ref(), alpn, shared, replaces).await {
                 Ok((chain, key)) => {
                     if let (Some(shared), Some(lease)) = (shared, lease) {
                         match shared.store(lease, &chain, &key).await {
@@ -806,26 +870,44 @@ impl BackgroundService for CertManager {
                     .get_or_insert_with(|| Arc::new(Semaphore::new(acme.max_concurrent_orders)))
                     .clone();
                 let now = Instant::now();
-                let due: Vec<(String, bool, u64)> = {
+                let due: Vec<(String, bool, u32, u64)> = {
                     let mut guard = self.schedule.lock();
                     let book = &mut *guard;
-                    let due: Vec<(String, bool)> = book
+                    let mut due: Vec<(Instant, String, bool, u32)> = book
                         .managed
                         .iter()
                         .filter(|(n, m)| m.due <= now && !book.in_flight.contains_key(*n))
-                        .map(|(n, m)| (n.clone(), m.not_after.is_some()))
+                        .map(|(n, m)| (m.due, n.clone(), m.not_after.is_some(), m.failures))
                         .collect();
-                    due.into_iter()
-                        .map(|(name, renewal)| {
-                            next_order += 1;
-                            book.in_flight.insert(name.clone(), next_order);
-                            (name, renewal, next_order)
-                        })
-                        .collect()
+                    // Oldest first, so a queue drains in order.
+                    due.sort_unstable();
+                    let mut go = Vec::with_capacity(due.len());
+                    for (_, name, renewal, failures) in due {
+                        // First orders spend the CA's budgets; renewals do not
+                        // count against them (Let's Encrypt exempts them).
+                        if !renewal {
+                            let account = acme.for_attempt(failures).directory_url;
+                            if let Err(at) = book.budgets.spend(&name, &account, acme, now) {
+                                if let Some(m) = book.managed.get_mut(&name) {
+                                    m.due = at;
+                                    m.queued = true;
+                                }
+                                continue;
+                            }
+                        }
+                        if let Some(m) = book.managed.get_mut(&name) {
+                            m.queued = false;
+                        }
+                        next_order += 1;
+                        book.in_flight.insert(name.clone(), next_order);
+                        go.push((name, renewal, failures, next_order));
+                    }
+                    go
                 };
-                for (name, renewal, order) in due {
+                for (name, renewal, failures, order) in due {
+                    // After `fallback_after` failures in a row, the next CA.
                     let ctx = OrderCtx {
-                        acme: acme.clone(),
+                        acme: acme.for_attempt(failures),
                         bases: if tls.base_wildcard() {
                             snap.config.gateway.base_domains.clone()
                         } else {
@@ -929,10 +1011,10 @@ impl BackgroundService for CertManager {
                     match done.outcome {
                         Outcome::Issued { not_after, due } => {
                             tracing::info!(name = %done.name, renewal = done.renewal, "certificate issued");
-                            *m = Managed { due, failures: 0, not_after: Some(not_after), last_error: None };
+                            *m = Managed { due, failures: 0, not_after: Some(not_after), last_error: None, queued: false };
                         }
                         Outcome::Adopted { not_after, due } => {
-                            *m = Managed { due, failures: 0, not_after: Some(not_after), last_error: None };
+                            *m = Managed { due, failures: 0, not_after: Some(not_after), last_error: None, queued: false };
                         }
                         Outcome::NotYet(at) => m.due = at,
                         Outcome::Failed(e) => {
@@ -964,6 +1046,7 @@ mod tests {
                 failures,
                 not_after: None,
                 last_error: Some("refused".into()),
+                queued: false,
             },
         );
         s

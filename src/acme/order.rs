@@ -4,11 +4,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
-    RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType, ExternalAccountKey,
+    Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
 
 use super::dns01::Rfc2136;
+use rustls::pki_types::CertificateDer;
+
 use super::fleet::SharedAcme;
 use super::Challenges;
 use crate::config::Acme;
@@ -147,7 +149,13 @@ pub async fn account(settings: &Acme, state_dir: &Path) -> Result<Account, Order
         terms_of_service_agreed: true,
         only_return_existing: false,
     };
-    let (account, creds) = builder()?.create(&new, settings.directory_url.clone(), None).await?;
+    let eab = settings
+        .eab
+        .as_ref()
+        .map(|e| ExternalAccountKey::new(e.kid.clone(), &e.hmac_key));
+    let (account, creds) = builder()?
+        .create(&new, settings.directory_url.clone(), eab.as_ref())
+        .await?;
     let json = serde_json::to_vec(&creds).map_err(|e| OrderError::State(e.to_string()))?;
     let p = path.clone();
     tokio::task::spawn_blocking(move || write_private(&p, &json))
@@ -164,6 +172,9 @@ pub async fn account(settings: &Acme, state_dir: &Path) -> Result<Account, Order
 /// by this gateway (or TLS-ALPN-01, with `alpn`). In fleet mode
 /// (`shared`), each HTTP-01 challenge is shared with every replica before
 /// the CA is told to validate it. Returns (chain PEM, key PEM).
+/// A renewal names the certificate it `replaces` (RFC 9773), so the CA
+/// can exempt it from rate limits; a CA without ARI, or one that refuses
+/// the field (a certificate of another CA), gets the order without it.
 pub async fn order(
     account: &Account,
     names: &[String],
@@ -171,13 +182,28 @@ pub async fn order(
     dns: Option<&Rfc2136>,
     alpn: Option<&CertStore>,
     shared: Option<&SharedAcme>,
+    replaces: Option<&CertificateDer<'_>>,
 ) -> Result<(String, String), OrderError> {
     let over_dns = names.iter().any(|n| n.starts_with("*."));
     if over_dns && dns.is_none() {
         return Err(OrderError::NeedsDns01(names.join(", ")));
     }
+    let name = names.first().map(String::as_str).unwrap_or_default();
     let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
-    let mut order = account.new_order(&NewOrder::new(&ids)).await?;
+    let replaced = replaces.and_then(|der| CertificateIdentifier::try_from(der).ok());
+    let mut order = match replaced {
+        Some(id) => match account.new_order(&NewOrder::new(&ids).replaces(id)).await {
+            Ok(o) => {
+                tracing::info!(name, "renewal order names the certificate it replaces");
+                o
+            }
+            Err(e) => {
+                tracing::info!(name, error = %e, "renewal order without replaces");
+                account.new_order(&NewOrder::new(&ids)).await?
+            }
+        },
+        None => account.new_order(&NewOrder::new(&ids)).await?,
+    };
     let mut tokens = Vec::new();
     let mut published = Vec::new();
     let mut alpn_names = Vec::new();

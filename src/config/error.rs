@@ -118,6 +118,12 @@ pub enum Problem {
         "fleet mode with the ACME issuer keeps certificates' private keys in Redis, and no key_file encrypts them"
     )]
     FleetAcmeWithoutKey,
+    #[error("no ACME CA: neither directory_url nor [[tls.acme.issuers]] is set")]
+    AcmeNoDirectory,
+    #[error("the External Account Binding HMAC key is not base64url")]
+    BadEabKey,
+    #[error("External Account Binding needs both eab_kid and eab_hmac_key")]
+    EabHalf,
     #[error("ca_file is set but redis_url is not rediss://")]
     StoreCaWithoutTls,
     #[error("key prefix {value:?} is not 1 to 32 characters of a-z, 0-9, '-' and '_'")]
@@ -253,6 +259,9 @@ impl Problem {
             BadRedisUrl { .. } => "write a URL such as redis://127.0.0.1:6379 or rediss://user:pass@host:6380/0",
             BadStoreCa { .. } => "point ca_file at a PEM file of the CA certificates that signed Redis' certificate (relative to this file), or remove it to trust the system's",
             StoreCaWithoutTls => "use a rediss:// URL, or remove ca_file",
+            AcmeNoDirectory => "set directory_url, such as https://acme-v02.api.letsencrypt.org/directory, or list the CAs as [[tls.acme.issuers]]",
+            BadEabKey => "paste the HMAC key exactly as the CA shows it (base64url, such as ZeroSSL's or Google's EAB key)",
+            EabHalf => "set both eab_kid and eab_hmac_key from the CA's External Account Binding page, or neither",
             BadStoreKey { .. } | FleetAcmeWithoutKey => "set [store] key_file to a file of 64 hex digits, the same on every replica (openssl rand -hex 32 > store.key; chmod 600 store.key)",
             BadKeyPrefix { .. } => "use a short name such as tenantgate",
             BadTokenHash { .. } => "store the SHA-256 of the token as hex: printf %s \"$TOKEN\" | sha256sum",

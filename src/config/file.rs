@@ -447,6 +447,16 @@ pub fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::E
     d.deserialize_any(Whole)
 }
 
+/// `[[tls.acme.issuers]]`: one CA of the ordered list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeIssuerSection {
+    pub directory_url: String,
+    pub ca_root: Option<String>,
+    pub eab_kid: Option<String>,
+    pub eab_hmac_key: Option<String>,
+}
+
 /// `[store]`: fleet mode.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -485,9 +495,15 @@ pub struct TlsSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AcmeSection {
-    pub directory_url: String,
+    pub directory_url: Option<String>,
     pub contact: Option<String>,
     pub ca_root: Option<String>,
+    pub eab_kid: Option<String>,
+    pub eab_hmac_key: Option<String>,
+    pub issuers: Option<Vec<AcmeIssuerSection>>,
+    pub fallback_after: Option<u32>,
+    pub budget_per_registered_domain: Option<u64>,
+    pub budget_per_account: Option<u64>,
     pub max_concurrent_orders: Option<usize>,
     pub retry_min_secs: Option<u64>,
     pub retry_max_secs: Option<u64>,

@@ -441,6 +441,8 @@ pub fn label_problem(key: &str, value: &str) -> Option<&'static str> {
 }
 
 /// Where certificates for names no operator file covers come from.
+// One per config (not per request or tenant): its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Issuer {
     /// Operator files only.
@@ -470,9 +472,12 @@ pub struct Tls {
 /// `[tls.acme]`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Acme {
+    /// The CA orders go to: the first of `cas` (see [`Acme::for_attempt`]).
     pub directory_url: String,
     pub contact: Option<String>,
     pub ca_root: Option<PathBuf>,
+    /// External Account Binding with the CA of `directory_url`.
+    pub eab: Option<Eab>,
     pub max_concurrent_orders: usize,
     pub retry_min: Duration,
     pub retry_max: Duration,
@@ -481,6 +486,56 @@ pub struct Acme {
     /// `challenge = "tls-alpn-01"`: exact names are proven on the HTTPS
     /// listener (RFC 8737) instead of over HTTP-01.
     pub tls_alpn: bool,
+    /// Every CA in order of preference: `directory_url` first (when set),
+    /// then `[[tls.acme.issuers]]`. Never empty.
+    pub cas: Vec<AcmeCa>,
+    /// Failed orders of one name in a row after which it moves to the next CA.
+    pub fallback_after: u32,
+    /// First orders per registered domain in any 7 days (Let's Encrypt: 50).
+    pub budget_per_registered_domain: u64,
+    /// First orders per account (CA directory) in any 3 hours (Let's Encrypt: 300).
+    pub budget_per_account: u64,
+}
+
+/// One ACME CA of the ordered list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeCa {
+    pub directory_url: String,
+    pub ca_root: Option<PathBuf>,
+    pub eab: Option<Eab>,
+}
+
+/// An External Account Binding: the key id and the decoded HMAC key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Eab {
+    pub kid: String,
+    pub hmac_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Eab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Eab")
+            .field("kid", &self.kid)
+            .field("hmac_key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Acme {
+    /// These settings aimed at the CA for a name's order after `failures`
+    /// failed orders in a row: the first CA, then the next one after every
+    /// `fallback_after` failures, round the list.
+    pub fn for_attempt(&self, failures: u32) -> Acme {
+        let n = self.cas.len().max(1);
+        let i = (failures / self.fallback_after.max(1)) as usize % n;
+        let mut a = self.clone();
+        if let Some(ca) = self.cas.get(i) {
+            a.directory_url = ca.directory_url.clone();
+            a.ca_root = ca.ca_root.clone();
+            a.eab = ca.eab.clone();
+        }
+        a
+    }
 }
 
 impl Tls {
@@ -1114,6 +1169,46 @@ fn validate_gateway(g: file::GatewaySection, errs: &mut Vec<ConfigError>) -> Gat
     }
 }
 
+/// One CA of `[tls.acme]`: its directory must be an https URL.
+fn ca(url: &str, ca_root: Option<PathBuf>, eab: Option<Eab>, field: &str, errs: &mut Vec<ConfigError>) -> AcmeCa {
+    if !url.starts_with("https://") {
+        let value = url.to_string();
+        errs.push(err(None, field, Problem::BadDirectoryUrl { value }));
+    }
+    AcmeCa {
+        directory_url: url.to_string(),
+        ca_root,
+        eab,
+    }
+}
+
+/// An External Account Binding from `eab_kid` and `eab_hmac_key` (base64url,
+/// as CAs hand it out); both or neither.
+fn eab(kid: Option<String>, key: Option<String>, at: &str, errs: &mut Vec<ConfigError>) -> Option<Eab> {
+    use base64::Engine;
+    match (kid, key) {
+        (None, None) => None,
+        (Some(kid), Some(key)) => {
+            let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(key.trim().trim_end_matches('='))
+                .ok()
+                .filter(|k| !k.is_empty());
+            match decoded {
+                Some(hmac_key) => Some(Eab { kid, hmac_key }),
+                None => {
+                    errs.push(err(None, &format!("{at}.eab_hmac_key"), Problem::BadEabKey));
+                    None
+                }
+            }
+        }
+        (kid, _) => {
+            let missing = if kid.is_some() { "eab_hmac_key" } else { "eab_kid" };
+            errs.push(err(None, &format!("{at}.{missing}"), Problem::EabHalf));
+            None
+        }
+    }
+}
+
 fn validate_tls(t: file::TlsSection, base: &Path, gw: &Gateway, errs: &mut Vec<ConfigError>) -> Tls {
     if gw.https_listen.is_none() {
         errs.push(err(None, "gateway.https_listen", Problem::TlsWithoutListener));
@@ -1127,15 +1222,34 @@ fn validate_tls(t: file::TlsSection, base: &Path, gw: &Gateway, errs: &mut Vec<C
         }
     };
     let acme = t.acme.map(|a| {
-        if !a.directory_url.starts_with("https://") {
-            errs.push(err(
-                None,
-                "tls.acme.directory_url",
-                Problem::BadDirectoryUrl {
-                    value: a.directory_url.clone(),
-                },
+        let mut cas = Vec::new();
+        // Checked even without directory_url: a half binding is a mistake.
+        let top_eab = eab(a.eab_kid.clone(), a.eab_hmac_key.clone(), "tls.acme", errs);
+        if let Some(url) = &a.directory_url {
+            let ca_root = a.ca_root.clone().map(|p| path(Some(p), ""));
+            cas.push(ca(url, ca_root, top_eab, "tls.acme.directory_url", errs));
+        }
+        for (i, is) in a.issuers.iter().flatten().enumerate() {
+            let at = format!("tls.acme.issuers[{i}]");
+            let ca_root = is.ca_root.clone().map(|p| path(Some(p), ""));
+            let eab = eab(is.eab_kid.clone(), is.eab_hmac_key.clone(), &at, errs);
+            cas.push(ca(
+                &is.directory_url,
+                ca_root,
+                eab,
+                &format!("{at}.directory_url"),
+                errs,
             ));
         }
+        if cas.is_empty() {
+            errs.push(err(None, "tls.acme.directory_url", Problem::AcmeNoDirectory));
+            cas.push(AcmeCa {
+                directory_url: String::new(),
+                ca_root: None,
+                eab: None,
+            });
+        }
+        let first = cas[0].clone();
         let dns01 = a.dns01.and_then(|d| dns01::validate(d, base, errs)).map(Box::new);
         let tls_alpn = match a.challenge.as_deref() {
             None | Some("http-01") => false,
@@ -1172,9 +1286,18 @@ fn validate_tls(t: file::TlsSection, base: &Path, gw: &Gateway, errs: &mut Vec<C
             retry_max: Duration::from_secs(
                 positive("tls.acme.retry_max_secs", a.retry_max_secs, 86_400).min(MAX_RETRY_SECS),
             ),
-            directory_url: a.directory_url,
+            directory_url: first.directory_url,
             contact: a.contact,
-            ca_root: a.ca_root.map(|p| path(Some(p), "")),
+            ca_root: first.ca_root,
+            eab: first.eab,
+            fallback_after: positive("tls.acme.fallback_after", a.fallback_after.map(u64::from), 3).min(1000) as u32,
+            budget_per_registered_domain: positive(
+                "tls.acme.budget_per_registered_domain",
+                a.budget_per_registered_domain,
+                50,
+            ),
+            budget_per_account: positive("tls.acme.budget_per_account", a.budget_per_account, 300),
+            cas,
             dns01,
             tls_alpn,
         }

@@ -40,6 +40,8 @@ pub struct Pebble {
     /// The DNS server Pebble resolves and validates through, when not
     /// challtestsrv (a real authoritative server, for DNS-01).
     dns_server: Option<SocketAddr>,
+    /// External Account Binding required, with this (key id, base64url HMAC key).
+    eab: Option<(String, String)>,
     config_path: PathBuf,
     api_ca_path: PathBuf,
     pebble_log: PathBuf,
@@ -142,7 +144,7 @@ impl Pebble {
     /// `certificateValidityPeriod`. Waits (at most ~15 s) until the directory
     /// and the management API answer; panics with both logs otherwise.
     pub async fn start(http01_port: u16, tlsalpn_port: u16, cert_validity_secs: u64) -> Pebble {
-        Self::start_resolving_with(http01_port, tlsalpn_port, cert_validity_secs, None).await
+        Self::start_with(http01_port, tlsalpn_port, cert_validity_secs, None, None).await
     }
 
     /// Like [`Pebble::start`], with Pebble asking `dns` (when given) instead
@@ -151,6 +153,23 @@ impl Pebble {
         http01_port: u16,
         tlsalpn_port: u16,
         cert_validity_secs: u64,
+        dns: Option<SocketAddr>,
+    ) -> Pebble {
+        Self::start_with(http01_port, tlsalpn_port, cert_validity_secs, None, dns).await
+    }
+
+    /// Like [`Pebble::start`], requiring External Account Binding with the
+    /// key id `kid` and the base64url HMAC key `hmac`.
+    pub async fn start_with_eab(http01_port: u16, cert_validity_secs: u64, kid: &str, hmac: &str) -> Pebble {
+        let eab = Some((kid.to_string(), hmac.to_string()));
+        Self::start_with(http01_port, reserve_tcp().0, cert_validity_secs, eab, None).await
+    }
+
+    async fn start_with(
+        http01_port: u16,
+        tlsalpn_port: u16,
+        cert_validity_secs: u64,
+        eab: Option<(String, String)>,
         dns: Option<SocketAddr>,
     ) -> Pebble {
         for bin in [PEBBLE_BIN, CHALLTESTSRV_BIN] {
@@ -185,6 +204,7 @@ impl Pebble {
             tlsalpn_port,
             cert_validity_secs,
             dns_server: dns,
+            eab,
             config_path: dir.path().join("pebble-config.json"),
             api_ca_path,
             pebble_log: dir.path().join("pebble.log"),
@@ -221,7 +241,7 @@ impl Pebble {
         self.challtest_mgmt_port = challtest_mgmt_port;
         self.dns_port = dns_port;
 
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "pebble": {
                 "listenAddress": format!("127.0.0.1:{listen_port}"),
                 "managementListenAddress": format!("127.0.0.1:{mgmt_port}"),
@@ -234,6 +254,10 @@ impl Pebble {
                 "certificateValidityPeriod": self.cert_validity_secs,
             }
         });
+        if let Some((kid, hmac)) = &self.eab {
+            config["pebble"]["externalAccountBindingRequired"] = serde_json::json!(true);
+            config["pebble"]["externalAccountMACKeys"] = serde_json::json!({ kid: hmac });
+        }
         std::fs::write(
             &self.config_path,
             serde_json::to_vec_pretty(&config).expect("config json"),
