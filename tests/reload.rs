@@ -143,7 +143,9 @@ async fn invalid_reload_keeps_the_old_routing_and_is_counted() {
     // The next valid change applies.
     gw.write_config(&config(&p, &["old", "fresh"], true));
     gw.wait_status("fresh.example.com", 200).await;
-    assert_eq!(gw.metric("tenantgate_config_last_reload_success").await, 1.0);
+    // The gauges are set just after the swap that routes `fresh`.
+    gw.wait_metric("tenantgate_config_last_reload_success", 1.0).await;
+    gw.wait_metric("tenantgate_config_generation", 2.0).await;
     assert_eq!(gw.metric("tenantgate_config_generation").await, 2.0);
 }
 
