@@ -354,6 +354,14 @@
     out.append(h('p', { id: 'verify-result' }, 'Re-checked ' + name + ': ' +
       (results.length ? results.map(x => x.tenant + ' ' + x.state + (x.detail ? ' (' + x.detail + ')' : '')).join('; ') : 'no claim of this token on the name')));
   }
+  async function retryOrder(name, out) {
+    clear(out);
+    const r = await api('POST', '/v1/domains/' + encodeURIComponent(name) + '/retry');
+    if (!r.ok) { out.appendChild(refused(r)); return; }
+    const a = (r.data && r.data.acme) || {};
+    out.append(h('p', { id: 'retry-result' }, 'Order of ' + name + ' retried: ' + (a.state || 'scheduled') +
+      (a.next_attempt ? ', next attempt ' + a.next_attempt : '')));
+  }
   async function domains(root, _arg, live) {
     root.appendChild(h('h1', {}, 'Domains'));
     const out = h('div', { id: 'check-result' });
@@ -377,10 +385,11 @@
         h('td', {}, h('button', { type: 'button', class: 'secondary', onclick: () => diagnose(c.name, out) }, 'Diagnose'), ' ',
           h('button', { type: 'button', class: 'recheck', onclick: () => recheck(c.name, out) }, 'Re-check')))))
       : h('p', { class: 'muted' }, 'No pending or failed claims.'));
-    // No retry endpoint exists: an order is retried on its backoff schedule.
+    // Retry clears the name's backoff (POST /v1/domains/{name}/retry).
     failing.appendChild(r.data.certificates.length ? table('failing-certs', ['name', 'failures#', 'last error', ''],
       r.data.certificates.map(c => h('tr', {}, td(c.name), td(String(c.failures), 'num'), td(c.last_error),
-        h('td', {}, h('button', { type: 'button', class: 'secondary', onclick: () => diagnose(c.name, out) }, 'Diagnose')))))
+        h('td', {}, h('button', { type: 'button', class: 'secondary', onclick: () => diagnose(c.name, out) }, 'Diagnose'), ' ',
+          h('button', { type: 'button', class: 'retry', onclick: () => retryOrder(c.name, out) }, 'Retry order')))))
       : h('p', { class: 'muted' }, 'No failing orders.'));
   }
 
