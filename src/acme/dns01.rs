@@ -158,17 +158,7 @@ impl Rfc2136 {
         let mut verify = msg
             .finalize(&self.signer, now_u32())
             .map_err(|e| Dns01Error::Key(e.to_string()))?;
-        let answer = self.exchange(&msg).await?;
-        let parsed = Message::from_vec(&answer).map_err(|e| Dns01Error::Transport {
-            server,
-            reason: format!("unreadable answer: {e}"),
-        })?;
-        if parsed.id() != msg.id() {
-            return Err(Dns01Error::Transport {
-                server,
-                reason: "answer to another message".into(),
-            });
-        }
+        let (answer, parsed) = self.exchange_parsed(&msg).await?;
         if parsed.response_code() != ResponseCode::NoError {
             return Err(Dns01Error::Refused {
                 server,
@@ -187,14 +177,20 @@ impl Rfc2136 {
 
     /// One query to the server, unsigned, without recursion.
     async fn query(&self, qname: &Name, rtype: RecordType) -> Result<Message, Dns01Error> {
-        let server = self.cfg.server;
         let mut msg = Message::new();
         msg.set_id(random_id())
             .set_message_type(MessageType::Query)
             .set_op_code(OpCode::Query)
             .set_recursion_desired(false)
             .add_query(Query::query(qname.clone(), rtype));
-        let answer = self.exchange(&msg).await?;
+        Ok(self.exchange_parsed(&msg).await?.1)
+    }
+
+    /// [`Rfc2136::exchange`], with the answer parsed and checked to answer
+    /// `msg` (same id).
+    async fn exchange_parsed(&self, msg: &Message) -> Result<(Vec<u8>, Message), Dns01Error> {
+        let server = self.cfg.server;
+        let answer = self.exchange(msg).await?;
         let parsed = Message::from_vec(&answer).map_err(|e| Dns01Error::Transport {
             server,
             reason: format!("unreadable answer: {e}"),
@@ -205,7 +201,7 @@ impl Rfc2136 {
                 reason: "answer to another message".into(),
             });
         }
-        Ok(parsed)
+        Ok((answer, parsed))
     }
 
     /// Sends `msg` over TCP (two-byte length, RFC 1035 §4.2.2) and reads

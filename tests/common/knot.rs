@@ -3,7 +3,7 @@
 //! tests. Its port is picked free; it is killed by PID on drop.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,17 +19,6 @@ pub struct Knot {
     pub secret: String,
     log: PathBuf,
     dir: tempfile::TempDir,
-}
-
-fn free_tcp_udp_port() -> u16 {
-    for _ in 0..100 {
-        let t = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = t.local_addr().expect("addr").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both TCP and UDP");
 }
 
 fn base64(bytes: &[u8]) -> String {
@@ -53,7 +42,8 @@ impl Knot {
         getrandom::fill(&mut secret).expect("random");
         let secret = base64(&secret);
         let key_name = "tenantgate-test".to_string();
-        let port = free_tcp_udp_port();
+        let (port, tcp, udp) = super::pebble::reserve_tcp_udp();
+        drop((tcp, udp));
         std::fs::create_dir_all(dir.path().join("db")).expect("db dir");
         let d = dir.path().display();
         let mut conf = format!(

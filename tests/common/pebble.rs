@@ -61,7 +61,7 @@ fn reserve_tcp() -> (u16, TcpListener) {
 }
 
 /// A loopback port free for both TCP and UDP (for a DNS server).
-fn reserve_tcp_udp() -> (u16, TcpListener, UdpSocket) {
+pub fn reserve_tcp_udp() -> (u16, TcpListener, UdpSocket) {
     for _ in 0..100 {
         let (port, tcp) = reserve_tcp();
         if let Ok(udp) = UdpSocket::bind(("127.0.0.1", port)) {
