@@ -238,6 +238,13 @@ pub fn serve(source: Source, upgrade: bool) -> Result<std::convert::Infallible, 
         ));
     }
     server.add_service(background_service(
+        "tenantgate rollout guard",
+        crate::registry::rollouts::RolloutGuard {
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+        },
+    ));
+    server.add_service(background_service(
         "tenantgate backend health",
         crate::proxy::health::HealthChecks {
             registry: registry.clone(),

@@ -16,6 +16,7 @@ mod pools;
 mod preview;
 mod problem;
 mod request;
+mod rollouts;
 mod stats;
 mod templates;
 mod tenants;

@@ -36,6 +36,8 @@ pub(super) fn diff_of(texts: &Texts, snap: &Snapshot, edits: &[TenantEdit]) -> V
             TenantEdit::DeleteTemplate(name) => {
                 after.remove(name);
             }
+            // A rollout's preview is its own (admin/rollouts.rs).
+            TenantEdit::PutRollout(..) | TenantEdit::DeleteRollout(_) => {}
         }
     }
     let mut ids: BTreeSet<&str> = tenant_edits.keys().copied().collect();

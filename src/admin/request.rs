@@ -29,6 +29,12 @@ pub enum Route {
     Events,
     Templates,
     Template(String),
+    Rollouts,
+    Rollout(String),
+    /// `POST /v1/rollouts/{name}/promote`.
+    RolloutPromote(String),
+    /// `POST /v1/rollouts/{name}/rollback`.
+    RolloutRollback(String),
     Changes,
     Preview,
     Audit,
@@ -85,6 +91,10 @@ impl Route {
             ["v1", "events"] => Route::Events,
             ["v1", "templates"] => Route::Templates,
             ["v1", "templates", name] => Route::Template(owned(name)),
+            ["v1", "rollouts"] => Route::Rollouts,
+            ["v1", "rollouts", name] => Route::Rollout(owned(name)),
+            ["v1", "rollouts", name, "promote"] => Route::RolloutPromote(owned(name)),
+            ["v1", "rollouts", name, "rollback"] => Route::RolloutRollback(owned(name)),
             ["v1", "changes"] => Route::Changes,
             ["v1", "changes", "preview"] => Route::Preview,
             ["v1", "audit"] => Route::Audit,
@@ -115,14 +125,18 @@ impl Route {
                 Method::DELETE,
                 Method::OPTIONS,
             ],
-            Route::Template(_) => &[Method::GET, Method::HEAD, Method::PUT, Method::DELETE, Method::OPTIONS],
+            Route::Template(_) | Route::Rollout(_) => {
+                &[Method::GET, Method::HEAD, Method::PUT, Method::DELETE, Method::OPTIONS]
+            }
             Route::TenantDomain(..) => &[Method::PUT, Method::DELETE, Method::OPTIONS],
             Route::Changes
             | Route::Preview
             | Route::Rollback(_)
             | Route::Import
             | Route::DomainVerify(_)
-            | Route::DomainRetry(_) => POST,
+            | Route::DomainRetry(_)
+            | Route::RolloutPromote(_)
+            | Route::RolloutRollback(_) => POST,
             _ => READ,
         }
     }
@@ -137,7 +151,7 @@ impl Route {
     pub fn body_type(&self, method: &Method) -> Option<&'static str> {
         match (method, self) {
             (&Method::PATCH, Route::Tenant(_)) => Some(MERGE_PATCH),
-            (&Method::PUT, Route::Tenant(_) | Route::Template(_)) => Some(JSON),
+            (&Method::PUT, Route::Tenant(_) | Route::Template(_) | Route::Rollout(_)) => Some(JSON),
             (&Method::POST, Route::Changes | Route::Preview | Route::Import) => Some(JSON),
             _ => None,
         }

@@ -57,6 +57,12 @@ impl Call {
             (Method::GET, Route::Template(name)) => self.template(&name),
             (Method::PUT, Route::Template(name)) => self.put_template(name).await,
             (Method::DELETE, Route::Template(name)) => self.delete_template(name).await,
+            (Method::GET, Route::Rollouts) => self.rollouts(),
+            (Method::GET, Route::Rollout(name)) => self.rollout(&name),
+            (Method::PUT, Route::Rollout(name)) => self.put_rollout(name).await,
+            (Method::DELETE, Route::Rollout(name)) => self.delete_rollout(name).await,
+            (Method::POST, Route::RolloutPromote(name)) => self.promote_rollout(name).await,
+            (Method::POST, Route::RolloutRollback(name)) => self.rollback_rollout(name).await,
             (Method::POST, Route::Changes) => self.changes(false).await,
             (Method::POST, Route::Preview) => self.changes(true).await,
             (Method::GET, Route::Audit) => self.audit_log().await,
@@ -401,11 +407,16 @@ fn refuse_operator_fields(before: &TenantSection, after: &TenantSection) -> Resu
             "a tenant token may not change the tenant's template; templates are the operator's",
         ));
     }
-    if (&before.pool, &before.plan, &before.limits, &before.timezone)
-        != (&after.pool, &after.plan, &after.limits, &after.timezone)
+    if (
+        &before.pool,
+        &before.plan,
+        &before.limits,
+        &before.timezone,
+        &before.pinned,
+    ) != (&after.pool, &after.plan, &after.limits, &after.timezone, &after.pinned)
     {
         return Err(Problem::forbidden(
-            "a tenant token may change domains, subdomain and redirect_https only; pool, plan, limits, timezone and labels are the operator's",
+            "a tenant token may change domains, subdomain and redirect_https only; pool, plan, limits, timezone, pinned and labels are the operator's",
         ));
     }
     Ok(())

@@ -224,6 +224,7 @@ mod tests {
             region: None,
             branding: None,
             maintenance: None,
+            pinned: None,
         }
     }
 

@@ -46,6 +46,9 @@ pub enum Problem {
         reason: String,
         fix: &'static str,
     },
+    /// A `[rollouts.<name>]` problem.
+    #[error("{reason}")]
+    Rollout { reason: String, fix: &'static str },
     #[error("label {key:?}: {reason}")]
     BadLabel { key: String, reason: &'static str },
     #[error("unknown log format {value:?}")]
@@ -228,7 +231,7 @@ impl Problem {
             BadSubdomain { .. } => "use one label of a-z, 0-9 and '-', such as acme",
             BadWildcard { .. } => "write a wildcard as *.example.com; it covers exactly one extra label",
             Zero { .. } => "set a positive value or remove the key to use the default",
-            UpstreamTls { fix, .. } => fix,
+            UpstreamTls { fix, .. } | Rollout { fix, .. } => fix,
             BadLabel { .. } => "use keys of 1 to 63 characters of a-z, 0-9, '.', '_', '-' and '/', values of at most 255 printable characters, and at most 32 labels",
             BadLogFormat { .. } => "use \"text\" or \"json\"",
             DuplicateTenantId { .. } => "give each tenant a unique id",

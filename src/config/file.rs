@@ -29,6 +29,12 @@ pub struct File {
     /// Templates from `templates/<name>.toml`, by name (filled by `Texts::parse`).
     #[serde(skip)]
     pub template_files: BTreeMap<String, TemplateSection>,
+    /// `[rollouts.<name>]` of the main file.
+    #[serde(default)]
+    pub rollouts: BTreeMap<String, super::rollouts::RolloutSection>,
+    /// Rollouts from `rollouts/<name>.toml`, by name (filled by `Texts::parse`).
+    #[serde(skip)]
+    pub rollout_files: BTreeMap<String, super::rollouts::RolloutSection>,
     #[serde(default)]
     pub tenants: Vec<TenantSection>,
     /// `[profile]`: trusted headers, `tenant.json`, error pages, maintenance.
@@ -318,6 +324,9 @@ pub struct TenantSection {
         deserialize_with = "super::profile::maintenance_value"
     )]
     pub maintenance: Option<super::profile::MaintenanceSection>,
+    /// Exempt from every rollout until unpinned (the operator's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<bool>,
 }
 
 /// A map of strings that refuses a key given twice (serde's maps keep the

@@ -18,6 +18,7 @@ mod parse;
 pub mod plans;
 pub mod profile;
 pub mod proxy_protocol;
+pub mod rollouts;
 pub mod templates;
 pub mod upstream;
 pub mod upstream_tls;
@@ -78,6 +79,8 @@ pub struct Config {
     /// admin API and diffs.
     pub templates: Vec<TemplateSpec>,
     pub tenants: Vec<TenantSpec>,
+    /// Rollouts in name order; tenants refer to them by index.
+    pub rollouts: Vec<rollouts::Rollout>,
     /// `[profile]` and `[features]`: the edge profile's settings.
     pub profile: profile::ProfileSettings,
     /// `[gateway] shared_hosts`, with their `[shared_hosts."<host>"]`.
@@ -418,6 +421,21 @@ pub struct TenantSpec {
     /// Remove the claimed prefix toward the backend.
     pub strip_prefix: bool,
     pub jwt: TenantJwt,
+    /// Exempt from every rollout.
+    pub pinned: bool,
+    /// The tenant's place among a rollout's candidates, if any.
+    pub cohort: Option<rollouts::Cohort>,
+}
+
+impl TenantSpec {
+    /// The pool that serves the tenant now: its rollout's `to` when it is
+    /// in the moved share, else its own.
+    pub fn serving_pool(&self, rollouts: &[rollouts::Rollout]) -> PoolId {
+        match self.cohort {
+            Some(c) if c.moved => rollouts.get(c.rollout as usize).map_or(self.pool, |r| r.to),
+            _ => self.pool,
+        }
+    }
 }
 
 /// Labels a tenant may carry at most.
@@ -814,8 +832,12 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
             labels,
             profile: edge_profile,
             maintenance,
+            pinned: t.pinned.unwrap_or(false),
+            cohort: None,
         });
     }
+    let rollouts = rollouts::validate(file.rollouts, file.rollout_files, &pool_ids, &pools, &mut errs);
+    rollouts::assign(&rollouts, &mut tenants, &mut errs);
     let mut duplicates: Vec<(String, Vec<usize>)> = ids.into_iter().filter(|(_, at)| at.len() > 1).collect();
     duplicates.sort_by_key(|(_, at)| at[0]);
     for (id, at) in duplicates {
@@ -841,6 +863,7 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
             pools,
             templates,
             tenants,
+            rollouts,
             profile: profile_settings,
             shared_hosts,
             identity,
@@ -1655,6 +1678,11 @@ pub fn templates_dir(path: &Path) -> PathBuf {
     path.parent().unwrap_or(Path::new(".")).join("templates")
 }
 
+/// The rollout files' folder for the config file at `path`: `rollouts/` beside it.
+pub fn rollouts_dir(path: &Path) -> PathBuf {
+    path.parent().unwrap_or(Path::new(".")).join("rollouts")
+}
+
 /// Which files changed, so that a reload re-reads only those.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Changed {
@@ -1664,6 +1692,8 @@ pub struct Changed {
     pub tenants: BTreeSet<String>,
     /// Template files, by stem.
     pub templates: BTreeSet<String>,
+    /// Rollout files, by stem.
+    pub rollouts: BTreeSet<String>,
 }
 
 /// The files of `stems` in `dir` that differ from `live`: new text, or
@@ -1696,6 +1726,8 @@ pub struct Texts {
     pub main: String,
     pub tenants: BTreeMap<String, String>,
     pub templates: BTreeMap<String, String>,
+    /// `rollouts/<name>.toml` by name.
+    pub rollouts: BTreeMap<String, String>,
 }
 
 impl Texts {
@@ -1706,6 +1738,7 @@ impl Texts {
             main: read(path)?,
             tenants: read_folder(&tenants_dir(path))?,
             templates: read_folder(&templates_dir(path))?,
+            rollouts: read_folder(&rollouts_dir(path))?,
         })
     }
 
@@ -1720,14 +1753,19 @@ impl Texts {
         };
         let tenants = reread_folder(&tenants_dir(path), &self.tenants, &changed.tenants)?;
         let templates = reread_folder(&templates_dir(path), &self.templates, &changed.templates)?;
-        if new_main.is_none() && tenants.is_empty() && templates.is_empty() {
+        let rollouts = reread_folder(&rollouts_dir(path), &self.rollouts, &changed.rollouts)?;
+        if new_main.is_none() && tenants.is_empty() && templates.is_empty() && rollouts.is_empty() {
             return Ok(None);
         }
         let mut texts = self.clone();
         if let Some(m) = new_main {
             texts.main = m;
         }
-        for (map, updates) in [(&mut texts.tenants, tenants), (&mut texts.templates, templates)] {
+        for (map, updates) in [
+            (&mut texts.tenants, tenants),
+            (&mut texts.templates, templates),
+            (&mut texts.rollouts, rollouts),
+        ] {
             for (stem, text) in updates {
                 match text {
                     Some(t) => map.insert(stem, t),
@@ -1767,6 +1805,10 @@ impl Texts {
         let dir = templates_dir(path);
         for (stem, text) in &self.templates {
             file.template_files.insert(stem.clone(), parse_part(&dir, stem, text)?);
+        }
+        let dir = rollouts_dir(path);
+        for (stem, text) in &self.rollouts {
+            file.rollout_files.insert(stem.clone(), parse_part(&dir, stem, text)?);
         }
         Ok((file, errs))
     }

@@ -822,6 +822,12 @@ impl Policy {
         if let Some(c) = &tenant.edge.region_requests {
             c.inc();
         }
+        // A rollout compares what its pools answered: forwarded requests,
+        // and the gateway's own 5xx for a pool that failed them.
+        let forwarded = o.upstream.is_some() || (status >= 500 && o.error.is_some());
+        if let (Some(c), true, None) = (&tenant.cohort, status > 0 && forwarded, o.rejection) {
+            c.observe(status);
+        }
         if let Some(p) = pool {
             p.metrics.duration.observe(elapsed.as_secs_f64());
             if o.error.is_some() && status >= 500 && o.upstream.is_some() {

@@ -2,7 +2,7 @@
 //! every replica.
 //!
 //! Redis holds `<prefix>:{registry}:files` (a hash: `tenants/<id>` and
-//! `templates/<name>` → the file's text), `<prefix>:{registry}:version`, and
+//! `templates/<name>`, `rollouts/<name>` → the file's text), `<prefix>:{registry}:version`, and
 //! `<prefix>:{registry}:log`, a stream of the fields each version changed,
 //! so a replica one or a few versions behind reads only those. A write takes the
 //! fleet's write lock, brings this replica up to the store's version, is
@@ -323,7 +323,11 @@ impl RegistryStore {
             .arg(expected)
             .arg(&self.keys.channel)
             .arg(LOG_LEN);
-        for (folder, change) in [("tenants", &batch.tenants), ("templates", &batch.templates)] {
+        for (folder, change) in [
+            ("tenants", &batch.tenants),
+            ("templates", &batch.templates),
+            ("rollouts", &batch.rollouts),
+        ] {
             for (stem, text) in &change.put {
                 call.arg("+").arg(format!("{folder}/{stem}")).arg(text);
             }
@@ -376,10 +380,14 @@ fn pairs(flat: Vec<String>) -> impl Iterator<Item = Field> {
 /// name, so never a path outside those folders) is returned as the error.
 fn with_fields(mut texts: Texts, fields: impl IntoIterator<Item = Field>) -> Result<Texts, String> {
     for (k, v) in fields {
-        let (map, stem) = match (k.strip_prefix("tenants/"), k.strip_prefix("templates/")) {
-            (Some(id), _) => (&mut texts.tenants, id),
-            (_, Some(name)) => (&mut texts.templates, name),
-            _ => return Err(k),
+        let (map, stem) = if let Some(id) = k.strip_prefix("tenants/") {
+            (&mut texts.tenants, id)
+        } else if let Some(name) = k.strip_prefix("templates/") {
+            (&mut texts.templates, name)
+        } else if let Some(name) = k.strip_prefix("rollouts/") {
+            (&mut texts.rollouts, name)
+        } else {
+            return Err(k);
         };
         if !crate::config::valid_tenant_id(stem) {
             return Err(k);
@@ -497,13 +505,13 @@ impl Registry {
                     tracing::error!(
                         version,
                         field,
-                        "shared registry refused on this replica: a field is not tenants/<id> or templates/<name>"
+                        "shared registry refused on this replica: a field is not tenants/<id>, templates/<name> or rollouts/<name>"
                     );
                 }
                 return Err(StoreError::Refused(version));
             }
         };
-        if texts.tenants == live.tenants && texts.templates == live.templates {
+        if texts.tenants == live.tenants && texts.templates == live.templates && texts.rollouts == live.rollouts {
             store.set_synced(version);
             return Ok(false);
         }

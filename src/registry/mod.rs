@@ -8,6 +8,7 @@
 
 pub mod edge;
 mod fleet;
+pub mod rollouts;
 mod snapshot;
 mod versions;
 mod views;
@@ -213,7 +214,11 @@ impl Registry {
         // Fleet mode: a hand edit of tenant files is a write to the shared
         // registry, unless the registry moved on since (then it wins).
         let shared = match self.store.get() {
-            Some(store) if texts.tenants != live.tenants || texts.templates != live.templates => {
+            Some(store)
+                if texts.tenants != live.tenants
+                    || texts.templates != live.templates
+                    || texts.rollouts != live.rollouts =>
+            {
                 let lock = store.lock()?;
                 let synced = self.sync_locked(store, true);
                 store.mark(&synced);
@@ -297,6 +302,11 @@ impl Registry {
                 self.metrics.forget_tenant(id);
             }
         }
+        for r in &old.config.rollouts {
+            if !new.config.rollouts.iter().any(|n| n.name == r.name) {
+                self.metrics.rollouts.forget(&r.name);
+            }
+        }
         for p in &old.pools {
             let kept = new.pools.iter().find(|n| n.name == p.name);
             if kept.is_none() {
@@ -329,4 +339,7 @@ fn publish_gauges(metrics: &Metrics, snap: &Snapshot) {
     metrics.config_generation.set(snap.generation as i64);
     metrics.tenants.set(snap.tenants.len() as i64);
     metrics.domains.set(snap.table.len() as i64);
+    for r in &snap.config.rollouts {
+        metrics.rollouts.set_percent(&r.name, r.moved_percent());
+    }
 }

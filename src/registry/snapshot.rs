@@ -37,6 +37,8 @@ pub struct Tenant {
     pub jwt: Option<Arc<Verifier>>,
     /// Remove the claimed path prefix toward the backend.
     pub strip_prefix: bool,
+    /// The counters of the tenant's side of its rollout, if it is a candidate.
+    pub cohort: Option<crate::telemetry::rollouts::CohortCounters>,
 }
 
 /// One generation of live state.
@@ -189,7 +191,11 @@ impl Snapshot {
                 Tenant {
                     // Tenant ids are validated to [a-z0-9_-], always a valid header value.
                     header_value: HeaderValue::from_str(&spec.id).unwrap_or(HeaderValue::from_static("invalid")),
-                    pool: spec.pool,
+                    pool: spec.serving_pool(&config.rollouts),
+                    cohort: spec.cohort.and_then(|c| {
+                        let r = config.rollouts.get(c.rollout as usize)?;
+                        Some(metrics.rollouts.cohort(&r.name, c.moved))
+                    }),
                     counters: if labelled {
                         metrics.tenant(&spec.id)
                     } else {

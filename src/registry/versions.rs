@@ -29,6 +29,9 @@ pub struct Version {
     /// Template files by name (absent in versions written before templates).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub templates: BTreeMap<String, FileChange>,
+    /// Rollout files by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rollouts: BTreeMap<String, FileChange>,
     pub main: Option<FileChange>,
     /// The main file changed but was too big to keep (see [`MAX_KEPT_MAIN`]).
     #[serde(default)]
@@ -71,6 +74,7 @@ impl Versions {
         // 100,000-tenant import is neither copied nor held as one string.
         let tenants = changes(&old.tenants, &new.tenants);
         let templates = changes(&old.templates, &new.templates);
+        let rollouts = changes(&old.rollouts, &new.rollouts);
         let main_changed = old.main != new.main;
         let main_not_kept = main_changed && old.main.len().max(new.main.len()) > MAX_KEPT_MAIN;
         let main = (main_changed && !main_not_kept).then(|| ChangeRef {
@@ -86,6 +90,7 @@ impl Versions {
             who,
             tenants,
             templates,
+            rollouts,
             main,
             main_not_kept,
         };
@@ -148,6 +153,7 @@ impl Versions {
             }
             undo(&mut texts.tenants, v.tenants);
             undo(&mut texts.templates, v.templates);
+            undo(&mut texts.rollouts, v.rollouts);
             if let Some(FileChange { before: Some(main), .. }) = v.main {
                 texts.main = main;
             }
@@ -165,6 +171,8 @@ struct VersionRef<'a> {
     tenants: BTreeMap<&'a str, ChangeRef<'a>>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     templates: BTreeMap<&'a str, ChangeRef<'a>>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    rollouts: BTreeMap<&'a str, ChangeRef<'a>>,
     main: Option<ChangeRef<'a>>,
     main_not_kept: bool,
 }
@@ -213,6 +221,7 @@ mod tests {
             main: main.to_string(),
             tenants: tenants.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             templates: BTreeMap::new(),
+            rollouts: BTreeMap::new(),
         }
     }
 

@@ -34,7 +34,11 @@ impl BackgroundService for ConfigWatcher {
         if !snap.config.admin.tokens.is_empty() {
             // The admin API writes there; watch them from the start so hand
             // edits of files it creates are seen too.
-            for dir in [crate::config::tenants_dir(&path), crate::config::templates_dir(&path)] {
+            for dir in [
+                crate::config::tenants_dir(&path),
+                crate::config::templates_dir(&path),
+                crate::config::rollouts_dir(&path),
+            ] {
                 if let Err(e) = std::fs::create_dir_all(&dir) {
                     tracing::warn!(error = %e, dir = %dir.display(), "cannot create the folder");
                 }
@@ -71,6 +75,9 @@ impl BackgroundService for ConfigWatcher {
                             (Some(c), Event::Template(stem)) => {
                                 c.templates.insert(stem);
                             }
+                            (Some(c), Event::Rollout(stem)) => {
+                                c.rollouts.insert(stem);
+                            }
                             (_, Event::Unknown) => changed = None,
                             (None, _) => {}
                         }
@@ -95,6 +102,7 @@ enum Event {
     Main,
     Tenant(String),
     Template(String),
+    Rollout(String),
     /// Events may have been lost: read every file.
     Unknown,
 }
@@ -110,7 +118,11 @@ fn watch_file(path: PathBuf, tx: mpsc::UnboundedSender<Event>) -> notify::Result
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(PathBuf::from("."));
     let name = path.file_name().map(|n| n.to_os_string());
-    let folders = [crate::config::tenants_dir(&path), crate::config::templates_dir(&path)];
+    let folders = [
+        crate::config::tenants_dir(&path),
+        crate::config::templates_dir(&path),
+        crate::config::rollouts_dir(&path),
+    ];
     let folders_for_events = folders.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let event = match res {
@@ -137,8 +149,11 @@ fn watch_file(path: PathBuf, tx: mpsc::UnboundedSender<Event>) -> notify::Result
                     Some(stem) if i == 0 => {
                         let _ = tx.send(Event::Tenant(stem.to_string()));
                     }
-                    Some(stem) => {
+                    Some(stem) if i == 1 => {
                         let _ = tx.send(Event::Template(stem.to_string()));
+                    }
+                    Some(stem) => {
+                        let _ = tx.send(Event::Rollout(stem.to_string()));
                     }
                     None => {
                         let _ = tx.send(Event::Unknown);

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use super::fleet::StoreError;
 use super::{Changes, Registry, Snapshot, VersionError};
 use crate::config::file::{TemplateSection, TenantSection};
-use crate::config::{templates_dir, LoadError, Texts};
+use crate::config::rollouts::RolloutSection;
+use crate::config::{rollouts_dir, templates_dir, LoadError, Texts};
 
 /// One change to the tenant or template files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +24,10 @@ pub enum TenantEdit {
     PutTemplate(String, Box<TemplateSection>),
     /// Remove `templates/<name>.toml`.
     DeleteTemplate(String),
+    /// Create or replace `rollouts/<name>.toml`.
+    PutRollout(String, Box<RolloutSection>),
+    /// Remove `rollouts/<name>.toml`.
+    DeleteRollout(String),
 }
 
 impl TenantEdit {
@@ -31,7 +36,7 @@ impl TenantEdit {
         match self {
             TenantEdit::Put(t) => Some(&t.id),
             TenantEdit::Delete(id) => Some(id),
-            TenantEdit::PutTemplate(..) | TenantEdit::DeleteTemplate(_) => None,
+            _ => None,
         }
     }
 
@@ -39,7 +44,7 @@ impl TenantEdit {
     pub fn template(&self) -> Option<&str> {
         match self {
             TenantEdit::PutTemplate(name, _) | TenantEdit::DeleteTemplate(name) => Some(name),
-            TenantEdit::Put(_) | TenantEdit::Delete(_) => None,
+            _ => None,
         }
     }
 }
@@ -226,7 +231,8 @@ impl Rendered {
         let texts = crate::map_parallel(&edits, |e| match e {
             TenantEdit::Put(t) => tenant_file(t).map(Some),
             TenantEdit::PutTemplate(name, t) => template_file(name, t).map(Some),
-            TenantEdit::Delete(_) | TenantEdit::DeleteTemplate(_) => Ok(None),
+            TenantEdit::PutRollout(name, r) => rollout_file(name, r).map(Some),
+            TenantEdit::Delete(_) | TenantEdit::DeleteTemplate(_) | TenantEdit::DeleteRollout(_) => Ok(None),
         })
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?;
@@ -238,7 +244,8 @@ impl Rendered {
             let now = match &edit {
                 TenantEdit::Put(t) => live.tenants.get(&t.id),
                 TenantEdit::PutTemplate(name, _) => live.templates.get(name),
-                TenantEdit::Delete(_) | TenantEdit::DeleteTemplate(_) => None,
+                TenantEdit::PutRollout(name, _) => live.rollouts.get(name),
+                TenantEdit::Delete(_) | TenantEdit::DeleteTemplate(_) | TenantEdit::DeleteRollout(_) => None,
             };
             if text.is_some() && now == text.as_ref() {
                 continue;
@@ -272,8 +279,14 @@ fn edited(live: &Texts, edits: Rendered) -> Texts {
             (TenantEdit::DeleteTemplate(name), _) => {
                 texts.templates.remove(&name);
             }
+            (TenantEdit::PutRollout(name, _), Some(text)) => {
+                texts.rollouts.insert(name, text);
+            }
+            (TenantEdit::DeleteRollout(name), _) => {
+                texts.rollouts.remove(&name);
+            }
             // Rendered::of gives every put its text.
-            (TenantEdit::Put(_) | TenantEdit::PutTemplate(..), None) => {}
+            (TenantEdit::Put(_) | TenantEdit::PutTemplate(..) | TenantEdit::PutRollout(..), None) => {}
         }
     }
     texts
@@ -295,6 +308,14 @@ pub fn template_file(name: &str, t: &TemplateSection) -> Result<String, WriteErr
     })
 }
 
+/// The text of `rollouts/<name>.toml`.
+pub fn rollout_file(name: &str, r: &RolloutSection) -> Result<String, WriteError> {
+    toml::to_string(r).map_err(|e| WriteError::Serialize {
+        what: format!("rollout {name}"),
+        message: e.to_string(),
+    })
+}
+
 /// The files one write changes: written first as a journal, so that a
 /// crash part way through a batch is finished at the next start; in fleet
 /// mode, also what a write commits to the shared registry.
@@ -307,6 +328,8 @@ pub(super) struct Batch<'a> {
     pub(super) tenants: FolderChange<'a>,
     #[serde(default)]
     pub(super) templates: FolderChange<'a>,
+    #[serde(default)]
+    pub(super) rollouts: FolderChange<'a>,
 }
 
 impl<'a> Batch<'a> {
@@ -316,6 +339,7 @@ impl<'a> Batch<'a> {
             main: (old.main != new.main).then_some(Cow::Borrowed(new.main.as_str())),
             tenants: FolderChange::between(&old.tenants, &new.tenants),
             templates: FolderChange::between(&old.templates, &new.templates),
+            rollouts: FolderChange::between(&old.rollouts, &new.rollouts),
         }
     }
 }
@@ -412,7 +436,8 @@ pub(super) fn persist(main: &Path, dir: &Path, old: &Texts, new: &Texts) -> Resu
 /// waits for it before it touches a file ([`settle`]).
 fn persist_batch(main: &Path, dir: &Path, batch: &Batch) -> Result<(), WriteError> {
     settle()?;
-    let files = batch.tenants.files() + batch.templates.files() + usize::from(batch.main.is_some());
+    let files =
+        batch.tenants.files() + batch.templates.files() + batch.rollouts.files() + usize::from(batch.main.is_some());
     let journal = journal(dir);
     if files > 1 {
         std::fs::create_dir_all(dir).map_err(fail(dir))?;
@@ -479,7 +504,8 @@ fn apply(main: &Path, batch: &Batch, durable: bool) -> Result<(), WriteError> {
         write_file(main, text.as_bytes(), durable)?;
     }
     batch.tenants.apply(&crate::config::tenants_dir(main), durable)?;
-    batch.templates.apply(&templates_dir(main), durable)
+    batch.templates.apply(&templates_dir(main), durable)?;
+    batch.rollouts.apply(&rollouts_dir(main), durable)
 }
 
 /// Flushes the batch's files to disk, then removes its journal.

@@ -4,6 +4,7 @@
 
 pub mod backends;
 mod endpoint;
+pub mod rollouts;
 pub mod spread;
 pub mod top;
 
@@ -123,6 +124,7 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     /// Upstream health and retries.
     pub backends: backends::BackendMetrics,
+    pub rollouts: rollouts::RolloutMetrics,
     pub config_generation: IntGauge,
     reloads: IntCounterVec,
     pub config_last_reload_success: IntGauge,
@@ -483,8 +485,10 @@ impl Metrics {
         let top_k = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(top::DEFAULT_K));
         registry.register(Box::new(top::Collector::new(top.clone(), top_k.clone())?))?;
         let backends = backends::BackendMetrics::new(&registry)?;
+        let rollouts = rollouts::RolloutMetrics::new(&registry)?;
         Ok(Metrics {
             backends,
+            rollouts,
             registry,
             requests,
             duration,

@@ -1,0 +1,199 @@
+//! Rollouts as the registry changes them: the section a change starts from,
+//! the promote and rollback steps (each a registry version), and
+//! `RolloutGuard`, the background service that rolls a rollout back by
+//! itself when its cohort's 5xx rate exceeds the rest's by the margin.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+
+use super::{Registry, Rendered, Snapshot, TenantEdit, WriteError};
+use crate::config::rollouts::{Rollout, RolloutSection, RolloutState};
+use crate::config::Texts;
+use crate::telemetry::Metrics;
+
+/// The rollout `name` as it stands: its file's section, else the main
+/// file's; with whether it comes from the main file.
+pub fn current(texts: &Texts, snap: &Snapshot, name: &str) -> Option<(RolloutSection, bool)> {
+    if let Some(text) = texts.rollouts.get(name) {
+        return toml::from_str(text).ok().map(|s| (s, false));
+    }
+    snap.config
+        .rollouts
+        .iter()
+        .find(|r| r.name == name && r.in_main_file)
+        .map(|r| (r.section.clone(), true))
+}
+
+/// The section after a promotion to `percent`: active, no reason.
+pub fn promoted(s: &RolloutSection, percent: u8) -> RolloutSection {
+    RolloutSection {
+        percent,
+        state: None,
+        reason: None,
+        ..s.clone()
+    }
+}
+
+/// The section rolled back: nobody moved; the share reached is kept, so
+/// the record shows how far it got.
+pub fn rolled_back(s: &RolloutSection, reason: String) -> RolloutSection {
+    RolloutSection {
+        state: Some(RolloutState::RolledBack.as_str().to_string()),
+        reason: Some(reason),
+        ..s.clone()
+    }
+}
+
+/// One sample of a rollout's counters.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    moved: (u64, u64),
+    rest: (u64, u64),
+}
+
+/// The samples of one rollout at one share.
+#[derive(Debug)]
+struct Window {
+    percent: u8,
+    samples: VecDeque<Sample>,
+}
+
+/// What a window shows: rates in percent, and the cohort's requests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verdict {
+    pub moved_requests: u64,
+    pub moved_rate: f64,
+    pub rest_rate: f64,
+}
+
+/// Whether `v` calls for a rollback under `r`'s settings.
+pub fn exceeds(r: &Rollout, v: &Verdict) -> bool {
+    match &r.auto_rollback {
+        Some(a) => v.moved_requests >= a.min_requests && v.moved_rate - v.rest_rate > f64::from(a.margin_percent),
+        None => false,
+    }
+}
+
+fn rate(errors: u64, requests: u64) -> f64 {
+    if requests == 0 {
+        0.0
+    } else {
+        errors as f64 * 100.0 / requests as f64
+    }
+}
+
+/// Watches every active rollout with automatic rollback, once a second.
+pub struct RolloutGuard {
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// How often the guard samples.
+const TICK: Duration = Duration::from_secs(1);
+
+#[async_trait]
+impl BackgroundService for RolloutGuard {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut windows: HashMap<String, Window> = HashMap::new();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let snap = self.registry.snapshot();
+            windows.retain(|name, _| snap.config.rollouts.iter().any(|r| &r.name == name));
+            for r in &snap.config.rollouts {
+                let Some(a) = r.auto_rollback else { continue };
+                if r.moved_percent() == 0 {
+                    windows.remove(&r.name);
+                    continue;
+                }
+                let read = |moved: bool| {
+                    let c = self.metrics.rollouts.cohort(&r.name, moved);
+                    (c.requests.get(), c.errors.get())
+                };
+                let sample = Sample {
+                    at: Instant::now(),
+                    moved: read(true),
+                    rest: read(false),
+                };
+                let w = windows.entry(r.name.clone()).or_insert_with(|| Window {
+                    percent: r.moved_percent(),
+                    samples: VecDeque::new(),
+                });
+                // A new step starts a new window.
+                if w.percent != r.moved_percent() {
+                    w.percent = r.moved_percent();
+                    w.samples.clear();
+                }
+                w.samples.push_back(sample);
+                while w.samples.len() > 1
+                    && w.samples
+                        .front()
+                        .is_some_and(|s| sample.at.duration_since(s.at) > a.window)
+                {
+                    w.samples.pop_front();
+                }
+                let Some(first) = w.samples.front().copied() else {
+                    continue;
+                };
+                let moved = (sample.moved.0 - first.moved.0, sample.moved.1 - first.moved.1);
+                let rest = (sample.rest.0 - first.rest.0, sample.rest.1 - first.rest.1);
+                let v = Verdict {
+                    moved_requests: moved.0,
+                    moved_rate: rate(moved.1, moved.0),
+                    rest_rate: rate(rest.1, rest.0),
+                };
+                if !exceeds(r, &v) {
+                    continue;
+                }
+                let reason = format!(
+                    "automatic rollback at {} %: cohort 5xx rate {:.1} % against {:.1} % for the rest over {} requests in {} s (margin {} points)",
+                    r.moved_percent(),
+                    v.moved_rate,
+                    v.rest_rate,
+                    v.moved_requests,
+                    a.window.as_secs(),
+                    a.margin_percent
+                );
+                let (registry, name, percent) = (self.registry.clone(), r.name.clone(), r.moved_percent());
+                let why = reason.clone();
+                let done = tokio::task::spawn_blocking(move || {
+                    registry.write(false, "auto-rollback", |texts, snap| {
+                        let mut edits = Vec::new();
+                        if let Some((s, _)) = current(texts, snap, &name) {
+                            // Only the step that failed: a change meanwhile wins.
+                            let live = snap.config.rollouts.iter().find(|r| r.name == name);
+                            if live.is_some_and(|l| l.moved_percent() == percent) {
+                                edits.push(TenantEdit::PutRollout(name.clone(), Box::new(rolled_back(&s, why))));
+                            }
+                        }
+                        Rendered::of(texts, edits)
+                    })
+                })
+                .await;
+                windows.remove(&r.name);
+                match done {
+                    Ok(Ok(Some(w))) if !w.unchanged => {
+                        self.metrics.rollouts.rolled_back(&r.name);
+                        tracing::warn!(rollout = %r.name, generation = w.generation, %reason, "rollout rolled back");
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        let e: WriteError = e;
+                        tracing::error!(rollout = %r.name, error = %e, %reason, "automatic rollback failed; will try again");
+                    }
+                    Err(e) => tracing::error!(rollout = %r.name, error = %e, "automatic rollback task failed"),
+                }
+            }
+        }
+    }
+}
