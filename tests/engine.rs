@@ -1251,6 +1251,23 @@ async fn requests_other_parsers_autocorrect_are_refused_and_never_forwarded() {
 }
 
 #[tokio::test]
+async fn a_request_refused_as_unparsable_is_logged_with_its_client_address() {
+    let f = fixture().await;
+    let mut c = Client::connect(&f.gw).await;
+    let me = c.conn.local_addr().expect("local addr");
+    c.send("Extra lineGET / HTTP/1.1\r\nHost: a.example\r\n\r\n").await;
+    let (head, _) = c.response(0).await;
+    assert_eq!(raw_status(&head), 400, "{head}");
+    let client = format!("client={me}");
+    let log = f.gw.log_with(&["reason=\"bad_request\""]).await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("reason=\"bad_request\""))
+        .unwrap_or_else(|| panic!("no access line for the refused request:\n{log}"));
+    assert!(line.contains(&client), "{line}");
+}
+
+#[tokio::test]
 async fn a_listener_at_max_connections_closes_new_connections_at_once() {
     let backend = scripted().await;
     let echo = backend_echo().await;
