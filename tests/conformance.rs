@@ -36,6 +36,10 @@ use tokio::net::{TcpListener, TcpStream};
 /// The version `scripts/dev setup` builds.
 const H2SPEC_VERSION: &str = "2.6.0";
 
+/// One suite at a time: h1spec gives each answer 500 ms (its own rule),
+/// so it does not run beside an h2spec run of this binary.
+static ONE_SUITE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Answered to a request without a body.
 const NO_BODY: &[u8] = b"tenantgate conformance backend: this request had no body\n";
 
@@ -198,6 +202,7 @@ fn h2spec_summary(out: &str) -> Option<H2specSummary> {
 /// Runs h2spec against the gateway's TLS listener; fails unless every one
 /// of `cases` passed.
 async fn h2spec(gw: &Gateway, strict: bool, cases: u32) {
+    let _one = ONE_SUITE.lock().await;
     let bin = tool("h2spec");
     let (_, version) = run({
         let mut c = Command::new(&bin);
@@ -263,12 +268,16 @@ async fn h2spec_passes_every_case_over_tls_with_an_h2c_backend() {
 #[tokio::test]
 async fn h1spec_passes_every_case_on_the_plain_listener() {
     let gw = gateway(http1_backend().await, false).await;
+    // Deno's module cache, of this run only.
+    let cache = tempfile::tempdir().expect("tempdir");
     let mut cmd = Command::new(tool("deno"));
     cmd.args(["run", "--allow-net"])
         .arg(h1spec_script())
         .args(["127.0.0.1", &gw.http.port().to_string()])
+        .env("DENO_DIR", cache.path())
         .env("DENO_NO_UPDATE_CHECK", "1")
         .env("NO_COLOR", "1");
+    let _one = ONE_SUITE.lock().await;
     let (ok, out) = run(cmd).await;
     assert_eq!(
         h1spec_summary(&out),
