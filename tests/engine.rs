@@ -773,6 +773,15 @@ async fn h2_request(addr: SocketAddr, root_pem: &[u8], sni: &str, uri: &str, chu
 /// An HTTP/2 connection (TLS with SNI `sni`, ALPN h2), driven in the
 /// background.
 async fn h2_connect(addr: SocketAddr, root_pem: &[u8], sni: &str) -> h2::client::SendRequest<bytes::Bytes> {
+    let (h2, conn) = h2::client::handshake(tls_h2(addr, root_pem, sni).await)
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    h2
+}
+
+/// A TLS connection with SNI `sni` that negotiated ALPN h2, for raw frames.
+async fn tls_h2(addr: SocketAddr, root_pem: &[u8], sni: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
     use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(root_pem) {
@@ -791,9 +800,8 @@ async fn h2_connect(addr: SocketAddr, root_pem: &[u8], sni: &str) -> h2::client:
         .connect(name, tcp)
         .await
         .expect("tls");
-    let (h2, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
-    tokio::spawn(conn);
-    h2
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    tls
 }
 
 #[tokio::test]
@@ -1243,6 +1251,23 @@ async fn requests_other_parsers_autocorrect_are_refused_and_never_forwarded() {
 }
 
 #[tokio::test]
+async fn a_request_refused_as_unparsable_is_logged_with_its_client_address() {
+    let f = fixture().await;
+    let mut c = Client::connect(&f.gw).await;
+    let me = c.conn.local_addr().expect("local addr");
+    c.send("Extra lineGET / HTTP/1.1\r\nHost: a.example\r\n\r\n").await;
+    let (head, _) = c.response(0).await;
+    assert_eq!(raw_status(&head), 400, "{head}");
+    let client = format!("client={me}");
+    let log = f.gw.log_with(&["reason=\"bad_request\""]).await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("reason=\"bad_request\""))
+        .unwrap_or_else(|| panic!("no access line for the refused request:\n{log}"));
+    assert!(line.contains(&client), "{line}");
+}
+
+#[tokio::test]
 async fn a_listener_at_max_connections_closes_new_connections_at_once() {
     let backend = scripted().await;
     let echo = backend_echo().await;
@@ -1312,6 +1337,55 @@ async fn http2_relays_response_trailers_and_drops_underscored_and_spoofed_header
     assert!(
         !text.contains("evil") && !text.contains("6.6.6.6") && !text.contains("x_custom"),
         "{text}"
+    );
+}
+
+#[tokio::test]
+async fn http2_ping_acks_nobody_asked_for_are_ignored_without_a_log_line_each() {
+    let (gw, root, _backend) = tls_fixture().await;
+    let mut tls = tls_h2(gw.https, &root, "a.example").await;
+    // 9-byte frame headers: length, type, flags, stream 0.
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec();
+    for _ in 0..2000 {
+        out.extend_from_slice(b"\x00\x00\x08\x06\x01\x00\x00\x00\x00unasked!");
+    }
+    // Then a PING of our own: its ACK comes after every frame before it
+    // was handled (and logged, if it were).
+    out.extend_from_slice(b"\x00\x00\x08\x06\x00\x00\x00\x00\x00ours0001");
+    tls.write_all(&out).await.expect("write frames");
+    // (type, flags, payload) of each whole frame the gateway sent.
+    let frames = |buf: &[u8]| {
+        let mut frames = Vec::new();
+        let mut rest = buf;
+        while rest.len() >= 9 {
+            let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+            if rest.len() < 9 + len {
+                break;
+            }
+            frames.push((rest[3], rest[4], rest[9..9 + len].to_vec()));
+            rest = &rest[9 + len..];
+        }
+        frames
+    };
+    let mut got = Vec::new();
+    let our_ack = (6u8, 1u8, b"ours0001".to_vec());
+    while !frames(&got).contains(&our_ack) {
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            other => panic!("no answer to our PING ({other:?}); frames: {:?}", frames(&got)),
+        }
+    }
+    // Unsolicited ACKs are ignored (RFC 9113 §6.7): no GOAWAY, and only
+    // our PING was acknowledged.
+    let frames = frames(&got);
+    assert!(frames.iter().all(|f| f.0 != 7), "{frames:?}");
+    assert_eq!(frames.iter().filter(|f| f.0 == 6).count(), 1, "{frames:?}");
+    let log = gw.log();
+    assert_eq!(
+        log.matches("PING ack").count(),
+        0,
+        "a log line per client frame:\n{log}"
     );
 }
 

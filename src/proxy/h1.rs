@@ -106,6 +106,7 @@ pub(super) async fn serve(policy: &Policy, io: Stream, facts: &ConnFacts, shutdo
             }
             Parsed::Bad(rejection, body) => {
                 let mut o = Outcome::begin("", "");
+                o.client = conn.facts.peer;
                 let a = policy.refuse(rejection, body, &mut o);
                 o.status = a.status;
                 write_answer(&mut conn.out, &a, true, false);

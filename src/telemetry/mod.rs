@@ -634,9 +634,10 @@ impl Metrics {
 }
 
 /// Installs the global tracing subscriber. `RUST_LOG` overrides the level
-/// (default `info`). Logs go to stderr.
+/// (default `info`; see [`log_filter`]). Logs go to stderr.
 pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let spec = log_filter(std::env::var(EnvFilter::DEFAULT_ENV).ok().as_deref());
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new(log_filter(None)));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -648,5 +649,43 @@ pub fn init_logging(format: LogFormat) {
     };
     if let Err(e) = result {
         eprintln!("tenantgate: logging already initialised: {e}");
+    }
+}
+
+/// The filter directives for `RUST_LOG`'s value (`info` when unset or
+/// empty), with the `h2` crate held to errors unless the value names it.
+/// h2 logs some of the peer's protocol behaviour at `warn`, one line for
+/// each unsolicited PING acknowledgement: 17 bytes from a client, without
+/// bound on one connection, made a line of about 150 (found reading the
+/// gateway's log after h2spec's PING cases). Those are the client's doing,
+/// not the operator's to act on; `RUST_LOG=info,h2=warn` brings them back.
+pub fn log_filter(rust_log: Option<&str>) -> String {
+    let spec = rust_log.map(str::trim).filter(|s| !s.is_empty()).unwrap_or("info");
+    let names_h2 = spec.split(',').any(|directive| {
+        let target = directive.split(['=', '[']).next().unwrap_or("").trim();
+        target == "h2" || target.starts_with("h2::")
+    });
+    match names_h2 {
+        true => spec.to_string(),
+        false => format!("{spec},h2=error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn h2_is_held_to_errors_unless_rust_log_names_it() {
+        assert_eq!(log_filter(None), "info,h2=error");
+        assert_eq!(log_filter(Some("  ")), "info,h2=error");
+        assert_eq!(log_filter(Some("debug")), "debug,h2=error");
+        assert_eq!(log_filter(Some("info,h2=warn")), "info,h2=warn");
+        assert_eq!(log_filter(Some("h2::proto[span]=trace")), "h2::proto[span]=trace");
+        // A target that only starts with the letters is another crate.
+        assert_eq!(log_filter(Some("h2o=debug")), "h2o=debug,h2=error");
+        for spec in [None, Some("debug"), Some("tenantgate=debug")] {
+            assert!(tracing_subscriber::EnvFilter::try_new(log_filter(spec)).is_ok());
+        }
     }
 }
