@@ -29,6 +29,7 @@ impl Call {
                     "who": v.who,
                     "tenants": v.tenants.keys().collect::<Vec<_>>(),
                     "templates": v.templates.keys().collect::<Vec<_>>(),
+                    "rollouts": v.rollouts.keys().collect::<Vec<_>>(),
                     "main_file": v.main.is_some() || v.main_not_kept,
                 })
             })
