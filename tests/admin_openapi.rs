@@ -249,6 +249,10 @@ dns_timeout_ms = 300
 upstreams = ["{}"]
 region = "eu"
 
+[pools.p2]
+upstreams = ["{}"]
+region = "eu"
+
 [[admin.tokens]]
 name = "ops"
 scope = "operator"
@@ -264,6 +268,7 @@ id = "stable"
 domains = ["stable.example.com"]
 pool = "p"
 "#,
+        p.addr,
         p.addr,
         hash_hex(OPS),
         hash_hex(ACME)
@@ -330,6 +335,50 @@ pool = "p"
     w.call("GET", pt, "/v1/pools/p", op, None, &[], 200).await;
     w.call("GET", pt, "/v1/pools/none", op, None, &[], 404).await;
     w.call("GET", pt, "/v1/pools/p", Some(ACME), None, &[], 403).await;
+
+    // Rollouts: each change a version, a preview changes nothing.
+    let rt = "/v1/rollouts/{name}";
+    let r = json!({"from": "p", "to": "p2", "steps": [5, 100], "auto_rollback": {"window_secs": 30}});
+    w.call(
+        "PUT",
+        rt,
+        "/v1/rollouts/r?dry_run=true",
+        op,
+        Some((J, r.clone())),
+        &[],
+        200,
+    )
+    .await;
+    w.call("GET", rt, "/v1/rollouts/r", op, None, &[], 404).await;
+    w.call("PUT", rt, "/v1/rollouts/r", op, Some((J, r.clone())), &[], 201)
+        .await;
+    w.call(
+        "PUT",
+        rt,
+        "/v1/rollouts/r",
+        op,
+        Some((J, json!({"from": "p", "to": "p"}))),
+        &[],
+        422,
+    )
+    .await;
+    w.call("GET", "/v1/rollouts", "/v1/rollouts", op, None, &[], 200).await;
+    w.call("GET", "/v1/rollouts", "/v1/rollouts", Some(ACME), None, &[], 403)
+        .await;
+    w.call("GET", rt, "/v1/rollouts/r", op, None, &[], 200).await;
+    let pr = "/v1/rollouts/{name}/promote";
+    w.call("POST", pr, "/v1/rollouts/r/promote?dry_run=true", op, None, &[], 200)
+        .await;
+    w.call("POST", pr, "/v1/rollouts/r/promote", op, None, &[], 200).await;
+    w.call("POST", pr, "/v1/rollouts/r/promote?percent=5", op, None, &[], 409)
+        .await;
+    w.call("POST", pr, "/v1/rollouts/r/promote?percent=101", op, None, &[], 400)
+        .await;
+    w.call("POST", pr, "/v1/rollouts/none/promote", op, None, &[], 404)
+        .await;
+    let rb = "/v1/rollouts/{name}/rollback";
+    w.call("POST", rb, "/v1/rollouts/r/rollback", op, None, &[], 200).await;
+    w.call("DELETE", rt, "/v1/rollouts/r", op, None, &[], 204).await;
 
     let id = "/v1/tenants/{id}";
     let acme = json!({"domains": ["a.acme.com"], "template": "basic", "labels": {"region": "eu"},

@@ -295,3 +295,53 @@ async fn replicas_share_the_registry_and_limits_over_tls_to_redis() {
     );
     assert_eq!(routed(&b, "app.acme.com").await, (200, Some("acme".into()), "q".into()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollout_step_through_one_replica_moves_the_tenants_on_every_replica() {
+    let redis = Redis::start();
+    let (p, q) = (backend("p").await, backend("q").await);
+    let (a, b) = two_replicas(&config(&p, &q, &redis.url())).await;
+    for id in ["t1", "t2"] {
+        let r = put(&a, id, json!({"domains": [format!("{id}.example")], "pool": "p"})).await;
+        assert_eq!(r.status, 201, "{:?}", r.json);
+    }
+    time_until(&b, "t2.example", 200, Duration::from_secs(5)).await;
+    assert_eq!(routed(&b, "t1.example").await.2, "p");
+
+    // A rollout of t1 made on A: B serves t1 from q, t2 stays on p.
+    let body = json!({"from": "p", "to": "q", "tenants": ["t1"], "percent": 100});
+    let r = a.admin_call("PUT", "/v1/rollouts/r", Some(OPS), Some(&body), &[]).await;
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    let start = Instant::now();
+    while routed(&b, "t1.example").await.2 != "q" {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "B never moved t1; log:\n{}",
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!("rollout PUT on A to t1 served from q on B: {:?}", start.elapsed());
+    assert_eq!(routed(&b, "t2.example").await.2, "p");
+    assert!(
+        b.dir().join("rollouts/r.toml").exists(),
+        "B keeps the rollout as its copy"
+    );
+
+    // Rolled back through B: A serves t1 from p again.
+    let r = b
+        .admin_call("POST", "/v1/rollouts/r/rollback", Some(OPS), None, &[])
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    let start = Instant::now();
+    while routed(&a, "t1.example").await.2 != "p" {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "A never moved t1 back; log:\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let on_a = a.admin_call("GET", "/v1/rollouts/r", Some(OPS), None, &[]).await;
+    assert_eq!(on_a.json["state"], "rolled_back", "{:?}", on_a.json);
+}
