@@ -154,6 +154,29 @@ async fn events(gw: &Gateway) -> Vec<(u64, String, String, String)> {
         .collect()
 }
 
+/// The ids and types of the events `gw` serves as server-sent events.
+async fn sse(gw: &Gateway) -> Vec<(u64, String)> {
+    let resp = reqwest::Client::new()
+        .get(format!("http://{}/v1/events?after=0&limit=1000&wait=0", gw.admin))
+        .bearer_auth(OPS)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("sse");
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.expect("sse body");
+    let mut out = Vec::new();
+    let mut id = None;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("id: ") {
+            id = v.parse::<u64>().ok();
+        } else if let (Some(kind), Some(i)) = (line.strip_prefix("event: "), id) {
+            out.push((i, kind.to_string()));
+        }
+    }
+    out
+}
+
 fn count(events: &[(u64, String, String, String)], kind: &str, tenant: &str, name: &str) -> usize {
     events
         .iter()
@@ -272,7 +295,10 @@ async fn a_squatter_fails_on_every_replica_and_every_replica_serves_the_same_eve
     // Tenant a's token claims b's name on replica 1.
     let r = call(r1, "PUT", &format!("/v1/tenants/a/domains/{name}"), A).await;
     assert_eq!(r.status, 202, "{:?}", r.json);
+    let claimed = Instant::now();
     let a_token = r.json["token"].as_str().expect("token").to_string();
+    wait_state(r3, name, OPS, "pending").await;
+    eprintln!("claim on replica 1 to pending on replica 3: {:?}", claimed.elapsed());
     // Every replica knows the claim (same token) and refuses the name.
     for gw in [r1, r2, r3] {
         let v = wait_state(gw, name, OPS, "pending").await;
@@ -331,6 +357,10 @@ async fn a_squatter_fails_on_every_replica_and_every_replica_serves_the_same_eve
         let other = events(gw).await;
         assert_eq!(other[..log1.len()], log1[..], "replicas disagree on the event log");
     }
+    // The same as server-sent events, from another replica.
+    let streamed = sse(r2).await;
+    let want: Vec<(u64, String)> = log1.iter().map(|e| (e.0, e.1.clone())).collect();
+    assert_eq!(streamed[..want.len()], want[..], "SSE from replica 2 differs");
     let seqs: Vec<u64> = log1.iter().map(|e| e.0).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "ordered ids: {seqs:?}");
     // Each change is one event across the fleet, not one per replica.
@@ -378,10 +408,14 @@ async fn a_squatter_fails_on_every_replica_and_every_replica_serves_the_same_eve
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn one_replica_checks_each_claim_and_a_killed_checker_hands_over() {
-    let mut f = fleet(3, "").await;
+async fn one_replica_checks_each_claim_and_a_checker_killed_mid_check_hands_over() {
+    // The HTTP proof too, so that a check can be held in flight: the name
+    // resolves to 127.0.0.2, where nothing listens (refused at once) until
+    // the test listens there without answering.
+    let mut f = fleet(3, "methods = [\"txt\", \"http\"]\ndns_timeout_ms = 5000").await;
     let name = "shop.a-owned.example";
     let txt = format!("_tenantgate-challenge.{name}");
+    f.dns.add_a_record(name, "127.0.0.2").await;
     let r = call(&f.replicas[1], "PUT", &format!("/v1/tenants/a/domains/{name}"), A).await;
     assert_eq!(r.status, 202, "{:?}", r.json);
     let token = r.json["token"].as_str().expect("token").to_string();
@@ -398,26 +432,31 @@ async fn one_replica_checks_each_claim_and_a_killed_checker_hands_over() {
     .await;
     let holder = checker(&all).await;
     assert!(holder < 3, "nobody holds the checker lease");
-    // A stable reading: the claim's attempts, the checks each replica ran
-    // and the DNS server's TXT queries all agree.
+    // A stable reading (no check started or finished meanwhile): the
+    // claim's attempts, the checks each replica ran and the DNS server's
+    // TXT queries all agree, and only the lease holder checked.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let before = wait_state(&f.replicas[2], name, OPS, "pending").await["claims"][0]["attempts"]
-            .as_u64()
-            .unwrap_or(0);
-        let mut per_replica = Vec::new();
-        for gw in &all {
-            per_replica.push(gw.metric("tenantgate_domain_checks_total").await as u64);
-        }
+        let attempts = || async {
+            wait_state(&f.replicas[2], name, OPS, "pending").await["claims"][0]["attempts"]
+                .as_u64()
+                .unwrap_or(0)
+        };
+        let started = || async {
+            let mut per = Vec::new();
+            for gw in &all {
+                per.push(gw.metric("tenantgate_domain_checks_total").await as u64);
+            }
+            per
+        };
+        let (before, m1) = (attempts().await, started().await);
         let queries = f.dns.dns_queries(&txt).await;
-        let after = wait_state(&f.replicas[2], name, OPS, "pending").await["claims"][0]["attempts"]
-            .as_u64()
-            .unwrap_or(0);
-        if before == after && per_replica.iter().sum::<u64>() == after {
+        let (m2, after) = (started().await, attempts().await);
+        if before == after && m1 == m2 && m1.iter().sum::<u64>() == after {
             assert_eq!(queries, after as usize, "one TXT query per check");
-            for (i, n) in per_replica.iter().enumerate() {
+            for (i, n) in m1.iter().enumerate() {
                 if i != holder {
-                    assert_eq!(*n, 0, "replica {i} checked too: {per_replica:?}");
+                    assert_eq!(*n, 0, "replica {i} checked too: {m1:?}");
                 }
             }
             break;
@@ -426,11 +465,28 @@ async fn one_replica_checks_each_claim_and_a_killed_checker_hands_over() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // The checker dies (SIGKILL); the proof appears; another replica takes
-    // the lease over and proves the claim.
+    // Hold the checker's next HTTP proof fetch, and kill it (SIGKILL) as
+    // soon as that check has started.
+    let silent = tokio::net::TcpListener::bind(("127.0.0.2", f.replicas[holder].http.port()))
+        .await
+        .expect("bind 127.0.0.2");
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
+    let n = f.replicas[holder].metric("tenantgate_domain_checks_total").await;
+    wait_for(&f.replicas[holder], "the next check", || async {
+        f.replicas[holder].metric("tenantgate_domain_checks_total").await > n
+    })
+    .await;
     let mut dead = f.replicas.remove(holder);
     dead.signal("KILL");
     assert!(dead.wait_exit(Duration::from_secs(5)).await.is_some());
+    held.abort();
+    // The proof appears; another replica takes the lease over and proves
+    // the claim.
     f.dns.set_txt(&txt, &token).await;
     let rest: Vec<&Gateway> = f.replicas.iter().collect();
     for gw in &rest {
@@ -439,8 +495,8 @@ async fn one_replica_checks_each_claim_and_a_killed_checker_hands_over() {
         })
         .await;
     }
+    wait_for(rest[0], "a new checker", || async { checker(&rest).await < 2 }).await;
     let next = checker(&rest).await;
-    assert!(next < 2, "nobody took the checker lease over");
     assert!(
         rest[next].log().contains("this replica now runs the domain checks"),
         "{}",
@@ -448,6 +504,7 @@ async fn one_replica_checks_each_claim_and_a_killed_checker_hands_over() {
     );
     let log = events(rest[0]).await;
     assert_eq!(count(&log, "domain.active", "a", name), 1, "{log:?}");
+    assert_eq!(count(&log, "domain.verified", "a", name), 1, "{log:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

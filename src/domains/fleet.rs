@@ -657,7 +657,10 @@ impl DomainStore {
 
 /// Keeps the checker lease: tries to take it, or renews it, every third of
 /// `lease_secs`, until `shutdown` (then gives it up).
-pub async fn lead(store: Arc<DomainStore>, mut shutdown: ShutdownWatch) {
+pub async fn lead(lifecycle: Arc<Lifecycle>, mut shutdown: ShutdownWatch) {
+    let Some(store) = lifecycle.store().cloned() else {
+        return;
+    };
     let every = (store.lease / 3).max(Duration::from_millis(100));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -670,6 +673,7 @@ pub async fn lead(store: Arc<DomainStore>, mut shutdown: ShutdownWatch) {
             _ = tick.tick() => {}
         }
         store.lead().await;
+        lifecycle.checker_gauge();
     }
 }
 

@@ -136,6 +136,13 @@ impl Lifecycle {
         self.store.as_ref().and_then(|s| s.unreachable())
     }
 
+    /// Publishes whether this replica runs the checks.
+    pub(super) fn checker_gauge(&self) {
+        if let Some(m) = &self.metrics {
+            m.checker.set(i64::from(self.runs_checks()));
+        }
+    }
+
     /// Publishes whether the fleet store answers.
     pub(super) fn store_gauge(&self, up: bool) {
         if let Some(m) = &self.metrics {
@@ -590,8 +597,8 @@ impl Lifecycle {
             let (pending, failed) = self.claims.counts();
             m.claims.with_label_values(&["pending"]).set(pending as i64);
             m.claims.with_label_values(&["failed"]).set(failed as i64);
-            m.checker.set(i64::from(self.runs_checks()));
         }
+        self.checker_gauge();
         if changed {
             self.save().await;
         }
@@ -705,8 +712,8 @@ impl BackgroundService for Verifier {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::spawn(super::webhooks::run(self.lifecycle.clone(), shutdown.clone()));
-        if let Some(store) = self.lifecycle.store() {
-            tokio::spawn(super::fleet::lead(store.clone(), shutdown.clone()));
+        if self.lifecycle.store().is_some() {
+            tokio::spawn(super::fleet::lead(self.lifecycle.clone(), shutdown.clone()));
             tokio::spawn(super::fleet::sync(self.lifecycle.clone(), shutdown.clone()));
         }
         let mut generations = self.lifecycle.registry.subscribe();
