@@ -570,3 +570,43 @@ async fn with_redis_down_replicas_serve_what_they_know_and_the_api_says_the_stor
     assert_eq!(count(&log, "domain.pending", "a", "wait.a-owned.example"), 1, "{log:?}");
     assert_eq!(count(&log, "domain.active", "a", "wait.a-owned.example"), 1, "{log:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn moved_and_withdrawn_names_are_the_same_on_every_replica() {
+    let f = fleet(2, "targets = [\"127.0.0.1\"]\nreverify_secs = 1\nmoved_grace_days = 0").await;
+    let (r1, r2) = (&f.replicas[0], &f.replicas[1]);
+    let name = "gone.b-owned.example";
+    let r = call(r1, "PUT", &format!("/v1/tenants/b/domains/{name}"), OPS).await;
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    // It points elsewhere: moved on both replicas (found by the checker).
+    f.dns.add_a_record(name, "10.9.9.9").await;
+    for gw in [r1, r2] {
+        wait_state(gw, name, OPS, "moved").await;
+        assert_eq!(gw.routed(name).await.1.as_deref(), Some("b"), "still routed");
+    }
+    // Back: active on both.
+    f.dns.clear_a_record(name).await;
+    for gw in [r1, r2] {
+        wait_state(gw, name, OPS, "active").await;
+    }
+    let log = events(r1).await;
+    let mine: Vec<&str> = log.iter().filter(|e| e.3 == name).map(|e| e.1.as_str()).collect();
+    assert_eq!(mine, ["domain.active", "domain.moved", "domain.active"], "{log:?}");
+
+    // A claim made on one replica and withdrawn on the other is gone on both.
+    let claim = "later.a-owned.example";
+    let r = call(r1, "PUT", &format!("/v1/tenants/a/domains/{claim}"), A).await;
+    assert_eq!(r.status, 202, "{:?}", r.json);
+    wait_state(r2, claim, A, "pending").await;
+    let r = call(r2, "DELETE", &format!("/v1/tenants/a/domains/{claim}"), A).await;
+    assert_eq!(r.status, 204, "{:?}", r.json);
+    for gw in [r1, r2] {
+        wait_for(gw, "the claim gone", || async {
+            call(gw, "GET", &format!("/v1/domains/{claim}"), A).await.status == 404
+        })
+        .await;
+    }
+    let log2 = events(r2).await;
+    assert_eq!(log2[..log.len()], log[..], "replicas disagree on the event log");
+    assert_eq!(count(&log2, "domain.removed", "a", claim), 1, "{log2:?}");
+}
