@@ -346,8 +346,20 @@ async fn a_squatter_fails_on_every_replica_and_every_replica_serves_the_same_eve
     // A last event, so that everything before it is in the log and sent.
     let r = call(r3, "PUT", "/v1/tenants/a/domains/last.a-owned.example", A).await;
     assert_eq!(r.status, 202, "{:?}", r.json);
-    wait_for(r1, "the last event on replica 1", || async {
-        count(&events(r1).await, "domain.pending", "a", "last.a-owned.example") == 1
+    let expected = [
+        ("tenant.created", "a", ""),
+        ("tenant.created", "b", ""),
+        ("domain.pending", "a", name),
+        ("domain.pending", "b", name),
+        ("domain.verified", "b", name),
+        ("domain.active", "b", name),
+        ("domain.failed", "a", name),
+        ("domain.pending", "a", "last.a-owned.example"),
+    ];
+    // Events reach the log shortly after the change they tell of.
+    wait_for(r1, "every event on replica 1", || async {
+        let log = events(r1).await;
+        expected.iter().all(|(k, t, n)| count(&log, k, t, n) >= 1)
     })
     .await;
     let log1 = events(r1).await;
@@ -364,15 +376,7 @@ async fn a_squatter_fails_on_every_replica_and_every_replica_serves_the_same_eve
     let seqs: Vec<u64> = log1.iter().map(|e| e.0).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "ordered ids: {seqs:?}");
     // Each change is one event across the fleet, not one per replica.
-    for (kind, tenant, n) in [
-        ("tenant.created", "a", ""),
-        ("tenant.created", "b", ""),
-        ("domain.pending", "a", name),
-        ("domain.pending", "b", name),
-        ("domain.verified", "b", name),
-        ("domain.active", "b", name),
-        ("domain.failed", "a", name),
-    ] {
+    for (kind, tenant, n) in expected {
         assert_eq!(count(&log1, kind, tenant, n), 1, "{kind} {tenant} {n}: {log1:?}");
     }
 
@@ -502,8 +506,11 @@ async fn one_replica_checks_each_claim_and_a_checker_killed_mid_check_hands_over
         "{}",
         rest[next].log()
     );
+    wait_for(rest[0], "the active event", || async {
+        count(&events(rest[0]).await, "domain.active", "a", name) == 1
+    })
+    .await;
     let log = events(rest[0]).await;
-    assert_eq!(count(&log, "domain.active", "a", name), 1, "{log:?}");
     assert_eq!(count(&log, "domain.verified", "a", name), 1, "{log:?}");
 }
 
@@ -553,6 +560,13 @@ async fn with_redis_down_replicas_serve_what_they_know_and_the_api_says_the_stor
         );
         let r = call(gw, "POST", "/v1/domains/wait.a-owned.example/verify", A).await;
         assert_eq!(r.status, 503, "{:?}", r.json);
+        let r = call(gw, "GET", "/v1/events?after=0", OPS).await;
+        assert_eq!(r.status, 200, "{:?}", r.json);
+        assert_eq!(r.json["store"]["reachable"], false, "{:?}", r.json);
+        assert!(
+            !r.json["events"].as_array().is_none_or(Vec::is_empty),
+            "the copy is served"
+        );
     }
 
     // Redis comes back (with its data): nothing was lost, checks resume.
@@ -566,9 +580,13 @@ async fn with_redis_down_replicas_serve_what_they_know_and_the_api_says_the_stor
         })
         .await;
     }
+    // Events reach the log shortly after the change they tell of.
+    wait_for(r2, "the active event", || async {
+        count(&events(r2).await, "domain.active", "a", "wait.a-owned.example") == 1
+    })
+    .await;
     let log = events(r2).await;
     assert_eq!(count(&log, "domain.pending", "a", "wait.a-owned.example"), 1, "{log:?}");
-    assert_eq!(count(&log, "domain.active", "a", "wait.a-owned.example"), 1, "{log:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -589,9 +607,19 @@ async fn moved_and_withdrawn_names_are_the_same_on_every_replica() {
     for gw in [r1, r2] {
         wait_state(gw, name, OPS, "active").await;
     }
+    let mine = |log: &[(u64, String, String, String)]| -> Vec<String> {
+        log.iter().filter(|e| e.3 == name).map(|e| e.1.clone()).collect()
+    };
+    wait_for(r1, "the second active event", || async {
+        mine(&events(r1).await).len() >= 3
+    })
+    .await;
     let log = events(r1).await;
-    let mine: Vec<&str> = log.iter().filter(|e| e.3 == name).map(|e| e.1.as_str()).collect();
-    assert_eq!(mine, ["domain.active", "domain.moved", "domain.active"], "{log:?}");
+    assert_eq!(
+        mine(&log),
+        ["domain.active", "domain.moved", "domain.active"],
+        "{log:?}"
+    );
 
     // A claim made on one replica and withdrawn on the other is gone on both.
     let claim = "later.a-owned.example";
@@ -606,7 +634,13 @@ async fn moved_and_withdrawn_names_are_the_same_on_every_replica() {
         })
         .await;
     }
+    for gw in [r1, r2] {
+        wait_for(gw, "the removal event", || async {
+            count(&events(gw).await, "domain.removed", "a", claim) == 1
+        })
+        .await;
+    }
     let log2 = events(r2).await;
     assert_eq!(log2[..log.len()], log[..], "replicas disagree on the event log");
-    assert_eq!(count(&log2, "domain.removed", "a", claim), 1, "{log2:?}");
+    assert_eq!(events(r1).await, log2, "replicas disagree on the event log");
 }

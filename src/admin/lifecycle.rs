@@ -281,10 +281,9 @@ impl Call {
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             return Ok(resp);
         }
-        Ok(json_response(
-            StatusCode::OK,
-            &json!({"events": events, "last": last, "oldest": oldest}),
-        ))
+        let mut body = json!({"events": events, "last": last, "oldest": oldest});
+        self.store_note(&mut body);
+        Ok(json_response(StatusCode::OK, &body))
     }
 }
 
