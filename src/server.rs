@@ -49,6 +49,8 @@ pub enum StartError {
     RegistryStore(#[from] crate::registry::StoreError),
     #[error("fleet ACME: {0}")]
     SharedAcme(#[from] crate::acme::fleet::SharedError),
+    #[error("fleet domain lifecycle: {0}")]
+    DomainStore(#[from] crate::domains::fleet::DomainStoreError),
 }
 
 /// Fleet mode: shares the tenant files through Redis and catches up with
@@ -125,11 +127,16 @@ pub fn serve(source: Source, upgrade: bool) -> Result<std::convert::Infallible, 
     let mut certs = None;
 
     let https_port = snap.config.tls.as_ref().and(gw.https_listen).map(|a| a.port());
-    let lifecycle = Arc::new(Lifecycle::new(
+    let mut lifecycle = Lifecycle::new(
         registry.clone(),
         gw.http_listen.port(),
         Some(DomainMetrics::register(&metrics)?),
-    ));
+    );
+    if let Some(store) = &snap.config.store {
+        lifecycle = lifecycle.with_store(crate::domains::fleet::DomainStore::new(store)?);
+        tracing::info!(prefix = %store.key_prefix, "fleet mode: domain claims, checks and events shared through Redis");
+    }
+    let lifecycle = Arc::new(lifecycle);
     let policy = || {
         Policy::new(registry.clone(), metrics.clone(), challenges.clone(), https_port).with_lifecycle(lifecycle.clone())
     };

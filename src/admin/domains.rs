@@ -25,6 +25,17 @@ pub struct Certs {
 }
 
 impl Call {
+    /// Fleet mode with Redis down: the answer says the states shown are
+    /// this replica's last-known ones.
+    pub(super) fn store_note(&self, body: &mut Value) {
+        if let Some(why) = self.lifecycle.store_unreachable() {
+            body["store"] = json!({
+                "reachable": false,
+                "detail": format!("{why}; showing this replica's last-known domain states; checks are paused and changes are refused until it answers"),
+            });
+        }
+    }
+
     /// `{"name","tenant","match","generation","certificate"}` for any host
     /// (normalised); 404 when nobody routes it.
     pub(super) async fn domain(&self, name: &str) -> Result<Response<Body>, Problem> {
@@ -40,10 +51,9 @@ impl Call {
             // Claimed only: pending (or failed) until proven.
             let pending = claims.iter().any(|c| c.state == crate::domains::ClaimState::Pending);
             let views: Vec<Value> = claims.iter().map(|c| self.claim_view(c)).collect();
-            Ok(json_response(
-                StatusCode::OK,
-                &json!({"name": host, "state": if pending { "pending" } else { "failed" }, "claims": views}),
-            ))
+            let mut body = json!({"name": host, "state": if pending { "pending" } else { "failed" }, "claims": views});
+            self.store_note(&mut body);
+            Ok(json_response(StatusCode::OK, &body))
         };
         let Some(m) = snap.table.lookup(&host) else {
             return unrouted();
@@ -63,6 +73,7 @@ impl Call {
         if !claims.is_empty() {
             body["claims"] = Value::Array(claims.iter().map(|c| self.claim_view(c)).collect());
         }
+        self.store_note(&mut body);
         let acme = matches!(snap.config.tls.as_ref().map(|t| &t.issuer), Some(Issuer::Acme(_)));
         let base_wildcard = snap.config.tls.as_ref().is_some_and(|t| t.base_wildcard());
         let certs = match (&self.certs, &snap.config.tls) {

@@ -112,10 +112,7 @@ impl Call {
             return Err(super::write::for_scope(&self.caller.scope, p));
         }
         let cfg = self.registry.snapshot().config.domains.clone();
-        let (claim, new) = self.lifecycle.claims.claim(&name, &id, &cfg).map_err(|e| match e {
-            ClaimError::TooMany { .. } => Problem::new(StatusCode::CONFLICT, "too-many-pending", e.to_string()),
-            ClaimError::Save(_) => Problem::internal(),
-        })?;
+        let (claim, new) = self.lifecycle.claim(&name, &id, &cfg).await.map_err(claim_problem)?;
         if new {
             self.lifecycle.save().await;
             self.lifecycle
@@ -132,9 +129,9 @@ impl Call {
 
     /// `DELETE /v1/tenants/{id}/domains/{name}` of a name the tenant only
     /// claims: the claim is withdrawn (204); `None` when there was none.
-    pub(super) async fn withdraw_claim(&self, id: &str, name: &str) -> Option<Response<Body>> {
-        if !self.lifecycle.claims.withdraw(name, id) {
-            return None;
+    pub(super) async fn withdraw_claim(&self, id: &str, name: &str) -> Result<Option<Response<Body>>, Problem> {
+        if !self.lifecycle.withdraw(name, id, false).await.map_err(claim_problem)? {
+            return Ok(None);
         }
         self.lifecycle.save().await;
         self.lifecycle
@@ -142,7 +139,7 @@ impl Call {
             .emit("domain.removed", Some(id), Some(name), Some("claim withdrawn"));
         let mut resp = Response::new(Body::default());
         *resp.status_mut() = StatusCode::NO_CONTENT;
-        Some(resp)
+        Ok(Some(resp))
     }
 
     /// The claim goes to the audit log like a write (it changes no tenant).
@@ -179,9 +176,13 @@ impl Call {
         if claims.is_empty() {
             return Err(Problem::not_found(format!("no pending claim on {host}")));
         }
+        // Fleet mode: a check whose result cannot be recorded is not run.
+        if let Some(why) = self.lifecycle.store_unreachable() {
+            return Err(claim_problem(ClaimError::Unreachable(why)));
+        }
         let mut out = Vec::new();
         for c in &claims {
-            let outcome = self.lifecycle.check(c).await;
+            let outcome = self.lifecycle.check(c, false).await;
             let mut v = json!({"tenant": c.tenant, "state": outcome.state()});
             match outcome {
                 Outcome::Pending(d) | Outcome::Failed(d) => v["detail"] = json!(d),
@@ -280,10 +281,24 @@ impl Call {
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             return Ok(resp);
         }
-        Ok(json_response(
-            StatusCode::OK,
-            &json!({"events": events, "last": last, "oldest": oldest}),
-        ))
+        let mut body = json!({"events": events, "last": last, "oldest": oldest});
+        self.store_note(&mut body);
+        Ok(json_response(StatusCode::OK, &body))
+    }
+}
+
+/// A claim that could not be made or changed, as the API answers it.
+fn claim_problem(e: ClaimError) -> Problem {
+    match e {
+        ClaimError::TooMany { .. } => Problem::new(StatusCode::CONFLICT, "too-many-pending", e.to_string()),
+        ClaimError::Unreachable(_) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store-unavailable",
+            format!(
+                "{e}; nothing was changed. This replica keeps serving the domains it knows; retry when Redis answers"
+            ),
+        ),
+        ClaimError::Save(_) | ClaimError::Fenced => Problem::internal(),
     }
 }
 

@@ -252,7 +252,7 @@ impl Call {
             .iter()
             .any(|t| t.id == id && t.domains.iter().any(|d| d.to_string() == name));
         if !active {
-            if let Some(resp) = self.withdraw_claim(&id, &name).await {
+            if let Some(resp) = self.withdraw_claim(&id, &name).await? {
                 return Ok(resp);
             }
         }

@@ -48,7 +48,15 @@ pub struct Events {
     path: PathBuf,
     /// The last sequence number written, for waiting readers.
     last: watch::Sender<u64>,
+    /// Fleet mode: events emitted here wait for the shared log (in Redis);
+    /// the local log mirrors the shared one (see `fleet.rs`).
+    outbox: Mutex<Option<VecDeque<Event>>>,
+    /// Told when the outbox has an event.
+    pub queued: tokio::sync::Notify,
 }
+
+/// Events an unreachable fleet store may leave waiting in memory.
+const MAX_OUTBOX: usize = 100_000;
 
 impl Events {
     /// The log in `state_dir`, its last [`KEEP`] events read back.
@@ -79,25 +87,67 @@ impl Events {
             }),
             path,
             last: watch::channel(next - 1).0,
+            outbox: Mutex::new(None),
+            queued: tokio::sync::Notify::new(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
-        self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Fleet mode: from now on, [`Events::emit`] queues events for the
+    /// shared log, and the local log holds only what [`Events::ingest`]
+    /// brings from it.
+    pub fn use_fleet(&self) {
+        if let Ok(mut o) = self.outbox.lock() {
+            o.get_or_insert_with(VecDeque::new);
+        }
     }
 
-    /// Appends one event. Blocking (one small write), cheap.
-    pub fn emit(&self, kind: &str, tenant: Option<&str>, name: Option<&str>, detail: Option<&str>) -> u64 {
+    /// The queued events, oldest first (fleet mode).
+    pub fn take_outbox(&self) -> Vec<Event> {
+        self.outbox
+            .lock()
+            .ok()
+            .and_then(|mut o| o.as_mut().map(|q| q.drain(..).collect()))
+            .unwrap_or_default()
+    }
+
+    /// Puts back events the shared log did not take, ahead of newer ones.
+    pub fn requeue(&self, events: Vec<Event>) {
+        if let Ok(mut o) = self.outbox.lock() {
+            if let Some(q) = o.as_mut() {
+                for e in events.into_iter().rev() {
+                    q.push_front(e);
+                }
+                while q.len() > MAX_OUTBOX {
+                    if let Some(e) = q.pop_front() {
+                        tracing::error!(event = %e.kind, tenant = ?e.tenant, name = ?e.name, "event dropped: the domain store was unreachable for too long");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Appends events of the shared log (fleet mode), keeping their
+    /// sequence numbers; those not after the last one are ignored.
+    pub fn ingest(&self, events: Vec<Event>) {
         let mut log = self.lock();
-        let e = Event {
-            seq: log.next,
-            time: super::now(),
-            kind: kind.to_string(),
-            tenant: tenant.map(str::to_string),
-            name: name.map(str::to_string),
-            detail: detail.map(str::to_string),
-        };
-        log.next += 1;
+        let mut last = None;
+        for e in events {
+            if e.seq < log.next {
+                continue;
+            }
+            log.next = e.seq + 1;
+            last = Some(e.seq);
+            self.append(&mut log, e);
+        }
+        drop(log);
+        if let Some(seq) = last {
+            self.last.send_replace(seq);
+        }
+    }
+
+    /// Writes one event to the file and keeps it (compacting the file when
+    /// it grew past [`MAX_FILE`]).
+    fn append(&self, log: &mut Log, e: Event) {
         if let Some(f) = log.file.as_mut() {
             if let Ok(mut line) = serde_json::to_vec(&e) {
                 line.push(b'\n');
@@ -106,11 +156,9 @@ impl Events {
                 }
             }
         }
-        tracing::info!(seq = e.seq, event = %e.kind, tenant = ?e.tenant, name = ?e.name, "event");
         if log.kept.len() == KEEP {
             log.kept.pop_front();
         }
-        let seq = e.seq;
         log.kept.push_back(e);
         if log
             .file
@@ -118,8 +166,56 @@ impl Events {
             .and_then(|f| f.metadata().ok())
             .is_some_and(|m| m.len() > MAX_FILE)
         {
-            self.compact(&mut log);
+            self.compact(log);
         }
+    }
+
+    /// Forgets every event (fleet mode: the shared log is behind this copy,
+    /// so it was reset; the copy follows it).
+    pub fn reset(&self) {
+        let mut log = self.lock();
+        log.kept.clear();
+        log.next = 1;
+        self.compact(&mut log);
+        drop(log);
+        self.last.send_replace(0);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Appends one event. Blocking (one small write), cheap.
+    /// In fleet mode the event is queued for the shared log and 0 is
+    /// returned (its number comes from Redis).
+    pub fn emit(&self, kind: &str, tenant: Option<&str>, name: Option<&str>, detail: Option<&str>) -> u64 {
+        let mut e = Event {
+            seq: 0,
+            time: super::now(),
+            kind: kind.to_string(),
+            tenant: tenant.map(str::to_string),
+            name: name.map(str::to_string),
+            detail: detail.map(str::to_string),
+        };
+        if let Ok(mut o) = self.outbox.lock() {
+            if let Some(q) = o.as_mut() {
+                q.push_back(e);
+                if q.len() > MAX_OUTBOX {
+                    if let Some(e) = q.pop_front() {
+                        tracing::error!(event = %e.kind, tenant = ?e.tenant, name = ?e.name, "event dropped: the domain store was unreachable for too long");
+                    }
+                }
+                drop(o);
+                self.queued.notify_one();
+                return 0;
+            }
+        }
+        let mut log = self.lock();
+        e.seq = log.next;
+        log.next += 1;
+        tracing::info!(seq = e.seq, event = %e.kind, tenant = ?e.tenant, name = ?e.name, "event");
+        let seq = e.seq;
+        self.append(&mut log, e);
         drop(log);
         self.last.send_replace(seq);
         seq

@@ -15,6 +15,7 @@
 
 pub mod dns;
 pub mod events;
+pub mod fleet;
 pub mod verifier;
 pub mod webhooks;
 
@@ -68,6 +69,13 @@ pub enum ClaimError {
     TooMany { tenant: String, max: usize },
     #[error("cannot save the domain claims: {0}")]
     Save(String),
+    /// Fleet mode: Redis did not answer; nothing was changed.
+    #[error("the domain store (Redis) is unreachable: {0}")]
+    Unreachable(String),
+    /// Fleet mode: this replica no longer runs the checks (another one took
+    /// the checker lease); its result was dropped.
+    #[error("this replica lost the domain checker lease; the result was dropped")]
+    Fenced,
 }
 
 /// Every claim, by name. Small (bounded per tenant) and changed rarely, so
@@ -141,40 +149,49 @@ impl Claims {
     /// Returns the claim and whether it is new. Not saved.
     pub fn claim(&self, name: &str, tenant: &str, cfg: &Domains) -> Result<(Claim, bool), ClaimError> {
         let mut map = self.lock();
-        if let Some(c) = map
-            .get(name)
-            .and_then(|v| v.iter().find(|c| c.tenant == tenant && c.state == ClaimState::Pending))
-        {
+        if let Some(c) = map.get(name).and_then(|v| pending_of(v, tenant)) {
             return Ok((c.clone(), false));
         }
-        let pending = map
-            .values()
-            .flatten()
-            .filter(|c| c.tenant == tenant && c.state == ClaimState::Pending)
-            .count();
-        if pending >= cfg.max_pending_per_tenant {
-            return Err(ClaimError::TooMany {
-                tenant: tenant.to_string(),
-                max: cfg.max_pending_per_tenant,
-            });
+        check_bound(&map, tenant, cfg)?;
+        Ok(claim_in(map.entry(name.to_string()).or_default(), name, tenant))
+    }
+
+    /// How many pending claims `tenant` has.
+    pub fn pending_count(&self, tenant: &str) -> usize {
+        let map = self.lock();
+        count_pending(&map, tenant)
+    }
+
+    /// Replaces the claims on `name` (fleet mode: what the store holds).
+    pub fn put(&self, name: &str, list: Vec<Claim>) {
+        let mut map = self.lock();
+        if list.is_empty() {
+            map.remove(name);
+        } else {
+            map.insert(name.to_string(), list);
         }
-        let now = now();
-        let claim = Claim {
-            name: name.to_string(),
-            tenant: tenant.to_string(),
-            token: token(),
-            state: ClaimState::Pending,
-            created: now,
-            last_check: None,
-            next_check: now,
-            attempts: 0,
-            detail: None,
-        };
+    }
+
+    /// Replaces every claim (fleet mode: what the store holds).
+    pub fn replace(&self, all: BTreeMap<String, Vec<Claim>>) {
+        *self.lock() = all;
+    }
+
+    /// Every claim by name, a copy.
+    pub fn by_name(&self) -> BTreeMap<String, Vec<Claim>> {
+        self.lock().clone()
+    }
+
+    /// Applies `f` to the claims on `name` (dropping the name when none are
+    /// left).
+    pub fn edit<R>(&self, name: &str, f: impl FnOnce(&mut Vec<Claim>) -> R) -> R {
+        let mut map = self.lock();
         let list = map.entry(name.to_string()).or_default();
-        // A failed claim of the same tenant is replaced by the new one.
-        list.retain(|c| c.tenant != tenant);
-        list.push(claim.clone());
-        Ok((claim, true))
+        let r = f(list);
+        if list.is_empty() {
+            map.remove(name);
+        }
+        r
     }
 
     /// The claims on `name`.
@@ -202,63 +219,23 @@ impl Claims {
 
     /// Removes `tenant`'s claim on `name`; whether there was one.
     pub fn withdraw(&self, name: &str, tenant: &str) -> bool {
-        let mut map = self.lock();
-        let Some(list) = map.get_mut(name) else { return false };
-        let n = list.len();
-        list.retain(|c| c.tenant != tenant);
-        let removed = list.len() != n;
-        if list.is_empty() {
-            map.remove(name);
-        }
-        removed
+        self.edit(name, |l| withdraw_in(l, tenant))
     }
 
     /// `name` went to `winner`: its claim is fulfilled (removed), and every
     /// other pending claim fails with `why`. Returns the failed claims.
     pub fn settle(&self, name: &str, winner: &str, why: &str) -> Vec<Claim> {
-        let mut map = self.lock();
-        let Some(list) = map.get_mut(name) else {
-            return Vec::new();
-        };
-        list.retain(|c| c.tenant != winner);
-        let mut failed = Vec::new();
-        for c in list.iter_mut().filter(|c| c.state == ClaimState::Pending) {
-            c.state = ClaimState::Failed;
-            c.detail = Some(why.to_string());
-            failed.push(c.clone());
-        }
-        if list.is_empty() {
-            map.remove(name);
-        }
-        failed
+        self.edit(name, |l| settle_in(l, winner, why))
     }
 
     /// Marks one pending claim failed.
     pub fn fail(&self, name: &str, tenant: &str, why: &str) -> Option<Claim> {
-        let mut map = self.lock();
-        let c = map
-            .get_mut(name)?
-            .iter_mut()
-            .find(|c| c.tenant == tenant && c.state == ClaimState::Pending)?;
-        c.state = ClaimState::Failed;
-        c.detail = Some(why.to_string());
-        Some(c.clone())
+        self.edit(name, |l| fail_in(l, tenant, why))
     }
 
     /// Records an unsuccessful check and schedules the next one.
     pub fn checked(&self, name: &str, tenant: &str, found: &str, cfg: &Domains) {
-        let mut map = self.lock();
-        let Some(c) = map.get_mut(name).and_then(|v| {
-            v.iter_mut()
-                .find(|c| c.tenant == tenant && c.state == ClaimState::Pending)
-        }) else {
-            return;
-        };
-        let now = now();
-        c.last_check = Some(now);
-        c.next_check = now + cfg.recheck_after(c.attempts).as_secs().max(1);
-        c.attempts = c.attempts.saturating_add(1);
-        c.detail = Some(found.to_string());
+        self.edit(name, |l| checked_in(l, tenant, found, cfg, now()));
     }
 
     /// Pending claims whose next check is due at `now`, oldest first, and
@@ -299,6 +276,98 @@ impl Claims {
         let failed = map.values().flatten().filter(|c| c.state == ClaimState::Failed).count();
         (pending, failed)
     }
+}
+
+fn pending_of<'a>(list: &'a [Claim], tenant: &str) -> Option<&'a Claim> {
+    list.iter()
+        .find(|c| c.tenant == tenant && c.state == ClaimState::Pending)
+}
+
+fn count_pending(map: &BTreeMap<String, Vec<Claim>>, tenant: &str) -> usize {
+    map.values()
+        .flatten()
+        .filter(|c| c.tenant == tenant && c.state == ClaimState::Pending)
+        .count()
+}
+
+fn check_bound(map: &BTreeMap<String, Vec<Claim>>, tenant: &str, cfg: &Domains) -> Result<(), ClaimError> {
+    if count_pending(map, tenant) >= cfg.max_pending_per_tenant {
+        return Err(ClaimError::TooMany {
+            tenant: tenant.to_string(),
+            max: cfg.max_pending_per_tenant,
+        });
+    }
+    Ok(())
+}
+
+/// The operations on the claims of one name, shared by the local map and
+/// the fleet store (which applies them to what Redis holds).
+///
+/// `tenant`'s pending claim in `list`, or a new one (a failed claim of the
+/// same tenant is replaced); and whether it is new.
+pub fn claim_in(list: &mut Vec<Claim>, name: &str, tenant: &str) -> (Claim, bool) {
+    if let Some(c) = pending_of(list, tenant) {
+        return (c.clone(), false);
+    }
+    let now = now();
+    let claim = Claim {
+        name: name.to_string(),
+        tenant: tenant.to_string(),
+        token: token(),
+        state: ClaimState::Pending,
+        created: now,
+        last_check: None,
+        next_check: now,
+        attempts: 0,
+        detail: None,
+    };
+    list.retain(|c| c.tenant != tenant);
+    list.push(claim.clone());
+    (claim, true)
+}
+
+/// Removes `tenant`'s claim; whether there was one.
+pub fn withdraw_in(list: &mut Vec<Claim>, tenant: &str) -> bool {
+    let n = list.len();
+    list.retain(|c| c.tenant != tenant);
+    list.len() != n
+}
+
+/// `winner`'s claim is fulfilled (removed); every other pending claim fails.
+pub fn settle_in(list: &mut Vec<Claim>, winner: &str, why: &str) -> Vec<Claim> {
+    list.retain(|c| c.tenant != winner);
+    let mut failed = Vec::new();
+    for c in list.iter_mut().filter(|c| c.state == ClaimState::Pending) {
+        c.state = ClaimState::Failed;
+        c.detail = Some(why.to_string());
+        failed.push(c.clone());
+    }
+    failed
+}
+
+/// Marks `tenant`'s pending claim failed.
+pub fn fail_in(list: &mut [Claim], tenant: &str, why: &str) -> Option<Claim> {
+    let c = list
+        .iter_mut()
+        .find(|c| c.tenant == tenant && c.state == ClaimState::Pending)?;
+    c.state = ClaimState::Failed;
+    c.detail = Some(why.to_string());
+    Some(c.clone())
+}
+
+/// Records an unsuccessful check of `tenant`'s pending claim at `now` and
+/// schedules the next one.
+pub fn checked_in(list: &mut [Claim], tenant: &str, found: &str, cfg: &Domains, now: u64) {
+    let Some(c) = list
+        .iter_mut()
+        .find(|c| c.tenant == tenant && c.state == ClaimState::Pending)
+    else {
+        return;
+    };
+    c.last_check = Some(now);
+    c.next_check = now + cfg.recheck_after(c.attempts).as_secs().max(1);
+    c.attempts = c.attempts.saturating_add(1);
+    c.detail = Some(found.to_string());
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::dns::Dns;
 use super::events::Events;
-use super::{Claim, Claims, HTTP_PROOF_PREFIX};
+use super::fleet::DomainStore;
+use super::{Claim, ClaimError, Claims, HTTP_PROOF_PREFIX};
 use crate::config::domains::Domains;
 use crate::config::file::TenantSection;
 use crate::config::TenantSpec;
@@ -61,6 +62,8 @@ pub struct Lifecycle {
     moved: Mutex<BTreeMap<String, (u64, bool)>>,
     /// When active names were last re-checked.
     last_reverify: Mutex<Option<tokio::time::Instant>>,
+    /// Fleet mode: the shared claims, events and checker lease.
+    store: Option<Arc<DomainStore>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +74,14 @@ enum PromoteError {
     MainFile(String),
     #[error(transparent)]
     Write(#[from] WriteError),
+}
+
+/// Why a proven claim did not become active.
+enum Promote {
+    /// The shared registry did not answer: try again later.
+    Unreachable(String),
+    /// The write was refused: the claim fails.
+    Refused(String),
 }
 
 impl Lifecycle {
@@ -96,7 +107,135 @@ impl Lifecycle {
             metrics,
             moved: Mutex::new(BTreeMap::new()),
             last_reverify: Mutex::new(None),
+            store: None,
         }
+    }
+
+    /// Fleet mode: claims, moved states, events and webhook positions are
+    /// shared through `store`, and only the replica holding the checker
+    /// lease runs the scheduled work.
+    pub fn with_store(mut self, store: DomainStore) -> Lifecycle {
+        self.events.use_fleet();
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// The shared store, in fleet mode.
+    pub fn store(&self) -> Option<&Arc<DomainStore>> {
+        self.store.as_ref()
+    }
+
+    /// Whether this replica runs the scheduled checks, expiry, moved
+    /// detection, registry events and webhooks (always, on a single node).
+    pub fn runs_checks(&self) -> bool {
+        self.store.as_ref().is_none_or(|s| s.is_leader())
+    }
+
+    /// Fleet mode with Redis unreachable: why (for the admin API).
+    pub fn store_unreachable(&self) -> Option<String> {
+        self.store.as_ref().and_then(|s| s.unreachable())
+    }
+
+    /// Publishes whether this replica runs the checks.
+    pub(super) fn checker_gauge(&self) {
+        if let Some(m) = &self.metrics {
+            m.checker.set(i64::from(self.runs_checks()));
+        }
+    }
+
+    /// Publishes whether the fleet store answers.
+    pub(super) fn store_gauge(&self, up: bool) {
+        if let Some(m) = &self.metrics {
+            m.store_up.set(i64::from(up));
+        }
+    }
+
+    /// Replaces the moved states (fleet mode: what the store holds).
+    pub(super) fn replace_moved(&self, all: BTreeMap<String, (u64, bool)>) {
+        if let Ok(mut m) = self.moved.lock() {
+            *m = all;
+        }
+    }
+
+    /// Applies one claim operation on `name`: to the shared store in fleet
+    /// mode (then to this replica's copy), else to the local claims. The
+    /// operation may run more than once (a lost race is retried on the
+    /// fresh list). `fenced`: a write of the checker, refused once another
+    /// replica holds the lease.
+    async fn edit<R>(
+        &self,
+        name: &str,
+        fenced: bool,
+        mut f: impl FnMut(&mut Vec<Claim>) -> R,
+    ) -> Result<R, ClaimError> {
+        match &self.store {
+            None => Ok(self.claims.edit(name, f)),
+            Some(store) => {
+                let (r, list) = store.update(name, fenced, &mut f).await?;
+                self.claims.put(name, list);
+                Ok(r)
+            }
+        }
+    }
+
+    /// `tenant`'s claim on `name`: its pending one, or a new one; and
+    /// whether it is new.
+    pub async fn claim(&self, name: &str, tenant: &str, cfg: &Domains) -> Result<(Claim, bool), ClaimError> {
+        if self.store.is_none() {
+            return self.claims.claim(name, tenant, cfg);
+        }
+        let has = self
+            .claims
+            .on(name)
+            .iter()
+            .any(|c| c.tenant == tenant && c.state == super::ClaimState::Pending);
+        if !has && self.claims.pending_count(tenant) >= cfg.max_pending_per_tenant {
+            return Err(ClaimError::TooMany {
+                tenant: tenant.to_string(),
+                max: cfg.max_pending_per_tenant,
+            });
+        }
+        self.edit(name, false, |l| super::claim_in(l, name, tenant)).await
+    }
+
+    /// Withdraws `tenant`'s claim on `name`; whether there was one.
+    pub async fn withdraw(&self, name: &str, tenant: &str, fenced: bool) -> Result<bool, ClaimError> {
+        self.edit(name, fenced, |l| super::withdraw_in(l, tenant)).await
+    }
+
+    async fn settle(&self, name: &str, winner: &str, why: &str, fenced: bool) -> Result<Vec<Claim>, ClaimError> {
+        self.edit(name, fenced, |l| super::settle_in(l, winner, why)).await
+    }
+
+    async fn fail(&self, name: &str, tenant: &str, why: &str, fenced: bool) -> Result<Option<Claim>, ClaimError> {
+        self.edit(name, fenced, |l| super::fail_in(l, tenant, why)).await
+    }
+
+    async fn checked(
+        &self,
+        name: &str,
+        tenant: &str,
+        found: &str,
+        cfg: &Domains,
+        fenced: bool,
+    ) -> Result<(), ClaimError> {
+        let now = super::now();
+        self.edit(name, fenced, |l| super::checked_in(l, tenant, found, cfg, now))
+            .await
+    }
+
+    /// Records a moved state: shared in fleet mode (the checker only).
+    async fn record_moved(&self, name: &str, state: Option<(u64, bool)>) -> Result<(), ClaimError> {
+        if let Some(store) = &self.store {
+            store.set_moved(name, state).await?;
+        }
+        if let Ok(mut m) = self.moved.lock() {
+            match state {
+                Some(s) => m.insert(name.to_string(), s),
+                None => m.remove(name),
+            };
+        }
+        Ok(())
     }
 
     /// Whether `name` is `moved`: it stopped pointing here for longer than
@@ -142,25 +281,40 @@ impl Lifecycle {
         let now = super::now();
         let mut remove = Vec::new();
         for (tenant, name) in names {
+            if !self.runs_checks() {
+                return;
+            }
             let points = match dns.points_to(cfg, &name).await {
                 Some(p) => p,
                 None => continue, // DNS did not answer: no verdict
             };
-            let Ok(mut moved) = self.moved.lock() else { return };
+            let current = self.moved.lock().ok().and_then(|m| m.get(&name).copied());
             if points {
-                if moved.remove(&name).is_some_and(|(_, was)| was) {
-                    self.events.emit(
-                        "domain.active",
-                        Some(&tenant),
-                        Some(&name),
-                        Some("points at the platform again"),
-                    );
+                if let Some((_, was)) = current {
+                    if let Err(e) = self.record_moved(&name, None).await {
+                        tracing::warn!(domain = %name, error = %e, "moved state not recorded");
+                        return;
+                    }
+                    if was {
+                        self.events.emit(
+                            "domain.active",
+                            Some(&tenant),
+                            Some(&name),
+                            Some("points at the platform again"),
+                        );
+                    }
                 }
                 continue;
             }
-            let entry = moved.entry(name.clone()).or_insert((now, false));
-            if !entry.1 && now.saturating_sub(entry.0) >= cfg.moved_grace.as_secs() {
-                entry.1 = true;
+            let (since, was_moved) = current.unwrap_or((now, false));
+            let moved = !was_moved && now.saturating_sub(since) >= cfg.moved_grace.as_secs();
+            if current.is_none() || moved {
+                if let Err(e) = self.record_moved(&name, Some((since, was_moved || moved))).await {
+                    tracing::warn!(domain = %name, error = %e, "moved state not recorded");
+                    return;
+                }
+            }
+            if moved {
                 let why = format!("no longer points at {}", cfg.targets.join(", "));
                 self.events.emit("domain.moved", Some(&tenant), Some(&name), Some(&why));
                 tracing::warn!(tenant = %tenant, domain = %name, "domain moved away; its certificate is no longer renewed");
@@ -245,9 +399,14 @@ impl Lifecycle {
         }
     }
 
-    /// Checks one pending claim now, and acts on the result.
-    pub async fn check(self: &Arc<Self>, claim: &Claim) -> Outcome {
+    /// Checks one pending claim now, and acts on the result. `fenced`: a
+    /// scheduled check of the checker, whose writes are refused once
+    /// another replica holds the lease.
+    pub async fn check(self: &Arc<Self>, claim: &Claim, fenced: bool) -> Outcome {
         let cfg = self.config();
+        if let Some(m) = &self.metrics {
+            m.checks.inc();
+        }
         let mut found = Vec::new();
         let mut proven = false;
         if cfg.txt {
@@ -276,18 +435,27 @@ impl Lifecycle {
         }
         if !proven {
             let found = found.join("; ");
-            self.claims.checked(&claim.name, &claim.tenant, &found, &cfg);
+            if let Err(e) = self.checked(&claim.name, &claim.tenant, &found, &cfg, fenced).await {
+                tracing::warn!(domain = %claim.name, tenant = %claim.tenant, error = %e, "check result not recorded");
+            }
             return Outcome::Pending(found);
+        }
+        // The lease holder re-checks before acting, so a replica that lost
+        // it in the middle of a check does not act on its result.
+        if fenced && !self.runs_checks() {
+            return Outcome::Pending("this replica no longer runs the checks; the next one does".into());
         }
         self.events
             .emit("domain.verified", Some(&claim.tenant), Some(&claim.name), None);
         match self.promote(claim).await {
             Ok(()) => {
-                let failed = self.claims.settle(
-                    &claim.name,
-                    &claim.tenant,
-                    "another tenant proved ownership of this name",
-                );
+                let failed = self
+                    .settle(&claim.name, &claim.tenant, "another tenant proved ownership of this name", false)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(domain = %claim.name, error = %e, "claims not settled; the registry change settles them");
+                        Vec::new()
+                    });
                 for f in failed {
                     self.events
                         .emit("domain.failed", Some(&f.tenant), Some(&f.name), f.detail.as_deref());
@@ -295,8 +463,15 @@ impl Lifecycle {
                 tracing::info!(tenant = %claim.tenant, domain = %claim.name, "domain ownership proven; the domain is active");
                 Outcome::Active
             }
-            Err(why) => {
-                self.claims.fail(&claim.name, &claim.tenant, &why);
+            Err(Promote::Unreachable(why)) => {
+                // Not the claim's fault: it stays pending and is checked again.
+                tracing::warn!(domain = %claim.name, error = %why, "proven domain not added: the registry store is unreachable");
+                Outcome::Pending(format!("proven, but not added yet: {why}"))
+            }
+            Err(Promote::Refused(why)) => {
+                if let Err(e) = self.fail(&claim.name, &claim.tenant, &why, false).await {
+                    tracing::warn!(domain = %claim.name, error = %e, "failed claim not recorded");
+                }
                 self.events
                     .emit("domain.failed", Some(&claim.tenant), Some(&claim.name), Some(&why));
                 Outcome::Failed(why)
@@ -306,7 +481,7 @@ impl Lifecycle {
 
     /// Adds the proven name to the tenant's domains (a registry write,
     /// validated like any other: a name another tenant has active fails).
-    async fn promote(&self, claim: &Claim) -> Result<(), String> {
+    async fn promote(&self, claim: &Claim) -> Result<(), Promote> {
         let registry = self.registry.clone();
         let (id, name) = (claim.tenant.clone(), claim.name.clone());
         let who = format!("domain-verifier (tenant {id})");
@@ -336,8 +511,11 @@ impl Lifecycle {
         .await;
         match res {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(format!("the registry write did not finish: {e}")),
+            Ok(Err(PromoteError::Write(WriteError::Store(e)))) if e.is_unreachable() => {
+                Err(Promote::Unreachable(e.to_string()))
+            }
+            Ok(Err(e)) => Err(Promote::Refused(e.to_string())),
+            Err(e) => Err(Promote::Refused(format!("the registry write did not finish: {e}"))),
         }
     }
 
@@ -384,29 +562,43 @@ impl Lifecycle {
         Err(last)
     }
 
-    /// One pass: expire old claims, check the due ones.
+    /// One pass: expire old claims, check the due ones (only on the
+    /// replica that runs the checks).
     pub async fn pass(self: &Arc<Self>) {
         let cfg = self.config();
-        let (due, expired) = self.claims.due(super::now(), cfg.pending_ttl);
-        let changed = !due.is_empty() || !expired.is_empty();
-        for c in expired {
-            let why = format!(
-                "not proven within {} days (pending_ttl_days)",
-                cfg.pending_ttl.as_secs() / 86_400
-            );
-            self.claims.fail(&c.name, &c.tenant, &why);
-            self.events
-                .emit("domain.failed", Some(&c.tenant), Some(&c.name), Some(&why));
+        let fenced = self.store.is_some();
+        let mut changed = false;
+        if self.runs_checks() {
+            let (due, expired) = self.claims.due(super::now(), cfg.pending_ttl);
+            changed = !due.is_empty() || !expired.is_empty();
+            for c in expired {
+                let why = format!(
+                    "not proven within {} days (pending_ttl_days)",
+                    cfg.pending_ttl.as_secs() / 86_400
+                );
+                match self.fail(&c.name, &c.tenant, &why, fenced).await {
+                    Ok(Some(_)) => {
+                        self.events
+                            .emit("domain.failed", Some(&c.tenant), Some(&c.name), Some(&why));
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(domain = %c.name, error = %e, "expired claim not recorded"),
+                }
+            }
+            for c in due.into_iter().take(BATCH) {
+                if !self.runs_checks() {
+                    break;
+                }
+                self.check(&c, fenced).await;
+            }
+            self.reverify(&cfg).await;
         }
-        for c in due.into_iter().take(BATCH) {
-            self.check(&c).await;
-        }
-        self.reverify(&cfg).await;
         if let Some(m) = &self.metrics {
             let (pending, failed) = self.claims.counts();
             m.claims.with_label_values(&["pending"]).set(pending as i64);
             m.claims.with_label_values(&["failed"]).set(failed as i64);
         }
+        self.checker_gauge();
         if changed {
             self.save().await;
         }
@@ -454,6 +646,11 @@ impl Lifecycle {
                 }
             }
         }
+        // Fleet mode: every replica sees the change; the one that runs the
+        // checks tells the event log and settles the claims.
+        if !self.runs_checks() {
+            return;
+        }
         if tenant_events.len() + domain_events.len() > MAX_TENANT_EVENTS {
             let detail = format!(
                 "{} tenant and {} domain changes in generation {}",
@@ -473,6 +670,7 @@ impl Lifecycle {
             }
         }
         // Claims on names that are now active somewhere.
+        let fenced = self.store.is_some();
         let pending = self.claims.pending();
         let mut changed = false;
         for c in pending {
@@ -481,12 +679,19 @@ impl Lifecycle {
             };
             changed = true;
             if *owner.id == *c.tenant {
-                self.claims.withdraw(&c.name, &c.tenant);
+                if let Err(e) = self.withdraw(&c.name, &c.tenant, fenced).await {
+                    tracing::warn!(domain = %c.name, error = %e, "fulfilled claim not removed");
+                }
             } else {
                 let why = "the name is now active for another tenant";
-                self.claims.fail(&c.name, &c.tenant, why);
-                self.events
-                    .emit("domain.failed", Some(&c.tenant), Some(&c.name), Some(why));
+                match self.fail(&c.name, &c.tenant, why, fenced).await {
+                    Ok(Some(_)) => {
+                        self.events
+                            .emit("domain.failed", Some(&c.tenant), Some(&c.name), Some(why));
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(domain = %c.name, error = %e, "claim not failed"),
+                }
             }
         }
         if changed {
@@ -507,6 +712,10 @@ impl BackgroundService for Verifier {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::spawn(super::webhooks::run(self.lifecycle.clone(), shutdown.clone()));
+        if self.lifecycle.store().is_some() {
+            tokio::spawn(super::fleet::lead(self.lifecycle.clone(), shutdown.clone()));
+            tokio::spawn(super::fleet::sync(self.lifecycle.clone(), shutdown.clone()));
+        }
         let mut generations = self.lifecycle.registry.subscribe();
         let mut seen = self.lifecycle.registry.snapshot();
         loop {

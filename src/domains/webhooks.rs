@@ -164,6 +164,28 @@ pub async fn deliver(
         .map_err(|_| DeliveryError::Timeout(hook.url.clone()))?
 }
 
+/// The shared positions of `hooks` (a receiver new to the fleet starts
+/// after `last`); `None` while Redis does not answer.
+async fn shared_positions(
+    store: &super::fleet::DomainStore,
+    hooks: &[Webhook],
+    last: u64,
+) -> Option<BTreeMap<String, u64>> {
+    let saved = store.positions().await.ok()?;
+    let mut out = BTreeMap::new();
+    for h in hooks {
+        let at = match saved.get(&h.url) {
+            Some(at) => *at,
+            None => {
+                store.save_position(&h.url, last).await.ok()?;
+                last
+            }
+        };
+        out.insert(h.url.clone(), at);
+    }
+    Some(out)
+}
+
 /// Runs the deliveries of every configured receiver until `shutdown`.
 pub async fn run(lifecycle: Arc<super::verifier::Lifecycle>, mut shutdown: pingora_core::server::ShutdownWatch) {
     let cfg = lifecycle.config();
@@ -173,20 +195,56 @@ pub async fn run(lifecycle: Arc<super::verifier::Lifecycle>, mut shutdown: pingo
         return;
     }
     let path = state_dir.join("webhooks.json");
-    let mut positions = load_positions(&path);
+    // Fleet mode: positions live in Redis and only the replica running the
+    // checks delivers (it loads them when it takes over).
+    let fleet = lifecycle.store().cloned();
+    let mut positions = if fleet.is_some() {
+        BTreeMap::new()
+    } else {
+        load_positions(&path)
+    };
     let start = events.last();
-    for h in &hooks {
-        // A new receiver starts with the next event, not the history.
-        positions.entry(h.url.clone()).or_insert(start);
+    if fleet.is_none() {
+        for h in &hooks {
+            // A new receiver starts with the next event, not the history.
+            positions.entry(h.url.clone()).or_insert(start);
+        }
+        save_positions(&path, &positions);
     }
-    save_positions(&path, &positions);
     let tls = if hooks.iter().any(|h| h.tls) {
         tls_config()
     } else {
         None
     };
     let mut backoff: BTreeMap<String, (Duration, tokio::time::Instant)> = BTreeMap::new();
+    let mut leading = fleet.is_none();
     loop {
+        if let Some(store) = &fleet {
+            let now = store.is_leader();
+            if now && !leading {
+                match shared_positions(store, &hooks, events.last()).await {
+                    Some(p) => {
+                        positions = p;
+                        backoff.clear();
+                    }
+                    None => {
+                        tokio::select! {
+                            _ = shutdown.changed() => return,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+            leading = now;
+            if !leading {
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+                continue;
+            }
+        }
         let mut progressed = false;
         for hook in &hooks {
             if backoff
@@ -225,8 +283,20 @@ pub async fn run(lifecycle: Arc<super::verifier::Lifecycle>, mut shutdown: pingo
             }
         }
         if progressed {
-            let (p, positions_now) = (path.clone(), positions.clone());
-            let _ = tokio::task::spawn_blocking(move || save_positions(&p, &positions_now)).await;
+            if let Some(store) = &fleet {
+                for (url, seq) in &positions {
+                    if let Err(e) = store.save_position(url, *seq).await {
+                        // Lost the lease (or Redis): the next holder starts
+                        // from the last saved position (at least once).
+                        tracing::warn!(url = %url, error = %e, "webhook position not saved");
+                        leading = false;
+                        break;
+                    }
+                }
+            } else {
+                let (p, positions_now) = (path.clone(), positions.clone());
+                let _ = tokio::task::spawn_blocking(move || save_positions(&p, &positions_now)).await;
+            }
             continue;
         }
         tokio::select! {

@@ -222,6 +222,14 @@ pub struct DomainMetrics {
     /// `tenantgate_domain_claims{state}`: claims by state (pending, failed);
     /// active names are `tenantgate_domains`.
     pub claims: prometheus::IntGaugeVec,
+    /// `tenantgate_domain_checks_total`: ownership checks this replica ran.
+    pub checks: prometheus::IntCounter,
+    /// `tenantgate_domain_checker`: 1 while this replica runs the scheduled
+    /// checks (always on a single node; the lease holder in fleet mode).
+    pub checker: prometheus::IntGauge,
+    /// `tenantgate_domain_store_up`: fleet mode, whether the domain store
+    /// (Redis) answered last time.
+    pub store_up: prometheus::IntGauge,
 }
 
 impl DomainMetrics {
@@ -238,7 +246,28 @@ impl DomainMetrics {
             claims.with_label_values(&[s]);
         }
         metrics.registry.register(Box::new(claims.clone()))?;
-        Ok(DomainMetrics { claims })
+        let checks = prometheus::IntCounter::new(
+            "tenantgate_domain_checks_total",
+            "Ownership checks of pending domain claims run by this replica.",
+        )?;
+        let checker = prometheus::IntGauge::new(
+            "tenantgate_domain_checker",
+            "1 while this replica runs the scheduled domain checks (fleet mode: holds the checker lease).",
+        )?;
+        let store_up = prometheus::IntGauge::new(
+            "tenantgate_domain_store_up",
+            "Fleet mode: 1 when the domain store (Redis) answered the last call.",
+        )?;
+        for m in [&checker, &store_up] {
+            metrics.registry.register(Box::new(m.clone()))?;
+        }
+        metrics.registry.register(Box::new(checks.clone()))?;
+        Ok(DomainMetrics {
+            claims,
+            checks,
+            checker,
+            store_up,
+        })
     }
 }
 

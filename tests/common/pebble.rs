@@ -497,6 +497,34 @@ impl Pebble {
         .await
     }
 
+    /// How many TXT queries for `host` the mock DNS has answered.
+    #[allow(dead_code)]
+    pub async fn dns_queries(&self, host: &str) -> usize {
+        let mut most = 0;
+        // The history is kept under the queried name; ask with and without
+        // the final dot.
+        for h in [fqdn(host), host.trim_end_matches('.').to_string()] {
+            let url = format!("http://127.0.0.1:{}/dns-request-history", self.challtest_mgmt_port);
+            let resp = self
+                .client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(serde_json::json!({ "host": h }).to_string())
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("POST {url}: {e:?}"));
+            let text = resp.text().await.unwrap_or_default();
+            let list: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
+            // Question.Qtype 16 is TXT.
+            let txt = list
+                .iter()
+                .filter(|e| e["Question"]["Qtype"].as_u64().is_none_or(|t| t == 16))
+                .count();
+            most = most.max(txt);
+        }
+        most
+    }
+
     async fn challtest_post(&self, endpoint: &str, body: serde_json::Value) {
         let url = format!("http://127.0.0.1:{}/{endpoint}", self.challtest_mgmt_port);
         let resp = self
