@@ -379,6 +379,11 @@ pool = "p"
     let rb = "/v1/rollouts/{name}/rollback";
     w.call("POST", rb, "/v1/rollouts/r/rollback", op, None, &[], 200).await;
     w.call("DELETE", rt, "/v1/rollouts/r", op, None, &[], 204).await;
+    w.call("PUT", rt, "/v1/rollouts/r", op, Some((J, r)), &[], 201).await;
+    let co = "/v1/rollouts/{name}/complete";
+    w.call("POST", co, "/v1/rollouts/r/complete?dry_run=true", op, None, &[], 200)
+        .await;
+    w.call("POST", co, "/v1/rollouts/r/complete", op, None, &[], 200).await;
 
     let id = "/v1/tenants/{id}";
     let acme = json!({"domains": ["a.acme.com"], "template": "basic", "labels": {"region": "eu"},

@@ -482,3 +482,32 @@ upstreams = ["{}"]
         "both pools served the tenant"
     );
 }
+
+#[tokio::test]
+async fn completing_a_rollout_points_the_moved_tenants_at_its_pool_in_one_version() {
+    let (v1, v2) = (Flaky::start("v1").await, Flaky::start("v2").await);
+    let gw = Gateway::start(&config(&v1, &v2, "")).await;
+    let ids = tenants(&gw, 12).await;
+    let r = admin(
+        &gw,
+        "PUT",
+        "/v1/rollouts/r",
+        Some(&json!({"from": "v1", "to": "v2", "percent": 25})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    let before = version_count(&gw).await;
+    let r = admin(&gw, "POST", "/v1/rollouts/r/complete", None).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let moved: Vec<&String> = ids.iter().filter(|id| selected("r", id, 25)).collect();
+    assert_eq!(r.json["count"], moved.len());
+    assert_eq!(version_count(&gw).await, before + 1);
+    assert_eq!(admin(&gw, "GET", "/v1/rollouts/r", None).await.status, 404);
+    // Routing is what it was, now from the tenants' own pools.
+    assert_eq!(backends(&gw, &ids).await, expected(&ids, "r", 25, &[]));
+    for id in &ids {
+        let t = admin(&gw, "GET", &format!("/v1/tenants/{id}"), None).await;
+        let want = if moved.contains(&id) { "v2" } else { "v1" };
+        assert_eq!(t.json["pool"], want, "{id}");
+    }
+}

@@ -35,6 +35,8 @@ pub enum Route {
     RolloutPromote(String),
     /// `POST /v1/rollouts/{name}/rollback`.
     RolloutRollback(String),
+    /// `POST /v1/rollouts/{name}/complete`.
+    RolloutComplete(String),
     Changes,
     Preview,
     Audit,
@@ -95,6 +97,7 @@ impl Route {
             ["v1", "rollouts", name] => Route::Rollout(owned(name)),
             ["v1", "rollouts", name, "promote"] => Route::RolloutPromote(owned(name)),
             ["v1", "rollouts", name, "rollback"] => Route::RolloutRollback(owned(name)),
+            ["v1", "rollouts", name, "complete"] => Route::RolloutComplete(owned(name)),
             ["v1", "changes"] => Route::Changes,
             ["v1", "changes", "preview"] => Route::Preview,
             ["v1", "audit"] => Route::Audit,
@@ -136,7 +139,8 @@ impl Route {
             | Route::DomainVerify(_)
             | Route::DomainRetry(_)
             | Route::RolloutPromote(_)
-            | Route::RolloutRollback(_) => POST,
+            | Route::RolloutRollback(_)
+            | Route::RolloutComplete(_) => POST,
             _ => READ,
         }
     }

@@ -167,6 +167,58 @@ impl Call {
         self.step_answer(&name, dry_run, done.value)
     }
 
+    /// `POST /v1/rollouts/{name}/complete`: one version that points every
+    /// moved tenant's `pool` at `to` and removes the rollout; the others
+    /// stay on `from`. Main-file tenants cannot be rewritten here (409).
+    pub(super) async fn complete_rollout(self, name: String) -> Result<Response<Body>, Problem> {
+        self.caller.operator()?;
+        let dry_run = self.query.flag("dry_run")?;
+        let sent = name.clone();
+        let done = self
+            .write(Vec::new(), dry_run, move |texts, snap| {
+                let (_, in_main) = current(texts, snap, &sent).ok_or_else(|| missing(&sent))?;
+                if in_main && !texts.rollouts.contains_key(&sent) {
+                    return Err(super::tenants::read_only(ROLLOUT, &sent, "rollouts"));
+                }
+                let r = live(snap, &sent)?;
+                let idx = snap.config.rollouts.iter().position(|x| x.name == sent);
+                let to = pool_name(snap, r.to).to_string();
+                let mut edits = Vec::new();
+                let mut in_main_file = Vec::new();
+                let mut moved = Vec::new();
+                for t in &snap.config.tenants {
+                    if !t.cohort.is_some_and(|c| Some(c.rollout as usize) == idx && c.moved) {
+                        continue;
+                    }
+                    let Some(text) = texts.tenants.get(&t.id) else {
+                        in_main_file.push(t.id.clone());
+                        continue;
+                    };
+                    let mut section: crate::config::file::TenantSection =
+                        toml::from_str(text).map_err(|_| Problem::internal())?;
+                    section.pool = Some(to.clone());
+                    moved.push(t.id.clone());
+                    edits.push(TenantEdit::Put(Box::new(section)));
+                }
+                if !in_main_file.is_empty() {
+                    return Err(Problem::new(
+                        StatusCode::CONFLICT,
+                        "read-only",
+                        format!(
+                            "moved tenants {} are defined in the main config file; set their pool to {to:?} there, then delete the rollout",
+                            in_main_file.iter().take(10).map(|i| format!("{i:?}")).collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+                edits.push(TenantEdit::DeleteRollout(sent));
+                let count = moved.len();
+                moved.truncate(LISTED);
+                Ok((json!({"completed": !dry_run, "pool": to, "tenants": moved, "count": count}), edits))
+            })
+            .await?;
+        Ok(json_response(StatusCode::OK, &done.value))
+    }
+
     fn step_answer(&self, name: &str, dry_run: bool, moves: Value) -> Result<Response<Body>, Problem> {
         if dry_run {
             return Ok(preview(moves));

@@ -63,6 +63,7 @@ impl Call {
             (Method::DELETE, Route::Rollout(name)) => self.delete_rollout(name).await,
             (Method::POST, Route::RolloutPromote(name)) => self.promote_rollout(name).await,
             (Method::POST, Route::RolloutRollback(name)) => self.rollback_rollout(name).await,
+            (Method::POST, Route::RolloutComplete(name)) => self.complete_rollout(name).await,
             (Method::POST, Route::Changes) => self.changes(false).await,
             (Method::POST, Route::Preview) => self.changes(true).await,
             (Method::GET, Route::Audit) => self.audit_log().await,
