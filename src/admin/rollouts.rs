@@ -27,7 +27,21 @@ impl Call {
     pub(super) fn rollouts(&self) -> Result<Response<Body>, Problem> {
         self.caller.operator()?;
         let snap = self.registry.snapshot();
-        let list: Vec<Value> = snap.config.rollouts.iter().map(|r| summary(&snap, r, false)).collect();
+        // One pass over the tenants for every rollout's counts.
+        let mut counts = vec![(0usize, 0usize); snap.config.rollouts.len()];
+        for c in snap.config.tenants.iter().filter_map(|t| t.cohort) {
+            if let Some(n) = counts.get_mut(c.rollout as usize) {
+                n.0 += 1;
+                n.1 += usize::from(c.moved);
+            }
+        }
+        let list: Vec<Value> = snap
+            .config
+            .rollouts
+            .iter()
+            .zip(counts)
+            .map(|(r, n)| summary(&snap, r, Some(n)))
+            .collect();
         Ok(json_response(
             StatusCode::OK,
             &json!({"rollouts": list, "generation": snap.generation}),
@@ -40,7 +54,7 @@ impl Call {
         let texts = self.registry.texts();
         let snap = self.registry.snapshot();
         let r = live(&snap, name)?;
-        let mut v = summary(&snap, r, true);
+        let mut v = summary(&snap, r, None);
         v["counters"] = self.counters(name);
         let mut resp = json_response(StatusCode::OK, &v);
         super::tenants::set_etag(&mut resp, &tag_of(&texts, &snap, name));
@@ -75,7 +89,7 @@ impl Call {
         let texts = self.registry.texts();
         let snap = self.registry.snapshot();
         let r = live(&snap, &name)?;
-        let mut v = summary(&snap, r, true);
+        let mut v = summary(&snap, r, None);
         v["moves"] = moves;
         Ok(put_response(
             created && !done.unchanged,
@@ -226,7 +240,7 @@ impl Call {
         let texts = self.registry.texts();
         let snap = self.registry.snapshot();
         let r = live(&snap, name)?;
-        let mut v = summary(&snap, r, true);
+        let mut v = summary(&snap, r, None);
         v["moves"] = moves;
         let mut resp = json_response(StatusCode::OK, &v);
         super::tenants::set_etag(&mut resp, &tag_of(&texts, &snap, name));
@@ -267,33 +281,36 @@ fn pool_name(snap: &Snapshot, p: PoolId) -> &str {
     snap.config.pools.get(p as usize).map_or("", |p| p.name.as_str())
 }
 
-/// A rollout's JSON: as written, with where it stands; `cohort` adds the
-/// moved tenants (the first [`LISTED`]).
-fn summary(snap: &Snapshot, r: &Rollout, cohort: bool) -> Value {
+/// A rollout's JSON: as written, with where it stands. With `counts`
+/// (candidates, moved) worked out by the caller, that is all; without,
+/// one pass over the tenants adds the moved ones (the first [`LISTED`])
+/// and the pinned tenants of `from`.
+fn summary(snap: &Snapshot, r: &Rollout, counts: Option<(usize, usize)>) -> Value {
+    let cohort = counts.is_none();
     let idx = snap
         .config
         .rollouts
         .iter()
         .position(|x| x.name == r.name)
         .unwrap_or(usize::MAX);
-    let (mut candidates, mut moved, mut listed) = (0usize, 0usize, Vec::new());
-    for t in &snap.config.tenants {
-        if let Some(c) = t.cohort.filter(|c| c.rollout as usize == idx) {
-            candidates += 1;
-            if c.moved {
-                moved += 1;
-                if cohort && listed.len() < LISTED {
-                    listed.push(t.id.as_str());
+    let (mut candidates, mut moved, mut listed, mut pinned) = (0usize, 0usize, Vec::new(), 0usize);
+    match counts {
+        Some((c, m)) => (candidates, moved) = (c, m),
+        None => {
+            for t in &snap.config.tenants {
+                pinned += usize::from(t.pinned && t.pool == r.from);
+                if let Some(c) = t.cohort.filter(|c| c.rollout as usize == idx) {
+                    candidates += 1;
+                    if c.moved {
+                        moved += 1;
+                        if listed.len() < LISTED {
+                            listed.push(t.id.as_str());
+                        }
+                    }
                 }
             }
         }
     }
-    let pinned = snap
-        .config
-        .tenants
-        .iter()
-        .filter(|t| t.pinned && t.pool == r.from)
-        .count();
     let mut v = serde_json::to_value(&r.section).unwrap_or_else(|_| json!({}));
     v["name"] = json!(r.name);
     v["source"] = json!(if r.in_main_file { "main" } else { "file" });
@@ -304,7 +321,9 @@ fn summary(snap: &Snapshot, r: &Rollout, cohort: bool) -> Value {
     v["next_step"] = json!(r.next_step());
     v["candidates"] = json!(candidates);
     v["moved"] = json!(moved);
-    v["pinned_on_from"] = json!(pinned);
+    if cohort {
+        v["pinned_on_from"] = json!(pinned);
+    }
     v["auto_rollback"] = match &r.auto_rollback {
         Some(a) => json!({
             "enabled": true,

@@ -27,14 +27,16 @@ pub const DEFAULT_MIN_REQUESTS: u64 = 20;
 #[serde(deny_unknown_fields)]
 pub struct RolloutSection {
     /// The pool the cohort leaves.
+    #[serde(alias = "from_pool")]
     pub from: String,
     /// The pool the cohort moves to.
+    #[serde(alias = "to_pool")]
     pub to: String,
     /// The candidates by id; absent: every tenant of `from`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenants: Option<Vec<String>>,
     /// The share of the candidates moved now, 0 to 100.
-    #[serde(default)]
+    #[serde(default, alias = "share")]
     pub percent: u8,
     /// The shares `promote` steps through, ascending.
     #[serde(default, skip_serializing_if = "Option::is_none")]
