@@ -233,6 +233,10 @@ pub fn serve(source: Source, upgrade: bool) -> Result<std::convert::Infallible, 
             FleetSync {
                 fleet,
                 book: registry.book().clone(),
+                summary: Some({
+                    let registry = registry.clone();
+                    Arc::new(move || crate::admin::replica_summary(&registry))
+                }),
             },
         ));
     }

@@ -635,7 +635,16 @@ pool = "p"
         .await;
     w.call("GET", "/v1/stats/top", "/v1/stats/top", Some(ACME), None, &[], 403)
         .await;
-    for stat in ["overview", "series", "domains", "pools"] {
+    let u = "/v1/tenants/{id}/usage";
+    w.call("GET", u, "/v1/tenants/stable/usage", op, None, &[], 200).await;
+    w.call("GET", u, "/v1/tenants/stable/usage?limit=5", op, None, &[], 200)
+        .await;
+    w.call("GET", u, "/v1/tenants/stable/usage?limit=0", op, None, &[], 400)
+        .await;
+    w.call("GET", u, "/v1/tenants/stable/usage", Some(ACME), None, &[], 403)
+        .await;
+    w.call("GET", u, "/v1/tenants/nope/usage", op, None, &[], 404).await;
+    for stat in ["overview", "series", "domains", "pools", "replicas"] {
         let path = format!("/v1/stats/{stat}");
         w.call("GET", &path, &path, op, None, &[], 200).await;
         w.call("GET", &path, &path, Some(ACME), None, &[], 403).await;

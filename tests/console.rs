@@ -451,6 +451,44 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const PYTHON: &str = "/usr/bin/python3";
 
+/// Runs the browser script with `args` (its output kept under `shots` as
+/// `<name>.out` and `<name>.err`), killed after `limit`; asserts it
+/// succeeded and hands back its output.
+async fn run_browser(args: &[String], shots: &Path, name: &str, limit: Duration) -> (String, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console_browser.py");
+    let (out_path, err_path) = (shots.join(format!("{name}.out")), shots.join(format!("{name}.err")));
+    let started = Instant::now();
+    let mut child = std::process::Command::new(PYTHON)
+        .arg(&script)
+        .args(args)
+        .args(["--screenshots", &shots.display().to_string()])
+        .env("CHROMIUM", CHROMIUM)
+        .env("CHROMEDRIVER", CHROMEDRIVER)
+        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
+        .spawn()
+        .expect("python runs");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "browser run failed after {:?} ({status:?})\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        started.elapsed()
+    );
+    (stdout, stderr)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_browser_drives_the_console_end_to_end() {
     if !Path::new(CHROMIUM).exists() || !Path::new(CHROMEDRIVER).exists() {
@@ -461,8 +499,9 @@ async fn a_real_browser_drives_the_console_end_to_end() {
     }
     let dns = Pebble::start(common::free_port(), common::free_port(), 3600).await;
     let p = backend("p").await;
+    // acme's plan: a burst of 8 is partly refused (429) and its page shows it.
     let extra = format!(
-        "[domains]\nverify = \"all\"\nnameservers = [\"{}\"]\ntargets = [\"127.0.0.1\"]\nrecheck_min_secs = 3600\nrecheck_max_secs = 3600\n",
+        "[domains]\nverify = \"all\"\nnameservers = [\"{}\"]\ntargets = [\"127.0.0.1\"]\nrecheck_min_secs = 3600\nrecheck_max_secs = 3600\n\n[limits]\ndefault_plan = \"unlimited\"\n\n[plans.small]\nrequests_per_second = 1\nburst = 3\nrequests_per_day = 100000\n",
         dns.dns_addr()
     );
     let gw = Gateway::start(&config(&p, &extra, "")).await;
@@ -470,7 +509,7 @@ async fn a_real_browser_drives_the_console_end_to_end() {
     let mut list: Vec<Value> = (0..10_000)
         .map(|i| json!({"id": format!("t{i:05}"), "subdomain": format!("t{i:05}"), "pool": "p", "labels": {"tier": if i % 2 == 0 { "gold" } else { "free" }}}))
         .collect();
-    list.push(json!({"id": "acme", "subdomain": "acme", "pool": "p"}));
+    list.push(json!({"id": "acme", "subdomain": "acme", "pool": "p", "plan": "small"}));
     // Markup in a label value must show as text, never run.
     list[7777]["labels"]["note"] = json!(XSS);
     let export = gw.admin_call("GET", "/v1/export", Some(OPS), None, &[]).await;
@@ -530,53 +569,47 @@ async fn a_real_browser_drives_the_console_end_to_end() {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| gw.dir().join("screenshots"));
     std::fs::create_dir_all(&shots).expect("screenshot dir");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console_browser.py");
-    let started = Instant::now();
-    let (out_path, err_path) = (shots.join("browser.out"), shots.join("browser.err"));
-    let mut child = std::process::Command::new(PYTHON)
-        .arg(&script)
-        .args(["--admin", &format!("http://{}", gw.admin)])
-        .args(["--proxy", &gw.http.to_string()])
-        .args(["--token", OPS, "--tenant-token", ACME])
-        .args(["--find", "t07777", "--markup", XSS])
-        .args(["--hot", "t00042", "--hotter", "t09999"])
-        .args(["--rollback", &target.to_string()])
-        .args(["--domain", "shop.console-test.example"])
-        .args([
-            "--dns-admin",
-            &format!("http://127.0.0.1:{}", dns.challtestsrv_management_port()),
-        ])
-        .args(["--txt-name", &record, "--txt-value", token])
-        .args(["--screenshots", &shots.display().to_string()])
-        .env("CHROMIUM", CHROMIUM)
-        .env("CHROMEDRIVER", CHROMEDRIVER)
-        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
-        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
-        .spawn()
-        .expect("python runs");
+    let args: Vec<String> = [
+        "--admin",
+        &format!("http://{}", gw.admin),
+        "--proxy",
+        &gw.http.to_string(),
+        "--token",
+        OPS,
+        "--tenant-token",
+        ACME,
+        "--find",
+        "t07777",
+        "--markup",
+        XSS,
+        "--hot",
+        "t00042",
+        "--hotter",
+        "t09999",
+        "--limited",
+        "acme",
+        "--rollback",
+        &target.to_string(),
+        "--domain",
+        "shop.console-test.example",
+        "--dns-admin",
+        &format!("http://127.0.0.1:{}", dns.challtestsrv_management_port()),
+        "--txt-name",
+        &record,
+        "--txt-value",
+        token,
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
     // Bounded: the run is killed after 4 minutes.
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break Some(status);
-        }
-        if started.elapsed() > Duration::from_secs(240) {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
-    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "browser run failed after {:?} ({status:?})\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        started.elapsed()
-    );
+    let (stdout, stderr) = run_browser(&args, &shots, "browser", Duration::from_secs(240)).await;
     for step in [
         "signed-in",
+        "replicas",
         "found",
         "opened",
+        "usage",
         "top-changed",
         "rolled-back",
         "rechecked",
@@ -602,9 +635,129 @@ async fn a_real_browser_drives_the_console_end_to_end() {
         "the re-check activated the name: {}",
         t.json
     );
-    for shot in ["signin", "overview", "tenants", "tenant", "top", "changes", "domains"] {
+    // The refusals the browser saw are the API's too, for the tenant's own token.
+    let usage = gw
+        .admin_call("GET", "/v1/tenants/acme/usage", Some(ACME), None, &[])
+        .await;
+    assert_eq!(usage.status, 200, "{}", usage.json);
+    let refusals = usage.json["refusals"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !refusals.is_empty() && refusals.iter().all(|r| r["status"] == 429 && r["detail"] == "burst"),
+        "{}",
+        usage.json
+    );
+    let other = gw
+        .admin_call("GET", "/v1/tenants/t07777/usage", Some(ACME), None, &[])
+        .await;
+    assert_eq!(other.status, 403, "a tenant token reads only its own usage");
+    for shot in [
+        "signin",
+        "overview",
+        "tenants",
+        "tenant",
+        "tenant-usage",
+        "top",
+        "changes",
+        "domains",
+    ] {
         let f = shots.join(format!("{shot}.png"));
         let len = std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
         assert!(len > 5_000, "{} missing or empty", f.display());
     }
+}
+
+/// The Domains page's "Retry order" button, in a real browser: a name
+/// whose orders fail against a dead CA (backed off for an hour) is retried,
+/// and the gateway clears its backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_browser_retries_a_failing_certificate_order() {
+    if !Path::new(CHROMIUM).exists() || !Path::new(CHROMEDRIVER).exists() {
+        eprintln!("\n\n!!!!! SKIPPED: {CHROMIUM} or {CHROMEDRIVER} is absent !!!!!\n\n");
+        return;
+    }
+    let p = backend("p").await;
+    // Nothing listens at the CA: every order fails and backs off an hour.
+    let extra = "https_listen = \"{https}\"\n\n[tls]\nissuer = \"acme\"\n\n[tls.acme]\ndirectory_url = \"https://127.0.0.1:1/dir\"\nretry_min_secs = 3600\n";
+    let name = "shop.retry-test.example";
+    let tenants = format!("[[tenants]]\nid = \"shop\"\ndomains = [\"{name}\"]\npool = \"p\"\n");
+    let gw = Gateway::start(&config(&p, extra, &tenants)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = gw.admin_call("GET", "/v1/stats/domains", Some(OPS), None, &[]).await;
+        if r.json["certificates"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|x| x["name"] == name))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the order never failed: {}\n{}",
+            r.json,
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = gw
+        .admin_call("GET", &format!("/v1/domains/{name}"), Some(OPS), None, &[])
+        .await;
+    let shots = std::env::var("CONSOLE_SCREENSHOTS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| gw.dir().join("screenshots"));
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    let args: Vec<String> = [
+        "--flow",
+        "retry",
+        "--admin",
+        &format!("http://{}", gw.admin),
+        "--token",
+        OPS,
+        "--domain",
+        name,
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
+    let (stdout, _) = run_browser(&args, &shots, "retry", Duration::from_secs(180)).await;
+    assert!(stdout.contains("STEP retried"), "{stdout}");
+    // The click reached the gateway: the backoff was cleared and the name
+    // ordered again at once (it fails again against the dead CA).
+    assert!(
+        gw.log().contains("certificate backoff cleared through the admin API"),
+        "{}",
+        gw.log()
+    );
+    let acme_of = |v: &Value| {
+        let nested = &v["certificate"]["acme"];
+        if nested.is_null() {
+            v["acme"].clone()
+        } else {
+            nested.clone()
+        }
+    };
+    let before_next = acme_of(&before.json)["next_attempt"].clone();
+    assert!(!before_next.is_null(), "{}", before.json);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let after = gw
+            .admin_call("GET", &format!("/v1/domains/{name}"), Some(OPS), None, &[])
+            .await;
+        let acme = acme_of(&after.json);
+        if acme["next_attempt"] != before_next && acme["failures"].as_u64().is_some_and(|f| f >= 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new attempt after the retry: before {} after {}",
+            before.json,
+            after.json
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let f = shots.join("domains-retry.png");
+    assert!(
+        std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0) > 5_000,
+        "{} missing",
+        f.display()
+    );
 }

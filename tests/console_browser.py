@@ -37,10 +37,19 @@ def step(name, detail=""):
 
 def parse():
     p = argparse.ArgumentParser()
-    for a in ["admin", "proxy", "token", "tenant-token", "find", "hot", "hotter", "rollback", "domain", "screenshots",
-              "dns-admin", "txt-name", "txt-value", "markup"]:
+    # "main": the whole tour; "retry": sign in and retry a failing order.
+    p.add_argument("--flow", choices=["main", "retry"], default="main")
+    for a in ["admin", "token", "domain", "screenshots"]:
         p.add_argument("--" + a, required=True)
-    return p.parse_args()
+    for a in ["proxy", "tenant-token", "find", "hot", "hotter", "rollback", "dns-admin", "txt-name", "txt-value",
+              "markup", "limited"]:
+        p.add_argument("--" + a, default="")
+    a = p.parse_args()
+    if a.flow == "main":
+        missing = [k for k, v in vars(a).items() if v == ""]
+        if missing:
+            p.error("the main flow needs " + ", ".join(missing))
+    return a
 
 
 def browser():
@@ -62,6 +71,59 @@ def set_txt(dns_admin, name, value):
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as r:
         assert r.status == 200, r.status
+
+
+def burst(proxy, host, n):
+    """`n` requests in a row for `host`; the statuses."""
+    h, port = proxy.rsplit(":", 1)
+    conn = http.client.HTTPConnection(h, int(port), timeout=5)
+    out = []
+    for i in range(n):
+        conn.request("GET", f"/burst/{i}?secret=not-kept", headers={"Host": host})
+        r = conn.getresponse()
+        r.read()
+        out.append(r.status)
+    conn.close()
+    return out
+
+
+def sign_in(d, wait, args):
+    d.get(args.admin + "/console/")
+    wait.until(EC.visibility_of_element_located((By.ID, "token")))
+    d.find_element(By.ID, "token").send_keys(args.token)
+    d.find_element(By.ID, "signin-button").click()
+    wait.until(EC.visibility_of_element_located((By.ID, "overview-cards")))
+
+
+def retry_flow(args):
+    """Domains page: the failing order's Retry button clears its backoff."""
+    d = browser()
+    wait = WebDriverWait(d, WAIT)
+    shot = lambda name: d.save_screenshot(os.path.join(args.screenshots, name + ".png"))
+    try:
+        sign_in(d, wait, args)
+        d.find_element(By.CSS_SELECTOR, "#nav a[data-page=domains]").click()
+        row = wait.until(EC.presence_of_element_located(
+            (By.XPATH, f"//table[@id='failing-certs']//tr[td[1][text()='{args.domain}']]")))
+        before = int(row.find_elements(By.TAG_NAME, "td")[1].text)
+        assert before >= 1, row.text
+        row.find_element(By.CSS_SELECTOR, "button.retry").click()
+        wait.until(lambda _: "Order of " + args.domain + " retried" in d.find_element(By.ID, "retry-result").text)
+        text = d.find_element(By.ID, "retry-result").text
+        # The backoff is cleared: the next attempt is now, not an hour away.
+        assert "next attempt" in text, text
+        shot("domains-retry")
+        step("retried", text)
+    except Exception as e:
+        shot("failure-retry")
+        print("FAILED:", repr(e), file=sys.stderr)
+        try:
+            print(d.find_element(By.TAG_NAME, "body").text, file=sys.stderr)
+        except Exception:
+            pass
+        raise
+    finally:
+        d.quit()
 
 
 class Load:
@@ -117,6 +179,12 @@ def main():
         assert d.execute_script("return sessionStorage.getItem('tenantgate.token')") == args.token
         assert d.get_cookies() == [], d.get_cookies()
         step("signed-in")
+        # The replicas table: a single node lists itself.
+        wait.until(lambda _: attr_of_rows(d, "#replica-table tbody tr", "data-replica"))
+        assert len(attr_of_rows(d, "#replica-table tbody tr", "data-replica")) == 1
+        assert "(this node)" in d.find_element(By.ID, "replica-table").text
+        assert "Single node" in d.find_element(By.ID, "replicas-info").text
+        step("replicas")
         time.sleep(0.5)
         shot("overview")
 
@@ -164,6 +232,24 @@ def main():
         assert d.execute_script("return window.__xss === undefined && document.querySelectorAll('#main img, #main script').length === 0")
         shot("tenant")
         step("opened")
+
+        # A limited tenant: a burst past its rate is refused (429), and its
+        # page shows its quota use and those refusals.
+        statuses = burst(args.proxy, args.limited + ".saas.example", 8)
+        assert 429 in statuses and 200 in statuses, statuses
+        d.get(args.admin + "/console/#/tenant/" + args.limited)
+        wait.until(EC.visibility_of_element_located((By.ID, "usage-table")))
+        wait.until(lambda _: d.find_elements(By.ID, "refusal-table"))
+        refusals = d.find_element(By.ID, "refusal-table").text
+        assert "429" in refusals and "limit (burst)" in refusals and "GET /burst/" in refusals, refusals
+        assert "secret" not in refusals, refusals
+        n429 = statuses.count(429)
+        assert len(d.find_elements(By.CSS_SELECTOR, "#refusal-table tbody tr")) == n429, (refusals, statuses)
+        day = d.find_element(By.CSS_SELECTOR, "#usage-table tr[data-limit='day quota']").text
+        assert f"{statuses.count(200)} of 100000" in day, day
+        assert d.find_elements(By.CSS_SELECTOR, "#usage-table tr[data-limit='rate']")
+        shot("tenant-usage")
+        step("usage", f"{n429} refusals shown")
 
         # Top tenants, live: one tenant's load, then a heavier one's.
         d.find_element(By.CSS_SELECTOR, "#nav a[data-page=top]").click()
@@ -229,6 +315,8 @@ def main():
         d.find_element(By.ID, "token").send_keys(args.tenant_token)
         d.find_element(By.ID, "signin-button").click()
         wait.until(lambda _: d.find_elements(By.ID, "tenant-title") and d.find_element(By.ID, "tenant-title").text == "Tenant acme")
+        # The tenant's own token reads its own use and refusals.
+        wait.until(lambda _: d.find_elements(By.ID, "refusal-table"))
         visible = [a.get_attribute("data-page") for a in d.find_elements(By.CSS_SELECTOR, "#nav a") if a.is_displayed()]
         assert visible == ["tenants", "domains"], visible
         d.get(args.admin + "/console/#/tenant/" + args.find)
@@ -259,4 +347,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    if parse().flow == "retry":
+        retry_flow(parse())
+    else:
+        main()

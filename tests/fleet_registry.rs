@@ -344,4 +344,91 @@ async fn a_rollout_step_through_one_replica_moves_the_tenants_on_every_replica()
     }
     let on_a = a.admin_call("GET", "/v1/rollouts/r", Some(OPS), None, &[]).await;
     assert_eq!(on_a.json["state"], "rolled_back", "{:?}", on_a.json);
+
+/// The replicas view: each replica publishes a summary (id, the registry
+/// version it serves, its counts) with a TTL, every replica lists them all,
+/// and a replica that stops leaves the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_replica_lists_every_live_replica_with_its_version_and_counts() {
+    let redis = Redis::start();
+    let (p, q) = (backend("p").await, backend("q").await);
+    let (a, b) = two_replicas(&config(&p, &q, &redis.url())).await;
+    let r = put(&a, "acme", json!({"domains": ["app.acme.com"], "pool": "q"})).await;
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    // Traffic on A only.
+    for _ in 0..25 {
+        assert_eq!(a.get("app.acme.com", "/").await.0, 200);
+    }
+    let version = a.metric("tenantgate_registry_store_version").await;
+    // Wait (bounded) until each replica lists both, with a summary published
+    // after the traffic and the version.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (la, lb) = loop {
+        let (la, lb) = (listed(&a).await, listed(&b).await);
+        let ready = |v: &Value| {
+            v["replicas"].as_array().is_some_and(|r| {
+                r.len() == 2
+                    && r.iter().all(|x| x["version"].as_f64() == Some(version))
+                    && r.iter().any(|x| x["requests"].as_u64().is_some_and(|n| n >= 25))
+            })
+        };
+        if ready(&la.json) && ready(&lb.json) {
+            break (la.json, lb.json);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas never listed both with version {version}:\nA {}\nB {}",
+            la.json,
+            lb.json
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!((la["fleet"].clone(), la["store"].clone()), (json!(true), json!("up")));
+    let ids = |v: &Value| -> Vec<String> {
+        let mut ids: Vec<String> = v["replicas"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|x| x["id"].as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(&la), ids(&lb), "both replicas list the same fleet");
+    assert_ne!(la["self"], lb["self"], "each replica has its own id");
+    for l in [&la, &lb] {
+        assert!(
+            ids(l).contains(&l["self"].as_str().unwrap_or_default().to_string()),
+            "{l}"
+        );
+    }
+    // A's traffic is A's: its row counts the 25 requests, B's does not.
+    let row = |v: &Value, id: &Value| {
+        v["replicas"]
+            .as_array()
+            .and_then(|r| r.iter().find(|x| x["id"] == *id).cloned())
+    };
+    let a_row = row(&la, &la["self"]).expect("A's row");
+    let b_row = row(&la, &lb["self"]).expect("B's row");
+    assert!(a_row["requests"].as_u64().is_some_and(|n| n >= 25), "{a_row}");
+    assert!(b_row["requests"].as_u64().is_some_and(|n| n < 25), "{b_row}");
+    assert!(a_row["last_seen_ms"].as_u64().is_some_and(|ms| ms <= 5_000), "{a_row}");
+    // B is killed (no goodbye): it leaves A's list once its last report is
+    // older than the replica TTL.
+    let b_id = lb["self"].clone();
+    let _ = b.stop();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let l = listed(&a).await.json;
+        if l["replicas"]
+            .as_array()
+            .is_some_and(|r| r.len() == 1 && r[0]["id"] != b_id)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B never left A's list: {l}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn listed(gw: &Gateway) -> common::AdminResponse {
+    gw.admin_call("GET", "/v1/stats/replicas", Some(OPS), None, &[]).await
 }

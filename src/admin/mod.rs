@@ -38,6 +38,7 @@ pub use audit::Audit;
 pub use domains::Certs;
 pub use problem::{Body, Problem};
 pub use request::{route_methods, PATHS};
+pub use stats::replica_summary;
 
 use crate::config::{Listening, Scope};
 use crate::listener::{self, BodyError, Handler};

@@ -56,6 +56,10 @@ pub enum Route {
     StatsDomains,
     /// `GET /v1/stats/pools`.
     StatsPools,
+    /// `GET /v1/stats/replicas`.
+    StatsReplicas,
+    /// `GET /v1/tenants/{id}/usage`.
+    TenantUsage(String),
     Pools,
     Pool(String),
 }
@@ -85,6 +89,7 @@ impl Route {
             ["v1", "openapi.json"] => Route::OpenApi,
             ["v1", "tenants"] => Route::Tenants,
             ["v1", "tenants", id] => Route::Tenant(owned(id)),
+            ["v1", "tenants", id, "usage"] => Route::TenantUsage(owned(id)),
             ["v1", "tenants", id, "domains", name] => Route::TenantDomain(owned(id), owned(name)),
             ["v1", "domains", name] => Route::Domain(owned(name)),
             ["v1", "domains", name, "verify"] => Route::DomainVerify(owned(name)),
@@ -111,6 +116,7 @@ impl Route {
             ["v1", "stats", "series"] => Route::StatsSeries,
             ["v1", "stats", "domains"] => Route::StatsDomains,
             ["v1", "stats", "pools"] => Route::StatsPools,
+            ["v1", "stats", "replicas"] => Route::StatsReplicas,
             ["v1", "pools"] => Route::Pools,
             ["v1", "pools", name] => Route::Pool(owned(name)),
             _ => return Ok(None),
@@ -177,6 +183,7 @@ pub const PATHS: &[&str] = &[
     "/v1/openapi.json",
     "/v1/tenants",
     "/v1/tenants/{id}",
+    "/v1/tenants/{id}/usage",
     "/v1/tenants/{id}/domains/{name}",
     "/v1/domains/{name}",
     "/v1/domains/{name}/verify",
@@ -198,6 +205,7 @@ pub const PATHS: &[&str] = &[
     "/v1/stats/series",
     "/v1/stats/domains",
     "/v1/stats/pools",
+    "/v1/stats/replicas",
     "/v1/pools",
     "/v1/pools/{name}",
 ];

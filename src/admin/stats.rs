@@ -11,6 +11,8 @@ use super::problem::{json_response, Body, Problem};
 use super::tenants::Call;
 use crate::config::Scope;
 use crate::domains::ClaimState;
+use crate::limits::SystemClock;
+use crate::telemetry::refusals::PER_TENANT;
 use crate::telemetry::top::{RankBy, WINDOW};
 
 /// Rows of `GET /v1/stats/top` by default, and at most.
@@ -52,6 +54,91 @@ impl Call {
                 "window_secs": WINDOW.as_secs(),
                 "tenants": rows,
             }),
+        ))
+    }
+
+    /// `GET /v1/tenants/{id}/usage?limit=N`: the tenant's effective limits,
+    /// their use now (this replica's in-flight count; quota counts, in
+    /// fleet mode the shared ones as last seen), and its recent refusals,
+    /// newest first. A tenant token reads only its own.
+    pub(super) async fn tenant_usage(&self, id: String) -> Result<Response<Body>, Problem> {
+        self.caller.may_touch(&id)?;
+        let limit = self.query.number("limit", 1, PER_TENANT as u64, PER_TENANT as u64)? as usize;
+        let registry = self.registry.clone();
+        let wanted = id.clone();
+        // Finding the tenant among 100,000 is a scan: off the runtime.
+        let body = tokio::task::spawn_blocking(move || {
+            let snap = registry.snapshot();
+            let i = snap.config.tenants.iter().position(|t| t.id == id)?;
+            let spec = snap.config.tenants.get(i)?;
+            let fleet = registry.book().fleet().is_some();
+            let limits = spec.limits.as_ref().map(|l| {
+                json!({
+                    "rate_per_second": l.rate.map(|r| r.per_second),
+                    "burst": l.rate.map(|r| r.burst),
+                    "client_rate_per_second": l.client_rate.map(|r| r.per_second),
+                    "max_concurrent": l.max_concurrent,
+                    "per_day": l.per_day,
+                    "per_month": l.per_month,
+                    "timezone": l.timezone.iana_name().unwrap_or("UTC"),
+                })
+            });
+            let usage = spec
+                .limits
+                .as_ref()
+                .zip(
+                    snap.tenant(i as crate::routing::TenantIdx)
+                        .and_then(|t| t.limiter.as_ref()),
+                )
+                .map(|(l, state)| state.usage(l, fleet, &SystemClock));
+            let refusals = registry.metrics().refusals.of(&id, limit);
+            Some(json!({
+                "tenant": id,
+                "fleet": fleet,
+                "limits": limits,
+                "use": usage,
+                "refusals": refusals,
+                "refusals_kept": PER_TENANT,
+            }))
+        })
+        .await
+        .map_err(|_| Problem::internal())?;
+        let Some(body) = body else {
+            return Err(super::tenants::missing(&wanted));
+        };
+        Ok(json_response(StatusCode::OK, &body))
+    }
+
+    /// `GET /v1/stats/replicas`: every live replica's summary in fleet mode
+    /// (published every 2 s with a 10 s TTL), else this node's alone.
+    pub(super) async fn stats_replicas(&self) -> Result<Response<Body>, Problem> {
+        self.caller.operator()?;
+        let me = replica_summary(&self.registry);
+        let Some(fleet) = self.registry.book().fleet().cloned() else {
+            return Ok(json_response(
+                StatusCode::OK,
+                &json!({"fleet": false, "self": me["id"], "store": Value::Null, "replicas": [me]}),
+            ));
+        };
+        let (store, replicas) = match fleet.replicas_seen().await {
+            Ok(seen) => {
+                let rows: Vec<Value> = seen
+                    .into_iter()
+                    .map(|r| {
+                        let mut row = r.summary.filter(Value::is_object).unwrap_or_else(|| json!({}));
+                        row["id"] = json!(r.id);
+                        row["last_seen_ms"] = json!(r.ago_ms);
+                        row
+                    })
+                    .collect();
+                ("up", rows)
+            }
+            // The store is down: this node is all it knows.
+            Err(_) => ("down", vec![me.clone()]),
+        };
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({"fleet": true, "self": me["id"], "store": store, "replicas": replicas}),
         ))
     }
 
@@ -206,4 +293,36 @@ impl Call {
             &json!({"claims": claims, "certificates": certificates}),
         ))
     }
+}
+
+/// This node's summary, as `GET /v1/stats/replicas` lists it and fleet
+/// mode publishes it: its id, the registry version it serves (fleet) and
+/// its generation, requests and 5xx since start, and req/s, 5xx/s and p99
+/// over the last closed 10 s window (0 before the first one).
+pub fn replica_summary(registry: &crate::registry::Registry) -> Value {
+    let metrics = registry.metrics();
+    let totals = metrics.top.totals();
+    let last = metrics.top.series().pop();
+    let id = registry
+        .book()
+        .fleet()
+        .map_or_else(local_id, |f| f.replica_id().to_string());
+    json!({
+        "id": id,
+        "version": registry.store().map(crate::registry::RegistryStore::synced),
+        "generation": registry.snapshot().generation,
+        "uptime_secs": metrics.top.uptime().as_secs(),
+        "requests": totals.requests,
+        "errors_5xx": totals.errors,
+        "rps": last.as_ref().map_or(0.0, |p| p.rps),
+        "errors_per_sec": last.as_ref().map_or(0.0, |p| p.errors_per_sec),
+        "p99": last.as_ref().map(|p| p.p99),
+        "last_seen_ms": 0,
+    })
+}
+
+/// A single node's id: its host name and process id.
+fn local_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
 }

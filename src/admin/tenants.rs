@@ -77,6 +77,8 @@ impl Call {
             (Method::GET, Route::StatsSeries) => self.stats_series(),
             (Method::GET, Route::StatsDomains) => self.stats_domains().await,
             (Method::GET, Route::StatsPools) => self.stats_pools().await,
+            (Method::GET, Route::StatsReplicas) => self.stats_replicas().await,
+            (Method::GET, Route::TenantUsage(id)) => self.tenant_usage(id).await,
             (Method::GET, Route::Pools) => self.pools(),
             (Method::GET, Route::Pool(name)) => self.pool(&name),
             _ => Err(Problem::not_found("no such resource; see /v1/openapi.json")),

@@ -46,6 +46,12 @@ const QUOTA_IDLE_NS: u64 = 1_000_000_000;
 const REPLICA_TTL_MS: u64 = 5_000;
 /// How often a replica reports itself, settles quotas and probes a down store.
 const SYNC_EVERY: Duration = Duration::from_millis(500);
+/// Heartbeats between two publications of this replica's summary.
+const SUMMARY_EVERY: u32 = 4;
+/// A summary not refreshed for this long expires in Redis.
+const SUMMARY_TTL_MS: u64 = 10_000;
+/// Replicas listed at most (the summaries are read one key each).
+const REPLICAS_LISTED: usize = 256;
 /// The largest quota lease, unless a tenth of a second of the tenant's rate
 /// is more.
 const MAX_QUOTA_LEASE: u64 = 64;
@@ -186,6 +192,17 @@ enum Step {
 }
 
 impl Lease {
+    /// The day and month counts as this replica knows them: Redis' count
+    /// at the last exchange (admitted and leased, every replica) plus what
+    /// was admitted here while the store was down.
+    pub(super) fn counts(&self) -> (Counter, Counter) {
+        let with_local = |s: &Slot| Counter {
+            count: s.counter.count + s.local,
+            ..s.counter
+        };
+        (with_local(&self.day), with_local(&self.month))
+    }
+
     fn roll(&mut self, limits: &Limits, now: Timestamp) {
         let day = limits.per_day.is_some() && self.day.roll(Period::Day, now, limits);
         let month = limits.per_month.is_some() && self.month.roll(Period::Month, now, limits);
@@ -664,6 +681,86 @@ impl Fleet {
         Ok(())
     }
 
+    /// This replica's id in the fleet (host, process id, start time).
+    pub fn replica_id(&self) -> &str {
+        &self.replica
+    }
+
+    fn summary_key(&self, id: &str) -> String {
+        format!("{}:replica:{id}", self.prefix)
+    }
+
+    /// Publishes this replica's summary (a JSON object) for
+    /// [`SUMMARY_TTL_MS`], or removes it (`None`, when leaving).
+    async fn publish(&self, summary: Option<String>) -> Result<(), StoreError> {
+        let Some(conn) = self.conn.load_full() else {
+            return Err(StoreError::NotConnected);
+        };
+        let mut conn = (*conn).clone();
+        let key = self.summary_key(&self.replica);
+        let cmd = match summary {
+            Some(text) => {
+                let mut c = redis::cmd("SET");
+                c.arg(key).arg(text).arg("PX").arg(SUMMARY_TTL_MS);
+                c
+            }
+            None => {
+                let mut c = redis::cmd("DEL");
+                c.arg(key);
+                c
+            }
+        };
+        let _: redis::Value = self.call(cmd.query_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    /// The live replicas (seen within the replica TTL, at most
+    /// [`REPLICAS_LISTED`]), each with how long ago it reported (by Redis'
+    /// clock) and its last published summary, if one is still there.
+    pub async fn replicas_seen(&self) -> Result<Vec<ReplicaSeen>, StoreError> {
+        self.connect().await?;
+        let Some(conn) = self.conn.load_full() else {
+            return Err(StoreError::NotConnected);
+        };
+        let mut conn = (*conn).clone();
+        let set = format!("{}:replicas", self.prefix);
+        let (time, seen): ((u64, u64), Vec<(String, f64)>) = self
+            .call(
+                redis::pipe()
+                    .cmd("TIME")
+                    .cmd("ZREVRANGE")
+                    .arg(&set)
+                    .arg(0)
+                    .arg(REPLICAS_LISTED - 1)
+                    .arg("WITHSCORES")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let now_ms = time.0 * 1000 + time.1 / 1000;
+        let seen: Vec<(String, u64)> = seen
+            .into_iter()
+            .map(|(id, at)| (id, now_ms.saturating_sub(at as u64)))
+            .filter(|(_, ago)| *ago <= REPLICA_TTL_MS)
+            .collect();
+        if seen.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (id, _) in &seen {
+            pipe.cmd("GET").arg(self.summary_key(id));
+        }
+        let texts: Vec<Option<String>> = self.call(pipe.query_async(&mut conn)).await?;
+        Ok(seen
+            .into_iter()
+            .zip(texts)
+            .map(|((id, ago_ms), text)| ReplicaSeen {
+                id,
+                ago_ms,
+                summary: text.and_then(|t| serde_json::from_str(&t).ok()),
+            })
+            .collect())
+    }
+
     /// Reports this replica (or removes it, `leave`) and reads the count.
     async fn heartbeat(&self, leave: bool) -> Result<(), StoreError> {
         self.connect().await?;
@@ -782,11 +879,26 @@ impl Lease {
     }
 }
 
+/// One live replica, as `Fleet::replicas_seen` lists it.
+#[derive(Debug, Clone)]
+pub struct ReplicaSeen {
+    pub id: String,
+    /// Milliseconds since it last reported, by Redis' clock.
+    pub ago_ms: u64,
+    /// Its last summary (a JSON object), unless it expired.
+    pub summary: Option<serde_json::Value>,
+}
+
+/// Makes this replica's summary (a JSON object) to publish.
+pub type Summary = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
 /// The pingora background service of fleet mode: connects, reports this
-/// replica, settles quota counts, and probes a store that is down.
+/// replica (and every [`SUMMARY_EVERY`] heartbeats its summary), settles
+/// quota counts, and probes a store that is down.
 pub struct FleetSync {
     pub fleet: Arc<Fleet>,
     pub book: Arc<Book>,
+    pub summary: Option<Summary>,
 }
 
 #[async_trait]
@@ -794,16 +906,29 @@ impl BackgroundService for FleetSync {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tick = tokio::time::interval(SYNC_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beats = 0u32;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => {
                     self.fleet.settle(&self.book, true).await;
                     let _ = self.fleet.heartbeat(true).await;
+                    if self.summary.is_some() {
+                        let _ = self.fleet.publish(None).await;
+                    }
                     return;
                 }
                 _ = tick.tick() => {
                     match self.fleet.heartbeat(false).await {
-                        Ok(()) => self.fleet.settle(&self.book, false).await,
+                        Ok(()) => {
+                            if let Some(summary) = self.summary.as_ref().filter(|_| beats.is_multiple_of(SUMMARY_EVERY)) {
+                                let text = summary().to_string();
+                                if let Err(e) = self.fleet.publish(Some(text)).await {
+                                    tracing::debug!(error = %e, "publishing the replica summary failed");
+                                }
+                            }
+                            beats = beats.wrapping_add(1);
+                            self.fleet.settle(&self.book, false).await;
+                        }
                         Err(e) => tracing::debug!(error = %e, "limit store heartbeat failed"),
                     }
                 }

@@ -43,6 +43,14 @@ pub struct Gcra {
 }
 
 impl Gcra {
+    /// Requests that could be admitted at once at `now` (the burst left).
+    pub fn remaining(&self, now: u64, rate: Rate) -> u32 {
+        let t = rate.interval();
+        let capacity = t * u64::from(rate.burst);
+        let debt = self.tat.load(Ordering::Relaxed).saturating_sub(now);
+        (capacity.saturating_sub(debt) / t).min(u64::from(rate.burst)) as u32
+    }
+
     /// Admits one request at `now` under `rate`, or says when to retry.
     pub fn check(&self, now: u64, rate: Rate) -> RateCheck {
         let t = rate.interval();

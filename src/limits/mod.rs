@@ -381,6 +381,58 @@ impl TenantState {
     pub fn quotas(&self) -> Quotas {
         *self.quotas.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// The tenant's use of `limits` at `now`: in fleet mode the shared
+    /// counts as this replica last saw them (they include budget leased to
+    /// replicas and not yet spent), and no local burst figure.
+    pub fn usage(&self, limits: &Limits, fleet: bool, clock: &dyn Clock) -> Usage {
+        let now = clock.now();
+        let (day, month) = if fleet {
+            self.lease.lock().unwrap_or_else(|p| p.into_inner()).counts()
+        } else {
+            let q = self.quotas();
+            (q.day, q.month)
+        };
+        let period = |mut c: Counter, period: Period, limit: Option<u64>| {
+            let limit = limit?;
+            c.roll(period, now, &limits.timezone);
+            Some(PeriodUse {
+                used: c.count,
+                limit,
+                resets_in_secs: c.resets_in(now),
+            })
+        };
+        Usage {
+            in_flight: self.inflight(),
+            max_concurrent: limits.max_concurrent,
+            burst_left: limits
+                .rate
+                .filter(|_| !fleet)
+                .map(|r| self.gcra.remaining(clock.mono_ns(), r)),
+            day: period(day, Period::Day, limits.per_day),
+            month: period(month, Period::Month, limits.per_month),
+        }
+    }
+}
+
+/// A tenant's use of its limits (`TenantState::usage`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub in_flight: u32,
+    pub max_concurrent: Option<u32>,
+    /// Requests the rate allows at once now (`None` without a rate, or in
+    /// fleet mode, where the rate lives in Redis).
+    pub burst_left: Option<u32>,
+    pub day: Option<PeriodUse>,
+    pub month: Option<PeriodUse>,
+}
+
+/// One quota period's use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeriodUse {
+    pub used: u64,
+    pub limit: u64,
+    pub resets_in_secs: u64,
 }
 
 /// Every tenant's limiter state, keyed by tenant id, plus the quota file.

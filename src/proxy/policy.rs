@@ -240,6 +240,8 @@ pub struct Outcome<'a> {
     pub path: &'a str,
     pub request_id: Option<&'a str>,
     pub error: Option<&'a (dyn std::fmt::Display + Sync)>,
+    /// The tenant limit that refused the request (`Violation::as_str`).
+    pub limit: Option<&'static str>,
 }
 
 impl<'a> Outcome<'a> {
@@ -256,6 +258,7 @@ impl<'a> Outcome<'a> {
             path,
             request_id: None,
             error: None,
+            limit: None,
         }
     }
 }
@@ -394,6 +397,7 @@ impl Policy {
                 target,
             }),
             Err(refusal) => {
+                o.limit = Some(refusal.violation.as_str());
                 let page = match refusal.status() {
                     429 => Page::TooManyRequests,
                     _ => Page::Unavailable,
@@ -791,13 +795,33 @@ impl Policy {
         let access_log = snap.config.telemetry.access_log;
         let (status, method, path) = (o.status, o.method, o.path);
         let tenant = o.route.and_then(|r| snap.tenant(r.tenant));
+        let refusal = refusal_reason(o);
         self.metrics.top.record(&top::Sample {
             tenant: tenant.map(|t| &t.id),
             status,
-            refusal: refusal_reason(o),
+            refusal,
             start: o.start,
             elapsed,
         });
+        if let Some(t) = tenant {
+            let reason = match (refusal, o.limit) {
+                (_, Some(_)) => Some("limit"),
+                (Some(r), None) => top::REFUSAL_REASONS.get(r).copied(),
+                // No upstream available: the pool's own 503.
+                (None, None) if status == 503 && o.upstream.is_none() => Some("no_upstream"),
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                self.metrics.refusals.push(&crate::telemetry::refusals::Refused {
+                    tenant: &t.id,
+                    status,
+                    reason,
+                    detail: o.limit,
+                    method,
+                    path,
+                });
+            }
+        }
         let Some(route) = o.route else {
             if access_log {
                 // Without a tenant, only a shared host's platform pool forwards.

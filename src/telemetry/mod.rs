@@ -4,6 +4,7 @@
 
 pub mod backends;
 mod endpoint;
+pub mod refusals;
 pub mod rollouts;
 pub mod spread;
 pub mod top;
@@ -146,6 +147,8 @@ pub struct Metrics {
     /// The busiest tenants (heavy-hitter sketches), the platform totals and
     /// the console's time series.
     pub top: std::sync::Arc<top::Top>,
+    /// The recent refusals of routed requests, per tenant (bounded).
+    pub refusals: refusals::RefusalLog,
     /// K: rows exported per `tenantgate_top_tenant_*` metric.
     top_k: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -516,6 +519,7 @@ impl Metrics {
         let backends = backends::BackendMetrics::new(&registry)?;
         let rollouts = rollouts::RolloutMetrics::new(&registry)?;
         Ok(Metrics {
+            refusals: refusals::RefusalLog::default(),
             backends,
             rollouts,
             registry,

@@ -491,7 +491,11 @@ impl Top {
     /// The top `n` tenants by `by`, over the previous window and the
     /// current one so far.
     pub fn rank(&self, by: RankBy, n: usize) -> Vec<Ranked> {
-        let now = Instant::now();
+        self.rank_at(by, n, Instant::now())
+    }
+
+    /// [`Top::rank`] as of `now`.
+    fn rank_at(&self, by: RankBy, n: usize, now: Instant) -> Vec<Ranked> {
         let epoch = self.epoch(now);
         let since_window = now.saturating_duration_since(self.origin).as_secs_f64() % WINDOW.as_secs_f64();
         let span = if epoch == 0 {
@@ -809,6 +813,89 @@ mod tests {
         for i in 1..ss.heap.len() {
             assert!(ss.count_at((i - 1) / 2) <= ss.count_at(i));
         }
+    }
+
+    /// The sketch as the gateway feeds it: several threads at once, with
+    /// tenants seen once or twice mixed in, against exact counts.
+    #[test]
+    fn concurrent_threads_keep_the_bounds_and_the_exact_top_under_a_zipf_load() {
+        let n_keys = 10_000;
+        let k = 32;
+        let top = Arc::new(Top::new(k));
+        let ids: Arc<Vec<Arc<str>>> = Arc::new((0..n_keys).map(|i| Arc::from(format!("t{i}").as_str())).collect());
+        let start = top.origin;
+        let per_thread = 150_000u64;
+        let threads: Vec<_> = (0..4u64)
+            .map(|seed| {
+                let (top, ids) = (top.clone(), ids.clone());
+                std::thread::spawn(move || {
+                    let mut zipf = Zipf::new(n_keys, 1.1, 0x9e37_79b9_7f4a_7c15 ^ (seed + 1));
+                    let mut exact = vec![0u64; n_keys];
+                    for j in 0..per_thread {
+                        // Every 16th request goes to a tenant seen once or
+                        // twice: the sketches evict.
+                        let i = if j % 16 == 0 {
+                            (j as usize * 7919 + seed as usize) % n_keys
+                        } else {
+                            zipf.next()
+                        };
+                        exact[i] += 1;
+                        top.record(&Sample {
+                            tenant: Some(&ids[i]),
+                            status: if i % 97 == 3 { 502 } else { 200 },
+                            refusal: None,
+                            start,
+                            elapsed: Duration::from_micros(100),
+                        });
+                    }
+                    exact
+                })
+            })
+            .collect();
+        let mut exact = vec![0u64; n_keys];
+        for t in threads {
+            for (a, b) in exact.iter_mut().zip(t.join().unwrap()) {
+                *a += b;
+            }
+        }
+        let total = 4 * per_thread;
+        assert_eq!(top.totals().requests, total);
+        let tracked: u64 = top
+            .shards
+            .iter()
+            .map(|s| lock(s).cur.requests.slots.iter().map(|x| x.count).sum::<u64>())
+            .sum();
+        assert_eq!(tracked, total, "the sketches conserve mass");
+        assert!(top.shards.iter().all(|s| lock(s).cur.requests.slots.len() <= k));
+        // One second into the first window: a rate is a count.
+        let ranked = top.rank_at(RankBy::Rps, 8 * k, start + Duration::from_secs(1));
+        assert!(ranked.len() <= SHARDS * k);
+        for r in &ranked {
+            let i: usize = r.tenant[1..].parse().unwrap();
+            let est = r.rps as u64;
+            assert!(est >= exact[i], "{} undercounted: {est} < {}", r.tenant, exact[i]);
+            assert!(est - r.error_bound <= exact[i], "{} error bound broken", r.tenant);
+        }
+        let mut by_exact: Vec<usize> = (0..n_keys).collect();
+        by_exact.sort_by(|a, b| exact[*b].cmp(&exact[*a]).then(a.cmp(b)));
+        let est_top: Vec<&str> = ranked.iter().take(10).map(|r| &*r.tenant).collect();
+        let exact_top: Vec<String> = by_exact.iter().take(10).map(|i| format!("t{i}")).collect();
+        assert_eq!(est_top, exact_top);
+        // Every tenant with more than 1/K of the load is ranked.
+        for (i, c) in exact.iter().enumerate() {
+            if *c > total / k as u64 {
+                assert!(
+                    ranked.iter().any(|r| r.tenant == format!("t{i}")),
+                    "heavy t{i} ({c}) lost"
+                );
+            }
+        }
+        // The 5xx ranking too: exact for the top tenants with errors.
+        let errs = top.rank_at(RankBy::Errors, 3, start + Duration::from_secs(1));
+        let mut err_exact: Vec<(u64, usize)> = (0..n_keys).filter(|i| i % 97 == 3).map(|i| (exact[i], i)).collect();
+        err_exact.sort_by(|a, b| b.cmp(a));
+        assert_eq!(errs[0].tenant, format!("t{}", err_exact[0].1));
+        assert!(errs[0].errors_per_sec as u64 >= err_exact[0].0);
     }
 
     #[test]

@@ -162,11 +162,25 @@
     const cards = h('div', { class: 'cards', id: 'overview-cards' });
     const charts = h('div', { class: 'grid2', id: 'overview-charts' });
     const detail = h('div', { class: 'grid2' });
-    root.append(cards, charts, detail);
+    const replicas = h('div', { class: 'panel', id: 'replicas' });
+    root.append(cards, charts, replicas, detail);
     async function load() {
-      const [o, s] = await Promise.all([api('GET', '/v1/stats/overview'), api('GET', '/v1/stats/series')]);
+      const [o, s, rp] = await Promise.all([api('GET', '/v1/stats/overview'), api('GET', '/v1/stats/series'), api('GET', '/v1/stats/replicas')]);
       if (!live()) return;
-      clear(cards); clear(charts); clear(detail);
+      clear(cards); clear(charts); clear(detail); clear(replicas);
+      replicas.appendChild(h('h2', {}, 'Replicas'));
+      if (!rp.ok) replicas.appendChild(refused(rp));
+      else {
+        const rd = rp.data;
+        replicas.appendChild(h('p', { class: 'muted', id: 'replicas-info' }, rd.fleet
+          ? 'Fleet mode: ' + rd.replicas.length + ' live replica' + (rd.replicas.length === 1 ? '' : 's') + (rd.store === 'down' ? ' (the store is down: this node only)' : '') + '; each publishes every 2 s; rates over its last 10 s window.'
+          : 'Single node (no [store]); rates over the last 10 s window.'));
+        replicas.appendChild(table('replica-table', ['replica', 'registry version#', 'generation#', 'req/s#', '5xx/s#', 'p99#', 'requests#', 'last seen'],
+          rd.replicas.map(x => h('tr', { 'data-replica': x.id, class: x.id === rd.self ? 'self' : null },
+            td(x.id + (x.id === rd.self ? ' (this node)' : '')), td(num(x.version), 'num'), td(num(x.generation), 'num'),
+            td(x.rps === undefined ? '–' : num(x.rps, 1), 'num'), td(x.errors_per_sec === undefined ? '–' : num(x.errors_per_sec, 2), 'num'),
+            td(ms(x.p99), 'num'), td(num(x.requests), 'num'), td(x.last_seen_ms === 0 ? 'now' : (x.last_seen_ms / 1000).toFixed(1) + ' s ago')))));
+      }
       if (!o.ok) { cards.appendChild(refused(o)); return; }
       const d = o.data, now = d.now || {};
       const card = (label, value, sub, id) => h('div', { class: 'card', id: id || null }, h('div', { class: 'label' }, label), h('div', { class: 'value' }, value), h('div', { class: 'sub' }, sub || ''));
@@ -277,17 +291,24 @@
       .filter(x => x[1] !== undefined && x[1] !== null)
       .map(([k, v]) => h('tr', {}, td(k), td(typeof v === 'string' ? v : JSON.stringify(v))));
     const domainBox = h('div', { id: 'tenant-domains' }, h('p', { class: 'muted' }, 'Loading domains…'));
-    const loadBox = h('div', { id: 'tenant-refusals' });
+    const loadBox = h('div', { id: 'tenant-load-box' });
+    const usageBox = h('div', { id: 'tenant-usage' }, h('p', { class: 'muted' }, 'Loading…'));
+    const refusalBox = h('div', { id: 'tenant-refusals' });
     const auditBox = h('div', { id: 'tenant-audit' });
     root.append(
       h('div', { class: 'grid2' },
         h('div', { class: 'panel' }, h('h2', {}, 'Settings'), table('tenant-facts', ['field', 'value'], facts)),
         h('div', { class: 'panel' }, h('h2', {}, 'Load and refusals now'), loadBox)),
+      h('div', { class: 'grid2' },
+        h('div', { class: 'panel' }, h('h2', {}, 'Quota and limit use'), usageBox),
+        h('div', { class: 'panel' }, h('h2', {}, 'Recent refusals'), refusalBox)),
       h('div', { class: 'panel' }, h('h2', {}, 'Domains'), domainBox),
       h('div', { class: 'grid2' },
         h('div', { class: 'panel', id: 'tenant-limits' }, h('h2', {}, 'Limits'), h('pre', {}, t.limits ? JSON.stringify(t.limits, null, 2) : 'From the plan' + (t.plan ? ' ' + t.plan : '') + ' (no own limits).')),
         h('div', { class: 'panel', id: 'tenant-profile' }, h('h2', {}, 'Profile'), h('pre', {}, JSON.stringify({ labels: t.labels, features: t.features, locale: t.locale, branding: t.branding, maintenance: t.maintenance }, null, 2)))),
       h('div', { class: 'panel' }, h('h2', {}, 'Audit entries'), auditBox));
+    await usage(id, usageBox, refusalBox, live);
+    every(5000, () => usage(id, usageBox, refusalBox, live));
     // Domains with their lifecycle and certificate state (first 25 names).
     const names = (t.domains || []).slice(0, 25);
     const claims = t.domain_claims || [];
@@ -325,6 +346,35 @@
     const a = await api('GET', '/v1/audit?limit=20&tenant=' + encodeURIComponent(id));
     if (!live()) return;
     auditBox.appendChild(auditTable(a, 'tenant-audit-table'));
+  }
+
+  // A tenant's limits, their use now and its recent refusals.
+  async function usage(id, usageBox, refusalBox, live) {
+    const u = await api('GET', '/v1/tenants/' + encodeURIComponent(id) + '/usage');
+    if (!live()) return;
+    clear(usageBox); clear(refusalBox);
+    if (!u.ok) { usageBox.appendChild(refused(u)); return; }
+    const d = u.data, l = d.limits, now = d.use;
+    if (!l) usageBox.appendChild(h('p', { class: 'muted', id: 'usage-none' }, 'No limits: every request is admitted.'));
+    else {
+      const pct = (used, limit) => limit ? ' (' + Math.min(100, Math.round(100 * used / limit)) + ' %)' : '';
+      const rows = [];
+      if (l.max_concurrent !== null) rows.push(['in flight', now.in_flight + ' of ' + l.max_concurrent + pct(now.in_flight, l.max_concurrent), 'this replica']);
+      if (l.rate_per_second !== null) rows.push(['rate', l.rate_per_second + '/s, burst ' + l.burst, now.burst_left === null ? 'shared in the fleet' : now.burst_left + ' left now']);
+      for (const [k, name] of [['day', 'day quota'], ['month', 'month quota']]) {
+        const q = now[k];
+        if (q) rows.push([name, q.used + ' of ' + q.limit + pct(q.used, q.limit), 'resets in ' + TgChart.fmt(q.resets_in_secs, 's')]);
+      }
+      if (l.client_rate_per_second !== null) rows.push(['per client', l.client_rate_per_second + '/s', '']);
+      usageBox.appendChild(table('usage-table', ['limit', 'use', ''], rows.map(([a, b, c]) => h('tr', { 'data-limit': a }, td(a), td(b), td(c)))));
+      usageBox.appendChild(h('p', { class: 'muted' }, 'Time zone ' + l.timezone + (d.fleet ? '; quota counts are the fleet\'s, leased budget included' : '')));
+    }
+    refusalBox.appendChild(d.refusals.length
+      ? table('refusal-table', ['at', 'status#', 'reason', 'request'], d.refusals.map(r => h('tr', {},
+        td(new Date(r.at_ms).toISOString().replace('T', ' ').replace(/\.\d+Z$/, 'Z')), td(String(r.status), 'num'),
+        td(r.reason + (r.detail ? ' (' + r.detail + ')' : '')), td(r.method + ' ' + r.path))))
+      : h('p', { class: 'muted', id: 'refusals-none' }, 'No refusals kept for this tenant.'));
+    if (d.refusals.length) refusalBox.appendChild(h('p', { class: 'muted' }, 'Newest first; the gateway keeps the last ' + d.refusals_kept + ' per tenant (on this node).'));
   }
 
   function auditTable(a, id) {
