@@ -159,11 +159,14 @@ impl H1ToH2<'_> {
                 self.said_close = r.close;
                 Ok(r.status)
             }
-            Err(e) => {
-                // After a failure the connection is not in step any more.
+            // Cut short after its head: the connection is not in step any
+            // more. (Before it, nothing went to the client: a retry or the
+            // failure answer follows.)
+            Err(e @ Attempt::AfterHead(..)) => {
                 self.unfinished = true;
                 Err(e)
             }
+            Err(e) => Err(e),
         }
     }
 }
@@ -253,28 +256,16 @@ async fn relay(
     }
     match framing {
         Framing::Length(n) => framing::header_line(out, b"content-length", n.to_string().as_bytes()),
-        Framing::Chunked => out.extend_from_slice(
-            b"transfer-encoding: chunked
-",
-        ),
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::None | Framing::Close => {}
     }
     let close = !shape.keep_alive || framing == Framing::Close;
     if close {
-        out.extend_from_slice(
-            b"connection: close
-",
-        );
+        out.extend_from_slice(b"connection: close\r\n");
     } else if shape.http10 {
-        out.extend_from_slice(
-            b"connection: keep-alive
-",
-        );
+        out.extend_from_slice(b"connection: keep-alive\r\n");
     }
-    out.extend_from_slice(
-        b"
-",
-    );
+    out.extend_from_slice(b"\r\n");
     let ct = shape.ct;
     let after = |e| Attempt::AfterHead(e, status);
     let upstream = |e: h2::Error| {

@@ -57,10 +57,14 @@ pub enum ExchangeError {
     },
     #[error("upstream {0} closed the connection before the response ended")]
     Closed(SocketAddr),
-    /// An HTTP/2 backend refused the stream (`REFUSED_STREAM`, or a GOAWAY
-    /// below its id): by RFC 9113 section 8.7 it did not process it.
-    #[error("upstream {addr} did not process the request ({reason})")]
+    /// An HTTP/2 backend's GOAWAY left the stream out (its id above the
+    /// last one processed): by RFC 9113 section 8.7 it was not processed.
+    #[error("upstream {addr} is going away and did not process the request ({reason})")]
     Refused { addr: SocketAddr, reason: ::h2::Reason },
+    /// An HTTP/2 backend reset the stream before its response head
+    /// (`REFUSED_STREAM`: not processed).
+    #[error("upstream {addr} reset the stream ({reason})")]
+    Reset { addr: SocketAddr, reason: ::h2::Reason },
     #[error("upstream {addr}: {source}")]
     BadResponse {
         addr: SocketAddr,
@@ -89,6 +93,7 @@ impl ExchangeError {
             ExchangeError::Upstream { .. }
                 | ExchangeError::Closed(_)
                 | ExchangeError::Refused { .. }
+                | ExchangeError::Reset { .. }
                 | ExchangeError::ReadTimeout(_)
                 | ExchangeError::BadResponse { .. }
         )

@@ -169,9 +169,16 @@ pub async fn forward(
                 });
             }
             Err(Attempt::Stale(error)) => {
-                let refused = matches!(error, ExchangeError::Refused { .. });
-                let safe = unsent || client.replayable() || (refused && bodiless);
-                if retry.broke_before_response(pool, index, &up, conn.reused, safe) {
+                let (unprocessed, connection_broke) = match error {
+                    ExchangeError::Refused { .. } => (true, true),
+                    ExchangeError::Reset { reason, .. } => (reason == h2::Reason::REFUSED_STREAM, false),
+                    _ => (false, true),
+                };
+                let safe = unsent || client.replayable() || (unprocessed && bodiless);
+                // A stream the backend reset says nothing of the connection:
+                // only a broken kept connection may be a stale one.
+                let stale = conn.reused && connection_broke;
+                if retry.broke_before_response(pool, index, &up, stale, safe) {
                     broken = Some(conn.id);
                     continue;
                 }
@@ -337,16 +344,17 @@ async fn drive(
     }
 }
 
-/// How a stream failed before its response head: refused unprocessed by
-/// the backend (`REFUSED_STREAM`, or above a GOAWAY's last stream), broken
-/// with its connection (maybe a stale one), or refused by the gateway's
-/// own h2 for what the backend sent (a response came: never again).
+/// How a stream failed before its response head: left out by the
+/// backend's GOAWAY, reset by the backend (`REFUSED_STREAM`: unprocessed),
+/// broken with its connection (maybe a stale one), or refused by the
+/// gateway's own h2 for what the backend sent (a response came: never
+/// again).
 fn stream_failed(addr: SocketAddr, e: h2::Error) -> Attempt {
-    let refused = e
-        .reason()
-        .filter(|r| e.is_remote() && (e.is_go_away() || *r == h2::Reason::REFUSED_STREAM));
-    if let Some(reason) = refused {
-        return Attempt::Stale(ExchangeError::Refused { addr, reason });
+    if let (Some(reason), true) = (e.reason(), e.is_remote()) {
+        return Attempt::Stale(match e.is_go_away() {
+            true => ExchangeError::Refused { addr, reason },
+            false => ExchangeError::Reset { addr, reason },
+        });
     }
     let ours = e.is_library();
     let error = ExchangeError::Upstream {
