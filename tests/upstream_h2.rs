@@ -399,3 +399,37 @@ fn keepalive_settings_are_checked() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn an_http2_upstream_answering_5xx_is_ejected_and_hanging_one_gets_504() {
+    let a = H2Backend::start("a").await;
+    let b = H2Backend::start("b").await;
+    let extra = "[pools.p.outlier]\nconsecutive_failures = 3\nejection_ms = 60000\n";
+    let gw = Gateway::start(&config(&[a.addr, b.addr], extra, "", other().await)).await;
+    let c = client();
+    a.set(H2Mode::Error);
+    let mut fives = 0;
+    for i in 0..12 {
+        if send(&c, &gw, "GET", &format!("/e{i}"), None).await.0 == 500 {
+            fives += 1;
+        }
+    }
+    assert_eq!(fives, 3, "a answered 500 three times in a row, then was ejected");
+    gw.wait_metric(
+        &format!(
+            "tenantgate_upstream_ejections_total{{pool=\"p\",upstream=\"{}\"}}",
+            a.addr
+        ),
+        1.0,
+    )
+    .await;
+    // The last one standing hangs: 504, branded, over both protocols.
+    b.set(H2Mode::Hang);
+    let (status, body) = send(&c, &gw, "GET", "/slow", None).await;
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("504"), "{body}");
+    let (status, _) = send_h2(&h2_client(&gw), &gw, "GET", "/slow2").await;
+    assert_eq!(status, 504);
+    assert_eq!(b.count("/slow"), 1, "a timed-out request is never sent again");
+    assert_eq!(gw.get("o.example", "/still").await.0, 200);
+}

@@ -470,6 +470,14 @@ mod tests {
             Body::Chunked
         );
         assert_eq!(body(b"HTTP/1.1 200 OK\r\n\r\n", false), Body::Close);
+        let (both, _) = head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        );
+        assert!(
+            !both.expect("valid").expect("complete").reusable,
+            "a response with both lengths may be a smuggling attempt: its connection goes"
+        );
         assert!(head(b"HTTP/1.1 200 OK\r\nContent-Length: 5", false)
             .0
             .expect("valid")

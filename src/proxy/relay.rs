@@ -546,3 +546,44 @@ pub async fn forward(snap: &Snapshot, pool: &Pool, d: &mut impl Downstream) -> R
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::upstream::UpstreamName;
+
+    #[test]
+    fn retries_count_resolved_upstreams_and_stop_at_the_limit() {
+        let metrics = crate::telemetry::Metrics::new().expect("metrics");
+        let fixed = vec![Arc::new(Upstream::new(SocketAddr::from(([127, 0, 0, 1], 9000))))];
+        let mut pool = Pool::new("p".into(), fixed, metrics.pool("p"));
+        pool.names = vec![UpstreamName {
+            host: "backend.internal".into(),
+            port: 9100,
+        }];
+        let resolved = (1..=3)
+            .map(|i| {
+                let addr = SocketAddr::from(([127, 0, 0, i], 9100));
+                Arc::new(Upstream::resolved(addr, "backend.internal:9100".into(), None))
+            })
+            .collect();
+        pool.resolved.store(Arc::new(resolved));
+        let down = Duration::from_secs(60);
+        let mut retry = Retry::start(&pool);
+        // One fixed upstream: a resolved one is still there to try, within
+        // `retries` (2).
+        let (i, up) = retry.select(&pool).expect("one");
+        assert!(retry.connect_failed(&pool, i, &up, down), "a resolved upstream is left");
+        let (i, up) = retry.select(&pool).expect("two");
+        assert!(retry.connect_failed(&pool, i, &up, down), "the second retry");
+        let (i, up) = retry.select(&pool).expect("three");
+        assert!(!retry.connect_failed(&pool, i, &up, down), "retries = 2 reached");
+        // A stale kept connection is replaced once outside the budget, and
+        // an unsafe request never goes again.
+        let mut retry = Retry::start(&pool);
+        let (i, up) = retry.select(&pool).expect("one");
+        assert!(retry.broke_before_response(&pool, i, &up, true, true));
+        assert!(retry.fresh_only());
+        assert!(!retry.broke_before_response(&pool, i, &up, false, false));
+    }
+}

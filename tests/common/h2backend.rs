@@ -25,6 +25,8 @@ pub enum H2Mode {
     Reset = 2,
     /// Reads the request and never answers.
     Hang = 3,
+    /// Answers 500.
+    Error = 4,
 }
 
 /// One request that reached the backend.
@@ -147,6 +149,11 @@ async fn stream(
     }
     if mode == H2Mode::Hang as u8 {
         tokio::time::sleep(Duration::from_secs(3600)).await;
+        return;
+    }
+    if mode == H2Mode::Error as u8 {
+        let resp = http::Response::builder().status(500).body(()).expect("response");
+        let _ = respond.send_response(resp, true);
         return;
     }
     let ok = http::Response::builder().status(200);
