@@ -316,14 +316,19 @@ async fn a_body_cut_short_is_never_passed_off_as_complete() {
     let root = std::fs::read(gw.dir().join("state/internal-ca/root.pem")).expect("root");
     let h2 = common::https_client(&root, &["h.saas.example"], gw.https, false);
     for path in ["/mid-body", "/mid-chunk"] {
-        let resp = h2
+        let sent = h2
             .get(format!("https://h.saas.example:{}{path}", gw.https.port()))
             .send()
-            .await
-            .expect("head arrives");
-        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
-        assert_eq!(resp.status(), 200);
-        assert!(resp.bytes().await.is_err(), "{path}: the body fails, not ends");
+            .await;
+        // The reset may reach the client with the head, before it is read.
+        match sent {
+            Ok(resp) => {
+                assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+                assert_eq!(resp.status(), 200);
+                assert!(resp.bytes().await.is_err(), "{path}: the body fails, not ends");
+            }
+            Err(e) => assert!(format!("{e:?}").contains("INTERNAL_ERROR"), "{path}: {e:?}"),
+        }
     }
     for (path, want) in [("/bad-status", 502), ("/hang", 504), ("/two-cl", 502)] {
         let resp = h2
