@@ -262,6 +262,10 @@ pub struct PoolSection {
     /// HTTP/2 to the backends (ALPN h2 with TLS, prior knowledge without).
     #[serde(default)]
     pub http2: bool,
+    /// PINGs on the HTTP/2 backend connections (`0`: none), and how long
+    /// an answer may take.
+    pub http2_keepalive_interval_ms: Option<u64>,
+    pub http2_keepalive_timeout_ms: Option<u64>,
     /// Active health checks (`[pools.<name>.health]`).
     pub health: Option<super::upstream::HealthSection>,
     /// Passive outlier ejection (`[pools.<name>.outlier]`).

@@ -383,8 +383,10 @@ pub struct PoolSpec {
     pub maintenance: Option<profile::Maintenance>,
     /// TLS to the backends (`tls = true`).
     pub tls: Option<upstream_tls::UpstreamTls>,
-    /// HTTP/2 to the backends, for clients that speak HTTP/2.
+    /// HTTP/2 to the backends.
     pub http2: bool,
+    /// PINGs on the HTTP/2 backend connections; `None`: none.
+    pub h2_keepalive: Option<upstream::H2Keepalive>,
     /// Active health checks; `None`: off.
     pub health: Option<upstream::HealthCheck>,
     pub outlier: upstream::Outlier,
@@ -682,6 +684,13 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
             section.retry_min_per_second,
             &mut errs,
         );
+        let h2_keepalive = upstream::h2_keepalive(
+            &name,
+            section.http2,
+            section.http2_keepalive_interval_ms,
+            section.http2_keepalive_timeout_ms,
+            &mut errs,
+        );
         pools.push(PoolSpec {
             name,
             upstreams,
@@ -690,6 +699,7 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
             maintenance,
             tls,
             http2: section.http2,
+            h2_keepalive,
             health,
             outlier,
             retries,

@@ -96,6 +96,77 @@ impl Default for Retries {
     }
 }
 
+/// PINGs on a pool's HTTP/2 backend connections (`http2 = true`): one
+/// every `interval`; a connection whose PING is not answered within
+/// `timeout` is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct H2Keepalive {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+pub const DEFAULT_H2_KEEPALIVE_INTERVAL_MS: u64 = 30_000;
+pub const DEFAULT_H2_KEEPALIVE_TIMEOUT_MS: u64 = 10_000;
+
+/// Validates `http2_keepalive_interval_ms` (`0`: off) and
+/// `http2_keepalive_timeout_ms`; both only with `http2 = true`. `None`:
+/// no PINGs (off, or the pool does not speak HTTP/2).
+pub fn h2_keepalive(
+    pool: &str,
+    http2: bool,
+    interval: Option<u64>,
+    timeout: Option<u64>,
+    errs: &mut Vec<ConfigError>,
+) -> Option<H2Keepalive> {
+    if !http2 {
+        for (key, v) in [
+            ("http2_keepalive_interval_ms", interval),
+            ("http2_keepalive_timeout_ms", timeout),
+        ] {
+            if let Some(v) = v {
+                errs.push(bad(
+                    pool,
+                    key,
+                    v,
+                    "a setting of a pool with http2 = true (set http2 = true, or remove the key)",
+                ));
+            }
+        }
+        return None;
+    }
+    let interval = match interval {
+        None => DEFAULT_H2_KEEPALIVE_INTERVAL_MS,
+        Some(v) if v == 0 || (100..=3_600_000).contains(&v) => v,
+        Some(v) => {
+            errs.push(bad(
+                pool,
+                "http2_keepalive_interval_ms",
+                v,
+                "0 (no PINGs) or milliseconds from 100 to 3600000",
+            ));
+            DEFAULT_H2_KEEPALIVE_INTERVAL_MS
+        }
+    };
+    let limit = if interval == 0 { 3_600_000 } else { interval };
+    let timeout = match timeout {
+        None => DEFAULT_H2_KEEPALIVE_TIMEOUT_MS.min(limit),
+        Some(v) if (10..=3_600_000).contains(&v) && v <= limit => v,
+        Some(v) => {
+            errs.push(bad(
+                pool,
+                "http2_keepalive_timeout_ms",
+                v,
+                "milliseconds from 10 to 3600000, at most http2_keepalive_interval_ms",
+            ));
+            DEFAULT_H2_KEEPALIVE_TIMEOUT_MS.min(limit)
+        }
+    };
+    (interval > 0).then(|| H2Keepalive {
+        interval: Duration::from_millis(interval),
+        timeout: Duration::from_millis(timeout),
+    })
+}
+
 pub const DEFAULT_HEALTH_PATH: &str = "/healthz";
 pub const DEFAULT_INTERVAL_MS: u64 = 5_000;
 pub const DEFAULT_TIMEOUT_MS: u64 = 2_000;

@@ -20,7 +20,13 @@ pub enum BadResponse {
     Chunked,
     #[error("a transfer coding other than a single chunked")]
     Coding,
+    #[error("more than {MAX_INTERIM} interim (1xx) responses")]
+    Interim,
 }
+
+/// Interim (1xx) responses relayed before a final one; a backend sending
+/// more gets a 502 (each would otherwise restart the wait for the head).
+pub const MAX_INTERIM: usize = 16;
 
 /// How the response body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +82,8 @@ pub fn parse(
         Err(_) => return Err(BadResponse::Head),
     };
     let status = resp.code.ok_or(BadResponse::Head)?;
-    if status < 100 {
+    // RFC 9110 section 15: status codes are 100 to 599.
+    if !(100..=599).contains(&status) {
         return Err(BadResponse::Head);
     }
     let switching = status == 101;
@@ -141,10 +148,14 @@ pub fn parse(
             emit(Line::Header(name, h.value));
         }
     }
+    // Both Content-Length and Transfer-Encoding: the chunked framing wins
+    // and the length is dropped (RFC 9112 section 6.3), but the message may
+    // be a smuggling attempt: the connection is not used again.
+    let smuggled = chunked.is_some() && length.is_some();
     Ok(Some(Response {
         status,
         body,
-        reusable: !close && !matches!(body, Body::Close | Body::Upgrade),
+        reusable: !close && !smuggled && !matches!(body, Body::Close | Body::Upgrade),
         date,
         len,
     }))
@@ -459,6 +470,14 @@ mod tests {
             Body::Chunked
         );
         assert_eq!(body(b"HTTP/1.1 200 OK\r\n\r\n", false), Body::Close);
+        let (both, _) = head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        );
+        assert!(
+            !both.expect("valid").expect("complete").reusable,
+            "a response with both lengths may be a smuggling attempt: its connection goes"
+        );
         assert!(head(b"HTTP/1.1 200 OK\r\nContent-Length: 5", false)
             .0
             .expect("valid")
@@ -477,6 +496,8 @@ mod tests {
             (b"HTTP/1.1 2000 OK\r\n\r\n", BadResponse::Head),
             (b"garbage\r\n\r\n", BadResponse::Head),
             (b"HTTP/1.1 000 Zero\r\n\r\n", BadResponse::Head),
+            (b"HTTP/1.1 600 Beyond\r\n\r\n", BadResponse::Head),
+            (b"HTTP/1.1 999 Beyond\r\n\r\n", BadResponse::Head),
             (
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
                 BadResponse::Coding,

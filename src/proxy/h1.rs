@@ -172,7 +172,7 @@ async fn read_more(
 
 /// The request body still to come from the client after what was read
 /// with the head.
-enum Rest {
+pub(super) enum Rest {
     Nothing,
     Length(u64),
     Chunked(Chunked),
@@ -276,6 +276,53 @@ async fn exchange(
         }
     }
     let (pairs, n) = f.limit_headers();
+    // An HTTP/2 pool gets HTTP/1.x requests over HTTP/2 too (an upgrade
+    // stays HTTP/1.1: it has no HTTP/2 form here).
+    if f.pool.http2 && h.upgrade.is_none() {
+        let Ok(method) = http::Method::from_bytes(h.method.as_bytes()) else {
+            return Next::Close;
+        };
+        let te_trailers = h
+            .headers
+            .iter()
+            .filter(|x| x.name.eq_ignore_ascii_case("te"))
+            .flat_map(|x| headers::tokens(x.value))
+            .any(|t| t.eq_ignore_ascii_case(b"trailers"));
+        let (first, has_body) = match h.body {
+            BodyKind::None => (bytes::Bytes::new(), false),
+            BodyKind::Length(n) => (bytes::Bytes::copy_from_slice(&after[..in_buf]), n > 0),
+            BodyKind::Chunked => (super::h1_to_h2::unchunk(&rechunked), true),
+        };
+        let request = super::upstream_h2::backend_request(f.pool, out, &method, te_trailers);
+        let mut client = super::h1_to_h2::H1ToH2 {
+            method: &method,
+            http10: h.http10,
+            keep_alive: h.keep_alive,
+            te_trailers,
+            first,
+            rest,
+            has_body,
+            extra: &pairs[..n],
+            branded: f.branded.as_ref(),
+            io,
+            out,
+            bbuf,
+            timeouts: snap.config.gateway.timeouts,
+            client_timeout: ct,
+            shutdown,
+            more: Vec::new(),
+            unfinished: false,
+            said_close: true,
+        };
+        let result = super::upstream_h2::forward(&snap, f.pool, request, &mut client).await;
+        let (close, more) = (client.unfinished || client.said_close, std::mem::take(&mut client.more));
+        drop(f.admission);
+        settle(policy, &snap, &mut o, &result, f.tenant, f.pool);
+        return match result.is_ok() && !close {
+            true => Next::Continue { used: in_buf, more },
+            false => Next::Close,
+        };
+    }
     if rbuf.len() < BUF {
         rbuf.resize(BUF, 0);
     }
@@ -584,6 +631,7 @@ async fn relay(
     let mut filled = 0;
     let mut received = false;
     let head_request = h.method == "HEAD";
+    let mut interim = 0;
     let resp = loop {
         // `out` still holds the request head until a response head comes:
         // a stale connection's retry sends it again.
@@ -610,6 +658,11 @@ async fn relay(
         .await?;
         if r.status >= 200 || r.body == Body::Upgrade {
             break r;
+        }
+        interim += 1;
+        if interim > framing::MAX_INTERIM {
+            let source = framing::BadResponse::Interim;
+            return Err(Attempt::BeforeResponse(ExchangeError::BadResponse { addr, source }));
         }
         if !h.http10 {
             out.extend_from_slice(b"\r\n");
@@ -756,7 +809,11 @@ async fn relay(
     })
 }
 
-async fn write_client(io: &mut (impl AsyncWrite + Unpin), bytes: &[u8], ct: Duration) -> Result<(), ExchangeError> {
+pub(super) async fn write_client(
+    io: &mut (impl AsyncWrite + Unpin),
+    bytes: &[u8],
+    ct: Duration,
+) -> Result<(), ExchangeError> {
     match tokio::time::timeout(ct, io.write_all(bytes)).await {
         Ok(r) => r.map_err(ExchangeError::Client),
         Err(_) => Err(ExchangeError::Client(timed_out())),
@@ -764,14 +821,14 @@ async fn write_client(io: &mut (impl AsyncWrite + Unpin), bytes: &[u8], ct: Dura
 }
 
 /// Writes `out` to the client and flushes.
-async fn send(io: &mut (impl AsyncWrite + Unpin), out: &[u8], ct: Duration) -> Result<(), ExchangeError> {
+pub(super) async fn send(io: &mut (impl AsyncWrite + Unpin), out: &[u8], ct: Duration) -> Result<(), ExchangeError> {
     write_client(io, out, ct).await?;
     flush_client(io, ct).await
 }
 
 /// Sends what the client stream buffered (the TLS stream holds small
 /// writes back), within the client timeout.
-async fn flush_client(io: &mut (impl AsyncWrite + Unpin), ct: Duration) -> Result<(), ExchangeError> {
+pub(super) async fn flush_client(io: &mut (impl AsyncWrite + Unpin), ct: Duration) -> Result<(), ExchangeError> {
     match tokio::time::timeout(ct, io.flush()).await {
         Ok(r) => r.map_err(ExchangeError::Client),
         Err(_) => Err(ExchangeError::Client(timed_out())),
@@ -780,7 +837,7 @@ async fn flush_client(io: &mut (impl AsyncWrite + Unpin), ct: Duration) -> Resul
 
 /// A whole response of the gateway's own into `out`.
 /// A HEAD request's answer has the headers and no body.
-fn write_answer(out: &mut Vec<u8>, a: &Answer, close: bool, head_request: bool) {
+pub(super) fn write_answer(out: &mut Vec<u8>, a: &Answer, close: bool, head_request: bool) {
     out.clear();
     framing::write_line(out, framing::Line::Status(a.status, reason(a.status)));
     // A 304 has neither a body nor the framing of one.

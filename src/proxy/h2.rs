@@ -162,17 +162,21 @@ async fn stream(
     let (pairs, n) = f.limit_headers();
     if f.pool.http2 {
         let te = parts.headers.get_all(http::header::TE).iter();
-        let req = super::upstream_h2::Request {
-            head: &out,
+        let te_trailers = te
+            .flat_map(|v| headers::tokens(v.as_bytes()))
+            .any(|t| t.eq_ignore_ascii_case(b"trailers"));
+        let request = super::upstream_h2::backend_request(f.pool, &out, &parts.method, te_trailers);
+        let mut client = super::upstream_h2::Stream {
             method: &parts.method,
-            te_trailers: te
-                .flat_map(|v| headers::tokens(v.as_bytes()))
-                .any(|t| t.eq_ignore_ascii_case(b"trailers")),
             body: has_body.then_some(&mut body),
+            respond: &mut respond,
             extra: &pairs[..n],
             branded: f.branded.as_ref(),
+            reserved: super::upstream_h2::reserved_names(&snap),
+            timeouts: snap.config.gateway.timeouts,
+            client_timeout: snap.config.gateway.client_timeout,
         };
-        let result = super::upstream_h2::forward(&snap, f.pool, req, &mut respond).await;
+        let result = super::upstream_h2::forward(&snap, f.pool, request, &mut client).await;
         drop(f.admission);
         settle(policy, &snap, &mut o, &result, f.tenant, f.pool);
         return;
@@ -388,6 +392,7 @@ async fn relay(
     let mut received = false;
     let head_request = *method == http::Method::HEAD;
     let mut headers = HeaderMap::with_capacity(16);
+    let mut interim = 0;
     let resp = loop {
         headers.clear();
         let emit = |l: Line<'_>| {
@@ -414,11 +419,16 @@ async fn relay(
         if r.status >= 200 {
             break r;
         }
-        let mut interim = http::Response::new(());
-        *interim.status_mut() = status_code(r.status);
-        *interim.headers_mut() = std::mem::take(&mut headers);
+        interim += 1;
+        if interim > framing::MAX_INTERIM {
+            let source = framing::BadResponse::Interim;
+            return Err(Attempt::BeforeResponse(ExchangeError::BadResponse { addr, source }));
+        }
+        let mut informational = http::Response::new(());
+        *informational.status_mut() = status_code(r.status);
+        *informational.headers_mut() = std::mem::take(&mut headers);
         // An interim response the client cannot take is dropped.
-        let _ = respond.send_informational(interim);
+        let _ = respond.send_informational(informational);
         rbuf.copy_within(r.len..filled, 0);
         filled -= r.len;
     };

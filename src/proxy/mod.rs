@@ -27,6 +27,7 @@
 mod authority;
 mod framing;
 mod h1;
+mod h1_to_h2;
 mod h2;
 pub mod headers;
 pub mod health;

@@ -21,7 +21,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use super::upstream_tls::Conn;
-use crate::config::upstream::{HealthCheck, Outlier, Retries, UpstreamName};
+use crate::config::upstream::{H2Keepalive, HealthCheck, Outlier, Retries, UpstreamName};
 use crate::config::upstream_tls::UpstreamTls;
 use crate::config::PoolSpec;
 use crate::telemetry::PoolMetrics;
@@ -225,8 +225,10 @@ pub struct Pool {
     pub name: Arc<str>,
     /// The `IP:port` entries.
     pub upstreams: Vec<Arc<Upstream>>,
-    /// HTTP/2 clients' streams go to the backends over HTTP/2.
+    /// Requests go to the backends over HTTP/2.
     pub http2: bool,
+    /// PINGs on the HTTP/2 backend connections opened from now on.
+    pub h2_keepalive: Option<H2Keepalive>,
     /// TLS to its upstreams (`tls = true`), resolved ones included.
     pub tls: Option<UpstreamTls>,
     /// The `host:port` entries ...
@@ -270,6 +272,7 @@ impl Pool {
             name,
             upstreams,
             http2: false,
+            h2_keepalive: None,
             tls: None,
             names: Vec::new(),
             resolved: arc_swap::ArcSwap::from_pointee(Vec::new()),
@@ -289,6 +292,7 @@ impl Pool {
         self.outlier = spec.outlier.clone();
         self.retries = spec.retries.clone();
         self.http2 = spec.http2;
+        self.h2_keepalive = spec.h2_keepalive;
         self.tls = spec.tls.clone();
         self
     }

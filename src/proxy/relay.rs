@@ -57,6 +57,14 @@ pub enum ExchangeError {
     },
     #[error("upstream {0} closed the connection before the response ended")]
     Closed(SocketAddr),
+    /// An HTTP/2 backend's GOAWAY left the stream out (its id above the
+    /// last one processed): by RFC 9113 section 8.7 it was not processed.
+    #[error("upstream {addr} is going away and did not process the request ({reason})")]
+    Refused { addr: SocketAddr, reason: ::h2::Reason },
+    /// An HTTP/2 backend reset the stream before its response head
+    /// (`REFUSED_STREAM`: not processed).
+    #[error("upstream {addr} reset the stream ({reason})")]
+    Reset { addr: SocketAddr, reason: ::h2::Reason },
     #[error("upstream {addr}: {source}")]
     BadResponse {
         addr: SocketAddr,
@@ -84,6 +92,8 @@ impl ExchangeError {
             self,
             ExchangeError::Upstream { .. }
                 | ExchangeError::Closed(_)
+                | ExchangeError::Refused { .. }
+                | ExchangeError::Reset { .. }
                 | ExchangeError::ReadTimeout(_)
                 | ExchangeError::BadResponse { .. }
         )
@@ -121,23 +131,110 @@ struct Backend<'p> {
     reused: bool,
 }
 
-/// The next backend connection to try: an idle one (unless `fresh_only`)
-/// or a new one. An upstream that fails to connect is marked down and the
-/// next one tried (nothing was sent: always safe), while the pool's retry
-/// budget and `retries` allow. `NoUpstream` when no upstream is available.
+/// One request's way through a pool's upstreams, for HTTP/1.1 and HTTP/2
+/// backends alike: which upstreams failed for it, the retries it took, and
+/// whether its next attempt needs a fresh connection. The one place that
+/// decides whether a failed attempt is tried again.
+pub struct Retry {
+    tried: Tried,
+    retries: u32,
+    fresh_only: bool,
+}
+
+impl Retry {
+    /// A new request on `pool` (counted for the pool's retry budget).
+    pub fn start(pool: &Pool) -> Retry {
+        pool.budget.request();
+        Retry {
+            tried: Tried::default(),
+            retries: 0,
+            fresh_only: false,
+        }
+    }
+
+    /// The next upstream to try (fixed and resolved ones alike).
+    pub fn select<'p>(&self, pool: &'p Pool) -> Option<(usize, std::borrow::Cow<'p, Arc<Upstream>>)> {
+        pool.select(&self.tried)
+    }
+
+    /// Whether the next attempt must not reuse a kept connection.
+    pub fn fresh_only(&self) -> bool {
+        self.fresh_only
+    }
+
+    /// Upstream `index` failed to connect (nothing was sent): it is marked
+    /// down for `down`; whether another upstream may be tried.
+    pub fn connect_failed(&mut self, pool: &Pool, index: usize, up: &Upstream, down: Duration) -> bool {
+        up.mark_down(down);
+        self.tried.add(index);
+        pool.metrics.connect_errors.inc();
+        self.may_retry(pool)
+    }
+
+    /// An attempt on upstream `index` broke before any response byte came
+    /// back. `reused`: on a kept connection (which may have gone stale);
+    /// `safe`: the request may be sent again (replayable, or the backend
+    /// said it did not process it). A stale kept connection is replaced
+    /// once by a fresh one, outside the budget (the usual race of
+    /// keep-alive, not the backend's failure); otherwise the failure counts
+    /// toward the upstream's ejection and another upstream is tried within
+    /// `retries` and the budget. Whether to try again (on a fresh
+    /// connection).
+    pub fn broke_before_response(
+        &mut self,
+        pool: &Pool,
+        index: usize,
+        up: &Upstream,
+        reused: bool,
+        safe: bool,
+    ) -> bool {
+        if reused && !self.fresh_only && safe {
+            self.fresh_only = true;
+            return true;
+        }
+        if !reused {
+            pool.upstream_failed(up);
+        }
+        self.tried.add(index);
+        if safe && self.may_retry(pool) {
+            self.fresh_only = true;
+            return true;
+        }
+        false
+    }
+
+    /// Whether a failed request may go to another upstream: one is
+    /// available that this request has not tried, `retries` has room, and
+    /// the pool's retry budget grants it (counted either way).
+    fn may_retry(&mut self, pool: &Pool) -> bool {
+        if self.retries >= pool.retries.max || !pool.any_untried(&self.tried) {
+            return false;
+        }
+        if !pool.budget.try_retry(&pool.retries) {
+            pool.metrics.retries.refused.inc();
+            return false;
+        }
+        self.retries += 1;
+        pool.metrics.retries.sent.inc();
+        true
+    }
+}
+
+/// The next backend connection to try: an idle one (unless the request
+/// needs a fresh one) or a new one. An upstream that fails to connect is
+/// marked down and the next one tried as [`Retry`] allows. `NoUpstream`
+/// when no upstream is available.
 async fn open<'p>(
     snap: &Snapshot,
     pool: &'p Pool,
-    tried: &mut Tried,
-    retries: &mut u32,
-    fresh_only: bool,
+    retry: &mut Retry,
 ) -> Result<Backend<'p>, (ExchangeError, Option<SocketAddr>)> {
     let gw = &snap.config.gateway;
     loop {
-        let Some((index, up)) = pool.select(tried) else {
+        let Some((index, up)) = retry.select(pool) else {
             return Err((ExchangeError::NoUpstream, None));
         };
-        if !fresh_only {
+        if !retry.fresh_only() {
             if let Some(conn) = up.take_idle(gw.timeouts.idle, gw.work_stealing) {
                 return Ok(Backend {
                     index,
@@ -157,31 +254,12 @@ async fn open<'p>(
                 })
             }
             Err(source) => {
-                up.mark_down(gw.upstream_down);
-                tried.add(index);
-                pool.metrics.connect_errors.inc();
-                if !may_retry(pool, tried, retries) {
+                if !retry.connect_failed(pool, index, &up, gw.upstream_down) {
                     return Err((ExchangeError::Connect { addr: up.addr, source }, Some(up.addr)));
                 }
             }
         }
     }
-}
-
-/// Whether a failed request may go to another upstream: one is available
-/// that this request has not tried, `retries` has room, and the pool's
-/// retry budget grants it (counted either way).
-fn may_retry(pool: &Pool, tried: &Tried, retries: &mut u32) -> bool {
-    if *retries >= pool.retries.max || !pool.any_untried(tried) {
-        return false;
-    }
-    if !pool.budget.try_retry(&pool.retries) {
-        pool.metrics.retries.refused.inc();
-        return false;
-    }
-    *retries += 1;
-    pool.metrics.retries.sent.inc();
-    true
 }
 
 /// One read from the backend, within the read timeout.
@@ -258,6 +336,12 @@ pub async fn response_head(
     uploading: Option<&std::sync::atomic::AtomicBool>,
     mut emit: impl FnMut(framing::Line<'_>),
 ) -> Result<framing::Response, Attempt> {
+    // The whole head within the timeout: a backend trickling it byte by
+    // byte gets no more time than a silent one.
+    let mut deadline = tokio::time::Instant::now() + timeout;
+    // The deadline was last set while the request body still flowed: once
+    // it ends, the head gets a whole timeout more.
+    let mut upload_seen = false;
     loop {
         if *filled > 0 {
             match framing::parse(&rbuf[..*filled], head_request, upgrade, replaced, &mut emit) {
@@ -273,7 +357,7 @@ pub async fn response_head(
             }
             rbuf.resize((rbuf.len() * 2).max(BUF), 0);
         }
-        let n = match tokio::time::timeout(timeout, backend.read(&mut rbuf[*filled..])).await {
+        let n = match tokio::time::timeout_at(deadline, backend.read(&mut rbuf[*filled..])).await {
             Ok(Ok(0)) if !*received => return Err(Attempt::Stale(ExchangeError::Closed(addr))),
             Ok(Ok(0)) => return Err(Attempt::BeforeResponse(ExchangeError::Closed(addr))),
             Ok(Ok(n)) => n,
@@ -281,7 +365,11 @@ pub async fn response_head(
             Ok(Err(source)) => return Err(Attempt::BeforeResponse(ExchangeError::Upstream { addr, source })),
             // The request body is still flowing: the backend may wait for
             // all of it before it answers.
-            Err(_) if uploading.is_some_and(|u| u.load(std::sync::atomic::Ordering::Relaxed)) => continue,
+            Err(_) if upload_seen || uploading.is_some_and(|u| u.load(std::sync::atomic::Ordering::Relaxed)) => {
+                upload_seen = uploading.is_some_and(|u| u.load(std::sync::atomic::Ordering::Relaxed));
+                deadline = tokio::time::Instant::now() + timeout;
+                continue;
+            }
             Err(_) => return Err(Attempt::BeforeResponse(ExchangeError::ReadTimeout(addr))),
         };
         *filled += n;
@@ -405,12 +493,9 @@ pub trait Downstream {
 /// Each attempt's outcome feeds the upstream's passive ejection.
 pub async fn forward(snap: &Snapshot, pool: &Pool, d: &mut impl Downstream) -> Result<Done, Failed> {
     let idle = snap.config.gateway.timeouts.idle;
-    pool.budget.request();
-    let mut tried = Tried::default();
-    let mut retries = 0;
-    let mut fresh_only = false;
+    let mut retry = Retry::start(pool);
     loop {
-        let mut backend = match open(snap, pool, &mut tried, &mut retries, fresh_only).await {
+        let mut backend = match open(snap, pool, &mut retry).await {
             Ok(b) => b,
             Err((error, upstream)) => {
                 let status = d.fail(error.status()).await;
@@ -433,18 +518,8 @@ pub async fn forward(snap: &Snapshot, pool: &Pool, d: &mut impl Downstream) -> R
                 }
                 return Ok(done);
             }
-            // The usual race of keep-alive: not the backend's failure.
-            Err(Attempt::Stale(_)) if backend.reused && !fresh_only && d.replayable() => {
-                fresh_only = true;
-                continue;
-            }
             Err(Attempt::Stale(error)) => {
-                if !backend.reused {
-                    pool.upstream_failed(&backend.up);
-                }
-                tried.add(backend.index);
-                if d.replayable() && may_retry(pool, &tried, &mut retries) {
-                    fresh_only = true;
+                if retry.broke_before_response(pool, backend.index, &backend.up, backend.reused, d.replayable()) {
                     continue;
                 }
                 let status = d.fail(error.status()).await;
@@ -469,5 +544,46 @@ pub async fn forward(snap: &Snapshot, pool: &Pool, d: &mut impl Downstream) -> R
             status,
             upstream: Some(addr),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::upstream::UpstreamName;
+
+    #[test]
+    fn retries_count_resolved_upstreams_and_stop_at_the_limit() {
+        let metrics = crate::telemetry::Metrics::new().expect("metrics");
+        let fixed = vec![Arc::new(Upstream::new(SocketAddr::from(([127, 0, 0, 1], 9000))))];
+        let mut pool = Pool::new("p".into(), fixed, metrics.pool("p"));
+        pool.names = vec![UpstreamName {
+            host: "backend.internal".into(),
+            port: 9100,
+        }];
+        let resolved = (1..=3)
+            .map(|i| {
+                let addr = SocketAddr::from(([127, 0, 0, i], 9100));
+                Arc::new(Upstream::resolved(addr, "backend.internal:9100".into(), None))
+            })
+            .collect();
+        pool.resolved.store(Arc::new(resolved));
+        let down = Duration::from_secs(60);
+        let mut retry = Retry::start(&pool);
+        // One fixed upstream: a resolved one is still there to try, within
+        // `retries` (2).
+        let (i, up) = retry.select(&pool).expect("one");
+        assert!(retry.connect_failed(&pool, i, &up, down), "a resolved upstream is left");
+        let (i, up) = retry.select(&pool).expect("two");
+        assert!(retry.connect_failed(&pool, i, &up, down), "the second retry");
+        let (i, up) = retry.select(&pool).expect("three");
+        assert!(!retry.connect_failed(&pool, i, &up, down), "retries = 2 reached");
+        // A stale kept connection is replaced once outside the budget, and
+        // an unsafe request never goes again.
+        let mut retry = Retry::start(&pool);
+        let (i, up) = retry.select(&pool).expect("one");
+        assert!(retry.broke_before_response(&pool, i, &up, true, true));
+        assert!(retry.fresh_only());
+        assert!(!retry.broke_before_response(&pool, i, &up, false, false));
     }
 }

@@ -1,40 +1,79 @@
-//! HTTP/2 to backends (pools with `http2 = true`), for the streams of
-//! HTTP/2 clients, so gRPC works end to end: one multiplexed connection per
-//! upstream (ALPN `h2` over TLS, prior knowledge over plain TCP), kept in
-//! [`Shared`] and reused by every stream; request and response bodies
+//! HTTP/2 to backends (pools with `http2 = true`), so gRPC and h2-only
+//! backends work end to end: one multiplexed connection per upstream (ALPN
+//! `h2` over TLS, prior knowledge over plain TCP), kept in [`Shared`] and
+//! reused by every stream, PINGed every `http2_keepalive_interval_ms`
+//! (dropped when a PING goes unanswered); request and response bodies
 //! streamed both ways at once under both sides' flow control; trailers
 //! relayed both ways (`grpc-status`, `grpc-message`). The backend's head
 //! comes from the one trusted-header writer ([`super::headers`]), parsed
-//! back into HTTP/2 fields, so both halves send the same headers.
+//! back into HTTP/2 fields, so every client sends the same headers.
+//!
+//! [`forward`] serves both client protocols through [`Client`]: an HTTP/2
+//! client's stream ([`Stream`]) and an HTTP/1.x request
+//! ([`super::h1_to_h2`]). Failures take the same retry decision as the
+//! HTTP/1.1 relay ([`Retry`]), and feed passive ejection the same way.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use h2::client::SendRequest;
+use h2::client::{ResponseFuture, SendRequest};
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::pages::Branded;
-use super::pool::{Pool, Tried, Upstream};
-use super::relay::{Done, ExchangeError, Failed};
-use super::upstream_tls::{self, ConnectError};
+use super::pool::{Pool, Upstream};
+use super::relay::{Attempt, Done, ExchangeError, Failed, Retry};
+use super::upstream_tls::{self, Conn, ConnectError};
+use crate::config::upstream::H2Keepalive;
 use crate::registry::Snapshot;
 
 /// An upstream's HTTP/2 connection, shared by the streams that use it.
 #[derive(Debug, Default)]
-pub struct Shared(Mutex<Option<SendRequest<Bytes>>>);
+pub struct Shared(Mutex<Option<Kept>>);
+
+/// A kept HTTP/2 connection.
+#[derive(Debug, Clone)]
+struct Kept {
+    /// Tells connections apart (a retry avoids the one that broke).
+    id: u64,
+    sender: SendRequest<Bytes>,
+    /// Cleared by the connection's task when it ends (closed by either
+    /// side, failed, or dropped after an unanswered PING).
+    alive: Arc<AtomicBool>,
+}
+
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
 impl Shared {
-    fn get(&self) -> Option<SendRequest<Bytes>> {
-        self.0.lock().ok()?.clone()
+    /// The kept connection, unless it ended or is `avoid`.
+    fn get(&self, avoid: Option<u64>) -> Option<Kept> {
+        let slot = self.0.lock().ok()?;
+        let kept = slot.as_ref()?;
+        (kept.alive.load(Ordering::Relaxed) && Some(kept.id) != avoid).then(|| kept.clone())
     }
-    fn set(&self, s: Option<SendRequest<Bytes>>) {
+
+    fn set(&self, kept: Kept) {
         if let Ok(mut slot) = self.0.lock() {
-            *slot = s;
+            *slot = Some(kept);
         }
+    }
+
+    /// Forgets connection `id`, if it is still the kept one.
+    fn clear(&self, id: u64) {
+        if let Ok(mut slot) = self.0.lock() {
+            if slot.as_ref().is_some_and(|k| k.id == id) {
+                *slot = None;
+            }
+        }
+    }
+
+    /// Whether a live connection is kept (for tests and the admin view).
+    pub fn is_open(&self) -> bool {
+        self.get(None).is_some()
     }
 }
 
@@ -43,74 +82,362 @@ impl Shared {
 const STREAM_WINDOW: u32 = 1 << 20;
 const CONNECTION_WINDOW: u32 = 4 << 20;
 
-/// One HTTP/2 client stream as it goes to an HTTP/2 backend.
-pub struct Request<'r> {
-    /// The backend's head, as [`super::headers::write_upstream`] wrote it
-    /// for HTTP/1.1 (request line, `host`, headers, blank line).
-    pub head: &'r [u8],
+/// The client side of a request forwarded over HTTP/2.
+// Implemented and called by the engine only (no `Send` bound needed).
+#[allow(async_fn_in_trait)]
+pub trait Client {
+    /// GET, HEAD or OPTIONS without a body: may be sent again after a
+    /// failure before any response byte.
+    fn replayable(&self) -> bool;
+    /// The request ends with its head.
+    fn bodiless(&self) -> bool;
+    /// Sends the body on `send` (`None` when bodiless) while the response
+    /// is awaited ([`head`]) and relayed; the status relayed.
+    async fn exchange(
+        &mut self,
+        response: ResponseFuture,
+        send: Option<SendStream<Bytes>>,
+        addr: SocketAddr,
+    ) -> Result<u16, Attempt>;
+    /// Answers `status` (0: just end); the status sent, or 0.
+    async fn fail(&mut self, status: u16) -> u16;
+}
+
+/// Forwards `request` to an upstream of `pool` over HTTP/2 and relays the
+/// response to `client`. An upstream that cannot be connected to is marked
+/// down and the next one tried; a stream that breaks before any response
+/// byte is sent again when that is safe (a replayable request, or one the
+/// backend refused unprocessed before any body went), on a fresh
+/// connection or another upstream, as [`Retry`] decides for both
+/// protocols. Nothing is sent twice once the backend may have acted on it.
+/// Each outcome feeds the upstream's passive ejection.
+/// `request` is the backend's request ([`backend_request`]), or why it
+/// could not be made (answered 502).
+pub async fn forward(
+    snap: &Snapshot,
+    pool: &Pool,
+    request: Result<http::Request<()>, ExchangeError>,
+    client: &mut impl Client,
+) -> Result<Done, Failed> {
+    let request = match request {
+        Ok(r) => r,
+        Err(error) => {
+            let status = client.fail(error.status()).await;
+            return Err(Failed {
+                error,
+                status,
+                upstream: None,
+            });
+        }
+    };
+    let mut retry = Retry::start(pool);
+    // The connection the last attempt broke on.
+    let mut broken = None;
+    loop {
+        let (index, up, conn) = match open(snap, pool, &mut retry, broken).await {
+            Ok(x) => x,
+            Err((error, upstream)) => {
+                let status = client.fail(error.status()).await;
+                return Err(Failed {
+                    error,
+                    status,
+                    upstream,
+                });
+            }
+        };
+        let addr = up.addr;
+        let bodiless = client.bodiless();
+        let mut sender = conn.sender;
+        let (attempt, unsent) = match sender.send_request(request.clone(), bodiless) {
+            Ok((response, send)) => (
+                client.exchange(response, (!bodiless).then_some(send), addr).await,
+                false,
+            ),
+            // The connection closed since it was ready: nothing left.
+            Err(e) => (Err(stream_failed(addr, e)), true),
+        };
+        let (error, status) = match attempt {
+            Ok(status) => {
+                match status {
+                    500..=599 => pool.upstream_failed(&up),
+                    _ => up.health.record_success(),
+                }
+                return Ok(Done {
+                    upstream: addr,
+                    status,
+                    reusable: true,
+                });
+            }
+            Err(Attempt::Stale(error)) => {
+                let (unprocessed, connection_broke) = match error {
+                    ExchangeError::Refused { .. } => (true, true),
+                    ExchangeError::Reset { reason, .. } => (reason == h2::Reason::REFUSED_STREAM, false),
+                    _ => (false, true),
+                };
+                let safe = unsent || client.replayable() || (unprocessed && bodiless);
+                // A stream the backend reset says nothing of the connection:
+                // only a broken kept connection may be a stale one.
+                let stale = conn.reused && connection_broke;
+                if retry.broke_before_response(pool, index, &up, stale, safe) {
+                    broken = Some(conn.id);
+                    continue;
+                }
+                let status = client.fail(error.status()).await;
+                (error, status)
+            }
+            Err(Attempt::BeforeResponse(error)) => {
+                if error.upstream_fault() {
+                    pool.upstream_failed(&up);
+                }
+                let status = client.fail(error.status()).await;
+                (error, status)
+            }
+            Err(Attempt::AfterHead(error, status)) => {
+                if error.upstream_fault() {
+                    pool.upstream_failed(&up);
+                }
+                (error, status)
+            }
+        };
+        return Err(Failed {
+            error,
+            status,
+            upstream: Some(addr),
+        });
+    }
+}
+
+/// A ready sender on an upstream's HTTP/2 connection.
+struct Opened {
+    sender: SendRequest<Bytes>,
+    id: u64,
+    /// The upstream's kept connection (it may have gone stale).
+    reused: bool,
+}
+
+/// The next upstream [`Retry`] picks and a ready sender to it: its kept
+/// connection (not `broken`), else a new one (an upstream that fails to
+/// connect is marked down and the next one tried, as for HTTP/1.1).
+async fn open<'p>(
+    snap: &Snapshot,
+    pool: &'p Pool,
+    retry: &mut Retry,
+    broken: Option<u64>,
+) -> Result<(usize, std::borrow::Cow<'p, Arc<Upstream>>, Opened), (ExchangeError, Option<SocketAddr>)> {
+    let gw = &snap.config.gateway;
+    loop {
+        let Some((index, up)) = retry.select(pool) else {
+            return Err((ExchangeError::NoUpstream, None));
+        };
+        if let Some(kept) = up.h2.get(broken) {
+            match tokio::time::timeout(gw.timeouts.connect, kept.sender.clone().ready()).await {
+                Ok(Ok(sender)) => {
+                    let opened = Opened {
+                        sender,
+                        id: kept.id,
+                        reused: true,
+                    };
+                    return Ok((index, up, opened));
+                }
+                // Closed (GOAWAY, reset) or saturated: a new connection.
+                _ => up.h2.clear(kept.id),
+            }
+        }
+        match connect(&up, pool, gw.timeouts.connect).await {
+            Ok(kept) => {
+                let opened = Opened {
+                    sender: kept.sender.clone(),
+                    id: kept.id,
+                    reused: false,
+                };
+                up.h2.set(kept);
+                return Ok((index, up, opened));
+            }
+            Err(source) => {
+                if !retry.connect_failed(pool, index, &up, gw.upstream_down) {
+                    return Err((ExchangeError::Connect { addr: up.addr, source }, Some(up.addr)));
+                }
+            }
+        }
+    }
+}
+
+/// Opens a connection and runs the HTTP/2 handshake, within `timeout`; the
+/// connection is driven by a task of its own ([`drive`]) until every
+/// sender is gone, the backend closes it, or a PING goes unanswered.
+async fn connect(up: &Upstream, pool: &Pool, timeout: Duration) -> Result<Kept, ConnectError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let conn = upstream_tls::connect(up, timeout, true).await?;
+    let mut builder = h2::client::Builder::new();
+    builder
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_header_list_size(super::relay::MAX_RESPONSE_HEAD as u32)
+        .enable_push(false);
+    let handshake = tokio::time::timeout_at(deadline, builder.handshake::<_, Bytes>(conn)).await;
+    let (sender, mut connection) = match handshake {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => return Err(ConnectError::Handshake(std::io::Error::other(e))),
+        Err(_) => return Err(ConnectError::Handshake(std::io::ErrorKind::TimedOut.into())),
+    };
+    let keepalive = pool.h2_keepalive.and_then(|k| connection.ping_pong().map(|p| (k, p)));
+    let alive = Arc::new(AtomicBool::new(true));
+    let (addr, name, ended) = (up.addr, pool.name.clone(), alive.clone());
+    tokio::spawn(async move {
+        drive(connection, keepalive, addr, &name).await;
+        ended.store(false, Ordering::Relaxed);
+    });
+    let ready = tokio::time::timeout_at(deadline, sender.ready()).await;
+    let sender = match ready {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(ConnectError::Handshake(std::io::Error::other(e))),
+        Err(_) => return Err(ConnectError::Handshake(std::io::ErrorKind::TimedOut.into())),
+    };
+    Ok(Kept {
+        id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
+        sender,
+        alive,
+    })
+}
+
+/// Runs a backend connection until it ends; with `keepalive`, sends a PING
+/// every interval and drops the connection (its streams fail, new requests
+/// open another) when one is not answered within the timeout.
+async fn drive(
+    connection: h2::client::Connection<Conn, Bytes>,
+    keepalive: Option<(H2Keepalive, h2::PingPong)>,
+    addr: SocketAddr,
+    pool: &str,
+) {
+    tokio::pin!(connection);
+    let Some((k, mut pings)) = keepalive else {
+        if let Err(e) = connection.await {
+            tracing::debug!(upstream = %addr, error = %e, "HTTP/2 backend connection ended");
+        }
+        return;
+    };
+    let watch = async {
+        loop {
+            tokio::time::sleep(k.interval).await;
+            match tokio::time::timeout(k.timeout, pings.ping(h2::Ping::opaque())).await {
+                Ok(Ok(_)) => {}
+                // The connection failed: it ends by itself.
+                Ok(Err(_)) => std::future::pending::<()>().await,
+                Err(_) => return,
+            }
+        }
+    };
+    tokio::select! {
+        ended = &mut connection => {
+            if let Err(e) = ended {
+                tracing::debug!(upstream = %addr, error = %e, "HTTP/2 backend connection ended");
+            }
+        }
+        () = watch => {
+            tracing::warn!(
+                pool,
+                upstream = %addr,
+                timeout_ms = k.timeout.as_millis() as u64,
+                "HTTP/2 backend connection dropped: its PING was not answered in time"
+            );
+        }
+    }
+}
+
+/// How a stream failed before its response head: left out by the
+/// backend's GOAWAY, reset by the backend (`REFUSED_STREAM`: unprocessed),
+/// broken with its connection (maybe a stale one), or refused by the
+/// gateway's own h2 for what the backend sent (a response came: never
+/// again).
+fn stream_failed(addr: SocketAddr, e: h2::Error) -> Attempt {
+    if let (Some(reason), true) = (e.reason(), e.is_remote()) {
+        return Attempt::Stale(match e.is_go_away() {
+            true => ExchangeError::Refused { addr, reason },
+            false => ExchangeError::Reset { addr, reason },
+        });
+    }
+    let ours = e.is_library();
+    let error = ExchangeError::Upstream {
+        addr,
+        source: std::io::Error::other(e),
+    };
+    match ours {
+        true => Attempt::BeforeResponse(error),
+        false => Attempt::Stale(error),
+    }
+}
+
+/// Waits for the backend's response head, within the read timeout; while
+/// `uploading` says the request body still flows, the wait goes on (the
+/// body's own timeouts bound it).
+pub async fn head(
+    response: ResponseFuture,
+    addr: SocketAddr,
+    read_timeout: Duration,
+    uploading: Option<&AtomicBool>,
+) -> Result<http::Response<RecvStream>, Attempt> {
+    tokio::pin!(response);
+    loop {
+        match tokio::time::timeout(read_timeout, &mut response).await {
+            Ok(Ok(r)) => return Ok(r),
+            Ok(Err(e)) => return Err(stream_failed(addr, e)),
+            Err(_) if uploading.is_some_and(|u| u.load(Ordering::Relaxed)) => continue,
+            Err(_) => return Err(Attempt::BeforeResponse(ExchangeError::ReadTimeout(addr))),
+        }
+    }
+}
+
+/// An HTTP/2 client's stream on its way to an HTTP/2 backend.
+pub struct Stream<'r> {
     pub method: &'r http::Method,
-    /// The client sent `te: trailers` (gRPC does; the backend may insist).
-    pub te_trailers: bool,
     /// The client's body, unless the request ended with its headers.
     pub body: Option<&'r mut RecvStream>,
+    pub respond: &'r mut SendResponse<Bytes>,
     /// Headers added to the response (rate limits).
     pub extra: &'r [(&'static str, &'r HeaderValue)],
     /// The tenant's 502 and 504.
     pub branded: Option<&'r Branded<'r>>,
+    /// Names the client's trailers may not carry ([`reserved_names`]).
+    pub reserved: Vec<HeaderName>,
+    pub timeouts: crate::config::Timeouts,
+    pub client_timeout: Duration,
 }
 
-/// Forwards `req` to an upstream of `pool` over HTTP/2 and relays the
-/// response on `respond`. An upstream whose connection cannot be opened is
-/// marked down and the next one tried; a kept connection that turns out
-/// closed is replaced once (nothing was sent on it).
-pub async fn forward(
-    snap: &Snapshot,
-    pool: &Pool,
-    mut req: Request<'_>,
-    respond: &mut SendResponse<Bytes>,
-) -> Result<Done, Failed> {
-    let gw = &snap.config.gateway;
-    let t = gw.timeouts;
-    let head_request = *req.method == http::Method::HEAD;
-    let fail = |respond: &mut SendResponse<Bytes>, error: ExchangeError, upstream: Option<SocketAddr>| {
-        let status = super::h2::fail(respond, error.status(), head_request, req.branded);
-        Err(Failed {
-            error,
-            status,
-            upstream,
-        })
-    };
-    let request = match backend_request(pool, &req) {
-        Ok(r) => r,
-        Err(error) => return fail(respond, error, None),
-    };
-    let (up, mut sender) = match open(snap, pool).await {
-        Ok(x) => x,
-        Err((error, addr)) => return fail(respond, error, addr),
-    };
-    let addr = up.addr;
-    let end = req.body.is_none();
-    let (response, send) = match sender.send_request(request, end) {
-        Ok(x) => x,
-        Err(e) => {
-            up.h2.set(None);
-            let error = ExchangeError::Upstream {
-                addr,
-                source: std::io::Error::other(e),
-            };
-            return fail(respond, error, Some(addr));
-        }
-    };
-    let reserved = reserved_names(snap);
-    let ct = gw.client_timeout;
-    let (relayed, pumped) = {
+impl Client for Stream<'_> {
+    fn replayable(&self) -> bool {
+        self.body.is_none()
+            && matches!(
+                *self.method,
+                http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+            )
+    }
+
+    fn bodiless(&self) -> bool {
+        self.body.is_none()
+    }
+
+    async fn exchange(
+        &mut self,
+        response: ResponseFuture,
+        send: Option<SendStream<Bytes>>,
+        addr: SocketAddr,
+    ) -> Result<u16, Attempt> {
+        let head_request = *self.method == http::Method::HEAD;
+        let (t, ct) = (self.timeouts, self.client_timeout);
+        let Stream {
+            body,
+            respond,
+            extra,
+            reserved,
+            ..
+        } = self;
         let pump = async {
-            match req.body.as_deref_mut() {
-                Some(body) => pump(body, send, addr, t.write, ct, &reserved).await,
-                None => Ok(()),
+            match (body.as_deref_mut(), send) {
+                (Some(body), Some(send)) => pump(body, send, addr, t.write, ct, reserved).await,
+                _ => Ok(()),
             }
         };
-        let relay = relay(response, respond, addr, req.extra, t.read, ct, head_request);
+        let relay = relay(response, respond, addr, extra, t.read, ct, head_request);
         // The response decides: once it ended (or failed), the rest of an
         // upload is moot.
         tokio::pin!(pump, relay);
@@ -121,108 +448,40 @@ pub async fn forward(
                 r = &mut relay => break r,
             }
         };
-        (relayed, pumped.unwrap_or(Ok(())))
-    };
-    match relayed {
-        Ok(status) => {
-            if let Err(e) = pumped {
-                tracing::debug!(error = %e, "request body did not all reach the HTTP/2 backend");
-            }
-            Ok(Done {
-                upstream: addr,
-                status,
-                reusable: true,
-            })
-        }
-        Err((error, 0)) => {
-            let error = match (error, pumped) {
-                // The client went away mid-body: not the backend's fault.
-                (ExchangeError::Upstream { .. }, Err(client @ ExchangeError::H2(_))) => client,
-                (ExchangeError::Upstream { .. }, Err(client @ ExchangeError::ClientTimeout)) => client,
-                (e, _) => e,
-            };
-            fail(respond, error, Some(addr))
-        }
-        Err((error, status)) => Err(Failed {
-            error,
-            status,
-            upstream: Some(addr),
-        }),
-    }
-}
-
-/// A ready sender on an upstream's HTTP/2 connection: its kept one, else a
-/// new one (an upstream that fails to connect is marked down, the next
-/// one tried, as for HTTP/1.1).
-async fn open(
-    snap: &Snapshot,
-    pool: &Pool,
-) -> Result<(Arc<Upstream>, SendRequest<Bytes>), (ExchangeError, Option<SocketAddr>)> {
-    let gw = &snap.config.gateway;
-    let limit = pool.upstreams.len().min(64) as u32;
-    let mut tried = Tried::default();
-    loop {
-        let Some((index, up)) = pool.select(&tried) else {
-            return Err((ExchangeError::NoUpstream, None));
-        };
-        if let Some(kept) = up.h2.get() {
-            match tokio::time::timeout(gw.timeouts.connect, kept.ready()).await {
-                Ok(Ok(ready)) => return Ok((up.into_owned(), ready)),
-                // Closed (GOAWAY, reset) or saturated: a new connection.
-                _ => up.h2.set(None),
-            }
-        }
-        match connect(&up, gw.timeouts.connect).await {
-            Ok(sender) => {
-                up.h2.set(Some(sender.clone()));
-                return Ok((up.into_owned(), sender));
-            }
-            Err(source) => {
-                up.mark_down(gw.upstream_down);
-                tried.add(index);
-                pool.metrics.connect_errors.inc();
-                if tried.count() >= limit {
-                    return Err((ExchangeError::Connect { addr: up.addr, source }, Some(up.addr)));
+        match (relayed, pumped) {
+            (Ok(status), pumped) => {
+                if let Some(Err(e)) = pumped {
+                    tracing::debug!(error = %e, "request body did not all reach the HTTP/2 backend");
                 }
+                Ok(status)
             }
+            // The client went away mid-body: not the backend's fault.
+            (
+                Err(
+                    Attempt::Stale(ExchangeError::Upstream { .. })
+                    | Attempt::BeforeResponse(ExchangeError::Upstream { .. }),
+                ),
+                Some(Err(client @ (ExchangeError::H2(_) | ExchangeError::ClientTimeout))),
+            ) => Err(Attempt::BeforeResponse(client)),
+            (Err(e), _) => Err(e),
         }
     }
-}
 
-/// Opens a connection and runs the HTTP/2 handshake, within `timeout`; the
-/// connection is driven by a task of its own until every sender is gone.
-async fn connect(up: &Upstream, timeout: Duration) -> Result<SendRequest<Bytes>, ConnectError> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let conn = upstream_tls::connect(up, timeout, true).await?;
-    let mut builder = h2::client::Builder::new();
-    builder
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .enable_push(false);
-    let handshake = tokio::time::timeout_at(deadline, builder.handshake::<_, Bytes>(conn)).await;
-    let (sender, connection) = match handshake {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) => return Err(ConnectError::Handshake(std::io::Error::other(e))),
-        Err(_) => return Err(ConnectError::Handshake(std::io::ErrorKind::TimedOut.into())),
-    };
-    let addr = up.addr;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(upstream = %addr, error = %e, "HTTP/2 backend connection ended");
-        }
-    });
-    let ready = tokio::time::timeout_at(deadline, sender.ready()).await;
-    match ready {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => Err(ConnectError::Handshake(std::io::Error::other(e))),
-        Err(_) => Err(ConnectError::Handshake(std::io::ErrorKind::TimedOut.into())),
+    async fn fail(&mut self, status: u16) -> u16 {
+        let head_request = *self.method == http::Method::HEAD;
+        super::h2::fail(self.respond, status, head_request, self.branded)
     }
 }
 
 /// The backend's request: the HTTP/1.1 head the trusted-header writer
 /// made, as HTTP/2 fields (`host` becomes `:authority`; connection-level
 /// fields go, `te: trailers` stays when the client sent it).
-fn backend_request(pool: &Pool, req: &Request<'_>) -> Result<http::Request<()>, ExchangeError> {
+pub fn backend_request(
+    pool: &Pool,
+    head: &[u8],
+    method: &http::Method,
+    te_trailers: bool,
+) -> Result<http::Request<()>, ExchangeError> {
     let bad = |what: &str| ExchangeError::Upstream {
         addr: pool
             .upstreams
@@ -230,10 +489,10 @@ fn backend_request(pool: &Pool, req: &Request<'_>) -> Result<http::Request<()>, 
             .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |u| u.addr),
         source: std::io::Error::other(format!("request head for an HTTP/2 backend: {what}")),
     };
-    let count = req.head.windows(2).filter(|w| w == b"\r\n").count();
+    let count = head.windows(2).filter(|w| w == b"\r\n").count();
     let mut fields = vec![httparse::EMPTY_HEADER; count];
     let mut parsed = httparse::Request::new(&mut fields);
-    match parsed.parse(req.head) {
+    match parsed.parse(head) {
         Ok(httparse::Status::Complete(_)) => {}
         _ => return Err(bad("does not parse")),
     }
@@ -257,7 +516,7 @@ fn backend_request(pool: &Pool, req: &Request<'_>) -> Result<http::Request<()>, 
         };
         headers.append(n, v);
     }
-    if req.te_trailers {
+    if te_trailers {
         headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
     }
     let tls = pool.upstreams.first().is_some_and(|u| u.tls.is_some());
@@ -270,7 +529,7 @@ fn backend_request(pool: &Pool, req: &Request<'_>) -> Result<http::Request<()>, 
         .build()
         .map_err(|_| bad("the target and authority do not form a URI"))?;
     let mut request = http::Request::new(());
-    *request.method_mut() = req.method.clone();
+    *request.method_mut() = method.clone();
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
     Ok(request)
@@ -278,7 +537,7 @@ fn backend_request(pool: &Pool, req: &Request<'_>) -> Result<http::Request<()>, 
 
 /// Header names a client's trailers may not carry to the backend: the ones
 /// the gateway vouches for in the head.
-fn reserved_names(snap: &Snapshot) -> Vec<HeaderName> {
+pub fn reserved_names(snap: &Snapshot) -> Vec<HeaderName> {
     let gw = &snap.config.gateway;
     let mut names = vec![gw.tenant_header.clone()];
     names.extend(gw.strip_headers.iter().cloned());
@@ -355,19 +614,12 @@ async fn relay(
     read_timeout: Duration,
     client_timeout: Duration,
     head_request: bool,
-) -> Result<u16, (ExchangeError, u16)> {
+) -> Result<u16, Attempt> {
     let upstream = |e: h2::Error| ExchangeError::Upstream {
         addr,
         source: std::io::Error::other(e),
     };
-    // The head may wait for a streamed request body: bounded by the read
-    // timeout per response frame, not for the whole upload.
-    let head = match tokio::time::timeout(read_timeout, response).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return Err((upstream(e), 0)),
-        Err(_) => return Err((ExchangeError::ReadTimeout(addr), 0)),
-    };
-    let (parts, mut body) = head.into_parts();
+    let (parts, mut body) = head(response, addr, read_timeout, None).await?.into_parts();
     let status = parts.status.as_u16();
     let mut out = http::Response::new(());
     *out.status_mut() = parts.status;
@@ -376,11 +628,13 @@ async fn relay(
         out.headers_mut().insert(*name, (*value).clone());
     }
     let end = body.is_end_stream() || head_request;
-    let mut send = respond.send_response(out, end).map_err(|e| (ExchangeError::H2(e), 0))?;
+    let mut send = respond
+        .send_response(out, end)
+        .map_err(|e| Attempt::BeforeResponse(ExchangeError::H2(e)))?;
     if end {
         return Ok(status);
     }
-    let after = |e| (e, status);
+    let after = |e| Attempt::AfterHead(e, status);
     loop {
         let data = match tokio::time::timeout(read_timeout, body.data()).await {
             Ok(Some(Ok(d))) => d,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod flaky;
+pub mod h2backend;
 pub mod haproxy;
 pub mod knot;
 pub mod pebble;
