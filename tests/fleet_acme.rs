@@ -21,6 +21,11 @@ use tenantgate::demo::EchoBackend;
 const NAMES: [&str; 3] = ["a.fleet.example", "b.fleet.example", "c.fleet.example"];
 
 fn config(p: &Pebble, pool: &EchoBackend, redis: &str, key: &Path, names: &[&str]) -> String {
+    config_with(p, pool, redis, key, names, "")
+}
+
+/// [`config`] with `acme` added to `[tls.acme]`.
+fn config_with(p: &Pebble, pool: &EchoBackend, redis: &str, key: &Path, names: &[&str], acme: &str) -> String {
     let list: Vec<String> = names.iter().map(|d| format!("{d:?}")).collect();
     format!(
         r#"
@@ -43,7 +48,7 @@ directory_url = "{}"
 ca_root = "{}"
 retry_min_secs = 1
 retry_max_secs = 2
-
+{}
 [pools.p]
 upstreams = ["{}"]
 
@@ -55,9 +60,72 @@ pool = "p"
         key.display(),
         p.directory_url(),
         p.api_ca_pem_path().display(),
+        acme,
         pool.addr,
         list.join(", ")
     )
+}
+
+/// `n` replicas on one Redis behind HAProxy, ordering `names` from Pebble,
+/// which validates through the balancer: HTTP-01 on the replicas' plain
+/// listeners, or TLS-ALPN-01 on their HTTPS listeners when `acme` says
+/// `challenge = "tls-alpn-01"`.
+struct Fleet {
+    redis: Redis,
+    p: Pebble,
+    pool: EchoBackend,
+    _keys: tempfile::TempDir,
+    key: std::path::PathBuf,
+    http: Vec<SocketAddr>,
+    _lb: Haproxy,
+    replicas: Vec<Gateway>,
+    root: String,
+}
+
+impl Fleet {
+    async fn start(n: usize, names: &[&str], acme: &str) -> Fleet {
+        let redis = Redis::start();
+        let lb: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let alpn = acme.contains("tls-alpn-01");
+        let p = if alpn {
+            Pebble::start(free_port(), lb.port(), 3600).await
+        } else {
+            Pebble::start(lb.port(), free_port(), 3600).await
+        };
+        let pool = backend("pool").await;
+        let keys = tempfile::tempdir().expect("dir");
+        let key = keys.path().join("store.key");
+        std::fs::write(&key, "3f".repeat(32)).expect("key");
+        let template = config_with(&p, &pool, &redis.url(), &key, names, acme);
+        let addrs = |n: usize| -> Vec<SocketAddr> {
+            (0..n)
+                .map(|_| format!("127.0.0.1:{}", free_port()).parse().expect("addr"))
+                .collect()
+        };
+        let (http, https) = (addrs(n), addrs(n));
+        let lb = Haproxy::start(lb, if alpn { &https } else { &http });
+        let mut replicas = Vec::new();
+        for (h, s) in http.iter().zip(&https) {
+            let dir = tempfile::tempdir().expect("dir");
+            replicas.push(Gateway::start_with_listeners(dir, &template, *h, *s, &[]).await);
+        }
+        let root = p.issuing_root_pem().await;
+        Fleet {
+            redis,
+            p,
+            pool,
+            _keys: keys,
+            key,
+            http,
+            _lb: lb,
+            replicas,
+            root,
+        }
+    }
+
+    fn config(&self, names: &[&str], acme: &str) -> String {
+        config_with(&self.p, &self.pool, &self.redis.url(), &self.key, names, acme)
+    }
 }
 
 fn redis_conn(r: &Redis) -> redis::Connection {
@@ -120,23 +188,17 @@ async fn all_serve(replicas: &[&Gateway], name: &str, root: &str, p: &Pebble) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_behind_haproxy_share_orders_challenges_and_certificates() {
-    let mut redis = Redis::start();
-    let lb: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let p = Pebble::start(lb.port(), free_port(), 3600).await;
-    let pool = backend("pool").await;
-    let keys = tempfile::tempdir().expect("dir");
-    let key = keys.path().join("store.key");
-    std::fs::write(&key, "3f".repeat(32)).expect("key");
-    let template = config(&p, &pool, &redis.url(), &key, &NAMES);
-    let http: Vec<SocketAddr> = (0..3)
-        .map(|_| format!("127.0.0.1:{}", free_port()).parse().expect("addr"))
-        .collect();
-    let _lb = Haproxy::start(lb, &http);
-    let mut replicas = Vec::new();
-    for h in &http {
-        replicas.push(Gateway::start_with_http(tempfile::tempdir().expect("dir"), &template, *h).await);
-    }
-    let root = p.issuing_root_pem().await;
+    let f = Fleet::start(3, &NAMES, "").await;
+    let Fleet {
+        mut redis,
+        p,
+        pool,
+        key,
+        http,
+        replicas,
+        root,
+        ..
+    } = f;
 
     // Every replica serves the same certificate for each name, within a
     // second of the first one serving it, and the CA saw one order per name.
@@ -221,4 +283,76 @@ async fn three_replicas_behind_haproxy_share_orders_challenges_and_certificates(
             assert_eq!(&served, &leaves[name], "replica {i}, {name}: its last-known-good copy");
         }
     }
+}
+
+/// Waits (at most 30 s) until `gw`'s log holds `needle`.
+async fn wait_log(gw: &Gateway, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !gw.log().contains(needle) {
+        assert!(Instant::now() < deadline, "no {needle:?} in the log:\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn stored_in_redis(c: &mut redis::Connection, name: &str) -> (bool, bool) {
+    let cert: bool = redis::cmd("EXISTS")
+        .arg(format!("tenantgate:{{acme}}:cert:{name}"))
+        .query(c)
+        .expect("exists");
+    let indexed: bool = redis::cmd("HEXISTS")
+        .arg("tenantgate:{acme}:certs")
+        .arg(name)
+        .query(c)
+        .expect("hexists");
+    (cert, indexed)
+}
+
+/// A replica whose main file drops a name leaves the fleet's copy to the
+/// replicas that still serve it; the last replica to drop it deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_dropped_by_one_replica_keeps_its_fleet_copy_until_the_last_drops_it() {
+    let both = ["a.keep.example", "b.keep.example"];
+    let mut f = Fleet::start(2, &both, "").await;
+    let template = f.config(&both, "");
+    let only_a = f.config(&["a.keep.example"], "");
+    let http1 = f.http[1];
+    let (redis, p, root) = (&f.redis, &f.p, f.root.clone());
+    let replicas = &mut f.replicas;
+    let all: Vec<&Gateway> = replicas.iter().collect();
+    let (b_leaf, _) = all_serve(&all, "b.keep.example", &root, p).await;
+    all_serve(&all, "a.keep.example", &root, p).await;
+    let mut c = redis_conn(redis);
+    assert_eq!(stored_in_redis(&mut c, "b.keep.example"), (true, true));
+
+    // Replica 0 drops b: it stops serving it and deletes its own files,
+    // but replica 1 still serves b, so the fleet's copy stays.
+    replicas[0].write_config(&only_a);
+    wait_log(&replicas[0], "other replicas still serve it").await;
+    assert_eq!(
+        stored_in_redis(&mut c, "b.keep.example"),
+        (true, true),
+        "the copy replica 1 serves is kept\n{}",
+        replicas[0].log()
+    );
+    assert!(!replicas[0].dir().join("state/certs/b.keep.example.pem").exists());
+    assert!(
+        leaf(&replicas[0], "b.keep.example", &root).await.is_none(),
+        "replica 0 no longer serves b"
+    );
+    assert_eq!(leaf(&replicas[1], "b.keep.example", &root).await, Some(b_leaf.clone()));
+
+    // Replica 1 restarts (a new process; the id of its wanted set is kept
+    // in its state dir): it still serves b, and no new order was sent.
+    let dir = replicas.remove(1).stop();
+    replicas.push(Gateway::start_with_http(dir, &template, http1).await);
+    wait_log(&replicas[1], "certificates loaded").await;
+    assert_eq!(leaf(&replicas[1], "b.keep.example", &root).await, Some(b_leaf));
+    assert_eq!(orders(redis).get("b.keep.example"), Some(&1), "one order for b");
+
+    // Now the last replica drops b: the fleet's copy goes.
+    replicas[1].write_config(&only_a);
+    wait_log(&replicas[1], "no replica serves the name any more").await;
+    assert_eq!(stored_in_redis(&mut c, "b.keep.example"), (false, false));
+    // a was never dropped: still stored.
+    assert_eq!(stored_in_redis(&mut c, "a.keep.example"), (true, true));
 }

@@ -38,8 +38,14 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const ACK_WAIT: Duration = Duration::from_secs(2);
 /// How often the shared challenges are re-read (a lost announcement).
 const CHALLENGE_SWEEP: Duration = Duration::from_secs(1);
-/// How often the certificate index is compared with what this replica has.
+/// How often the certificate index is compared with what this replica has;
+/// also how often this replica renews its claim on the names it serves.
 const CERT_SWEEP: Duration = Duration::from_secs(5);
+/// A replica's set of wanted names outlives its last renewal by this much;
+/// a replica gone longer no longer keeps a certificate in Redis.
+const WANTS_TTL: Duration = Duration::from_secs(60);
+/// Names sent to Redis per command when a wanted set is written.
+const WANTS_CHUNK: usize = 1000;
 
 /// Why a shared ACME call failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +69,8 @@ struct Keys {
     index: String,
     orders: String,
     channel: String,
+    /// Sorted set: replica → when it last renewed its wanted set (ms).
+    replicas: String,
     prefix: String,
 }
 
@@ -75,6 +83,13 @@ impl Keys {
     }
     fn ack(&self, token: &str) -> String {
         format!("{}:{{acme}}:ack:{token}", self.prefix)
+    }
+    /// The set of names `replica` serves from the fleet's certificates.
+    fn wants(&self, replica: &str) -> String {
+        format!("{}{replica}", self.wants_prefix())
+    }
+    fn wants_prefix(&self) -> String {
+        format!("{}:{{acme}}:wants:", self.prefix)
     }
 }
 
@@ -109,6 +124,29 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 "#;
 
+/// Deletes the stored certificate `KEYS[1]` (and its index entry in
+/// `KEYS[2]`) of the name `ARGV[1]`, which replica `ARGV[2]` no longer
+/// wants (`KEYS[4]`, its wanted set), unless another live replica listed
+/// in `KEYS[3]` still wants it. A replica whose wanted set expired (gone
+/// for `WANTS_TTL`) is dropped from the list. Returns 1 when deleted.
+/// The wanted sets (`ARGV[3]` .. replica) share the `{acme}` hash slot.
+const REMOVE_LUA: &str = r#"
+redis.call('SREM', KEYS[4], ARGV[1])
+for _, r in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  if r ~= ARGV[2] then
+    local k = ARGV[3] .. r
+    if redis.call('EXISTS', k) == 0 then
+      redis.call('ZREM', KEYS[3], r)
+    elseif redis.call('SISMEMBER', k, ARGV[1]) == 1 then
+      return 0
+    end
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+"#;
+
 /// Deletes the lease `KEYS[1]` if it still holds `ARGV[1]`.
 const RELEASE_LUA: &str = r#"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -122,17 +160,25 @@ pub struct SharedAcme {
     keys: Keys,
     cipher: LessSafeKey,
     replica: String,
+    /// This replica's name in the wanted sets: kept in the state dir, so a
+    /// restarted replica takes its own set over instead of leaving a stale
+    /// one behind.
+    member: String,
     pub lease: Duration,
     store: Script,
     renew: Script,
     release: Script,
+    remove: Script,
     up: AtomicBool,
+    /// The names this replica last wrote to its wanted set.
+    wanted: std::sync::Mutex<HashSet<String>>,
 }
 
 impl SharedAcme {
     /// The shared ACME state of `store`; `None` without a `key_file` (the
     /// config refuses fleet ACME without one). Connects on first use.
-    pub fn new(store: &Store) -> Result<Option<SharedAcme>, SharedError> {
+    /// `state_dir` keeps this replica's member id (`acme/replica-id`).
+    pub fn new(store: &Store, state_dir: &std::path::Path) -> Result<Option<SharedAcme>, SharedError> {
         let Some((_, key)) = &store.key else {
             return Ok(None);
         };
@@ -145,7 +191,12 @@ impl SharedAcme {
             std::process::id(),
             id.iter().map(|b| format!("{b:02x}")).collect::<String>()
         );
+        let member = member_id(state_dir).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "fleet ACME: no replica id could be kept in the state dir; using this run's");
+            replica.clone()
+        });
         Ok(Some(SharedAcme {
+            member,
             client: store.client()?,
             conn: Mutex::new(None),
             keys: Keys {
@@ -154,6 +205,7 @@ impl SharedAcme {
                 index: format!("{prefix}:{{acme}}:certs"),
                 orders: format!("{prefix}:{{acme}}:orders"),
                 channel: format!("{prefix}:acme"),
+                replicas: format!("{prefix}:{{acme}}:replicas"),
                 prefix,
             },
             cipher,
@@ -162,7 +214,9 @@ impl SharedAcme {
             store: Script::new(STORE_LUA),
             renew: Script::new(RENEW_LUA),
             release: Script::new(RELEASE_LUA),
+            remove: Script::new(REMOVE_LUA),
             up: AtomicBool::new(true),
+            wanted: std::sync::Mutex::new(HashSet::new()),
         }))
     }
 
@@ -365,15 +419,103 @@ impl SharedAcme {
         Ok(Some(Stored { fence, pem }))
     }
 
-    /// Removes a name's stored certificate (the name left the config).
-    pub async fn remove(&self, name: &str) {
-        let (cert, index, name) = (self.keys.cert(name), self.keys.index.clone(), name.to_string());
-        let _ = self
-            .call(|mut c| async move {
-                let _: () = c.del(&cert).await?;
-                c.hdel::<_, _, i64>(&index, &name).await
-            })
-            .await;
+    /// Records the names this replica serves from the fleet's certificates
+    /// (its wanted set, renewed every few seconds by [`follow`]), so that a
+    /// replica dropping a name never deletes a copy another one still uses.
+    /// Writes only the difference with the last call; on failure the next
+    /// call tries again.
+    ///
+    /// [`follow`]: SharedAcme::follow
+    pub async fn want(&self, names: &[String]) -> Result<(), SharedError> {
+        let (add, drop): (Vec<String>, Vec<String>) = {
+            let published = self.wanted.lock().unwrap_or_else(|p| p.into_inner());
+            let now: HashSet<&str> = names.iter().map(String::as_str).collect();
+            (
+                names.iter().filter(|n| !published.contains(*n)).cloned().collect(),
+                published
+                    .iter()
+                    .filter(|n| !now.contains(n.as_str()))
+                    .cloned()
+                    .collect(),
+            )
+        };
+        self.write_wants(&add, &drop).await?;
+        let mut published = self.wanted.lock().unwrap_or_else(|p| p.into_inner());
+        for n in drop {
+            published.remove(&n);
+        }
+        published.extend(add);
+        Ok(())
+    }
+
+    /// Adds `add` to and takes `drop` from this replica's wanted set, and
+    /// renews it and the replica's place in the list.
+    async fn write_wants(&self, add: &[String], drop: &[String]) -> Result<(), SharedError> {
+        let (wants, replicas, replica) = (
+            self.keys.wants(&self.member),
+            self.keys.replicas.clone(),
+            self.member.clone(),
+        );
+        let ttl = WANTS_TTL.as_millis() as u64;
+        let (add, drop) = (add.to_vec(), drop.to_vec());
+        self.call(|mut c| async move {
+            let mut pipe = redis::pipe();
+            for chunk in add.chunks(WANTS_CHUNK) {
+                pipe.sadd(&wants, chunk).ignore();
+            }
+            for chunk in drop.chunks(WANTS_CHUNK) {
+                pipe.srem(&wants, chunk).ignore();
+            }
+            pipe.pexpire(&wants, ttl as i64).ignore();
+            pipe.cmd("TIME");
+            let ((secs, micros),): ((u64, u64),) = pipe.query_async(&mut c).await?;
+            let now_ms = secs * 1000 + micros / 1000;
+            c.zadd::<_, _, _, i64>(&replicas, &replica, now_ms).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Renews this replica's wanted set; writes it again whole when Redis
+    /// lost it (a restarted Redis, or an outage longer than its TTL).
+    async fn heartbeat(&self) {
+        let wants = self.keys.wants(&self.member);
+        let ttl = WANTS_TTL.as_millis() as i64;
+        let Ok(kept) = self
+            .call(|mut c| async move { c.pexpire::<_, bool>(&wants, ttl).await })
+            .await
+        else {
+            return;
+        };
+        let all: Vec<String> = if kept {
+            Vec::new()
+        } else {
+            let published = self.wanted.lock().unwrap_or_else(|p| p.into_inner());
+            published.iter().cloned().collect()
+        };
+        let _ = self.write_wants(&all, &[]).await;
+    }
+
+    /// This replica no longer serves `name`: its stored certificate is
+    /// deleted from Redis unless another live replica still wants it.
+    /// Returns whether it was deleted.
+    pub async fn remove(&self, name: &str) -> Result<bool, SharedError> {
+        {
+            let mut published = self.wanted.lock().unwrap_or_else(|p| p.into_inner());
+            published.remove(name);
+        }
+        let mut call = self.remove.prepare_invoke();
+        call.key(self.keys.cert(name))
+            .key(&self.keys.index)
+            .key(&self.keys.replicas)
+            .key(self.keys.wants(&self.member))
+            .arg(name)
+            .arg(&self.member)
+            .arg(self.keys.wants_prefix());
+        let deleted: i64 = self
+            .call(|mut c| async move { call.invoke_async(&mut c).await })
+            .await?;
+        Ok(deleted == 1)
     }
 
     /// `nonce || ciphertext || tag`, the name as associated data.
@@ -445,6 +587,7 @@ impl SharedAcme {
                 },
                 _ = challenge_sweep.tick() => self.sweep_challenges(&challenges, &mut ours).await,
                 _ = cert_sweep.tick() => {
+                    self.heartbeat().await;
                     let index = self.keys.index.clone();
                     if let Ok(now) = self.call(|mut c| async move { c.hgetall::<_, HashMap<String, u64>>(&index).await }).await {
                         for (name, fence) in &now {
@@ -514,6 +657,23 @@ impl SharedAcme {
             keep
         });
     }
+}
+
+/// This replica's member id, kept in `<state_dir>/acme/replica-id` (made
+/// on first use: 16 hex digits).
+fn member_id(state_dir: &std::path::Path) -> std::io::Result<String> {
+    let path = state_dir.join("acme").join("replica-id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let id = text.trim();
+        if id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(id.to_string());
+        }
+    }
+    let mut raw = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut raw).map_err(|_| std::io::Error::other("no randomness"))?;
+    let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    crate::tls::state::write_private(&path, id.as_bytes())?;
+    Ok(id)
 }
 
 /// The next notification; pending forever while unsubscribed (the sweeps
