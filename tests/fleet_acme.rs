@@ -33,6 +33,7 @@ fn config_with(p: &Pebble, pool: &EchoBackend, redis: &str, key: &Path, names: &
 http_listen = "{{http}}"
 https_listen = "{{https}}"
 metrics_listen = "{{metrics}}"
+admin_listen = "{{admin}}"
 
 [store]
 redis_url = "{redis}"
@@ -56,13 +57,19 @@ upstreams = ["{}"]
 id = "fleet"
 domains = [{}]
 pool = "p"
+
+[[admin.tokens]]
+name = "ops"
+scope = "operator"
+sha256 = "{}"
 "#,
         key.display(),
         p.directory_url(),
         p.api_ca_pem_path().display(),
         acme,
         pool.addr,
-        list.join(", ")
+        list.join(", "),
+        tenantgate::admin::auth::hash_hex("ops-secret")
     )
 }
 
@@ -355,4 +362,80 @@ async fn a_name_dropped_by_one_replica_keeps_its_fleet_copy_until_the_last_drops
     assert_eq!(stored_in_redis(&mut c, "b.keep.example"), (false, false));
     // a was never dropped: still stored.
     assert_eq!(stored_in_redis(&mut c, "a.keep.example"), (true, true));
+}
+
+/// The ACME state a replica shows for `name` (`GET /v1/domains/{name}`).
+async fn acme_state(gw: &Gateway, name: &str) -> serde_json::Value {
+    let r = gw
+        .admin_call("GET", &format!("/v1/domains/{name}"), Some("ops-secret"), None, &[])
+        .await;
+    r.json["certificate"]["acme"].clone()
+}
+
+/// The CA's order budgets hold for the whole fleet: with a budget of two
+/// first orders per registered domain, two replicas send two orders for
+/// four names, not two each; the other names queue on every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_budgets_are_shared_by_the_fleet() {
+    let names = [
+        "a.budget.example",
+        "b.budget.example",
+        "c.budget.example",
+        "d.budget.example",
+    ];
+    let f = Fleet::start(2, &names, "budget_per_registered_domain = 2\n").await;
+    let mut c = redis_conn(&f.redis);
+    // Two names get certificates; the other two queue on both replicas.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (served, queued) = loop {
+        let mut served = Vec::new();
+        let mut queued = Vec::new();
+        for name in names {
+            let mut states = Vec::new();
+            for gw in &f.replicas {
+                states.push(acme_state(gw, name).await["state"].as_str().unwrap_or("").to_string());
+            }
+            if states.iter().all(|s| s == "valid") {
+                served.push(name);
+            } else if states.iter().all(|s| s == "queued") {
+                queued.push(name);
+            }
+        }
+        if served.len() + queued.len() == names.len() {
+            break (served, queued);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "served {served:?}, queued {queued:?}\n{}\n-----\n{}",
+            f.replicas[0].log(),
+            f.replicas[1].log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(served.len(), 2, "served {served:?}, queued {queued:?}");
+    for name in &served {
+        let all: Vec<&Gateway> = f.replicas.iter().collect();
+        all_serve(&all, name, &f.root, &f.p).await;
+    }
+    // Two orders reached the CA in all, one per served name.
+    let counted = orders(&f.redis);
+    assert_eq!(counted.values().sum::<u64>(), 2, "{counted:?}");
+    for name in &queued {
+        assert!(leaf(&f.replicas[0], name, &f.root).await.is_none());
+        // Queued until the oldest order leaves the 7-day window.
+        let next: jiff::Timestamp = acme_state(&f.replicas[1], name).await["next_attempt"]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .expect("next_attempt");
+        let ahead = next.as_second() - jiff::Timestamp::now().as_second();
+        assert!(
+            ahead > 6 * 86_400 && ahead <= 7 * 86_400,
+            "{name}: next attempt in {ahead} s"
+        );
+    }
+    let spent: u64 = redis::cmd("ZCARD")
+        .arg("tenantgate:{acme}:budget:domain:budget.example")
+        .query(&mut c)
+        .expect("zcard");
+    assert_eq!(spent, 2);
 }

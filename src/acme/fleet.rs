@@ -147,6 +147,33 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 return 1
 "#;
 
+/// Spends one first order from the fleet's budgets: `KEYS[1]` (the
+/// registered domain's, `ARGV[1]` orders per `ARGV[2]` ms) and `KEYS[2]`
+/// (the account's, `ARGV[3]` per `ARGV[4]` ms), sliding windows kept as
+/// sorted sets of send times on Redis' own clock. Returns `{1, 0}` when
+/// spent, or `{0, ms}`: how long until a slot frees.
+const BUDGET_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function wait(key, limit, window)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  if redis.call('ZCARD', key) >= limit then
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    return tonumber(oldest[2]) + window - now
+  end
+  return nil
+end
+local w = wait(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
+if w then return {0, w} end
+w = wait(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
+if w then return {0, w} end
+redis.call('ZADD', KEYS[1], now, ARGV[5])
+redis.call('ZADD', KEYS[2], now, ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return {1, 0}
+"#;
+
 /// Deletes the lease `KEYS[1]` if it still holds `ARGV[1]`.
 const RELEASE_LUA: &str = r#"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -169,6 +196,7 @@ pub struct SharedAcme {
     renew: Script,
     release: Script,
     remove: Script,
+    budget: Script,
     up: AtomicBool,
     /// The names this replica last wrote to its wanted set.
     wanted: std::sync::Mutex<HashSet<String>>,
@@ -215,6 +243,7 @@ impl SharedAcme {
             renew: Script::new(RENEW_LUA),
             release: Script::new(RELEASE_LUA),
             remove: Script::new(REMOVE_LUA),
+            budget: Script::new(BUDGET_LUA),
             up: AtomicBool::new(true),
             wanted: std::sync::Mutex::new(HashSet::new()),
         }))
@@ -368,6 +397,40 @@ impl SharedAcme {
         let _ = self
             .call(|mut c| async move { call.invoke_async::<i64>(&mut c).await })
             .await;
+    }
+
+    /// Spends one first order of `lease.name` from the budgets the fleet
+    /// shares (one script): `per_domain` per registered domain in `domain_window`,
+    /// `per_account` per account (CA directory) in `account_window`.
+    /// `Ok(None)` when spent, else how long until a slot frees.
+    pub async fn spend_budget(
+        &self,
+        lease: &Lease,
+        registered_domain: &str,
+        directory: &str,
+        (per_domain, domain_window): (u64, Duration),
+        (per_account, account_window): (u64, Duration),
+    ) -> Result<Option<Duration>, SharedError> {
+        use sha2::{Digest, Sha256};
+        let account: String = Sha256::digest(directory.as_bytes())[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut call = self.budget.prepare_invoke();
+        call.key(format!(
+            "{}:{{acme}}:budget:domain:{registered_domain}",
+            self.keys.prefix
+        ))
+        .key(format!("{}:{{acme}}:budget:account:{account}", self.keys.prefix))
+        .arg(per_domain)
+        .arg(domain_window.as_millis() as u64)
+        .arg(per_account)
+        .arg(account_window.as_millis() as u64)
+        .arg(format!("{}:{}", lease.name, lease.value));
+        let (spent, wait_ms): (i64, i64) = self
+            .call(|mut c| async move { call.invoke_async(&mut c).await })
+            .await?;
+        Ok((spent != 1).then(|| Duration::from_millis(wait_ms.max(0) as u64)))
     }
 
     /// Counts an order sent to the CA for `name` (`HINCRBY <prefix>:{acme}:orders`).

@@ -128,14 +128,21 @@ struct Budgets {
 const DOMAIN_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 const ACCOUNT_WINDOW: Duration = Duration::from_secs(3 * 3600);
 
+/// The registered domain a name's budget counts against: `shop.acme.com`
+/// and `acme.com` are both `acme.com`.
+fn registered_domain(name: &str) -> String {
+    let host = name.strip_prefix("*.").unwrap_or(name);
+    psl::domain(host.as_bytes())
+        .and_then(|d| std::str::from_utf8(d.as_bytes()).ok())
+        .unwrap_or(host)
+        .to_string()
+}
+
 impl Budgets {
     /// Spends one first order of `name` at `account`, or returns when the
     /// budget that is used up frees a slot.
     fn spend(&mut self, name: &str, account: &str, acme: &Acme, now: Instant) -> Result<(), Instant> {
-        let domain = psl::domain(name.as_bytes())
-            .and_then(|d| std::str::from_utf8(d.as_bytes()).ok())
-            .unwrap_or(name)
-            .to_string();
+        let domain = registered_domain(name);
         let free_at = |sent: &mut std::collections::VecDeque<Instant>, window: Duration, limit: u64| {
             while sent
                 .front()
@@ -328,6 +335,8 @@ enum Outcome {
     },
     /// The CA's renewal window starts later: try again then.
     NotYet(Instant),
+    /// Fleet mode: the fleet's order budget is spent until then.
+    Queued(Instant),
     Failed(String),
 }
 
@@ -735,6 +744,30 @@ impl OrderCtx {
                 }
             })
         };
+        // A first order spends from the budgets the fleet shares.
+        if !renewal {
+            let acme = &self.acme;
+            let spent = shared
+                .spend_budget(
+                    &lease,
+                    &registered_domain(name),
+                    &acme.directory_url,
+                    (acme.budget_per_registered_domain, DOMAIN_WINDOW),
+                    (acme.budget_per_account, ACCOUNT_WINDOW),
+                )
+                .await;
+            match spent {
+                Ok(None) => {}
+                Ok(Some(wait)) => {
+                    shared.release(&lease).await;
+                    return Outcome::Queued(Instant::now() + wait.min(FAR));
+                }
+                Err(e) => {
+                    shared.release(&lease).await;
+                    return Outcome::Failed(e.to_string());
+                }
+            }
+        }
         shared.count_order(name).await;
         let result = tokio::time::timeout(ORDER_TIMEOUT, self.issue(name, Some(&lease))).await;
         keeper.abort();
@@ -993,8 +1026,10 @@ impl BackgroundService for CertManager {
                     let mut go = Vec::with_capacity(due.len());
                     for (_, name, renewal, failures) in due {
                         // First orders spend the CA's budgets; renewals do not
-                        // count against them (Let's Encrypt exempts them).
-                        if !renewal {
+                        // count against them (Let's Encrypt exempts them). In
+                        // fleet mode the replica that takes the order spends
+                        // from the budgets in Redis instead (`run_shared`).
+                        if !renewal && self.shared.is_none() {
                             let account = acme.for_attempt(failures).directory_url;
                             if let Err(at) = book.budgets.spend(&name, &account, acme, now) {
                                 if let Some(m) = book.managed.get_mut(&name) {
@@ -1141,7 +1176,7 @@ impl BackgroundService for CertManager {
                     }
                 }
                 Some(done) = done_rx.recv() => {
-                    if !matches!(done.outcome, Outcome::NotYet(_) | Outcome::Adopted { .. }) {
+                    if !matches!(done.outcome, Outcome::NotYet(_) | Outcome::Queued(_) | Outcome::Adopted { .. }) {
                         self.metrics.acme_order(done.renewal, matches!(done.outcome, Outcome::Issued { .. }));
                     }
                     match &done.outcome {
@@ -1150,7 +1185,7 @@ impl BackgroundService for CertManager {
                             self.event(kind, &done.name, None);
                         }
                         Outcome::Failed(e) => self.event("certificate.failed", &done.name, Some(e.as_str())),
-                        Outcome::NotYet(_) | Outcome::Adopted { .. } => {}
+                        Outcome::NotYet(_) | Outcome::Queued(_) | Outcome::Adopted { .. } => {}
                     }
                     let mut book = self.schedule.lock();
                     // Handled whatever the issuer is now: the order ran.
@@ -1167,6 +1202,10 @@ impl BackgroundService for CertManager {
                             *m = Managed::new(&done.name, due, Some(not_after), min_poll);
                         }
                         Outcome::NotYet(at) => m.due = at,
+                        Outcome::Queued(at) => {
+                            m.due = at;
+                            m.queued = true;
+                        }
                         Outcome::Failed(e) => {
                             m.failures = m.failures.saturating_add(1);
                             m.last_error = Some(e.clone());
