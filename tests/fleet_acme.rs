@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::haproxy::Haproxy;
 use common::pebble::Pebble;
 use common::redis_server::Redis;
-use common::{backend, free_port, handshake_full, Gateway};
+use common::{backend, free_port, handshake_full, series_value, Gateway};
 use tenantgate::demo::EchoBackend;
 
 const NAMES: [&str; 3] = ["a.fleet.example", "b.fleet.example", "c.fleet.example"];
@@ -438,4 +438,39 @@ async fn order_budgets_are_shared_by_the_fleet() {
         .query(&mut c)
         .expect("zcard");
     assert_eq!(spent, 2);
+}
+
+/// TLS-ALPN-01 in a fleet: the CA's validator connects through the
+/// balancer to any replica's HTTPS listener, and every replica answers with
+/// the challenge certificate the ordering replica shared through Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn_01_challenges_are_answered_by_every_replica() {
+    let f = Fleet::start(3, &NAMES, "challenge = \"tls-alpn-01\"\n").await;
+    let all: Vec<&Gateway> = f.replicas.iter().collect();
+    for name in NAMES {
+        let (_, spread) = all_serve(&all, name, &f.root, &f.p).await;
+        assert!(spread <= Duration::from_secs(1), "{name}: spread {spread:?}");
+    }
+    // Each name validated on the first order, wherever the CA's
+    // connections landed.
+    let counted = orders(&f.redis);
+    for name in NAMES {
+        assert_eq!(counted.get(name), Some(&1), "one order for {name}: {counted:?}");
+    }
+    let series = "tenantgate_tls_handshakes_total{result=\"acme_tls_alpn\"}";
+    let mut answered = Vec::new();
+    for gw in &f.replicas {
+        answered.push(series_value(&gw.metrics_text().await, series).unwrap_or(0.0));
+    }
+    assert!(
+        answered.iter().filter(|n| **n > 0.0).count() >= 2,
+        "challenge handshakes answered per replica: {answered:?}"
+    );
+    assert!(answered.iter().sum::<f64>() >= NAMES.len() as f64, "{answered:?}");
+    // Nothing is left in Redis once the orders are done.
+    let left: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("tenantgate:{acme}:alpns")
+        .query(&mut redis_conn(&f.redis))
+        .expect("smembers");
+    assert!(left.is_empty(), "{left:?}");
 }

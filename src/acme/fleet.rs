@@ -5,6 +5,14 @@
 //!   [`Challenges`] and acknowledges, and the ordering replica tells the CA
 //!   to validate only once every replica that heard it has acknowledged (or
 //!   after 2 s), so whichever replica the CA's request reaches answers it.
+//! - **TLS-ALPN-01.** The ordering replica's challenge certificate (its key
+//!   sealed) is shared and acknowledged the same way, so any replica's HTTPS
+//!   listener answers the CA's `acme-tls/1` connection.
+//! - **Order budgets.** First orders are counted once for the fleet (sorted
+//!   sets of send times, one Lua script on Redis' clock).
+//! - **Which replica serves what.** Each replica lists the names it serves
+//!   (a TTL'd set); a name's stored certificate is deleted only by the last
+//!   replica that drops it.
 //! - **One order per name.** An order (first issue or renewal) runs under a
 //!   lease: `SET NX PX` of `<replica>:<fence>`, the fence from one counter,
 //!   renewed while the order runs. A replica that dies loses the lease after
@@ -31,6 +39,7 @@ use tokio::sync::{mpsc, Mutex};
 
 use super::Challenges;
 use crate::config::Store;
+use crate::tls::CertStore;
 
 /// Bound on one Redis call made for ACME.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -87,6 +96,13 @@ impl Keys {
     /// The set of names `replica` serves from the fleet's certificates.
     fn wants(&self, replica: &str) -> String {
         format!("{}{replica}", self.wants_prefix())
+    }
+    /// A name's shared TLS-ALPN-01 challenge certificate.
+    fn alpn(&self, name: &str) -> String {
+        format!("{}:{{acme}}:alpn:{name}", self.prefix)
+    }
+    fn alpn_index(&self) -> String {
+        format!("{}:{{acme}}:alpns", self.prefix)
     }
     fn wants_prefix(&self) -> String {
         format!("{}:{{acme}}:wants:", self.prefix)
@@ -312,6 +328,12 @@ impl SharedAcme {
                 c.publish(&channel, &note).await
             })
             .await?;
+        self.await_acks(heard, ack, token).await
+    }
+
+    /// Waits (at most [`ACK_WAIT`]) until `heard` replicas have added
+    /// themselves to the set `ack`.
+    async fn await_acks(&self, heard: i64, ack: String, what: &str) -> Result<(), SharedError> {
         let deadline = Instant::now() + ACK_WAIT;
         loop {
             let key = ack.clone();
@@ -319,7 +341,7 @@ impl SharedAcme {
             if held >= heard || Instant::now() >= deadline {
                 if held < heard {
                     tracing::warn!(
-                        token,
+                        what,
                         held,
                         heard,
                         "not every replica acknowledged the challenge in time"
@@ -329,6 +351,101 @@ impl SharedAcme {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Shares a TLS-ALPN-01 challenge certificate (`cert` DER, `key`
+    /// PKCS#8 DER, sealed like certificate keys) with every replica, and
+    /// waits (at most 2 s) until each replica that heard of it serves it.
+    pub async fn share_alpn(&self, name: &str, cert: &[u8], key: &[u8]) -> Result<(), SharedError> {
+        let sealed = self.seal(&alpn_aad(name), key)?;
+        let (hash, index, channel, ack) = (
+            self.keys.alpn(name),
+            self.keys.alpn_index(),
+            self.keys.channel.clone(),
+            self.keys.ack(&format!("alpn:{name}")),
+        );
+        let (n, note, cert) = (name.to_string(), format!("alpn\t{name}"), cert.to_vec());
+        let heard: i64 = self
+            .call(|mut c| async move {
+                let _: () = c.del(&ack).await?;
+                let _: () = c.hset_multiple(&hash, &[("cert", cert), ("key", sealed)]).await?;
+                let _: () = c.expire(&hash, 600).await?;
+                let _: () = c.sadd(&index, &n).await?;
+                c.publish(&channel, &note).await
+            })
+            .await?;
+        self.await_acks(heard, self.keys.ack(&format!("alpn:{name}")), name)
+            .await
+    }
+
+    /// Withdraws a TLS-ALPN-01 challenge certificate from every replica.
+    pub async fn clear_alpn(&self, name: &str) {
+        let (hash, index, channel, ack) = (
+            self.keys.alpn(name),
+            self.keys.alpn_index(),
+            self.keys.channel.clone(),
+            self.keys.ack(&format!("alpn:{name}")),
+        );
+        let (n, note) = (name.to_string(), format!("alpn-done\t{name}"));
+        let _ = self
+            .call(|mut c| async move {
+                let _: () = c.del(&[&hash, &ack]).await?;
+                let _: () = c.srem(&index, &n).await?;
+                c.publish::<_, _, i64>(&channel, &note).await
+            })
+            .await;
+    }
+
+    /// Installs the shared challenge certificate of `name` in `store` and
+    /// acknowledges it; `false` when there is none (or it is unusable).
+    async fn take_alpn(&self, name: &str, store: &CertStore) -> bool {
+        let key = self.keys.alpn(name);
+        let Ok(fields) = self
+            .call(|mut c| async move { c.hgetall::<_, HashMap<String, Vec<u8>>>(&key).await })
+            .await
+        else {
+            return false;
+        };
+        let (Some(cert), Some(sealed)) = (fields.get("cert"), fields.get("key")) else {
+            return false;
+        };
+        let installed = self
+            .open(&alpn_aad(name), sealed)
+            .map_err(|e| e.to_string())
+            .and_then(|key| {
+                store
+                    .install_alpn_challenge(name, cert, &key)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = installed {
+            tracing::warn!(name, error = %e, "a shared TLS-ALPN-01 challenge certificate was not installed");
+            return false;
+        }
+        let (ack, replica) = (self.keys.ack(&format!("alpn:{name}")), self.replica.clone());
+        let _ = self
+            .call(|mut c| async move {
+                let _: () = c.sadd(&ack, &replica).await?;
+                c.expire::<_, i64>(&ack, 600).await
+            })
+            .await;
+        true
+    }
+
+    /// Brings this replica's shared challenge certificates in line with Redis.
+    async fn sweep_alpn(&self, store: &CertStore, ours: &mut HashSet<String>) {
+        let index = self.keys.alpn_index();
+        let Ok(all) = self
+            .call(|mut c| async move { c.smembers::<_, HashSet<String>>(&index).await })
+            .await
+        else {
+            return;
+        };
+        for name in &all {
+            if !ours.contains(name) && self.take_alpn(name, store).await {
+                ours.insert(name.clone());
+            }
+        }
+        forget_missing(ours, |n| all.contains(n), |n| store.remove_alpn_challenge(n));
     }
 
     /// Withdraws a challenge from every replica.
@@ -615,9 +732,15 @@ impl SharedAcme {
     /// Follows the fleet: shared challenges into `challenges` (acknowledged),
     /// and the names of newly stored certificates to `changed`. Runs until
     /// `changed` is closed; reconnects after a Redis outage.
-    pub async fn follow(self: Arc<Self>, challenges: Arc<Challenges>, changed: mpsc::UnboundedSender<String>) {
+    pub async fn follow(
+        self: Arc<Self>,
+        challenges: Arc<Challenges>,
+        store: Arc<CertStore>,
+        changed: mpsc::UnboundedSender<String>,
+    ) {
         let mut known: HashMap<String, u64> = HashMap::new();
         let mut ours: HashSet<String> = HashSet::new();
+        let mut ours_alpn: HashSet<String> = HashSet::new();
         let mut notes: Option<redis::aio::PubSub> = None;
         let mut challenge_sweep = tokio::time::interval(CHALLENGE_SWEEP);
         let mut cert_sweep = tokio::time::interval(CERT_SWEEP);
@@ -641,6 +764,11 @@ impl SharedAcme {
                                 self.take_challenge(token, &challenges, &mut ours).await;
                             }
                             Some(("done", token)) if ours.remove(token) => challenges.remove(token),
+                            Some(("alpn", name)) => {
+                                let installed = self.take_alpn(name, &store).await;
+                                installed.then(|| ours_alpn.insert(name.to_string()));
+                            }
+                            Some(("alpn-done", name)) if ours_alpn.remove(name) => store.remove_alpn_challenge(name),
                             Some(("cert", name)) => {
                                 let _ = changed.send(name.to_string());
                             }
@@ -648,7 +776,10 @@ impl SharedAcme {
                         }
                     }
                 },
-                _ = challenge_sweep.tick() => self.sweep_challenges(&challenges, &mut ours).await,
+                _ = challenge_sweep.tick() => {
+                    self.sweep_challenges(&challenges, &mut ours).await;
+                    self.sweep_alpn(&store, &mut ours_alpn).await;
+                }
                 _ = cert_sweep.tick() => {
                     self.heartbeat().await;
                     let index = self.keys.index.clone();
@@ -712,14 +843,26 @@ impl SharedAcme {
                 ours.insert(token.clone());
             }
         }
-        ours.retain(|t| {
-            let keep = all.contains_key(t);
-            if !keep {
-                challenges.remove(t);
-            }
-            keep
-        });
+        forget_missing(ours, |t| all.contains_key(t), |t| challenges.remove(t));
     }
+}
+
+/// Drops from `ours` (and withdraws with `withdraw`) what Redis no longer
+/// holds.
+fn forget_missing(ours: &mut HashSet<String>, held: impl Fn(&str) -> bool, withdraw: impl Fn(&str)) {
+    ours.retain(|n| {
+        let keep = held(n);
+        if !keep {
+            withdraw(n);
+        }
+        keep
+    });
+}
+
+/// The associated data a challenge certificate's key is sealed with (never
+/// the same as the name's certificate key).
+fn alpn_aad(name: &str) -> String {
+    format!("acme-tls/1 {name}")
 }
 
 /// This replica's member id, kept in `<state_dir>/acme/replica-id` (made

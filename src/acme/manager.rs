@@ -985,7 +985,11 @@ impl BackgroundService for CertManager {
         // Fleet mode: names whose certificate another replica stored.
         let (fleet_tx, mut fleet_rx) = mpsc::unbounded_channel::<String>();
         if let Some(shared) = &self.shared {
-            tokio::spawn(shared.clone().follow(self.challenges.clone(), fleet_tx));
+            tokio::spawn(
+                shared
+                    .clone()
+                    .follow(self.challenges.clone(), self.store.clone(), fleet_tx),
+            );
         } else {
             drop(fleet_tx);
         }

@@ -146,9 +146,16 @@ impl CertStore {
     }
 
     /// Answers TLS-ALPN-01 handshakes for `name` with a certificate for
-    /// `digest`, until [`CertStore::remove_alpn_challenge`].
-    pub fn add_alpn_challenge(&self, name: &str, digest: &[u8]) -> Result<(), super::alpn::AlpnError> {
+    /// `digest`, until [`CertStore::remove_alpn_challenge`]. Returns the
+    /// certificate and its key (DER), to share with other replicas.
+    pub fn add_alpn_challenge(&self, name: &str, digest: &[u8]) -> Result<(Vec<u8>, Vec<u8>), super::alpn::AlpnError> {
         self.alpn.insert(name, digest, &self.provider)
+    }
+
+    /// Answers TLS-ALPN-01 handshakes for `name` with another replica's
+    /// challenge certificate (DER certificate and PKCS#8 key).
+    pub fn install_alpn_challenge(&self, name: &str, cert: &[u8], key: &[u8]) -> Result<(), super::alpn::AlpnError> {
+        self.alpn.insert_der(name, cert, key, &self.provider)
     }
 
     pub fn remove_alpn_challenge(&self, name: &str) {
