@@ -3,6 +3,7 @@
 //! for a stored name succeeds (the certificate is loaded lazily), and RSS.
 //! Run: `cargo bench --bench cert_startup`.
 //! Under `cargo test` (no --bench flag) it runs with 200 certificates.
+//! `TG_BIN=<path>` runs another build of the gateway (before/after pairs).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -65,7 +66,9 @@ fn main() {
         .expect("config");
 
     let start = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tenantgate"))
+    // TG_BIN: another build of the gateway, for interleaved before/after runs.
+    let bin = std::env::var("TG_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tenantgate").to_string());
+    let mut child = Command::new(&bin)
         .args(["serve", "--config"])
         .arg(&path)
         .stderr(Stdio::null())

@@ -573,11 +573,13 @@ impl CertManager {
         if fresh.is_empty() {
             return;
         }
+        // Only each leaf's dates: the chain and key load lazily at the first
+        // handshake, so 100,000 stored certificates cost no key material here.
         let store = self.store.clone();
         let stored = tokio::task::spawn_blocking(move || {
             fresh
                 .into_iter()
-                .map(|name| (stored_certificate(&store, &name), name))
+                .map(|name| (store.stored_validity(&name), name))
                 .collect::<Vec<_>>()
         })
         .await
@@ -587,9 +589,12 @@ impl CertManager {
             _ => Duration::from_secs(60),
         };
         let mut book = self.schedule.lock();
-        for (loaded, name) in stored {
-            let (due, not_after) = match &loaded {
-                Some(l) => (two_thirds(&name, l), Some(l.not_after)),
+        for (validity, name) in stored {
+            let (due, not_after) = match validity {
+                Some((not_before, not_after)) => (
+                    instant_at(fallback_renewal(not_before, not_after, unit_random(&name))),
+                    Some(not_after),
+                ),
                 None => (Instant::now(), None),
             };
             let m = Managed::new(&name, due, not_after, first_poll);
@@ -847,11 +852,11 @@ impl OrderCtx {
         }
     }
 
-    /// The certificate stored for `name`, if usable (read off the runtime).
-    async fn current(&self, name: &str) -> Option<Loaded> {
+    /// The leaf of the certificate stored for `name` (read off the runtime).
+    async fn current_leaf(&self, name: &str) -> Option<rustls::pki_types::CertificateDer<'static>> {
         let store = self.store.clone();
         let n = name.to_string();
-        tokio::task::spawn_blocking(move || stored_certificate(&store, &n))
+        tokio::task::spawn_blocking(move || store.stored_leaf(&n))
             .await
             .ok()
             .flatten()
@@ -859,11 +864,10 @@ impl OrderCtx {
 
     /// Asks the CA for the renewal window of `name`'s current certificate.
     async fn poll_ari(&self, name: &str) -> Ari {
-        let current = self.current(name).await;
-        let Some(leaf) = current.as_ref().and_then(|c| c.key.cert.first()) else {
+        let Some(leaf) = self.current_leaf(name).await else {
             return Ari::Failed("no stored certificate".into());
         };
-        let id = match CertificateIdentifier::try_from(leaf) {
+        let id = match CertificateIdentifier::try_from(&leaf) {
             Ok(id) => id,
             Err(e) => return Ari::Failed(format!("no ARI identifier: {e}")),
         };
@@ -906,8 +910,8 @@ impl OrderCtx {
             let shared = self.shared.as_deref();
             let alpn = self.acme.tls_alpn.then_some(&*self.store);
             // A renewal names the certificate it replaces.
-            let current = self.current(name).await;
-            let replaces = current.as_ref().and_then(|l| l.key.cert.first());
+            let current = self.current_leaf(name).await;
+            let replaces = current.as_ref();
             match order::order(&account, &names, &self.challenges, dns.as_ref(), alpn, shared, replaces).await {
                 Ok((chain, key)) => {
                     if let (Some(shared), Some(lease)) = (shared, lease) {

@@ -419,6 +419,24 @@ impl CertStore {
         provided.as_ref().map(of)
     }
 
+    /// The leaf of `name`'s managed certificate file, read without its
+    /// chain or key (for scheduling and ARI). Blocking.
+    pub fn stored_leaf(&self, name: &str) -> Option<rustls::pki_types::CertificateDer<'static>> {
+        use rustls::pki_types::pem::PemObject;
+        let pem = std::fs::read(self.managed_path(name)).ok()?;
+        rustls::pki_types::CertificateDer::pem_slice_iter(&pem).next()?.ok()
+    }
+
+    /// The validity (not before, not after) of `name`'s managed
+    /// certificate, when it has one that has not expired: only its leaf is
+    /// parsed, so reading every stored certificate at start-up costs no key
+    /// material. Blocking.
+    pub fn stored_validity(&self, name: &str) -> Option<(SystemTime, SystemTime)> {
+        let leaf = self.stored_leaf(name)?;
+        let (_, not_before, not_after) = super::certs::facts(&leaf).ok()?;
+        (not_after > SystemTime::now()).then_some((not_before, not_after))
+    }
+
     /// The managed certificate file of `name`: `None` if there is none,
     /// else whether it is usable. Blocking.
     pub fn stored(&self, name: &str) -> Option<Result<Loaded, CertError>> {
