@@ -52,6 +52,8 @@ const ACCOUNT_TIMEOUT: Duration = Duration::from_secs(30);
 const ARI_TIMEOUT: Duration = Duration::from_secs(10);
 /// ARI polls running at once.
 const ARI_CONCURRENCY: usize = 8;
+/// At most about this many first ARI polls per `ari_min_poll_secs`.
+const ARI_FIRST_POLLS: usize = 1000;
 /// The longest wait between two ARI polls of one certificate.
 const ARI_MAX_POLL: Duration = Duration::from_secs(24 * 3600);
 /// A CA without ARI is asked again after this (it may add it).
@@ -584,11 +586,21 @@ impl CertManager {
         })
         .await
         .unwrap_or_default();
-        let first_poll = match snap.config.tls.as_ref().map(|t| &t.issuer) {
+        let min_poll = match snap.config.tls.as_ref().map(|t| &t.issuer) {
             Some(Issuer::Acme(a)) => a.ari_min_poll,
             _ => Duration::from_secs(60),
         };
         let mut book = self.schedule.lock();
+        // First ARI polls spread so that at most about ARI_FIRST_POLLS names
+        // are asked per `ari_min_poll_secs` (100,000 names at the default:
+        // over 100 min), never a burst at start-up.
+        let first_poll = min_poll
+            .saturating_mul(
+                u32::try_from(book.managed.len() / ARI_FIRST_POLLS)
+                    .unwrap_or(u32::MAX)
+                    .max(1),
+            )
+            .min(ARI_MAX_POLL);
         for (validity, name) in stored {
             let (due, not_after) = match validity {
                 Some((not_before, not_after)) => (
