@@ -268,10 +268,13 @@ async fn three_replicas_behind_haproxy_share_orders_challenges_and_certificates(
     let survivors: Vec<&Gateway> = replicas[1..].iter().collect();
     let (d_leaf, spread) = all_serve(&survivors, "d.fleet.example", &root, &p).await;
     assert!(spread <= Duration::from_secs(1), "d: spread {spread:?}");
-    assert_eq!(
-        orders(&redis).get("d.fleet.example"),
-        Some(&2),
-        "the dead replica's order and its successor's"
+    // The successor's order, and the dead replica's if it got as far as
+    // sending one (after taking the lease it first spends from the fleet's
+    // order budget, so the kill may come before).
+    let d_orders = orders(&redis).get("d.fleet.example").copied();
+    assert!(
+        matches!(d_orders, Some(1 | 2)),
+        "the successor's order (and the dead replica's): {d_orders:?}"
     );
     leaves.insert("d.fleet.example", d_leaf);
 
@@ -462,11 +465,21 @@ async fn tls_alpn_01_challenges_are_answered_by_every_replica() {
     for gw in &f.replicas {
         answered.push(series_value(&gw.metrics_text().await, series).unwrap_or(0.0));
     }
-    assert!(
-        answered.iter().filter(|n| **n > 0.0).count() >= 2,
-        "challenge handshakes answered per replica: {answered:?}"
-    );
     assert!(answered.iter().sum::<f64>() >= NAMES.len() as f64, "{answered:?}");
+    // Every replica held every name's challenge certificate (where the
+    // balancer sent the CA's connections depends on its health checks).
+    for gw in &f.replicas {
+        let log = gw
+            .log_with(&["TLS-ALPN-01 challenge certificate from the fleet installed"])
+            .await;
+        for name in NAMES {
+            assert!(
+                log.lines()
+                    .any(|l| l.contains("challenge certificate from the fleet installed") && l.contains(name)),
+                "{name}'s challenge certificate not installed on every replica\n{log}"
+            );
+        }
+    }
     // Nothing is left in Redis once the orders are done.
     let left: Vec<String> = redis::cmd("SMEMBERS")
         .arg("tenantgate:{acme}:alpns")

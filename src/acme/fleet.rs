@@ -421,6 +421,7 @@ impl SharedAcme {
             tracing::warn!(name, error = %e, "a shared TLS-ALPN-01 challenge certificate was not installed");
             return false;
         }
+        tracing::info!(name, "TLS-ALPN-01 challenge certificate from the fleet installed");
         let (ack, replica) = (self.keys.ack(&format!("alpn:{name}")), self.replica.clone());
         let _ = self
             .call(|mut c| async move {
