@@ -167,7 +167,7 @@ pub fn serve(source: Source, upgrade: bool) -> Result<std::convert::Infallible, 
             .with_lifecycle(lifecycle.clone());
         let fleet_acme = matches!(tls.issuer, Issuer::Acme(_));
         if let (true, Some(fleet)) = (fleet_acme, &snap.config.store) {
-            if let Some(shared) = SharedAcme::new(fleet)? {
+            if let Some(shared) = SharedAcme::new(fleet, &tls.state_dir)? {
                 tracing::info!(prefix = %fleet.key_prefix, "fleet mode: ACME orders, challenges and certificates shared through Redis");
                 manager = manager.with_fleet(Arc::new(shared));
             }

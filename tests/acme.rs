@@ -407,8 +407,15 @@ async fn tls_alpn_01_issues_through_the_https_listener_with_port_80_closed() {
     assert!(answered >= 2.0, "{answered} challenge handshakes");
     // With no order in flight, an `acme-tls/1` handshake gets nothing: the
     // challenge certificates exist only while their order runs.
-    let err = alpn_handshake(gw.https, "app.acme.com").await;
-    assert!(err.is_err(), "an acme-tls/1 handshake was answered after the order");
+    // It is refused with the fatal unrecognized_name alert, as any unknown
+    // SNI is, for a configured name and for one no tenant has.
+    for sni in ["app.acme.com", "nobody.example"] {
+        let err = alpn_handshake(gw.https, sni).await;
+        assert!(
+            err.as_ref().is_err_and(|e| e.contains("UnrecognisedName")),
+            "an acme-tls/1 handshake for {sni} outside an order must get unrecognized_name, got {err:?}"
+        );
+    }
 }
 
 /// A handshake offering only `acme-tls/1`, accepting any certificate.

@@ -592,3 +592,16 @@ fn acme_issuers_and_external_account_binding_are_checked() {
     );
     assert_eq!(check(&ok).0, 0, "{}", check(&ok).1);
 }
+
+#[test]
+fn ari_min_poll_secs_of_zero_is_refused() {
+    let head = HEAD.replace("base_domains", "https_listen = \"127.0.0.1:8443\"\nbase_domains");
+    let acme = "[tls]\nissuer = \"acme\"\n\n[tls.acme]\ndirectory_url = \"https://ca.example/dir\"\n";
+    let out = refused(
+        &format!("{head}\n{acme}ari_min_poll_secs = 0\n{}", tenant("a", "")),
+        &["tls.acme.ari_min_poll_secs"],
+    );
+    assert!(out.contains("fix"), "{out}");
+    let ok = format!("{head}\n{acme}ari_min_poll_secs = 3600\n{}", tenant("a", ""));
+    assert_eq!(check(&ok).0, 0, "{}", check(&ok).1);
+}

@@ -5,6 +5,14 @@
 //!   [`Challenges`] and acknowledges, and the ordering replica tells the CA
 //!   to validate only once every replica that heard it has acknowledged (or
 //!   after 2 s), so whichever replica the CA's request reaches answers it.
+//! - **TLS-ALPN-01.** The ordering replica's challenge certificate (its key
+//!   sealed) is shared and acknowledged the same way, so any replica's HTTPS
+//!   listener answers the CA's `acme-tls/1` connection.
+//! - **Order budgets.** First orders are counted once for the fleet (sorted
+//!   sets of send times, one Lua script on Redis' clock).
+//! - **Which replica serves what.** Each replica lists the names it serves
+//!   (a TTL'd set); a name's stored certificate is deleted only by the last
+//!   replica that drops it.
 //! - **One order per name.** An order (first issue or renewal) runs under a
 //!   lease: `SET NX PX` of `<replica>:<fence>`, the fence from one counter,
 //!   renewed while the order runs. A replica that dies loses the lease after
@@ -31,6 +39,7 @@ use tokio::sync::{mpsc, Mutex};
 
 use super::Challenges;
 use crate::config::Store;
+use crate::tls::CertStore;
 
 /// Bound on one Redis call made for ACME.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -38,8 +47,14 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const ACK_WAIT: Duration = Duration::from_secs(2);
 /// How often the shared challenges are re-read (a lost announcement).
 const CHALLENGE_SWEEP: Duration = Duration::from_secs(1);
-/// How often the certificate index is compared with what this replica has.
+/// How often the certificate index is compared with what this replica has;
+/// also how often this replica renews its claim on the names it serves.
 const CERT_SWEEP: Duration = Duration::from_secs(5);
+/// A replica's set of wanted names outlives its last renewal by this much;
+/// a replica gone longer no longer keeps a certificate in Redis.
+const WANTS_TTL: Duration = Duration::from_secs(60);
+/// Names sent to Redis per command when a wanted set is written.
+const WANTS_CHUNK: usize = 1000;
 
 /// Why a shared ACME call failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +78,8 @@ struct Keys {
     index: String,
     orders: String,
     channel: String,
+    /// Sorted set: replica → when it last renewed its wanted set (ms).
+    replicas: String,
     prefix: String,
 }
 
@@ -75,6 +92,20 @@ impl Keys {
     }
     fn ack(&self, token: &str) -> String {
         format!("{}:{{acme}}:ack:{token}", self.prefix)
+    }
+    /// The set of names `replica` serves from the fleet's certificates.
+    fn wants(&self, replica: &str) -> String {
+        format!("{}{replica}", self.wants_prefix())
+    }
+    /// A name's shared TLS-ALPN-01 challenge certificate.
+    fn alpn(&self, name: &str) -> String {
+        format!("{}:{{acme}}:alpn:{name}", self.prefix)
+    }
+    fn alpn_index(&self) -> String {
+        format!("{}:{{acme}}:alpns", self.prefix)
+    }
+    fn wants_prefix(&self) -> String {
+        format!("{}:{{acme}}:wants:", self.prefix)
     }
 }
 
@@ -109,6 +140,56 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 "#;
 
+/// Deletes the stored certificate `KEYS[1]` (and its index entry in
+/// `KEYS[2]`) of the name `ARGV[1]`, which replica `ARGV[2]` no longer
+/// wants (`KEYS[4]`, its wanted set), unless another live replica listed
+/// in `KEYS[3]` still wants it. A replica whose wanted set expired (gone
+/// for `WANTS_TTL`) is dropped from the list. Returns 1 when deleted.
+/// The wanted sets (`ARGV[3]` .. replica) share the `{acme}` hash slot.
+const REMOVE_LUA: &str = r#"
+redis.call('SREM', KEYS[4], ARGV[1])
+for _, r in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  if r ~= ARGV[2] then
+    local k = ARGV[3] .. r
+    if redis.call('EXISTS', k) == 0 then
+      redis.call('ZREM', KEYS[3], r)
+    elseif redis.call('SISMEMBER', k, ARGV[1]) == 1 then
+      return 0
+    end
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+"#;
+
+/// Spends one first order from the fleet's budgets: `KEYS[1]` (the
+/// registered domain's, `ARGV[1]` orders per `ARGV[2]` ms) and `KEYS[2]`
+/// (the account's, `ARGV[3]` per `ARGV[4]` ms), sliding windows kept as
+/// sorted sets of send times on Redis' own clock. Returns `{1, 0}` when
+/// spent, or `{0, ms}`: how long until a slot frees.
+const BUDGET_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function wait(key, limit, window)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  if redis.call('ZCARD', key) >= limit then
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    return tonumber(oldest[2]) + window - now
+  end
+  return nil
+end
+local w = wait(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
+if w then return {0, w} end
+w = wait(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
+if w then return {0, w} end
+redis.call('ZADD', KEYS[1], now, ARGV[5])
+redis.call('ZADD', KEYS[2], now, ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return {1, 0}
+"#;
+
 /// Deletes the lease `KEYS[1]` if it still holds `ARGV[1]`.
 const RELEASE_LUA: &str = r#"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -122,17 +203,26 @@ pub struct SharedAcme {
     keys: Keys,
     cipher: LessSafeKey,
     replica: String,
+    /// This replica's name in the wanted sets: kept in the state dir, so a
+    /// restarted replica takes its own set over instead of leaving a stale
+    /// one behind.
+    member: String,
     pub lease: Duration,
     store: Script,
     renew: Script,
     release: Script,
+    remove: Script,
+    budget: Script,
     up: AtomicBool,
+    /// The names this replica last wrote to its wanted set.
+    wanted: std::sync::Mutex<HashSet<String>>,
 }
 
 impl SharedAcme {
     /// The shared ACME state of `store`; `None` without a `key_file` (the
     /// config refuses fleet ACME without one). Connects on first use.
-    pub fn new(store: &Store) -> Result<Option<SharedAcme>, SharedError> {
+    /// `state_dir` keeps this replica's member id (`acme/replica-id`).
+    pub fn new(store: &Store, state_dir: &std::path::Path) -> Result<Option<SharedAcme>, SharedError> {
         let Some((_, key)) = &store.key else {
             return Ok(None);
         };
@@ -145,7 +235,12 @@ impl SharedAcme {
             std::process::id(),
             id.iter().map(|b| format!("{b:02x}")).collect::<String>()
         );
+        let member = member_id(state_dir).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "fleet ACME: no replica id could be kept in the state dir; using this run's");
+            replica.clone()
+        });
         Ok(Some(SharedAcme {
+            member,
             client: store.client()?,
             conn: Mutex::new(None),
             keys: Keys {
@@ -154,6 +249,7 @@ impl SharedAcme {
                 index: format!("{prefix}:{{acme}}:certs"),
                 orders: format!("{prefix}:{{acme}}:orders"),
                 channel: format!("{prefix}:acme"),
+                replicas: format!("{prefix}:{{acme}}:replicas"),
                 prefix,
             },
             cipher,
@@ -162,7 +258,10 @@ impl SharedAcme {
             store: Script::new(STORE_LUA),
             renew: Script::new(RENEW_LUA),
             release: Script::new(RELEASE_LUA),
+            remove: Script::new(REMOVE_LUA),
+            budget: Script::new(BUDGET_LUA),
             up: AtomicBool::new(true),
+            wanted: std::sync::Mutex::new(HashSet::new()),
         }))
     }
 
@@ -229,6 +328,12 @@ impl SharedAcme {
                 c.publish(&channel, &note).await
             })
             .await?;
+        self.await_acks(heard, ack, token).await
+    }
+
+    /// Waits (at most [`ACK_WAIT`]) until `heard` replicas have added
+    /// themselves to the set `ack`.
+    async fn await_acks(&self, heard: i64, ack: String, what: &str) -> Result<(), SharedError> {
         let deadline = Instant::now() + ACK_WAIT;
         loop {
             let key = ack.clone();
@@ -236,7 +341,7 @@ impl SharedAcme {
             if held >= heard || Instant::now() >= deadline {
                 if held < heard {
                     tracing::warn!(
-                        token,
+                        what,
                         held,
                         heard,
                         "not every replica acknowledged the challenge in time"
@@ -246,6 +351,102 @@ impl SharedAcme {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Shares a TLS-ALPN-01 challenge certificate (`cert` DER, `key`
+    /// PKCS#8 DER, sealed like certificate keys) with every replica, and
+    /// waits (at most 2 s) until each replica that heard of it serves it.
+    pub async fn share_alpn(&self, name: &str, cert: &[u8], key: &[u8]) -> Result<(), SharedError> {
+        let sealed = self.seal(&alpn_aad(name), key)?;
+        let (hash, index, channel, ack) = (
+            self.keys.alpn(name),
+            self.keys.alpn_index(),
+            self.keys.channel.clone(),
+            self.keys.ack(&format!("alpn:{name}")),
+        );
+        let (n, note, cert) = (name.to_string(), format!("alpn\t{name}"), cert.to_vec());
+        let heard: i64 = self
+            .call(|mut c| async move {
+                let _: () = c.del(&ack).await?;
+                let _: () = c.hset_multiple(&hash, &[("cert", cert), ("key", sealed)]).await?;
+                let _: () = c.expire(&hash, 600).await?;
+                let _: () = c.sadd(&index, &n).await?;
+                c.publish(&channel, &note).await
+            })
+            .await?;
+        self.await_acks(heard, self.keys.ack(&format!("alpn:{name}")), name)
+            .await
+    }
+
+    /// Withdraws a TLS-ALPN-01 challenge certificate from every replica.
+    pub async fn clear_alpn(&self, name: &str) {
+        let (hash, index, channel, ack) = (
+            self.keys.alpn(name),
+            self.keys.alpn_index(),
+            self.keys.channel.clone(),
+            self.keys.ack(&format!("alpn:{name}")),
+        );
+        let (n, note) = (name.to_string(), format!("alpn-done\t{name}"));
+        let _ = self
+            .call(|mut c| async move {
+                let _: () = c.del(&[&hash, &ack]).await?;
+                let _: () = c.srem(&index, &n).await?;
+                c.publish::<_, _, i64>(&channel, &note).await
+            })
+            .await;
+    }
+
+    /// Installs the shared challenge certificate of `name` in `store` and
+    /// acknowledges it; `false` when there is none (or it is unusable).
+    async fn take_alpn(&self, name: &str, store: &CertStore) -> bool {
+        let key = self.keys.alpn(name);
+        let Ok(fields) = self
+            .call(|mut c| async move { c.hgetall::<_, HashMap<String, Vec<u8>>>(&key).await })
+            .await
+        else {
+            return false;
+        };
+        let (Some(cert), Some(sealed)) = (fields.get("cert"), fields.get("key")) else {
+            return false;
+        };
+        let installed = self
+            .open(&alpn_aad(name), sealed)
+            .map_err(|e| e.to_string())
+            .and_then(|key| {
+                store
+                    .install_alpn_challenge(name, cert, &key)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = installed {
+            tracing::warn!(name, error = %e, "a shared TLS-ALPN-01 challenge certificate was not installed");
+            return false;
+        }
+        tracing::info!(name, "TLS-ALPN-01 challenge certificate from the fleet installed");
+        let (ack, replica) = (self.keys.ack(&format!("alpn:{name}")), self.replica.clone());
+        let _ = self
+            .call(|mut c| async move {
+                let _: () = c.sadd(&ack, &replica).await?;
+                c.expire::<_, i64>(&ack, 600).await
+            })
+            .await;
+        true
+    }
+
+    /// Brings this replica's shared challenge certificates in line with Redis.
+    async fn sweep_alpn(&self, store: &CertStore, ours: &mut HashSet<String>) {
+        let index = self.keys.alpn_index();
+        let Ok(all) = self
+            .call(|mut c| async move { c.smembers::<_, HashSet<String>>(&index).await })
+            .await
+        else {
+            return;
+        };
+        for name in &all {
+            if !ours.contains(name) && self.take_alpn(name, store).await {
+                ours.insert(name.clone());
+            }
+        }
+        forget_missing(ours, |n| all.contains(n), |n| store.remove_alpn_challenge(n));
     }
 
     /// Withdraws a challenge from every replica.
@@ -316,6 +517,40 @@ impl SharedAcme {
             .await;
     }
 
+    /// Spends one first order of `lease.name` from the budgets the fleet
+    /// shares (one script): `per_domain` per registered domain in `domain_window`,
+    /// `per_account` per account (CA directory) in `account_window`.
+    /// `Ok(None)` when spent, else how long until a slot frees.
+    pub async fn spend_budget(
+        &self,
+        lease: &Lease,
+        registered_domain: &str,
+        directory: &str,
+        (per_domain, domain_window): (u64, Duration),
+        (per_account, account_window): (u64, Duration),
+    ) -> Result<Option<Duration>, SharedError> {
+        use sha2::{Digest, Sha256};
+        let account: String = Sha256::digest(directory.as_bytes())[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut call = self.budget.prepare_invoke();
+        call.key(format!(
+            "{}:{{acme}}:budget:domain:{registered_domain}",
+            self.keys.prefix
+        ))
+        .key(format!("{}:{{acme}}:budget:account:{account}", self.keys.prefix))
+        .arg(per_domain)
+        .arg(domain_window.as_millis() as u64)
+        .arg(per_account)
+        .arg(account_window.as_millis() as u64)
+        .arg(format!("{}:{}", lease.name, lease.value));
+        let (spent, wait_ms): (i64, i64) = self
+            .call(|mut c| async move { call.invoke_async(&mut c).await })
+            .await?;
+        Ok((spent != 1).then(|| Duration::from_millis(wait_ms.max(0) as u64)))
+    }
+
     /// Counts an order sent to the CA for `name` (`HINCRBY <prefix>:{acme}:orders`).
     pub async fn count_order(&self, name: &str) {
         let (key, name) = (self.keys.orders.clone(), name.to_string());
@@ -365,15 +600,103 @@ impl SharedAcme {
         Ok(Some(Stored { fence, pem }))
     }
 
-    /// Removes a name's stored certificate (the name left the config).
-    pub async fn remove(&self, name: &str) {
-        let (cert, index, name) = (self.keys.cert(name), self.keys.index.clone(), name.to_string());
-        let _ = self
-            .call(|mut c| async move {
-                let _: () = c.del(&cert).await?;
-                c.hdel::<_, _, i64>(&index, &name).await
-            })
-            .await;
+    /// Records the names this replica serves from the fleet's certificates
+    /// (its wanted set, renewed every few seconds by [`follow`]), so that a
+    /// replica dropping a name never deletes a copy another one still uses.
+    /// Writes only the difference with the last call; on failure the next
+    /// call tries again.
+    ///
+    /// [`follow`]: SharedAcme::follow
+    pub async fn want(&self, names: &[String]) -> Result<(), SharedError> {
+        let (add, drop): (Vec<String>, Vec<String>) = {
+            let published = self.wanted.lock().unwrap_or_else(|p| p.into_inner());
+            let now: HashSet<&str> = names.iter().map(String::as_str).collect();
+            (
+                names.iter().filter(|n| !published.contains(*n)).cloned().collect(),
+                published
+                    .iter()
+                    .filter(|n| !now.contains(n.as_str()))
+                    .cloned()
+                    .collect(),
+            )
+        };
+        self.write_wants(&add, &drop).await?;
+        let mut published = self.wanted.lock().unwrap_or_else(|p| p.into_inner());
+        for n in drop {
+            published.remove(&n);
+        }
+        published.extend(add);
+        Ok(())
+    }
+
+    /// Adds `add` to and takes `drop` from this replica's wanted set, and
+    /// renews it and the replica's place in the list.
+    async fn write_wants(&self, add: &[String], drop: &[String]) -> Result<(), SharedError> {
+        let (wants, replicas, replica) = (
+            self.keys.wants(&self.member),
+            self.keys.replicas.clone(),
+            self.member.clone(),
+        );
+        let ttl = WANTS_TTL.as_millis() as u64;
+        let (add, drop) = (add.to_vec(), drop.to_vec());
+        self.call(|mut c| async move {
+            let mut pipe = redis::pipe();
+            for chunk in add.chunks(WANTS_CHUNK) {
+                pipe.sadd(&wants, chunk).ignore();
+            }
+            for chunk in drop.chunks(WANTS_CHUNK) {
+                pipe.srem(&wants, chunk).ignore();
+            }
+            pipe.pexpire(&wants, ttl as i64).ignore();
+            pipe.cmd("TIME");
+            let ((secs, micros),): ((u64, u64),) = pipe.query_async(&mut c).await?;
+            let now_ms = secs * 1000 + micros / 1000;
+            c.zadd::<_, _, _, i64>(&replicas, &replica, now_ms).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Renews this replica's wanted set; writes it again whole when Redis
+    /// lost it (a restarted Redis, or an outage longer than its TTL).
+    async fn heartbeat(&self) {
+        let wants = self.keys.wants(&self.member);
+        let ttl = WANTS_TTL.as_millis() as i64;
+        let Ok(kept) = self
+            .call(|mut c| async move { c.pexpire::<_, bool>(&wants, ttl).await })
+            .await
+        else {
+            return;
+        };
+        let all: Vec<String> = if kept {
+            Vec::new()
+        } else {
+            let published = self.wanted.lock().unwrap_or_else(|p| p.into_inner());
+            published.iter().cloned().collect()
+        };
+        let _ = self.write_wants(&all, &[]).await;
+    }
+
+    /// This replica no longer serves `name`: its stored certificate is
+    /// deleted from Redis unless another live replica still wants it.
+    /// Returns whether it was deleted.
+    pub async fn remove(&self, name: &str) -> Result<bool, SharedError> {
+        {
+            let mut published = self.wanted.lock().unwrap_or_else(|p| p.into_inner());
+            published.remove(name);
+        }
+        let mut call = self.remove.prepare_invoke();
+        call.key(self.keys.cert(name))
+            .key(&self.keys.index)
+            .key(&self.keys.replicas)
+            .key(self.keys.wants(&self.member))
+            .arg(name)
+            .arg(&self.member)
+            .arg(self.keys.wants_prefix());
+        let deleted: i64 = self
+            .call(|mut c| async move { call.invoke_async(&mut c).await })
+            .await?;
+        Ok(deleted == 1)
     }
 
     /// `nonce || ciphertext || tag`, the name as associated data.
@@ -410,9 +733,15 @@ impl SharedAcme {
     /// Follows the fleet: shared challenges into `challenges` (acknowledged),
     /// and the names of newly stored certificates to `changed`. Runs until
     /// `changed` is closed; reconnects after a Redis outage.
-    pub async fn follow(self: Arc<Self>, challenges: Arc<Challenges>, changed: mpsc::UnboundedSender<String>) {
+    pub async fn follow(
+        self: Arc<Self>,
+        challenges: Arc<Challenges>,
+        store: Arc<CertStore>,
+        changed: mpsc::UnboundedSender<String>,
+    ) {
         let mut known: HashMap<String, u64> = HashMap::new();
         let mut ours: HashSet<String> = HashSet::new();
+        let mut ours_alpn: HashSet<String> = HashSet::new();
         let mut notes: Option<redis::aio::PubSub> = None;
         let mut challenge_sweep = tokio::time::interval(CHALLENGE_SWEEP);
         let mut cert_sweep = tokio::time::interval(CERT_SWEEP);
@@ -436,6 +765,11 @@ impl SharedAcme {
                                 self.take_challenge(token, &challenges, &mut ours).await;
                             }
                             Some(("done", token)) if ours.remove(token) => challenges.remove(token),
+                            Some(("alpn", name)) => {
+                                let installed = self.take_alpn(name, &store).await;
+                                installed.then(|| ours_alpn.insert(name.to_string()));
+                            }
+                            Some(("alpn-done", name)) if ours_alpn.remove(name) => store.remove_alpn_challenge(name),
                             Some(("cert", name)) => {
                                 let _ = changed.send(name.to_string());
                             }
@@ -443,8 +777,12 @@ impl SharedAcme {
                         }
                     }
                 },
-                _ = challenge_sweep.tick() => self.sweep_challenges(&challenges, &mut ours).await,
+                _ = challenge_sweep.tick() => {
+                    self.sweep_challenges(&challenges, &mut ours).await;
+                    self.sweep_alpn(&store, &mut ours_alpn).await;
+                }
                 _ = cert_sweep.tick() => {
+                    self.heartbeat().await;
                     let index = self.keys.index.clone();
                     if let Ok(now) = self.call(|mut c| async move { c.hgetall::<_, HashMap<String, u64>>(&index).await }).await {
                         for (name, fence) in &now {
@@ -506,14 +844,43 @@ impl SharedAcme {
                 ours.insert(token.clone());
             }
         }
-        ours.retain(|t| {
-            let keep = all.contains_key(t);
-            if !keep {
-                challenges.remove(t);
-            }
-            keep
-        });
+        forget_missing(ours, |t| all.contains_key(t), |t| challenges.remove(t));
     }
+}
+
+/// Drops from `ours` (and withdraws with `withdraw`) what Redis no longer
+/// holds.
+fn forget_missing(ours: &mut HashSet<String>, held: impl Fn(&str) -> bool, withdraw: impl Fn(&str)) {
+    ours.retain(|n| {
+        let keep = held(n);
+        if !keep {
+            withdraw(n);
+        }
+        keep
+    });
+}
+
+/// The associated data a challenge certificate's key is sealed with (never
+/// the same as the name's certificate key).
+fn alpn_aad(name: &str) -> String {
+    format!("acme-tls/1 {name}")
+}
+
+/// This replica's member id, kept in `<state_dir>/acme/replica-id` (made
+/// on first use: 16 hex digits).
+fn member_id(state_dir: &std::path::Path) -> std::io::Result<String> {
+    let path = state_dir.join("acme").join("replica-id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let id = text.trim();
+        if id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(id.to_string());
+        }
+    }
+    let mut raw = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut raw).map_err(|_| std::io::Error::other("no randomness"))?;
+    let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    crate::tls::state::write_private(&path, id.as_bytes())?;
+    Ok(id)
 }
 
 /// The next notification; pending forever while unsubscribed (the sweeps

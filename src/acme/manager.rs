@@ -5,8 +5,10 @@
 //! operator certificate folder and then recomputes the names to manage:
 //! every exact custom domain and platform host that no operator certificate
 //! covers for at least 14 more days. With an ACME issuer it orders what is
-//! missing (bounded concurrency), renews at two thirds of the lifetime with
-//! jitter, or later when the CA's ARI window says so, and on failure retries
+//! missing (bounded concurrency), renews inside the CA's ARI window (polled
+//! on the CA's `Retry-After`, so a moved window brings a renewal forward) or,
+//! without ARI, at two thirds of the lifetime minus up to a tenth of it as
+//! jitter, and on failure retries
 //! with capped exponential backoff while the current certificate keeps
 //! serving. Names that leave the config stop renewing.
 //!
@@ -25,7 +27,6 @@ use async_trait::async_trait;
 use instant_acme::{Account, CertificateIdentifier};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use rustls::pki_types::CertificateDer;
 use tokio::sync::{mpsc, Mutex, Semaphore};
 
 use super::dns01::Rfc2136;
@@ -49,6 +50,19 @@ const RESYNC: Duration = Duration::from_secs(60);
 const ORDER_TIMEOUT: Duration = Duration::from_secs(180);
 const ACCOUNT_TIMEOUT: Duration = Duration::from_secs(30);
 const ARI_TIMEOUT: Duration = Duration::from_secs(10);
+/// ARI polls running at once.
+const ARI_CONCURRENCY: usize = 8;
+/// At most about this many first ARI polls per `ari_min_poll_secs`.
+const ARI_FIRST_POLLS: usize = 1000;
+/// The longest wait between two ARI polls of one certificate.
+const ARI_MAX_POLL: Duration = Duration::from_secs(24 * 3600);
+/// A CA without ARI is asked again after this (it may add it).
+const ARI_UNSUPPORTED_RECHECK: Duration = Duration::from_secs(24 * 3600);
+/// A failed ARI poll (the CA down, a bad answer) is retried after this.
+const ARI_ERROR_RETRY: Duration = Duration::from_secs(15 * 60);
+/// Fallback renewal jitter: renewals come up to this share of the
+/// lifetime before two thirds of it.
+const FALLBACK_JITTER: f64 = 0.10;
 /// Far enough in the future to mean "not before the next change".
 const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
@@ -61,6 +75,27 @@ struct Managed {
     last_error: Option<String>,
     /// Held back by an order budget until `due`.
     queued: bool,
+    /// When the CA's renewal info (ARI) is polled next; `None` without a
+    /// certificate.
+    ari_next: Option<Instant>,
+    /// The last suggested window the CA gave (start, end).
+    window: Option<(SystemTime, SystemTime)>,
+}
+
+impl Managed {
+    /// A name whose current certificate ends at `not_after` (if any),
+    /// renewed from `due`; its ARI poll comes within `first_poll`.
+    fn new(name: &str, due: Instant, not_after: Option<SystemTime>, first_poll: Duration) -> Managed {
+        Managed {
+            due,
+            failures: 0,
+            not_after,
+            last_error: None,
+            queued: false,
+            ari_next: not_after.map(|_| Instant::now() + first_poll.mul_f64(unit_random(name))),
+            window: None,
+        }
+    }
 }
 
 /// The names the manager keeps certificates for, and where each stands.
@@ -79,6 +114,8 @@ struct Book {
     tenant_names: HashMap<String, Vec<String>>,
     /// When first orders were sent, per registered domain and per account.
     budgets: Budgets,
+    /// Names whose ARI poll runs.
+    ari_polling: HashSet<String>,
 }
 
 /// The CA's rate budgets, kept here so that orders past them wait in a
@@ -93,14 +130,21 @@ struct Budgets {
 const DOMAIN_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 const ACCOUNT_WINDOW: Duration = Duration::from_secs(3 * 3600);
 
+/// The registered domain a name's budget counts against: `shop.acme.com`
+/// and `acme.com` are both `acme.com`.
+fn registered_domain(name: &str) -> String {
+    let host = name.strip_prefix("*.").unwrap_or(name);
+    psl::domain(host.as_bytes())
+        .and_then(|d| std::str::from_utf8(d.as_bytes()).ok())
+        .unwrap_or(host)
+        .to_string()
+}
+
 impl Budgets {
     /// Spends one first order of `name` at `account`, or returns when the
     /// budget that is used up frees a slot.
     fn spend(&mut self, name: &str, account: &str, acme: &Acme, now: Instant) -> Result<(), Instant> {
-        let domain = psl::domain(name.as_bytes())
-            .and_then(|d| std::str::from_utf8(d.as_bytes()).ok())
-            .unwrap_or(name)
-            .to_string();
+        let domain = registered_domain(name);
         let free_at = |sent: &mut std::collections::VecDeque<Instant>, window: Duration, limit: u64| {
             while sent
                 .front()
@@ -293,6 +337,8 @@ enum Outcome {
     },
     /// The CA's renewal window starts later: try again then.
     NotYet(Instant),
+    /// Fleet mode: the fleet's order budget is spent until then.
+    Queued(Instant),
     Failed(String),
 }
 
@@ -395,6 +441,19 @@ impl CertManager {
             schedule: Arc::new(Schedule::default()),
             lifecycle: None,
             shared: None,
+        }
+    }
+
+    /// The context of one order or ARI poll, at the CA of `acme`.
+    fn ctx(&self, acme: Acme, bases: Vec<String>, state_dir: PathBuf) -> OrderCtx {
+        OrderCtx {
+            acme,
+            bases,
+            state_dir,
+            account: self.account.clone(),
+            store: self.store.clone(),
+            challenges: self.challenges.clone(),
+            shared: self.shared.clone(),
         }
     }
 
@@ -503,37 +562,55 @@ impl CertManager {
                 .collect();
             (fresh, gone)
         };
+        // Fleet mode: say which names this replica serves before dropping
+        // any, so that a name another replica still serves keeps its copy.
+        if let Some(shared) = &self.shared {
+            if let Err(e) = shared.want(&wanted).await {
+                tracing::warn!(error = %e, "fleet ACME: the names this replica serves were not recorded");
+            }
+        }
         if !gone.is_empty() {
             self.forget(gone).await;
         }
         if fresh.is_empty() {
             return;
         }
+        // Only each leaf's dates: the chain and key load lazily at the first
+        // handshake, so 100,000 stored certificates cost no key material here.
         let store = self.store.clone();
         let stored = tokio::task::spawn_blocking(move || {
             fresh
                 .into_iter()
-                .map(|name| (stored_certificate(&store, &name), name))
+                .map(|name| (store.stored_validity(&name), name))
                 .collect::<Vec<_>>()
         })
         .await
         .unwrap_or_default();
+        let min_poll = match snap.config.tls.as_ref().map(|t| &t.issuer) {
+            Some(Issuer::Acme(a)) => a.ari_min_poll,
+            _ => Duration::from_secs(60),
+        };
         let mut book = self.schedule.lock();
-        for (loaded, name) in stored {
-            let (due, not_after) = match &loaded {
-                Some(l) => (two_thirds(&name, l), Some(l.not_after)),
+        // First ARI polls spread so that at most about ARI_FIRST_POLLS names
+        // are asked per `ari_min_poll_secs` (100,000 names at the default:
+        // over 100 min), never a burst at start-up.
+        let first_poll = min_poll
+            .saturating_mul(
+                u32::try_from(book.managed.len() / ARI_FIRST_POLLS)
+                    .unwrap_or(u32::MAX)
+                    .max(1),
+            )
+            .min(ARI_MAX_POLL);
+        for (validity, name) in stored {
+            let (due, not_after) = match validity {
+                Some((not_before, not_after)) => (
+                    instant_at(fallback_renewal(not_before, not_after, unit_random(&name))),
+                    Some(not_after),
+                ),
                 None => (Instant::now(), None),
             };
-            book.managed.insert(
-                name,
-                Managed {
-                    due,
-                    failures: 0,
-                    not_after,
-                    last_error: None,
-                    queued: false,
-                },
-            );
+            let m = Managed::new(&name, due, not_after, first_poll);
+            book.managed.insert(name, m);
         }
     }
 
@@ -542,7 +619,17 @@ impl CertManager {
     async fn forget(&self, names: Vec<String>) {
         if let Some(shared) = &self.shared {
             for name in &names {
-                shared.remove(name).await;
+                match shared.remove(name).await {
+                    Ok(true) => {
+                        tracing::info!(name = %name, "no replica serves the name any more: its certificate was deleted from the fleet store")
+                    }
+                    Ok(false) => {
+                        tracing::info!(name = %name, "the name left this replica's config; other replicas still serve it, so the fleet's copy stays")
+                    }
+                    Err(e) => {
+                        tracing::warn!(name = %name, error = %e, "the fleet's copy of a removed name was not deleted")
+                    }
+                }
             }
         }
         let store = self.store.clone();
@@ -582,11 +669,40 @@ fn stored_certificate(store: &CertStore, name: &str) -> Option<Loaded> {
     store.stored(name)?.ok()
 }
 
-/// Renewal at two thirds of the lifetime, minus up to 5% of it as jitter.
+/// Renewal when the CA offers no ARI: at two thirds of the lifetime, minus
+/// a random share of up to [`FALLBACK_JITTER`] of it, so that certificates
+/// issued together (a fleet's, an import's) do not renew together.
 fn two_thirds(name: &str, l: &Loaded) -> Instant {
-    let life = l.not_after.duration_since(l.not_before).unwrap_or_default();
-    let jitter = life.mul_f64(0.05 * unit_random(name));
-    instant_at(l.not_before + life.mul_f64(2.0 / 3.0) - jitter)
+    instant_at(fallback_renewal(l.not_before, l.not_after, unit_random(name)))
+}
+
+/// The fallback renewal time of a certificate valid from `not_before` to
+/// `not_after`, for a random `unit` in [0, 1): between 57 % and 67 % of
+/// the lifetime (90-day certificates: day 51 to day 60).
+fn fallback_renewal(not_before: SystemTime, not_after: SystemTime, unit: f64) -> SystemTime {
+    let life = not_after.duration_since(not_before).unwrap_or_default();
+    let jitter = life.mul_f64(FALLBACK_JITTER * unit.clamp(0.0, 1.0));
+    not_before + life.mul_f64(2.0 / 3.0) - jitter
+}
+
+/// A random time inside the CA's suggested window (RFC 9773 §4.2); now
+/// when it has passed. Drawn once per window (see the ARI handling).
+fn ari_time(name: &str, start: SystemTime, end: SystemTime) -> Instant {
+    let span = end.duration_since(start).unwrap_or_default();
+    instant_at(start + span.mul_f64(unit_random(name)))
+}
+
+/// What one ARI poll found.
+enum Ari {
+    /// The CA's window, and when to ask again (its `Retry-After`).
+    Window {
+        start: SystemTime,
+        end: SystemTime,
+        retry_after: Duration,
+    },
+    /// The CA offers no ARI.
+    Unsupported,
+    Failed(String),
 }
 
 /// Everything an order task needs.
@@ -645,6 +761,30 @@ impl OrderCtx {
                 }
             })
         };
+        // A first order spends from the budgets the fleet shares.
+        if !renewal {
+            let acme = &self.acme;
+            let spent = shared
+                .spend_budget(
+                    &lease,
+                    &registered_domain(name),
+                    &acme.directory_url,
+                    (acme.budget_per_registered_domain, DOMAIN_WINDOW),
+                    (acme.budget_per_account, ACCOUNT_WINDOW),
+                )
+                .await;
+            match spent {
+                Ok(None) => {}
+                Ok(Some(wait)) => {
+                    shared.release(&lease).await;
+                    return Outcome::Queued(Instant::now() + wait.min(FAR));
+                }
+                Err(e) => {
+                    shared.release(&lease).await;
+                    return Outcome::Failed(e.to_string());
+                }
+            }
+        }
         shared.count_order(name).await;
         let result = tokio::time::timeout(ORDER_TIMEOUT, self.issue(name, Some(&lease))).await;
         keeper.abort();
@@ -724,30 +864,51 @@ impl OrderCtx {
         }
     }
 
+    /// The leaf of the certificate stored for `name` (read off the runtime).
+    async fn current_leaf(&self, name: &str) -> Option<rustls::pki_types::CertificateDer<'static>> {
+        let store = self.store.clone();
+        let n = name.to_string();
+        tokio::task::spawn_blocking(move || store.stored_leaf(&n))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Asks the CA for the renewal window of `name`'s current certificate.
+    async fn poll_ari(&self, name: &str) -> Ari {
+        let Some(leaf) = self.current_leaf(name).await else {
+            return Ari::Failed("no stored certificate".into());
+        };
+        let id = match CertificateIdentifier::try_from(&leaf) {
+            Ok(id) => id,
+            Err(e) => return Ari::Failed(format!("no ARI identifier: {e}")),
+        };
+        let account = match self.account.get(&self.acme, &self.state_dir).await {
+            Ok(a) => a,
+            Err(e) => return Ari::Failed(e.describe(&self.acme.directory_url)),
+        };
+        match tokio::time::timeout(ARI_TIMEOUT, account.renewal_info(&id)).await {
+            Err(_) => Ari::Failed(format!("no ARI answer in {} s", ARI_TIMEOUT.as_secs())),
+            Ok(Err(instant_acme::Error::Unsupported(_))) => Ari::Unsupported,
+            Ok(Err(e)) => Ari::Failed(OrderError::Acme(e).describe(&self.acme.directory_url)),
+            Ok(Ok((info, retry_after))) => Ari::Window {
+                start: SystemTime::from(info.suggested_window.start),
+                end: SystemTime::from(info.suggested_window.end),
+                retry_after,
+            },
+        }
+    }
+
     /// A time inside the CA's suggested renewal window (RFC 9773), when the
     /// CA offers ARI and the window has not started yet.
     async fn ari_later(&self, name: &str) -> Option<Instant> {
-        let store = self.store.clone();
-        let n = name.to_string();
-        let current = tokio::task::spawn_blocking(move || stored_certificate(&store, &n))
-            .await
-            .ok()??;
-        let leaf: &CertificateDer<'_> = current.key.cert.first()?;
-        let id = CertificateIdentifier::try_from(leaf).ok()?;
-        let account = self.account.get(&self.acme, &self.state_dir).await.ok()?;
-        let (info, _) = tokio::time::timeout(ARI_TIMEOUT, account.renewal_info(&id))
-            .await
-            .ok()?
-            .ok()?;
-        let (start, end) = (
-            SystemTime::from(info.suggested_window.start),
-            SystemTime::from(info.suggested_window.end),
-        );
+        let Ari::Window { start, end, .. } = self.poll_ari(name).await else {
+            return None;
+        };
         if start <= SystemTime::now() {
             return None;
         }
-        let span = end.duration_since(start).unwrap_or_default();
-        Some(instant_at(start + span.mul_f64(unit_random(name))))
+        Some(ari_time(name, start, end))
     }
 
     async fn issue(&self, name: &str, lease: Option<&Lease>) -> Result<Loaded, OrderError> {
@@ -761,13 +922,8 @@ impl OrderCtx {
             let shared = self.shared.as_deref();
             let alpn = self.acme.tls_alpn.then_some(&*self.store);
             // A renewal names the certificate it replaces.
-            let store = self.store.clone();
-            let n = name.to_string();
-            let current = tokio::task::spawn_blocking(move || stored_certificate(&store, &n))
-                .await
-                .ok()
-                .flatten();
-            let replaces = current.as_ref().and_then(|l| l.key.cert.first());
+            let current = self.current_leaf(name).await;
+            let replaces = current.as_ref();
             match order::order(&account, &names, &self.challenges, dns.as_ref(), alpn, shared, replaces).await {
                 Ok((chain, key)) => {
                     if let (Some(shared), Some(lease)) = (shared, lease) {
@@ -817,7 +973,8 @@ fn load_provided(store: &CertStore, tls: &Tls) {
     tracing::info!(dir = %tls.certs_dir.display(), certificates = count, skipped = problems.len(), "operator certificates loaded");
 }
 
-/// A number in [0, 1) that differs per name and per process.
+/// A random number in [0, 1) (a fresh draw on every call: `RandomState`
+/// keys differ per call).
 fn unit_random(seed: &str) -> f64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write(seed.as_bytes());
@@ -836,6 +993,7 @@ impl BackgroundService for CertManager {
         let mut generations = self.registry.subscribe();
         let mut next_order = 0u64;
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        let (ari_tx, mut ari_rx) = mpsc::unbounded_channel::<(String, Ari)>();
         let mut tick = tokio::time::interval(TICK);
         let mut permits: Option<Arc<Semaphore>> = None;
         let mut stale = true;
@@ -843,7 +1001,11 @@ impl BackgroundService for CertManager {
         // Fleet mode: names whose certificate another replica stored.
         let (fleet_tx, mut fleet_rx) = mpsc::unbounded_channel::<String>();
         if let Some(shared) = &self.shared {
-            tokio::spawn(shared.clone().follow(self.challenges.clone(), fleet_tx));
+            tokio::spawn(
+                shared
+                    .clone()
+                    .follow(self.challenges.clone(), self.store.clone(), fleet_tx),
+            );
         } else {
             drop(fleet_tx);
         }
@@ -884,8 +1046,10 @@ impl BackgroundService for CertManager {
                     let mut go = Vec::with_capacity(due.len());
                     for (_, name, renewal, failures) in due {
                         // First orders spend the CA's budgets; renewals do not
-                        // count against them (Let's Encrypt exempts them).
-                        if !renewal {
+                        // count against them (Let's Encrypt exempts them). In
+                        // fleet mode the replica that takes the order spends
+                        // from the budgets in Redis instead (`run_shared`).
+                        if !renewal && self.shared.is_none() {
                             let account = acme.for_attempt(failures).directory_url;
                             if let Err(at) = book.budgets.spend(&name, &account, acme, now) {
                                 if let Some(m) = book.managed.get_mut(&name) {
@@ -906,19 +1070,12 @@ impl BackgroundService for CertManager {
                 };
                 for (name, renewal, failures, order) in due {
                     // After `fallback_after` failures in a row, the next CA.
-                    let ctx = OrderCtx {
-                        acme: acme.for_attempt(failures),
-                        bases: if tls.base_wildcard() {
-                            snap.config.gateway.base_domains.clone()
-                        } else {
-                            Vec::new()
-                        },
-                        state_dir: tls.state_dir.clone(),
-                        account: self.account.clone(),
-                        store: self.store.clone(),
-                        challenges: self.challenges.clone(),
-                        shared: self.shared.clone(),
+                    let bases = if tls.base_wildcard() {
+                        snap.config.gateway.base_domains.clone()
+                    } else {
+                        Vec::new()
                     };
+                    let ctx = self.ctx(acme.for_attempt(failures), bases, tls.state_dir.clone());
                     let (p, tx) = (p.clone(), done_tx.clone());
                     let running = self.metrics.acme_orders_in_flight.clone();
                     let lifecycle = self.lifecycle.clone();
@@ -953,9 +1110,37 @@ impl BackgroundService for CertManager {
                         });
                     });
                 }
+                // ARI polls that are due, on the schedule the CA asked for.
+                let polls: Vec<String> = {
+                    let mut guard = self.schedule.lock();
+                    let book = &mut *guard;
+                    let room = ARI_CONCURRENCY.saturating_sub(book.ari_polling.len());
+                    let polls: Vec<String> = book
+                        .managed
+                        .iter()
+                        .filter(|(n, m)| {
+                            m.ari_next.is_some_and(|t| t <= now)
+                                && !book.in_flight.contains_key(*n)
+                                && !book.ari_polling.contains(*n)
+                        })
+                        .map(|(n, _)| n.clone())
+                        .take(room)
+                        .collect();
+                    book.ari_polling.extend(polls.iter().cloned());
+                    polls
+                };
+                for name in polls {
+                    let ctx = self.ctx(acme.clone(), Vec::new(), tls.state_dir.clone());
+                    let tx = ari_tx.clone();
+                    tokio::spawn(async move {
+                        let ari = ctx.poll_ari(&name).await;
+                        let _ = tx.send((name, ari));
+                    });
+                }
                 self.publish();
             }
             let retry = acme.as_ref().map(|a| (a.retry_min, a.retry_max));
+            let min_poll = acme.as_ref().map_or(Duration::from_secs(60), |a| a.ari_min_poll);
             let state_dir = snap.config.tls.as_ref().map(|t| t.state_dir.clone());
             drop(snap);
             tokio::select! {
@@ -967,15 +1152,7 @@ impl BackgroundService for CertManager {
                 Some(name) = fleet_rx.recv() => {
                     let managed = self.schedule.lock().managed.contains_key(&name);
                     if let (true, Some(acme), Some(state_dir), Some(shared)) = (managed, &acme, state_dir, &self.shared) {
-                        let ctx = OrderCtx {
-                            acme: acme.clone(),
-                            bases: Vec::new(),
-                            state_dir,
-                            account: self.account.clone(),
-                            store: self.store.clone(),
-                            challenges: self.challenges.clone(),
-                            shared: Some(shared.clone()),
-                        };
+                        let ctx = self.ctx(acme.clone(), Vec::new(), state_dir);
                         let (tx, shared) = (done_tx.clone(), shared.clone());
                         tokio::spawn(async move {
                             let outcome = match ctx.adopt(&shared, &name).await {
@@ -990,8 +1167,36 @@ impl BackgroundService for CertManager {
                         });
                     }
                 }
+                Some((name, ari)) = ari_rx.recv() => {
+                    let mut guard = self.schedule.lock();
+                    let book = &mut *guard;
+                    book.ari_polling.remove(&name);
+                    let ordering = book.in_flight.contains_key(&name);
+                    let Some(m) = book.managed.get_mut(&name) else { continue };
+                    let now = Instant::now();
+                    match ari {
+                        Ari::Window { start, end, retry_after } => {
+                            m.ari_next = Some(now + retry_after.clamp(min_poll, ARI_MAX_POLL));
+                            // A new window (the first, or one the CA moved:
+                            // an incident, a revocation) sets the renewal
+                            // time; a failed name keeps its backoff.
+                            if m.window != Some((start, end)) {
+                                m.window = Some((start, end));
+                                if !ordering && m.failures == 0 && !m.queued {
+                                    m.due = ari_time(&name, start, end);
+                                    tracing::info!(name = %name, renew_in_secs = m.due.saturating_duration_since(now).as_secs(), "renewal set inside the CA's ARI window");
+                                }
+                            }
+                        }
+                        Ari::Unsupported => m.ari_next = Some(now + ARI_UNSUPPORTED_RECHECK),
+                        Ari::Failed(e) => {
+                            m.ari_next = Some(now + ARI_ERROR_RETRY.max(min_poll));
+                            tracing::debug!(name = %name, error = %e, "ARI poll failed; renewal stays where it was");
+                        }
+                    }
+                }
                 Some(done) = done_rx.recv() => {
-                    if !matches!(done.outcome, Outcome::NotYet(_) | Outcome::Adopted { .. }) {
+                    if !matches!(done.outcome, Outcome::NotYet(_) | Outcome::Queued(_) | Outcome::Adopted { .. }) {
                         self.metrics.acme_order(done.renewal, matches!(done.outcome, Outcome::Issued { .. }));
                     }
                     match &done.outcome {
@@ -1000,7 +1205,7 @@ impl BackgroundService for CertManager {
                             self.event(kind, &done.name, None);
                         }
                         Outcome::Failed(e) => self.event("certificate.failed", &done.name, Some(e.as_str())),
-                        Outcome::NotYet(_) | Outcome::Adopted { .. } => {}
+                        Outcome::NotYet(_) | Outcome::Queued(_) | Outcome::Adopted { .. } => {}
                     }
                     let mut book = self.schedule.lock();
                     // Handled whatever the issuer is now: the order ran.
@@ -1011,12 +1216,16 @@ impl BackgroundService for CertManager {
                     match done.outcome {
                         Outcome::Issued { not_after, due } => {
                             tracing::info!(name = %done.name, renewal = done.renewal, "certificate issued");
-                            *m = Managed { due, failures: 0, not_after: Some(not_after), last_error: None, queued: false };
+                            *m = Managed::new(&done.name, due, Some(not_after), min_poll);
                         }
                         Outcome::Adopted { not_after, due } => {
-                            *m = Managed { due, failures: 0, not_after: Some(not_after), last_error: None, queued: false };
+                            *m = Managed::new(&done.name, due, Some(not_after), min_poll);
                         }
                         Outcome::NotYet(at) => m.due = at,
+                        Outcome::Queued(at) => {
+                            m.due = at;
+                            m.queued = true;
+                        }
                         Outcome::Failed(e) => {
                             m.failures = m.failures.saturating_add(1);
                             m.last_error = Some(e.clone());
@@ -1042,11 +1251,9 @@ mod tests {
         s.lock().managed.insert(
             name.to_string(),
             Managed {
-                due,
                 failures,
-                not_after: None,
                 last_error: Some("refused".into()),
-                queued: false,
+                ..Managed::new(name, due, None, Duration::from_secs(60))
             },
         );
         s
@@ -1068,6 +1275,28 @@ mod tests {
             late >= Duration::from_secs(89) && late <= Duration::from_secs(91),
             "{late:?}"
         );
+    }
+
+    #[test]
+    fn fallback_renewals_spread_over_a_tenth_of_the_lifetime() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let life = Duration::from_secs(90 * 86_400);
+        let end = start + life;
+        let share = |t: SystemTime| t.duration_since(start).expect("after start").as_secs_f64() / life.as_secs_f64();
+        // The bounds, exactly.
+        assert!((share(fallback_renewal(start, end, 0.0)) - 2.0 / 3.0).abs() < 1e-6);
+        assert!((share(fallback_renewal(start, end, 1.0)) - (2.0 / 3.0 - 0.1)).abs() < 1e-6);
+        // 2,000 names issued at the same second: spread over the whole
+        // band, every tenth of it used, none outside.
+        let mut buckets = [0usize; 10];
+        for i in 0..2000 {
+            let name = format!("tenant-{i}.example");
+            let s = share(fallback_renewal(start, end, unit_random(&name)));
+            assert!((2.0 / 3.0 - 0.1 - 1e-9..=2.0 / 3.0 + 1e-9).contains(&s), "{name}: {s}");
+            let b = (((2.0 / 3.0 - s) / 0.1) * 10.0).floor() as usize;
+            buckets[b.min(9)] += 1;
+        }
+        assert!(buckets.iter().all(|&n| n >= 100), "uneven spread: {buckets:?}");
     }
 
     #[test]

@@ -237,10 +237,16 @@ pub async fn order(
                     };
                     if let Some(store) = alpn {
                         let digest = challenge.key_authorization().digest();
-                        store
+                        let (cert, key) = store
                             .add_alpn_challenge(&domain, digest.as_ref())
                             .map_err(|e| OrderError::State(e.to_string()))?;
-                        alpn_names.push(domain);
+                        alpn_names.push(domain.clone());
+                        // Fleet mode: the CA's validator may reach any replica.
+                        if let Some(s) = shared {
+                            s.share_alpn(&domain, &cert, &key)
+                                .await
+                                .map_err(|e| OrderError::State(e.to_string()))?;
+                        }
                     }
                     challenge.set_ready().await?;
                 }
@@ -283,6 +289,9 @@ pub async fn order(
     if let Some(store) = alpn {
         for n in &alpn_names {
             store.remove_alpn_challenge(n);
+            if let Some(s) = shared {
+                s.clear_alpn(n).await;
+            }
         }
     }
     if let Some(dns) = dns {

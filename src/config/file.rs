@@ -520,6 +520,7 @@ pub struct AcmeSection {
     pub max_concurrent_orders: Option<usize>,
     pub retry_min_secs: Option<u64>,
     pub retry_max_secs: Option<u64>,
+    pub ari_min_poll_secs: Option<u64>,
     pub dns01: Option<super::dns01::Dns01Section>,
     pub challenge: Option<String>,
 }

@@ -515,6 +515,9 @@ pub struct Acme {
     pub budget_per_registered_domain: u64,
     /// First orders per account (CA directory) in any 3 hours (Let's Encrypt: 300).
     pub budget_per_account: u64,
+    /// The shortest wait between two ARI polls of one certificate, whatever
+    /// the CA's `Retry-After` says (the longest is a day).
+    pub ari_min_poll: Duration,
 }
 
 /// One ACME CA of the ordered list.
@@ -1330,6 +1333,9 @@ fn validate_tls(t: file::TlsSection, base: &Path, gw: &Gateway, errs: &mut Vec<C
                 50,
             ),
             budget_per_account: positive("tls.acme.budget_per_account", a.budget_per_account, 300),
+            ari_min_poll: Duration::from_secs(
+                positive("tls.acme.ari_min_poll_secs", a.ari_min_poll_secs, 60).min(86_400),
+            ),
             cas,
             dns01,
             tls_alpn,

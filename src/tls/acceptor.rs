@@ -151,9 +151,13 @@ impl<S> TlsApp<S> {
             let name = hello
                 .server_name()
                 .and_then(|n| host::normalize(n).ok().map(|n| n.into_owned()));
-            let config = name
-                .and_then(|n| self.store.alpn_challenge(&n))
-                .ok_or(Refusal::UnknownSni.as_str())?;
+            let Some(config) = name.and_then(|n| self.store.alpn_challenge(&n)) else {
+                // No order in flight for it: refused like any unknown SNI,
+                // with the same alert.
+                let mut start = start;
+                send_alert(&mut start.io, Refusal::UnknownSni).await;
+                return Err(Refusal::UnknownSni.as_str());
+            };
             if let Ok(Ok(mut tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(config)).await {
                 let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
             }
@@ -163,16 +167,7 @@ impl<S> TlsApp<S> {
         let entry = match self.choose(&start).await {
             Ok(e) => e,
             Err(refusal) => {
-                // A fatal alert, so the client learns why (RFC 6066:
-                // unrecognized_name) instead of seeing a bare close.
-                let alert = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, refusal.alert()];
-                let io = &mut start.io;
-                let _ = tokio::time::timeout(ALERT_TIMEOUT, async {
-                    use tokio::io::AsyncWriteExt;
-                    io.write_all(&alert).await?;
-                    io.flush().await
-                })
-                .await;
+                send_alert(&mut start.io, refusal).await;
                 return Err(refusal.as_str());
             }
         };
@@ -210,6 +205,19 @@ impl<S> TlsApp<S> {
             negotiated,
         ))
     }
+}
+
+/// Sends the fatal alert of `refusal` before the handshake goes on, so the
+/// client learns why (RFC 6066: `unrecognized_name`) instead of seeing a
+/// bare close.
+async fn send_alert(io: &mut Stream, refusal: Refusal) {
+    let alert = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, refusal.alert()];
+    let _ = tokio::time::timeout(ALERT_TIMEOUT, async {
+        use tokio::io::AsyncWriteExt;
+        io.write_all(&alert).await?;
+        io.flush().await
+    })
+    .await;
 }
 
 /// A decrypted TLS stream, as pingora's `IO`.

@@ -30,6 +30,7 @@ pub struct AlpnChallenges {
 impl AlpnChallenges {
     /// Answers `acme-tls/1` handshakes for `name` with a certificate for
     /// `digest` (SHA-256 of the key authorization) until [`remove`].
+    /// Returns the certificate and its PKCS#8 key (DER), for other replicas.
     ///
     /// [`remove`]: AlpnChallenges::remove
     pub fn insert(
@@ -37,17 +38,32 @@ impl AlpnChallenges {
         name: &str,
         digest: &[u8],
         provider: &Arc<rustls::crypto::CryptoProvider>,
-    ) -> Result<(), AlpnError> {
+    ) -> Result<(Vec<u8>, Vec<u8>), AlpnError> {
         let fail = |e: &dyn std::fmt::Display| AlpnError::Cert(e.to_string());
         let key = rcgen::KeyPair::generate().map_err(|e| fail(&e))?;
         let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).map_err(|e| fail(&e))?;
         params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
         let cert = params.self_signed(&key).map_err(|e| fail(&e))?;
-        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let (cert, key) = (cert.der().to_vec(), key.serialize_der());
+        self.insert_der(name, &cert, &key, provider)?;
+        Ok((cert, key))
+    }
+
+    /// Answers `acme-tls/1` handshakes for `name` with a challenge
+    /// certificate made elsewhere (another replica's order).
+    pub fn insert_der(
+        &self,
+        name: &str,
+        cert: &[u8],
+        key: &[u8],
+        provider: &Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<(), AlpnError> {
+        let fail = |e: &dyn std::fmt::Display| AlpnError::Cert(e.to_string());
+        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec()));
         // Not `with_single_cert`: it parses the certificate as a WebPKI end
         // entity, which refuses the critical acmeIdentifier extension.
         let signing = provider.key_provider.load_private_key(der).map_err(|e| fail(&e))?;
-        let certified = CertifiedKey::new(vec![CertificateDer::from(cert.der().to_vec())], signing);
+        let certified = CertifiedKey::new(vec![CertificateDer::from(cert.to_vec())], signing);
         let mut config = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| fail(&e))?

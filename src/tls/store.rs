@@ -146,9 +146,16 @@ impl CertStore {
     }
 
     /// Answers TLS-ALPN-01 handshakes for `name` with a certificate for
-    /// `digest`, until [`CertStore::remove_alpn_challenge`].
-    pub fn add_alpn_challenge(&self, name: &str, digest: &[u8]) -> Result<(), super::alpn::AlpnError> {
+    /// `digest`, until [`CertStore::remove_alpn_challenge`]. Returns the
+    /// certificate and its key (DER), to share with other replicas.
+    pub fn add_alpn_challenge(&self, name: &str, digest: &[u8]) -> Result<(Vec<u8>, Vec<u8>), super::alpn::AlpnError> {
         self.alpn.insert(name, digest, &self.provider)
+    }
+
+    /// Answers TLS-ALPN-01 handshakes for `name` with another replica's
+    /// challenge certificate (DER certificate and PKCS#8 key).
+    pub fn install_alpn_challenge(&self, name: &str, cert: &[u8], key: &[u8]) -> Result<(), super::alpn::AlpnError> {
+        self.alpn.insert_der(name, cert, key, &self.provider)
     }
 
     pub fn remove_alpn_challenge(&self, name: &str) {
@@ -410,6 +417,24 @@ impl CertStore {
             });
         }
         provided.as_ref().map(of)
+    }
+
+    /// The leaf of `name`'s managed certificate file, read without its
+    /// chain or key (for scheduling and ARI). Blocking.
+    pub fn stored_leaf(&self, name: &str) -> Option<rustls::pki_types::CertificateDer<'static>> {
+        use rustls::pki_types::pem::PemObject;
+        let pem = std::fs::read(self.managed_path(name)).ok()?;
+        rustls::pki_types::CertificateDer::pem_slice_iter(&pem).next()?.ok()
+    }
+
+    /// The validity (not before, not after) of `name`'s managed
+    /// certificate, when it has one that has not expired: only its leaf is
+    /// parsed, so reading every stored certificate at start-up costs no key
+    /// material. Blocking.
+    pub fn stored_validity(&self, name: &str) -> Option<(SystemTime, SystemTime)> {
+        let leaf = self.stored_leaf(name)?;
+        let (_, not_before, not_after) = super::certs::facts(&leaf).ok()?;
+        (not_after > SystemTime::now()).then_some((not_before, not_after))
     }
 
     /// The managed certificate file of `name`: `None` if there is none,

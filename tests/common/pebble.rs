@@ -432,6 +432,12 @@ impl Pebble {
         &self.api_ca_path
     }
 
+    /// Pebble's own HTTPS certificate and key (PEM paths), signed by the
+    /// API CA: a test server beside Pebble can present them.
+    pub fn api_cert_key_paths(&self) -> (&Path, &Path) {
+        (&self.cert_path, &self.key_path)
+    }
+
     /// A reqwest client that trusts only the API CA (no proxy, 5 s timeout).
     pub fn api_client(&self) -> reqwest::Client {
         self.client.clone()
