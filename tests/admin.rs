@@ -165,7 +165,7 @@ async fn tokens_and_scopes() {
     let r = put(&gw, ACME, "acme", json!({"domains": ["app.acme.com"], "pool": "q"})).await;
     assert_eq!(
         (r.status, r.json),
-        (403, forbidden("a tenant token may change domains, subdomain and redirect_https only; pool, plan, limits, timezone and labels are the operator's"))
+        (403, forbidden("a tenant token may change domains, subdomain and redirect_https only; pool, plan, limits, timezone, pinned and labels are the operator's"))
     );
     let r = gw.admin_call("DELETE", "/v1/tenants/acme", Some(ACME), None, &[]).await;
     assert_eq!(r.status, 403);
