@@ -344,6 +344,7 @@ async fn a_rollout_step_through_one_replica_moves_the_tenants_on_every_replica()
     }
     let on_a = a.admin_call("GET", "/v1/rollouts/r", Some(OPS), None, &[]).await;
     assert_eq!(on_a.json["state"], "rolled_back", "{:?}", on_a.json);
+}
 
 /// The replicas view: each replica publishes a summary (id, the registry
 /// version it serves, its counts) with a TTL, every replica lists them all,
