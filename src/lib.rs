@@ -103,24 +103,45 @@ pub fn raise_nofile() -> Option<u64> {
 /// headers; libmimalloc-sys exports no constant for it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Makes mimalloc return freed pages to the OS at once instead of after a
-/// delay (1 s in the mimalloc v3 this build uses): with the own engine, RSS
-/// after a load run at 10,000 tenants 38.5–38.9 → 30.0–32.7 MB at no cost
-/// in CPU per request (HTTP/1.1: 3 interleaved pairs of `benches/hot-path.sh`;
-/// HTTP/2 over TLS: 7 pairs, medians 25.4 vs 25.1 µs, within noise;
-/// perf-notes-2026-11-30.md). Left alone if `MIMALLOC_PURGE_DELAY`
-/// is set, or if the option at that index does not hold one of mimalloc's
-/// defaults (10 ms in v2, 1 s in v3), which would mean another layout. Call
-/// first thing in `main`.
-pub fn purge_freed_pages_at_once() {
+/// Whether this process sets mimalloc's purge delay (decided at the first
+/// [`set_purge_delay`]).
+static PURGE_MANAGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The purge delay while the first config loads: purging freed pages at
+/// once made the 100,000-tenant compile fault 227,000 pages in (0.45 s of
+/// kernel time); 100 ms keeps the peak RSS where it was (205 against
+/// 203 MB) at 91,000 faults (`tenantgate check`, release build).
+pub const STARTUP_PURGE_DELAY_MS: i64 = 100;
+
+/// Sets how long mimalloc keeps freed pages before it returns them to the
+/// OS (in ms; its default is 1 s in the mimalloc v3 this build uses). Left
+/// alone if `MIMALLOC_PURGE_DELAY` is set, or if the option at that index
+/// does not hold one of mimalloc's defaults (10 ms in v2, 1 s in v3) at the
+/// first call, which would mean another layout.
+pub fn set_purge_delay(ms: i64) {
+    use std::sync::atomic::Ordering;
     // SAFETY: reading and setting a mimalloc option has no preconditions.
     unsafe {
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none()
-            && matches!(libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY), 10 | 1000)
-        {
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+        if !PURGE_MANAGED.load(Ordering::Acquire) {
+            if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some()
+                || !matches!(libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY), 10 | 1000)
+            {
+                return;
+            }
+            PURGE_MANAGED.store(true, Ordering::Release);
         }
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ms as std::ffi::c_long);
     }
+}
+
+/// Makes mimalloc return freed pages to the OS at once instead of after a
+/// delay: with the own engine, RSS after a load run at 10,000 tenants
+/// 38.5–38.9 → 30.0–32.7 MB at no cost in CPU per request (HTTP/1.1: 3
+/// interleaved pairs of `benches/hot-path.sh`; HTTP/2 over TLS: 7 pairs,
+/// medians 25.4 vs 25.1 µs, within noise; perf-notes-2026-11-30.md). Called
+/// once the first config is live ([`STARTUP_PURGE_DELAY_MS`] until then).
+pub fn purge_freed_pages_at_once() {
+    set_purge_delay(0);
 }
 
 /// Returns the heap pages freed so far (config parsing leaves many) to the

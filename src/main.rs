@@ -74,7 +74,7 @@ enum Command {
 
 fn main() -> ExitCode {
     tenantgate::no_huge_pages();
-    tenantgate::purge_freed_pages_at_once();
+    tenantgate::set_purge_delay(tenantgate::STARTUP_PURGE_DELAY_MS);
     // One crypto provider for every rustls user in the process (the TLS
     // listener and the ACME client), whatever features other crates enable.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
