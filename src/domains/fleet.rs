@@ -602,6 +602,24 @@ impl DomainStore {
             .await
     }
 
+    /// Records `seq` as a receiver's position unless it has one: any
+    /// replica, at its start, so a receiver new to the fleet starts with
+    /// the events after the fleet's start, not after whenever a checker
+    /// first took the lease (events in between were skipped).
+    pub async fn start_position(&self, url: &str, seq: u64) -> Result<(), DomainStoreError> {
+        let (key, url) = (self.keys.hooks.clone(), url.to_string());
+        self.call(|mut c| async move {
+            redis::cmd("HSETNX")
+                .arg(&key)
+                .arg(&url)
+                .arg(seq)
+                .query_async::<i64>(&mut c)
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Records a receiver's position; the checker only.
     pub async fn save_position(&self, url: &str, seq: u64) -> Result<(), DomainStoreError> {
         let fence = self.fence(true)?;

@@ -204,6 +204,13 @@ pub async fn run(lifecycle: Arc<super::verifier::Lifecycle>, mut shutdown: pingo
         load_positions(&path)
     };
     let start = events.last();
+    if let Some(store) = &fleet {
+        for h in &hooks {
+            if let Err(e) = store.start_position(&h.url, start).await {
+                tracing::warn!(url = %h.url, error = %e, "webhook start position not recorded; the checker sets it when it takes over");
+            }
+        }
+    }
     if fleet.is_none() {
         for h in &hooks {
             // A new receiver starts with the next event, not the history.
