@@ -576,3 +576,32 @@ async fn orders_past_the_ca_budgets_queue_and_show_when_they_will_run() {
         "no order past the budgets reached the CA"
     );
 }
+
+/// A first order that issued nothing (the CA's validator could not reach
+/// the name) gives the registered domain's budget its share back: with a
+/// budget of one, the name is certified once its DNS is fixed, not queued
+/// for a week.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_first_order_does_not_spend_the_domain_budget() {
+    let (p, http) = pebble(3600).await;
+    p.add_a_record("bad.acme.com", "127.0.0.3").await;
+    let pool = backend("pool").await;
+    let template = config(&p, &pool, &["bad.acme.com"]).replace(
+        "retry_max_secs = 2\n",
+        "retry_max_secs = 2\nbudget_per_registered_domain = 1\n",
+    );
+    assert!(template.contains("budget_per_registered_domain = 1"));
+    let gw = Gateway::start_with_http(tempfile::tempdir().expect("dir"), &template, http).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gw
+        .metric("tenantgate_acme_orders_total{kind=\"issue\",result=\"failure\"}")
+        .await
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "no failed order\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    p.clear_a_record("bad.acme.com").await;
+    let root = p.issuing_root_pem().await;
+    wait_for_certificate(&gw, "bad.acme.com", root.as_bytes(), &p).await;
+}

@@ -220,6 +220,30 @@ async fn three_replicas_behind_haproxy_share_orders_challenges_and_certificates(
     for name in NAMES {
         assert_eq!(counted.get(name), Some(&1), "one order for {name}: {counted:?}");
     }
+    // A name every replica holds, made due again on each (an operator's
+    // retry): the fleet's copy is not due, so nobody orders, and every
+    // replica keeps serving the one certificate.
+    for gw in &replicas {
+        let r = gw
+            .admin_call(
+                "POST",
+                "/v1/domains/a.fleet.example/retry",
+                Some("ops-secret"),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, 200, "retry: {:?}", r.json);
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(orders(&redis), counted, "no order for a name the fleet holds");
+    for (i, gw) in replicas.iter().enumerate() {
+        let l = leaf(gw, "a.fleet.example", &root).await;
+        assert!(
+            l.as_ref() == leaves.get("a.fleet.example"),
+            "replica {i} still serves the fleet's a"
+        );
+    }
     // At rest in Redis the private key is sealed: no PEM key, not the
     // replica's key file bytes either.
     let mut c = redis_conn(&redis);
@@ -279,8 +303,10 @@ async fn three_replicas_behind_haproxy_share_orders_challenges_and_certificates(
     leaves.insert("d.fleet.example", d_leaf);
 
     // Redis gone, every replica restarted: each serves its own copies.
+    let counted_before = orders(&redis);
     redis.kill();
     let mut restarted = Vec::new();
+    let before: Vec<String> = replicas.iter().map(|g| g.log()).collect();
     for (gw, h) in replicas.into_iter().zip(&http) {
         let dir = gw.stop();
         restarted.push(Gateway::start_with_http(dir, &template2, *h).await);
@@ -290,7 +316,12 @@ async fn three_replicas_behind_haproxy_share_orders_challenges_and_certificates(
             let served = leaf(gw, name, &root)
                 .await
                 .unwrap_or_else(|| panic!("replica {i} does not serve {name} with Redis down\n{}", gw.log()));
-            assert_eq!(&served, &leaves[name], "replica {i}, {name}: its last-known-good copy");
+            assert!(
+                served == leaves[name],
+                "replica {i}, {name}: not its last-known-good copy; orders {counted_before:?}\n{}\n-----before the restart:\n{}",
+                gw.log(),
+                before[i]
+            );
         }
     }
 }
@@ -486,4 +517,73 @@ async fn tls_alpn_01_challenges_are_answered_by_every_replica() {
         .query(&mut redis_conn(&f.redis))
         .expect("smembers");
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// A first order that fails issues nothing, so it gives the registered
+/// domain's budget its share back (the CA counts certificates per
+/// registered domain; it counts orders per account, and that share stays
+/// spent): with a budget of one, a name whose validation failed is
+/// certified once its DNS is fixed, not queued for a week.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_first_order_gives_the_domain_budget_back() {
+    let f = Fleet::start(2, &["ok.other.example"], "budget_per_registered_domain = 1\n").await;
+    let all: Vec<&Gateway> = f.replicas.iter().collect();
+    all_serve(&all, "ok.other.example", &f.root, &f.p).await;
+    // The CA's validator is sent where nothing listens.
+    f.p.add_a_record("bad.refund.example", "127.0.0.3").await;
+    let names = ["ok.other.example", "bad.refund.example"];
+    let template = f.config(&names, "budget_per_registered_domain = 1\n");
+    for gw in &f.replicas {
+        gw.write_config(&template);
+    }
+    let mut c = redis_conn(&f.redis);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let failures: Vec<u64> = {
+            let mut v = Vec::new();
+            for gw in &f.replicas {
+                v.push(
+                    acme_state(gw, "bad.refund.example").await["failures"]
+                        .as_u64()
+                        .unwrap_or(0),
+                );
+            }
+            v
+        };
+        if failures.iter().any(|n| *n >= 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failed order\n{}\n-----\n{}",
+            f.replicas[0].log(),
+            f.replicas[1].log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let counted = orders(&f.redis);
+    assert!(
+        counted.get("bad.refund.example").is_some_and(|n| *n >= 1),
+        "{counted:?}"
+    );
+    let domain: u64 = redis::cmd("ZCARD")
+        .arg("tenantgate:{acme}:budget:domain:refund.example")
+        .query(&mut c)
+        .expect("zcard");
+    assert_eq!(domain, 0, "the failed order's domain share is given back");
+    let accounts: Vec<String> = redis::cmd("KEYS")
+        .arg("tenantgate:{acme}:budget:account:*")
+        .query(&mut c)
+        .expect("keys");
+    assert_eq!(accounts.len(), 1, "{accounts:?}");
+    let account: u64 = redis::cmd("ZCARD").arg(&accounts[0]).query(&mut c).expect("zcard");
+    assert!(account >= 2, "the account's orders stay counted: {account}");
+    // DNS fixed: the next attempt is certified, within the budget of one.
+    f.p.clear_a_record("bad.refund.example").await;
+    all_serve(&all, "bad.refund.example", &f.root, &f.p).await;
+    let spent: u64 = redis::cmd("ZCARD")
+        .arg("tenantgate:{acme}:budget:domain:refund.example")
+        .query(&mut c)
+        .expect("zcard");
+    assert_eq!(spent, 1);
 }

@@ -84,6 +84,9 @@ struct Keys {
 }
 
 impl Keys {
+    fn domain_budget(&self, registered_domain: &str) -> String {
+        format!("{}:{{acme}}:budget:domain:{registered_domain}", self.prefix)
+    }
     fn lease(&self, name: &str) -> String {
         format!("{}:{{acme}}:lease:{name}", self.prefix)
     }
@@ -535,20 +538,29 @@ impl SharedAcme {
             .map(|b| format!("{b:02x}"))
             .collect();
         let mut call = self.budget.prepare_invoke();
-        call.key(format!(
-            "{}:{{acme}}:budget:domain:{registered_domain}",
-            self.keys.prefix
-        ))
-        .key(format!("{}:{{acme}}:budget:account:{account}", self.keys.prefix))
-        .arg(per_domain)
-        .arg(domain_window.as_millis() as u64)
-        .arg(per_account)
-        .arg(account_window.as_millis() as u64)
-        .arg(format!("{}:{}", lease.name, lease.value));
+        call.key(self.keys.domain_budget(registered_domain))
+            .key(format!("{}:{{acme}}:budget:account:{account}", self.keys.prefix))
+            .arg(per_domain)
+            .arg(domain_window.as_millis() as u64)
+            .arg(per_account)
+            .arg(account_window.as_millis() as u64)
+            .arg(format!("{}:{}", lease.name, lease.value));
         let (spent, wait_ms): (i64, i64) = self
             .call(|mut c| async move { call.invoke_async(&mut c).await })
             .await?;
         Ok((spent != 1).then(|| Duration::from_millis(wait_ms.max(0) as u64)))
+    }
+
+    /// Gives back the registered domain's share of a first order that
+    /// issued nothing (the CA counts certificates per registered domain,
+    /// not attempts); the account's share stays spent (the CA counts
+    /// orders per account).
+    pub async fn refund_domain_budget(&self, lease: &Lease, registered_domain: &str) {
+        let key = self.keys.domain_budget(registered_domain);
+        let member = format!("{}:{}", lease.name, lease.value);
+        let _ = self
+            .call(|mut c| async move { c.zrem::<_, _, i64>(&key, &member).await })
+            .await;
     }
 
     /// Counts an order sent to the CA for `name` (`HINCRBY <prefix>:{acme}:orders`).

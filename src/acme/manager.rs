@@ -169,6 +169,15 @@ impl Budgets {
         d.push_back(now);
         Ok(())
     }
+
+    /// Gives back the registered domain's share of a first order of `name`
+    /// that issued nothing (the CA counts certificates per registered
+    /// domain); the account's share stays (it counts orders).
+    fn refund_domain(&mut self, name: &str) {
+        if let Some(d) = self.by_domain.get_mut(&registered_domain(name)) {
+            d.pop_back();
+        }
+    }
 }
 
 /// Where one managed name stands.
@@ -340,6 +349,10 @@ enum Outcome {
     /// Fleet mode: the fleet's order budget is spent until then.
     Queued(Instant),
     Failed(String),
+    /// Single node: a first order the CA refused or never finished
+    /// validating, so nothing was issued and the registered domain's
+    /// budget gets its share back.
+    Unissued(String),
 }
 
 /// Outcome of one order task.
@@ -722,22 +735,57 @@ struct OrderCtx {
 /// looked at again (its certificate usually arrives by notification first).
 const BUSY_RETRY: Duration = Duration::from_secs(2);
 
+/// The certificate the fleet stores for a name, as [`OrderCtx::adopt`]
+/// found it: installed now, or already held (this replica's is as new).
+enum FleetCopy {
+    Installed(Loaded),
+    Held(Loaded),
+}
+
+impl FleetCopy {
+    fn loaded(&self) -> &Loaded {
+        match self {
+            FleetCopy::Installed(l) | FleetCopy::Held(l) => l,
+        }
+    }
+
+    /// The schedule entry for a name whose fleet copy is not due.
+    fn outcome(&self, name: &str) -> Outcome {
+        let l = self.loaded();
+        Outcome::Adopted {
+            not_after: l.not_after,
+            due: two_thirds(name, l),
+        }
+    }
+}
+
 impl OrderCtx {
     /// Fleet mode: one name under the fleet's order lease. A newer
     /// certificate another replica stored is used instead of ordering; a
     /// name another replica is ordering is looked at again shortly.
     async fn run_shared(&self, shared: &Arc<SharedAcme>, name: &str, renewal: bool) -> Outcome {
+        // While the fleet's copy is not due, nobody orders: a first order
+        // that another replica finished, a renewal another replica made.
+        // The copy this replica renews itself, before two thirds of its
+        // life, is renewed only inside an ARI window the CA opened.
+        let mut ari_asked = false;
         match self.adopt(shared, name).await {
-            Ok(Some(l)) if two_thirds(name, &l) > Instant::now() => {
-                return Outcome::Adopted {
-                    not_after: l.not_after,
-                    due: two_thirds(name, &l),
+            Ok(Some(copy)) if two_thirds(name, copy.loaded()) > Instant::now() => {
+                if !renewal || matches!(copy, FleetCopy::Installed(_)) {
+                    return copy.outcome(name);
+                }
+                match self.poll_ari(name).await {
+                    Ari::Window { start, end, .. } if start > SystemTime::now() => {
+                        return Outcome::NotYet(ari_time(name, start, end))
+                    }
+                    Ari::Window { .. } => ari_asked = true,
+                    Ari::Unsupported | Ari::Failed(_) => return copy.outcome(name),
                 }
             }
             Ok(_) => {}
             Err(e) => return Outcome::Failed(e),
         }
-        if renewal {
+        if renewal && !ari_asked {
             if let Some(at) = self.ari_later(name).await {
                 return Outcome::NotYet(at);
             }
@@ -747,6 +795,23 @@ impl OrderCtx {
             Ok(None) => return Outcome::NotYet(Instant::now() + BUSY_RETRY),
             Err(e) => return Outcome::Failed(e.to_string()),
         };
+        // Looked at again under the lease: the replica that held it before
+        // may have stored a certificate since the first look.
+        match self.adopt(shared, name).await {
+            Ok(Some(copy @ FleetCopy::Installed(_))) if two_thirds(name, copy.loaded()) > Instant::now() => {
+                shared.release(&lease).await;
+                return copy.outcome(name);
+            }
+            Ok(Some(copy @ FleetCopy::Held(_))) if !renewal && two_thirds(name, copy.loaded()) > Instant::now() => {
+                shared.release(&lease).await;
+                return copy.outcome(name);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                shared.release(&lease).await;
+                return Outcome::Failed(e);
+            }
+        }
         let keeper = {
             let (shared, lease) = (shared.clone(), lease.clone());
             tokio::spawn(async move {
@@ -794,6 +859,11 @@ impl OrderCtx {
                 due: two_thirds(name, &l),
             },
             Ok(Err(e)) => {
+                // Nothing was issued: the registered domain's budget gets its
+                // share back (an error after issue is a state error: kept).
+                if !renewal && !matches!(e, OrderError::State(_)) {
+                    shared.refund_domain_budget(&lease, &registered_domain(name)).await;
+                }
                 shared.release(&lease).await;
                 Outcome::Failed(e.describe(&self.acme.directory_url))
             }
@@ -809,8 +879,9 @@ impl OrderCtx {
 
     /// Fleet mode: installs the certificate stored in Redis for `name` when
     /// it ends later than the one this replica has (written to disk first:
-    /// the last-known-good copy). Returns it when installed.
-    async fn adopt(&self, shared: &SharedAcme, name: &str) -> Result<Option<Loaded>, String> {
+    /// the last-known-good copy). Returns the fleet's copy, installed or
+    /// already held; `None` when the fleet stores none.
+    async fn adopt(&self, shared: &SharedAcme, name: &str) -> Result<Option<FleetCopy>, String> {
         let Some(stored) = shared.fetch(name).await.map_err(|e| e.to_string())? else {
             return Ok(None);
         };
@@ -825,19 +896,19 @@ impl OrderCtx {
                 .map(|e| e.loaded.not_after)
                 .or_else(|| stored_certificate(&store, &n).map(|l| l.not_after));
             if current.is_some_and(|c| c >= newer) {
-                return Ok(None);
+                return Ok(false);
             }
             write_private(&store.managed_path(&n), pem.as_bytes()).map_err(|e| e.to_string())?;
-            Ok::<_, String>(Some(()))
+            Ok::<_, String>(true)
         })
         .await
         .map_err(|e| e.to_string())??;
-        if installed.is_none() {
-            return Ok(None);
+        if !installed {
+            return Ok(Some(FleetCopy::Held(loaded)));
         }
         self.store.install(name, loaded.clone()).map_err(|e| e.to_string())?;
         tracing::info!(name, fence = stored.fence, "certificate from the fleet installed");
-        Ok(Some(loaded))
+        Ok(Some(FleetCopy::Installed(loaded)))
     }
 
     /// One name: for a renewal, ask the CA's ARI window first; then order,
@@ -856,6 +927,9 @@ impl OrderCtx {
                 not_after: l.not_after,
                 due: two_thirds(name, &l),
             },
+            Ok(Err(e)) if !renewal && !matches!(e, OrderError::State(_)) => {
+                Outcome::Unissued(e.describe(&self.acme.directory_url))
+            }
             Ok(Err(e)) => Outcome::Failed(e.describe(&self.acme.directory_url)),
             Err(_) => Outcome::Failed(format!(
                 "the CA did not finish the order in {} s",
@@ -1156,8 +1230,8 @@ impl BackgroundService for CertManager {
                         let (tx, shared) = (done_tx.clone(), shared.clone());
                         tokio::spawn(async move {
                             let outcome = match ctx.adopt(&shared, &name).await {
-                                Ok(Some(l)) => Outcome::Adopted { not_after: l.not_after, due: two_thirds(&name, &l) },
-                                Ok(None) => return,
+                                Ok(Some(FleetCopy::Installed(l))) => Outcome::Adopted { not_after: l.not_after, due: two_thirds(&name, &l) },
+                                Ok(Some(FleetCopy::Held(_)) | None) => return,
                                 Err(e) => {
                                     tracing::warn!(name = %name, error = %e, "certificate from the fleet not installed");
                                     return;
@@ -1204,13 +1278,18 @@ impl BackgroundService for CertManager {
                             let kind = if done.renewal { "certificate.renewed" } else { "certificate.issued" };
                             self.event(kind, &done.name, None);
                         }
-                        Outcome::Failed(e) => self.event("certificate.failed", &done.name, Some(e.as_str())),
+                        Outcome::Failed(e) | Outcome::Unissued(e) => {
+                            self.event("certificate.failed", &done.name, Some(e.as_str()))
+                        }
                         Outcome::NotYet(_) | Outcome::Queued(_) | Outcome::Adopted { .. } => {}
                     }
                     let mut book = self.schedule.lock();
                     // Handled whatever the issuer is now: the order ran.
                     if book.in_flight.get(&done.name) == Some(&done.order) {
                         book.in_flight.remove(&done.name);
+                    }
+                    if matches!(done.outcome, Outcome::Unissued(_)) {
+                        book.budgets.refund_domain(&done.name);
                     }
                     let Some(m) = book.managed.get_mut(&done.name) else { continue };
                     match done.outcome {
@@ -1226,7 +1305,7 @@ impl BackgroundService for CertManager {
                             m.due = at;
                             m.queued = true;
                         }
-                        Outcome::Failed(e) => {
+                        Outcome::Failed(e) | Outcome::Unissued(e) => {
                             m.failures = m.failures.saturating_add(1);
                             m.last_error = Some(e.clone());
                             let (min, max) = retry.unwrap_or((Duration::from_secs(60), Duration::from_secs(86_400)));
