@@ -57,6 +57,7 @@ pub mod proxy;
 pub mod registry;
 pub mod routing;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

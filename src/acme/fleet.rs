@@ -35,10 +35,11 @@ use std::time::{Duration, Instant};
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::mpsc;
 
 use super::Challenges;
 use crate::config::Store;
+use crate::store::{BoundedRedis, CallError};
 use crate::tls::CertStore;
 
 /// Bound on one Redis call made for ACME.
@@ -69,6 +70,15 @@ pub enum SharedError {
     Decrypt(String),
     #[error("sealing a private key failed")]
     Seal,
+}
+
+impl From<CallError> for SharedError {
+    fn from(e: CallError) -> SharedError {
+        match e {
+            CallError::Redis(e) => SharedError::Redis(e),
+            CallError::Timeout(_) => SharedError::Timeout,
+        }
+    }
 }
 
 /// Redis keys, all in one hash slot (`{acme}`).
@@ -201,8 +211,7 @@ return redis.call('DEL', KEYS[1])
 
 /// One replica's handle on the fleet's ACME state.
 pub struct SharedAcme {
-    client: redis::Client,
-    conn: Mutex<Option<ConnectionManager>>,
+    redis: BoundedRedis,
     keys: Keys,
     cipher: LessSafeKey,
     replica: String,
@@ -244,8 +253,7 @@ impl SharedAcme {
         });
         Ok(Some(SharedAcme {
             member,
-            client: store.client()?,
-            conn: Mutex::new(None),
+            redis: BoundedRedis::new(store.client()?, CALL_TIMEOUT),
             keys: Keys {
                 challenges: format!("{prefix}:{{acme}}:challenges"),
                 fence: format!("{prefix}:{{acme}}:fence"),
@@ -268,39 +276,13 @@ impl SharedAcme {
         }))
     }
 
-    /// The connection, opened if needed (bounded).
-    async fn conn(&self) -> Result<ConnectionManager, SharedError> {
-        let mut slot = self.conn.lock().await;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
-        }
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CALL_TIMEOUT))
-            .set_response_timeout(Some(CALL_TIMEOUT))
-            .set_number_of_retries(1);
-        let c = tokio::time::timeout(
-            CALL_TIMEOUT,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| SharedError::Timeout)??;
-        *slot = Some(c.clone());
-        Ok(c)
-    }
-
     /// Runs one bounded call, recording whether the store answered.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, SharedError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let result = match self.conn().await {
-            Ok(c) => match tokio::time::timeout(CALL_TIMEOUT, f(c)).await {
-                Ok(r) => r.map_err(SharedError::from),
-                Err(_) => Err(SharedError::Timeout),
-            },
-            Err(e) => Err(e),
-        };
+        let result = self.redis.call(f).await.map_err(SharedError::from);
         let up = result.is_ok();
         if self.up.swap(up, Ordering::AcqRel) != up {
             match &result {
@@ -812,7 +794,7 @@ impl SharedAcme {
     async fn subscribe(&self) -> Option<redis::aio::PubSub> {
         let channel = self.keys.channel.clone();
         let connect = async {
-            let mut ps = self.client.get_async_pubsub().await?;
+            let mut ps = self.redis.client().get_async_pubsub().await?;
             ps.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(ps)
         };

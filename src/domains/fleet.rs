@@ -45,12 +45,12 @@ use futures_util::StreamExt;
 use pingora_core::server::ShutdownWatch;
 use redis::aio::ConnectionManager;
 use redis::Script;
-use tokio::sync::Mutex;
 
 use super::events::Event;
 use super::verifier::Lifecycle;
 use super::{Claim, ClaimError};
 use crate::config::Store;
+use crate::store::{BoundedRedis, CallError};
 
 /// Bound on one Redis call of the lifecycle.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -72,6 +72,15 @@ pub enum DomainStoreError {
     Contended(String),
     #[error("the domain store holds unreadable data at {0}: {1}")]
     Corrupt(String, String),
+}
+
+impl From<CallError> for DomainStoreError {
+    fn from(e: CallError) -> DomainStoreError {
+        match e {
+            CallError::Redis(e) => DomainStoreError::Redis(e),
+            CallError::Timeout(_) => DomainStoreError::Timeout,
+        }
+    }
 }
 
 impl From<DomainStoreError> for ClaimError {
@@ -172,8 +181,7 @@ pub struct Shared {
 
 /// One replica's handle on the fleet's domain state.
 pub struct DomainStore {
-    client: redis::Client,
-    conn: Mutex<Option<ConnectionManager>>,
+    redis: BoundedRedis,
     keys: Keys,
     replica: String,
     /// How long the checker lease lasts without renewal.
@@ -205,8 +213,7 @@ impl DomainStore {
             id = super::now().to_le_bytes()[..6].try_into().unwrap_or([0; 6]);
         }
         Ok(DomainStore {
-            client: store.client()?,
-            conn: Mutex::new(None),
+            redis: BoundedRedis::new(store.client()?, CALL_TIMEOUT),
             keys: Keys {
                 claims: k("claims"),
                 moved: k("moved"),
@@ -239,38 +246,13 @@ impl DomainStore {
         })
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, DomainStoreError> {
-        let mut slot = self.conn.lock().await;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
-        }
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CALL_TIMEOUT))
-            .set_response_timeout(Some(CALL_TIMEOUT))
-            .set_number_of_retries(1);
-        let c = tokio::time::timeout(
-            CALL_TIMEOUT,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| DomainStoreError::Timeout)??;
-        *slot = Some(c.clone());
-        Ok(c)
-    }
-
     /// Runs one bounded call, recording whether the store answered.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, DomainStoreError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let result = match self.conn().await {
-            Ok(c) => match tokio::time::timeout(CALL_TIMEOUT, f(c)).await {
-                Ok(r) => r.map_err(DomainStoreError::from),
-                Err(_) => Err(DomainStoreError::Timeout),
-            },
-            Err(e) => Err(e),
-        };
+        let result = self.redis.call(f).await.map_err(DomainStoreError::from);
         let down = matches!(&result, Err(DomainStoreError::Redis(_) | DomainStoreError::Timeout));
         if let Ok(mut last) = self.last_error.lock() {
             match (&result, down) {
@@ -291,7 +273,7 @@ impl DomainStore {
         }
         if down {
             // A broken connection is opened afresh next time.
-            *self.conn.lock().await = None;
+            self.redis.reset().await;
         }
         result
     }
@@ -642,7 +624,7 @@ impl DomainStore {
     /// Subscribes to the change channel (bounded).
     pub async fn subscribe(&self) -> Result<redis::aio::PubSub, DomainStoreError> {
         let connect = async {
-            let mut ps = self.client.get_async_pubsub().await?;
+            let mut ps = self.redis.client().get_async_pubsub().await?;
             ps.subscribe(&self.keys.channel).await?;
             Ok::<_, redis::RedisError>(ps)
         };
