@@ -4,7 +4,8 @@
 //! itself back while no other tenant sees a failed request; a tenant moved
 //! between pools and back under load fails no request, and a request in
 //! flight finishes on the pool it started on. Real backends and the real
-//! binary throughout.
+//! binary throughout; where a test reads which pool serves each tenant, it
+//! asks over HTTP/1.1 and over HTTP/2 with TLS.
 
 mod common;
 
@@ -26,9 +27,14 @@ fn config(v1: &Flaky, v2: &Flaky, rollout: &str) -> String {
         r#"
 [gateway]
 http_listen = "{{http}}"
+https_listen = "{{https}}"
 metrics_listen = "{{metrics}}"
 admin_listen = "{{admin}}"
 watch_config = false
+
+[tls]
+issuer = "internal"
+redirect_http = false
 
 [[admin.tokens]]
 name = "ops"
@@ -81,14 +87,29 @@ async fn tenants(gw: &Gateway, n: usize) -> Vec<String> {
     ids
 }
 
-/// Which backend answered each tenant (fails on anything but a 200).
+/// Which backend answered each tenant (fails on anything but a 200), over
+/// HTTP/1.1 and over HTTP/2 with TLS: both must agree.
 async fn backends(gw: &Gateway, ids: &[String]) -> BTreeMap<String, String> {
     let c = client();
+    let root = std::fs::read(gw.dir().join("state/internal-ca/root.pem")).expect("root");
+    let hosts: Vec<String> = ids.iter().map(|id| format!("{id}.example")).collect();
+    let host_refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let h2 = common::https_client(&root, &host_refs, gw.https, false);
     let mut out = BTreeMap::new();
     for id in ids {
         let (status, body) = get(&c, gw, &format!("{id}.example")).await;
         assert_eq!(status, 200, "{id}: {body}");
-        out.insert(id.clone(), body.split(' ').next().unwrap_or_default().to_string());
+        let backend = body.split(' ').next().unwrap_or_default().to_string();
+        let r = h2
+            .get(format!("https://{id}.example:{}/", gw.https.port()))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{id} over HTTP/2: {e:?}"));
+        assert_eq!(r.version(), reqwest::Version::HTTP_2, "{id}");
+        assert_eq!(r.status().as_u16(), 200, "{id} over HTTP/2");
+        let body2 = r.text().await.unwrap_or_default();
+        assert_eq!(body2.split(' ').next().unwrap_or_default(), backend, "{id}: HTTP/2 and HTTP/1.1 agree");
+        out.insert(id.clone(), backend);
     }
     out
 }
@@ -380,9 +401,14 @@ async fn moving_a_tenant_between_pools_and_back_under_load_fails_no_request() {
             r#"
 [gateway]
 http_listen = "{{http}}"
+https_listen = "{{https}}"
 metrics_listen = "{{metrics}}"
 admin_listen = "{{admin}}"
 watch_config = false
+
+[tls]
+issuer = "internal"
+redirect_http = false
 
 [[admin.tokens]]
 name = "ops"
