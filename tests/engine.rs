@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{backend, https_client, raw_status, Echo, Gateway};
+use common::{backend, h2_connect, https_client, raw_status, tls_h2, Echo, Gateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -768,40 +768,6 @@ async fn h2_request(addr: SocketAddr, root_pem: &[u8], sni: &str, uri: &str, chu
         text.extend_from_slice(&d);
     }
     (status, String::from_utf8_lossy(&text).into_owned())
-}
-
-/// An HTTP/2 connection (TLS with SNI `sni`, ALPN h2), driven in the
-/// background.
-async fn h2_connect(addr: SocketAddr, root_pem: &[u8], sni: &str) -> h2::client::SendRequest<bytes::Bytes> {
-    let (h2, conn) = h2::client::handshake(tls_h2(addr, root_pem, sni).await)
-        .await
-        .expect("h2 handshake");
-    tokio::spawn(conn);
-    h2
-}
-
-/// A TLS connection with SNI `sni` that negotiated ALPN h2, for raw frames.
-async fn tls_h2(addr: SocketAddr, root_pem: &[u8], sni: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
-    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(root_pem) {
-        roots.add(c.expect("pem")).expect("root");
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let name = ServerName::try_from(sni.to_string()).expect("name");
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .expect("tls");
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    tls
 }
 
 #[tokio::test]

@@ -108,7 +108,11 @@ async fn backends(gw: &Gateway, ids: &[String]) -> BTreeMap<String, String> {
         assert_eq!(r.version(), reqwest::Version::HTTP_2, "{id}");
         assert_eq!(r.status().as_u16(), 200, "{id} over HTTP/2");
         let body2 = r.text().await.unwrap_or_default();
-        assert_eq!(body2.split(' ').next().unwrap_or_default(), backend, "{id}: HTTP/2 and HTTP/1.1 agree");
+        assert_eq!(
+            body2.split(' ').next().unwrap_or_default(),
+            backend,
+            "{id}: HTTP/2 and HTTP/1.1 agree"
+        );
         out.insert(id.clone(), backend);
     }
     out

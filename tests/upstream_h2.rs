@@ -433,3 +433,58 @@ async fn an_http2_upstream_answering_5xx_is_ejected_and_hanging_one_gets_504() {
     assert_eq!(b.count("/slow"), 1, "a timed-out request is never sent again");
     assert_eq!(gw.get("o.example", "/still").await.0, 200);
 }
+
+/// An interim 103 Early Hints from an HTTP/2 backend reaches HTTP/1.1 and
+/// HTTP/2 clients before the final response (not an HTTP/1.0 client);
+/// more than 16 interim responses are a bad response (502).
+#[tokio::test]
+async fn interim_responses_from_an_http2_backend_reach_the_client() {
+    let b = H2Backend::start("b").await;
+    let gw = Gateway::start(&config(&[b.addr], "", "", other().await)).await;
+    let out = raw(
+        &gw,
+        "GET /hints HTTP/1.1\r\nHost: t.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 103 Early Hints\r\n"), "{out}");
+    let (early, fin) = out.split_once("\r\n\r\n").expect("two heads");
+    assert!(early.contains("link: </s.css>; rel=preload"), "{out}");
+    assert!(fin.starts_with("HTTP/1.1 200 "), "{out}");
+    assert!(fin.ends_with("b GET /hints 0 t.example"), "{out}");
+
+    let out = raw(&gw, "GET /hints HTTP/1.0\r\nHost: t.example\r\n\r\n").await;
+    assert!(
+        out.starts_with("HTTP/1.1 200 "),
+        "no interim response for HTTP/1.0: {out}"
+    );
+
+    let out = raw(
+        &gw,
+        "GET /many-hints HTTP/1.1\r\nHost: t.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(out.matches("HTTP/1.1 103 ").count(), 16, "{out}");
+    assert!(out.contains("HTTP/1.1 502 "), "{out}");
+
+    // HTTP/2: the 103 arrives as an informational HEADERS frame.
+    let root = std::fs::read(gw.dir().join("state/internal-ca/root.pem")).expect("root");
+    let mut h2 = common::h2_connect(gw.https, &root, "t.saas.example").await;
+    let req = http::Request::builder()
+        .uri("https://t.saas.example/hints")
+        .body(())
+        .expect("request");
+    let (mut resp, _) = h2.send_request(req, true).expect("send");
+    let early = std::future::poll_fn(|cx| resp.poll_informational(cx))
+        .await
+        .expect("an interim response")
+        .expect("no error");
+    assert_eq!(early.status().as_u16(), 103);
+    assert_eq!(early.headers()["link"], "</s.css>; rel=preload");
+    let fin = resp.await.expect("final response");
+    assert_eq!(fin.status().as_u16(), 200);
+    let other = {
+        let c = client();
+        send(&c, &gw, "GET", "/", None).await
+    };
+    assert_eq!(other.0, 200, "{other:?}");
+}

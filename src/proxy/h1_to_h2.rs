@@ -213,7 +213,33 @@ async fn relay(
     head_sent: &AtomicU16,
     uploading: &AtomicBool,
 ) -> Result<Relayed, Attempt> {
-    let resp = upstream_h2::head(response, addr, shape.read, Some(uploading)).await?;
+    // Interim responses go to the client as they come (103 Early Hints),
+    // but 100: the gateway answered the client's `Expect` itself. An
+    // HTTP/1.0 client gets none.
+    let mut heads = upstream_h2::Heads::new(response, addr, shape.read);
+    let resp = loop {
+        match heads.next(Some(uploading)).await? {
+            upstream_h2::Head::Final(r) => break r,
+            upstream_h2::Head::Interim(r) => {
+                let status = r.status();
+                if shape.http10 || matches!(status.as_u16(), 100 | 101) {
+                    continue;
+                }
+                out.clear();
+                framing::write_line(
+                    out,
+                    framing::Line::Status(status.as_u16(), status.canonical_reason().unwrap_or("")),
+                );
+                for (name, value) in r.headers() {
+                    if !connection_level(name.as_str()) {
+                        framing::header_line(out, name.as_str().as_bytes(), value.as_bytes());
+                    }
+                }
+                out.extend_from_slice(b"\r\n");
+                send(io, out, shape.ct).await.map_err(Attempt::BeforeResponse)?;
+            }
+        }
+    };
     let (parts, mut body) = resp.into_parts();
     let status = parts.status.as_u16();
     let length = parts

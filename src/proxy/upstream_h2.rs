@@ -13,6 +13,7 @@
 //! ([`super::h1_to_h2`]). Failures take the same retry decision as the
 //! HTTP/1.1 relay ([`Retry`]), and feed passive ejection the same way.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -367,22 +368,63 @@ fn stream_failed(addr: SocketAddr, e: h2::Error) -> Attempt {
     }
 }
 
-/// Waits for the backend's response head, within the read timeout; while
-/// `uploading` says the request body still flows, the wait goes on (the
-/// body's own timeouts bound it).
-pub async fn head(
+/// One response head from an HTTP/2 backend.
+pub enum Head {
+    /// An interim (1xx) response: relayed, then the next head is awaited.
+    Interim(http::Response<()>),
+    Final(http::Response<RecvStream>),
+}
+
+/// The response heads of one stream to an HTTP/2 backend: interim ones
+/// as they come (at most [`framing::MAX_INTERIM`]), then the final one.
+///
+/// [`framing::MAX_INTERIM`]: super::framing::MAX_INTERIM
+pub struct Heads {
     response: ResponseFuture,
     addr: SocketAddr,
     read_timeout: Duration,
-    uploading: Option<&AtomicBool>,
-) -> Result<http::Response<RecvStream>, Attempt> {
-    tokio::pin!(response);
-    loop {
-        match tokio::time::timeout(read_timeout, &mut response).await {
-            Ok(Ok(r)) => return Ok(r),
-            Ok(Err(e)) => return Err(stream_failed(addr, e)),
-            Err(_) if uploading.is_some_and(|u| u.load(Ordering::Relaxed)) => continue,
-            Err(_) => return Err(Attempt::BeforeResponse(ExchangeError::ReadTimeout(addr))),
+    interim: usize,
+}
+
+impl Heads {
+    pub fn new(response: ResponseFuture, addr: SocketAddr, read_timeout: Duration) -> Heads {
+        Heads {
+            response,
+            addr,
+            read_timeout,
+            interim: 0,
+        }
+    }
+
+    /// The next head, each within the read timeout; while `uploading` says
+    /// the request body still flows, the wait goes on (the body's own
+    /// timeouts bound it).
+    pub async fn next(&mut self, uploading: Option<&AtomicBool>) -> Result<Head, Attempt> {
+        let addr = self.addr;
+        loop {
+            let step = std::future::poll_fn(|cx| {
+                match self.response.poll_informational(cx) {
+                    std::task::Poll::Ready(Some(r)) => return std::task::Poll::Ready(r.map(Head::Interim)),
+                    std::task::Poll::Ready(None) | std::task::Poll::Pending => {}
+                }
+                std::pin::Pin::new(&mut self.response)
+                    .poll(cx)
+                    .map(|r| r.map(Head::Final))
+            });
+            match tokio::time::timeout(self.read_timeout, step).await {
+                Ok(Ok(Head::Interim(r))) => {
+                    self.interim += 1;
+                    if self.interim > super::framing::MAX_INTERIM {
+                        let source = super::framing::BadResponse::Interim;
+                        return Err(Attempt::BeforeResponse(ExchangeError::BadResponse { addr, source }));
+                    }
+                    return Ok(Head::Interim(r));
+                }
+                Ok(Ok(head)) => return Ok(head),
+                Ok(Err(e)) => return Err(stream_failed(addr, e)),
+                Err(_) if uploading.is_some_and(|u| u.load(Ordering::Relaxed)) => continue,
+                Err(_) => return Err(Attempt::BeforeResponse(ExchangeError::ReadTimeout(addr))),
+            }
         }
     }
 }
@@ -619,7 +661,18 @@ async fn relay(
         addr,
         source: std::io::Error::other(e),
     };
-    let (parts, mut body) = head(response, addr, read_timeout, None).await?.into_parts();
+    // Interim responses go to the client as they come (103 Early Hints);
+    // one the client cannot take is dropped.
+    let mut heads = Heads::new(response, addr, read_timeout);
+    let (parts, mut body) = loop {
+        match heads.next(None).await? {
+            Head::Interim(r) if r.status() != http::StatusCode::SWITCHING_PROTOCOLS => {
+                let _ = respond.send_informational(r);
+            }
+            Head::Interim(_) => {}
+            Head::Final(r) => break r.into_parts(),
+        }
+    };
     let status = parts.status.as_u16();
     let mut out = http::Response::new(());
     *out.status_mut() = parts.status;

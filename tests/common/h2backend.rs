@@ -156,6 +156,22 @@ async fn stream(
         let _ = respond.send_response(resp, true);
         return;
     }
+    // `/hints`: a 103 Early Hints first; `/many-hints`: twenty of them.
+    let hints = match path.as_str() {
+        "/hints" => 1,
+        "/many-hints" => 20,
+        _ => 0,
+    };
+    for _ in 0..hints {
+        let early = http::Response::builder()
+            .status(103)
+            .header("link", "</s.css>; rel=preload")
+            .body(())
+            .expect("response");
+        if respond.send_informational(early).is_err() {
+            return;
+        }
+    }
     let ok = http::Response::builder().status(200);
     match path.as_str() {
         "/nolength" => {
