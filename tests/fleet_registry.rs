@@ -433,3 +433,88 @@ async fn every_replica_lists_every_live_replica_with_its_version_and_counts() {
 async fn listed(gw: &Gateway) -> common::AdminResponse {
     gw.admin_call("GET", "/v1/stats/replicas", Some(OPS), None, &[]).await
 }
+
+/// The automatic rollback judges the cohort on the whole fleet's traffic:
+/// each of two replicas sees 12 failed requests of the moved tenant, under
+/// the rollout's `min_requests = 20`, and together they roll it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_automatic_rollback_sums_the_cohorts_traffic_over_the_replicas() {
+    use common::flaky::{Flaky, Mode};
+    let redis = Redis::start();
+    let (v1, v2) = (Flaky::start("v1").await, Flaky::start("v2").await);
+    v2.set(Mode::Error);
+    let template = format!(
+        r#"
+[gateway]
+http_listen = "{{http}}"
+metrics_listen = "{{metrics}}"
+admin_listen = "{{admin}}"
+
+[store]
+redis_url = "{}"
+timeout_ms = 500
+
+[pools.p]
+upstreams = ["{}"]
+[pools.q]
+upstreams = ["{}"]
+[pools.q.outlier]
+consecutive_failures = 0
+
+[[admin.tokens]]
+name = "ops"
+scope = "operator"
+sha256 = "{}"
+"#,
+        redis.url(),
+        v1.addr,
+        v2.addr,
+        hash_hex(OPS),
+    );
+    let (a, b) = two_replicas(&template).await;
+    for id in ["t1", "t2"] {
+        let r = put(&a, id, json!({"domains": [format!("{id}.example")], "pool": "p"})).await;
+        assert_eq!(r.status, 201, "{:?}", r.json);
+    }
+    let body = json!({
+        "from": "p", "to": "q", "tenants": ["t1"], "percent": 100,
+        "auto_rollback": {"enabled": true, "min_requests": 20, "window_secs": 60, "margin_percent": 5}
+    });
+    let r = a.admin_call("PUT", "/v1/rollouts/r", Some(OPS), Some(&body), &[]).await;
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    for gw in [&a, &b] {
+        time_until(gw, "t1.example", 500, Duration::from_secs(5)).await;
+    }
+    // Each replica's guard takes its window's first sample within a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Twelve failures on each replica, and another tenant served well.
+    for gw in [&a, &b] {
+        for _ in 0..12 {
+            assert_eq!(gw.get("t1.example", "/").await.0, 500);
+        }
+        for _ in 0..10 {
+            assert_eq!(gw.get("t2.example", "/").await.0, 200);
+        }
+    }
+    let start = Instant::now();
+    let state = loop {
+        let r = b.admin_call("GET", "/v1/rollouts/r", Some(OPS), None, &[]).await;
+        if r.json["state"] == "rolled_back" {
+            break r.json;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not rolled back: {}\nA:\n{}\nB:\n{}",
+            r.json,
+            a.log(),
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let reason = state["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("on 2 replicas"), "{reason}");
+    assert!(reason.starts_with("automatic rollback at 100 %"), "{reason}");
+    for gw in [&a, &b] {
+        time_until(gw, "t1.example", 200, Duration::from_secs(5)).await;
+    }
+}

@@ -386,6 +386,32 @@ struct Grant {
 }
 
 /// The fleet's shared store: a Redis connection and this replica's view.
+/// `KEYS[1]`: a hash of replica → "<ms> <sample>"; stores `ARGV[2]` for
+/// replica `ARGV[1]` stamped with Redis' clock, drops entries older than
+/// `ARGV[3]` ms, returns the samples left. The hash expires once idle.
+static SAMPLES: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local fresh = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], now .. ' ' .. ARGV[2])
+redis.call('PEXPIRE', KEYS[1], fresh * 2)
+local all = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 1, #all, 2 do
+  local at, rest = string.match(all[i + 1], '^(%d+) (.*)$')
+  if at and now - tonumber(at) <= fresh then
+    table.insert(out, rest)
+  else
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return out
+"#,
+    )
+});
+
 pub struct Fleet {
     client: redis::Client,
     conn: ArcSwapOption<ConnectionManager>,
@@ -712,6 +738,24 @@ impl Fleet {
         };
         let _: redis::Value = self.call(cmd.query_async(&mut conn)).await?;
         Ok(())
+    }
+
+    /// Shares this replica's `sample` under `topic` and returns every
+    /// replica's sample under it that is at most `fresh` old by Redis'
+    /// clock, this one's included (older ones are dropped): the fleet-wide
+    /// view of a per-replica measurement, such as a rollout's window.
+    pub async fn pool_samples(&self, topic: &str, sample: &str, fresh: Duration) -> Result<Vec<String>, StoreError> {
+        self.connect().await?;
+        let Some(conn) = self.conn.load_full() else {
+            return Err(StoreError::NotConnected);
+        };
+        let mut conn = (*conn).clone();
+        let mut call = SAMPLES.prepare_invoke();
+        call.key(format!("{}:samples:{topic}", self.prefix))
+            .arg(&self.replica)
+            .arg(sample)
+            .arg(fresh.as_millis() as u64);
+        self.call(call.invoke_async(&mut conn)).await
     }
 
     /// The live replicas (seen within the replica TTL, at most

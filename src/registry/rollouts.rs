@@ -96,6 +96,39 @@ pub struct RolloutGuard {
 
 /// How often the guard samples.
 const TICK: Duration = Duration::from_secs(1);
+/// A replica's shared window counts while it is at most this old.
+const FLEET_FRESH: Duration = Duration::from_secs(3);
+
+/// Requests and 5xx of the cohort (moved) and of the rest, over a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counts {
+    moved: (u64, u64),
+    rest: (u64, u64),
+}
+
+impl Counts {
+    fn encode(&self) -> String {
+        format!("{} {} {} {}", self.moved.0, self.moved.1, self.rest.0, self.rest.1)
+    }
+
+    /// The sum of the replicas' samples ("<percent> <four counts>") taken
+    /// at `percent`, and how many there were; unreadable ones are skipped.
+    fn sum(samples: &[String], percent: u8) -> (Counts, usize) {
+        let mut all = Counts::default();
+        let mut n = 0;
+        for s in samples {
+            let f: Vec<u64> = s.split(' ').filter_map(|x| x.parse().ok()).collect();
+            let [p, mr, me, rr, re] = f[..] else { continue };
+            if p != u64::from(percent) {
+                continue;
+            }
+            all.moved = (all.moved.0.saturating_add(mr), all.moved.1.saturating_add(me));
+            all.rest = (all.rest.0.saturating_add(rr), all.rest.1.saturating_add(re));
+            n += 1;
+        }
+        (all, n)
+    }
+}
 
 #[async_trait]
 impl BackgroundService for RolloutGuard {
@@ -145,23 +178,46 @@ impl BackgroundService for RolloutGuard {
                 let Some(first) = w.samples.front().copied() else {
                     continue;
                 };
-                let moved = (sample.moved.0 - first.moved.0, sample.moved.1 - first.moved.1);
-                let rest = (sample.rest.0 - first.rest.0, sample.rest.1 - first.rest.1);
+                let mine = Counts {
+                    moved: (sample.moved.0 - first.moved.0, sample.moved.1 - first.moved.1),
+                    rest: (sample.rest.0 - first.rest.0, sample.rest.1 - first.rest.1),
+                };
+                // In a fleet, the windows of every replica at this step are
+                // summed: a cohort whose traffic is spread over the replicas
+                // is judged on all of it. Redis down: this replica's own.
+                let (all, replicas) = match self.registry.book().fleet() {
+                    Some(fleet) => {
+                        let text = format!("{} {}", r.moved_percent(), mine.encode());
+                        match fleet
+                            .pool_samples(&format!("rollout:{}", r.name), &text, FLEET_FRESH)
+                            .await
+                        {
+                            Ok(samples) => Counts::sum(&samples, r.moved_percent()),
+                            Err(e) => {
+                                tracing::debug!(rollout = %r.name, error = %e, "rollout window not shared; judging this replica's traffic");
+                                (mine, 1)
+                            }
+                        }
+                    }
+                    None => (mine, 1),
+                };
                 let v = Verdict {
-                    moved_requests: moved.0,
-                    moved_rate: rate(moved.1, moved.0),
-                    rest_rate: rate(rest.1, rest.0),
+                    moved_requests: all.moved.0,
+                    moved_rate: rate(all.moved.1, all.moved.0),
+                    rest_rate: rate(all.rest.1, all.rest.0),
                 };
                 if !exceeds(r, &v) {
                     continue;
                 }
                 let reason = format!(
-                    "automatic rollback at {} %: cohort 5xx rate {:.1} % against {:.1} % for the rest over {} requests in {} s (margin {} points)",
+                    "automatic rollback at {} %: cohort 5xx rate {:.1} % against {:.1} % for the rest over {} requests in {} s on {} replica{} (margin {} points)",
                     r.moved_percent(),
                     v.moved_rate,
                     v.rest_rate,
                     v.moved_requests,
                     a.window.as_secs(),
+                    replicas,
+                    if replicas == 1 { "" } else { "s" },
                     a.margin_percent
                 );
                 let (registry, name, percent) = (self.registry.clone(), r.name.clone(), r.moved_percent());
@@ -195,5 +251,32 @@ impl BackgroundService for RolloutGuard {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_windows_at_the_same_step_are_summed() {
+        let samples = vec![
+            "25 12 6 100 1".to_string(),
+            "25 10 5 80 0".to_string(),
+            // Another step (a replica not yet at 25 %), and garbage.
+            "5 50 50 50 0".to_string(),
+            "25 x".to_string(),
+        ];
+        let (all, n) = Counts::sum(&samples, 25);
+        assert_eq!(n, 2);
+        assert_eq!(
+            all,
+            Counts {
+                moved: (22, 11),
+                rest: (180, 1)
+            }
+        );
+        let back = Counts::sum(&[format!("25 {}", all.encode())], 25);
+        assert_eq!(back, (all, 1));
     }
 }
