@@ -137,6 +137,9 @@ async fn serve_scripted(mut conn: TcpStream, seen: Arc<Mutex<Vec<String>>>, rele
         if path == "/slow" {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
+        if path == "/held" {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
         if conn.write_all(&resp).await.is_err() || close {
             return false;
         }
@@ -589,11 +592,16 @@ async fn unusual_requests_are_served_by_the_one_engine_with_the_same_rules() {
 
 /// The scripted and echo backends behind HTTPS (internal CA) as well.
 async fn tls_fixture() -> (Gateway, Vec<u8>, Scripted) {
+    tls_fixture_with(500).await
+}
+
+/// [`tls_fixture`] with `read_timeout_ms = read_ms`.
+async fn tls_fixture_with(read_ms: u64) -> (Gateway, Vec<u8>, Scripted) {
     let backend = scripted().await;
     let echo = backend_echo().await;
     let cfg = config(backend.addr, echo).replace(
         "read_timeout_ms = 500",
-        "read_timeout_ms = 500\nhttps_listen = \"{https}\"\n\n[tls]\nissuer = \"internal\"\nredirect_http = false\n",
+        &format!("read_timeout_ms = {read_ms}\nhttps_listen = \"{{https}}\"\n\n[tls]\nissuer = \"internal\"\nredirect_http = false\n"),
     );
     let gw = Gateway::start(&cfg).await;
     let root = std::fs::read(gw.dir().join("state/internal-ca/root.pem")).expect("internal CA root");
@@ -772,7 +780,7 @@ async fn h2_request(addr: SocketAddr, root_pem: &[u8], sni: &str, uri: &str, chu
 
 #[tokio::test]
 async fn http2_streams_reset_after_they_started_still_count_towards_the_stream_cap() {
-    let (gw, root, scripted) = tls_fixture().await;
+    let (gw, root, scripted) = tls_fixture_with(15_000).await;
     let mut h2 = h2_connect(gw.https, &root, "a.example").await;
     let slow_heads = || {
         scripted
@@ -780,13 +788,13 @@ async fn http2_streams_reset_after_they_started_still_count_towards_the_stream_c
             .lock()
             .expect("lock")
             .iter()
-            .filter(|h| h.starts_with("GET /slow"))
+            .filter(|h| h.starts_with("GET /held"))
             .count()
     };
     let mut open = Vec::new();
     for _ in 0..100 {
         h2 = h2.ready().await.expect("ready");
-        let req = http::Request::get("https://a.example/slow").body(()).expect("request");
+        let req = http::Request::get("https://a.example/held").body(()).expect("request");
         open.push(h2.send_request(req, true).expect("send"));
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -799,7 +807,7 @@ async fn http2_streams_reset_after_they_started_still_count_towards_the_stream_c
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // Reset all 100 while the gateway still works on them (the backend
-    // holds them 2 s, the read timeout is 500 ms): h2 stops counting them,
+    // holds them 10 s, the read timeout is 15 s): h2 stops counting them,
     // the gateway does not, so the next 100 are refused, not forwarded
     // (rapid reset, CVE-2023-44487).
     for (_, send) in &mut open {
@@ -808,9 +816,9 @@ async fn http2_streams_reset_after_they_started_still_count_towards_the_stream_c
     let mut refused = 0;
     for _ in 0..100 {
         h2 = h2.ready().await.expect("ready");
-        let req = http::Request::get("https://a.example/slow").body(()).expect("request");
+        let req = http::Request::get("https://a.example/held").body(()).expect("request");
         let (response, _) = h2.send_request(req, true).expect("send");
-        if let Err(e) = tokio::time::timeout(Duration::from_millis(400), response)
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(5), response)
             .await
             .expect("answered in time")
         {

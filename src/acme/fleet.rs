@@ -45,7 +45,7 @@ use crate::tls::CertStore;
 /// Bound on one Redis call made for ACME.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the ordering replica waits for every replica to hold a token.
-const ACK_WAIT: Duration = Duration::from_secs(2);
+const ACK_WAIT: Duration = Duration::from_secs(5);
 /// How often the shared challenges are re-read (a lost announcement).
 const CHALLENGE_SWEEP: Duration = Duration::from_secs(1);
 /// How often the certificate index is compared with what this replica has;
@@ -296,7 +296,7 @@ impl SharedAcme {
     }
 
     /// Shares a pending HTTP-01 challenge with every replica and waits (at
-    /// most 2 s) until each replica that heard of it holds it.
+    /// most [`ACK_WAIT`]) until each replica that heard of it holds it.
     pub async fn share_challenge(&self, token: &str, domain: &str, key_authorization: &str) -> Result<(), SharedError> {
         let value = format!("{domain}\n{key_authorization}");
         let (hash, channel, ack) = (
@@ -340,7 +340,7 @@ impl SharedAcme {
 
     /// Shares a TLS-ALPN-01 challenge certificate (`cert` DER, `key`
     /// PKCS#8 DER, sealed like certificate keys) with every replica, and
-    /// waits (at most 2 s) until each replica that heard of it serves it.
+    /// waits (at most [`ACK_WAIT`]) until each replica that heard of it serves it.
     pub async fn share_alpn(&self, name: &str, cert: &[u8], key: &[u8]) -> Result<(), SharedError> {
         let sealed = self.seal(&alpn_aad(name), key)?;
         let (hash, index, channel, ack) = (
