@@ -5,6 +5,7 @@
 //! Under `cargo test` (no --bench flag) it runs with 200 certificates.
 //! `TG_BIN=<path>` runs another build of the gateway (before/after pairs);
 //! `SETTLE=<s>` samples RSS that long after the first handshake (default 3).
+//! `FIXTURE=<dir>` keeps the certificates in `<dir>` and reuses them.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -30,38 +31,56 @@ fn main() {
         None if full => 10_000,
         None => 200,
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let certs = dir.path().join("state/certs");
-    std::fs::create_dir_all(&certs).expect("mkdir");
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).expect("ca");
-    let issuer = Issuer::new(ca, ca_key);
-    let t = Instant::now();
+    // FIXTURE=<dir>: keep the certificates (and the CA's certificate) there
+    // and reuse them on the next run with the same CERTS, instead of making
+    // them anew (about a minute at 100,000 on a small box).
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = std::env::var_os("FIXTURE").map_or_else(|| tmp.path().to_path_buf(), std::path::PathBuf::from);
+    let certs = dir.join("state/certs");
+    let ca_path = dir.join(format!("ca-{n}.der"));
     let mut tenants = String::new();
     for i in 0..n {
         let name = format!("d{i}.certs.example");
-        let key = KeyPair::generate().expect("key");
-        let cert = CertificateParams::new(vec![name.clone()])
-            .expect("p")
-            .signed_by(&key, &issuer)
-            .expect("sign");
-        // The managed layout: chain then key in one file.
-        let pem = format!("{}{}", cert.pem(), key.serialize_pem());
-        std::fs::write(certs.join(format!("{name}.pem")), pem).expect("write");
         tenants.push_str(&format!(
             "[[tenants]]\nid = \"t{i}\"\ndomains = [\"{name}\"]\npool = \"p\"\n\n"
         ));
     }
-    println!("wrote {n} certificates in {:.1} s", t.elapsed().as_secs_f64());
+    let ca_der = match std::fs::read(&ca_path) {
+        Ok(der) => {
+            println!("reusing {n} certificates in {}", dir.display());
+            der
+        }
+        Err(_) => {
+            std::fs::create_dir_all(&certs).expect("mkdir");
+            let ca_key = KeyPair::generate().expect("key");
+            let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+            ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let ca_cert = ca.self_signed(&ca_key).expect("ca");
+            let issuer = Issuer::new(ca, ca_key);
+            let t = Instant::now();
+            for i in 0..n {
+                let name = format!("d{i}.certs.example");
+                let key = KeyPair::generate().expect("key");
+                let cert = CertificateParams::new(vec![name.clone()])
+                    .expect("p")
+                    .signed_by(&key, &issuer)
+                    .expect("sign");
+                // The managed layout: chain then key in one file.
+                let pem = format!("{}{}", cert.pem(), key.serialize_pem());
+                std::fs::write(certs.join(format!("{name}.pem")), pem).expect("write");
+            }
+            println!("wrote {n} certificates in {:.1} s", t.elapsed().as_secs_f64());
+            std::fs::write(&ca_path, ca_cert.der()).expect("ca");
+            ca_cert.der().to_vec()
+        }
+    };
     let (http, https) = (free_port(), free_port());
     let config = format!(
         "[gateway]\nhttp_listen = \"127.0.0.1:{http}\"\nhttps_listen = \"127.0.0.1:{https}\"\n\n[telemetry]\naccess_log = false\n\n\
          [tls]\nissuer = \"acme\"\nstate_dir = \"state\"\n\n[tls.acme]\ndirectory_url = \"https://127.0.0.1:1/dir\"\n\n\
          [pools.p]\nupstreams = [\"127.0.0.1:9\"]\n\n{tenants}"
     );
-    let path = dir.path().join("bench.toml");
+    let path = dir.join("bench.toml");
     std::fs::File::create(&path)
         .and_then(|mut f| f.write_all(config.as_bytes()))
         .expect("config");
@@ -83,7 +102,9 @@ fn main() {
     let listening = start.elapsed();
 
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca_cert.der().clone()).expect("root");
+    roots
+        .add(rustls::pki_types::CertificateDer::from(ca_der))
+        .expect("root");
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -71,15 +71,16 @@ struct Managed {
     due: Instant,
     failures: u32,
     not_after: Option<SystemTime>,
-    /// Why the last order failed; `None` once one succeeds.
-    last_error: Option<String>,
+    /// Why the last order failed; `None` once one succeeds. Boxed, like
+    /// `window`: every managed name has the field, few ever a value.
+    last_error: Option<Box<str>>,
     /// Held back by an order budget until `due`.
     queued: bool,
     /// When the CA's renewal info (ARI) is polled next; `None` without a
     /// certificate.
     ari_next: Option<Instant>,
     /// The last suggested window the CA gave (start, end).
-    window: Option<(SystemTime, SystemTime)>,
+    window: Option<Box<(SystemTime, SystemTime)>>,
 }
 
 impl Managed {
@@ -109,9 +110,9 @@ struct Book {
     managed: HashMap<String, Managed>,
     /// Orders running, by name, with their id: survives a name's removal.
     in_flight: HashMap<String, u64>,
-    /// Each tenant's configured names at the last sync (sorted), to see
-    /// which tenants' lists changed.
-    tenant_names: HashMap<String, Vec<String>>,
+    /// A hash of each tenant's configured names at the last sync (sorted),
+    /// to see which tenants' lists changed; the platform's under `""`.
+    tenant_names: HashMap<Arc<str>, u64>,
     /// When first orders were sent, per registered domain and per account.
     budgets: Budgets,
     /// Names whose ARI poll runs.
@@ -248,7 +249,7 @@ impl Schedule {
             not_after: m.not_after,
             next_attempt: (!ordering).then_some(wall),
             failures: m.failures,
-            last_error: m.last_error.clone(),
+            last_error: m.last_error.as_deref().map(str::to_string),
         })
     }
 }
@@ -320,7 +321,7 @@ impl Schedule {
                 expiry[band].1 += 1;
             }
             if let Some(e) = &m.last_error {
-                failing.push((name.clone(), m.failures, e.clone()));
+                failing.push((name.clone(), m.failures, e.to_string()));
             }
         }
         failing.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -483,16 +484,28 @@ impl CertManager {
         }
     }
 
-    /// Names that need a managed certificate from an ACME CA, and every
-    /// configured name by tenant (before operator files and moved names are
-    /// left out), with the platform's names under `""`.
-    fn wanted(&self, snap: &Snapshot) -> (Vec<String>, HashMap<String, Vec<String>>) {
+    /// The names that need a managed certificate from an ACME CA (sorted),
+    /// and each tenant's configured names, as [`Wanted`] says.
+    /// `before`: each tenant's names at the last sync, as a hash.
+    fn wanted(&self, snap: &Snapshot, before: &HashMap<Arc<str>, u64>) -> Wanted {
         let dns01 = snap.config.tls.as_ref().and_then(|t| t.dns01());
         let base_wildcard = dns01.is_some_and(|d| d.wildcard_base_domains);
         let wildcards = dns01.is_some_and(|d| d.wildcard_domains);
         let mut any_subdomain = false;
-        let mut by_tenant: HashMap<String, Vec<String>> = HashMap::new();
-        for t in &snap.config.tenants {
+        let tenants = &snap.config.tenants;
+        let mut by_tenant: HashMap<Arc<str>, u64> = HashMap::with_capacity(tenants.len() + 1);
+        let mut all: Vec<String> = Vec::with_capacity(tenants.iter().map(|t| t.domains.len()).sum());
+        let mut changed = Vec::new();
+        let mut note = |id: Arc<str>, mut names: Vec<String>, all: &mut Vec<String>| {
+            names.sort_unstable();
+            let hash = names_hash(&names);
+            if before.get(&id).is_some_and(|old| *old != hash) {
+                changed.extend(names.iter().cloned());
+            }
+            by_tenant.insert(id, hash);
+            all.append(&mut names);
+        };
+        for (i, t) in tenants.iter().enumerate() {
             let mut names: Vec<String> = t
                 .domains
                 .iter()
@@ -508,8 +521,13 @@ impl CertManager {
                     names.extend(snap.config.gateway.base_domains.iter().map(|b| format!("{label}.{b}")));
                 }
             }
-            names.sort_unstable();
-            by_tenant.insert(t.id.to_string(), names);
+            // The snapshot's tenants are the config's, in the same order:
+            // their ids are shared, not copied.
+            let id = match snap.tenants.get(i).filter(|s| *s.id == *t.id) {
+                Some(s) => s.id.clone(),
+                None => Arc::from(t.id.as_str()),
+            };
+            note(id, names, &mut all);
         }
         // Shared hosts and header hosts belong to the platform, not a tenant.
         let mut platform: Vec<String> = snap
@@ -523,15 +541,27 @@ impl CertManager {
         if base_wildcard && any_subdomain {
             platform.extend(snap.config.gateway.base_domains.iter().map(|b| format!("*.{b}")));
         }
-        let mut names: Vec<String> = by_tenant.values().flatten().chain(&platform).cloned().collect();
-        by_tenant.insert(String::new(), platform);
-        names.sort_unstable();
-        names.dedup();
-        names.retain(|n| !self.store.provided_covers(n));
-        if let Some(l) = &self.lifecycle {
-            names.retain(|n| !l.is_moved(n));
+        note(Arc::from(""), platform, &mut all);
+        all.sort_unstable();
+        all.dedup();
+        // Split without copying: the names left out stay known as
+        // configured, so that their stored certificates are kept.
+        let mut unwanted = Vec::new();
+        let mut names = Vec::with_capacity(all.len());
+        for n in all {
+            let left_out = self.store.provided_covers(&n) || self.lifecycle.as_ref().is_some_and(|l| l.is_moved(&n));
+            if left_out {
+                unwanted.push(n);
+            } else {
+                names.push(n);
+            }
         }
-        (names, by_tenant)
+        Wanted {
+            names,
+            unwanted,
+            by_tenant,
+            changed,
+        }
     }
 
     /// Brings `managed` in line with the config: new names get scheduled
@@ -539,16 +569,24 @@ impl CertManager {
     /// their stored certificate and private key deleted, and the names of a
     /// tenant whose list changed lose their backoff.
     async fn sync(&self, snap: &Snapshot) {
-        let (wanted, by_tenant) = self.wanted(snap);
-        let configured: HashSet<&str> = by_tenant.values().flatten().map(String::as_str).collect();
-        let (fresh, gone): (Vec<String>, Vec<String>) = {
+        // Only this task writes `tenant_names`: take it out while the
+        // config's names are gathered, without holding the lock.
+        let before = std::mem::take(&mut self.schedule.lock().tenant_names);
+        let Wanted {
+            names: mut wanted,
+            unwanted,
+            by_tenant,
+            changed,
+        } = self.wanted(snap, &before);
+        drop(before);
+        let known = |list: &[String], name: &str| list.binary_search_by(|n| n.as_str().cmp(name)).is_ok();
+        let (fresh, gone): (Vec<bool>, Vec<String>) = {
             let mut book = self.schedule.lock();
             let book = &mut *book;
-            let keep: HashSet<&str> = wanted.iter().map(String::as_str).collect();
             let mut gone = Vec::new();
             book.managed.retain(|name, _| {
-                let kept = keep.contains(name.as_str());
-                if !kept && !configured.contains(name.as_str()) {
+                let kept = known(&wanted, name);
+                if !kept && !known(&unwanted, name) {
                     gone.push(name.clone());
                 }
                 kept
@@ -556,25 +594,17 @@ impl CertManager {
             // A tenant whose names changed (a PUT, an edited file): its
             // failed names are tried again now rather than after backoff.
             let now = Instant::now();
-            for (tenant, names) in &by_tenant {
-                let changed = book.tenant_names.get(tenant).is_some_and(|old| old != names);
-                if changed {
-                    for n in names {
-                        if let Some(m) = book.managed.get_mut(n).filter(|m| m.failures > 0) {
-                            m.failures = 0;
-                            m.due = now;
-                        }
-                    }
+            for n in &changed {
+                if let Some(m) = book.managed.get_mut(n).filter(|m| m.failures > 0) {
+                    m.failures = 0;
+                    m.due = now;
                 }
             }
-            book.tenant_names = by_tenant.clone();
-            let fresh = wanted
-                .iter()
-                .filter(|n| !book.managed.contains_key(*n))
-                .cloned()
-                .collect();
+            book.tenant_names = by_tenant;
+            let fresh = wanted.iter().map(|n| !book.managed.contains_key(n)).collect();
             (fresh, gone)
         };
+        drop((unwanted, changed));
         // Fleet mode: say which names this replica serves before dropping
         // any, so that a name another replica still serves keeps its copy.
         if let Some(shared) = &self.shared {
@@ -585,17 +615,19 @@ impl CertManager {
         if !gone.is_empty() {
             self.forget(gone).await;
         }
+        // The names not managed yet, moved out of `wanted` (not copied).
+        let mut is_fresh = fresh.into_iter();
+        wanted.retain(|_| is_fresh.next().unwrap_or(false));
+        let fresh = wanted;
         if fresh.is_empty() {
             return;
         }
         // Only each leaf's dates: the chain and key load lazily at the first
         // handshake, so 100,000 stored certificates cost no key material here.
         let store = self.store.clone();
-        let stored = tokio::task::spawn_blocking(move || {
-            fresh
-                .into_iter()
-                .map(|name| (store.stored_validity(&name), name))
-                .collect::<Vec<_>>()
+        let (fresh, stored) = tokio::task::spawn_blocking(move || {
+            let stored: Vec<_> = fresh.iter().map(|name| store.stored_validity(name)).collect();
+            (fresh, stored)
         })
         .await
         .unwrap_or_default();
@@ -614,7 +646,10 @@ impl CertManager {
                     .max(1),
             )
             .min(ARI_MAX_POLL);
-        for (validity, name) in stored {
+        // Room for all at once: growing the table step by step would hold
+        // the old and the new table together at each step.
+        book.managed.reserve(fresh.len());
+        for (name, validity) in fresh.into_iter().zip(stored) {
             let (due, not_after) = match validity {
                 Some((not_before, not_after)) => (
                     instant_at(fallback_renewal(not_before, not_after, unit_random(&name))),
@@ -675,6 +710,28 @@ impl CertManager {
         self.metrics.certificates.with_label_values(&["expiring"]).set(expiring);
         self.metrics.certificates.with_label_values(&["failed"]).set(failed);
     }
+}
+
+/// What the config asks of the manager, from [`CertManager::wanted`].
+struct Wanted {
+    /// The names that need a managed certificate from an ACME CA, sorted.
+    names: Vec<String>,
+    /// Configured names left to an operator certificate or moved away,
+    /// sorted: not ordered, but their stored certificates are kept.
+    unwanted: Vec<String>,
+    /// A hash of each tenant's names (sorted), by tenant id; the platform's
+    /// names (shared hosts, header hosts) under `""`.
+    by_tenant: HashMap<Arc<str>, u64>,
+    /// The names of the tenants whose list differs from the last sync.
+    changed: Vec<String>,
+}
+
+/// A hash of a tenant's sorted names (the same in every process).
+fn names_hash(names: &[String]) -> u64 {
+    use std::hash::Hash;
+    let mut h = std::hash::DefaultHasher::new();
+    names.hash(&mut h);
+    h.finish()
 }
 
 /// The stored managed certificate for `name`, if usable. Blocking.
@@ -1254,8 +1311,8 @@ impl BackgroundService for CertManager {
                             // A new window (the first, or one the CA moved:
                             // an incident, a revocation) sets the renewal
                             // time; a failed name keeps its backoff.
-                            if m.window != Some((start, end)) {
-                                m.window = Some((start, end));
+                            if m.window.as_deref() != Some(&(start, end)) {
+                                m.window = Some(Box::new((start, end)));
                                 if !ordering && m.failures == 0 && !m.queued {
                                     m.due = ari_time(&name, start, end);
                                     tracing::info!(name = %name, renew_in_secs = m.due.saturating_duration_since(now).as_secs(), "renewal set inside the CA's ARI window");
@@ -1307,7 +1364,7 @@ impl BackgroundService for CertManager {
                         }
                         Outcome::Failed(e) | Outcome::Unissued(e) => {
                             m.failures = m.failures.saturating_add(1);
-                            m.last_error = Some(e.clone());
+                            m.last_error = Some(e.as_str().into());
                             let (min, max) = retry.unwrap_or((Duration::from_secs(60), Duration::from_secs(86_400)));
                             let backoff = min.saturating_mul(1 << m.failures.min(20).saturating_sub(1)).min(max);
                             m.due = Instant::now().checked_add(backoff.min(FAR)).unwrap_or_else(Instant::now);

@@ -298,7 +298,7 @@ pub struct TenantSection {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub limits: Option<PlanSection>,
+    pub limits: Option<Box<PlanSection>>,
     /// Path prefixes on shared hosts: `"app.example/acme"`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<String>,
@@ -316,11 +316,11 @@ pub struct TenantSection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub features: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub locale: Option<super::profile::LocaleSection>,
+    pub locale: Option<Box<super::profile::LocaleSection>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub branding: Option<super::profile::BrandingSection>,
+    pub branding: Option<Box<super::profile::BrandingSection>>,
     /// Maintenance mode: present means on (until `until`, if set).
     #[serde(
         default,

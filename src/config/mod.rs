@@ -26,6 +26,7 @@ pub mod upstream_tls;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
@@ -415,7 +416,8 @@ pub struct TenantSpec {
     /// Labels of the plan, template and tenant, merged.
     pub labels: BTreeMap<String, String>,
     /// Features, locale, region and branding, merged plan < template < tenant.
-    pub profile: profile::Profile,
+    /// Shared by the tenants with the same profile (most have the same few).
+    pub profile: Arc<profile::Profile>,
     /// Maintenance mode, if on.
     pub maintenance: Option<profile::Maintenance>,
     /// Prefixes claimed on shared hosts.
@@ -717,6 +719,8 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
     // Positions of each id, to name every copy of a duplicate.
     let mut ids: HashMap<String, Vec<usize>> = HashMap::with_capacity(file.tenants.len());
     let mut tenants = Vec::with_capacity(file.tenants.len());
+    // One copy of each distinct profile, shared by its tenants.
+    let mut profiles: HashSet<Arc<profile::Profile>> = HashSet::new();
     for (i, t) in file.tenants.into_iter().enumerate() {
         profile::check_tenant(i, &t, &mut errs);
         let (t, inherited) = templates::resolve(i, t, &templates, &mut errs);
@@ -843,7 +847,14 @@ pub fn validate(file: file::File, base_dir: &Path) -> (Config, Vec<ConfigError>)
             limits,
             plan: t.plan,
             labels,
-            profile: edge_profile,
+            profile: match profiles.get(&edge_profile) {
+                Some(shared) => shared.clone(),
+                None => {
+                    let shared = Arc::new(edge_profile);
+                    profiles.insert(shared.clone());
+                    shared
+                }
+            },
             maintenance,
             pinned: t.pinned.unwrap_or(false),
             cohort: None,

@@ -301,7 +301,11 @@ impl<'s> Split<'s> {
             text,
             batch: batch.max(1),
             rest: String::new(),
-            tenants: Vec::new(),
+            // Room for every tenant at once (a header in a comment or a
+            // string only asks for a little more): a vector of 100,000
+            // sections grown by doubling holds the old and the new copy
+            // together at each step.
+            tenants: Vec::with_capacity(text.matches("[[tenants]]").count()),
             part: Part::Rest,
             start: 0,
             seen_header: false,

@@ -36,7 +36,7 @@ pub const DEFAULT_MAINTENANCE_RETRY_AFTER: u32 = 300;
 pub const EDITABLE: &[&str] = &["features", "locale", "branding", "labels", "maintenance"];
 
 /// `locale = { language, timezone, currency, date_format }`.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocaleSection {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -50,7 +50,7 @@ pub struct LocaleSection {
 }
 
 /// `branding = { name, primary_color, secondary_color, logo_url, favicon_url }`.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrandingSection {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -135,7 +135,7 @@ pub struct FeatureSection {
 }
 
 /// A tenant's merged, validated profile.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash)]
 pub struct Profile {
     pub features: BTreeSet<String>,
     pub locale: LocaleSection,
@@ -632,13 +632,13 @@ pub(super) fn check_tenant(i: usize, t: &TenantSection, errs: &mut Vec<ConfigErr
     check_values(
         Some(&t.id),
         t.features.as_deref(),
-        t.locale.as_ref(),
+        t.locale.as_deref(),
         t.region.as_deref(),
-        t.branding.as_ref(),
+        t.branding.as_deref(),
         &at,
         errs,
     );
-    check_limits_table(Some(&t.id), t.limits.as_ref(), &at, errs);
+    check_limits_table(Some(&t.id), t.limits.as_deref(), &at, errs);
     if let Some(m) = &t.maintenance {
         maintenance(Some(&t.id), m, &|k| at(&format!("maintenance.{k}")), errs);
     }
@@ -748,8 +748,8 @@ pub(super) fn apply_template(tenant: &mut TenantSection, template: &TemplateSect
         let own = tenant.features.take().unwrap_or_default();
         tenant.features = Some(base.iter().cloned().chain(own).collect());
     }
-    tenant.locale = merge_locale(tenant.locale.take(), template.locale.as_ref());
-    tenant.branding = merge_branding(tenant.branding.take(), template.branding.as_ref());
+    tenant.locale = merge_locale(tenant.locale.take().map(|l| *l), template.locale.as_ref()).map(Box::new);
+    tenant.branding = merge_branding(tenant.branding.take().map(|b| *b), template.branding.as_ref()).map(Box::new);
     tenant.region = tenant.region.take().or_else(|| template.region.clone());
     for (k, v) in &template.labels {
         tenant.labels.entry(k.clone()).or_insert_with(|| v.clone());
@@ -802,8 +802,9 @@ pub(super) fn resolve(
         let p = ProfileProblem::TooManyFeatures { count: features.len() };
         errs.push(err(tenant, &format!("tenants[{i}].features"), problem(p)));
     }
-    let locale = merge_locale(t.locale.clone(), plan.and_then(|p| p.locale.as_ref())).unwrap_or_default();
-    let branding = merge_branding(t.branding.clone(), plan.and_then(|p| p.branding.as_ref())).unwrap_or_default();
+    let locale = merge_locale(t.locale.as_deref().cloned(), plan.and_then(|p| p.locale.as_ref())).unwrap_or_default();
+    let branding =
+        merge_branding(t.branding.as_deref().cloned(), plan.and_then(|p| p.branding.as_ref())).unwrap_or_default();
     let region = t.region.clone().or_else(|| plan.and_then(|p| p.region.clone()));
     let mut labels = t.labels.clone();
     for (k, v) in plan.map(|p| &p.labels).into_iter().flatten() {

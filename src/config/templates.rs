@@ -103,8 +103,8 @@ pub fn apply(mut tenant: TenantSection, template: &TemplateSection) -> TenantSec
     tenant.timezone = tenant.timezone.or_else(|| template.timezone.clone());
     tenant.jwt = tenant.jwt.or_else(|| template.jwt.clone());
     tenant.limits = match (tenant.limits, &template.limits) {
-        (Some(own), Some(base)) => Some(own.over(base)),
-        (own, base) => own.or_else(|| base.clone()),
+        (Some(own), Some(base)) => Some(Box::new(own.over(base))),
+        (own, base) => own.or_else(|| base.clone().map(Box::new)),
     };
     super::profile::apply_template(&mut tenant, template);
     tenant
