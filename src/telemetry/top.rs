@@ -10,8 +10,11 @@
 //! of its true count, over by at most its `error`; any tenant with more than
 //! 1/K of its shard's requests is tracked.
 //!
-//! It never formats a label or allocates on the request path except when a
-//! new tenant takes an evicted slot (one `Arc` clone).
+//! It never formats a label, allocates or touches a reference count on the
+//! request path (a tenant's id is copied into its slot; only an id longer
+//! than a valid tenant id is shared by `Arc` instead), and a request with a
+//! tenant takes one lock and no other atomic operation: the platform
+//! counters of those requests are kept per shard, under its lock.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,34 +93,188 @@ impl Default for Detail {
     }
 }
 
-/// One tracked key of a sketch.
+/// Names up to this long (every valid tenant id) are copied into their
+/// slot.
+const INLINE_NAME: usize = 63;
+
+/// A tracked key's name: a copy of it when it fits, so that a new key
+/// taking an evicted slot touches neither its own nor the old key's
+/// reference count (nor the old key's memory); a shared reference
+/// otherwise.
+enum Name {
+    Inline { len: u8, bytes: [u8; INLINE_NAME] },
+    Shared(Arc<str>),
+}
+
+impl Name {
+    fn new(id: &Arc<str>) -> Name {
+        let mut name = Name::Inline {
+            len: 0,
+            bytes: [0; INLINE_NAME],
+        };
+        name.set(id);
+        name
+    }
+
+    /// Now names `id`.
+    fn set(&mut self, id: &Arc<str>) {
+        let src = id.as_bytes();
+        match self {
+            Name::Inline { len, bytes } if src.len() <= INLINE_NAME => {
+                if let Some(dst) = bytes.get_mut(..src.len()) {
+                    dst.copy_from_slice(src);
+                    *len = src.len() as u8;
+                }
+            }
+            _ if src.len() <= INLINE_NAME => *self = Name::new(id),
+            _ => *self = Name::Shared(id.clone()),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Name::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or_default(),
+            Name::Shared(id) => id.as_bytes(),
+        }
+    }
+
+    fn is(&self, id: &str) -> bool {
+        self.as_bytes() == id.as_bytes()
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // Copied from a `str` whole, so always UTF-8.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
+/// One tracked key of a sketch. Its count lives in the sketch's sorted
+/// `counts`, at position `pos[slot]`.
 struct Slot<P> {
-    id: Arc<str>,
-    count: u64,
-    /// How much of `count` may belong to the keys this slot evicted.
+    id: Name,
+    /// `key_hash` of `id`.
+    hash: u64,
+    /// How much of the count may belong to the keys this slot evicted.
     error: u64,
     extra: P,
 }
 
-/// A space-saving sketch of at most `cap` keys: a min-heap of slots by
-/// count, and an index from key to slot. O(log K) per hit.
+/// The hash of a key as the sketches use it (never 0: 0 marks an empty
+/// entry of [`Index`]).
+fn key_hash(hasher: &ahash::RandomState, id: &str) -> u64 {
+    hasher.hash_one(id) | 1
+}
+
+/// Key hash to slot: open addressing with linear probing over at least
+/// twice as many entries as slots, deletion by backward shift (no
+/// tombstones). Two keys of the same hash get two entries; a lookup tells
+/// them apart by the key itself.
+struct Index {
+    /// Key hashes, 0 where empty.
+    hashes: Box<[u64]>,
+    slots: Box<[u32]>,
+    mask: usize,
+}
+
+impl Index {
+    fn new(cap: usize) -> Index {
+        let n = (cap * 2).max(4).next_power_of_two();
+        Index {
+            hashes: vec![0; n].into_boxed_slice(),
+            slots: vec![0; n].into_boxed_slice(),
+            mask: n - 1,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.hashes.fill(0);
+    }
+
+    /// The first entry at or after `hash`'s home for which `found` holds of
+    /// its slot (`Ok`), or the empty entry that ends the run (`Err`; at
+    /// most half the entries are taken, so there is one).
+    fn probe(&self, hash: u64, mut found: impl FnMut(u32) -> bool) -> Result<usize, usize> {
+        let mut i = hash as usize & self.mask;
+        for _ in 0..=self.mask {
+            match self.hashes.get(i) {
+                Some(&h) if h == hash && self.slots.get(i).is_some_and(|s| found(*s)) => return Ok(i),
+                Some(0) | None => return Err(i),
+                Some(_) => i = (i + 1) & self.mask,
+            }
+        }
+        Err(i)
+    }
+
+    fn insert_at(&mut self, i: usize, hash: u64, slot: u32) {
+        if let (Some(h), Some(s)) = (self.hashes.get_mut(i), self.slots.get_mut(i)) {
+            *h = hash;
+            *s = slot;
+        }
+    }
+
+    /// Empties entry `i`, moving later entries of its run back so that
+    /// every entry stays reachable from its home.
+    fn remove_at(&mut self, mut i: usize) {
+        let mask = self.mask;
+        let mut j = i;
+        loop {
+            j = (j + 1) & mask;
+            let h = self.hashes[j];
+            if h == 0 {
+                break;
+            }
+            // The entry at j may fill the hole at i unless its home lies
+            // cyclically in (i, j].
+            let home = h as usize & mask;
+            if (j.wrapping_sub(home) & mask) < (j.wrapping_sub(i) & mask) {
+                continue;
+            }
+            self.hashes[i] = h;
+            self.slots[i] = self.slots[j];
+            i = j;
+        }
+        self.hashes[i] = 0;
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.hashes.iter().filter(|h| **h != 0).count()
+    }
+}
+
+/// A space-saving sketch of at most `cap` keys. The counts are kept in
+/// ascending order (`counts[p]` is the count of slot `order[p]`, and
+/// `pos` is the inverse of `order`), so the minimum is at position 0 and
+/// adding one to a count swaps its slot with the last one of equal count:
+/// O(1) when the count is unique, a binary search over the counts (one
+/// small contiguous array) otherwise, never a walk over the slots.
 struct SpaceSaving<P> {
     cap: usize,
-    index: HashMap<Arc<str>, u32, ahash::RandomState>,
+    index: Index,
     slots: Vec<Slot<P>>,
-    /// Slot numbers, a min-heap by count.
-    heap: Vec<u32>,
-    /// Each slot's position in `heap`.
+    counts: Vec<u64>,
+    order: Vec<u32>,
     pos: Vec<u32>,
 }
 
 impl<P: Default> SpaceSaving<P> {
-    fn new(cap: usize, hasher: ahash::RandomState) -> Self {
+    fn new(cap: usize) -> Self {
         SpaceSaving {
             cap,
-            index: HashMap::with_capacity_and_hasher(cap, hasher),
+            index: Index::new(cap),
             slots: Vec::with_capacity(cap),
-            heap: Vec::with_capacity(cap),
+            counts: Vec::with_capacity(cap),
+            order: Vec::with_capacity(cap),
             pos: Vec::with_capacity(cap),
         }
     }
@@ -125,86 +282,95 @@ impl<P: Default> SpaceSaving<P> {
     fn clear(&mut self) {
         self.index.clear();
         self.slots.clear();
-        self.heap.clear();
+        self.counts.clear();
+        self.order.clear();
         self.pos.clear();
     }
 
-    /// Counts `weight` for `id`; the slot's payload, or `None` with a
-    /// capacity of zero.
-    fn hit(&mut self, id: &Arc<str>, weight: u64) -> Option<&mut P> {
-        let slot = match self.index.get(&**id) {
-            Some(&s) => {
-                self.slots[s as usize].count += weight;
-                s
-            }
-            None if self.slots.len() < self.cap => {
+    /// The tracked keys with their counts, in no particular order.
+    fn entries(&self) -> impl Iterator<Item = (&Slot<P>, u64)> {
+        self.slots
+            .iter()
+            .zip(self.pos.iter())
+            .map(|(s, p)| (s, self.counts.get(*p as usize).copied().unwrap_or(0)))
+    }
+
+    /// Counts one for `id`, whose [`key_hash`] is `hash`; the slot's
+    /// payload, or `None` with a capacity of zero.
+    fn hit(&mut self, id: &Arc<str>, hash: u64) -> Option<&mut P> {
+        let slots = &self.slots;
+        let found = self
+            .index
+            .probe(hash, |s| slots.get(s as usize).is_some_and(|slot| slot.id.is(id)));
+        let s = match found {
+            Ok(i) => *self.index.slots.get(i)?,
+            Err(empty) if self.slots.len() < self.cap => {
+                // Filling up (K times a window): the new count of 1 goes
+                // first, before every count (all at least 1).
                 let s = self.slots.len() as u32;
                 self.slots.push(Slot {
-                    id: id.clone(),
-                    count: weight,
+                    id: Name::new(id),
+                    hash,
                     error: 0,
                     extra: P::default(),
                 });
-                self.pos.push(self.heap.len() as u32);
-                self.heap.push(s);
-                self.index.insert(id.clone(), s);
-                self.sift_up(self.heap.len() - 1);
-                s
+                self.counts.insert(0, 1);
+                self.order.insert(0, s);
+                for p in &mut self.pos {
+                    *p += 1;
+                }
+                self.pos.push(0);
+                self.index.insert_at(empty, hash, s);
+                return self.slots.get_mut(s as usize).map(|x| &mut x.extra);
             }
-            None => {
-                let s = *self.heap.first()?;
-                let old = &mut self.slots[s as usize];
-                self.index.remove(&old.id);
-                old.id = id.clone();
-                old.error = old.count;
-                old.count += weight;
+            Err(_) => {
+                // Evict the minimum (position 0).
+                let s = *self.order.first()?;
+                let old = self.slots.get_mut(s as usize)?;
+                let old_hash = old.hash;
+                if let Ok(i) = self.index.probe(old_hash, |x| x == s) {
+                    self.index.remove_at(i);
+                }
+                // The run may have moved: probe again for the new key's place.
+                if let Err(empty) = self.index.probe(hash, |_| false) {
+                    self.index.insert_at(empty, hash, s);
+                }
+                let old = self.slots.get_mut(s as usize)?;
+                old.id.set(id);
+                old.hash = hash;
+                old.error = *self.counts.first()?;
                 old.extra = P::default();
-                self.index.insert(id.clone(), s);
                 s
             }
         };
-        self.sift_down(self.pos[slot as usize] as usize);
-        Some(&mut self.slots[slot as usize].extra)
+        self.bump(s);
+        self.slots.get_mut(s as usize).map(|x| &mut x.extra)
     }
 
-    fn count_at(&self, heap_pos: usize) -> u64 {
-        self.slots[self.heap[heap_pos] as usize].count
-    }
-
-    fn swap(&mut self, a: usize, b: usize) {
-        self.heap.swap(a, b);
-        self.pos[self.heap[a] as usize] = a as u32;
-        self.pos[self.heap[b] as usize] = b as u32;
-    }
-
-    fn sift_up(&mut self, mut i: usize) {
-        while i > 0 {
-            let parent = (i - 1) / 2;
-            if self.count_at(parent) <= self.count_at(i) {
-                break;
-            }
-            self.swap(parent, i);
-            i = parent;
+    /// Adds one to slot `s`'s count, keeping the counts sorted.
+    fn bump(&mut self, s: u32) {
+        let Some(&p) = self.pos.get(s as usize) else { return };
+        let p = p as usize;
+        let Some(&c) = self.counts.get(p) else { return };
+        // The last position with the same count.
+        let q = match self.counts.get(p + 1) {
+            Some(&next) if next == c => p + self.counts[p..].partition_point(|x| *x == c) - 1,
+            _ => p,
+        };
+        if q != p {
+            let t = self.order[q];
+            self.order.swap(p, q);
+            self.pos[t as usize] = p as u32;
+            self.pos[s as usize] = q as u32;
         }
+        self.counts[q] = c + 1;
     }
 
-    fn sift_down(&mut self, mut i: usize) {
-        let n = self.heap.len();
-        loop {
-            let (l, r) = (2 * i + 1, 2 * i + 2);
-            let mut least = i;
-            if l < n && self.count_at(l) < self.count_at(least) {
-                least = l;
-            }
-            if r < n && self.count_at(r) < self.count_at(least) {
-                least = r;
-            }
-            if least == i {
-                return;
-            }
-            self.swap(i, least);
-            i = least;
-        }
+    #[cfg(test)]
+    fn contains(&self, id: &Arc<str>, hash: u64) -> bool {
+        self.index
+            .probe(hash, |s| self.slots.get(s as usize).is_some_and(|x| x.id.is(id)))
+            .is_ok()
     }
 }
 
@@ -216,11 +382,11 @@ struct Window {
 }
 
 impl Window {
-    fn new(cap: usize, hasher: &ahash::RandomState) -> Self {
+    fn new(cap: usize) -> Self {
         Window {
-            requests: SpaceSaving::new(cap, hasher.clone()),
-            errors: SpaceSaving::new(cap, hasher.clone()),
-            limited: SpaceSaving::new(cap, hasher.clone()),
+            requests: SpaceSaving::new(cap),
+            errors: SpaceSaving::new(cap),
+            limited: SpaceSaving::new(cap),
         }
     }
 
@@ -236,6 +402,9 @@ struct Shard {
     epoch: u64,
     cur: Window,
     prev: Window,
+    /// The platform counters of this shard's tenants' requests, counted
+    /// under the lock the sketches take anyway.
+    counts: Counts,
 }
 
 impl Shard {
@@ -280,12 +449,42 @@ pub fn refusal_index(reason: &str) -> Option<usize> {
     REFUSAL_REASONS.iter().position(|r| *r == reason)
 }
 
-/// Platform-wide counters since start.
+/// Platform-wide counters of the requests without a tenant, since start
+/// (each shard counts its tenants' requests in its own [`Counts`]).
 struct Totals {
     requests: AtomicU64,
     errors: AtomicU64,
     refusals: [AtomicU64; REFUSAL_REASONS.len()],
     latency: [AtomicU64; BUCKETS],
+}
+
+/// Platform-wide counters since start.
+#[derive(Clone)]
+struct Counts {
+    requests: u64,
+    errors: u64,
+    refusals: [u64; REFUSAL_REASONS.len()],
+    latency: [u64; BUCKETS],
+}
+
+impl Counts {
+    const ZERO: Counts = Counts {
+        requests: 0,
+        errors: 0,
+        refusals: [0; REFUSAL_REASONS.len()],
+        latency: [0; BUCKETS],
+    };
+
+    fn add(&mut self, other: &Counts) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        for (a, b) in self.refusals.iter_mut().zip(other.refusals.iter()) {
+            *a += b;
+        }
+        for (a, b) in self.latency.iter_mut().zip(other.latency.iter()) {
+            *a += b;
+        }
+    }
 }
 
 /// One finished request, as the sketch counts it.
@@ -418,8 +617,9 @@ impl Top {
             .map(|_| {
                 Mutex::new(Shard {
                     epoch: 0,
-                    cur: Window::new(k, &hasher),
-                    prev: Window::new(k, &hasher),
+                    cur: Window::new(k),
+                    prev: Window::new(k),
+                    counts: Counts::ZERO,
                 })
             })
             .collect();
@@ -448,8 +648,8 @@ impl Top {
     pub fn set_capacity(&self, k: usize) {
         for shard in self.shards.iter() {
             let mut s = lock(shard);
-            s.cur = Window::new(k, &self.hasher);
-            s.prev = Window::new(k, &self.hasher);
+            s.cur = Window::new(k);
+            s.prev = Window::new(k);
         }
     }
 
@@ -459,32 +659,49 @@ impl Top {
 
     /// Counts one finished request.
     pub fn record(&self, s: &Sample<'_>) {
-        let t = &self.totals;
-        t.requests.fetch_add(1, Ordering::Relaxed);
         let error = s.status >= 500 && s.refusal.is_none();
-        if error {
-            t.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some(r) = s.refusal.and_then(|r| t.refusals.get(r)) {
-            r.fetch_add(1, Ordering::Relaxed);
-        }
         let b = bucket(s.elapsed);
-        t.latency[b].fetch_add(1, Ordering::Relaxed);
-        let Some(id) = s.tenant else { return };
+        let Some(id) = s.tenant else {
+            let t = &self.totals;
+            t.requests.fetch_add(1, Ordering::Relaxed);
+            if error {
+                t.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(r) = s.refusal.and_then(|r| t.refusals.get(r)) {
+                r.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(l) = t.latency.get(b) {
+                l.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        };
         let limited = s.status == 429;
-        let shard = (self.hasher.hash_one(&**id) as usize) % SHARDS;
-        let mut sh = lock(&self.shards[shard]);
+        // One hash: its high half picks the shard, its low bits the
+        // index entry.
+        let hash = key_hash(&self.hasher, id);
+        let mut sh = lock(&self.shards[(hash >> 32) as usize % SHARDS]);
+        let c = &mut sh.counts;
+        c.requests += 1;
+        c.errors += u64::from(error);
+        if let Some(r) = s.refusal.and_then(|r| c.refusals.get_mut(r)) {
+            *r += 1;
+        }
+        if let Some(l) = c.latency.get_mut(b) {
+            *l += 1;
+        }
         sh.roll(self.epoch(s.start));
-        if let Some(d) = sh.cur.requests.hit(id, 1) {
-            d.latency[b] = d.latency[b].saturating_add(1);
+        if let Some(d) = sh.cur.requests.hit(id, hash) {
+            if let Some(c) = d.latency.get_mut(b) {
+                *c = c.saturating_add(1);
+            }
             d.errors += u64::from(error);
             d.limited += u64::from(limited);
         }
         if error {
-            sh.cur.errors.hit(id, 1);
+            sh.cur.errors.hit(id, hash);
         }
         if limited {
-            sh.cur.limited.hit(id, 1);
+            sh.cur.limited.hit(id, hash);
         }
     }
 
@@ -510,9 +727,9 @@ impl Top {
             sh.roll(epoch);
             let mut merged: HashMap<&str, Merged> = HashMap::new();
             for w in [&sh.prev, &sh.cur] {
-                for slot in &w.requests.slots {
+                for (slot, count) in w.requests.entries() {
                     let e = merged.entry(&slot.id).or_default();
-                    e.requests += slot.count;
+                    e.requests += count;
                     e.errors += slot.extra.errors;
                     e.limited += slot.extra.limited;
                     for (a, b) in e.latency.iter_mut().zip(slot.extra.latency.iter()) {
@@ -527,9 +744,9 @@ impl Top {
                     RankBy::Limited => Some(&w.limited),
                     _ => None,
                 };
-                for slot in extra.map(|s| s.slots.iter()).into_iter().flatten() {
+                for (slot, count) in extra.map(|s| s.entries()).into_iter().flatten() {
                     let e = merged.entry(&slot.id).or_default();
-                    e.ranked += slot.count;
+                    e.ranked += count;
                     e.bound += slot.error;
                 }
             }
@@ -577,11 +794,12 @@ impl Top {
         if span < WINDOW {
             return;
         }
-        let t = &self.totals;
-        let requests = t.requests.load(Ordering::Relaxed);
-        let errors = t.errors.load(Ordering::Relaxed);
-        let refusals: [u64; REFUSAL_REASONS.len()] = std::array::from_fn(|i| t.refusals[i].load(Ordering::Relaxed));
-        let latency: [u64; BUCKETS] = std::array::from_fn(|i| t.latency[i].load(Ordering::Relaxed));
+        let Counts {
+            requests,
+            errors,
+            refusals,
+            latency,
+        } = self.counts();
         let secs = span.as_secs_f64();
         let delta: Vec<u64> = latency
             .iter()
@@ -628,20 +846,35 @@ impl Top {
     /// Totals since start: requests, 5xx, refusals by reason, p50 and p99
     /// (seconds).
     pub fn totals(&self) -> Overall {
-        let t = &self.totals;
-        let latency: Vec<u64> = t.latency.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        let c = self.counts();
         Overall {
-            requests: t.requests.load(Ordering::Relaxed),
-            errors: t.errors.load(Ordering::Relaxed),
+            requests: c.requests,
+            errors: c.errors,
             refusals: REFUSAL_REASONS
                 .iter()
-                .zip(t.refusals.iter())
-                .map(|(r, c)| (r.to_string(), c.load(Ordering::Relaxed)))
+                .zip(c.refusals.iter())
+                .map(|(r, c)| (r.to_string(), *c))
                 .filter(|(_, c)| *c > 0)
                 .collect(),
-            p50: quantile(latency.iter().copied(), 0.5),
-            p99: quantile(latency.iter().copied(), 0.99),
+            p50: quantile(c.latency.iter().copied(), 0.5),
+            p99: quantile(c.latency.iter().copied(), 0.99),
         }
+    }
+
+    /// The platform counters: the requests without a tenant plus every
+    /// shard's.
+    fn counts(&self) -> Counts {
+        let t = &self.totals;
+        let mut c = Counts {
+            requests: t.requests.load(Ordering::Relaxed),
+            errors: t.errors.load(Ordering::Relaxed),
+            refusals: std::array::from_fn(|i| t.refusals[i].load(Ordering::Relaxed)),
+            latency: std::array::from_fn(|i| t.latency[i].load(Ordering::Relaxed)),
+        };
+        for shard in self.shards.iter() {
+            c.add(&lock(shard).counts);
+        }
+        c
     }
 }
 
@@ -776,43 +1009,96 @@ mod tests {
         let n_keys = 10_000;
         let k = 64;
         let ids: Vec<Arc<str>> = (0..n_keys).map(|i| Arc::from(format!("t{i}").as_str())).collect();
-        let mut ss: SpaceSaving<()> = SpaceSaving::new(k, ahash::RandomState::new());
+        let hasher = ahash::RandomState::new();
+        let hashes: Vec<u64> = ids.iter().map(|id| key_hash(&hasher, id)).collect();
+        let mut ss: SpaceSaving<()> = SpaceSaving::new(k);
         let mut exact = vec![0u64; n_keys];
         let mut zipf = Zipf::new(n_keys, 1.1, 0x9e37_79b9_7f4a_7c15);
         let total = 500_000u64;
         for _ in 0..total {
             let i = zipf.next();
             exact[i] += 1;
-            ss.hit(&ids[i], 1);
+            ss.hit(&ids[i], hashes[i]);
         }
         assert_eq!(ss.slots.len(), k, "the sketch never grows past K");
-        assert_eq!(ss.index.len(), k);
-        // Every estimate bounds the truth: count - error <= true <= count.
-        for slot in &ss.slots {
-            let i: usize = slot.id[1..].parse().unwrap();
-            assert!(slot.count >= exact[i], "{} undercounted", slot.id);
-            assert!(slot.count - slot.error <= exact[i], "{} error bound broken", slot.id);
-        }
-        // Counts sum to the stream length (space-saving conserves mass).
-        assert_eq!(ss.slots.iter().map(|s| s.count).sum::<u64>(), total);
-        // Every key above total/K is tracked.
-        for (i, c) in exact.iter().enumerate() {
-            if *c > total / k as u64 {
-                assert!(ss.index.contains_key(&*ids[i]), "heavy key t{i} ({c}) lost");
-            }
-        }
+        check_against_exact(&ss, &ids, &hashes, &exact, total, k);
         // The top 10 by estimate are the exact top 10, in order.
-        let mut by_est: Vec<&Slot<()>> = ss.slots.iter().collect();
-        by_est.sort_by_key(|s| std::cmp::Reverse(s.count));
+        let mut by_est: Vec<(&Slot<()>, u64)> = ss.entries().collect();
+        by_est.sort_by_key(|(_, c)| std::cmp::Reverse(*c));
         let mut by_exact: Vec<usize> = (0..n_keys).collect();
         by_exact.sort_by(|a, b| exact[*b].cmp(&exact[*a]));
-        let est_top: Vec<String> = by_est.iter().take(10).map(|s| s.id.to_string()).collect();
+        let est_top: Vec<String> = by_est.iter().take(10).map(|(s, _)| s.id.to_string()).collect();
         let exact_top: Vec<String> = by_exact.iter().take(10).map(|i| format!("t{i}")).collect();
         assert_eq!(est_top, exact_top);
-        // The heap invariant holds.
-        for i in 1..ss.heap.len() {
-            assert!(ss.count_at((i - 1) / 2) <= ss.count_at(i));
+    }
+
+    /// The space-saving invariants of `ss` after `total` hits counted
+    /// exactly in `exact`, and the consistency of its index and order.
+    fn check_against_exact(
+        ss: &SpaceSaving<()>,
+        ids: &[Arc<str>],
+        hashes: &[u64],
+        exact: &[u64],
+        total: u64,
+        k: usize,
+    ) {
+        assert_eq!(ss.index.len(), ss.slots.len(), "one index entry a slot");
+        // Every estimate bounds the truth: count - error <= true <= count.
+        for (slot, count) in ss.entries() {
+            let i: usize = slot.id[1..].parse().unwrap();
+            assert_eq!(slot.hash, hashes[i]);
+            assert!(count >= exact[i], "{} undercounted", slot.id);
+            assert!(count - slot.error <= exact[i], "{} error bound broken", slot.id);
+            assert!(ss.contains(&ids[i], hashes[i]), "{} not found by its key", slot.id);
         }
+        // Counts sum to the stream length (space-saving conserves mass).
+        assert_eq!(ss.entries().map(|(_, c)| c).sum::<u64>(), total);
+        // Every key above total/K is tracked; an untracked key is not found.
+        for (i, c) in exact.iter().enumerate() {
+            let tracked = ss.slots.iter().any(|s| *s.id == *ids[i]);
+            assert_eq!(
+                ss.contains(&ids[i], hashes[i]),
+                tracked,
+                "t{i}: index and slots disagree"
+            );
+            if *c > total / k as u64 {
+                assert!(tracked, "heavy key t{i} ({c}) lost");
+            }
+        }
+        // The counts are sorted, and `order` and `pos` are inverses.
+        assert!(ss.counts.windows(2).all(|w| w[0] <= w[1]), "counts out of order");
+        for (p, s) in ss.order.iter().enumerate() {
+            assert_eq!(ss.pos[*s as usize] as usize, p);
+        }
+    }
+
+    /// Keys that share their hash (forced here: 8 hash values for 2,000
+    /// keys) are still told apart, and deletions from the index keep every
+    /// entry reachable.
+    #[test]
+    fn space_saving_tells_apart_keys_of_the_same_hash() {
+        let n_keys = 2_000;
+        let k = 24;
+        let ids: Vec<Arc<str>> = (0..n_keys).map(|i| Arc::from(format!("t{i}").as_str())).collect();
+        let hashes: Vec<u64> = (0..n_keys as u64).map(|i| ((i % 8) << 1) | 1).collect();
+        let mut ss: SpaceSaving<()> = SpaceSaving::new(k);
+        let mut exact = vec![0u64; n_keys];
+        let mut zipf = Zipf::new(n_keys, 1.1, 7);
+        let total = 100_000u64;
+        for j in 0..total {
+            // Every 4th hit a key seen about once: many evictions.
+            let i = if j % 4 == 0 {
+                (j as usize * 7919) % n_keys
+            } else {
+                zipf.next()
+            };
+            exact[i] += 1;
+            ss.hit(&ids[i], hashes[i]);
+            if j % 5_000 == 0 {
+                check_against_exact(&ss, &ids, &hashes, &exact, j + 1, k);
+            }
+        }
+        check_against_exact(&ss, &ids, &hashes, &exact, total, k);
     }
 
     /// The sketch as the gateway feeds it: several threads at once, with
@@ -863,7 +1149,7 @@ mod tests {
         let tracked: u64 = top
             .shards
             .iter()
-            .map(|s| lock(s).cur.requests.slots.iter().map(|x| x.count).sum::<u64>())
+            .map(|s| lock(s).cur.requests.entries().map(|(_, c)| c).sum::<u64>())
             .sum();
         assert_eq!(tracked, total, "the sketches conserve mass");
         assert!(top.shards.iter().all(|s| lock(s).cur.requests.slots.len() <= k));
