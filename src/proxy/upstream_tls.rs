@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -18,15 +18,7 @@ use super::pool::Upstream;
 #[derive(Debug)]
 pub enum Conn {
     Plain(TcpStream),
-    Tls(Box<Tls>),
-}
-
-/// A TLS connection, and a read error held back until the bytes read
-/// before it were taken.
-#[derive(Debug)]
-pub struct Tls {
-    stream: TlsStream<TcpStream>,
-    error: Option<io::Error>,
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
 /// Why a backend connection could not be opened.
@@ -60,7 +52,7 @@ pub async fn connect(up: &Upstream, timeout: Duration, h2: bool) -> Result<Conn,
         .await
         .map_err(|_| ConnectError::Handshake(timed_out()))?
         .map_err(ConnectError::Handshake)?;
-    Ok(Conn::Tls(Box::new(Tls { stream, error: None })))
+    Ok(Conn::Tls(Box::new(stream)))
 }
 
 impl Conn {
@@ -68,7 +60,7 @@ impl Conn {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Conn::Plain(s) => s,
-            Conn::Tls(s) => s.stream.get_ref().0,
+            Conn::Tls(s) => s.get_ref().0,
         }
     }
 
@@ -76,20 +68,15 @@ impl Conn {
     /// (a backend that closed it, or sent a TLS alert, made it readable).
     /// Reads nothing, so a TLS stream is left intact.
     pub fn idle_and_open(&self) -> bool {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
         match self {
             // A plain connection's check costs no system call while the
             // socket is not readable (the reactor knows).
             Conn::Plain(s) => matches!(s.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
-            // Likewise a TLS one: the peek runs only when the reactor saw
-            // the socket readable since its last read came up short, and no
-            // waker is registered.
-            Conn::Tls(s) if s.error.is_some() => false,
-            Conn::Tls(s) => {
-                let tcp = s.stream.get_ref().0;
-                let mut byte = [std::mem::MaybeUninit::uninit(); 1];
-                let peek = tcp.try_io(Interest::READABLE, || socket2::SockRef::from(tcp).peek(&mut byte));
-                matches!(peek, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
+            Conn::Tls(s) => s.get_ref().0.poll_peek(&mut cx, &mut buf).is_pending(),
         }
     }
 
@@ -101,7 +88,7 @@ impl Conn {
                 (ReadHalf::Plain(r), WriteHalf::Plain(w))
             }
             Conn::Tls(s) => {
-                let (r, w) = tokio::io::split(&mut s.stream);
+                let (r, w) = tokio::io::split(&mut **s);
                 (ReadHalf::Tls(r), WriteHalf::Tls(w))
             }
         }
@@ -170,80 +157,7 @@ macro_rules! write_via {
     };
 }
 
-impl AsyncRead for Conn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s) => poll_read_tls(s, cx, buf),
-        }
-    }
-}
-
-/// Reads what the TLS stream has decrypted, then more records while the
-/// socket may hold some: the reactor saw it readable since a read last
-/// came up short. The stream's own `poll_read` tries the socket again
-/// whenever `buf` has room, which after a whole small response only
-/// registers the task for readiness and finds nothing; the check here
-/// costs no system call and registers nothing, and a large body still
-/// fills `buf` with every record that has arrived.
-fn poll_read_tls(tls: &mut Tls, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-    if let Some(e) = tls.error.take() {
-        return Poll::Ready(Err(e));
-    }
-    let s = &mut tls.stream;
-    let mut first = true;
-    while buf.remaining() > 0 {
-        if !first {
-            let (tcp, session) = s.get_ref();
-            let decrypted = !session.wants_read();
-            if !decrypted && tcp.try_io(Interest::READABLE, || Ok(())).is_err() {
-                break;
-            }
-        }
-        let data = match Pin::new(&mut *s).poll_fill_buf(cx) {
-            Poll::Ready(Ok(data)) => data,
-            Poll::Ready(Err(e)) if first => return Poll::Ready(Err(e)),
-            // The bytes already in `buf` go first.
-            Poll::Ready(Err(e)) => {
-                tls.error = Some(e);
-                break;
-            }
-            Poll::Pending if first => return Poll::Pending,
-            Poll::Pending => break,
-        };
-        if data.is_empty() {
-            break;
-        }
-        let n = data.len().min(buf.remaining());
-        buf.put_slice(&data[..n]);
-        Pin::new(&mut *s).consume(n);
-        first = false;
-    }
-    Poll::Ready(Ok(()))
-}
-
+read_via!(Conn, Plain, Tls);
 write_via!(Conn, Plain, Tls);
-
-impl AsyncWrite for Tls {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
 read_via!(ReadHalf<'_>, Plain, Tls);
 write_via!(WriteHalf<'_>, Plain, Tls);
