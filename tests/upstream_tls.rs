@@ -83,6 +83,29 @@ async fn mtls_backend_gets_the_request_with_sni_and_client_certificate_over_one_
 }
 
 #[tokio::test]
+async fn a_large_body_in_many_small_records_arrives_whole_and_the_connection_is_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pki, server) = pki(dir.path());
+    let backend = TlsBackend::spawn(&server, Some(&pki.ca_pem)).await;
+    let gw = Gateway::start_in(dir, &config(backend.addr, MTLS)).await;
+    let want = String::from_utf8(common::upstream::big_body()).expect("letters");
+    for path in ["/big", "/small", "/big", "/small"] {
+        let (status, body) = gw.get("acme.saas.example", path).await;
+        assert_eq!(status, 200, "{}", gw.log());
+        match path {
+            "/big" => assert!(body == want, "{} bytes, not the {} sent", body.len(), want.len()),
+            _ => assert_eq!(line(&body, "sni="), Some("backend.internal"), "{body}"),
+        }
+    }
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 4);
+    assert_eq!(
+        backend.connections.load(Ordering::SeqCst),
+        1,
+        "one kept-alive connection"
+    );
+}
+
+#[tokio::test]
 async fn default_server_name_is_the_upstream_ip_and_no_sni_is_sent() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (pki, server) = pki(dir.path());

@@ -236,7 +236,7 @@ pub fn validate(pool: &str, raw: &Raw<'_>, base_dir: &Path, errs: &mut Vec<Confi
         return None;
     }
     let roots = roots?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(cheapest_first(rustls::crypto::aws_lc_rs::default_provider()));
     let builder = match ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions() {
         Ok(b) => b,
         Err(e) => {
@@ -288,6 +288,25 @@ pub fn validate(pool: &str, raw: &Raw<'_>, base_dir: &Path, errs: &mut Vec<Confi
     })
 }
 
+/// The provider's cipher suites with AES-128-GCM ahead of AES-256-GCM for
+/// each TLS version (the rest keep their order): a backend that follows the
+/// client's preference (nginx and OpenSSL do by default) then spends 10 AES
+/// rounds per block instead of 14 on every record, on its side and ours.
+/// Both are AEADs the platform accelerates; nothing weaker is added.
+fn cheapest_first(mut provider: rustls::crypto::CryptoProvider) -> rustls::crypto::CryptoProvider {
+    use rustls::CipherSuite as S;
+    provider.cipher_suites.sort_by_key(|s| {
+        let aes128 = matches!(
+            s.suite(),
+            S::TLS13_AES_128_GCM_SHA256
+                | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+        );
+        (s.tls13().is_none(), !aes128)
+    });
+    provider
+}
+
 /// Checks that `key` is usable and belongs to `chain`'s first certificate.
 fn certified(chain: Vec<CertificateDer<'static>>, key: &PrivateKeyDer<'static>) -> Result<(), String> {
     let signer = rustls::crypto::aws_lc_rs::sign::any_supported_type(key)
@@ -335,5 +354,38 @@ impl ServerCertVerifier for NoVerification {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aes_128_gcm_is_offered_first_for_each_version_and_no_suite_is_lost() {
+        let default = rustls::crypto::aws_lc_rs::default_provider();
+        let ordered = cheapest_first(rustls::crypto::aws_lc_rs::default_provider());
+        let names = |p: &rustls::crypto::CryptoProvider| p.cipher_suites.iter().map(|s| s.suite()).collect::<Vec<_>>();
+        let mut before = names(&default);
+        let after = names(&ordered);
+        assert_eq!(after.first(), Some(&rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
+        let first12 = ordered
+            .cipher_suites
+            .iter()
+            .find(|s| s.tls13().is_none())
+            .map(|s| s.suite());
+        assert_eq!(
+            first12,
+            Some(rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256)
+        );
+        let tls13 = ordered.cipher_suites.iter().take_while(|s| s.tls13().is_some()).count();
+        assert_eq!(
+            tls13,
+            default.cipher_suites.iter().filter(|s| s.tls13().is_some()).count()
+        );
+        let mut sorted = after.clone();
+        before.sort_by_key(|s| u16::from(*s));
+        sorted.sort_by_key(|s| u16::from(*s));
+        assert_eq!(before, sorted);
     }
 }

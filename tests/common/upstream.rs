@@ -151,7 +151,13 @@ impl TlsBackend {
     }
 }
 
-/// Answers each request with `sni=`, `client=` (the client certificate's
+/// What [`TlsBackend`] answers `GET /big` with: 300,000 letters.
+pub fn big_body() -> Vec<u8> {
+    (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+/// Answers `GET /big` with [`big_body`] in records of 1,000 bytes, and any
+/// other request with `sni=`, `client=` (the client certificate's
 /// common name, or `none`), `alpn=` and every request header, one a line.
 async fn serve(
     mut tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
@@ -202,6 +208,20 @@ async fn serve(
             body.push('\n');
         }
         requests.fetch_add(1, Ordering::SeqCst);
+        if head.starts_with("GET /big ") {
+            // A large body in many small TLS records (one per write).
+            let big = big_body();
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", big.len());
+            if tls.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            for piece in big.chunks(1000) {
+                if tls.write_all(piece).await.is_err() || tls.flush().await.is_err() {
+                    return;
+                }
+            }
+            continue;
+        }
         let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
         if tls.write_all(resp.as_bytes()).await.is_err() || tls.flush().await.is_err() {
             return;
