@@ -489,7 +489,12 @@ async fn tls_alpn_01_challenges_are_answered_by_every_replica() {
     // connections landed.
     let counted = orders(&f.redis);
     for name in NAMES {
-        assert_eq!(counted.get(name), Some(&1), "one order for {name}: {counted:?}");
+        assert!(
+            counted.get(name) == Some(&1),
+            "one order for {name}: {counted:?}\n{}\npebble:\n{}",
+            f.replicas.iter().map(|g| g.log()).collect::<Vec<_>>().join("\n-----\n"),
+            f.p.pebble_log()
+        );
     }
     let series = "tenantgate_tls_handshakes_total{result=\"acme_tls_alpn\"}";
     let mut answered = Vec::new();

@@ -32,6 +32,9 @@ use crate::telemetry::Metrics;
 
 /// A slow or silent client gets this long to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an `acme-tls/1` handshake in fleet mode waits for a challenge
+/// certificate this replica does not hold yet.
+const FLEET_ALPN_WAIT: Duration = Duration::from_secs(2);
 /// A refused client gets this long to take its alert.
 const ALERT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -151,7 +154,19 @@ impl<S> TlsApp<S> {
             let name = hello
                 .server_name()
                 .and_then(|n| host::normalize(n).ok().map(|n| n.into_owned()));
-            let Some(config) = name.and_then(|n| self.store.alpn_challenge(&n)) else {
+            // In a fleet, another replica's challenge may be on its way
+            // through Redis (this replica just started, or the
+            // announcement was missed): wait for it a moment.
+            let fleet = self.registry.snapshot().config.store.is_some();
+            let config = match name {
+                Some(n) => match self.store.alpn_challenge(&n) {
+                    Some(c) => Some(c),
+                    None if fleet => self.store.wait_alpn_challenge(&n, FLEET_ALPN_WAIT).await,
+                    None => None,
+                },
+                None => None,
+            };
+            let Some(config) = config else {
                 // No order in flight for it: refused like any unknown SNI,
                 // with the same alert.
                 let mut start = start;

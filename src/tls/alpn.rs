@@ -25,6 +25,8 @@ pub enum AlpnError {
 #[derive(Debug, Default)]
 pub struct AlpnChallenges {
     by_name: RwLock<HashMap<String, Arc<ServerConfig>>>,
+    /// Woken at each install, for handshakes waiting on one.
+    installed: tokio::sync::Notify,
 }
 
 impl AlpnChallenges {
@@ -74,11 +76,30 @@ impl AlpnChallenges {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_string(), Arc::new(config));
+        self.installed.notify_waiters();
         Ok(())
     }
 
     pub fn remove(&self, name: &str) {
         self.by_name.write().unwrap_or_else(|e| e.into_inner()).remove(name);
+    }
+
+    /// The challenge handshake's config for `name`, waiting at most
+    /// `within` for one to be installed (another replica's order reaches
+    /// this one through Redis a moment after the CA may connect).
+    pub async fn wait_for(&self, name: &str, within: std::time::Duration) -> Option<Arc<ServerConfig>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let installed = self.installed.notified();
+            tokio::pin!(installed);
+            installed.as_mut().enable();
+            if let Some(c) = self.config_for(name) {
+                return Some(c);
+            }
+            if tokio::time::timeout_at(deadline, installed).await.is_err() {
+                return self.config_for(name);
+            }
+        }
     }
 
     /// The challenge handshake's config for `name`, while one is pending.
@@ -98,5 +119,36 @@ struct Only(Arc<CertifiedKey>);
 impl ResolvesServerCert for Only {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.0.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_handshake_waits_for_a_challenge_installed_meanwhile_and_no_longer() {
+        let challenges = Arc::new(AlpnChallenges::default());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let (cert, key) = challenges
+            .insert("a.example", &[7u8; 32], &provider)
+            .expect("challenge");
+        challenges.remove("a.example");
+        let other = challenges.clone();
+        let install = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            other.insert_der("a.example", &cert, &key, &provider).expect("install");
+        });
+        let start = std::time::Instant::now();
+        assert!(challenges.wait_for("a.example", Duration::from_secs(5)).await.is_some());
+        assert!(start.elapsed() < Duration::from_secs(4), "woken by the install");
+        install.await.expect("task");
+        let start = std::time::Instant::now();
+        assert!(challenges
+            .wait_for("b.example", Duration::from_millis(200))
+            .await
+            .is_none());
+        assert!(start.elapsed() >= Duration::from_millis(200));
     }
 }

@@ -162,6 +162,16 @@ impl CertStore {
         self.alpn.remove(name);
     }
 
+    /// [`CertStore::alpn_challenge`], waiting at most `within` for another
+    /// replica's challenge to arrive (fleet mode).
+    pub async fn wait_alpn_challenge(
+        &self,
+        name: &str,
+        within: std::time::Duration,
+    ) -> Option<Arc<rustls::server::ServerConfig>> {
+        self.alpn.wait_for(name, within).await
+    }
+
     /// The TLS-ALPN-01 handshake config for `name`, while an order wants it.
     pub fn alpn_challenge(&self, name: &str) -> Option<Arc<rustls::server::ServerConfig>> {
         self.alpn.config_for(name)
