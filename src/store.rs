@@ -41,11 +41,6 @@ impl BoundedRedis {
         &self.client
     }
 
-    /// The bound on each call.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     /// The connection, opened if needed (bounded).
     async fn conn(&self) -> Result<ConnectionManager, CallError> {
         let mut slot = self.conn.lock().await;

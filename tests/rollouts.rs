@@ -23,6 +23,16 @@ use tenantgate::config::rollouts::selected;
 const OPS: &str = "ops-secret-0123456789";
 
 fn config(v1: &Flaky, v2: &Flaky, rollout: &str) -> String {
+    config_pools(&[("v1", v1.addr), ("v2", v2.addr)], rollout)
+}
+
+/// A gateway (HTTP, HTTPS from the internal CA, admin) with `pools`, one
+/// upstream each, and `extra` after them.
+fn config_pools(pools: &[(&str, std::net::SocketAddr)], extra: &str) -> String {
+    let pools: String = pools
+        .iter()
+        .map(|(name, addr)| format!("[pools.{name}]\nupstreams = [\"{addr}\"]\n"))
+        .collect();
     format!(
         r#"
 [gateway]
@@ -41,15 +51,9 @@ name = "ops"
 scope = "operator"
 sha256 = "{}"
 
-[pools.v1]
-upstreams = ["{}"]
-[pools.v2]
-upstreams = ["{}"]
-{rollout}
+{pools}{extra}
 "#,
         hash_hex(OPS),
-        v1.addr,
-        v2.addr
     )
 }
 
@@ -401,32 +405,9 @@ async fn moving_a_tenant_between_pools_and_back_under_load_fails_no_request() {
     let shared = common::backend("shared").await;
     let dedicated = common::backend("dedicated").await;
     let gw = Arc::new(
-        Gateway::start(&format!(
-            r#"
-[gateway]
-http_listen = "{{http}}"
-https_listen = "{{https}}"
-metrics_listen = "{{metrics}}"
-admin_listen = "{{admin}}"
-watch_config = false
-
-[tls]
-issuer = "internal"
-redirect_http = false
-
-[[admin.tokens]]
-name = "ops"
-scope = "operator"
-sha256 = "{}"
-
-[pools.shared]
-upstreams = ["{}"]
-[pools.dedicated]
-upstreams = ["{}"]
-"#,
-            hash_hex(OPS),
-            shared.addr,
-            dedicated.addr
+        Gateway::start(&config_pools(
+            &[("shared", shared.addr), ("dedicated", dedicated.addr)],
+            "",
         ))
         .await,
     );

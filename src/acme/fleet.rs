@@ -130,6 +130,13 @@ pub struct Lease {
     pub fence: u64,
 }
 
+impl Lease {
+    /// This order's entry in the budgets' sorted sets.
+    fn budget_member(&self) -> String {
+        format!("{}:{}", self.name, self.value)
+    }
+}
+
 /// A certificate as stored in Redis: its fence and PEM (chain, then key).
 pub struct Stored {
     pub fence: u64,
@@ -526,7 +533,7 @@ impl SharedAcme {
             .arg(domain_window.as_millis() as u64)
             .arg(per_account)
             .arg(account_window.as_millis() as u64)
-            .arg(format!("{}:{}", lease.name, lease.value));
+            .arg(lease.budget_member());
         let (spent, wait_ms): (i64, i64) = self
             .call(|mut c| async move { call.invoke_async(&mut c).await })
             .await?;
@@ -539,7 +546,7 @@ impl SharedAcme {
     /// orders per account).
     pub async fn refund_domain_budget(&self, lease: &Lease, registered_domain: &str) {
         let key = self.keys.domain_budget(registered_domain);
-        let member = format!("{}:{}", lease.name, lease.value);
+        let member = lease.budget_member();
         let _ = self
             .call(|mut c| async move { c.zrem::<_, _, i64>(&key, &member).await })
             .await;

@@ -806,6 +806,11 @@ impl FleetCopy {
         }
     }
 
+    /// Before two thirds of its life: nobody renews it yet.
+    fn not_due(&self, name: &str) -> bool {
+        two_thirds(name, self.loaded()) > Instant::now()
+    }
+
     /// The schedule entry for a name whose fleet copy is not due.
     fn outcome(&self, name: &str) -> Outcome {
         let l = self.loaded();
@@ -827,7 +832,7 @@ impl OrderCtx {
         // life, is renewed only inside an ARI window the CA opened.
         let mut ari_asked = false;
         match self.adopt(shared, name).await {
-            Ok(Some(copy)) if two_thirds(name, copy.loaded()) > Instant::now() => {
+            Ok(Some(copy)) if copy.not_due(name) => {
                 if !renewal || matches!(copy, FleetCopy::Installed(_)) {
                     return copy.outcome(name);
                 }
@@ -855,11 +860,11 @@ impl OrderCtx {
         // Looked at again under the lease: the replica that held it before
         // may have stored a certificate since the first look.
         match self.adopt(shared, name).await {
-            Ok(Some(copy @ FleetCopy::Installed(_))) if two_thirds(name, copy.loaded()) > Instant::now() => {
+            Ok(Some(copy @ FleetCopy::Installed(_))) if copy.not_due(name) => {
                 shared.release(&lease).await;
                 return copy.outcome(name);
             }
-            Ok(Some(copy @ FleetCopy::Held(_))) if !renewal && two_thirds(name, copy.loaded()) > Instant::now() => {
+            Ok(Some(copy @ FleetCopy::Held(_))) if !renewal && copy.not_due(name) => {
                 shared.release(&lease).await;
                 return copy.outcome(name);
             }

@@ -389,9 +389,7 @@ struct Grant {
 /// `KEYS[1]`: a hash of replica → "<ms> <sample>"; stores `ARGV[2]` for
 /// replica `ARGV[1]` stamped with Redis' clock, drops entries older than
 /// `ARGV[3]` ms, returns the samples left. The hash expires once idle.
-static SAMPLES: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
-    Script::new(
-        r#"
+const SAMPLES_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local fresh = tonumber(ARGV[3])
@@ -408,15 +406,14 @@ for i = 1, #all, 2 do
   end
 end
 return out
-"#,
-    )
-});
+"#;
 
 pub struct Fleet {
     client: redis::Client,
     conn: ArcSwapOption<ConnectionManager>,
     lease: Script,
     replicas_script: Script,
+    samples_script: Script,
     prefix: String,
     timeout: Duration,
     replica: String,
@@ -452,6 +449,7 @@ impl Fleet {
             conn: ArcSwapOption::empty(),
             lease: Script::new(LEASE_LUA),
             replicas_script: Script::new(REPLICAS_LUA),
+            samples_script: Script::new(SAMPLES_LUA),
             prefix: store.key_prefix.clone(),
             timeout: store.timeout,
             replica,
@@ -750,7 +748,7 @@ impl Fleet {
             return Err(StoreError::NotConnected);
         };
         let mut conn = (*conn).clone();
-        let mut call = SAMPLES.prepare_invoke();
+        let mut call = self.samples_script.prepare_invoke();
         call.key(format!("{}:samples:{topic}", self.prefix))
             .arg(&self.replica)
             .arg(sample)

@@ -49,12 +49,11 @@ pub fn rolled_back(s: &RolloutSection, reason: String) -> RolloutSection {
     }
 }
 
-/// One sample of a rollout's counters.
+/// One sample of a rollout's counters (totals since start).
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     at: Instant,
-    moved: (u64, u64),
-    rest: (u64, u64),
+    counts: Counts,
 }
 
 /// The samples of one rollout at one share.
@@ -107,6 +106,15 @@ struct Counts {
 }
 
 impl Counts {
+    /// What was counted after `earlier`.
+    fn since(&self, earlier: &Counts) -> Counts {
+        let d = |a: (u64, u64), b: (u64, u64)| (a.0.saturating_sub(b.0), a.1.saturating_sub(b.1));
+        Counts {
+            moved: d(self.moved, earlier.moved),
+            rest: d(self.rest, earlier.rest),
+        }
+    }
+
     fn encode(&self) -> String {
         format!("{} {} {} {}", self.moved.0, self.moved.1, self.rest.0, self.rest.1)
     }
@@ -155,8 +163,10 @@ impl BackgroundService for RolloutGuard {
                 };
                 let sample = Sample {
                     at: Instant::now(),
-                    moved: read(true),
-                    rest: read(false),
+                    counts: Counts {
+                        moved: read(true),
+                        rest: read(false),
+                    },
                 };
                 let w = windows.entry(r.name.clone()).or_insert_with(|| Window {
                     percent: r.moved_percent(),
@@ -178,10 +188,7 @@ impl BackgroundService for RolloutGuard {
                 let Some(first) = w.samples.front().copied() else {
                     continue;
                 };
-                let mine = Counts {
-                    moved: (sample.moved.0 - first.moved.0, sample.moved.1 - first.moved.1),
-                    rest: (sample.rest.0 - first.rest.0, sample.rest.1 - first.rest.1),
-                };
+                let mine = sample.counts.since(&first.counts);
                 // In a fleet, the windows of every replica at this step are
                 // summed: a cohort whose traffic is spread over the replicas
                 // is judged on all of it. Redis down: this replica's own.
