@@ -135,14 +135,33 @@ pub fn set_purge_delay(ms: i64) {
     }
 }
 
-/// Makes mimalloc return freed pages to the OS at once instead of after a
-/// delay: with the own engine, RSS after a load run at 10,000 tenants
-/// 38.5–38.9 → 30.0–32.7 MB at no cost in CPU per request (HTTP/1.1: 3
-/// interleaved pairs of `benches/hot-path.sh`; HTTP/2 over TLS: 7 pairs,
-/// medians 25.4 vs 25.1 µs, within noise; perf-notes-2026-11-30.md). Called
-/// once the first config is live ([`STARTUP_PURGE_DELAY_MS`] until then).
-pub fn purge_freed_pages_at_once() {
-    set_purge_delay(0);
+/// The purge delay once the first config is live: mimalloc's own default.
+/// Purging at once (0) put `madvise` and the page faults that follow it in
+/// every request's path: 14 % of the gateway's samples under HTTP/2 over
+/// TLS, 19.6 against 15.4 µs CPU per request (benches/results/purge-2026-12-04.md).
+pub const RUNNING_PURGE_DELAY_MS: i64 = 1000;
+
+/// How often the trim thread asks mimalloc to return pages whose purge
+/// delay has passed: without it, pages freed by a burst stay resident until
+/// the next allocation after the delay, which an idle gateway never makes.
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sets the running purge delay ([`RUNNING_PURGE_DELAY_MS`]) and starts the
+/// trim thread. Called once the first config is live
+/// ([`STARTUP_PURGE_DELAY_MS`] until then).
+pub fn purge_freed_pages_after_delay() {
+    set_purge_delay(RUNNING_PURGE_DELAY_MS);
+    let spawned = std::thread::Builder::new()
+        .name("tenantgate trim".into())
+        .spawn(|| loop {
+            std::thread::sleep(TRIM_EVERY);
+            // SAFETY: mi_collect(false) only purges mimalloc's own expired,
+            // unused ranges (program-wide) and this thread's empty pages.
+            unsafe { libmimalloc_sys::mi_collect(false) };
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no memory trim thread: freed pages return to the OS only under allocation");
+    }
 }
 
 /// Returns the heap pages freed so far (config parsing leaves many) to the

@@ -101,7 +101,7 @@ pub fn serve(source: Source, upgrade: bool) -> Result<std::convert::Infallible, 
     if let Some(store) = &registry.snapshot().config.store {
         share_registry(&registry, store, &metrics)?;
     }
-    crate::purge_freed_pages_at_once();
+    crate::purge_freed_pages_after_delay();
     crate::release_free_memory();
     let snap = registry.snapshot();
     metrics.set_top_tenants(snap.config.telemetry.top_tenants);
