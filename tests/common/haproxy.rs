@@ -18,7 +18,11 @@ impl Haproxy {
     /// Listens on `addr` and spreads connections over `backends`, one after
     /// the other; a backend that refuses is taken out (checked every 300 ms)
     /// and a refused connection is sent to the next one, as a production
-    /// L4 balancer does.
+    /// L4 balancer does. While the checks have every backend down (at start,
+    /// before the first check that finds a gateway listening), connections
+    /// go to the same backends unchecked (`backup`, `allbackups`), so a CA
+    /// validating then reaches a gateway that is up instead of a closed
+    /// frontend connection.
     pub fn start(addr: SocketAddr, backends: &[SocketAddr]) -> Haproxy {
         assert!(
             std::path::Path::new(HAPROXY_BIN).exists(),
@@ -29,11 +33,17 @@ impl Haproxy {
             .iter()
             .enumerate()
             .map(|(i, b)| format!("    server r{i} {b} check inter 300ms fall 1 rise 1\n"))
+            .chain(
+                backends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| format!("    server u{i} {b} backup\n")),
+            )
             .collect();
         let config = format!(
             "global\n    maxconn 256\n\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 10s\n    timeout server 10s\n    retries 3\n    option redispatch 1\n\n\
              frontend lb\n    bind {addr}\n    default_backend replicas\n\n\
-             backend replicas\n    balance roundrobin\n{servers}"
+             backend replicas\n    balance roundrobin\n    option allbackups\n{servers}"
         );
         let path = dir.path().join("haproxy.cfg");
         std::fs::write(&path, config).expect("haproxy config");
