@@ -176,7 +176,9 @@ async fn stream(
             timeouts: snap.config.gateway.timeouts,
             client_timeout: snap.config.gateway.client_timeout,
         };
-        let result = super::upstream_h2::forward(&snap, f.pool, request, &mut client).await;
+        // Boxed: this branch's state is several KB, and every stream's future
+        // (allocated and moved once per stream) would carry it otherwise.
+        let result = Box::pin(super::upstream_h2::forward(&snap, f.pool, request, &mut client)).await;
         drop(f.admission);
         settle(policy, &snap, &mut o, &result, f.tenant, f.pool);
         return;
