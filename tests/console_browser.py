@@ -305,6 +305,13 @@ def main():
         d.find_element(By.CSS_SELECTOR, "#nav a[data-page=pools]").click()
         wait.until(EC.visibility_of_element_located((By.ID, "pools")))
         shot("pools")
+        # Rollouts: the configured one, nobody moved yet.
+        d.find_element(By.CSS_SELECTOR, "#nav a[data-page=rollouts]").click()
+        wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, "#rollouts tr[data-name='v2']")))
+        row = d.find_element(By.CSS_SELECTOR, "#rollouts tr[data-name='v2']").text
+        assert "p → dead" in row and "active" in row and "0 of 10001" in row, row
+        step("rollouts", row)
+        shot("rollouts")
         d.find_element(By.CSS_SELECTOR, "#nav a[data-page=overview]").click()
         wait.until(EC.visibility_of_element_located((By.ID, "overview-charts")))
         time.sleep(1)

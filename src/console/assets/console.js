@@ -136,7 +136,7 @@
   function stopTimers() { for (const t of timers) clearInterval(t); timers = []; }
 
   // ---- router -------------------------------------------------------------
-  const pages = { overview: overview, top: top, tenants: tenants, tenant: tenant, domains: domains, changes: changes, pools: pools };
+  const pages = { overview: overview, top: top, tenants: tenants, tenant: tenant, domains: domains, changes: changes, pools: pools, rollouts: rollouts };
   async function route() {
     if (!session) return;
     stopTimers();
@@ -517,6 +517,38 @@
             u.down_for_ms ? ' (skipped for ' + Math.ceil(u.down_for_ms / 1000) + ' s more)' : ''))),
           td(String(p.requests), 'num'), td(String(p.connect_errors), 'num'), td(String(p.proxy_errors), 'num')))));
       box.appendChild(h('p', { class: 'muted' }, 'An upstream is marked down for a while after a failed connect; requests go to the others meanwhile.'));
+    }
+    await load();
+    every(5000, load);
+  }
+
+  // ---- Rollouts -----------------------------------------------------------
+  async function rollouts(root, _arg, live) {
+    root.appendChild(h('h1', {}, 'Rollouts'));
+    const box = h('div', { class: 'panel' });
+    root.appendChild(box);
+    async function load() {
+      const r = await api('GET', '/v1/rollouts');
+      if (!live()) return;
+      clear(box);
+      if (!r.ok) { box.appendChild(refused(r)); return; }
+      if (!r.data.rollouts.length) {
+        box.appendChild(h('p', { class: 'muted', id: 'rollouts-none' }, 'No rollouts. Add a [rollouts.<name>] section or PUT /v1/rollouts/{name}.'));
+        return;
+      }
+      box.appendChild(table('rollouts', ['rollout', 'from → to', 'state', 'moved', 'tenants moved#', 'next step', 'automatic rollback'],
+        r.data.rollouts.map(x => {
+          const a = x.auto_rollback || {};
+          const tr = h('tr', {}, td(x.name), td(x.from_pool + ' → ' + x.to_pool),
+            h('td', {}, h('span', { class: 'badge ' + (x.state === 'active' ? 'good' : 'bad') }, x.state), x.reason ? ' ' + x.reason : ''),
+            td(x.percent + ' % (' + x.moved_percent + ' % of candidates)'),
+            td(x.moved + ' of ' + x.candidates, 'num'),
+            td(x.next_step == null ? '—' : x.next_step + ' %'),
+            td(a.enabled ? 'on: +' + a.margin_percent + ' points of 5xx over ' + a.window_secs + ' s, from ' + a.min_requests + ' requests' : 'off'));
+          tr.setAttribute('data-name', x.name);
+          return tr;
+        })));
+      box.appendChild(h('p', { class: 'muted' }, 'Promote, roll back and complete through POST /v1/rollouts/{name}/promote, /rollback and /complete; every step is a version under Changes.'));
     }
     await load();
     every(5000, load);
