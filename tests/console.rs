@@ -501,7 +501,7 @@ async fn a_real_browser_drives_the_console_end_to_end() {
     let p = backend("p").await;
     // acme's plan: a burst of 8 is partly refused (429) and its page shows it.
     let extra = format!(
-        "[domains]\nverify = \"all\"\nnameservers = [\"{}\"]\ntargets = [\"127.0.0.1\"]\nrecheck_min_secs = 3600\nrecheck_max_secs = 3600\n\n[limits]\ndefault_plan = \"unlimited\"\n\n[plans.small]\nrequests_per_second = 1\nburst = 3\nrequests_per_day = 100000\n\n[rollouts.v2]\nfrom = \"p\"\nto = \"dead\"\n",
+        "[domains]\nverify = \"all\"\nnameservers = [\"{}\"]\ntargets = [\"127.0.0.1\"]\nrecheck_min_secs = 3600\nrecheck_max_secs = 3600\n\n[limits]\ndefault_plan = \"unlimited\"\n\n[plans.small]\nrequests_per_second = 1\nburst = 3\nrequests_per_day = 100000\n\n[rollouts.v2]\nfrom = \"p\"\nto = \"dead\"\n[rollouts.v2.auto_rollback]\nenabled = false\n",
         dns.dns_addr()
     );
     let gw = Gateway::start(&config(&p, &extra, "")).await;

@@ -311,6 +311,30 @@ def main():
         row = d.find_element(By.CSS_SELECTOR, "#rollouts tr[data-name='v2']").text
         assert "p → dead" in row and "active" in row and "0 of 10001" in row, row
         step("rollouts", row)
+        # Promote after its preview: the first step moves some of them to
+        # the other pool; then roll back after its preview: nobody moved.
+        def row_text():
+            return d.find_element(By.CSS_SELECTOR, "#rollouts tr[data-name='v2']").text
+        d.find_element(By.CSS_SELECTOR, "#rollouts tr[data-name='v2'] button.promote").click()
+        wait.until(EC.visibility_of_element_located((By.ID, "rollout-moves")))
+        moves = d.find_element(By.ID, "rollout-moves").text
+        assert "dead" in moves, moves
+        assert row_text().count("0 of 10001") == 1, row_text()
+        shot("rollout-preview")
+        d.find_element(By.ID, "rollout-confirm").click()
+        wait.until(lambda _: "active, 5 %" in d.find_element(By.ID, "rollout-result").text)
+        wait.until(lambda _: "5 % (5 % of candidates)" in row_text())
+        moved = int(row_text().split(" of 10001")[0].split()[-1])
+        assert 300 < moved < 700, row_text()
+        step("promoted", row_text())
+        d.find_element(By.CSS_SELECTOR, "#rollouts tr[data-name='v2'] button.rollback").click()
+        wait.until(lambda _: "p" in d.find_element(By.ID, "rollout-moves").text
+                   and str(moved) in d.find_element(By.ID, "rollout-moves").text)
+        d.find_element(By.ID, "rollout-confirm").click()
+        wait.until(lambda _: "rolled_back" in d.find_element(By.ID, "rollout-result").text)
+        # A rolled-back rollout takes nobody: no candidates, none moved.
+        wait.until(lambda _: "rolled_back" in row_text() and "0 of 0" in row_text())
+        step("rolled back", row_text())
         shot("rollouts")
         d.find_element(By.CSS_SELECTOR, "#nav a[data-page=overview]").click()
         wait.until(EC.visibility_of_element_located((By.ID, "overview-charts")))

@@ -526,7 +526,8 @@
   async function rollouts(root, _arg, live) {
     root.appendChild(h('h1', {}, 'Rollouts'));
     const box = h('div', { class: 'panel' });
-    root.appendChild(box);
+    const preview = h('div', { class: 'panel', id: 'rollout-preview', hidden: true });
+    root.append(box, preview);
     async function load() {
       const r = await api('GET', '/v1/rollouts');
       if (!live()) return;
@@ -536,19 +537,53 @@
         box.appendChild(h('p', { class: 'muted', id: 'rollouts-none' }, 'No rollouts. Add a [rollouts.<name>] section or PUT /v1/rollouts/{name}.'));
         return;
       }
-      box.appendChild(table('rollouts', ['rollout', 'from → to', 'state', 'moved', 'tenants moved#', 'next step', 'automatic rollback'],
+      box.appendChild(table('rollouts', ['rollout', 'from → to', 'state', 'moved', 'tenants moved#', 'next step', 'automatic rollback', ''],
         r.data.rollouts.map(x => {
           const a = x.auto_rollback || {};
+          const active = x.state === 'active';
+          const actions = h('td', {},
+            active && x.next_step != null ? h('button', { type: 'button', class: 'secondary promote', onclick: () => step(x, 'promote') }, 'Preview promote to ' + x.next_step + ' %') : null,
+            active && x.moved_percent > 0 ? h('button', { type: 'button', class: 'secondary rollback', onclick: () => step(x, 'rollback') }, 'Preview rollback') : null);
           const tr = h('tr', {}, td(x.name), td(x.from_pool + ' → ' + x.to_pool),
-            h('td', {}, h('span', { class: 'badge ' + (x.state === 'active' ? 'good' : 'bad') }, x.state), x.reason ? ' ' + x.reason : ''),
+            h('td', {}, h('span', { class: 'badge ' + (active ? 'good' : 'bad') }, x.state), x.reason ? ' ' + x.reason : ''),
             td(x.percent + ' % (' + x.moved_percent + ' % of candidates)'),
             td(x.moved + ' of ' + x.candidates, 'num'),
             td(x.next_step == null ? '—' : x.next_step + ' %'),
-            td(a.enabled ? 'on: +' + a.margin_percent + ' points of 5xx over ' + a.window_secs + ' s, from ' + a.min_requests + ' requests' : 'off'));
+            td(a.enabled ? 'on: +' + a.margin_percent + ' points of 5xx over ' + a.window_secs + ' s, from ' + a.min_requests + ' requests' : 'off'),
+            actions);
           tr.setAttribute('data-name', x.name);
           return tr;
         })));
-      box.appendChild(h('p', { class: 'muted' }, 'Promote, roll back and complete through POST /v1/rollouts/{name}/promote, /rollback and /complete; every step is a version under Changes.'));
+      box.appendChild(h('p', { class: 'muted' }, 'A step is previewed first (the tenants it moves), then applied as one version under Changes. Complete a rollout through POST /v1/rollouts/{name}/complete.'));
+    }
+    // Preview a promote or a rollback (dry run), then apply it on confirm.
+    async function step(x, action) {
+      const path = '/v1/rollouts/' + encodeURIComponent(x.name) + '/' + action;
+      const r = await api('POST', path + '?dry_run=true');
+      if (!live()) return;
+      clear(preview);
+      preview.hidden = false;
+      if (!r.ok) { preview.appendChild(refused(r)); return; }
+      const counts = (r.data.moves && r.data.moves.counts) || {};
+      const lists = (r.data.moves && r.data.moves.to_pool) || {};
+      const pools = Object.keys(counts);
+      preview.appendChild(h('h2', {}, (action === 'promote' ? 'Promote ' + x.name + ' to ' + x.next_step + ' %' : 'Roll back ' + x.name)));
+      preview.appendChild(pools.length
+        ? table('rollout-moves', ['to pool', 'tenants#', 'first of them'], pools.map(p => h('tr', {}, td(p), td(String(counts[p]), 'num'), td(summary(lists[p] || [], 8)))))
+        : h('p', { class: 'muted', id: 'rollout-moves' }, 'No tenant would move.'));
+      const result = h('p', { id: 'rollout-result' });
+      const confirm = h('button', { type: 'button', class: 'danger', id: 'rollout-confirm' }, action === 'promote' ? 'Promote' : 'Roll back');
+      const cancel = h('button', { type: 'button', class: 'secondary', onclick: () => { preview.hidden = true; clear(preview); } }, 'Cancel');
+      confirm.addEventListener('click', async () => {
+        confirm.disabled = true;
+        const done = await api('POST', path);
+        if (!live()) return;
+        result.textContent = done.ok
+          ? x.name + ': ' + done.data.state + ', ' + done.data.moved_percent + ' % of candidates moved'
+          : 'Refused: ' + ((done.data && (done.data.detail || done.data.title)) || done.status);
+        await load();
+      });
+      preview.append(h('div', { class: 'row' }, confirm, cancel), result);
     }
     await load();
     every(5000, load);
