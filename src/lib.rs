@@ -137,8 +137,7 @@ pub fn set_purge_delay(ms: i64) {
 
 /// The purge delay once the first config is live: mimalloc's own default.
 /// Purging at once (0) put `madvise` and the page faults that follow it in
-/// every request's path: 14 % of the gateway's samples under HTTP/2 over
-/// TLS, 19.6 against 15.4 µs CPU per request (benches/results/purge-2026-12-04.md).
+/// every HTTP/2 stream's path (benches/results/purge-2026-12-04.md).
 pub const RUNNING_PURGE_DELAY_MS: i64 = 1000;
 
 /// How often the trim thread asks mimalloc to return pages whose purge

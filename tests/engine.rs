@@ -590,10 +590,8 @@ async fn unusual_requests_are_served_by_the_one_engine_with_the_same_rules() {
     assert!(!body.contains("evil") && !body.contains("6.6.6.6"), "{body}");
 }
 
-/// The scripted and echo backends behind HTTPS (internal CA) as well.
-/// Freed pages wait 1 s in the allocator (purging them at once cost 4 µs
-/// per HTTP/2 request); the trim thread hands them back while the gateway
-/// idles (benches/results/purge-2026-12-04.md).
+/// Freed pages wait 1 s in the allocator; the trim thread hands them back
+/// while the gateway idles (why: benches/results/purge-2026-12-04.md).
 #[tokio::test]
 async fn the_gateway_runs_the_memory_trim_thread() {
     let f = fixture().await;
@@ -608,6 +606,7 @@ async fn the_gateway_runs_the_memory_trim_thread() {
     );
 }
 
+/// The scripted and echo backends behind HTTPS (internal CA) as well.
 async fn tls_fixture() -> (Gateway, Vec<u8>, Scripted) {
     tls_fixture_with(500).await
 }

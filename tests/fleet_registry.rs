@@ -16,6 +16,11 @@ use tenantgate::demo::EchoBackend;
 const OPS: &str = "ops-secret-0123456789";
 
 fn config(p: &EchoBackend, q: &EchoBackend, redis_url: &str) -> String {
+    config_at(p.addr, q.addr, redis_url)
+}
+
+/// Two replicas' template: pools `p` and `q` at these addresses, the ops token.
+fn config_at(p: std::net::SocketAddr, q: std::net::SocketAddr, redis_url: &str) -> String {
     format!(
         r#"
 [gateway]
@@ -38,8 +43,8 @@ name = "ops"
 scope = "operator"
 sha256 = "{}"
 "#,
-        p.addr,
-        q.addr,
+        p,
+        q,
         hash_hex(OPS),
     )
 }
@@ -443,34 +448,8 @@ async fn an_automatic_rollback_sums_the_cohorts_traffic_over_the_replicas() {
     let redis = Redis::start();
     let (v1, v2) = (Flaky::start("v1").await, Flaky::start("v2").await);
     v2.set(Mode::Error);
-    let template = format!(
-        r#"
-[gateway]
-http_listen = "{{http}}"
-metrics_listen = "{{metrics}}"
-admin_listen = "{{admin}}"
-
-[store]
-redis_url = "{}"
-timeout_ms = 500
-
-[pools.p]
-upstreams = ["{}"]
-[pools.q]
-upstreams = ["{}"]
-[pools.q.outlier]
-consecutive_failures = 0
-
-[[admin.tokens]]
-name = "ops"
-scope = "operator"
-sha256 = "{}"
-"#,
-        redis.url(),
-        v1.addr,
-        v2.addr,
-        hash_hex(OPS),
-    );
+    let template = config_at(v1.addr, v2.addr, &redis.url()).replace("timeout_ms = 200", "timeout_ms = 500")
+        + "\n[pools.q.outlier]\nconsecutive_failures = 0\n";
     let (a, b) = two_replicas(&template).await;
     for id in ["t1", "t2"] {
         let r = put(&a, id, json!({"domains": [format!("{id}.example")], "pool": "p"})).await;
